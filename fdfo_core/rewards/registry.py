@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -100,16 +101,99 @@ class WeightedSum(Reward):
         return " + ".join(f"{w:g}*{r.describe()}" for w, r in self.terms)
 
 
+def _accepts(factory: RewardFactory, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def _coerce_value(value: str, default: Any, annotation: Any, key: str, reward: str) -> Any:
+    """Turn a string from a command line or a text widget into the option's type."""
+    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = value.strip()
+    optional = default is None or "None" in ann or "Optional" in ann
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if isinstance(default, bool) or (default is None and re.search(r"\bbool\b", ann)):
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int) or (default is None and re.search(r"\bint\b", ann) and "str" not in ann):
+            return int(text)
+        if isinstance(default, float) or (default is None and re.search(r"\bfloat\b", ann) and "str" not in ann):
+            return float(text)
+    except ValueError as e:
+        raise RewardError(f"option {reward}.{key}: cannot read {value!r} ({e})") from e
+    return value
+
+
+def coerce_options(factory: RewardFactory, kwargs: Mapping[str, Any], reward: str = "") -> dict[str, Any]:
+    """Check option names against the factory and convert string values to the options' types.
+
+    Values that are not strings are passed through unchanged, so Python callers can pass ints,
+    floats, bools, dicts and paths directly; the CLI and nodes can pass every value as text.
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    params = sig.parameters
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out = {}
+    for key, value in kwargs.items():
+        if key not in params:
+            if has_var_kw:
+                out[key] = value
+                continue
+            valid = [k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+            raise RewardError(f"reward {reward!r} has no option {key!r}; its options are: {', '.join(valid)}")
+        p = params[key]
+        if isinstance(value, str) and key != "device":
+            default = None if p.default is p.empty else p.default
+            value = _coerce_value(value, default, p.annotation, key, reward)
+        out[key] = value
+    missing = [k for k, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and k not in out]
+    if missing:
+        raise RewardError(f"reward {reward!r} needs the option(s) {', '.join(missing)}")
+    return out
+
+
+def reward_options(name: str) -> dict[str, Any]:
+    """The options a registered reward's factory takes, with their defaults (inspect.Parameter.empty if required)."""
+    from . import ensure_registered
+
+    ensure_registered()
+    if name not in _REGISTRY:
+        raise RewardError(f"unknown reward {name!r}; available: {', '.join(available_rewards())}")
+    params = inspect.signature(_REGISTRY[name]).parameters
+    return {k: p.default for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
 def build_reward(
     spec: str,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     device: str | torch.device | None = None,
     micro_batch: int | None = None,
+    normalize: str | None = None,
+    normalize_options: Mapping[str, Any] | None = None,
 ) -> Reward:
     """Build a reward from a spec such as ``"pickscore + 0.1*vlm"``.
 
     `options` maps a reward name to keyword arguments of its factory (a weights folder, a
     question for the VLM, ...). A spec of one term with weight 1 returns that reward itself.
+    `device` is passed to factories that take it (so models load with the right dtype straight
+    onto that device) and every reward is moved there. `normalize="per_prompt"` wraps the
+    (summed) reward in `PerPromptNormalized` with `normalize_options` (min_group, window, eps).
     """
     # Importing the package registers every built-in reward.
     from . import ensure_registered
@@ -128,15 +212,17 @@ def build_reward(
     built = []
     for weight, name in terms:
         kwargs = dict(options.get(name, {}))
-        if micro_batch is not None:
+        factory = _REGISTRY[name]
+        if micro_batch is not None and _accepts(factory, "micro_batch"):
             kwargs.setdefault("micro_batch", micro_batch)
-        try:
-            reward = _REGISTRY[name](**kwargs)
-        except TypeError as e:
-            raise RewardError(f"bad options for reward {name!r}: {e}") from e
+        if device is not None and _accepts(factory, "device"):
+            kwargs.setdefault("device", device)
+        kwargs = coerce_options(factory, kwargs, name)
+        reward = factory(**kwargs)
         if device is not None:
             reward.to(device)
         built.append((weight, reward))
-    if len(built) == 1 and built[0][0] == 1.0:
-        return built[0][1]
-    return WeightedSum(built)
+    reward = built[0][1] if len(built) == 1 and built[0][0] == 1.0 else WeightedSum(built)
+    from .normalize import wrap_normalization
+
+    return wrap_normalization(reward, normalize, **dict(normalize_options or {}))
