@@ -175,10 +175,15 @@ def _qwen_tokenizer():
 
 
 def write_qwen2_vl_folder(folder: Path, seed: int = 0, image_size: int = 56) -> Path:
-    """A tiny Qwen2-VL checkpoint with tokenizer, image processor and chat template (save_pretrained)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    """A tiny Qwen2-VL checkpoint laid out like Qwen/Qwen2-VL-*-Instruct on the Hub: config.json +
+    model.safetensors, tokenizer files, preprocessor_config.json and chat_template.json.
+
+    The processor is saved part by part (its video processor needs torchvision, which this
+    environment lacks; the reward loader copes with that)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    folder.mkdir(parents=True, exist_ok=True)
     tok, ids = _qwen_tokenizer()
     vocab_size = len(tok)
     config = Qwen2VLConfig(
@@ -195,11 +200,182 @@ def write_qwen2_vl_folder(folder: Path, seed: int = 0, image_size: int = 56) -> 
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
+    with torch.no_grad():  # larger logits than the 0.02-std init, so Yes/No differ visibly
+        model.lm_head.weight.normal_(0, 1.0)
     model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=28 * 28, max_pixels=4 * image_size * image_size, patch_size=14, merge_size=2,
         temporal_patch_size=2, image_mean=OPENAI_MEAN, image_std=OPENAI_STD,
     )
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
-    processor.save_pretrained(str(folder))
+    image_processor.save_pretrained(str(folder))
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    pre["processor_class"] = "Qwen2VLProcessor"
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
     return folder
+
+
+# --------------------------------------------------------------------------------------------
+# HPSv2: an open_clip ViT CLIP state dict, saved as {"state_dict": ...} like HPS_v2*_compressed.pt
+
+
+def openclip_state_dict(vocab_size: int, width: int = 128, layers: int = 2, patch: int = 14, grid: int = 2,
+                        ctx: int = 77, embed: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights with the names and shapes of open_clip's ViT CLIP (both towers `width` wide)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.2):
+        return torch.randn(*shape, generator=g) * std
+
+    def ln(prefix, sd):
+        sd[prefix + ".weight"] = 1 + rnd(width, std=0.1)
+        sd[prefix + ".bias"] = rnd(width, std=0.1)
+
+    def blocks(prefix, sd):
+        for i in range(layers):
+            b = f"{prefix}transformer.resblocks.{i}."
+            ln(b + "ln_1", sd)
+            sd[b + "attn.in_proj_weight"] = rnd(3 * width, width)
+            sd[b + "attn.in_proj_bias"] = rnd(3 * width, std=0.1)
+            sd[b + "attn.out_proj.weight"] = rnd(width, width)
+            sd[b + "attn.out_proj.bias"] = rnd(width, std=0.1)
+            ln(b + "ln_2", sd)
+            sd[b + "mlp.c_fc.weight"] = rnd(4 * width, width)
+            sd[b + "mlp.c_fc.bias"] = rnd(4 * width, std=0.1)
+            sd[b + "mlp.c_proj.weight"] = rnd(width, 4 * width, std=0.1)
+            sd[b + "mlp.c_proj.bias"] = rnd(width, std=0.1)
+
+    sd: dict[str, torch.Tensor] = {}
+    sd["positional_embedding"] = rnd(ctx, width, std=0.1)
+    sd["token_embedding.weight"] = rnd(vocab_size, width, std=0.5)
+    blocks("", sd)
+    ln("ln_final", sd)
+    sd["text_projection"] = rnd(width, embed)
+    sd["logit_scale"] = torch.tensor(4.6052)
+    sd["visual.class_embedding"] = rnd(width)
+    sd["visual.positional_embedding"] = rnd(grid * grid + 1, width, std=0.1)
+    sd["visual.proj"] = rnd(width, embed)
+    sd["visual.conv1.weight"] = rnd(width, 3, patch, patch, std=0.1)
+    ln("visual.ln_pre", sd)
+    ln("visual.ln_post", sd)
+    blocks("visual.", sd)
+    return sd
+
+
+def write_hps_folder(folder: Path, version: str = "2.1", seed: int = 0) -> tuple[Path, dict]:
+    """hpsv2/ with HPS_v2.1_compressed.pt (or HPS_v2_compressed.pt) plus the CLIP tokenizer files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = write_clip_tokenizer(folder)
+    sd = openclip_state_dict(tok["vocab_size"], seed=seed)
+    name = "HPS_v2.1_compressed.pt" if version == "2.1" else "HPS_v2_compressed.pt"
+    torch.save({"state_dict": sd}, folder / name)
+    return folder, sd
+
+
+def openclip_reference_scores(sd: dict, pixels: torch.Tensor, tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """cos(text, image) computed the open_clip way, written out with torch.nn.MultiheadAttention.
+
+    `pixels` are normalised NCHW images at the model's resolution, `tokens` the padded token ids.
+    """
+    import torch.nn.functional as F
+
+    def run_blocks(prefix, x, mask):
+        width = x.shape[-1]
+        i = 0
+        while f"{prefix}transformer.resblocks.{i}.ln_1.weight" in sd:
+            b = f"{prefix}transformer.resblocks.{i}."
+            i += 1
+            attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+            attn.load_state_dict({"in_proj_weight": sd[b + "attn.in_proj_weight"], "in_proj_bias": sd[b + "attn.in_proj_bias"],
+                                  "out_proj.weight": sd[b + "attn.out_proj.weight"], "out_proj.bias": sd[b + "attn.out_proj.bias"]})
+            h = F.layer_norm(x, (width,), sd[b + "ln_1.weight"], sd[b + "ln_1.bias"])
+            x = x + attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+            h = F.layer_norm(x, (width,), sd[b + "ln_2.weight"], sd[b + "ln_2.bias"])
+            h = F.gelu(F.linear(h, sd[b + "mlp.c_fc.weight"], sd[b + "mlp.c_fc.bias"]))
+            x = x + F.linear(h, sd[b + "mlp.c_proj.weight"], sd[b + "mlp.c_proj.bias"])
+        return x
+
+    with torch.no_grad():
+        # image tower
+        x = F.conv2d(pixels, sd["visual.conv1.weight"], stride=sd["visual.conv1.weight"].shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = sd["visual.class_embedding"].expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + sd["visual.positional_embedding"]
+        w = x.shape[-1]
+        x = F.layer_norm(x, (w,), sd["visual.ln_pre.weight"], sd["visual.ln_pre.bias"])
+        x = run_blocks("visual.", x, None)
+        x = F.layer_norm(x[:, 0], (w,), sd["visual.ln_post.weight"], sd["visual.ln_post.bias"])
+        img = x @ sd["visual.proj"]
+        # text tower: causal mask, pooled at the end-of-text token (the largest id)
+        t = sd["token_embedding.weight"][tokens] + sd["positional_embedding"][: tokens.shape[1]]
+        L = tokens.shape[1]
+        mask = torch.full((L, L), float("-inf")).triu(1)
+        t = run_blocks("", t, mask)
+        wt = t.shape[-1]
+        t = F.layer_norm(t, (wt,), sd["ln_final.weight"], sd["ln_final.bias"])
+        txt = t[torch.arange(t.shape[0]), tokens.argmax(dim=-1)] @ sd["text_projection"]
+    img = img / img.norm(dim=-1, keepdim=True)
+    txt = txt / txt.norm(dim=-1, keepdim=True)
+    return (img * txt).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# LAION aesthetic predictor v2: the MLP head in its published key layout next to a CLIP folder
+
+
+def aesthetic_head_state_dict(in_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Linear(in,32) Dropout Linear(32,16) Dropout Linear(16,8) Dropout Linear(8,4) Linear(4,1):
+    the published layer indices (layers.0/2/4/6/7) with smaller widths."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [(0, in_dim, 32), (2, 32, 16), (4, 16, 8), (6, 8, 4), (7, 4, 1)]
+    sd = {}
+    for i, a, b in dims:
+        sd[f"layers.{i}.weight"] = torch.randn(b, a, generator=g) / a**0.5
+        sd[f"layers.{i}.bias"] = torch.randn(b, generator=g) * 0.1
+    return sd
+
+
+def write_aesthetic_folders(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
+    """root/aesthetic/sac+logos+ava1-l14-linearMSE.pth and root/clip-vit-large-patch14/ (tiny)."""
+    from collections import OrderedDict
+
+    clip_dir = write_clip_folder(root / "clip-vit-large-patch14", seed=seed + 1, pad_token="<|endoftext|>")
+    head_dir = root / "aesthetic"
+    head_dir.mkdir(parents=True, exist_ok=True)
+    sd = aesthetic_head_state_dict(16, seed=seed)
+    torch.save(OrderedDict(sd), head_dir / "sac+logos+ava1-l14-linearMSE.pth")
+    return head_dir, clip_dir, sd
+
+
+# --------------------------------------------------------------------------------------------
+# Checks every reward must pass
+
+
+def sample_images(n: int = 4, h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:
+    """Smooth random NCHW images in [0, 1] (low-frequency noise, like downscaled photos)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(n, 3, max(2, h // 8), max(2, w // 8), generator=g)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+PROMPTS = ["a cat", "a dog on a sofa", "a cat", "an astronaut riding a horse"]
+
+
+def check_reward_contract(reward, images: torch.Tensor | None = None, prompts=PROMPTS, atol: float = 1e-5):
+    """Shape and dtype, determinism, batch invariance and NHWC == NCHW. Returns the scores."""
+    images = sample_images() if images is None else images
+    n = images.shape[0]
+    scores = reward(images, prompts)
+    assert scores.shape == (n,) and scores.dtype == torch.float32 and scores.device.type == "cpu"
+    assert torch.isfinite(scores).all()
+    again = reward(images, prompts)
+    assert torch.equal(scores, again), "not deterministic"
+    for i in range(n):
+        alone = reward(images[i : i + 1], [prompts[i]])
+        assert torch.allclose(alone, scores[i : i + 1], atol=atol, rtol=0), (i, alone, scores[i])
+    nhwc = reward(images.permute(0, 2, 3, 1).contiguous(), prompts)
+    assert torch.allclose(nhwc, scores, atol=atol, rtol=0)
+    return scores

@@ -115,7 +115,7 @@ def _processor_without_video(folder: Path, error: Exception):
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
-    _ImageOnly.__name__ = cls.__name__
+    _ImageOnly.__name__ = _ImageOnly.__qualname__ = cls.__name__
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
