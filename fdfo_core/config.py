@@ -1,0 +1,175 @@
+"""Training configuration: one typed dataclass, named presets, TOML files.
+
+Defaults are the published FDFO settings for SD3.5 Medium at 512 px (ALGORITHM.md, "The epoch
+loop"); presets change only what a model or budget requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .schedules import CHURN_SCHEDULES, ChurnSchedule
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+RewardNormalization = Literal["none", "std"]
+
+#: The attention projections of every MMDiT / Flux block (diffusers names).
+DEFAULT_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it and says what is allowed."""
+
+
+@dataclass
+class FDFOConfig:
+    # --- paired sampling -------------------------------------------------------------------
+    pairs_per_epoch: int = 432  # 864 images per epoch (published)
+    num_steps: int = 40  # solver steps (published)
+    cfg_scale: float = 1.0  # published default trains without CFG; sample with the same scale
+    negative_prompt: str = ""  # unconditional prompt when cfg_scale != 1
+    height: int = 512
+    width: int = 512
+    churn: ChurnSchedule = "raw"  # "raw" = constant g on every step and at the prior (published)
+    churn_strength: float = 0.0025  # g (published)
+    interval_mean: float = 0.0  # "interval" churn: logit-normal centre of the churn time
+    interval_std: float = 1.0
+    interval_width: float = 0.5  # width of the churn bump in logit-time
+    sample_batch_size: int = 8  # pairs per sampling batch (2x images through the model)
+    decode_batch_size: int = 16  # images per VAE decode / reward call
+    # --- objective -------------------------------------------------------------------------
+    clip_range: float = 0.03  # trust region of the SPO surrogate (published)
+    kl_weight: float = 0.0  # KL-style pull to the base model; the authors keep it off
+    reward_normalization: RewardNormalization = "none"  # "std": divide dR by the epoch's reward std
+    # --- optimisation ----------------------------------------------------------------------
+    epochs: int = 100  # ~100 epochs for good results (published)
+    optimizer_steps_per_epoch: int = 4  # all (sample, step) items, split into 4 updates (published)
+    steps_per_sample: int = 0  # train on a random subset of k steps per sample; 0 = every step
+    train_batch_size: int = 16  # items per forward/backward micro-batch (memory knob only)
+    lr: float = 3e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    # --- adapter ---------------------------------------------------------------------------
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    # --- run -------------------------------------------------------------------------------
+    seed: int = 0
+    checkpoint_every: int = 5  # epochs (published)
+    precision: Precision = "auto"  # auto: bf16 autocast + fp32 adapter on CUDA, fp32 on CPU
+    storage_device: Literal["auto", "cpu"] = "auto"  # where recorded states live; cpu saves VRAM
+    gradient_checkpointing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
+
+    def validate(self) -> "FDFOConfig":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.pairs_per_epoch >= 1, f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
+        need(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
+        need(self.cfg_scale >= 1.0, f"cfg_scale must be >= 1 (1 = no CFG), got {self.cfg_scale}")
+        need(self.height % 16 == 0 and self.width % 16 == 0,
+             f"height and width must be multiples of 16, got {self.height}x{self.width}; try "
+             f"{max(16, round(self.height / 16) * 16)}x{max(16, round(self.width / 16) * 16)}")
+        need(self.churn in CHURN_SCHEDULES, f"churn must be one of {CHURN_SCHEDULES}, got {self.churn!r}")
+        need(self.churn_strength >= 0, f"churn_strength must be >= 0, got {self.churn_strength}")
+        need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+        need(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        need(self.reward_normalization in ("none", "std"),
+             f"reward_normalization must be 'none' or 'std', got {self.reward_normalization!r}")
+        need(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        need(self.optimizer_steps_per_epoch >= 1,
+             f"optimizer_steps_per_epoch must be >= 1, got {self.optimizer_steps_per_epoch}")
+        need(0 <= self.steps_per_sample <= self.num_steps,
+             f"steps_per_sample must be between 0 (all) and num_steps={self.num_steps}, got {self.steps_per_sample}")
+        need(self.sample_batch_size >= 1 and self.train_batch_size >= 1 and self.decode_batch_size >= 1,
+             "batch sizes must be >= 1")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+        need(self.precision in ("auto", "bf16", "fp16", "fp32"),
+             f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        need(self.storage_device in ("auto", "cpu"), f"storage_device must be 'auto' or 'cpu', got {self.storage_device!r}")
+        n_items = 2 * self.pairs_per_epoch * (self.steps_per_sample or self.num_steps)
+        need(n_items >= self.optimizer_steps_per_epoch,
+             f"{n_items} training items per epoch cannot fill {self.optimizer_steps_per_epoch} optimizer steps; "
+             "raise pairs_per_epoch or lower optimizer_steps_per_epoch")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "FDFOConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        values = dict(values)
+        if "lora_targets" in values:
+            values["lora_targets"] = tuple(values["lora_targets"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "FDFOConfig":
+        return dataclasses.replace(self, **changes)
+
+
+#: Named presets: small flat dicts applied on top of the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published recipe (the defaults).
+    "sd35-medium": {},
+    # Flux.1: 1024 px is its native size; the guidance-distilled dev model samples without CFG.
+    "flux": {"height": 1024, "width": 1024, "num_steps": 28},
+    # The bundled toy model on CPU: a few minutes per run.
+    "toy": {
+        "height": 64, "width": 64, "num_steps": 20, "pairs_per_epoch": 32, "sample_batch_size": 16,
+        "decode_batch_size": 64, "train_batch_size": 64, "lr": 1e-3, "lora_rank": 8,
+        "lora_alpha": 16.0, "churn_strength": 0.02, "checkpoint_every": 5, "epochs": 20,
+        "optimizer_steps_per_epoch": 4,
+    },
+}
+
+
+def load_config(
+    preset: str | None = None,
+    toml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FDFOConfig:
+    """Defaults <- preset <- TOML file <- explicit overrides (CLI flags), then validate."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        values.update(PRESETS[preset])
+    if toml_path:
+        path = Path(toml_path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data = data.get("fdfo", data)
+        values.update(data)
+    if overrides:
+        values.update({k: v for k, v in overrides.items() if v is not None})
+    return FDFOConfig.from_dict(values).validate()

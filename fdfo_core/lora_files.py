@@ -1,0 +1,260 @@
+"""LoRA files with ComfyUI-native keys, alpha, and FDFO metadata.
+
+File layout (what ComfyUI's LoraLoader / LoraLoaderModelOnly and its own trainer use):
+    diffusion_model.<comfy module>.lora_down.weight   [rank, in]
+    diffusion_model.<comfy module>.lora_up.weight     [out, rank]
+    diffusion_model.<comfy module>.alpha              scalar; ComfyUI scales by alpha / rank
+PEFT files carry no alpha and load in ComfyUI at scale 1, i.e. at the wrong strength when
+alpha != rank: writing `.alpha` is what makes the file load exactly.
+
+ComfyUI fuses q, k, v into one `qkv` linear (Flux single blocks fuse them with the MLP input
+too); diffusers keeps them separate. A set of separate LoRAs on the parts of a fused linear is
+written exactly as one LoRA of the fused module: down = concat(A_q, A_k, A_v), up =
+block-diagonal(B_q, B_k, B_v) placed at each part's rows, alpha = scale * total rank.
+`comfy_to_diffusers` undoes this (recovering the separate rank-r factors when the up matrix is
+block-diagonal), so a file round-trips into a diffusers pipeline with identical velocities.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import atomic_write
+
+PREFIX = "diffusion_model."
+METADATA_PREFIX = "fdfo."
+
+
+class LoraFileError(ValueError):
+    """A LoRA file does not fit the model it is loaded into; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FusedPart:
+    """A diffusers module that is rows [offset, offset + rows) of a ComfyUI module's output."""
+
+    comfy_module: str
+    offset: int
+    rows: int
+    fused_rows: int  # output size of the whole ComfyUI module
+
+
+# --- diffusers module name -> ComfyUI module name, per family -------------------------------------
+
+_SD3_ATTN = {
+    # diffusers suffix in transformer_blocks.N: (comfy suffix in joint_blocks.N, part index or None)
+    "attn.to_q": ("x_block.attn.qkv", 0),
+    "attn.to_k": ("x_block.attn.qkv", 1),
+    "attn.to_v": ("x_block.attn.qkv", 2),
+    "attn.to_out.0": ("x_block.attn.proj", None),
+    "attn.add_q_proj": ("context_block.attn.qkv", 0),
+    "attn.add_k_proj": ("context_block.attn.qkv", 1),
+    "attn.add_v_proj": ("context_block.attn.qkv", 2),
+    "attn.to_add_out": ("context_block.attn.proj", None),
+    "attn2.to_q": ("x_block.attn2.qkv", 0),
+    "attn2.to_k": ("x_block.attn2.qkv", 1),
+    "attn2.to_v": ("x_block.attn2.qkv", 2),
+    "attn2.to_out.0": ("x_block.attn2.proj", None),
+}
+_FLUX_DOUBLE = {
+    "attn.to_q": ("img_attn.qkv", 0),
+    "attn.to_k": ("img_attn.qkv", 1),
+    "attn.to_v": ("img_attn.qkv", 2),
+    "attn.to_out.0": ("img_attn.proj", None),
+    "attn.add_q_proj": ("txt_attn.qkv", 0),
+    "attn.add_k_proj": ("txt_attn.qkv", 1),
+    "attn.add_v_proj": ("txt_attn.qkv", 2),
+    "attn.to_add_out": ("txt_attn.proj", None),
+}
+_FLUX_SINGLE = {
+    # linear1 = [q, k, v, mlp_in]; linear2 = proj_out (input is [attn, mlp])
+    "attn.to_q": ("linear1", 0),
+    "attn.to_k": ("linear1", 1),
+    "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", None),
+}
+
+FAMILIES = ("sd3", "flux")
+
+
+def diffusers_to_comfy_module(
+    family: str, name: str, out_features: Callable[[str], int]
+) -> FusedPart:
+    """Map a diffusers transformer module name to the ComfyUI module (and row slice) it is part of.
+
+    out_features(diffusers_module_name) gives a module's output size (to locate its rows).
+    """
+    if family == "sd3":
+        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", name)
+        table, comfy_block = _SD3_ATTN, "joint_blocks.{}"
+        siblings = ("to_q", "to_k", "to_v")
+    elif family == "flux":
+        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", name)
+        table, comfy_block = _FLUX_DOUBLE, "double_blocks.{}"
+        if m is None:
+            m = re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", name)
+            table, comfy_block = _FLUX_SINGLE, "single_blocks.{}"
+    else:
+        raise LoraFileError(f"unknown model family {family!r}; supported: {', '.join(FAMILIES)}")
+    if m is None or m.group(2) not in table:
+        raise LoraFileError(
+            f"no ComfyUI equivalent known for {family} module {name!r}; "
+            f"LoRA targets must be among: {', '.join(sorted(table))}"
+        )
+    block, suffix = m.group(1), m.group(2)
+    comfy_suffix, part = table[suffix]
+    comfy = f"{comfy_block.format(block)}.{comfy_suffix}"
+    if part is None:
+        rows = out_features(name)
+        return FusedPart(comfy, 0, rows, rows)
+    # The parts of a fused module, in order, as diffusers names.
+    parts = [s for _, s in sorted((p, s) for s, (c, p) in table.items() if c == comfy_suffix)]
+    prefix = name[: len(name) - len(suffix)]
+    sizes = [out_features(prefix + s) for s in parts]
+    return FusedPart(comfy, sum(sizes[:part]), sizes[part], sum(sizes))
+
+
+def fuse_lora(
+    family: str,
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    scale: float,
+    out_features: Callable[[str], int],
+) -> dict[str, torch.Tensor]:
+    """ComfyUI-native LoRA tensors from per-diffusers-module factors {name: (A [r, in], B [out, r])}.
+
+    The effective update of every module is scale * B @ A (peft: scale = alpha / r).
+    """
+    groups: dict[str, list[tuple[FusedPart, torch.Tensor, torch.Tensor]]] = {}
+    for name, (a, b) in factors.items():
+        part = diffusers_to_comfy_module(family, name, out_features)
+        groups.setdefault(part.comfy_module, []).append((part, a, b))
+    out: dict[str, torch.Tensor] = {}
+    for comfy, items in sorted(groups.items()):
+        items.sort(key=lambda it: it[0].offset)
+        fused_rows = items[0][0].fused_rows
+        rank = sum(a.shape[0] for _, a, _ in items)
+        down = torch.cat([a.float() for _, a, _ in items])
+        up = torch.zeros(fused_rows, rank)
+        col = 0
+        for part, a, b in items:
+            up[part.offset : part.offset + part.rows, col : col + a.shape[0]] = b.float()
+            col += a.shape[0]
+        out[f"{PREFIX}{comfy}.lora_down.weight"] = down.contiguous()
+        out[f"{PREFIX}{comfy}.lora_up.weight"] = up.contiguous()
+        out[f"{PREFIX}{comfy}.alpha"] = torch.tensor(float(scale * rank))
+    return out
+
+
+def comfy_to_diffusers(
+    family: str,
+    tensors: Mapping[str, torch.Tensor],
+    module_names: list[str],
+    out_features: Callable[[str], int],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-diffusers-module factors {name: (A, B)} with the scale folded into B (effective
+    update B @ A), for the diffusers modules `module_names` that the file touches.
+
+    Raises LoraFileError when the file has modules this model does not have.
+    """
+    by_comfy: dict[str, list[tuple[str, FusedPart]]] = {}
+    for name in module_names:
+        try:
+            part = diffusers_to_comfy_module(family, name, out_features)
+        except LoraFileError:
+            continue
+        by_comfy.setdefault(part.comfy_module, []).append((name, part))
+    in_file = lora_modules(tensors)
+    unknown = sorted(set(in_file) - set(by_comfy))
+    if unknown:
+        raise LoraFileError(
+            f"this LoRA has {len(unknown)} module(s) the {family} model does not have (e.g. {unknown[0]!r}); "
+            "it was trained for another architecture or model size"
+        )
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for comfy in in_file:
+        down, up, alpha = in_file[comfy]
+        rank = down.shape[0]
+        scale = (float(alpha) / rank) if alpha is not None else 1.0
+        parts = sorted(by_comfy[comfy], key=lambda np_: np_[1].offset)
+        if up.shape[0] != parts[0][1].fused_rows:
+            raise LoraFileError(
+                f"LoRA module {comfy!r} has {up.shape[0]} output rows but the model's has "
+                f"{parts[0][1].fused_rows}: the LoRA is for a different model size"
+            )
+        for name, part in parts:
+            b = up[part.offset : part.offset + part.rows].float() * scale
+            used = (b != 0).any(dim=0).nonzero().flatten()
+            if used.numel() == 0:
+                continue
+            cols = torch.arange(int(used.min()), int(used.max()) + 1)
+            out[name] = (down[cols].float().contiguous(), b[:, cols].contiguous())
+    return out
+
+
+def lora_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """{comfy module: (down, up, alpha or None)} of a ComfyUI-format LoRA state dict."""
+    mods: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = re.fullmatch(re.escape(PREFIX) + r"(.+)\.(lora_down\.weight|lora_up\.weight|alpha)", key)
+        if m is None:
+            raise LoraFileError(
+                f"unexpected key {key!r}: FDFO LoRA files use ComfyUI-native keys "
+                f"'{PREFIX}<module>.lora_up.weight / .lora_down.weight / .alpha'"
+            )
+        mods.setdefault(m.group(1), {})[m.group(2)] = t
+    out = {}
+    for mod, parts in mods.items():
+        if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
+            raise LoraFileError(f"LoRA module {mod!r} lacks its lora_down or lora_up weight")
+        out[mod] = (parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
+    return out
+
+
+def save_lora(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write a .safetensors LoRA atomically. Metadata values are stored as JSON strings under `fdfo.`."""
+    meta = {"format": "pt"}
+    for k, v in metadata.items():
+        meta[METADATA_PREFIX + k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    data = {k: (v.to(dtype) if v.ndim else v.float()).contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+
+
+def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a LoRA file: (tensors, fdfo metadata with JSON values decoded)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA file {path} does not exist")
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        if not k.startswith(METADATA_PREFIX):
+            continue
+        try:
+            meta[k[len(METADATA_PREFIX):]] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k[len(METADATA_PREFIX):]] = v
+    return tensors, meta
+
+
+def check_family(meta: Mapping[str, Any], family: str, path: str | Path) -> None:
+    found = meta.get("base_model_family")
+    if found is not None and found != family:
+        raise LoraFileError(
+            f"{path} is a LoRA for a {found} model, but the model loaded is {family}; "
+            f"load it into a {found} model or train a new LoRA for this one"
+        )
