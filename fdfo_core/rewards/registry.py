@@ -41,14 +41,30 @@ _TERM = re.compile(
 )
 
 
+# The sign of a number's exponent (1e-3, 2.5E+2), not preceded by part of a name ("pickscore+...").
+_EXPONENT_SIGN = re.compile(r"(?<![A-Za-z0-9_.])((?:\d+\.?\d*|\.\d+)[eE])([+-])(?=\d)")
+
+
+def _split_terms(spec: str) -> list[str]:
+    """Split a spec at the + and - that start a new term: not exponent signs, not a sign after '*'."""
+    protected = _EXPONENT_SIGN.sub(lambda m: m.group(1) + ("\x00" if m.group(2) == "+" else "\x01"), spec.strip())
+    parts, current = [], ""
+    for ch in protected:
+        if ch in "+-" and current.strip() and not current.rstrip().endswith("*"):
+            parts.append(current)
+            current = ch
+        else:
+            current += ch
+    parts.append(current)
+    return [p.replace("\x00", "+").replace("\x01", "-") for p in parts]
+
+
 def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
     """Parse ``"pickscore + 0.1*vlm - 0.5*brightness"`` into ``[(1.0, "pickscore"), (0.1, "vlm"), (-0.5, "brightness")]``."""
     if not spec or not spec.strip():
         raise RewardError(f"empty reward spec; choose one of: {', '.join(available_rewards())}")
-    # Split on + and - that start a new term (not the sign of an exponent such as 1e-3).
-    parts = re.split(r"(?<![eE*])\s*(?=[+-])", spec.strip())
     terms = []
-    for part in parts:
+    for part in _split_terms(spec):
         part = part.strip()
         if not part:
             continue
