@@ -26,6 +26,11 @@ def ensure_registered() -> None:
     """Import every module that registers built-in rewards (cheap: heavy imports are lazy)."""
     from . import clip_rewards, remote, simple, vlm  # noqa: F401
 
+    try:  # the toy world's caption-alignment reward (weight-free, torch only)
+        from ..toy import alignment  # noqa: F401
+    except ImportError:
+        pass
+
 
 __all__ = [
     "Layout",
