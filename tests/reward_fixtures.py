@@ -177,34 +177,44 @@ def _qwen_tokenizer():
     return tok, ids
 
 
-def write_qwen2_vl_folder(folder: Path, seed: int = 0, image_size: int = 56) -> Path:
+def write_qwen2_vl_folder(folder: Path, seed: int = 0, image_size: int = 56, version: str = "2") -> Path:
     """A tiny Qwen2-VL checkpoint laid out like Qwen/Qwen2-VL-*-Instruct on the Hub: config.json +
     model.safetensors, tokenizer files, preprocessor_config.json and chat_template.json.
 
     The processor is saved part by part (its video processor needs torchvision, which this
     environment lacks; the reward loader copes with that)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if version == "2.5":  # Qwen2.5-VL: windowed vision attention, SwiGLU vision MLP
+        config_cls, model_cls = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+        processor_class = "Qwen2_5_VLProcessor"
+    else:
+        config_cls, model_cls = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
+        vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, mlp_ratio=2)
+        processor_class = "Qwen2VLProcessor"
 
     folder.mkdir(parents=True, exist_ok=True)
     tok, ids = _qwen_tokenizer()
     vocab_size = len(tok)
-    config = Qwen2VLConfig(
+    config = config_cls(
         text_config=dict(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     with torch.no_grad():  # larger logits than the 0.02-std init, so Yes/No differ visibly
-        model.lm_head.weight.normal_(0, 1.0)
+        model.lm_head.weight.normal_(0, 0.3)
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     image_processor = Qwen2VLImageProcessorPil(
@@ -213,7 +223,7 @@ def write_qwen2_vl_folder(folder: Path, seed: int = 0, image_size: int = 56) -> 
     )
     image_processor.save_pretrained(str(folder))
     pre = json.loads((folder / "preprocessor_config.json").read_text())
-    pre["processor_class"] = "Qwen2VLProcessor"
+    pre["processor_class"] = processor_class
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
     return folder

@@ -37,28 +37,44 @@ def test_vlm_contract(vlm):
     assert len(set(scores.tolist())) > 1
 
 
-def test_vlm_equals_hand_computation(vlm, rewards_root):
+def _hand_scores(folder, processor, images, prompts):
     """100 * sigmoid(logit(Yes) - logit(No)) at the position after the generation prompt."""
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(str(rewards_root / "vlm")).eval()
-    processor = vlm.processor
+    model = AutoModelForImageTextToText.from_pretrained(str(folder)).eval()
     yes = processor.tokenizer.convert_tokens_to_ids("Yes")
     no = processor.tokenizer.convert_tokens_to_ids("No")
-    assert (vlm.target_id, vlm.contrast_id) == (yes, no)
-    images = rf.sample_images(2, 56, 56, seed=11)  # already at image_size: no resize
-    prompts = ["a red cube", "two dogs"]
-    got = vlm(images, prompts)
+    out = []
     for i, prompt in enumerate(prompts):
         question = f'Does this image match the caption "{prompt}"? Answer Yes or No.'
         text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                 f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
-        pil = vlm.pil_images(images[i : i + 1])
-        inputs = processor(text=[text], images=pil, return_tensors="pt")
+        arr = (images[i].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        from PIL import Image
+
+        inputs = processor(text=[text], images=[Image.fromarray(arr)], return_tensors="pt")
         with torch.no_grad():
             logits = model(**inputs).logits[0, -1]
-        expected = 100 * torch.sigmoid(logits[yes] - logits[no])
-        assert torch.allclose(got[i], expected, atol=1e-4), (got[i], expected)
+        out.append(100 * torch.sigmoid(logits[yes] - logits[no]))
+    return torch.stack(out), (yes, no)
+
+
+def test_vlm_equals_hand_computation(vlm, rewards_root):
+    images = rf.sample_images(2, 56, 56, seed=11)  # already at image_size: no resize
+    prompts = ["a red cube", "two dogs"]
+    expected, ids = _hand_scores(rewards_root / "vlm", vlm.processor, images, prompts)
+    assert (vlm.target_id, vlm.contrast_id) == ids
+    assert torch.allclose(vlm(images, prompts), expected, atol=1e-4)
+
+
+def test_qwen2_5_vl(tmp_path):
+    folder = rf.write_qwen2_vl_folder(tmp_path / "Qwen2.5-VL-tiny", version="2.5")
+    r = build_reward("vlm", {"vlm": {"path": str(folder), "image_size": 56}})
+    assert type(r.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    rf.check_reward_contract(r, images=rf.sample_images(3, 64, 64), prompts=rf.PROMPTS[:3])
+    images = rf.sample_images(2, 56, 56, seed=12)
+    expected, _ = _hand_scores(folder, r.processor, images, ["a cat", "a dog"])
+    assert torch.allclose(r(images, ["a cat", "a dog"]), expected, atol=1e-4)
 
 
 def test_vlm_resizes_to_image_size(vlm):
