@@ -24,7 +24,6 @@ OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # A few merges so that common test words become single tokens (the rest falls back to bytes).
 _CLIP_MERGES = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")]
-_QWEN_WORDS = ["Yes", "No", "\u0120Yes", "\u0120No"]
 
 
 def byte_unicode_table() -> dict[int, str]:
@@ -161,8 +160,9 @@ def _qwen_tokenizer():
     from transformers import Qwen2Tokenizer
 
     chars = list(byte_unicode_table().values())
-    merges = [("Y", "e"), ("Ye", "s"), ("N", "o"), ("\u0120", "Y"), ("\u0120Y", "e"), ("\u0120Ye", "s"), ("\u0120", "N"),
-              ("\u0120N", "o")]
+    # merges in priority order: the space-prefixed words first, so that " Yes" is one token too
+    merges = [("\u0120", "Y"), ("\u0120Y", "e"), ("\u0120Ye", "s"), ("\u0120", "N"), ("\u0120N", "o"),
+              ("Y", "e"), ("Ye", "s"), ("N", "o")]
     tokens = list(chars)
     for a, b in merges:
         if a + b not in tokens:

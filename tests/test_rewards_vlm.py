@@ -100,8 +100,9 @@ def test_answer_token_leading_space_and_errors(vlm):
     assert answer_token_id(tok, "Yes") == tok.convert_tokens_to_ids("Yes")
     with pytest.raises(RewardError, match="several tokens"):
         answer_token_id(tok, "Maybe")
-    # a word that is one token only with its leading space ("\u0120Yes" exists; "yes" does not)
-    assert answer_token_id(tok, "\u0120Yes") == tok.convert_tokens_to_ids("\u0120Yes")
+    # after "Assistant:" (no whitespace before the answer) the model writes " Yes"
+    assert answer_token_id(tok, "Yes", after_space=False) == tok.convert_tokens_to_ids("\u0120Yes")
+    assert answer_token_id(tok, " Yes") == tok.convert_tokens_to_ids("\u0120Yes")
 
 
 def test_vlm_missing_weights(monkeypatch, tmp_path):

@@ -12,11 +12,13 @@ braces are left alone) or named by a preset of the FDFO paper (`QUESTION_PRESETS
 resized to ``image_size`` x ``image_size`` (504 in the paper; bilinear with antialiasing) and
 rounded to 8 bits before the model's own processor, as any saved image would be.
 
-Answer tokens: the word is encoded without special tokens and used when it is one token; else the
-variant with a leading space (" Yes", the form after a space in byte-level BPE vocabularies) is
-tried; else the word itself is looked up in the vocabulary. Anything else is an error: pick a word
-that is a single token. The answer position follows "assistant\\n" in Qwen-style templates, where
-the model writes the bare word, so the bare word is tried first.
+Answer tokens: the word is encoded without special tokens and used when it is one token, and so
+is its variant with a leading space (" Yes", the form after a space in byte-level BPE vocabularies);
+which of the two is tried first depends on how the generation prompt ends: after whitespace
+("<|im_start|>assistant\\n" in Qwen templates) the model writes the bare word, right after a word
+("Assistant:" in SmolVLM / Idefics3) it writes " Yes". Failing both, the word is looked up in the
+vocabulary; anything else is an error: pick a word that is a single token. A word typed with its
+own leading space (target=" Yes") is taken as it is.
 
 Works with any transformers model loadable by AutoModelForImageTextToText whose processor has a
 chat template: Qwen2-VL, Qwen2.5-VL (the paper's Qwen/Qwen2.5-VL-7B-Instruct and 3B), Qwen3-VL,
@@ -53,11 +55,15 @@ QUESTION_PRESETS = {
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
-def answer_token_id(tokenizer, word: str) -> int:
-    """The id of the single token the model emits for `word` as the first answer token."""
+def answer_token_id(tokenizer, word: str, after_space: bool = True) -> int:
+    """The id of the single token the model emits for `word` as the first answer token.
+
+    `after_space`: the generation prompt ends in whitespace ("assistant\n"), so the bare word is
+    tried first; otherwise ("Assistant:") the variant with a leading space is tried first.
+    """
     if not word:
         raise RewardError("vlm: the target and contrast words must not be empty")
-    for candidate in (word, " " + word):
+    for candidate in ((word, " " + word) if after_space else (" " + word, word)):
         ids = tokenizer.encode(candidate, add_special_tokens=False)
         if len(ids) == 1:
             return int(ids[0])
@@ -154,16 +160,18 @@ class VLMYesNo(ModelReward):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.question = QUESTION_PRESETS.get(question, question)
-        self.target, self.contrast = target, contrast
-        self.target_id = answer_token_id(self.tokenizer, target)
-        self.contrast_id = answer_token_id(self.tokenizer, contrast)
-        if self.target_id == self.contrast_id:
-            raise RewardError(f"vlm: {target!r} and {contrast!r} map to the same token")
         self.image_size = int(image_size) if image_size else None
         self.scale = float(scale)
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         if not template:
             raise RewardError("vlm: the processor has no chat template; use an instruction-tuned (chat) VLM")
+        # Does the answer start after whitespace ("assistant\n") or right after a word ("Assistant:")?
+        after_space = self.texts(["x"])[0][-1:].isspace()
+        self.target, self.contrast = target, contrast
+        self.target_id = answer_token_id(self.tokenizer, target, after_space)
+        self.contrast_id = answer_token_id(self.tokenizer, contrast, after_space)
+        if self.target_id == self.contrast_id:
+            raise RewardError(f"vlm: {target!r} and {contrast!r} map to the same token")
         params = inspect.signature(self.model.forward).parameters
         self._keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._nested_images = type(processor).__name__.startswith(("Idefics", "SmolVLM"))
@@ -234,7 +242,10 @@ def _vlm(path: str | None = None, model: str = DEFAULT_VLM, question: str = DEFA
         check=has_transformers_model, alt_folders=(model.split("/")[-1],),
     )
     folder = locate(source, path, reward="vlm")
-    from transformers import AutoModelForImageTextToText
+    try:
+        from transformers import AutoModelForImageTextToText
+    except ImportError:  # transformers < 4.46
+        from transformers import AutoModelForVision2Seq as AutoModelForImageTextToText
 
     try:
         processor = load_processor(folder)
