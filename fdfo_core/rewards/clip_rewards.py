@@ -59,7 +59,7 @@ CLIP_L = WeightSource(
 AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_HEAD = WeightSource(
     what=f"the LAION aesthetic predictor v2 head {AESTHETIC_HEAD_FILE}", folder="aesthetic",
-    url=f"https://github.com/christophschuhmann/improved-aesthetic-predictor (file {AESTHETIC_HEAD_FILE})",
+    url="https://github.com/christophschuhmann/improved-aesthetic-predictor", files=AESTHETIC_HEAD_FILE,
     check=has_file(AESTHETIC_HEAD_FILE, AESTHETIC_HEAD_FILE.replace(".pth", ".safetensors")),
 )
 
