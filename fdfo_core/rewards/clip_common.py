@@ -12,7 +12,6 @@ of 8-bit rounding, which move scores by far less than the differences between im
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -199,7 +198,3 @@ class TextEmbeddingCache:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def is_finite_scalar(x: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -204,10 +204,6 @@ def has_clip_processor(p: Path) -> str | None:
     return None
 
 
-def has_tokenizer(p: Path) -> str | None:
-    return has_clip_processor(p)
-
-
 def has_file(*names: str) -> Callable[[Path], str | None]:
     def check(p: Path) -> str | None:
         if p.is_file():  # a file given explicitly is taken as it is
