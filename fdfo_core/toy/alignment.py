@@ -49,76 +49,125 @@ class Component:
     cy: float
 
 
-def _label_components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of a bool mask [H, W] (0 = background, labels arbitrary ints)."""
-    h, w = mask.shape
-    idx = torch.arange(1, h * w + 1, dtype=torch.float32).reshape(1, 1, h, w)
-    m = mask.reshape(1, 1, h, w).float()
-    lab = idx * m
+def _max3x3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 maximum filter of [M, H, W] integer tensors, zero outside the image (separable)."""
+    y = x.clone()
+    y[:, 1:] = torch.maximum(y[:, 1:], x[:, :-1])
+    y[:, :-1] = torch.maximum(y[:, :-1], x[:, 1:])
+    z = y.clone()
+    z[:, :, 1:] = torch.maximum(z[:, :, 1:], y[:, :, :-1])
+    z[:, :, :-1] = torch.maximum(z[:, :, :-1], y[:, :, 1:])
+    return z
+
+
+def _open(masks: torch.Tensor) -> torch.Tensor:
+    """Morphological opening (3x3 erode, then dilate) of bool masks [M, H, W]; the outside does not erode."""
+    eroded = _max3x3((~masks).to(torch.uint8)) == 0
+    return _max3x3(eroded.to(torch.uint8)) > 0
+
+
+def _label_components(masks: torch.Tensor) -> torch.Tensor:
+    """8-connected component labels of bool masks [M, H, W] (0 = outside; a label is the largest
+    flat pixel index + 1 of its component)."""
+    m, h, w = masks.shape
+    inside = masks.to(torch.int32)
+    lab = torch.arange(1, h * w + 1, dtype=torch.int32).reshape(1, h, w) * inside
     while True:  # propagate the largest index through each component
-        new = F.max_pool2d(lab, 3, stride=1, padding=1) * m
+        new = _max3x3(lab) * inside
         if torch.equal(new, lab):
-            return lab[0, 0].long()
+            return lab.long()
         lab = new
 
 
-def _classify(crop: torch.Tensor) -> str:
-    """Shape of one component from its bounding-box crop (bool [h, w])."""
-    h, w = crop.shape
-    q = max(1, round(h / 4))
-    top, bottom = crop[:q].float().sum(), crop[h - q :].float().sum()
-    if top < 0.5 * bottom:
-        return "triangle"
-    c = max(1, round(min(h, w) / 5))
-    corners = torch.stack([crop[:c, :c].float().mean(), crop[:c, w - c :].float().mean(), crop[h - c :, :c].float().mean(), crop[h - c :, w - c :].float().mean()])
-    return "square" if corners.mean() > 0.5 else "circle"
+def _segment(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Palette index per pixel [N, 64, 64] (-1 where no colour is near) and background index [N] (-1 if none)."""
+    x = images.float()
+    if x.shape[-2:] != (ANALYSIS_SIZE, ANALYSIS_SIZE):
+        x = F.interpolate(x, size=(ANALYSIS_SIZE, ANALYSIS_SIZE), mode="area")
+    px = x.permute(0, 2, 3, 1).reshape(-1, 3) * 255.0
+    dmin, lab = torch.cdist(px, _PALETTE.to(px)).min(dim=1)
+    lab = torch.where(dmin < MAX_COLOUR_DISTANCE, lab, torch.full_like(lab, -1)).reshape(-1, ANALYSIS_SIZE, ANALYSIS_SIZE)
+    ring = lab[:, _ring_mask()]  # [N, R]
+    counts = F.one_hot(ring + 1, len(_PALETTE_NAMES) + 1)[..., 1:].sum(dim=1)  # [N, K], unlabelled dropped
+    bg = torch.where(counts.sum(dim=1) > 0, counts.argmax(dim=1), torch.full_like(counts[:, 0], -1))
+    return lab, bg
+
+
+def _ring_mask() -> torch.Tensor:
+    ring = torch.ones(ANALYSIS_SIZE, ANALYSIS_SIZE, dtype=torch.bool)
+    ring[BORDER:-BORDER, BORDER:-BORDER] = False
+    return ring
+
+
+def _components(lab: torch.Tensor, bg: torch.Tensor) -> list[list[Component]]:
+    """Components of every non-background colour of every image, all images at once."""
+    n, h, w = lab.shape
+    k = len(_PALETTE_NAMES)
+    colours = torch.arange(k)
+    masks = (lab[:, None] == colours[None, :, None, None]) & (colours[None, :] != bg[:, None])[..., None, None]
+    masks = masks.reshape(n * k, h, w)
+    labels = torch.zeros(masks.shape, dtype=torch.long)
+    busy = masks.flatten(1).sum(dim=1) >= MIN_AREA  # most (image, colour) pairs are empty
+    if busy.any():
+        sub = masks[busy]
+        lab = _label_components(_open(sub) & sub)
+        # Give each component back the fringe pixels the opening removed (e.g. a triangle's apex).
+        labels[busy] = torch.where(sub, _max3x3(lab), 0)
+
+    # Per-component statistics with scatter ops over the labelled pixels.
+    mi, ys, xs = torch.nonzero(labels, as_tuple=True)
+    out: list[list[Component]] = [[] for _ in range(n)]
+    if mi.numel() == 0:
+        return out
+    keys, inv = torch.unique(mi * (h * w + 1) + labels[mi, ys, xs], return_inverse=True)
+    nc = keys.numel()
+    area = torch.bincount(inv, minlength=nc)
+    ysf, xsf = ys.float(), xs.float()
+    cx = torch.bincount(inv, xsf, minlength=nc) / area + 0.5
+    cy = torch.bincount(inv, ysf, minlength=nc) / area + 0.5
+
+    def extreme(v, reduce):
+        init = torch.full((nc,), h * w if reduce == "amin" else -1, dtype=torch.long)
+        return init.scatter_reduce(0, inv, v, reduce=reduce)
+
+    y0, y1, x0, x1 = extreme(ys, "amin"), extreme(ys, "amax"), extreme(xs, "amin"), extreme(xs, "amax")
+    bh, bw = y1 - y0 + 1, x1 - x0 + 1
+    # Triangles (apex up): the top quarter of the box holds much less than the bottom quarter.
+    q = torch.clamp(torch.round(bh / 4).long(), min=1)
+    top = torch.bincount(inv, (ys < y0[inv] + q[inv]).float(), minlength=nc)
+    bottom = torch.bincount(inv, (ys > y1[inv] - q[inv]).float(), minlength=nc)
+    # Squares fill the corners of their box, circles do not.
+    c = torch.clamp(torch.round(torch.minimum(bh, bw) / 5).long(), min=1)
+    in_corner = ((ys < y0[inv] + c[inv]) | (ys > y1[inv] - c[inv])) & ((xs < x0[inv] + c[inv]) | (xs > x1[inv] - c[inv]))
+    corner_fill = torch.bincount(inv, in_corner.float(), minlength=nc) / (4 * c * c)
+
+    owner = (keys // (h * w + 1)).tolist()  # mask index = image * K + colour
+    is_tri = (top < 0.5 * bottom).tolist()
+    is_square = (corner_fill > 0.5).tolist()
+    for j, (a, x, y) in enumerate(zip(area.tolist(), cx.tolist(), cy.tolist())):
+        if a < MIN_AREA:
+            continue
+        shape = "triangle" if is_tri[j] else "square" if is_square[j] else "circle"
+        img, colour = divmod(owner[j], k)
+        out[img].append(Component(_PALETTE_NAMES[colour], shape, a, x, y))
+    return out
+
+
+def analyse_images(images: torch.Tensor) -> tuple[torch.Tensor, list[list[Component]], list[str | None]]:
+    """Segment a batch (float [N, 3, H, W] in [0, 1]).
+
+    Returns (palette index per pixel [N, 64, 64], -1 where no colour is near; per image its
+    components; per image the background colour name or None).
+    """
+    lab, bg = _segment(images)
+    names = [_PALETTE_NAMES[int(b)] if b >= 0 else None for b in bg]
+    return lab, _components(lab, bg), names
 
 
 def analyse_image(image: torch.Tensor) -> tuple[torch.Tensor, list[Component], str | None]:
-    """Segment one image (float [3, H, W] in [0, 1]).
-
-    Returns (palette index per pixel [64, 64], -1 where no colour is near; the components; the
-    background colour name or None).
-    """
-    x = image.float().unsqueeze(0)
-    if x.shape[-2:] != (ANALYSIS_SIZE, ANALYSIS_SIZE):
-        x = F.interpolate(x, size=(ANALYSIS_SIZE, ANALYSIS_SIZE), mode="area")
-    px = x[0].permute(1, 2, 0).reshape(-1, 3) * 255.0
-    dist = torch.cdist(px, _PALETTE.to(px))
-    dmin, lab = dist.min(dim=1)
-    lab = torch.where(dmin < MAX_COLOUR_DISTANCE, lab, torch.full_like(lab, -1)).reshape(ANALYSIS_SIZE, ANALYSIS_SIZE)
-
-    ring = torch.ones_like(lab, dtype=torch.bool)
-    ring[BORDER:-BORDER, BORDER:-BORDER] = False
-    ring_labels = lab[ring]
-    ring_labels = ring_labels[ring_labels >= 0]
-    bg_index = int(torch.mode(ring_labels).values) if ring_labels.numel() else -1
-    background = _PALETTE_NAMES[bg_index] if bg_index >= 0 else None
-
-    comps: list[Component] = []
-    for k, name in enumerate(_PALETTE_NAMES):
-        if k == bg_index:
-            continue
-        mask = lab == k
-        if int(mask.sum()) < MIN_AREA:
-            continue
-        m = mask.float()[None, None]
-        opened = F.max_pool2d(-F.max_pool2d(-m, 3, stride=1, padding=1), 3, stride=1, padding=1)[0, 0] > 0.5
-        opened &= mask
-        labels = _label_components(opened)
-        # Give each component back the fringe pixels the opening removed (e.g. a triangle's apex).
-        labels = torch.where(mask, F.max_pool2d(labels[None, None].float(), 3, stride=1, padding=1)[0, 0].long(), 0)
-        for value in labels.unique():
-            if value == 0:
-                continue
-            cm = labels == value
-            area = int(cm.sum())
-            if area < MIN_AREA:
-                continue
-            ys, xs = torch.nonzero(cm, as_tuple=True)
-            crop = cm[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-            comps.append(Component(name, _classify(crop), area, float(xs.float().mean()) + 0.5, float(ys.float().mean()) + 0.5))
-    return lab, comps, background
+    """`analyse_images` for one image [3, H, W]."""
+    lab, comps, names = analyse_images(image[None])
+    return lab[0], comps[0], names[0]
 
 
 def _relation_holds(rel: str, a: Component, b: Component) -> bool:
@@ -133,21 +182,21 @@ def _relation_holds(rel: str, a: Component, b: Component) -> bool:
     raise ValueError(f"unknown relation {rel!r}")
 
 
-def alignment_checks(image: torch.Tensor, spec: SceneSpec | str) -> dict[str, float]:
-    """Every check of one image (float [3, H, W] in [0, 1]) against a caption or `SceneSpec`."""
-    if isinstance(spec, str):
-        parsed = parse_caption(spec)
-        if parsed is None:
-            raise RewardError(
-                f"toy_alignment: cannot parse {spec!r}; toy captions look like 'two red circles above a "
-                "blue square on a yellow background' (see fdfo_core/toy/grammar.py)"
-            )
-        spec = parsed
-    lab, comps, _ = analyse_image(image)
-    ring = torch.ones_like(lab, dtype=torch.bool)
-    ring[BORDER:-BORDER, BORDER:-BORDER] = False
+def _parse(spec: SceneSpec | str) -> SceneSpec:
+    if isinstance(spec, SceneSpec):
+        return spec
+    parsed = parse_caption(spec)
+    if parsed is None:
+        raise RewardError(
+            f"toy_alignment: cannot parse {spec!r}; toy captions look like 'two red circles above a "
+            "blue square on a yellow background' (see fdfo_core/toy/grammar.py)"
+        )
+    return parsed
+
+
+def _checks(lab: torch.Tensor, comps: list[Component], spec: SceneSpec) -> dict[str, float]:
     bg_k = _PALETTE_NAMES.index(spec.background)
-    checks = {"background": float((lab[ring] == bg_k).float().mean())}
+    checks = {"background": float((lab[_ring_mask()] == bg_k).float().mean())}
     matched = []
     for i, g in enumerate(spec.groups):
         of_colour = [c for c in comps if c.colour == g.colour]
@@ -164,10 +213,27 @@ def alignment_checks(image: torch.Tensor, spec: SceneSpec | str) -> dict[str, fl
     return checks
 
 
+def alignment_checks(image: torch.Tensor, spec: SceneSpec | str) -> dict[str, float]:
+    """Every check of one image (float [3, H, W] in [0, 1]) against a caption or `SceneSpec`."""
+    spec = _parse(spec)
+    lab, comps, _ = analyse_image(image)
+    return _checks(lab, comps, spec)
+
+
+def alignment_scores(images: torch.Tensor, specs: Sequence[SceneSpec | str]) -> torch.Tensor:
+    """Mean of the checks per image (float [N, 3, H, W] in [0, 1]): 1 when everything the caption says is there."""
+    parsed = [_parse(s) for s in specs]
+    lab, comps, _ = analyse_images(images)
+    out = []
+    for i, spec in enumerate(parsed):
+        checks = _checks(lab[i], comps[i], spec)
+        out.append(sum(checks.values()) / len(checks))
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def alignment_score(image: torch.Tensor, spec: SceneSpec | str) -> float:
-    """Mean of `alignment_checks`: 1 when everything the caption says is in the image."""
-    checks = alignment_checks(image, spec)
-    return sum(checks.values()) / len(checks)
+    """`alignment_scores` for one image [3, H, W]."""
+    return float(alignment_scores(image[None], [spec])[0])
 
 
 class ToyAlignment(Reward):
@@ -176,8 +242,7 @@ class ToyAlignment(Reward):
     name = "toy_alignment"
 
     def _score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        images = images.cpu()
-        return torch.tensor([alignment_score(im, p) for im, p in zip(images, prompts)])
+        return alignment_scores(images.cpu(), prompts)
 
 
 @register_reward("toy_alignment", "toy caption alignment: colours, shapes, counts, positions, background (0 to 1)")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import alignment_score
+from .alignment import alignment_scores
 from .grammar import SceneSpec, sample_split_spec
 from .model import (
     SD3_SCALING_FACTOR,
@@ -262,7 +262,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
 def evaluate(pipe, prompts: list[str], steps: int, guidance: float, seed: int = 0) -> tuple[float, float]:
     """Mean toy alignment and its standard error over `prompts` (one image each, fixed seeds)."""
     images = generate(pipe, prompts, [seed * 100_000 + i for i in range(len(prompts))], steps, guidance)
-    scores = np.array([alignment_score(im, p) for im, p in zip(images, prompts)])
+    scores = alignment_scores(images, prompts).numpy()
     return float(scores.mean()), float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
 
 
