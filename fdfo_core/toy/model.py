@@ -13,6 +13,7 @@ Shapes (defaults of `ToyModelConfig`):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -147,9 +148,11 @@ def load_toy_pipeline(path: str | Path | None = None, dtype: torch.dtype = torch
     from diffusers import StableDiffusion3Pipeline
 
     path = Path(path) if path is not None else default_toy_model_path()
-    pipe = StableDiffusion3Pipeline.from_pretrained(
-        str(path), text_encoder_3=None, tokenizer_3=None, torch_dtype=dtype
-    )
+    with warnings.catch_warnings():
+        # diffusers >= 0.36 prefers `dtype=`; older releases only know `torch_dtype=`.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+        warnings.filterwarnings("ignore", message=".*Expected types for vae.*")
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), text_encoder_3=None, tokenizer_3=None, torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
