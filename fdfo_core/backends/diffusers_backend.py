@@ -75,7 +75,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
     import diffusers
 
     pipe_cls = getattr(diffusers, cls_name)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}  # "dtype" in diffusers >= 0.36; this spelling works on both
     path = Path(model)
     if path.exists():
         index = json.loads((path / "model_index.json").read_text())
