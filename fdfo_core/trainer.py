@@ -100,7 +100,8 @@ class EpochRollouts:
     velocities: torch.Tensor
     final: torch.Tensor  # [2n, C, h, w]
     sigmas: torch.Tensor
-    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n]
+    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] what training uses
+    raw_rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] before normalisation
 
 
 class FDFOTrainer:
@@ -228,6 +229,10 @@ class FDFOTrainer:
     def score(self, roll: EpochRollouts) -> torch.Tensor:
         n = roll.pair_ids.numel()
         prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
+        # A per-prompt normalising reward must see all of a prompt's images at once: score raw
+        # chunks with the inner reward, normalise once at the end.
+        normalizer = self.reward if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner") else None
+        scorer = normalizer.inner if normalizer is not None else self.reward
         rewards = []
         total = roll.final.shape[0]
         for start in range(0, total, self.config.decode_batch_size):
@@ -236,15 +241,25 @@ class FDFOTrainer:
             with self._autocast():
                 images = self.backend.decode(roll.final[start:stop].to(self.device)).float()
             try:
-                r = self.reward(images, prompts[start:stop])
+                r = scorer(images, prompts[start:stop])
             except RewardError:
                 raise
             except Exception as e:  # a scorer's own failure: say which reward and why
                 raise RewardError(f"reward {self.reward_spec!r} failed: {type(e).__name__}: {e}") from e
             rewards.append(r.double())
             self._progress("reward", stop, total)
-        roll.rewards = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
-        assert roll.rewards.shape[0] == 2 * n
+        raw = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
+        if raw.shape[0] != 2 * n:
+            raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
+        roll.raw_rewards = raw
+        if normalizer is not None:
+            finite = torch.isfinite(raw)
+            normed = torch.full_like(raw, float("nan"))
+            keep = finite.nonzero().flatten().tolist()
+            if keep:
+                normed[keep] = normalizer.normalize(raw[keep].float(), [prompts[i] for i in keep]).double()
+            raw = normed
+        roll.rewards = raw
         return roll.rewards
 
     # --- phase 3: train on all (sample, step) items -----------------------------------------------
@@ -343,11 +358,13 @@ class FDFOTrainer:
         n = roll.pair_ids.numel()
         finite = torch.isfinite(rewards)
         valid_local = finite[:n] & finite[n:]
+        both = torch.cat([valid_local, valid_local])
         gathered = self.dist.all_gather_object(
-            (roll.pair_ids[valid_local].tolist(), rewards[torch.cat([valid_local, valid_local])].tolist())
+            (roll.pair_ids[valid_local].tolist(), rewards[both].tolist(), roll.raw_rewards[both].tolist())
         )
-        valid_global = torch.tensor(sorted(p for ids, _ in gathered for p in ids), dtype=torch.long)
-        all_rewards = torch.tensor([r for _, rs in gathered for r in rs], dtype=torch.float64)
+        valid_global = torch.tensor(sorted(p for ids, _, _ in gathered for p in ids), dtype=torch.long)
+        all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
+        raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
         dropped = cfg.pairs_per_epoch - valid_global.numel()
         if valid_global.numel() == 0:
             raise TrainingError(
@@ -376,10 +393,10 @@ class FDFOTrainer:
         metrics = {
             "epoch": self.epoch,
             "images_seen": self.images_seen,
-            "reward_mean": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
-            "reward_min": float(all_rewards.min()),
-            "reward_max": float(all_rewards.max()),
+            "reward_mean": float(raw_rewards.mean()),
+            "reward_std": float(raw_rewards.std()) if raw_rewards.numel() > 1 else 0.0,
+            "reward_min": float(raw_rewards.min()),
+            "reward_max": float(raw_rewards.max()),
             "mean_abs_dR": mean_abs_dr,
             "pairs": n_valid,
             "pairs_dropped": dropped,
@@ -402,7 +419,7 @@ class FDFOTrainer:
     @staticmethod
     def _mean_abs_dr(gathered) -> float:
         total, count = 0.0, 0
-        for ids, rs in gathered:
+        for ids, rs, _ in gathered:
             k = len(ids)
             for i in range(k):
                 total += abs(rs[i] - rs[k + i]) / 2
@@ -457,6 +474,7 @@ class FDFOTrainer:
             "config": json.loads(self.config.to_json()),
             "fingerprint": dict(self.backend.fingerprint()),
             "reward": self.reward_spec,
+            "reward_state": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
             "history": json.dumps(self.history),
         }
 
@@ -496,6 +514,8 @@ class FDFOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
+        if state.get("reward_state") is not None and hasattr(self.reward, "load_state_dict"):
+            self.reward.load_state_dict(state["reward_state"])
         self.epoch = int(state["epoch"])
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))

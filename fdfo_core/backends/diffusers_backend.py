@@ -64,14 +64,24 @@ def pipeline_class_name(model: str | Path) -> str:
     return config["_class_name"]
 
 
-def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a supported flow-matching pipeline (weights stay on the CPU; the backend moves them)."""
+def check_supported(model: str | Path) -> str:
+    """The model family of a folder or hub id, or a BackendError naming the supported pipelines.
+
+    Cheap (reads model_index.json only): call it before loading rewards or weights.
+    """
     cls_name = pipeline_class_name(model)
     if cls_name not in SUPPORTED_PIPELINES:
         raise BackendError(
             f"{model} is a {cls_name}; FDFO trains flow-matching (rectified-flow) models and supports "
             f"{_supported_text()}. Diffusion models such as SD1.5 / SDXL are not flow models."
         )
+    return SUPPORTED_PIPELINES[cls_name]
+
+
+def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a supported flow-matching pipeline (weights stay on the CPU; the backend moves them)."""
+    cls_name = pipeline_class_name(model)
+    check_supported(model)
     import diffusers
 
     pipe_cls = getattr(diffusers, cls_name)
@@ -116,6 +126,7 @@ class DiffusersBackend:
         flux_guidance: float = 3.5,
         offload: bool | None = None,
         lora_init: str = "gaussian",
+        add_adapter: bool = True,
     ):
         self.pipe = pipe
         self.family = pipeline_family(pipe)
@@ -133,7 +144,9 @@ class DiffusersBackend:
             module.eval()
         self.transformer.requires_grad_(False)
         self.transformer.eval()
-        self._add_adapter(config, lora_init)
+        self._params: dict[str, torch.nn.Parameter] = {}
+        if add_adapter:
+            self._add_adapter(config, lora_init)
         self.transformer.to(self.device)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
@@ -160,7 +173,6 @@ class DiffusersBackend:
             self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
             raise BackendError(f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}") from e
-        self._params = {}
         for name, p in self.transformer.named_parameters():
             if "lora_" in name:
                 # fp32 master weights for the adapter, whatever the model's dtype (bf16 on GPU).

@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from fdfo_core.cli import main, parse_reward_options, CLIError
+
+from tiny_pipelines import tiny_sd3_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("model")
+    pipe = tiny_sd3_pipeline(tmp)
+    pipe.save_pretrained(tmp / "sd3")
+    (tmp / "sd3" / "fdfo.json").write_text(json.dumps({"max_sequence_length": 8, "height": 64}))
+    return tmp / "sd3"
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle\n\n# a comment\ntwo blue squares\na green triangle\n")
+    return p
+
+
+TRAIN = ["--preset", "toy", "--pairs-per-epoch", "4", "--num-steps", "4", "--lora-rank", "4",
+         "--sample-batch-size", "4", "--checkpoint-every", "1", "--no-progress", "--preview-count", "2"]
+
+
+def test_train_writes_a_complete_run_folder_and_resumes(model_dir, prompts_file, tmp_path):
+    run = tmp_path / "run"
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+               "--run-dir", str(run), "--epochs", "2", *TRAIN])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["pairs_per_epoch"] == 4 and cfg["lora_rank"] == 4 and cfg["epochs"] == 2
+    info = json.loads((run / "run.json").read_text())
+    assert info["reward"] == "brightness" and info["num_prompts"] == 3
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"reward_mean", "reward_std", "clip_fraction", "ratio_mean", "grad_norm"} <= set(lines[0])
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-00000.png", "epoch-00001.png", "epoch-00002.png"]
+    assert (run / "reward_curve.png").exists() and (run / "lora.safetensors").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00001.pt", "checkpoint-00002.pt"]
+
+    # Resume the run folder for one more epoch: the config comes from the run itself.
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+               "--resume", str(run), "--epochs", "3", "--no-progress"])
+    assert rc == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+
+
+def test_toml_config_and_flags(model_dir, prompts_file, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[fdfo]\nepochs = 1\nclip_range = 0.05\nchurn = 'interval'\n")
+    run = tmp_path / "run"
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "0.5*brightness + saturation",
+               "--config", str(toml), "--run-dir", str(run), *TRAIN])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["clip_range"] == 0.05 and cfg["churn"] == "interval" and cfg["epochs"] == 1
+
+
+def test_sample_with_and_without_lora_and_convert(model_dir, prompts_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+                 "--run-dir", str(run), "--epochs", "1", "--lr", "0.05", *TRAIN]) == 0
+    lora = run / "lora.safetensors"
+    assert main(["sample", "--model", str(model_dir), "--prompt", "a red circle", "--per-prompt", "2",
+                 "--num-steps", "4", "--out", str(tmp_path / "base")]) == 0
+    assert main(["sample", "--model", str(model_dir), "--lora", str(lora), "--prompt", "a red circle",
+                 "--per-prompt", "2", "--num-steps", "4", "--out", str(tmp_path / "lora")]) == 0
+    from PIL import Image
+    import numpy as np
+
+    a = np.asarray(Image.open(tmp_path / "base" / "0000.png"), dtype=np.float32)
+    b = np.asarray(Image.open(tmp_path / "lora" / "0000.png"), dtype=np.float32)
+    assert a.shape == (64, 64, 3) and np.abs(a - b).max() > 0
+    assert (tmp_path / "base" / "grid.png").exists()
+
+    out = tmp_path / "peft.safetensors"
+    assert main(["convert-lora", str(lora), str(out), "--model", str(model_dir)]) == 0
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(model_dir), text_encoder_3=None, tokenizer_3=None)
+    pipe.load_lora_weights(str(out))  # the documented one-liner
+    assert any("lora" in n for n, _ in pipe.transformer.named_parameters())
+
+
+def test_bad_input_gives_clear_errors(model_dir, prompts_file, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    assert main(["train", "--model", str(model_dir), "--prompts", str(empty), "--reward", "brightness"]) == 2
+    assert "has no prompts" in capsys.readouterr().err
+    assert main(["train", "--model", str(model_dir), "--prompts", str(tmp_path / "nope.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    sdxl = tmp_path / "sdxl"
+    sdxl.mkdir()
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert main(["train", "--model", str(sdxl), "--prompts", str(prompts_file)]) == 2
+    assert "not flow models" in capsys.readouterr().err
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "nosuch"]) == 2
+    assert "unknown reward" in capsys.readouterr().err
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+                 "--height", "50"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+
+
+def test_reward_option_parsing():
+    assert parse_reward_options(["vlm.question=Is it red? yes=1", "pickscore.path=/w"]) == {
+        "vlm": {"question": "Is it red? yes=1"}, "pickscore": {"path": "/w"}}
+    with pytest.raises(CLIError):
+        parse_reward_options(["novalue"])
