@@ -106,7 +106,7 @@ def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Name
     from .backends.diffusers_backend import build_backend
 
     kwargs = {}
-    if getattr(args, "max_sequence_length", None):
+    if getattr(args, "max_sequence_length", None) is not None:
         kwargs["max_sequence_length"] = args.max_sequence_length
     if getattr(args, "flux_guidance", None) is not None:
         kwargs["flux_guidance"] = args.flux_guidance
@@ -260,6 +260,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .images import image_grid, save_png, to_pil
     from .prompts import read_prompts
 
+    from .toy import TOY_MAX_SEQUENCE_LENGTH as TOY_SEQ
+
     model = args.model or _default_model()
     if model is None:
         raise CLIError("--model is required")
@@ -278,8 +280,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     height = args.height or settings.get("height", 64 if _is_toy(model) else 1024)
     width = args.width or settings.get("width", height)
     cfg = FDFOConfig(height=height, width=width, lora_rank=1)
-    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=args.max_sequence_length
-                               or settings.get("max_sequence_length"), add_adapter=False)
+    seq_len = args.max_sequence_length
+    if seq_len is None:
+        seq_len = settings.get("max_sequence_length", TOY_SEQ if _is_toy(model) else None)
+    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=seq_len, add_adapter=False)
     images = generate_images(backend, prompts, seeds, args.num_steps, height, width, args.cfg, args.negative_prompt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,6 +291,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         to_pil(im).save(out / f"{i:04d}.png")
     save_png(image_grid(images, ncol=min(8, len(images)), scale=max(1, 256 // width)), out / "grid.png")
     print(f"{len(images)} images in {out} (grid.png)")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    overrides = {"sample_batch_size": args.sample_batch_size} if args.sample_batch_size else {}
+    run_demo(out, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch, heldout_prompts=args.heldout_prompts,
+             seeds_per_prompt=args.seeds_per_prompt, eval_every=args.eval_every, seed=args.seed, overrides=overrides)
     return 0
 
 
@@ -363,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="samples")
     s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="the main job: FDFO on the bundled toy model, before/after grid in minutes")
+    d.add_argument("--out", help="run folder (default runs/demo-<time>)")
+    d.add_argument("--epochs", type=int, help="epochs (default: the toy preset's)")
+    d.add_argument("--pairs-per-epoch", type=int)
+    d.add_argument("--sample-batch-size", type=int)
+    d.add_argument("--heldout-prompts", type=int, default=64, help="held-out captions for the before/after figures")
+    d.add_argument("--seeds-per-prompt", type=int, default=2)
+    d.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N epochs (curve points)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("convert-lora", help="write an FDFO LoRA in diffusers/peft keys (pipe.load_lora_weights)")
     c.add_argument("lora")

@@ -133,7 +133,9 @@ class DiffusersBackend:
         self.device = torch.device(device)
         self.transformer = pipe.transformer
         self.model_dtype = self.transformer.dtype
-        self.max_sequence_length = max_sequence_length or (256 if self.family == "sd3" else 512)
+        if max_sequence_length is None:
+            max_sequence_length = 256 if self.family == "sd3" else 512
+        self.max_sequence_length = max_sequence_length
         self.flux_guidance = flux_guidance
         # Text encoders and VAE leave the accelerator when they are not needed.
         self.offload = (self.device.type == "cuda") if offload is None else offload
@@ -344,7 +346,8 @@ def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.dev
         dtype = torch.float16
     pipe = load_pipeline(model, dtype=dtype)
     settings = model_settings(model) if Path(model).exists() else {}
-    kwargs.setdefault("max_sequence_length", settings.get("max_sequence_length"))
+    if kwargs.get("max_sequence_length") is None:
+        kwargs["max_sequence_length"] = settings.get("max_sequence_length")
     return DiffusersBackend(pipe, config, device=device, **kwargs)
 
 
