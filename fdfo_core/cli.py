@@ -161,7 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .generation import generate_images
     from .images import image_grid, save_png
     from .rewards import build_reward
-    from .trainer import Callbacks, FDFOTrainer, amp_dtype
+    from .baselines import build_trainer
+    from .trainer import Callbacks, amp_dtype
 
     model = args.model or _default_model()
     if model is None:
@@ -219,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.preview_every and metrics["epoch"] % args.preview_every == 0:
                 preview(metrics["epoch"])
 
-    trainer = FDFOTrainer(
+    trainer = build_trainer(
         backend, reward, prompts, cfg, run_dir=run_dir, dist=dist, reward_spec=reward.describe(),
         callbacks=Callbacks(on_progress=progress.phase, on_epoch_end=on_epoch_end, log=progress.write),
     )

@@ -21,6 +21,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+#: "fdfo" is this project's method; the others are baselines sharing models, rewards and loop
+#: (fdfo_core/baselines): Flow-GRPO and its Fast variant, reward-gradient copy, backprop through the chain.
+Method = Literal["fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_chain"]
+METHODS: tuple[str, ...] = ("fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_chain")
 RewardNormalization = Literal["none", "std"]
 
 #: The attention projections of every MMDiT / Flux block (diffusers names).
@@ -75,6 +79,18 @@ class FDFOConfig:
     storage_device: Literal["auto", "cpu"] = "auto"  # where recorded states live; cpu saves VRAM
     gradient_checkpointing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
+    # --- method and baselines (Flow-GRPO settings: its paper and public SD3.5 configs) ---------
+    method: Method = "fdfo"
+    grpo_group_size: int = 24  # G images per prompt
+    grpo_groups_per_epoch: int = 48
+    grpo_noise_level: float = 0.7  # a in sigma_t = a * sqrt(t / (1 - t))
+    grpo_clip_range: float = 1e-4  # PPO ratio clip
+    grpo_kl_beta: float = 0.01  # KL to the base model (0.04 for GenEval/OCR)
+    grpo_global_std: bool = False  # advantages normalised by one global std instead of per group
+    grpo_timestep_fraction: float = 0.99  # fraction of each sample's SDE steps trained on
+    grpo_window: int = 2  # Flow-GRPO-Fast: number of consecutive SDE steps per sample
+    grpo_window_range: int = 0  # Fast: window start drawn from [0, range); 0 = the first half
+    grad_copy_delta: float = 0.05  # grad_copy: length of the virtual pair along the reward gradient
 
     def validate(self) -> "FDFOConfig":
         def need(cond: bool, msg: str) -> None:
@@ -106,6 +122,14 @@ class FDFOConfig:
         need(self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         need(self.storage_device in ("auto", "cpu"), f"storage_device must be 'auto' or 'cpu', got {self.storage_device!r}")
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method.startswith("flow_grpo"):
+            need(self.grpo_group_size >= 2, f"grpo_group_size must be >= 2, got {self.grpo_group_size}")
+            need(self.grpo_groups_per_epoch >= 1, "grpo_groups_per_epoch must be >= 1")
+            need(self.grpo_noise_level > 0, f"grpo_noise_level must be > 0, got {self.grpo_noise_level}")
+            need(self.grpo_clip_range > 0, f"grpo_clip_range must be > 0, got {self.grpo_clip_range}")
+            need(0 < self.grpo_timestep_fraction <= 1, "grpo_timestep_fraction must be in (0, 1]")
+            need(1 <= self.grpo_window <= self.num_steps, f"grpo_window must be in [1, num_steps], got {self.grpo_window}")
         n_items = 2 * self.pairs_per_epoch * (self.steps_per_sample or self.num_steps)
         need(n_items >= self.optimizer_steps_per_epoch,
              f"{n_items} training items per epoch cannot fill {self.optimizer_steps_per_epoch} optimizer steps; "

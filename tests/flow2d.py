@@ -113,12 +113,16 @@ class MinusDistance:
     """Reward = -|x - mode| (or its negation, to check that the sign matters)."""
 
     name = "minus_distance"
+    differentiable = True
 
     def __init__(self, sign: float = 1.0):
         self.sign = sign
 
     def __call__(self, points, prompts):
         return self.sign * -(points - MODE).norm(dim=1)
+
+    def score_differentiable(self, points, prompts):
+        return self(points, prompts)
 
     def describe(self):
         return self.name

@@ -325,8 +325,9 @@ class DiffusersBackend:
         f = p.vae_scale_factor
         return p._unpack_latents(out, h * f, w * f, f).float()
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        # No torch.no_grad here: the reward-gradient baselines differentiate through the decoder.
+        # Callers that only score run under no_grad themselves.
         vae = self.pipe.vae
         sf = vae.config.scaling_factor
         shift = vae.config.shift_factor or 0.0

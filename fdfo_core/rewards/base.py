@@ -109,6 +109,24 @@ class Reward:
             raise RewardError(f"{self.name}: returned {scores.shape[0]} scores for {n} images")
         return scores
 
+    def score_differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Scores with gradients flowing back to `images` (NCHW in [0, 1], on any device).
+
+        Only for rewards with `differentiable = True` (the reward-gradient baselines use it);
+        returns float32 [N] on the images' device.
+        """
+        if not self.differentiable:
+            raise RewardError(
+                f"reward {self.name!r} is not differentiable; the gradient baselines (grad_copy, "
+                "backprop_chain) need a differentiable reward such as brightness, saturation, "
+                "colourfulness, pickscore, hpsv2, aesthetic or clipscore"
+            )
+        prompts = list(prompts)
+        if len(prompts) != images.shape[0]:
+            raise RewardError(f"{self.name}: got {images.shape[0]} images but {len(prompts)} prompts")
+        out = self._score(images.to(self.device).float(), prompts)
+        return torch.as_tensor(out).float().reshape(-1).to(images.device)
+
     def describe(self) -> str:
         """A short spec string stored in LoRA metadata and run configs."""
         return self.name

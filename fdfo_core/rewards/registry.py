@@ -113,6 +113,9 @@ class WeightedSum(Reward):
             total = w * s if total is None else total + w * s
         return total
 
+    def score_differentiable(self, images, prompts):
+        return sum(w * r.score_differentiable(images, prompts) for w, r in self.terms)
+
     def describe(self) -> str:
         return " + ".join(f"{w:g}*{r.describe()}" for w, r in self.terms)
 

@@ -1,0 +1,180 @@
+"""Baselines for differentiable rewards (the paper's ablation of where the gradient goes).
+
+- `grad_copy`: sample with the plain ODE, take the image-space gradient of the reward at the final
+  latent (through the VAE decoder), and copy it to every step as FDFO copies its finite
+  difference: each sample becomes a virtual pair of length `grad_copy_delta` along the gradient,
+  with the exact reward difference, trained with the same SPO surrogate and trust region.
+- `backprop_chain`: back-propagate the reward through the whole sampling chain (DRaFT/AlignProp
+  style); the paper reports it works worse than copying.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from ..conditioning import cond_select, cond_to
+from ..objective import fdfo_loss
+from ..trainer import FDFOTrainer, TrainingError, epoch_prompt_indices, generator
+
+
+class _DifferentiableRewardTrainer(FDFOTrainer):
+    def _check(self) -> None:
+        if self.dist.active:
+            raise TrainingError(f"the {self.config.method} baseline runs single-process; launch it without torchrun")
+        if not getattr(self.reward, "differentiable", False):
+            raise TrainingError(
+                f"method {self.config.method!r} needs a differentiable reward; {self.reward_spec!r} is not. "
+                "Use brightness, saturation, colourfulness, pickscore, hpsv2, aesthetic or clipscore, or method fdfo."
+            )
+
+    def _epoch_setup(self, epoch: int):
+        cfg = self.config
+        n = 2 * cfg.pairs_per_epoch  # the same number of images (reward evaluations) as FDFO
+        prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), n)
+        unique, rows = torch.unique(prompt_idx, return_inverse=True)
+        cond = self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()])
+        self._uncond = self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
+        shape = self.backend.latent_shape(cfg.height, cfg.width)
+        sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
+        return n, prompt_idx, rows, cond, shape, sigmas
+
+    def _reward_grad(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [B], d reward / d latents [B, C, h, w]) through the VAE decoder."""
+        z = latents.detach().to(self.device).requires_grad_(True)
+        with torch.enable_grad(), self._autocast():
+            images = self.backend.decode(z).float()
+            r = self.reward.score_differentiable(images.clamp(0, 1), prompts)
+        (grad,) = torch.autograd.grad(r.sum(), z)
+        return r.detach().double().cpu(), grad.float().cpu()
+
+    def _metrics(self, t: list[float], rewards: torch.Tensor, stats: dict[str, float], grad_norms: list[float]) -> dict[str, Any]:
+        n_items = max(1, stats.get("items", 0))
+        self.epoch += 1
+        self.images_seen += rewards.numel()
+        m = {
+            "epoch": self.epoch, "images_seen": self.images_seen,
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "reward_min": float(rewards.min()), "reward_max": float(rewards.max()),
+            "mean_abs_dR": stats.get("mean_abs_dR", 0.0), "pairs": rewards.numel() // 2, "pairs_dropped": 0,
+            "loss": stats["loss"] / n_items, "ratio_mean": stats.get("ratio_sum", n_items) / n_items,
+            "ratio_min": stats.get("ratio_min", 1.0), "ratio_max": stats.get("ratio_max", 1.0),
+            "clip_fraction": stats.get("clipped", 0.0) / n_items, "grad_norm": sum(grad_norms) / max(1, len(grad_norms)),
+            "kl": None, "items": int(stats.get("items", 0)),
+            "time_sample": t[1] - t[0], "time_reward": t[2] - t[1], "time_train": t[3] - t[2], "time_epoch": t[3] - t[0],
+        }
+        self.history.append(m)
+        return m
+
+
+class GradCopyTrainer(_DifferentiableRewardTrainer):
+    """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
+
+    def train_epoch(self) -> dict[str, Any]:
+        self._check()
+        cfg = self.config
+        epoch = self.epoch
+        t = [time.perf_counter()]
+        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self._velocity_fn(self._uncond)
+        states = torch.empty((n, cfg.num_steps, *shape), device=self.storage)
+        vels = torch.empty_like(states)
+        final = torch.empty((n, *shape))
+        with torch.no_grad():
+            for start in range(0, n, 2 * cfg.sample_batch_size):
+                stop = min(n, start + 2 * cfg.sample_batch_size)
+                gens = [generator(cfg.seed, "copy", epoch, i) for i in range(start, stop)]
+                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+                for i in range(cfg.num_steps):
+                    tt = sigmas[i].expand(stop - start).to(self.device)
+                    s = sigmas[i + 1].expand(stop - start).to(self.device)
+                    v = velocity(x, tt, c)
+                    states[start:stop, i], vels[start:stop, i] = x.to(self.storage), v.to(self.storage)
+                    x = x + (s - tt).reshape(-1, 1, 1, 1) * v
+                final[start:stop] = x.cpu()
+                self._progress("sample", stop, n)
+        t.append(time.perf_counter())
+        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        rewards, grads = [], []
+        for start in range(0, n, cfg.decode_batch_size):
+            r, g = self._reward_grad(final[start : start + cfg.decode_batch_size], prompts[start : start + cfg.decode_batch_size])
+            rewards.append(r)
+            grads.append(g)
+        rewards, grad = torch.cat(rewards), torch.cat(grads)
+        t.append(time.perf_counter())
+
+        # A virtual pair per sample: dx = delta * G / rms(G), so mean(dx^2) = delta^2 and the
+        # exact first-order reward difference is dR = G . dx = delta * n * rms(G).
+        dims = tuple(range(1, grad.ndim))
+        rms = grad.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+        numel = grad[0].numel()
+        dxn = grad / (cfg.grad_copy_delta * rms)
+        dr = (cfg.grad_copy_delta * numel * rms).reshape(-1)
+        items = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(cfg.num_steps), indexing="ij"), -1).reshape(-1, 2)
+        items = items[torch.randperm(items.shape[0], generator=generator(cfg.seed, "copy-items", epoch))]
+        stats = {"loss": 0.0, "ratio_sum": 0.0, "clipped": 0.0, "items": 0, "ratio_min": math.inf,
+                 "ratio_max": -math.inf, "mean_abs_dR": float(dr.abs().mean())}
+        grad_norms = []
+        for chunk in torch.tensor_split(items, cfg.optimizer_steps_per_epoch):
+            for start in range(0, chunk.shape[0], cfg.train_batch_size):
+                mb = chunk[start : start + cfg.train_batch_size]
+                row, step = mb[:, 0], mb[:, 1]
+                c = cond_to(cond_select(cond, rows[row]), self.device)
+                v = velocity(states[row, step].to(self.device), sigmas[step].to(self.device), c)
+                out = fdfo_loss(v, vels[row, step].to(self.device), dxn[row].to(self.device), dr[row].to(self.device),
+                                clip_range=cfg.clip_range)
+                self.scaler.scale(out.loss.sum() / chunk.shape[0]).backward()
+                stats["loss"] += float(out.loss.detach().sum())
+                stats["ratio_sum"] += float(out.ratio.sum())
+                stats["clipped"] += float(out.clipped.sum())
+                stats["items"] += mb.shape[0]
+                stats["ratio_min"] = min(stats["ratio_min"], float(out.ratio.min()))
+                stats["ratio_max"] = max(stats["ratio_max"], float(out.ratio.max()))
+            grad_norms.append(self._optimizer_step())
+        t.append(time.perf_counter())
+        return self._metrics(t, rewards, stats, grad_norms)
+
+
+class BackpropChainTrainer(_DifferentiableRewardTrainer):
+    """method="backprop_chain": maximise the reward by back-propagating through every solver step."""
+
+    def train_epoch(self) -> dict[str, Any]:
+        self._check()
+        cfg = self.config
+        epoch = self.epoch
+        t = [time.perf_counter()]
+        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self._velocity_fn(self._uncond)
+        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        batch = 2 * cfg.sample_batch_size
+        starts = list(range(0, n, batch))
+        groups = [starts[i::cfg.optimizer_steps_per_epoch] for i in range(min(cfg.optimizer_steps_per_epoch, len(starts)))]
+        rewards = torch.empty(n, dtype=torch.float64)
+        stats = {"loss": 0.0, "items": 0}
+        grad_norms = []
+        for group in groups:
+            for start in group:
+                stop = min(n, start + batch)
+                gens = [generator(cfg.seed, "chain", epoch, i) for i in range(start, stop)]
+                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+                for i in range(cfg.num_steps):
+                    tt = sigmas[i].expand(stop - start).to(self.device)
+                    s = sigmas[i + 1].expand(stop - start).to(self.device)
+                    x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
+                with self._autocast():
+                    images = self.backend.decode(x).float()
+                r = self.reward.score_differentiable(images.clamp(0, 1), prompts[start:stop])
+                loss = -r.sum() / n * len(groups)  # mean reward over the images of this update
+                self.scaler.scale(loss).backward()
+                rewards[start:stop] = r.detach().double().cpu()
+                stats["loss"] += float(loss.detach())
+                stats["items"] += stop - start
+                self._progress("train", stats["items"], n)
+            grad_norms.append(self._optimizer_step())
+        # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
+        return self._metrics([t[0], t[0], t[0], time.perf_counter()], rewards, stats, grad_norms)
