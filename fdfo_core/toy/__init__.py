@@ -33,7 +33,6 @@ from .model import (
     load_toy_pipeline,
 )
 from .prompts import sample_toy_prompts, toy_prompt_sets
-from .render import render
 
 __all__ = [
     "ComfyUIFiles",
@@ -54,7 +53,6 @@ __all__ = [
     "pairwise_pixel_diversity",
     "parse_caption",
     "prompt_diversity",
-    "render",
     "sample_toy_prompts",
     "toy_prompt_sets",
 ]
