@@ -104,6 +104,46 @@ class EpochRollouts:
     raw_rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] before normalisation
 
 
+class ItemStats:
+    """Per-item training diagnostics of an epoch, summed over micro-batches (and ranks)."""
+
+    def __init__(self) -> None:
+        self.loss = self.ratio_sum = self.clipped = self.kl = 0.0
+        self.items = 0
+        self.ratio_min, self.ratio_max = math.inf, -math.inf
+        self.grad_norms: list[float] = []
+
+    def add(self, loss: torch.Tensor, ratio: torch.Tensor, clipped: torch.Tensor, kl: torch.Tensor | None = None) -> None:
+        self.loss += float(loss.detach().sum())
+        self.ratio_sum += float(ratio.sum())
+        self.clipped += float(clipped.sum())
+        self.items += int(ratio.numel())
+        self.ratio_min = min(self.ratio_min, float(ratio.min()))
+        self.ratio_max = max(self.ratio_max, float(ratio.max()))
+        if kl is not None:
+            self.kl += float(kl.sum())
+
+    def reduce(self, dist: DistContext) -> None:
+        """Sum over ranks (min / max for the ratio range)."""
+        if not dist.active:
+            return
+        counts = torch.tensor([self.loss, self.ratio_sum, self.clipped, float(self.items), self.kl], dtype=torch.float64)
+        dist.all_reduce_([counts])
+        self.loss, self.ratio_sum, self.clipped, items, self.kl = counts.tolist()
+        self.items = int(items)
+        self.ratio_min = min(dist.all_gather_object(self.ratio_min))
+        self.ratio_max = max(dist.all_gather_object(self.ratio_max))
+
+    def metrics(self, with_kl: bool) -> dict[str, Any]:
+        n = max(self.items, 1)
+        return {
+            "loss": self.loss / n, "ratio_mean": self.ratio_sum / n, "ratio_min": self.ratio_min,
+            "ratio_max": self.ratio_max, "clip_fraction": self.clipped / n,
+            "grad_norm": sum(self.grad_norms) / max(1, len(self.grad_norms)),
+            "kl": self.kl / n if with_kl else None, "items": self.items,
+        }
+
+
 class FDFOTrainer:
     def __init__(
         self,
@@ -281,7 +321,7 @@ class FDFOTrainer:
         perm = torch.randperm(items.shape[0], generator=generator(cfg.seed, "items", epoch))
         return items[perm]
 
-    def train_on(self, roll: EpochRollouts, epoch: int, valid_global: torch.Tensor) -> dict[str, float]:
+    def train_on(self, roll: EpochRollouts, epoch: int, valid_global: torch.Tensor) -> ItemStats:
         cfg = self.config
         n = roll.pair_ids.numel()
         lo = int(roll.pair_ids[0]) if n else 0
@@ -291,9 +331,7 @@ class FDFOTrainer:
             dr = dr / self._reward_std
         items = self._global_items(epoch, valid_global)
         chunks = torch.tensor_split(items, cfg.optimizer_steps_per_epoch)
-        stats = {"loss": 0.0, "ratio_sum": 0.0, "clipped": 0.0, "items": 0.0, "kl": 0.0,
-                 "ratio_min": math.inf, "ratio_max": -math.inf}
-        grad_norms = []
+        stats = ItemStats()
         uncond = self._uncond
         velocity = self._velocity_fn(uncond)
         mine_total = int(((items[:, 0] >= lo) & (items[:, 0] < lo + n)).sum())
@@ -319,18 +357,11 @@ class FDFOTrainer:
                                 clip_range=cfg.clip_range, v_base=v_base, kl_weight=cfg.kl_weight)
                 loss = out.loss.sum() / chunk_size
                 self.scaler.scale(loss).backward()
-                stats["loss"] += float(out.loss.detach().sum())
-                stats["ratio_sum"] += float(out.ratio.sum())
-                stats["clipped"] += float(out.clipped.sum())
-                stats["items"] += mb.shape[0]
-                stats["ratio_min"] = min(stats["ratio_min"], float(out.ratio.min()))
-                stats["ratio_max"] = max(stats["ratio_max"], float(out.ratio.max()))
-                if out.kl is not None:
-                    stats["kl"] += float(out.kl.sum())
+                stats.add(out.loss, out.ratio, out.clipped, out.kl)
                 done += mb.shape[0]
                 self._progress("train", done, mine_total)
-            grad_norms.append(self._optimizer_step())
-        return {**stats, "grad_norm": sum(grad_norms) / max(1, len(grad_norms))}
+            stats.grad_norms.append(self._optimizer_step())
+        return stats
 
     def _optimizer_step(self) -> float:
         for p in self.params:
@@ -380,34 +411,32 @@ class FDFOTrainer:
 
         stats = self.train_on(roll, epoch, valid_global)
         t3 = time.perf_counter()
-        counts = torch.tensor([stats["loss"], stats["ratio_sum"], stats["clipped"], stats["items"], stats["kl"]])
-        self.dist.all_reduce_([counts])
-        loss_sum, ratio_sum, clipped, items, kl_sum = counts.tolist()
-        r_min = min(self.dist.all_gather_object(stats["ratio_min"]))
-        r_max = max(self.dist.all_gather_object(stats["ratio_max"]))
-        n_valid = valid_global.numel()
-        mean_abs_dr = self._mean_abs_dr(gathered)
+        stats.reduce(self.dist)
+        return self._finish_epoch((t0, t1, t2, t3), raw_rewards, stats, pairs=valid_global.numel(), dropped=dropped,
+                                  mean_abs_dr=self._mean_abs_dr(gathered), with_kl=cfg.kl_weight > 0)
 
+    def _finish_epoch(self, times, rewards: torch.Tensor, stats: ItemStats, pairs: int, dropped: int,
+                      mean_abs_dr: float, with_kl: bool) -> dict[str, Any]:
+        """Advance the counters and record the epoch's metrics (shared with the baselines).
+
+        times: (start, sampled, scored, trained) perf_counter stamps; rewards: every finite
+        reward scored this epoch (all ranks), before any normalisation.
+        """
+        t0, t1, t2, t3 = times
+        rewards = rewards.double()
         self.epoch += 1
-        self.images_seen += 2 * n_valid
+        self.images_seen += rewards.numel()
         metrics = {
             "epoch": self.epoch,
             "images_seen": self.images_seen,
-            "reward_mean": float(raw_rewards.mean()),
-            "reward_std": float(raw_rewards.std()) if raw_rewards.numel() > 1 else 0.0,
-            "reward_min": float(raw_rewards.min()),
-            "reward_max": float(raw_rewards.max()),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "reward_min": float(rewards.min()),
+            "reward_max": float(rewards.max()),
             "mean_abs_dR": mean_abs_dr,
-            "pairs": n_valid,
+            "pairs": pairs,
             "pairs_dropped": dropped,
-            "loss": loss_sum / max(items, 1),
-            "ratio_mean": ratio_sum / max(items, 1),
-            "ratio_min": r_min,
-            "ratio_max": r_max,
-            "clip_fraction": clipped / max(items, 1),
-            "grad_norm": stats["grad_norm"],
-            "kl": kl_sum / max(items, 1) if cfg.kl_weight > 0 else None,
-            "items": int(items),
+            **stats.metrics(with_kl),
             "time_sample": t1 - t0,
             "time_reward": t2 - t1,
             "time_train": t3 - t2,

@@ -9,12 +9,7 @@ from fdfo_core.trainer import Callbacks, TrainingError
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ def quiet():
     return Callbacks(log=None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_for_tiny_ops():
-    # The 2-D MLP's matrices are tiny: a second thread only adds synchronisation.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 
 from ..conditioning import cond_select, cond_to
 from ..distributed import shard_range
-from ..trainer import FDFOTrainer, TrainingError, epoch_prompt_indices, generator
+from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -183,9 +183,7 @@ class FlowGRPOTrainer(FDFOTrainer):
         keep_t = keep_t[torch.randperm(len(keep), generator=g_items)]
         chunks = torch.tensor_split(keep_t, cfg.optimizer_steps_per_epoch)
         velocity = self._velocity_fn(self._uncond)
-        stats = {"loss": 0.0, "ratio_sum": 0.0, "clipped": 0.0, "items": 0, "kl": 0.0,
-                 "ratio_min": math.inf, "ratio_max": -math.inf}
-        grad_norms = []
+        stats = ItemStats()
         sig = roll["sigmas"]
         for chunk in chunks:
             for start in range(0, chunk.shape[0], cfg.train_batch_size):
@@ -207,40 +205,20 @@ class FlowGRPOTrainer(FDFOTrainer):
                 unclipped = -a * ratio
                 clipped = -a * ratio.clamp(1 - cfg.grpo_clip_range, 1 + cfg.grpo_clip_range)
                 loss = torch.maximum(unclipped, clipped)
+                kl = None
                 if cfg.grpo_kl_beta > 0:
                     with torch.no_grad(), self.backend.adapter_disabled():
                         mean_ref = sde_mean(x, velocity(x, t, cond), t, s, std)
                     dims = tuple(range(1, x.ndim))
                     kl = ((mean - mean_ref) ** 2).mean(dim=dims) / (2 * std_step**2)
                     loss = loss + cfg.grpo_kl_beta * kl
-                    stats["kl"] += float(kl.detach().sum())
                 self.scaler.scale(loss.sum() / chunk.shape[0]).backward()
                 r = ratio.detach()
-                stats["loss"] += float(loss.detach().sum())
-                stats["ratio_sum"] += float(r.sum())
-                stats["clipped"] += float(((r - 1).abs() > cfg.grpo_clip_range).sum())
-                stats["items"] += mb.shape[0]
-                stats["ratio_min"] = min(stats["ratio_min"], float(r.min()))
-                stats["ratio_max"] = max(stats["ratio_max"], float(r.max()))
-                self._progress("train", stats["items"], keep_t.shape[0])
-            grad_norms.append(self._optimizer_step())
+                stats.add(loss, r, (r - 1).abs() > cfg.grpo_clip_range, None if kl is None else kl.detach())
+                self._progress("train", stats.items, keep_t.shape[0])
+            stats.grad_norms.append(self._optimizer_step())
         t3 = time.perf_counter()
 
-        valid = torch.isfinite(rewards)
-        n_items = max(1, stats["items"])
-        self.epoch += 1
-        self.images_seen += int(valid.sum())
-        metrics = {
-            "epoch": self.epoch, "images_seen": self.images_seen,
-            "reward_mean": float(rewards[valid].mean()), "reward_std": float(rewards[valid].std()),
-            "reward_min": float(rewards[valid].min()), "reward_max": float(rewards[valid].max()),
-            "mean_abs_dR": float(adv.abs().mean()), "pairs": int(finite.sum()) * G // 2,
-            "pairs_dropped": int((~finite).sum()) * G // 2, "loss": stats["loss"] / n_items,
-            "ratio_mean": stats["ratio_sum"] / n_items, "ratio_min": stats["ratio_min"],
-            "ratio_max": stats["ratio_max"], "clip_fraction": stats["clipped"] / n_items,
-            "grad_norm": sum(grad_norms) / max(1, len(grad_norms)),
-            "kl": stats["kl"] / n_items if cfg.grpo_kl_beta > 0 else None, "items": int(stats["items"]),
-            "time_sample": t1 - t0, "time_reward": t2 - t1, "time_train": t3 - t2, "time_epoch": t3 - t0,
-        }
-        self.history.append(metrics)
-        return metrics
+        return self._finish_epoch((t0, t1, t2, t3), rewards[torch.isfinite(rewards)], stats,
+                                  pairs=int(finite.sum()) * G // 2, dropped=int((~finite).sum()) * G // 2,
+                                  mean_abs_dr=float(adv.abs().mean()), with_kl=cfg.grpo_kl_beta > 0)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 
 from ..conditioning import cond_select, cond_to
 from ..objective import fdfo_loss
-from ..trainer import FDFOTrainer, TrainingError, epoch_prompt_indices, generator
+from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
 
 
 class _DifferentiableRewardTrainer(FDFOTrainer):
@@ -50,25 +49,6 @@ class _DifferentiableRewardTrainer(FDFOTrainer):
             r = self.reward.score_differentiable(images.clamp(0, 1), prompts)
         (grad,) = torch.autograd.grad(r.sum(), z)
         return r.detach().double().cpu(), grad.float().cpu()
-
-    def _metrics(self, t: list[float], rewards: torch.Tensor, stats: dict[str, float], grad_norms: list[float]) -> dict[str, Any]:
-        n_items = max(1, stats.get("items", 0))
-        self.epoch += 1
-        self.images_seen += rewards.numel()
-        m = {
-            "epoch": self.epoch, "images_seen": self.images_seen,
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "reward_min": float(rewards.min()), "reward_max": float(rewards.max()),
-            "mean_abs_dR": stats.get("mean_abs_dR", 0.0), "pairs": rewards.numel() // 2, "pairs_dropped": 0,
-            "loss": stats["loss"] / n_items, "ratio_mean": stats.get("ratio_sum", n_items) / n_items,
-            "ratio_min": stats.get("ratio_min", 1.0), "ratio_max": stats.get("ratio_max", 1.0),
-            "clip_fraction": stats.get("clipped", 0.0) / n_items, "grad_norm": sum(grad_norms) / max(1, len(grad_norms)),
-            "kl": None, "items": int(stats.get("items", 0)),
-            "time_sample": t[1] - t[0], "time_reward": t[2] - t[1], "time_train": t[3] - t[2], "time_epoch": t[3] - t[0],
-        }
-        self.history.append(m)
-        return m
-
 
 class GradCopyTrainer(_DifferentiableRewardTrainer):
     """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
@@ -116,9 +96,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         dr = (cfg.grad_copy_delta * numel * rms).reshape(-1)
         items = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(cfg.num_steps), indexing="ij"), -1).reshape(-1, 2)
         items = items[torch.randperm(items.shape[0], generator=generator(cfg.seed, "copy-items", epoch))]
-        stats = {"loss": 0.0, "ratio_sum": 0.0, "clipped": 0.0, "items": 0, "ratio_min": math.inf,
-                 "ratio_max": -math.inf, "mean_abs_dR": float(dr.abs().mean())}
-        grad_norms = []
+        stats = ItemStats()
         for chunk in torch.tensor_split(items, cfg.optimizer_steps_per_epoch):
             for start in range(0, chunk.shape[0], cfg.train_batch_size):
                 mb = chunk[start : start + cfg.train_batch_size]
@@ -128,15 +106,11 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                 out = fdfo_loss(v, vels[row, step].to(self.device), dxn[row].to(self.device), dr[row].to(self.device),
                                 clip_range=cfg.clip_range)
                 self.scaler.scale(out.loss.sum() / chunk.shape[0]).backward()
-                stats["loss"] += float(out.loss.detach().sum())
-                stats["ratio_sum"] += float(out.ratio.sum())
-                stats["clipped"] += float(out.clipped.sum())
-                stats["items"] += mb.shape[0]
-                stats["ratio_min"] = min(stats["ratio_min"], float(out.ratio.min()))
-                stats["ratio_max"] = max(stats["ratio_max"], float(out.ratio.max()))
-            grad_norms.append(self._optimizer_step())
+                stats.add(out.loss, out.ratio, out.clipped)
+            stats.grad_norms.append(self._optimizer_step())
         t.append(time.perf_counter())
-        return self._metrics(t, rewards, stats, grad_norms)
+        return self._finish_epoch(t, rewards, stats, pairs=n // 2, dropped=0,
+                                  mean_abs_dr=float(dr.abs().mean()), with_kl=False)
 
 
 class BackpropChainTrainer(_DifferentiableRewardTrainer):
@@ -154,8 +128,7 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
         starts = list(range(0, n, batch))
         groups = [starts[i::cfg.optimizer_steps_per_epoch] for i in range(min(cfg.optimizer_steps_per_epoch, len(starts)))]
         rewards = torch.empty(n, dtype=torch.float64)
-        stats = {"loss": 0.0, "items": 0}
-        grad_norms = []
+        stats = ItemStats()
         for group in groups:
             for start in group:
                 stop = min(n, start + batch)
@@ -172,9 +145,10 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                 loss = -r.sum() / n * len(groups)  # mean reward over the images of this update
                 self.scaler.scale(loss).backward()
                 rewards[start:stop] = r.detach().double().cpu()
-                stats["loss"] += float(loss.detach())
-                stats["items"] += stop - start
-                self._progress("train", stats["items"], n)
-            grad_norms.append(self._optimizer_step())
+                # No ratio in this method: record minus the reward as the loss, with a neutral ratio of 1.
+                stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
+                self._progress("train", stats.items, n)
+            stats.grad_norms.append(self._optimizer_step())
         # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
-        return self._metrics([t[0], t[0], t[0], time.perf_counter()], rewards, stats, grad_norms)
+        return self._finish_epoch((t[0], t[0], t[0], time.perf_counter()), rewards, stats, pairs=n // 2, dropped=0,
+                                  mean_abs_dr=0.0, with_kl=False)
