@@ -35,12 +35,12 @@ class DistContext:
         """In-place sum over ranks of a list of tensors (flattened into one buffer)."""
         if not self.active or not tensors:
             return
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        flat = torch.cat([t.reshape(-1).double() for t in tensors])
         dist.all_reduce(flat)
         offset = 0
         for t in tensors:
             n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
+            t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
             offset += n
 
     def sum(self, value: float) -> float:

@@ -105,15 +105,28 @@ class EpochRollouts:
 
 
 class ItemStats:
-    """Per-item training diagnostics of an epoch, summed over micro-batches (and ranks)."""
+    """Per-item training diagnostics of an epoch, summed over micro-batches (and ranks).
+
+    The clip fraction is also binned by flow time t (4 bins over [0, 1]): where in the chain the
+    trust region binds is the first thing to look at when a run misbehaves.
+    """
+
+    T_BINS = 4
 
     def __init__(self) -> None:
         self.loss = self.ratio_sum = self.clipped = self.kl = 0.0
         self.items = 0
         self.ratio_min, self.ratio_max = math.inf, -math.inf
         self.grad_norms: list[float] = []
+        self.bin_items = torch.zeros(self.T_BINS, dtype=torch.float64)
+        self.bin_clipped = torch.zeros(self.T_BINS, dtype=torch.float64)
 
-    def add(self, loss: torch.Tensor, ratio: torch.Tensor, clipped: torch.Tensor, kl: torch.Tensor | None = None) -> None:
+    def add(self, loss: torch.Tensor, ratio: torch.Tensor, clipped: torch.Tensor, kl: torch.Tensor | None = None,
+            t: torch.Tensor | None = None) -> None:
+        if t is not None:
+            b = (t.detach().float().cpu() * self.T_BINS).long().clamp(0, self.T_BINS - 1)
+            self.bin_items += torch.bincount(b, minlength=self.T_BINS).double()
+            self.bin_clipped += torch.bincount(b, weights=clipped.detach().cpu().double(), minlength=self.T_BINS)
         self.loss += float(loss.detach().sum())
         self.ratio_sum += float(ratio.sum())
         self.clipped += float(clipped.sum())
@@ -128,7 +141,7 @@ class ItemStats:
         if not dist.active:
             return
         counts = torch.tensor([self.loss, self.ratio_sum, self.clipped, float(self.items), self.kl], dtype=torch.float64)
-        dist.all_reduce_([counts])
+        dist.all_reduce_([counts, self.bin_items, self.bin_clipped])
         self.loss, self.ratio_sum, self.clipped, items, self.kl = counts.tolist()
         self.items = int(items)
         self.ratio_min = min(dist.all_gather_object(self.ratio_min))
@@ -141,6 +154,8 @@ class ItemStats:
             "ratio_max": self.ratio_max, "clip_fraction": self.clipped / n,
             "grad_norm": sum(self.grad_norms) / max(1, len(self.grad_norms)),
             "kl": self.kl / n if with_kl else None, "items": self.items,
+            # bins of t: [0, .25), [.25, .5), [.5, .75), [.75, 1]; None where no item fell
+            "clip_fraction_by_t": [float(c / i) if i else None for c, i in zip(self.bin_clipped, self.bin_items)],
         }
 
 
@@ -357,7 +372,7 @@ class FDFOTrainer:
                                 clip_range=cfg.clip_range, v_base=v_base, kl_weight=cfg.kl_weight)
                 loss = out.loss.sum() / chunk_size
                 self.scaler.scale(loss).backward()
-                stats.add(out.loss, out.ratio, out.clipped, out.kl)
+                stats.add(out.loss, out.ratio, out.clipped, out.kl, t=t)
                 done += mb.shape[0]
                 self._progress("train", done, mine_total)
             stats.grad_norms.append(self._optimizer_step())

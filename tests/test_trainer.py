@@ -56,6 +56,8 @@ def test_steps_subset_and_metrics(flow2d_base):
     assert m["pairs"] == 256 and m["pairs_dropped"] == 0
     assert 0 <= m["clip_fraction"] <= 1 and m["ratio_min"] <= 1 <= m["ratio_max"] + 1e-6
     assert m["mean_abs_dR"] > 0 and math.isfinite(m["loss"])
+    by_t = m["clip_fraction_by_t"]
+    assert len(by_t) == 4 and all(f is None or 0 <= f <= 1 for f in by_t)
 
 
 class NaNSometimes:

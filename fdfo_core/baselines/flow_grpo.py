@@ -214,7 +214,7 @@ class FlowGRPOTrainer(FDFOTrainer):
                     loss = loss + cfg.grpo_kl_beta * kl
                 self.scaler.scale(loss.sum() / chunk.shape[0]).backward()
                 r = ratio.detach()
-                stats.add(loss, r, (r - 1).abs() > cfg.grpo_clip_range, None if kl is None else kl.detach())
+                stats.add(loss, r, (r - 1).abs() > cfg.grpo_clip_range, None if kl is None else kl.detach(), t=t)
                 self._progress("train", stats.items, keep_t.shape[0])
             stats.grad_norms.append(self._optimizer_step())
         t3 = time.perf_counter()

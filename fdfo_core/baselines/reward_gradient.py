@@ -106,7 +106,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                 out = fdfo_loss(v, vels[row, step].to(self.device), dxn[row].to(self.device), dr[row].to(self.device),
                                 clip_range=cfg.clip_range)
                 self.scaler.scale(out.loss.sum() / chunk.shape[0]).backward()
-                stats.add(out.loss, out.ratio, out.clipped)
+                stats.add(out.loss, out.ratio, out.clipped, t=sigmas[step])
             stats.grad_norms.append(self._optimizer_step())
         t.append(time.perf_counter())
         return self._finish_epoch(t, rewards, stats, pairs=n // 2, dropped=0,
