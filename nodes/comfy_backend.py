@@ -1,0 +1,647 @@
+"""`FlowBackend` over ComfyUI's own MODEL, CLIP and VAE (the second backend, next to diffusers).
+
+Whatever the artist loaded (single-file checkpoint, diffusion model + text encoders, fp8 weights,
+an upstream LoRA) is trained as ComfyUI runs it: the MODEL is cloned, the FDFO LoRA is attached
+with `ModelPatcher.add_weight_wrapper` (ComfyUI's own trainer mechanism, `comfy.weight_adapter`),
+memory is left to `comfy.model_management.load_models_gpu`, and everything is undone in
+`session()`'s `finally`.
+
+Conventions, checked against ComfyUI's code:
+- Velocity. Flow models use CONST model sampling: the network output is the velocity
+  v = eps - x0 of x_t = (1 - t) x0 + t eps, sigma is the flow time t, and `apply_model` returns
+  denoised = x - sigma * v (`comfy.model_sampling.CONST.calculate_denoised`). So
+  v = (x - denoised) / sigma, in float32 (sigma > 0 at every point the samplers evaluate).
+- Latents. The MODEL works in its latent format's space: process_latent_in(VAE latent) (for SD3:
+  (raw - 0.0609) * 1.5305). Pure noise at t = 1 is N(0, 1) in that space (ComfyUI adds noise after
+  process_latent_in), and decode(x) = VAE.decode(process_latent_out(x)).
+- Conditioning. Each prompt goes through CLIP.tokenize / encode_from_tokens_scheduled (what
+  CLIPTextEncode does) and the model's `extra_conds` (what the samplers do), once, and is cached.
+  The Cond handed to the core is only a row of prompt ids, so prompts whose token counts differ
+  can share a batch: `velocity` runs rows with equally shaped conditioning together (exact; no
+  padding or token repetition).
+- LoRA layout. For SD3/SD3.5 and Flux the adapter is the diffusers backend's: rank r on every
+  targeted diffusers projection (to_q, to_k, to_v, ...), i.e. block slices of ComfyUI's fused
+  qkv / linear1 modules, so both backends train the same function class and write the same file
+  (`fdfo_core.lora_files.fuse_lora`). Other flow models get rank r on every linear layer inside
+  an attention module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_sampling
+import comfy.samplers
+
+from ..fdfo_core.backend import BackendError
+from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
+from ..fdfo_core.trainer import derive_seed
+
+try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
+    from comfy.weight_adapter import WeightAdapterTrainBase as _AdapterBase
+except ImportError:  # pragma: no cover - older ComfyUI
+    _AdapterBase = torch.nn.Module
+
+log = logging.getLogger("fdfo")
+
+SUPPORTED_TEXT = (
+    "flow-matching (rectified-flow) image models, which ComfyUI samples with CONST model sampling: "
+    "SD3, SD3.5, Flux.1 (dev, schnell) and other flow models such as AuraFlow, HiDream, Lumina 2 or Qwen-Image"
+)
+#: Families whose LoRA layout matches the diffusers backend module for module.
+DIFFUSERS_LAYOUT_FAMILIES = ("sd3", "flux")
+#: Keys of a model's unet_config that describe how it was loaded rather than what it is.
+_LOAD_KEYS = {"dtype", "device", "operations", "image_model_dtype"}
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def model_name(model) -> str:
+    base = model.model
+    config = getattr(base, "model_config", None)
+    return type(config).__name__ if config is not None else type(base).__name__
+
+
+def check_flow_model(model) -> str:
+    """The model family ("sd3", "flux", or the model's class name), or a BackendError saying what
+    is supported. Cheap: call it before loading anything."""
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "apply_model") or not hasattr(model, "get_model_object"):
+        raise BackendError(
+            f"expected a ComfyUI MODEL (from Load Checkpoint, Load Diffusion Model or the FDFO toy loader), "
+            f"got {type(model).__name__}"
+        )
+    name = model_name(model)
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.CONST):
+        kinds = [c.__name__ for c in type(sampling).__mro__]
+        prediction = next((k for k in ("EPS", "V_PREDICTION", "EDM", "X0", "IMG_TO_IMG", "COSMOS_RFLOW") if k in kinds),
+                          type(sampling).__name__)
+        raise BackendError(
+            f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
+            f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {SUPPORTED_TEXT}."
+        )
+    dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
+    if dims != 2:
+        raise BackendError(f"this MODEL ({name}) works on {dims}-D latents (video or audio); FDFO trains image models: {SUPPORTED_TEXT}")
+    if isinstance(base, comfy.model_base.SD3):
+        return "sd3"
+    if type(base) is comfy.model_base.Flux:
+        return "flux"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "flow"
+
+
+def check_vae(model, vae) -> None:
+    if vae is None:
+        raise BackendError("no VAE connected: connect the VAE that belongs to the model (a checkpoint loader's VAE output or Load VAE)")
+    if not hasattr(vae, "decode") or not hasattr(vae, "latent_channels"):
+        raise BackendError(f"expected a ComfyUI VAE, got {type(vae).__name__}")
+    want = model.model.latent_format.latent_channels
+    dim = getattr(vae, "latent_dim", 2)
+    if dim != 2:
+        raise BackendError(f"the VAE is a {dim}-D (video/audio) VAE; connect the image VAE that belongs to {model_name(model)}")
+    if vae.latent_channels != want:
+        raise BackendError(
+            f"mismatched VAE: it makes {vae.latent_channels}-channel latents but {model_name(model)} works on "
+            f"{want}-channel latents. Connect the VAE that belongs to the model (SD3, SD3.5 and Flux use 16-channel "
+            "VAEs; SD1.5 / SDXL VAEs have 4 channels)."
+        )
+
+
+def check_clip(clip) -> None:
+    if clip is None:
+        raise BackendError(
+            "no CLIP / text encoder connected (checkpoints without text encoders give none): load them with "
+            "Load CLIP / DualCLIPLoader / TripleCLIPLoader and connect the CLIP output"
+        )
+    if not hasattr(clip, "tokenize") or not hasattr(clip, "encode_from_tokens_scheduled"):
+        raise BackendError(f"expected a ComfyUI CLIP, got {type(clip).__name__}")
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraPart:
+    """One adapted projection: rows [offset, offset + rows) of a ComfyUI linear module's output."""
+
+    name: str  # diffusers module name (SD3/Flux) or the ComfyUI module name (other models)
+    offset: int
+    rows: int
+
+
+class FDFOLoRA(_AdapterBase):
+    """Weight wrapper W -> W + (alpha / r) * sum_p pad_p(B_p) @ A_p over the parts p of one linear.
+
+    A_p [r, in] starts Gaussian with std 1 / r and B_p [rows, r] at zero (peft's "gaussian" init,
+    as the diffusers backend), so training starts from the base model. Parameters are fp32; the
+    update is computed in fp32 outside autocast and added in the weight's own dtype, as ComfyUI's
+    LoRA adapters do.
+    """
+
+    def __init__(self, module: str, out_features: int, in_features: int, parts: list[LoraPart], rank: int,
+                 alpha: float, generator: torch.Generator, device: torch.device):
+        super().__init__()
+        self.module = module
+        self.parts = list(parts)
+        self.out_features = out_features
+        self.scale = float(alpha) / rank
+        self.enabled = True
+        self.lora_A = torch.nn.ParameterList(
+            [torch.nn.Parameter((torch.randn(rank, in_features, generator=generator) / rank).to(device)) for _ in parts]
+        )
+        self.lora_B = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(p.rows, rank, device=device)) for p in parts]
+        )
+
+    def delta(self) -> torch.Tensor:
+        """The fp32 weight update [out, in]."""
+        ups = [F.pad(b, (0, 0, p.offset, self.out_features - p.offset - p.rows)) for p, b in zip(self.parts, self.lora_B)]
+        up = ups[0] if len(ups) == 1 else torch.cat(ups, dim=1)
+        down = self.lora_A[0] if len(self.lora_A) == 1 else torch.cat(list(self.lora_A), dim=0)
+        return (up @ down) * self.scale
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        with torch.autocast(w.device.type, enabled=False):
+            d = self.delta().to(w.device)
+        return (w + d.reshape(w.shape)).to(w.dtype)
+
+    def passive_memory_usage(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def move_to(self, device) -> int:
+        self.to(device)
+        return self.passive_memory_usage()
+
+
+# --- prompt conditioning cache -------------------------------------------------------------------
+
+
+@dataclass
+class _PromptConds:
+    signature: tuple  # shapes, dtypes and constants: rows with equal signatures batch together
+    tensors: dict[str, torch.Tensor]  # model kwarg -> [1, ...] on the CPU
+    constants: dict[str, Any]
+
+
+class ComfyBackend:
+    """FlowBackend for a ComfyUI MODEL + CLIP + VAE. Use it inside `with backend.session(train=...)`."""
+
+    def __init__(
+        self,
+        model,
+        clip,
+        vae,
+        config: FDFOConfig,
+        *,
+        scheduler: str = "simple",
+        flux_guidance: float = 3.5,
+        full_load: bool = False,
+        check_cancel: Callable[[], None] | None = None,
+        prompt_cache_size: int = 8192,
+    ):
+        # Validate everything before any model is loaded or anything is allocated.
+        self.family = check_flow_model(model)
+        check_vae(model, vae)
+        check_clip(clip)
+        if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+            raise BackendError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(comfy.samplers.SCHEDULER_NAMES)}")
+        self.source_model = model
+        self.clip = clip
+        self.vae = vae
+        self.config = config
+        self.scheduler = scheduler
+        self.flux_guidance = float(flux_guidance)
+        self.full_load = full_load
+        self.check_cancel = check_cancel
+        # Never mutate the incoming MODEL: everything below patches a clone.
+        self.patcher = model.clone()
+        self.base = self.patcher.model
+        self.device = torch.device(self.patcher.load_device)
+        self.adapters: dict[str, FDFOLoRA] = {}
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._prompt_ids: dict[str, int] = {}
+        self._texts: list[str] = []
+        self._cache: OrderedDict[int, _PromptConds] = OrderedDict()
+        self._cache_size = prompt_cache_size
+        self._needs_reload = False
+        self._fingerprint: dict[str, str] | None = None
+        self._transformer_options: dict[str, Any] | None = None
+        self._sample_sigmas: torch.Tensor | None = None
+        self._in_session = False
+        self._checkpointed: list[tuple[torch.nn.Module, Any]] = []
+
+    # --- session: attach, load, undo ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, train: bool) -> Iterator["ComfyBackend"]:
+        """Attach the adapter (when training), load the model through ComfyUI's model management,
+        and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)."""
+        with torch.inference_mode(False):
+            self._in_session = True
+            try:
+                if train:
+                    self._attach_adapters()
+                    if self.config.gradient_checkpointing:
+                        self._enable_checkpointing()
+                self._load(offload_others=True)
+                if train:
+                    self._make_tensors_autograd_safe()
+                self._transformer_options = self._base_transformer_options()
+                self._fingerprint = self._compute_fingerprint()
+                yield self
+            finally:
+                self._in_session = False
+                self._disable_checkpointing()
+                self._detach_adapters()
+
+    def _memory_required(self) -> int:
+        cfg = self.config
+        rows = max(cfg.train_batch_size, 2 * cfg.sample_batch_size) * (2 if cfg.cfg_scale != 1.0 else 1)
+        shape = [rows, *self.latent_shape(cfg.height, cfg.width)]
+        try:
+            return int(self.base.memory_required(shape))
+        except Exception:  # models without an estimate
+            return 0
+
+    def _load(self, offload_others: bool = False) -> None:
+        if offload_others and self.device.type != "cpu":
+            # Text encoders, VAE and other models leave the GPU before training starts; they come
+            # back when they are needed (encoding new prompts, decoding) and leave again after.
+            mm.free_memory(1e30, self.device)
+        mm.load_models_gpu([self.patcher], memory_required=self._memory_required(), force_full_load=self.full_load)
+        self._needs_reload = False
+
+    def _ensure_loaded(self) -> None:
+        if self._needs_reload:
+            self._load()
+
+    def _make_tensors_autograd_safe(self) -> None:
+        """Tensors created under inference mode (ComfyUI loads models there) cannot be saved for
+        backward; replace such parameters and buffers of the diffusion model by identical normal
+        tensors. Values do not change, so other users of the model see no difference."""
+        with torch.no_grad():
+            for module in self.base.diffusion_model.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is not None and p.is_inference():
+                        module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                for name, b in list(module._buffers.items()):
+                    if b is not None and b.is_inference():
+                        module._buffers[name] = b.clone()
+
+    def _base_transformer_options(self) -> dict[str, Any]:
+        import comfy.model_patcher
+        import comfy.patcher_extension
+
+        options = comfy.model_patcher.create_model_options_clone(self.patcher.model_options)
+        to = options.setdefault("transformer_options", {})
+        comfy.patcher_extension.merge_nested_dicts(to.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
+        return options
+
+    # --- adapters -----------------------------------------------------------------------------
+
+    def lora_plan(self) -> list[tuple[str, torch.nn.Module, list[LoraPart]]]:
+        """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`."""
+        dm = self.base.diffusion_model
+        modules = dict(dm.named_modules())
+        targets = tuple(self.config.lora_targets)
+        plan: dict[str, list[LoraPart]] = OrderedDict()
+        if self.family in DIFFUSERS_LAYOUT_FAMILIES:
+            names, out_features = self._diffusers_layout(targets)
+            for dname in names:
+                try:
+                    part = diffusers_to_comfy_module(self.family, dname, out_features)
+                except LoraFileError:
+                    continue
+                module = modules.get(part.comfy_module)
+                if not isinstance(module, torch.nn.Linear):
+                    continue  # e.g. the last SD3 block has no context projection
+                if module.out_features != part.fused_rows:
+                    raise BackendError(
+                        f"unexpected {self.family} layout: {part.comfy_module} has {module.out_features} outputs, "
+                        f"expected {part.fused_rows}"
+                    )
+                plan.setdefault(part.comfy_module, []).append(LoraPart(dname, part.offset, part.rows))
+        else:
+            attention = re.compile(r"(^|\.)[^.]*(attn|attention)[^.]*\.")
+            for name, module in modules.items():
+                if isinstance(module, torch.nn.Linear) and attention.search(name):
+                    plan[name] = [LoraPart(name, 0, module.out_features)]
+        out = []
+        for name, parts in plan.items():
+            module = modules[name]
+            if not hasattr(module, "weight_function"):
+                raise BackendError(f"module {name} of {model_name(self.source_model)} is not a ComfyUI op; cannot attach a LoRA")
+            out.append((name, module, sorted(parts, key=lambda p: p.offset)))
+        return out
+
+    def _diffusers_layout(self, targets: tuple[str, ...]) -> tuple[list[str], Callable[[str], int]]:
+        """Candidate diffusers module names (peft-style suffix match of the targets) and an
+        out_features function for any diffusers projection name, read off the ComfyUI modules."""
+        dm = self.base.diffusion_model
+        if self.family == "sd3":
+            blocks = [("transformer_blocks", len(dm.joint_blocks))]
+            hidden = dm.joint_blocks[0].x_block.attn.qkv.out_features // 3
+        else:
+            blocks = [("transformer_blocks", len(dm.double_blocks)), ("single_transformer_blocks", len(dm.single_blocks))]
+            hidden = dm.double_blocks[0].img_attn.qkv.out_features // 3
+
+        def out_features(dname: str) -> int:
+            m = re.fullmatch(r"single_transformer_blocks\.(\d+)\.proj_mlp", dname)
+            if m:
+                return dm.single_blocks[int(m.group(1))].linear1.out_features - 3 * hidden
+            return hidden
+
+        names = []
+        for prefix, n in blocks:
+            for i in range(n):
+                for sub in ("attn.", "attn2.", ""):
+                    names += [f"{prefix}.{i}.{sub}{t}" for t in targets]
+        return list(dict.fromkeys(names)), out_features
+
+    def _attach_adapters(self) -> None:
+        cfg = self.config
+        plan = self.lora_plan()
+        if not plan:
+            raise BackendError(
+                f"no LoRA target modules found in {model_name(self.source_model)} for targets {list(cfg.lora_targets)}"
+            )
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
+        for name, module, parts in plan:
+            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device)
+            self.patcher.add_weight_wrapper(f"diffusion_model.{name}.weight", adapter)
+            self.adapters[name] = adapter
+            for part, a, b in zip(parts, adapter.lora_A, adapter.lora_B):
+                self._params[f"{part.name}.lora_A"] = a
+                self._params[f"{part.name}.lora_B"] = b
+
+    def _detach_adapters(self) -> None:
+        """Remove our weight functions from the (shared) modules and the clone's wrapper list, so
+        the incoming MODEL and other clones never see them."""
+        if not self.adapters:
+            return
+        ours = {id(a) for a in self.adapters.values()}
+        for module in self.base.diffusion_model.modules():
+            functions = getattr(module, "weight_function", None)
+            if isinstance(functions, list) and any(id(f) in ours for f in functions):
+                module.weight_function = [f for f in functions if id(f) not in ours]
+        for key in [f"diffusion_model.{name}.weight" for name in self.adapters]:
+            kept = [f for f in self.patcher.weight_wrapper_patches.get(key, []) if id(f) not in ours]
+            if kept:
+                self.patcher.weight_wrapper_patches[key] = kept
+            else:
+                self.patcher.weight_wrapper_patches.pop(key, None)
+        for adapter in self.adapters.values():
+            adapter.requires_grad_(False)
+
+    def _enable_checkpointing(self) -> None:
+        """Recompute each transformer block in the backward pass (saves activation memory)."""
+        from torch.utils.checkpoint import checkpoint
+
+        for child in self.base.diffusion_model.children():
+            if not isinstance(child, torch.nn.ModuleList):
+                continue
+            for block in child:
+                previous = block.__dict__.get("forward")
+                original = block.forward
+
+                def forward(*args, _original=original, **kwargs):
+                    if torch.is_grad_enabled():
+                        return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                    return _original(*args, **kwargs)
+
+                block.forward = forward
+                self._checkpointed.append((block, previous))
+
+    def _disable_checkpointing(self) -> None:
+        for block, previous in reversed(self._checkpointed):
+            if previous is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = previous
+        self._checkpointed.clear()
+
+    # --- FlowBackend: adapter API -------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self._params.values())
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self._params.items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self._params) - set(state)
+        extra = set(state) - set(self._params)
+        if missing or extra:
+            raise BackendError(
+                f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
+                f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
+            )
+        with torch.no_grad():
+            for k, p in self._params.items():
+                if state[k].shape != p.shape:
+                    raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+                p.copy_(state[k].to(p))
+
+    @contextlib.contextmanager
+    def adapter_disabled(self):
+        previous = {name: a.enabled for name, a in self.adapters.items()}
+        for a in self.adapters.values():
+            a.enabled = False
+        try:
+            yield
+        finally:
+            for name, a in self.adapters.items():
+                a.enabled = previous[name]
+
+    def lora_file_tensors(self) -> dict[str, torch.Tensor]:
+        """ComfyUI-native LoRA tensors (`diffusion_model.<module>.lora_up/.lora_down/.alpha`)."""
+        cfg = self.config
+        scale = cfg.lora_alpha / cfg.lora_rank
+        if self.family in DIFFUSERS_LAYOUT_FAMILIES:
+            factors = {}
+            for adapter in self.adapters.values():
+                for part, a, b in zip(adapter.parts, adapter.lora_A, adapter.lora_B):
+                    factors[part.name] = (a.detach().float().cpu(), b.detach().float().cpu())
+            _, out_features = self._diffusers_layout(tuple(cfg.lora_targets))
+            return fuse_lora(self.family, factors, scale, out_features)
+        out = {}
+        for name, adapter in self.adapters.items():
+            out[f"diffusion_model.{name}.lora_down.weight"] = adapter.lora_A[0].detach().float().cpu().contiguous()
+            out[f"diffusion_model.{name}.lora_up.weight"] = adapter.lora_B[0].detach().float().cpu().contiguous()
+            out[f"diffusion_model.{name}.alpha"] = torch.tensor(float(cfg.lora_alpha))
+        return out
+
+    def fingerprint(self) -> dict[str, str]:
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return dict(self._fingerprint)
+
+    def _compute_fingerprint(self) -> dict[str, str]:
+        cfg = self.config
+        config = getattr(self.base, "model_config", None)
+        unet = {k: v for k, v in (getattr(config, "unet_config", None) or {}).items() if k not in _LOAD_KEYS}
+        last = None
+        for name, module in self.base.diffusion_model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name not in self.adapters:
+                last = module
+        weights = "none"
+        if last is not None:
+            weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        # Upstream patches (a LoRA loaded before FDFO) change the model being trained.
+        ours = {f"diffusion_model.{n}.weight" for n in self.adapters}
+        patches = sorted(
+            (k, [(float(p[0]), float(p[2])) for p in v]) for k, v in self.patcher.patches.items() if k not in ours
+        )
+        return {
+            "family": self.family,
+            "model": model_name(self.source_model),
+            "unet_config": hashlib.sha256(json.dumps(unet, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "weights": weights,
+            "patches": hashlib.sha256(json.dumps(patches).encode()).hexdigest()[:16] if patches else "none",
+            "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(cfg.lora_targets)}",
+            "backend": "comfyui",
+        }
+
+    # --- FlowBackend: sampling API ------------------------------------------------------------
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = int(self.vae.spacial_compression_decode())
+        if height % f or width % f:
+            raise BackendError(f"image size {width}x{height} is not a multiple of the VAE's {f}x downscaling")
+        return (int(self.base.latent_format.latent_channels), height // f, width // f)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        sampling = self.patcher.get_model_object("model_sampling")
+        s = comfy.samplers.calculate_sigmas(sampling, self.scheduler, num_steps).float().cpu()
+        if s.shape[0] != num_steps + 1 or float(s[-1]) != 0.0 or not bool((s[1:] < s[:-1]).all()) or float(s[0]) > 1.0 + 1e-4:
+            raise BackendError(
+                f"scheduler {self.scheduler!r} gives {s.shape[0]} times from {float(s[0]):.4g} to {float(s[-1]):.4g}; FDFO "
+                f"needs {num_steps + 1} decreasing flow times from at most 1 to 0 (try 'simple' or 'beta')"
+            )
+        self._sample_sigmas = s
+        return s
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        ids = []
+        for p in prompts:
+            if p not in self._prompt_ids:
+                self._prompt_ids[p] = len(self._texts)
+                self._texts.append(p)
+            ids.append(self._prompt_ids[p])
+        for i in dict.fromkeys(ids):
+            self._entry(i)
+        return {"prompt_id": torch.tensor(ids, dtype=torch.long)}
+
+    def _entry(self, i: int) -> _PromptConds:
+        entry = self._cache.get(i)
+        if entry is None:
+            if self.check_cancel is not None:
+                self.check_cancel()
+            entry = self._encode(self._texts[i])
+            self._cache[i] = entry
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(i)
+        return entry
+
+    @torch.no_grad()
+    def _encode(self, text: str) -> _PromptConds:
+        import comfy.conds
+        import comfy.sampler_helpers
+
+        self._needs_reload = True  # the text encoder may push the diffusion model off the GPU
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        if len(conditioning) != 1:
+            log.warning("FDFO: the CLIP returned %d scheduled conditionings; training uses the first", len(conditioning))
+        cond, extras = conditioning[0][0], dict(conditioning[0][1])
+        if self.family == "flux" and "guidance" not in extras:
+            extras["guidance"] = self.flux_guidance
+        cfg = self.config
+        noise = torch.zeros((1, *self.latent_shape(cfg.height, cfg.width)), device=self.device)
+        converted = comfy.sampler_helpers.convert_cond([[cond, extras]])
+        encoded = comfy.samplers.encode_model_conds(self.base.extra_conds, converted, noise, self.device, "positive")
+        tensors, constants = {}, {}
+        for key, c in encoded[0]["model_conds"].items():
+            if isinstance(c, comfy.conds.CONDConstant):
+                constants[key] = c.cond
+                continue
+            processed = c.process_cond(batch_size=1, device=self.device, area=None)
+            if not isinstance(processed.cond, torch.Tensor):
+                raise BackendError(
+                    f"the conditioning input {key!r} ({type(c).__name__}) is not supported for training; "
+                    "use plain text conditioning (no reference images / lists)"
+                )
+            tensors[key] = processed.cond.detach().cpu()
+        signature = (
+            tuple((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in sorted(tensors.items())),
+            tuple(sorted((k, repr(v)) for k, v in constants.items())),
+        )
+        return _PromptConds(signature, tensors, constants)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """v(x, t) = (x - denoised) / t from ComfyUI's `apply_model` (CONST sampling, sigma = t)."""
+        if not self._in_session:
+            raise RuntimeError("ComfyBackend.velocity must run inside `with backend.session(...)`")
+        if bool((t <= 0).any()):
+            raise ValueError("the velocity of a flow model is only defined for t > 0")
+        self._ensure_loaded()
+        ids = cond["prompt_id"].tolist()
+        groups: OrderedDict[tuple, list[int]] = OrderedDict()
+        entries = [self._entry(i) for i in ids]
+        for row, e in enumerate(entries):
+            groups.setdefault(e.signature, []).append(row)
+        outs, order = [], []
+        for rows in groups.values():
+            whole = len(groups) == 1
+            index = None if whole else torch.tensor(rows, device=x.device)
+            xs = x if whole else x[index]
+            ts = t if whole else t[index]
+            kwargs = {k: torch.cat([entries[r].tensors[k] for r in rows]).to(self.device) for k in entries[rows[0]].tensors}
+            kwargs.update(entries[rows[0]].constants)
+            denoised = self._apply_model(xs, ts, kwargs)
+            outs.append((xs.float() - denoised.float()) / ts.float().reshape(-1, *([1] * (xs.ndim - 1))))
+            order += rows
+        if len(outs) == 1:
+            return outs[0]
+        inverse = torch.argsort(torch.tensor(order, device=x.device))
+        return torch.cat(outs)[inverse]
+
+    def _apply_model(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        options = self._transformer_options or {}
+        to = dict(options.get("transformer_options", {}))
+        to["sigmas"] = t
+        to["cond_or_uncond"] = [0] * x.shape[0]
+        if self._sample_sigmas is not None:
+            to["sample_sigmas"] = self._sample_sigmas.to(x.device)
+        x = x.to(self.device)
+        t = t.to(self.device)
+        wrapper = options.get("model_function_wrapper")
+        if wrapper is not None:  # e.g. patches from other nodes that wrap the model call
+            return wrapper(self.base.apply_model, {"input": x, "timestep": t, "c": {**kwargs, "transformer_options": to},
+                                                   "cond_or_uncond": to["cond_or_uncond"]})
+        return self.base.apply_model(x, t, transformer_options=to, **kwargs)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """float32 images [B, 3, H, W] in [0, 1]: VAE.decode(process_latent_out(x))."""
+        self._needs_reload = True  # the VAE may push the diffusion model off the GPU
+        raw = self.base.process_latent_out(latents.float())
+        images = self.vae.decode(raw)
+        return images[..., :3].movedim(-1, 1).float().clamp(0, 1)
