@@ -1,0 +1,494 @@
+"""Build the example workflows from one Python description each, in both formats.
+
+    python workflows/build_workflows.py --object-info http://127.0.0.1:8188      # a running ComfyUI
+    python workflows/build_workflows.py --object-info workflows/object_info.json
+
+Writes, for every workflow:
+- example_workflows/<name>.json  UI format (what people drag in; ComfyUI serves it as a template);
+- workflows/ui/<name>.json       the same, canonical copy;
+- workflows/api/<name>.json      API format (POST /prompt), used by the tests.
+and workflows/object_info.json: the node definitions (inputs, widget order, outputs) of every
+node type the workflows use, so the tests can convert UI to API format without a ComfyUI.
+
+The widgets of a UI-format node are listed in `widgets_values` in the order of the node's
+widget inputs (required, then optional), with one extra value after an INT that has
+`control_after_generate` (the frontend's "fixed / increment / randomize" widget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+#: Frontend-only node types: in UI workflows, never sent to the server.
+VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+
+
+# --- node definitions (from /object_info) ----------------------------------------------------------
+
+
+def input_specs(info: dict[str, Any]) -> list[tuple[str, Any, dict]]:
+    """[(name, type, options)] of a node in widget order (required, then optional)."""
+    out = []
+    order = info.get("input_order") or {}
+    for section in ("required", "optional"):
+        inputs = info.get("input", {}).get(section, {}) or {}
+        names = order.get(section) or list(inputs)
+        for name in names:
+            spec = inputs[name]
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, typ, opts))
+    return out
+
+
+def is_widget(typ: Any, opts: dict) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, list) or typ in WIDGET_TYPES
+
+
+def socket_type(typ: Any) -> str:
+    return "COMBO" if isinstance(typ, list) else str(typ)
+
+
+# --- graph description -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Out:
+    node: int
+    slot: int
+    type: str
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    title: str | None
+    values: dict[str, Any]
+    pos: tuple[float, float] | None = None
+    size: tuple[float, float] | None = None
+    text: str | None = None  # Note nodes
+
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> Out:
+        for i, (n, t) in enumerate(self.outputs):
+            if n == name:
+                return Out(self.id, i, t)
+        raise KeyError(f"{self.type} has no output {name!r}; outputs: {[n for n, _ in self.outputs]}")
+
+
+class Graph:
+    def __init__(self, name: str, object_info: dict[str, Any]):
+        self.name = name
+        self.info = object_info
+        self.nodes: list[Node] = []
+
+    def add(self, type_: str, title: str | None = None, pos=None, **values) -> Node:
+        info = self.info.get(type_)
+        if info is None:
+            raise KeyError(f"node type {type_!r} is not in the object info")
+        specs = {n: (t, o) for n, t, o in input_specs(info)}
+        unknown = set(values) - set(specs)
+        if unknown:
+            raise KeyError(f"{type_} has no input(s) {sorted(unknown)}; inputs: {list(specs)}")
+        node = Node(len(self.nodes) + 1, type_, title, values, pos)
+        node.outputs = list(zip(info.get("output_name") or info["output"], [str(t) for t in info["output"]]))
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, pos=None, size=(420, 200)) -> Node:
+        node = Node(len(self.nodes) + 1, "Note", None, {}, pos, size, text=text)
+        self.nodes.append(node)
+        return node
+
+    # --- API format ----------------------------------------------------------------------------
+
+    def to_api(self) -> dict[str, Any]:
+        prompt = {}
+        for node in self.nodes:
+            if node.type in VIRTUAL_NODES:
+                continue
+            inputs = {}
+            for name, typ, opts in input_specs(self.info[node.type]):
+                if name not in node.values:
+                    if is_widget(typ, opts):  # a widget left at its default
+                        inputs[name] = default_value(typ, opts)
+                    continue
+                v = node.values[name]
+                inputs[name] = [str(v.node), v.slot] if isinstance(v, Out) else v
+            prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs,
+                                    "_meta": {"title": node.title or display_name(self.info, node.type)}}
+        return prompt
+
+    # --- UI format -----------------------------------------------------------------------------
+
+    def to_ui(self) -> dict[str, Any]:
+        order = self._topological_order()
+        positions = self._layout(order)
+        links = []
+        out_links: dict[tuple[int, int], list[int]] = {}
+        ui_nodes = []
+        for node in self.nodes:
+            if node.type == "Note":
+                ui_nodes.append({
+                    "id": node.id, "type": "Note", "pos": list(node.pos or positions[node.id]), "size": list(node.size),
+                    "flags": {}, "order": order.index(node.id), "mode": 0, "inputs": [], "outputs": [],
+                    "properties": {}, "widgets_values": [node.text], "color": "#432", "bgcolor": "#653",
+                })
+                continue
+            inputs, widgets = [], []
+            for name, typ, opts in input_specs(self.info[node.type]):
+                value = node.values.get(name)
+                if isinstance(value, Out):
+                    link_id = len(links) + 1
+                    links.append([link_id, value.node, value.slot, node.id, len(inputs), value.type])
+                    out_links.setdefault((value.node, value.slot), []).append(link_id)
+                    entry = {"name": name, "type": socket_type(typ), "link": link_id}
+                    if is_widget(typ, opts):
+                        entry["widget"] = {"name": name}
+                    inputs.append(entry)
+                elif is_widget(typ, opts):
+                    widgets.append(value if name in node.values else default_value(typ, opts))
+                    if opts.get("control_after_generate"):
+                        widgets.append("fixed")
+                else:
+                    inputs.append({"name": name, "type": socket_type(typ), "link": None})
+            ui_nodes.append({
+                "id": node.id, "type": node.type, "pos": list(node.pos or positions[node.id]),
+                "size": list(node.size or self._size(node, len(inputs), len(widgets))), "flags": {},
+                "order": order.index(node.id), "mode": 0, "inputs": inputs,
+                "outputs": [{"name": n, "type": t, "links": []} for n, t in node.outputs],
+                "properties": {"Node name for S&R": node.type}, "widgets_values": widgets,
+            })
+            if node.title:
+                ui_nodes[-1]["title"] = node.title
+        for ui in ui_nodes:
+            for slot, out in enumerate(ui["outputs"]):
+                out["links"] = out_links.get((ui["id"], slot), [])
+                out["slot_index"] = slot
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "fdfo_workflow": self.name},
+            "version": 0.4,
+        }
+
+    def _topological_order(self) -> list[int]:
+        deps = {n.id: {v.node for v in n.values.values() if isinstance(v, Out)} for n in self.nodes}
+        order, done = [], set()
+        while len(order) < len(self.nodes):
+            ready = [i for i in deps if i not in done and deps[i] <= done]
+            if not ready:
+                raise ValueError(f"workflow {self.name} has a cycle")
+            for i in sorted(ready):
+                order.append(i)
+                done.add(i)
+        return order
+
+    def _layout(self, order: list[int]) -> dict[int, tuple[float, float]]:
+        """Columns by longest path from the sources; nodes stacked in each column."""
+        depth: dict[int, int] = {}
+        by_id = {n.id: n for n in self.nodes}
+        for i in order:
+            parents = [v.node for v in by_id[i].values.values() if isinstance(v, Out)]
+            depth[i] = 1 + max((depth[p] for p in parents), default=-1)
+        pos, heights = {}, {}
+        for i in order:
+            col = depth[i]
+            y = heights.get(col, 0.0)
+            node = by_id[i]
+            specs = input_specs(self.info[node.type]) if node.type not in VIRTUAL_NODES else []
+            n_widgets = sum(1 for n, t, o in specs if is_widget(t, o) and not isinstance(node.values.get(n), Out))
+            n_sockets = len(specs) - n_widgets
+            h = node.size[1] if node.size else self._size(node, n_sockets, n_widgets)[1]
+            pos[i] = (40.0 + 440.0 * col, 40.0 + y)
+            heights[col] = y + h + 60.0
+        return pos
+
+    def _size(self, node: Node, n_inputs: int, n_widgets: int) -> tuple[float, float]:
+        multiline = sum(1 for n, t, o in input_specs(self.info[node.type]) if o.get("multiline") and not isinstance(node.values.get(n), Out))
+        rows = max(n_inputs, len(node.outputs))
+        return (380.0, 40.0 + 22.0 * rows + 26.0 * n_widgets + 90.0 * multiline)
+
+
+def default_value(typ: Any, opts: dict) -> Any:
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(typ, list):
+        return typ[0] if typ else None
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(typ)
+
+
+def display_name(info: dict[str, Any], type_: str) -> str:
+    return info.get(type_, {}).get("display_name") or type_
+
+
+# --- the workflows -----------------------------------------------------------------------------------
+
+TOY_PROMPT = "two red circles above a blue square on a yellow background"
+SD35_CKPT = "sd3.5_medium.safetensors"
+SD35_CLIPS = ("clip_g.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors")
+SD35_PROMPTS = "\n".join([
+    "a photo of a red fox curled up in fresh snow, morning light",
+    "a watercolour painting of a lighthouse on a cliff at dusk",
+    "a bowl of ramen on a wooden table, steam rising, close-up",
+    "an astronaut riding a horse across a desert, cinematic",
+    "a cosy reading nook with a cat asleep on a pile of books",
+    "a futuristic city skyline at night in the rain, neon reflections",
+    "# add your own prompts here, one per line (or choose a .txt file from ComfyUI/input)",
+])
+
+
+def toy_trainer_values(preset: dict[str, Any]) -> dict[str, Any]:
+    """The FDFO Trainer widgets of the toy workflow: the library's "toy" preset."""
+    p = preset
+    return dict(
+        epochs=p["epochs"], pairs_per_epoch=p["pairs_per_epoch"], steps=p["num_steps"], cfg=1.0, churn="raw",
+        churn_strength=p["churn_strength"], width=p["width"], height=p["height"], seed=0, learning_rate=p["lr"],
+        lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"], clip_range=0.03,
+        optimizer_steps_per_epoch=p["optimizer_steps_per_epoch"], checkpoint_every=p["checkpoint_every"],
+        lora_name="fdfo_toy", resume=True, sample_batch_size=p["sample_batch_size"],
+        train_batch_size=p["train_batch_size"], decode_batch_size=p["decode_batch_size"], preview_count=8,
+    )
+
+
+def sample_with(g: Graph, model: Out, clip: Out, vae: Out, prompt: str, width: int, height: int, steps: int,
+                cfg: float, prefix: str, batch: int = 4, guidance: float | None = None) -> Node:
+    pos = g.add("CLIPTextEncode", "prompt", text=prompt, clip=clip)
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=clip)
+    positive = pos["CONDITIONING"]
+    if guidance is not None:
+        positive = g.add("FluxGuidance", guidance=guidance, conditioning=positive)["CONDITIONING"]
+    latent = g.add("EmptySD3LatentImage", width=width, height=height, batch_size=batch)
+    ks = g.add("KSampler", model=model, seed=0, steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple",
+               positive=positive, negative=neg["CONDITIONING"], latent_image=latent["LATENT"], denoise=1.0)
+    images = g.add("VAEDecode", samples=ks["LATENT"], vae=vae)
+    return g.add("SaveImage", filename_prefix=prefix, images=images["IMAGE"])
+
+
+def wf_toy(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    g = Graph("fdfo_toy", info)
+    g.note(
+        "FDFO on the bundled toy model: runs on a CPU in a few minutes.\n\n"
+        "1. FDFO Paired Sampler shows what the trainer sees: pairs of similar images and their reward difference.\n"
+        "2. FDFO Trainer trains a LoRA toward the toy alignment reward (the library's 'toy' preset) and saves it as "
+        "models/loras/fdfo_toy.safetensors; run files go to output/fdfo/fdfo_toy/.\n"
+        "3. The trained model goes straight into a KSampler.\n\n"
+        "Queue again with more epochs to continue the run (resume on). Cancel keeps the LoRA trained so far.",
+        pos=(40, -260), size=(600, 220),
+    )
+    loader = g.add("FDFOToyModelLoader")
+    prompts = g.add("FDFOToyPrompts", count=256, split="train", seed=0)
+    reward = g.add("FDFOToyAlignmentReward")
+    toy = PRESETS["toy"]
+    pairs = g.add("FDFOPairedSampler", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                  prompts=prompts["prompts"], reward=reward["reward"], pairs=4, seed=0, steps=toy["num_steps"], cfg=1.0,
+                  churn="raw", churn_strength=toy["churn_strength"], width=toy["width"], height=toy["height"])
+    g.add("PreviewImage", "pairs and their reward difference", images=pairs["comparison"])
+    trainer = g.add("FDFOTrainer", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], **toy_trainer_values(toy))
+    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_toy/preview", images=trainer["preview"])
+    sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                toy["num_steps"], 1.0, "fdfo_toy/trained")
+    return g
+
+
+def _sd35_loaders(g: Graph) -> tuple[Node, Node]:
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD35_CKPT)
+    clip = g.add("TripleCLIPLoader", clip_name1=SD35_CLIPS[0], clip_name2=SD35_CLIPS[1], clip_name3=SD35_CLIPS[2])
+    return ckpt, clip
+
+
+def _published_trainer(lora_name: str, **changes) -> dict[str, Any]:
+    from fdfo_core.config import FDFOConfig
+
+    d = FDFOConfig()
+    values = dict(
+        epochs=d.epochs, pairs_per_epoch=d.pairs_per_epoch, steps=d.num_steps, cfg=d.cfg_scale, churn=d.churn,
+        churn_strength=d.churn_strength, width=d.width, height=d.height, seed=d.seed, learning_rate=d.lr,
+        lora_rank=d.lora_rank, lora_alpha=d.lora_alpha, clip_range=d.clip_range,
+        optimizer_steps_per_epoch=d.optimizer_steps_per_epoch, checkpoint_every=d.checkpoint_every,
+        lora_name=lora_name, resume=True,
+    )
+    values.update(changes)
+    return values
+
+
+def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
+    g = Graph("fdfo_sd35_pickscore", info)
+    g.note(
+        "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
+        "LoRA rank 32 / alpha 64, lr 3e-5). About 12 h on 4 H200 in the paper; lower epochs / pairs_per_epoch to try it.\n\n"
+        f"Files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}; PickScore weights in "
+        "models/fdfo_rewards/pickscore/ and the CLIP-H tokenizer in models/fdfo_rewards/CLIP-ViT-H-14-laion2B-s32B-b79K/ "
+        "(see docs/rewards.md). 24 GB: set storage_device to cpu and gradient_checkpointing on.",
+        pos=(40, -300), size=(640, 240),
+    )
+    ckpt, clip = _sd35_loaders(g)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = g.add("FDFOPickScoreReward")
+    trainer = g.add("FDFOTrainer", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore"), storage_device="cpu")
+    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_sd35/preview", images=trainer["preview"])
+    sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a photo of a red fox curled up in fresh snow, morning light",
+                512, 512, 40, 1.0, "fdfo_sd35/pickscore", batch=1)
+    return g
+
+
+def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
+    from fdfo_core.rewards.vlm import DEFAULT_QUESTION
+
+    g = Graph("fdfo_sd35_vlm", info)
+    g.note(
+        "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
+        "PickScore + 0.1 x VLM alignment (Qwen2.5-VL-7B asked whether the image matches the caption).\n\n"
+        "Edit the question (use {prompt} for the image's prompt), e.g. 'Is this image of professional quality? "
+        "Answer with Yes or No.'. VLM weights: models/fdfo_rewards/vlm/ (about 17 GB in bf16; the 3B model needs ~8 GB; "
+        "set the VLM's device to cpu to keep VRAM for training, at a large cost in speed).",
+        pos=(40, -300), size=(640, 240),
+    )
+    ckpt, clip = _sd35_loaders(g)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    pick = g.add("FDFOPickScoreReward")
+    vlm = g.add("FDFOVLMReward", question=DEFAULT_QUESTION)
+    combined = g.add("FDFOCombineRewards", reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
+    trainer = g.add("FDFOTrainer", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
+                    prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore_vlm"), storage_device="cpu")
+    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_sd35_vlm/preview", images=trainer["preview"])
+    sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
+                512, 512, 40, 1.0, "fdfo_sd35_vlm/trained", batch=1)
+    return g
+
+
+def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    g = Graph("fdfo_flux_aesthetic", info)
+    flux = PRESETS["flux"]
+    g.note(
+        "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
+        f"itself is fp32) at 512 px with {flux['num_steps']} steps, gradient checkpointing and CPU storage of the "
+        "recorded states, to fit 24 GB; use 1024 px (Flux's native size) with 48 GB or more.\n\n"
+        "Files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and t5xxl_fp16.safetensors, "
+        "models/vae/ae.safetensors; aesthetic head in models/fdfo_rewards/aesthetic/ and CLIP ViT-L/14 in "
+        "models/fdfo_rewards/clip-vit-large-patch14/. Flux dev needs no CFG: guidance 3.5 goes in as flux_guidance.",
+        pos=(40, -300), size=(640, 240),
+    )
+    unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
+    clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = g.add("VAELoader", vae_name="ae.safetensors")
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = g.add("FDFOAestheticReward")
+    trainer = g.add("FDFOTrainer", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"],
+                    **_published_trainer("flux_aesthetic", steps=flux["num_steps"], width=512, height=512),
+                    storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
+    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_flux/preview", images=trainer["preview"])
+    sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
+                512, 512, flux["num_steps"], 1.0, "fdfo_flux/trained", batch=1, guidance=3.5)
+    return g
+
+
+def wf_compare(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    toy = PRESETS["toy"]
+    g = Graph("fdfo_base_vs_lora", info)
+    g.note(
+        "Base model vs trained LoRA, same prompt and seeds, scored with the reward. Run the toy workflow first: it "
+        "saves models/loras/fdfo_toy.safetensors. For your own models swap the loader, the LoRA file and the reward; "
+        "sample with the settings you trained with (steps, cfg, scheduler).",
+        pos=(40, -240), size=(600, 180),
+    )
+    loader = g.add("FDFOToyModelLoader")
+    lora = g.add("LoraLoaderModelOnly", model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
+    pos = g.add("CLIPTextEncode", "prompt", text=TOY_PROMPT, clip=loader["clip"])
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=loader["clip"])
+    latent = g.add("EmptySD3LatentImage", width=toy["width"], height=toy["height"], batch_size=4)
+    outs = {}
+    for label, model in (("base", loader["model"]), ("lora", lora["MODEL"])):
+        ks = g.add("KSampler", f"KSampler ({label})", model=model, seed=0, steps=toy["num_steps"], cfg=1.0,
+                   sampler_name="euler", scheduler="simple", positive=pos["CONDITIONING"], negative=neg["CONDITIONING"],
+                   latent_image=latent["LATENT"], denoise=1.0)
+        img = g.add("VAEDecode", samples=ks["LATENT"], vae=loader["vae"])
+        g.add("SaveImage", f"{label} images", filename_prefix=f"fdfo_compare/{label}", images=img["IMAGE"])
+        outs[label] = img["IMAGE"]
+    both = g.add("ImageBatch", image1=outs["base"], image2=outs["lora"])
+    prompt_list = g.add("FDFOPromptList", text=TOY_PROMPT)
+    reward = g.add("FDFOToyAlignmentReward")
+    scored = g.add("FDFOScoreImages", images=both["IMAGE"], prompts=prompt_list["prompts"], reward=reward["reward"],
+                   sort="none", columns=4)
+    g.add("SaveImage", "top row base, bottom row LoRA, with rewards", filename_prefix="fdfo_compare/grid", images=scored["grid"])
+    return g
+
+
+WORKFLOWS = {
+    "fdfo_toy": wf_toy,
+    "fdfo_sd35_pickscore": wf_sd35_pickscore,
+    "fdfo_sd35_vlm": wf_sd35_vlm,
+    "fdfo_flux_aesthetic": wf_flux_aesthetic,
+    "fdfo_base_vs_lora": wf_compare,
+}
+
+
+def load_object_info(source: str) -> dict[str, Any]:
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source.rstrip("/") + "/object_info", timeout=60) as r:
+            return json.load(r)
+    return json.loads(Path(source).read_text())
+
+
+def build_all(info: dict[str, Any]) -> dict[str, Graph]:
+    return {name: build(info) for name, build in WORKFLOWS.items()}
+
+
+def dump(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--object-info", default=str(REPO / "workflows" / "object_info.json"),
+                   help="URL of a running ComfyUI (with this node pack) or an object_info JSON file")
+    p.add_argument("--check", action="store_true", help="only check that the files on disk are up to date")
+    a = p.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    info = load_object_info(a.object_info)
+    graphs = build_all(info)
+    used = sorted({n.type for g in graphs.values() for n in g.nodes if n.type not in VIRTUAL_NODES})
+    files = {REPO / "workflows" / "object_info.json": dump({k: info[k] for k in used})}
+    for name, g in graphs.items():
+        ui, api = dump(g.to_ui()), dump(g.to_api())
+        files[REPO / "example_workflows" / f"{name}.json"] = ui
+        files[REPO / "workflows" / "ui" / f"{name}.json"] = ui
+        files[REPO / "workflows" / "api" / f"{name}.json"] = api
+    stale = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
+    if a.check:
+        for path in stale:
+            print(f"out of date: {path.relative_to(REPO)}")
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
