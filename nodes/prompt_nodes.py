@@ -107,7 +107,7 @@ class FDFOToyPrompts:
         return {"required": {
             "count": ("INT", {"default": 256, "min": 1, "max": 100000, "tooltip": "Number of distinct captions."}),
             "split": (["train", "heldout"], {"default": "train", "tooltip": "train: scenes seen in pretraining; heldout: scenes it never saw."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Which captions are drawn."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Which captions are drawn."}),
         }}
 
     def build(self, count, split, seed):

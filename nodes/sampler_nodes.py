@@ -37,7 +37,8 @@ def sampling_inputs() -> dict[str, tuple]:
     """Inputs shared by the Paired Sampler and the Trainer, with the published FDFO defaults."""
     d = DEFAULTS
     return {
-        "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED, "tooltip": (
+        # control_after_generate off: a seed that changed on every queue would break resuming a run.
+        "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED, "control_after_generate": False, "tooltip": (
             "Seeds the prompt order, the shared initial noise of each pair and its churn noise. Same seed, same pairs.")}),
         "steps": ("INT", {"default": d.num_steps, "min": 1, "max": 1000, "tooltip": "Solver steps per image (40 published for SD3.5 Medium)."}),
         "cfg": ("FLOAT", {"default": d.cfg_scale, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01, "tooltip": (

@@ -243,6 +243,17 @@ class FDFOTrainer_:
             return self._train(model, clip, vae, reward, prompts, unique_id, values)
 
     def _train(self, model, clip, vae, reward, prompts, unique_id, values):
+        # --- validate everything before any model is loaded ---------------------------------
+        cfg = config_from_inputs(values)
+        prompts = clean_prompts(prompts)
+        name = check_lora_name(values["lora_name"])
+        preview_prompts = clean_prompts(values.get("preview_prompts") or prompts)
+        preview_every = int(values.get("preview_every", 1))
+        preview_count = int(values.get("preview_count", 4))
+        preview_prompts = (preview_prompts * preview_count)[:preview_count]
+        if reward is None or not callable(reward):
+            raise TrainingError("connect a reward (an FDFO reward loader or Combine Rewards)")
+
         import comfy.sd
 
         from ..fdfo_core.cli import reward_curve_image
@@ -252,14 +263,6 @@ class FDFOTrainer_:
         from ..fdfo_core.trainer import format_metrics
         from .comfy_backend import ComfyBackend
 
-        # --- validate everything before any model is loaded ---------------------------------
-        cfg = config_from_inputs(values)
-        prompts = clean_prompts(prompts)
-        name = check_lora_name(values["lora_name"])
-        preview_prompts = clean_prompts(values.get("preview_prompts") or prompts)
-        preview_every = int(values.get("preview_every", 1))
-        preview_count = int(values.get("preview_count", 4))
-        preview_prompts = (preview_prompts * preview_count)[:preview_count]
         backend = ComfyBackend(
             model, clip, vae, cfg, scheduler=values.get("scheduler", "simple"),
             flux_guidance=values.get("flux_guidance", 3.5), full_load=values.get("full_load", False),

@@ -1,18 +1,21 @@
 """Build the example workflows from one Python description each, in both formats.
 
-    python workflows/build_workflows.py --object-info http://127.0.0.1:8188      # a running ComfyUI
-    python workflows/build_workflows.py --object-info workflows/object_info.json
+    python workflows/build_workflows.py                  # FDFO nodes from this checkout + workflows/reference/stock_object_info.json
+    python workflows/build_workflows.py --object-info http://127.0.0.1:8188   # refresh the stock nodes from a ComfyUI
+    python workflows/build_workflows.py --check          # exit 1 if a file is out of date
 
 Writes, for every workflow:
 - example_workflows/<name>.json  UI format (what people drag in; ComfyUI serves it as a template);
 - workflows/ui/<name>.json       the same, canonical copy;
 - workflows/api/<name>.json      API format (POST /prompt), used by the tests.
-and workflows/object_info.json: the node definitions (inputs, widget order, outputs) of every
-node type the workflows use, so the tests can convert UI to API format without a ComfyUI.
+and workflows/reference/stock_object_info.json: the definitions (inputs, widget order, outputs) of the stock
+ComfyUI nodes the workflows use, so the tests can convert UI to API format without a ComfyUI.
+The FDFO nodes' definitions always come from this checkout's classes.
 
 The widgets of a UI-format node are listed in `widgets_values` in the order of the node's
-widget inputs (required, then optional), with one extra value after an INT that has
-`control_after_generate` (the frontend's "fixed / increment / randomize" widget).
+widget inputs (required, then optional), with one extra value after an INT that has a
+"control after generate" widget (the frontend adds one when the input sets
+`control_after_generate`, and to INTs named seed / noise_seed unless it is set to false).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: Stock node definitions (not directly in workflows/: ComfyUI lists every workflows/*.json as a template).
+STOCK_INFO = REPO / "workflows" / "reference" / "stock_object_info.json"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 #: Frontend-only node types: in UI workflows, never sent to the server.
 VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
@@ -53,6 +58,16 @@ def is_widget(typ: Any, opts: dict) -> bool:
     if opts.get("forceInput"):
         return False
     return isinstance(typ, list) or typ in WIDGET_TYPES
+
+
+def has_control_widget(name: str, typ: Any, opts: dict) -> bool:
+    """Does the frontend add a 'control after generate' widget after this input's widget?"""
+    if typ != "INT" and not isinstance(typ, list) and typ != "COMBO":
+        return False
+    flag = opts.get("control_after_generate")
+    if flag is None:
+        return typ == "INT" and name in ("seed", "noise_seed")
+    return bool(flag)
 
 
 def socket_type(typ: Any) -> str:
@@ -160,7 +175,7 @@ class Graph:
                     inputs.append(entry)
                 elif is_widget(typ, opts):
                     widgets.append(value if name in node.values else default_value(typ, opts))
-                    if opts.get("control_after_generate"):
+                    if has_control_widget(name, typ, opts):
                         widgets.append("fixed")
                 else:
                     inputs.append({"name": name, "type": socket_type(typ), "link": None})
@@ -287,7 +302,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
         "models/loras/fdfo_toy.safetensors; run files go to output/fdfo/fdfo_toy/.\n"
         "3. The trained model goes straight into a KSampler.\n\n"
         "Queue again with more epochs to continue the run (resume on). Cancel keeps the LoRA trained so far.",
-        pos=(40, -260), size=(600, 220),
+        size=(600, 220),
     )
     loader = g.add("FDFOToyModelLoader")
     prompts = g.add("FDFOToyPrompts", count=256, split="train", seed=0)
@@ -335,7 +350,7 @@ def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
         f"Files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}; PickScore weights in "
         "models/fdfo_rewards/pickscore/ and the CLIP-H tokenizer in models/fdfo_rewards/CLIP-ViT-H-14-laion2B-s32B-b79K/ "
         "(see docs/rewards.md). 24 GB: set storage_device to cpu and gradient_checkpointing on.",
-        pos=(40, -300), size=(640, 240),
+        size=(640, 240),
     )
     ckpt, clip = _sd35_loaders(g)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
@@ -359,7 +374,7 @@ def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
         "Edit the question (use {prompt} for the image's prompt), e.g. 'Is this image of professional quality? "
         "Answer with Yes or No.'. VLM weights: models/fdfo_rewards/vlm/ (about 17 GB in bf16; the 3B model needs ~8 GB; "
         "set the VLM's device to cpu to keep VRAM for training, at a large cost in speed).",
-        pos=(40, -300), size=(640, 240),
+        size=(640, 240),
     )
     ckpt, clip = _sd35_loaders(g)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
@@ -387,7 +402,7 @@ def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
         "Files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and t5xxl_fp16.safetensors, "
         "models/vae/ae.safetensors; aesthetic head in models/fdfo_rewards/aesthetic/ and CLIP ViT-L/14 in "
         "models/fdfo_rewards/clip-vit-large-patch14/. Flux dev needs no CFG: guidance 3.5 goes in as flux_guidance.",
-        pos=(40, -300), size=(640, 240),
+        size=(640, 240),
     )
     unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
     clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
@@ -414,7 +429,7 @@ def wf_compare(info: dict[str, Any]) -> Graph:
         "Base model vs trained LoRA, same prompt and seeds, scored with the reward. Run the toy workflow first: it "
         "saves models/loras/fdfo_toy.safetensors. For your own models swap the loader, the LoRA file and the reward; "
         "sample with the settings you trained with (steps, cfg, scheduler).",
-        pos=(40, -240), size=(600, 180),
+        size=(600, 180),
     )
     loader = g.add("FDFOToyModelLoader")
     lora = g.add("LoraLoaderModelOnly", model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
@@ -454,6 +469,34 @@ def load_object_info(source: str) -> dict[str, Any]:
     return json.loads(Path(source).read_text())
 
 
+def import_nodepack(name: str = "comfyui_fdfo_nodepack"):
+    """Import this checkout as a package (as ComfyUI does), without ComfyUI."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def combined_object_info(stock_source: str | None = None) -> dict[str, Any]:
+    """Stock nodes from `stock_source` (default: the snapshot), FDFO nodes from this checkout."""
+    info = load_object_info(stock_source or str(STOCK_INFO))
+    pack = import_nodepack()
+    info = {k: v for k, v in info.items() if k not in pack.NODE_CLASS_MAPPINGS}
+    info.update(importlib_object_info(pack))
+    return info
+
+
+def importlib_object_info(pack) -> dict[str, Any]:
+    import importlib
+
+    return importlib.import_module(pack.__name__ + ".nodes.object_info").object_info()
+
+
 def build_all(info: dict[str, Any]) -> dict[str, Graph]:
     return {name: build(info) for name, build in WORKFLOWS.items()}
 
@@ -464,15 +507,18 @@ def dump(data: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--object-info", default=str(REPO / "workflows" / "object_info.json"),
-                   help="URL of a running ComfyUI (with this node pack) or an object_info JSON file")
+    p.add_argument("--object-info", default=None,
+                   help="stock node definitions: URL of a running ComfyUI or an object_info JSON file "
+                        "(default: workflows/reference/stock_object_info.json)")
     p.add_argument("--check", action="store_true", help="only check that the files on disk are up to date")
     a = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    info = load_object_info(a.object_info)
+    info = combined_object_info(a.object_info)
     graphs = build_all(info)
-    used = sorted({n.type for g in graphs.values() for n in g.nodes if n.type not in VIRTUAL_NODES})
-    files = {REPO / "workflows" / "object_info.json": dump({k: info[k] for k in used})}
+    pack = import_nodepack()
+    used = sorted({n.type for g in graphs.values() for n in g.nodes
+                   if n.type not in VIRTUAL_NODES and n.type not in pack.NODE_CLASS_MAPPINGS})
+    files = {STOCK_INFO: dump({k: info[k] for k in used})}
     for name, g in graphs.items():
         ui, api = dump(g.to_ui()), dump(g.to_api())
         files[REPO / "example_workflows" / f"{name}.json"] = ui
