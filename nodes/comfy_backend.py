@@ -602,6 +602,12 @@ class ComfyBackend:
         if bool((t <= 0).any()):
             raise ValueError("the velocity of a flow model is only defined for t > 0")
         self._ensure_loaded()
+        if not self._params:  # nothing to train: never record a graph (weights may be inference tensors)
+            with torch.no_grad():
+                return self._velocity(x, t, cond)
+        return self._velocity(x, t, cond)
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = cond["prompt_id"].tolist()
         groups: OrderedDict[tuple, list[int]] = OrderedDict()
         entries = [self._entry(i) for i in ids]

@@ -1,0 +1,504 @@
+"""Run with ComfyUI's python: the FDFO nodes and ComfyUI backend inside a real ComfyUI, in-process.
+
+    <comfyui python> tests/comfy_scripts/nodes_in_comfyui.py COMFYUI_ROOT WORK_DIR [CHECK ...]
+
+Uses the toy model ($FDFO_TOY_MODEL or the shipped weights) and a tiny random Flux built with
+ComfyUI's own Flux class. Prints one line `RESULT <json>` per check: {"check", "ok", ...figures};
+a check that raises prints ok=false with the error. The pytest wrapper is
+tests/test_comfyui_nodes.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+comfy_root, work = sys.argv[1], Path(sys.argv[2])
+only = set(sys.argv[3:])
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, comfy_root)
+sys.argv = [sys.argv[0], "--cpu"]
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("FDFO_TEST_THREADS", "1")))
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True
+try:
+    import utils.install_util  # noqa: E402,F401  (ComfyUI's start-up imports it before `nodes`)
+except ImportError:
+    pass
+import folder_paths  # noqa: E402
+
+folder_paths.set_output_directory(str(work / "output"))
+folder_paths.set_input_directory(str(work / "input"))
+folder_paths.set_temp_directory(str(work / "temp"))
+folder_paths.add_model_folder_path("loras", str(work / "models" / "loras"), is_default=True)
+(work / "models" / "loras").mkdir(parents=True, exist_ok=True)
+
+import comfy.model_management as mm  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import comfy.utils  # noqa: E402
+import nodes as comfy_nodes  # noqa: E402
+from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete  # noqa: E402
+
+PKG = "comfyui_fdfo_nodepack"
+spec = importlib.util.spec_from_file_location(PKG, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+pack = importlib.util.module_from_spec(spec)
+sys.modules[PKG] = pack
+spec.loader.exec_module(pack)
+M = pack.NODE_CLASS_MAPPINGS
+
+from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
+
+CHECKS = {}
+
+
+def check(fn):
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def report(name, ok, **figures):
+    print("RESULT " + json.dumps({"check": name, "ok": bool(ok), **figures}), flush=True)
+
+
+TOY = {}
+
+
+def toy():
+    if not TOY:
+        with torch.inference_mode():  # as ComfyUI runs loader nodes
+            TOY["model"], TOY["clip"], TOY["vae"] = M["FDFOToyModelLoader"]().load()
+    return TOY["model"], TOY["clip"], TOY["vae"]
+
+
+PROMPTS = ["two red circles above a blue square on a yellow background", "three green triangles on a white background",
+           "a black square on a white background", "two yellow circles left of a red triangle on a blue background"]
+
+
+class Brightness(Reward):
+    """Weight-free and smooth: gives a training signal even on a random toy model."""
+
+    name = "test_brightness"
+
+    def _score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+def toy_config(**changes) -> FDFOConfig:
+    values = dict(pairs_per_epoch=4, num_steps=6, epochs=2, sample_batch_size=4, train_batch_size=16,
+                  decode_batch_size=8, optimizer_steps_per_epoch=2, checkpoint_every=1, churn_strength=0.05)
+    values.update(changes)
+    return load_config("toy", overrides=values)
+
+
+def trainer_inputs(**changes):
+    spec = M["FDFOTrainer"].INPUT_TYPES()
+    values = {k: v[1]["default"] for s in ("required", "optional") for k, v in spec[s].items() if len(v) > 1 and "default" in v[1]}
+    values.update(epochs=2, pairs_per_epoch=4, steps=6, width=64, height=64, learning_rate=2e-3, lora_rank=4, lora_alpha=8.0,
+                  churn_strength=0.05, optimizer_steps_per_epoch=2, checkpoint_every=1, sample_batch_size=4,
+                  train_batch_size=16, decode_batch_size=8, preview_count=2)
+    values.update(changes)
+    return values
+
+
+def ksample(model, clip, prompt, steps=6, seed=0):
+    cond = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    return comfy_nodes.KSampler().sample(model, seed, steps, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
+
+
+def randomise_adapter(backend, seed=0, std=0.2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in backend.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+@check
+def velocity_matches_comfy_sampler():
+    """Our Euler sampler over the backend's velocity = ComfyUI's own Euler sampler, per prompt,
+    with different prompts batched together."""
+    model, clip, vae = toy()
+    backend = ComfyBackend(model, clip, vae, toy_config())
+    with torch.inference_mode(), backend.session(train=False):
+        sigmas = backend.sigmas(8, 64, 64)
+        cond = backend.encode_prompts(PROMPTS[:3])
+        gens = [torch.Generator().manual_seed(s) for s in range(3)]
+        ours = backend.base.process_latent_out(sample_euler(backend.velocity, cond, gens, (16, 8, 8), sigmas))
+    theirs = []
+    with torch.inference_mode():
+        for i, p in enumerate(PROMPTS[:3]):
+            c = comfy_nodes.CLIPTextEncode().encode(clip, p)[0]
+            noise = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(i))
+            theirs.append(comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas, c, c,
+                                                     torch.zeros(1, 16, 8, 8), disable_pbar=True, seed=0))
+    diff = float((ours - torch.cat(theirs)).abs().max())
+    report("velocity_matches_comfy_sampler", diff < 1e-4, max_diff=diff, scale=float(ours.abs().max()))
+
+
+class LongPromptCLIP:
+    """A CLIP whose conditioning for 'long: <p>' has twice the tokens: shapes differ within a batch."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def tokenize(self, text):
+        return (text, self.clip.tokenize(text.removeprefix("long: ")))
+
+    def encode_from_tokens_scheduled(self, tokens):
+        text, inner = tokens
+        out = self.clip.encode_from_tokens_scheduled(inner)
+        if text.startswith("long: "):
+            cond = out[0][0]
+            out = [[torch.cat([cond, cond.flip(1)], dim=1), out[0][1]]]
+        return out
+
+
+@check
+def mixed_token_lengths_batch_exactly():
+    model, clip, vae = toy()
+    backend = ComfyBackend(model, LongPromptCLIP(clip), vae, toy_config())
+    prompts = [PROMPTS[0], "long: " + PROMPTS[1], PROMPTS[2], "long: " + PROMPTS[3]]
+    with torch.inference_mode(), backend.session(train=False):
+        x = torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+        t = torch.tensor([0.9, 0.7, 0.5, 0.3])
+        together = backend.velocity(x, t, backend.encode_prompts(prompts))
+        alone = torch.cat([backend.velocity(x[i:i + 1], t[i:i + 1], backend.encode_prompts([p])) for i, p in enumerate(prompts)])
+        shapes = sorted({tuple(backend._entry(i).tensors["c_crossattn"].shape) for i in range(4)})
+    diff = float((together - alone).abs().max())
+    report("mixed_token_lengths_batch_exactly", diff < 1e-5 and len(shapes) == 2, max_diff=diff, shapes=shapes)
+
+
+@check
+def paired_sampler_is_the_trainers_epoch():
+    model, clip, vae = toy()
+    cfg = toy_config(pairs_per_epoch=3, sample_batch_size=2)
+    backend = ComfyBackend(model, clip, vae, cfg)
+    with torch.inference_mode(), backend.session(train=True):
+        ours, _ = sample_epoch_pairs(backend, cfg, PROMPTS, epoch=1)
+        trainer = FDFOTrainer(backend, Brightness(), PROMPTS, cfg, callbacks=Callbacks(log=None))
+        roll = trainer.sample_epoch(1)
+    diff = float((ours - roll.final.cpu()).abs().max())
+    pair_gap = float((ours[:3] - ours[3:]).abs().mean())
+    report("paired_sampler_is_the_trainers_epoch", diff < 1e-5 and pair_gap > 0, max_diff=diff, pair_gap=pair_gap)
+
+
+@check
+def lora_file_equals_hot_adapter_sd3():
+    """Random adapter weights: the file loaded by ComfyUI's LoRA loader gives the hot velocity."""
+    model, clip, vae = toy()
+    backend = ComfyBackend(model, clip, vae, toy_config(lora_rank=4, lora_alpha=12.0))
+    with torch.inference_mode(), backend.session(train=True):
+        randomise_adapter(backend)
+        x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+        t = torch.tensor([0.8, 0.4])
+        cond = backend.encode_prompts(PROMPTS[:2])
+        hot = backend.velocity(x, t, cond)
+        with backend.adapter_disabled():
+            base = backend.velocity(x, t, cond)
+        tensors = backend.lora_file_tensors()
+        kwargs = {k: torch.cat([backend._entry(i).tensors[k] for i in cond["prompt_id"].tolist()]) for k in backend._entry(0).tensors}
+    with torch.inference_mode():
+        loaded, _ = comfy.sd.load_lora_for_models(model, None, tensors, 1.0, 0)
+        mm.load_models_gpu([loaded])
+        denoised = loaded.model.apply_model(x, t, **kwargs)
+        from_file = (x - denoised) / t.reshape(-1, 1, 1, 1)
+    diff = float((hot - from_file).abs().max())
+    effect = float((hot - base).abs().max())
+    qkv = tensors["diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_up.weight"]
+    report("lora_file_equals_hot_adapter_sd3", diff < 1e-4 and effect > 1e-2, max_diff=diff, lora_effect=effect,
+           keys=len(tensors), qkv_up_shape=list(qkv.shape))
+
+
+def tiny_flux():
+    """A tiny Flux built with ComfyUI's own Flux class (UNETLoader cannot detect one this small)."""
+    config = comfy.supported_models.Flux({
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+        "hidden_size": 128, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+        "axes_dim": [16, 24, 24], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    })
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02))
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+class HashCLIP:
+    """A text encoder stand-in for the tiny Flux: deterministic [1, 5, 32] tokens and [1, 32] pooled."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        g = torch.Generator().manual_seed(seed)
+        return [[torch.randn(1, 5, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+
+
+def random_vae(channels=16):
+    import comfy.taesd.taesd
+
+    sd = comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict()
+    g = torch.Generator().manual_seed(1)
+    sd = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() and v.ndim else v for k, v in sd.items()}
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+    return comfy.sd.VAE(sd=sd)
+
+
+@check
+def flux_lora_layout_and_file():
+    model, clip, vae = tiny_flux(), HashCLIP(), random_vae(16)
+    backend = ComfyBackend(model, clip, vae, toy_config(lora_rank=4, lora_alpha=8.0), flux_guidance=3.5)
+    with torch.inference_mode(), backend.session(train=True):
+        plan = {name: [(p.name, p.offset, p.rows) for p in parts] for name, _, parts in backend.lora_plan()}
+        randomise_adapter(backend, std=0.3)
+        x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+        t = torch.tensor([0.8, 0.4])
+        cond = backend.encode_prompts(["a", "b"])
+        hot = backend.velocity(x, t, cond)
+        with backend.adapter_disabled():
+            base = backend.velocity(x, t, cond)
+        tensors = backend.lora_file_tensors()
+        kwargs = {k: torch.cat([backend._entry(i).tensors[k] for i in cond["prompt_id"].tolist()]) for k in backend._entry(0).tensors}
+        guidance = kwargs.get("guidance")
+    with torch.inference_mode():
+        loaded, _ = comfy.sd.load_lora_for_models(model, None, tensors, 1.0, 0)
+        mm.load_models_gpu([loaded])
+        from_file = (x - loaded.model.apply_model(x, t, **kwargs)) / t.reshape(-1, 1, 1, 1)
+    diff = float((hot - from_file).abs().max())
+    single = plan.get("single_blocks.0.linear1", [])
+    up = tensors["diffusion_model.single_blocks.0.linear1.lora_up.weight"]
+    mlp_rows_untouched = bool((up[3 * 128:] == 0).all())
+    ok = (backend.family == "flux" and diff < 1e-4 and float((hot - base).abs().max()) > 1e-2 and mlp_rows_untouched
+          and [s[0].rsplit(".", 1)[-1] for s in single] == ["to_q", "to_k", "to_v"] and guidance is not None
+          and float(guidance.flatten()[0]) == 3.5)
+    report("flux_lora_layout_and_file", ok, max_diff=diff, family=backend.family, linear1_parts=single,
+           modules=len(plan), mlp_rows_untouched=mlp_rows_untouched)
+
+
+@check
+def comfy_lora_loads_in_diffusers():
+    """A LoRA written by the ComfyUI backend, loaded into the toy diffusers pipeline, gives the same
+    velocity as in ComfyUI (one LoRA file format for both backends)."""
+    try:
+        from comfyui_fdfo_nodepack.fdfo_core.backends.diffusers_backend import load_lora_into_pipeline
+        from comfyui_fdfo_nodepack.fdfo_core.lora_files import save_lora
+        from comfyui_fdfo_nodepack.fdfo_core.toy import encode_toy_prompts, load_toy_pipeline
+    except ImportError as e:
+        report("comfy_lora_loads_in_diffusers", True, skipped=f"diffusers not installed here: {e}")
+        return
+    model, clip, vae = toy()
+    backend = ComfyBackend(model, clip, vae, toy_config(lora_rank=4, lora_alpha=8.0))
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0.7, 0.35])
+    with torch.inference_mode(), backend.session(train=True):
+        randomise_adapter(backend, std=0.2)
+        v_comfy = backend.velocity(x, t, backend.encode_prompts(PROMPTS[:2]))
+        path = save_lora(work / "cross.safetensors", backend.lora_file_tensors(), {"base_model_family": "sd3"})
+    pipe = load_toy_pipeline(toy_model_dir())
+    load_lora_into_pipeline(pipe, path)
+    emb, pooled = encode_toy_prompts([pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2], PROMPTS[:2],
+                                     joint_attention_dim=pipe.transformer.config.joint_attention_dim)
+    with torch.no_grad():
+        v_diffusers = pipe.transformer(hidden_states=x, timestep=t * 1000, encoder_hidden_states=emb,
+                                       pooled_projections=pooled, return_dict=False)[0]
+    diff = float((v_comfy - v_diffusers).abs().max())
+    report("comfy_lora_loads_in_diffusers", diff < 2e-3, max_diff=diff, scale=float(v_comfy.abs().max()))
+
+
+@check
+def gradient_checkpointing_same_gradients():
+    model, clip, vae = toy()
+    grads = []
+    for gc in (False, True):
+        backend = ComfyBackend(model, clip, vae, toy_config(gradient_checkpointing=gc, lora_rank=4))
+        with torch.inference_mode(), backend.session(train=True):
+            randomise_adapter(backend, std=0.05)
+            x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+            v = backend.velocity(x, torch.tensor([0.9, 0.5]), backend.encode_prompts(PROMPTS[:2]))
+            (v ** 2).mean().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in backend.trainable_parameters()]))
+            patched = sum(1 for m in backend.base.diffusion_model.modules() if "forward" in m.__dict__)
+        left = sum(1 for m in backend.base.diffusion_model.modules() if "forward" in m.__dict__)
+    diff = float((grads[0] - grads[1]).abs().max())
+    report("gradient_checkpointing_same_gradients", diff < 1e-5 and patched > 0 and left == 0, max_diff=diff,
+           grad_norm=float(grads[0].norm()), checkpointed_blocks=patched, left_patched=left)
+
+
+@check
+def training_node_end_to_end():
+    """Train, then: the hot MODEL output = the saved file through LoraLoaderModelOnly; the base
+    model is unchanged; no weight function is left on the shared modules; resuming 2 -> 3 epochs
+    gives the same LoRA as 3 epochs in one go."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        before = ksample(model, clip, PROMPTS[0])
+        patches_before = dict(model.patches)
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="e2e"))
+        hot_model, lora, curve, preview, name = res["result"]
+        after = ksample(model, clip, PROMPTS[0])
+        hot = ksample(hot_model, clip, PROMPTS[0])
+        from_file_model = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]
+        from_file = ksample(from_file_model, clip, PROMPTS[0])
+        left = sum(len(getattr(m, "weight_function", [])) for m in model.model.diffusion_model.modules())
+        # resume
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
+        straight = comfy.utils.load_torch_file(str(work / "models" / "loras" / "e2e.safetensors"))
+        resumed = comfy.utils.load_torch_file(str(work / "models" / "loras" / "resumed.safetensors"))
+    run = work / "output" / "fdfo" / "e2e"
+    resume_diff = max(float((straight[k] - resumed[k]).abs().max()) for k in straight)
+    figures = {
+        "base_unchanged": float((before - after).abs().max()), "hot_vs_file": float((hot - from_file).abs().max()),
+        "lora_effect": float((hot - before).abs().max()), "weight_functions_left": left, "lora_name": name,
+        "lora_keys": len(lora), "curve_shape": list(curve.shape), "preview_shape": list(preview.shape),
+        "run_files": sorted(p.name for p in run.iterdir()), "resume_max_diff": resume_diff,
+        "patches_unchanged": dict(model.patches) == patches_before,
+    }
+    ok = (figures["base_unchanged"] == 0 and figures["hot_vs_file"] < 1e-5 and figures["lora_effect"] > 0
+          and left == 0 and name == "e2e.safetensors" and (run / "checkpoints" / "checkpoint-00002.pt").exists()
+          and resume_diff < 1e-6 and figures["patches_unchanged"])
+    report("training_node_end_to_end", ok, **figures)
+
+
+class CancelAfter(Reward):
+    """Brightness that presses ComfyUI's Cancel while scoring epoch `at` (1-based)."""
+
+    name = "cancel_after"
+
+    def __init__(self, at):
+        super().__init__(micro_batch=64)
+        self.at, self.calls = at, 0
+
+    def __call__(self, images, prompts, layout="auto"):
+        self.calls += 1
+        if self.calls == self.at:
+            mm.interrupt_current_processing(True)
+        return super().__call__(images, prompts, layout)
+
+    def _score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+@check
+def cancel_keeps_checkpoint_and_lora():
+    model, clip, vae = toy()
+    err = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, CancelAfter(at=2), PROMPTS,
+                                     **trainer_inputs(lora_name="cancelled", epochs=4, preview_every=0, decode_batch_size=64))
+    except mm.InterruptProcessingException as e:
+        err = e
+    mm.interrupt_current_processing(False)
+    run = work / "output" / "fdfo" / "cancelled"
+    published = work / "models" / "loras" / "cancelled-interrupted.safetensors"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.pt"))
+    usable = False
+    if published.exists():
+        with torch.inference_mode():
+            m = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, published.name, 1.0)[0]
+            usable = float((ksample(m, clip, PROMPTS[0]) - ksample(model, clip, PROMPTS[0])).abs().max()) > 0
+    report("cancel_keeps_checkpoint_and_lora", err is not None and ckpts == ["checkpoint-00001.pt"] and usable,
+           checkpoints=ckpts, interrupted_lora=published.exists(), usable=usable)
+
+
+class FailAfter(Reward):
+    name = "flaky_scorer"
+
+    def __init__(self, at):
+        super().__init__(micro_batch=64)
+        self.at, self.calls = at, 0
+
+    def _score(self, images, prompts):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise ConnectionError("scoring server went away")
+        return images.mean(dim=(1, 2, 3))
+
+
+@check
+def failing_reward_names_itself_and_keeps_checkpoint():
+    model, clip, vae = toy()
+    msg = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, FailAfter(at=2), PROMPTS,
+                                     **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
+    except RewardError as e:
+        msg = str(e)
+    ck = work / "output" / "fdfo" / "flaky" / "checkpoints" / "checkpoint-00001.pt"
+    loadable = ck.exists() and torch.load(ck, weights_only=True)["epoch"] == 1
+    report("failing_reward_names_itself_and_keeps_checkpoint",
+           msg is not None and "flaky_scorer" in msg and "scoring server went away" in msg and loadable,
+           message=msg, checkpoint_loadable=loadable)
+
+
+@check
+def non_flow_model_is_refused():
+    model, clip, vae = toy()
+    eps = ModelSamplingDiscrete().patch(model, "eps", False)[0]
+    try:
+        ComfyBackend(eps, clip, vae, toy_config())
+        msg = None
+    except BackendError as e:
+        msg = str(e)
+    ok = msg is not None and "EPS" in msg and "SD1.5" in msg and "SD3" in msg and "Flux" in msg
+    report("non_flow_model_is_refused", ok, message=msg)
+
+
+@check
+def mismatched_vae_is_refused():
+    model, clip, _ = toy()
+    try:
+        ComfyBackend(model, clip, random_vae(4), toy_config())
+        msg = None
+    except BackendError as e:
+        msg = str(e)
+    report("mismatched_vae_is_refused", msg is not None and "4-channel" in msg and "16-channel" in msg, message=msg)
+
+
+@check
+def cfg_training_runs():
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                       **trainer_inputs(lora_name="cfg", epochs=1, cfg=2.0, negative_prompt="a white background"))
+    report("cfg_training_runs", res["result"][4] == "cfg.safetensors")
+
+
+if __name__ == "__main__":
+    for name, fn in CHECKS.items():
+        if only and name not in only:
+            continue
+        try:
+            fn()
+        except Exception as e:  # report and go on with the other checks
+            report(name, False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])

@@ -1,0 +1,65 @@
+"""The FDFO nodes and the ComfyUI backend inside a real ComfyUI, in-process (needs COMFYUI_ROOT).
+
+The checks run in one subprocess with ComfyUI's interpreter (COMFYUI_PYTHON, default: this one),
+tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
+- the backend's velocity reproduces ComfyUI's own Euler sampler (different prompts in a batch,
+  and prompts whose conditioning has different token counts);
+- the Paired Sampler draws exactly the trainer's pairs;
+- LoRA files (SD3 toy and a tiny Flux built with ComfyUI's Flux class) load through ComfyUI's LoRA
+  loader with the velocity of the live adapter, and into diffusers with the same velocity;
+- gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
+  is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
+- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfy_scripts.toy_fixture import toy_model_env
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
+CHECKS = [
+    "velocity_matches_comfy_sampler", "mixed_token_lengths_batch_exactly", "paired_sampler_is_the_trainers_epoch",
+    "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
+    "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
+    "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
+    "cfg_training_runs",
+]
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the nodes inside ComfyUI"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    work = tmp_path_factory.mktemp("comfy_nodes")
+    env = dict(os.environ, **toy_model_env(tmp_path_factory.getbasetemp()))
+    env.setdefault("FDFO_TEST_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", env["FDFO_TEST_THREADS"])
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "nodes_in_comfyui.py"), COMFYUI_ROOT, str(work)],
+                          cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
+    found = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            r = json.loads(line[len("RESULT "):])
+            found[r["check"]] = r
+    if not found:
+        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return found
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_in_comfyui(results, check):
+    assert check in results, f"{check} did not run"
+    r = results[check]
+    print(json.dumps(r, indent=1)[:3000])
+    assert r["ok"], json.dumps(r, indent=1)[:5000]
