@@ -8,6 +8,15 @@ import os
 from pathlib import Path
 
 
+#: Written into a randomly initialised toy folder.
+RANDOM_MARKER = "RANDOM_WEIGHTS"
+
+
+def is_random_toy(env: dict[str, str]) -> bool:
+    folder = env.get("FDFO_TOY_MODEL")
+    return bool(folder) and (Path(folder) / RANDOM_MARKER).exists()
+
+
 def toy_model_env(cache_dir: Path) -> dict[str, str]:
     """Environment variables that point the FDFO toy loader at a usable toy model folder."""
     if os.environ.get("FDFO_TOY_MODEL"):
@@ -37,6 +46,23 @@ def build_random_toy(out: Path, seed: int = 0) -> Path:
     tok = build_toy_tokenizer(cfg.text_max_length)
     ids = dict(vocab_size=len(tok), bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     modules = ToyModules(build_transformer(cfg), build_text_encoder(cfg, **ids), build_text_encoder(cfg, **ids))
-    pipe = make_pipeline(modules.eval(), build_vae(cfg).eval(), tok, cfg)
+    vae = build_vae(cfg).eval()
+    calibrate_decoder(vae, seed)
+    pipe = make_pipeline(modules.eval(), vae, tok, cfg)
     save_pipeline(pipe, Path(out), fp16=True)
+    (Path(out) / RANDOM_MARKER).write_text("randomly initialised toy model for tests (no pretraining)\n")
     return Path(out)
+
+
+def calibrate_decoder(vae, seed: int = 0) -> None:
+    """Make a random AutoencoderTiny decode unit-variance latents to mid-grey images with a spread
+    of about 0.15, so images depend visibly (in 8 bits) on the latent and are rarely clipped."""
+    import torch
+
+    last = vae.decoder.layers[-1]
+    with torch.no_grad():
+        last.bias.zero_()
+        z = torch.randn(16, vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(seed))
+        raw = (vae.decoder(z) + 1) / 2  # the decoder's own [0, 1] output
+        last.weight.mul_(0.15 / raw.std())
+        last.bias.fill_(0.5)
