@@ -93,6 +93,7 @@ class Node:
     pos: tuple[float, float] | None = None
     size: tuple[float, float] | None = None
     text: str | None = None  # Note nodes
+    col: int | None = None  # layout column (default: longest path from the sources)
 
     outputs: list[tuple[str, str]] = field(default_factory=list)
 
@@ -109,7 +110,7 @@ class Graph:
         self.info = object_info
         self.nodes: list[Node] = []
 
-    def add(self, type_: str, title: str | None = None, pos=None, **values) -> Node:
+    def add(self, type_: str, title: str | None = None, pos=None, col: int | None = None, **values) -> Node:
         info = self.info.get(type_)
         if info is None:
             raise KeyError(f"node type {type_!r} is not in the object info")
@@ -117,13 +118,13 @@ class Graph:
         unknown = set(values) - set(specs)
         if unknown:
             raise KeyError(f"{type_} has no input(s) {sorted(unknown)}; inputs: {list(specs)}")
-        node = Node(len(self.nodes) + 1, type_, title, values, pos)
+        node = Node(len(self.nodes) + 1, type_, title, values, pos, col=col)
         node.outputs = list(zip(info.get("output_name") or info["output"], [str(t) for t in info["output"]]))
         self.nodes.append(node)
         return node
 
-    def note(self, text: str, pos=None, size=(420, 200)) -> Node:
-        node = Node(len(self.nodes) + 1, "Note", None, {}, pos, size, text=text)
+    def note(self, text: str, pos=None, size=(420, 200), col: int = 0) -> Node:
+        node = Node(len(self.nodes) + 1, "Note", None, {}, pos, size, text=text, col=col)
         self.nodes.append(node)
         return node
 
@@ -211,14 +212,17 @@ class Graph:
         return order
 
     def _layout(self, order: list[int]) -> dict[int, tuple[float, float]]:
-        """Columns by longest path from the sources; nodes stacked in each column."""
+        """Columns given by `col` (else the longest path from the sources); nodes stacked in each
+        column in the order they were added."""
         depth: dict[int, int] = {}
         by_id = {n.id: n for n in self.nodes}
         for i in order:
             parents = [v.node for v in by_id[i].values.values() if isinstance(v, Out)]
             depth[i] = 1 + max((depth[p] for p in parents), default=-1)
+            if by_id[i].col is not None:
+                depth[i] = by_id[i].col
         pos, heights = {}, {}
-        for i in order:
+        for i in sorted(by_id):
             col = depth[i]
             y = heights.get(col, 0.0)
             node = by_id[i]
@@ -233,7 +237,7 @@ class Graph:
     def _size(self, node: Node, n_inputs: int, n_widgets: int) -> tuple[float, float]:
         multiline = sum(1 for n, t, o in input_specs(self.info[node.type]) if o.get("multiline") and not isinstance(node.values.get(n), Out))
         rows = max(n_inputs, len(node.outputs))
-        return (380.0, 40.0 + 22.0 * rows + 26.0 * n_widgets + 90.0 * multiline)
+        return (380.0, 46.0 + 24.0 * rows + 24.0 * n_widgets + 110.0 * multiline)
 
 
 def default_value(typ: Any, opts: dict) -> Any:
@@ -278,17 +282,18 @@ def toy_trainer_values(preset: dict[str, Any]) -> dict[str, Any]:
 
 
 def sample_with(g: Graph, model: Out, clip: Out, vae: Out, prompt: str, width: int, height: int, steps: int,
-                cfg: float, prefix: str, batch: int = 4, guidance: float | None = None) -> Node:
-    pos = g.add("CLIPTextEncode", "prompt", text=prompt, clip=clip)
-    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=clip)
+                cfg: float, prefix: str, batch: int = 4, guidance: float | None = None, col: int = 2) -> Node:
+    """Prompt, empty latent, KSampler, VAE Decode, Save Image: sampling with the stock nodes."""
+    pos = g.add("CLIPTextEncode", "prompt", col=col, text=prompt, clip=clip)
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", col=col, text="", clip=clip)
     positive = pos["CONDITIONING"]
     if guidance is not None:
-        positive = g.add("FluxGuidance", guidance=guidance, conditioning=positive)["CONDITIONING"]
-    latent = g.add("EmptySD3LatentImage", width=width, height=height, batch_size=batch)
-    ks = g.add("KSampler", model=model, seed=0, steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple",
-               positive=positive, negative=neg["CONDITIONING"], latent_image=latent["LATENT"], denoise=1.0)
-    images = g.add("VAEDecode", samples=ks["LATENT"], vae=vae)
-    return g.add("SaveImage", filename_prefix=prefix, images=images["IMAGE"])
+        positive = g.add("FluxGuidance", col=col, guidance=guidance, conditioning=positive)["CONDITIONING"]
+    latent = g.add("EmptySD3LatentImage", col=col, width=width, height=height, batch_size=batch)
+    ks = g.add("KSampler", col=col + 1, model=model, seed=0, steps=steps, cfg=cfg, sampler_name="euler",
+               scheduler="simple", positive=positive, negative=neg["CONDITIONING"], latent_image=latent["LATENT"], denoise=1.0)
+    images = g.add("VAEDecode", col=col + 2, samples=ks["LATENT"], vae=vae)
+    return g.add("SaveImage", col=col + 2, filename_prefix=prefix, images=images["IMAGE"])
 
 
 def wf_toy(info: dict[str, Any]) -> Graph:
@@ -302,28 +307,28 @@ def wf_toy(info: dict[str, Any]) -> Graph:
         "models/loras/fdfo_toy.safetensors; run files go to output/fdfo/fdfo_toy/.\n"
         "3. The trained model goes straight into a KSampler.\n\n"
         "Queue again with more epochs to continue the run (resume on). Cancel keeps the LoRA trained so far.",
-        size=(600, 220),
+        size=(400, 260),
     )
-    loader = g.add("FDFOToyModelLoader")
-    prompts = g.add("FDFOToyPrompts", count=256, split="train", seed=0)
-    reward = g.add("FDFOToyAlignmentReward")
+    loader = g.add("FDFOToyModelLoader", col=0)
+    prompts = g.add("FDFOToyPrompts", col=0, count=256, split="train", seed=0)
+    reward = g.add("FDFOToyAlignmentReward", col=0)
     toy = PRESETS["toy"]
-    pairs = g.add("FDFOPairedSampler", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+    pairs = g.add("FDFOPairedSampler", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                   prompts=prompts["prompts"], reward=reward["reward"], pairs=4, seed=0, steps=toy["num_steps"], cfg=1.0,
                   churn="raw", churn_strength=toy["churn_strength"], width=toy["width"], height=toy["height"])
-    g.add("PreviewImage", "pairs and their reward difference", images=pairs["comparison"])
-    trainer = g.add("FDFOTrainer", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+    trainer = g.add("FDFOTrainer", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                     reward=reward["reward"], prompts=prompts["prompts"], **toy_trainer_values(toy))
-    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_toy/preview", images=trainer["preview"])
+    g.add("PreviewImage", "pairs and their reward difference", col=2, images=pairs["comparison"])
+    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_toy/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
                 toy["num_steps"], 1.0, "fdfo_toy/trained")
     return g
 
 
 def _sd35_loaders(g: Graph) -> tuple[Node, Node]:
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD35_CKPT)
-    clip = g.add("TripleCLIPLoader", clip_name1=SD35_CLIPS[0], clip_name2=SD35_CLIPS[1], clip_name3=SD35_CLIPS[2])
+    ckpt = g.add("CheckpointLoaderSimple", col=0, ckpt_name=SD35_CKPT)
+    clip = g.add("TripleCLIPLoader", col=0, clip_name1=SD35_CLIPS[0], clip_name2=SD35_CLIPS[1], clip_name3=SD35_CLIPS[2])
     return ckpt, clip
 
 
@@ -350,15 +355,15 @@ def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
         f"Files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}; PickScore weights in "
         "models/fdfo_rewards/pickscore/ and the CLIP-H tokenizer in models/fdfo_rewards/CLIP-ViT-H-14-laion2B-s32B-b79K/ "
         "(see docs/rewards.md). 24 GB: set storage_device to cpu and gradient_checkpointing on.",
-        size=(640, 240),
+        size=(400, 300),
     )
     ckpt, clip = _sd35_loaders(g)
-    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
-    reward = g.add("FDFOPickScoreReward")
-    trainer = g.add("FDFOTrainer", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
+    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
+    reward = g.add("FDFOPickScoreReward", col=0)
+    trainer = g.add("FDFOTrainer", col=1, model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore"), storage_device="cpu")
-    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_sd35/preview", images=trainer["preview"])
+    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_sd35/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a photo of a red fox curled up in fresh snow, morning light",
                 512, 512, 40, 1.0, "fdfo_sd35/pickscore", batch=1)
     return g
@@ -374,17 +379,17 @@ def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
         "Edit the question (use {prompt} for the image's prompt), e.g. 'Is this image of professional quality? "
         "Answer with Yes or No.'. VLM weights: models/fdfo_rewards/vlm/ (about 17 GB in bf16; the 3B model needs ~8 GB; "
         "set the VLM's device to cpu to keep VRAM for training, at a large cost in speed).",
-        size=(640, 240),
+        size=(400, 300),
     )
     ckpt, clip = _sd35_loaders(g)
-    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
-    pick = g.add("FDFOPickScoreReward")
-    vlm = g.add("FDFOVLMReward", question=DEFAULT_QUESTION)
-    combined = g.add("FDFOCombineRewards", reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
-    trainer = g.add("FDFOTrainer", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
+    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
+    pick = g.add("FDFOPickScoreReward", col=0)
+    vlm = g.add("FDFOVLMReward", col=0, question=DEFAULT_QUESTION)
+    combined = g.add("FDFOCombineRewards", col=1, reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
+    trainer = g.add("FDFOTrainer", col=1, model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
                     prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore_vlm"), storage_device="cpu")
-    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_sd35_vlm/preview", images=trainer["preview"])
+    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_sd35_vlm/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
                 512, 512, 40, 1.0, "fdfo_sd35_vlm/trained", batch=1)
     return g
@@ -402,19 +407,19 @@ def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
         "Files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and t5xxl_fp16.safetensors, "
         "models/vae/ae.safetensors; aesthetic head in models/fdfo_rewards/aesthetic/ and CLIP ViT-L/14 in "
         "models/fdfo_rewards/clip-vit-large-patch14/. Flux dev needs no CFG: guidance 3.5 goes in as flux_guidance.",
-        size=(640, 240),
+        size=(400, 300),
     )
-    unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
-    clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
-    vae = g.add("VAELoader", vae_name="ae.safetensors")
-    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
-    reward = g.add("FDFOAestheticReward")
-    trainer = g.add("FDFOTrainer", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
+    unet = g.add("UNETLoader", col=0, unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
+    clip = g.add("DualCLIPLoader", col=0, clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = g.add("VAELoader", col=0, vae_name="ae.safetensors")
+    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
+    reward = g.add("FDFOAestheticReward", col=0)
+    trainer = g.add("FDFOTrainer", col=1, model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"],
                     **_published_trainer("flux_aesthetic", steps=flux["num_steps"], width=512, height=512),
                     storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
-    g.add("PreviewImage", "reward curve", images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", filename_prefix="fdfo_flux/preview", images=trainer["preview"])
+    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_flux/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
                 512, 512, flux["num_steps"], 1.0, "fdfo_flux/trained", batch=1, guidance=3.5)
     return g
@@ -429,27 +434,27 @@ def wf_compare(info: dict[str, Any]) -> Graph:
         "Base model vs trained LoRA, same prompt and seeds, scored with the reward. Run the toy workflow first: it "
         "saves models/loras/fdfo_toy.safetensors. For your own models swap the loader, the LoRA file and the reward; "
         "sample with the settings you trained with (steps, cfg, scheduler).",
-        size=(600, 180),
+        size=(400, 220),
     )
-    loader = g.add("FDFOToyModelLoader")
-    lora = g.add("LoraLoaderModelOnly", model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
-    pos = g.add("CLIPTextEncode", "prompt", text=TOY_PROMPT, clip=loader["clip"])
-    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=loader["clip"])
-    latent = g.add("EmptySD3LatentImage", width=toy["width"], height=toy["height"], batch_size=4)
+    loader = g.add("FDFOToyModelLoader", col=0)
+    lora = g.add("LoraLoaderModelOnly", col=1, model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
+    pos = g.add("CLIPTextEncode", "prompt", col=1, text=TOY_PROMPT, clip=loader["clip"])
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", col=1, text="", clip=loader["clip"])
+    latent = g.add("EmptySD3LatentImage", col=1, width=toy["width"], height=toy["height"], batch_size=4)
     outs = {}
     for label, model in (("base", loader["model"]), ("lora", lora["MODEL"])):
-        ks = g.add("KSampler", f"KSampler ({label})", model=model, seed=0, steps=toy["num_steps"], cfg=1.0,
+        ks = g.add("KSampler", f"KSampler ({label})", col=2, model=model, seed=0, steps=toy["num_steps"], cfg=1.0,
                    sampler_name="euler", scheduler="simple", positive=pos["CONDITIONING"], negative=neg["CONDITIONING"],
                    latent_image=latent["LATENT"], denoise=1.0)
-        img = g.add("VAEDecode", samples=ks["LATENT"], vae=loader["vae"])
-        g.add("SaveImage", f"{label} images", filename_prefix=f"fdfo_compare/{label}", images=img["IMAGE"])
+        img = g.add("VAEDecode", col=3, samples=ks["LATENT"], vae=loader["vae"])
+        g.add("SaveImage", f"{label} images", col=4, filename_prefix=f"fdfo_compare/{label}", images=img["IMAGE"])
         outs[label] = img["IMAGE"]
-    both = g.add("ImageBatch", image1=outs["base"], image2=outs["lora"])
-    prompt_list = g.add("FDFOPromptList", text=TOY_PROMPT)
-    reward = g.add("FDFOToyAlignmentReward")
-    scored = g.add("FDFOScoreImages", images=both["IMAGE"], prompts=prompt_list["prompts"], reward=reward["reward"],
+    both = g.add("ImageBatch", col=3, image1=outs["base"], image2=outs["lora"])
+    prompt_list = g.add("FDFOPromptList", col=0, text=TOY_PROMPT)
+    reward = g.add("FDFOToyAlignmentReward", col=0)
+    scored = g.add("FDFOScoreImages", col=4, images=both["IMAGE"], prompts=prompt_list["prompts"], reward=reward["reward"],
                    sort="none", columns=4)
-    g.add("SaveImage", "top row base, bottom row LoRA, with rewards", filename_prefix="fdfo_compare/grid", images=scored["grid"])
+    g.add("SaveImage", "top row base, bottom row LoRA, with rewards", col=5, filename_prefix="fdfo_compare/grid", images=scored["grid"])
     return g
 
 
