@@ -201,8 +201,8 @@ def publish_lora(src: Path, loras_dir: Path) -> Path:
     return dst
 
 
-class FDFOTrainer_:
-    """The node class (named so the library's FDFOTrainer keeps its name)."""
+class FDFOTrainerNode:
+    """The node (the library class `FDFOTrainer` runs the loop)."""
 
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "LORA_MODEL", "IMAGE", "IMAGE", "STRING")
@@ -361,4 +361,4 @@ class FDFOTrainer_:
                 "result": (model_out, lora_sd, curve, preview_image, lora_path.name)}
 
 
-NODES = {"FDFOTrainer": (FDFOTrainer_, "FDFO Trainer")}
+NODES = {"FDFOTrainer": (FDFOTrainerNode, "FDFO Trainer")}

@@ -51,7 +51,7 @@ def test_lora_name_accepts_a_safetensors_suffix():
 
 
 def base_values(**changes):
-    spec = tn.FDFOTrainer_.INPUT_TYPES()
+    spec = tn.FDFOTrainerNode.INPUT_TYPES()
     values = {k: v[1]["default"] for s in ("required", "optional") for k, v in spec[s].items()
               if len(v) > 1 and "default" in v[1]}
     values.update(changes)
@@ -61,7 +61,7 @@ def base_values(**changes):
 def test_inputs_are_validated_before_any_model_is_touched():
     # model / clip / vae are None: each error must come before they are used (and before ComfyUI
     # is imported: this runs without ComfyUI).
-    node = tn.FDFOTrainer_()
+    node = tn.FDFOTrainerNode()
     with pytest.raises(TrainingError, match="prompt list is empty"):
         node.train(None, None, None, lambda i, p: None, ["  ", ""], **base_values())
     with pytest.raises(TrainingError, match="lora_name"):

@@ -368,6 +368,12 @@ def training_node_end_to_end():
         from_file_model = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]
         from_file = ksample(from_file_model, clip, PROMPTS[0])
         left = sum(len(getattr(m, "weight_function", [])) for m in model.model.diffusion_model.modules())
+        # ComfyUI's own LORA_MODEL nodes: Save LoRA Weights writes it, Load LoRA Model applies it.
+        from comfy_extras.nodes_train import LoraModelLoader, SaveLoRA
+
+        SaveLoRA().save(lora, "loras/fdfo_saved")
+        saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
+        via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
         # resume
         M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
         M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
@@ -378,11 +384,13 @@ def training_node_end_to_end():
     figures = {
         "base_unchanged": float((before - after).abs().max()), "hot_vs_file": float((hot - from_file).abs().max()),
         "lora_effect": float((hot - before).abs().max()), "weight_functions_left": left, "lora_name": name,
+        "save_lora_node_vs_hot": float((via_nodes - hot).abs().max()),
         "lora_keys": len(lora), "curve_shape": list(curve.shape), "preview_shape": list(preview.shape),
         "run_files": sorted(p.name for p in run.iterdir()), "resume_max_diff": resume_diff,
         "patches_unchanged": dict(model.patches) == patches_before,
     }
     ok = (figures["base_unchanged"] == 0 and figures["hot_vs_file"] < 1e-5 and figures["lora_effect"] > 0
+          and figures["save_lora_node_vs_hot"] < 1e-5
           and left == 0 and name == "e2e.safetensors" and (run / "checkpoints" / "checkpoint-00002.pt").exists()
           and resume_diff < 1e-6 and figures["patches_unchanged"])
     report("training_node_end_to_end", ok, **figures)
