@@ -105,8 +105,18 @@ class EpochProgress:
         now = time.monotonic()
         if now - self._text_time > 1.0 or done == total:
             self._text_time = now
-            what = {"sample": "sampling pairs (solver steps)", "reward": "scoring images", "train": "training items"}.get(name, name)
-            self.bar.text(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {what} {done}/{total}")
+            self.bar.text(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {self.describe(name, done, total)}")
+
+    def describe(self, phase: str, done: int, total: int) -> str:
+        cfg = self.cfg
+        if phase == "sample":  # done / total count solver steps over the epoch's sampling batches
+            pairs = min(cfg.pairs_per_epoch, (done // cfg.num_steps) * cfg.sample_batch_size)
+            return f"sampling pairs, {pairs}/{cfg.pairs_per_epoch} done"
+        if phase == "reward":
+            return f"scoring images, {done}/{total} done"
+        if phase == "train":
+            return f"training on (image, step) items, {done}/{total} done"
+        return f"{phase} {done}/{total}"
 
     def epoch_done(self, epoch: int, preview=None) -> None:
         self.epoch = epoch

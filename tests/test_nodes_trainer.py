@@ -111,3 +111,12 @@ def test_progress_covers_the_run_monotonically(fake_progress):
     assert values == sorted(values)
     assert values[-1] == fake_progress[-1][1] == p.bar.total  # two remaining epochs fill the bar
     assert fake_progress[-1][2] == ("JPEG", "grid", 512)
+
+
+def test_progress_text_counts_pairs_images_and_items(fake_progress):
+    cfg = tn.config_from_inputs(base_values(epochs=20, pairs_per_epoch=32, steps=20, sample_batch_size=16))
+    p = tn.EpochProgress(cfg, start_epoch=2, node_id=None, preview_every=0, preview_count=1)
+    assert p.describe("sample", 20, 40) == "sampling pairs, 16/32 done"
+    assert p.describe("sample", 39, 40) == "sampling pairs, 16/32 done"
+    assert p.describe("reward", 64, 64) == "scoring images, 64/64 done"
+    assert p.describe("train", 10, 1280) == "training on (image, step) items, 10/1280 done"
