@@ -494,6 +494,27 @@ def mismatched_vae_is_refused():
 
 
 @check
+def fp8_weights_train():
+    """A diffusion model loaded with fp8 weights (as Load Diffusion Model's weight_dtype does) trains:
+    the LoRA stays fp32, the hot model equals the saved file through LoraLoaderModelOnly."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(transformer_sd, model_options={"dtype": torch.float8_e4m3fn})
+        dtype = str(model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight.dtype)
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8", epochs=1))
+        hot_model, lora, _, _, name = res["result"]
+        hot = ksample(hot_model, clip, PROMPTS[0])
+        base = ksample(model, clip, PROMPTS[0])
+        from_file = ksample(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0], clip, PROMPTS[0])
+    figures = {"weight_dtype": dtype, "lora_dtype": str(next(iter(lora.values())).dtype),
+               "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max())}
+    report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
+
+
+@check
 def cfg_training_runs():
     model, clip, vae = toy()
     with torch.inference_mode():
