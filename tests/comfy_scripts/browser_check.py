@@ -38,6 +38,22 @@ LOAD = """async ([wf, name]) => {
 }"""
 
 
+GRAPH_BOUNDS = """() => {
+    // The nodes' bounding box on screen (canvas coordinates -> CSS pixels), with a margin.
+    const app = window.app, ds = app.canvas.ds, title = window.LiteGraph.NODE_TITLE_HEIGHT;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of app.graph._nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const r = app.canvas.canvas.getBoundingClientRect(), m = 16;
+    const x = Math.max(r.left, r.left + (x0 + ds.offset[0]) * ds.scale - m);
+    const y = Math.max(r.top, r.top + (y0 + ds.offset[1]) * ds.scale - m);
+    const w = Math.min(r.right - x, (x1 - x0) * ds.scale + 2 * m), h = Math.min(r.bottom - y, (y1 - y0) * ds.scale + 2 * m);
+    return {x, y, width: w, height: h};
+}"""
+
+
 def main(url: str, shots: Path) -> int:
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
@@ -51,7 +67,8 @@ def main(url: str, shots: Path) -> int:
         page.evaluate("""async () => {
             const s = window.app.extensionManager.setting;
             const settings = [['Comfy.Minimap.Visible', false], ['Comfy.TutorialCompleted', true],
-                              ['LiteGraph.Canvas.MinFontSizeForLOD', 1], ['LiteGraph.Canvas.LowQualityRenderingZoomThreshold', 0.1]];
+                              ['LiteGraph.Canvas.MinFontSizeForLOD', 1], ['LiteGraph.Canvas.LowQualityRenderingZoomThreshold', 0.1],
+                              ['Comfy.Graph.CanvasMenu', false], ['Comfy.Graph.CanvasInfo', false]];
             for (const [k, v] of settings) {
                 try { await s.set(k, v); } catch (e) {}
             }
@@ -75,11 +92,10 @@ def main(url: str, shots: Path) -> int:
                 if got is None or got["class_type"] != node["class_type"] or got["inputs"] != node["inputs"]:
                     diff[key] = {"expected": node, "frontend": got}
             extra = sorted(set(res["output"]) - set(api))
-            page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+            page.evaluate("() => { window.app.canvas.show_info = false; window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
             time.sleep(0.8)
             shot = shots / f"comfyui_{name}.png"
-            canvas = page.locator("#graph-canvas")
-            (canvas if canvas.count() == 1 else page).screenshot(path=str(shot))
+            page.screenshot(path=str(shot), clip=page.evaluate(GRAPH_BOUNDS))
             ok = not res["missing"] and not res["dialogs"] and res["links"] == expected_links and not diff and not extra \
                 and not errors
             print("RESULT " + json.dumps({
