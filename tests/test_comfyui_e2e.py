@@ -20,7 +20,6 @@ FDFO_E2E_EPOCHS (default: the toy preset's 20) shortens the toy run.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time

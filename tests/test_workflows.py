@@ -7,7 +7,6 @@ gives exactly the API copy (the browser test also checks the real frontend's con
 """
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
