@@ -68,6 +68,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     on_progress: Callable[[str, int, int], None] | None = None,
     overrides: dict[str, Any] | None = None,
+    model: str | Path | None = None,
 ) -> dict[str, Any]:
     from .backends.diffusers_backend import build_backend
     from .rewards import build_reward
@@ -83,7 +84,7 @@ def run_demo(
     if pairs_per_epoch is not None:
         values["pairs_per_epoch"] = pairs_per_epoch
     cfg = load_config("toy", overrides=values)
-    model = default_toy_model_path()
+    model = Path(model) if model is not None else default_toy_model_path()
     backend = build_backend(model, cfg, device="cpu", max_sequence_length=TOY_MAX_SEQUENCE_LENGTH)
     reward = build_reward("toy_alignment")
     train_prompts, _ = toy_prompt_sets(seed=seed)
