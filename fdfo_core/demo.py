@@ -112,8 +112,9 @@ def run_demo(
 
     after = evaluate(backend, reward, held, cfg)
     curve.append((cfg.epochs, after["alignment_mean"], after["alignment_se"]))
+    gain, gain_se = mean_se(after["scores"] - before["scores"])
     log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
-        f"(diversity {after['diversity']:.4f})")
+        f"(diversity {after['diversity']:.4f}); paired gain {gain:+.4f} +- {gain_se:.4f}")
 
     # --- pictures ---
     n_show = min(16, len(held.prompts))
@@ -137,6 +138,7 @@ def run_demo(
         "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
         "alignment_before": [before["alignment_mean"], before["alignment_se"]],
         "alignment_after": [after["alignment_mean"], after["alignment_se"]],
+        "paired_gain": [gain, gain_se],
         "diversity_before": before["diversity"], "diversity_after": after["diversity"],
         "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
         "lora": str(out / "lora.safetensors"),
