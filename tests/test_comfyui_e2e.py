@@ -136,7 +136,7 @@ def toy_run(server, toy_env):
     entry = server.run(prompt, timeout=3600)
     seconds = time.monotonic() - t0
     print(f"\ntoy workflow: {seconds:.1f} s on CPU ({node_of(prompt, 'FDFOTrainer')['inputs']['epochs']} epochs, "
-          f"{'random' if is_random_toy(toy_env) else 'shipped'} toy weights)")
+          f"{'randomly initialised' if is_random_toy(toy_env) else 'pretrained'} toy weights)")
     return {"entry": entry, "seconds": seconds, "prompt": prompt}
 
 

@@ -100,7 +100,13 @@ def test_toy_workflow_uses_the_toy_preset():
     for key, widget in mapping.items():
         assert trainer[widget] == toy[key], key
     assert trainer["lora_name"] == "fdfo_toy"
+    # Train and sample with the same CFG scale.
+    cfg = toy.get("cfg_scale", 1.0)
     compare = load("workflows/api", "fdfo_base_vs_lora")
+    for prompt in (api, compare):
+        for node in prompt.values():
+            if node["class_type"] in ("FDFOTrainer", "FDFOPairedSampler", "KSampler"):
+                assert node["inputs"]["cfg"] == cfg, node["_meta"]["title"]
     lora = next(n["inputs"] for n in compare.values() if n["class_type"] == "LoraLoaderModelOnly")
     assert lora["lora_name"] == "fdfo_toy.safetensors"
 

@@ -268,11 +268,18 @@ SD35_PROMPTS = "\n".join([
 ])
 
 
+def toy_cfg(preset: dict[str, Any]) -> float:
+    """The toy preset's CFG scale (train and sample with the same one)."""
+    from fdfo_core.config import FDFOConfig
+
+    return float(preset.get("cfg_scale", FDFOConfig().cfg_scale))
+
+
 def toy_trainer_values(preset: dict[str, Any]) -> dict[str, Any]:
     """The FDFO Trainer widgets of the toy workflow: the library's "toy" preset."""
     p = preset
     return dict(
-        epochs=p["epochs"], pairs_per_epoch=p["pairs_per_epoch"], steps=p["num_steps"], cfg=1.0, churn="raw",
+        epochs=p["epochs"], pairs_per_epoch=p["pairs_per_epoch"], steps=p["num_steps"], cfg=toy_cfg(p), churn="raw",
         churn_strength=p["churn_strength"], width=p["width"], height=p["height"], seed=0, learning_rate=p["lr"],
         lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"], clip_range=0.03,
         optimizer_steps_per_epoch=p["optimizer_steps_per_epoch"], checkpoint_every=p["checkpoint_every"],
@@ -314,7 +321,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     reward = g.add("FDFOToyAlignmentReward", col=0)
     toy = PRESETS["toy"]
     pairs = g.add("FDFOPairedSampler", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
-                  prompts=prompts["prompts"], reward=reward["reward"], pairs=4, seed=0, steps=toy["num_steps"], cfg=1.0,
+                  prompts=prompts["prompts"], reward=reward["reward"], pairs=4, seed=0, steps=toy["num_steps"], cfg=toy_cfg(toy),
                   churn="raw", churn_strength=toy["churn_strength"], width=toy["width"], height=toy["height"])
     trainer = g.add("FDFOTrainer", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                     reward=reward["reward"], prompts=prompts["prompts"], **toy_trainer_values(toy))
@@ -322,7 +329,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
     g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_toy/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
-                toy["num_steps"], 1.0, "fdfo_toy/trained")
+                toy["num_steps"], toy_cfg(toy), "fdfo_toy/trained")
     return g
 
 
@@ -443,7 +450,7 @@ def wf_compare(info: dict[str, Any]) -> Graph:
     latent = g.add("EmptySD3LatentImage", col=1, width=toy["width"], height=toy["height"], batch_size=4)
     outs = {}
     for label, model in (("base", loader["model"]), ("lora", lora["MODEL"])):
-        ks = g.add("KSampler", f"KSampler ({label})", col=2, model=model, seed=0, steps=toy["num_steps"], cfg=1.0,
+        ks = g.add("KSampler", f"KSampler ({label})", col=2, model=model, seed=0, steps=toy["num_steps"], cfg=toy_cfg(toy),
                    sampler_name="euler", scheduler="simple", positive=pos["CONDITIONING"], negative=neg["CONDITIONING"],
                    latent_image=latent["LATENT"], denoise=1.0)
         img = g.add("VAEDecode", col=3, samples=ks["LATENT"], vae=loader["vae"])
