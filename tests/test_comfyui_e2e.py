@@ -87,11 +87,13 @@ def server(tmp_path_factory, toy_env):
 
 def toy_prompt(toy_env, **trainer_changes) -> dict:
     """The toy example workflow; with a randomly initialised toy (no weights in the checkout yet)
-    the caption-alignment reward is flat, so brightness stands in for it."""
+    the caption-alignment reward is flat, so brightness stands in for it, with a learning rate large
+    enough to change a random model visibly in one run."""
     prompt = api("fdfo_toy")
     if is_random_toy(toy_env):
         reward = node_of(prompt, "FDFOToyAlignmentReward")
         reward["class_type"], reward["inputs"] = "FDFOSimpleReward", {"metric": "brightness", "jpeg_quality": 95}
+        node_of(prompt, "FDFOTrainer")["inputs"]["learning_rate"] = 1e-3
     node_of(prompt, "FDFOTrainer")["inputs"].update(trainer_changes)
     return prompt
 
