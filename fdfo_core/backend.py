@@ -65,3 +65,19 @@ class FlowBackend(Protocol):
 
 def nullcontext() -> ContextManager[None]:
     return contextlib.nullcontext()
+
+
+def copy_adapter_state_(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into a backend's named adapter parameters, refusing any layout mismatch."""
+    missing = set(params) - set(state)
+    extra = set(state) - set(params)
+    if missing or extra:
+        raise BackendError(
+            f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
+            f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
+        )
+    with torch.no_grad():
+        for k, p in params.items():
+            if state[k].shape != p.shape:
+                raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+            p.copy_(state[k].to(p))

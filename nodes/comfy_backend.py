@@ -45,7 +45,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backend import BackendError
+from ..fdfo_core.backend import BackendError, copy_adapter_state_
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
 from ..fdfo_core.trainer import derive_seed
@@ -446,18 +446,7 @@ class ComfyBackend:
         return {k: p.detach() for k, p in self._params.items()}
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self._params) - set(state)
-        extra = set(state) - set(self._params)
-        if missing or extra:
-            raise BackendError(
-                f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
-                f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
-            )
-        with torch.no_grad():
-            for k, p in self._params.items():
-                if state[k].shape != p.shape:
-                    raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
-                p.copy_(state[k].to(p))
+        copy_adapter_state_(self._params, state)
 
     @contextlib.contextmanager
     def adapter_disabled(self):

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..backend import BackendError
+from ..backend import BackendError, copy_adapter_state_
 from ..conditioning import Cond
 from ..config import FDFOConfig
 from ..lora_files import (
@@ -196,18 +196,7 @@ class DiffusersBackend:
         return {k: p.detach() for k, p in self._params.items()}
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self._params) - set(state)
-        extra = set(state) - set(self._params)
-        if missing or extra:
-            raise BackendError(
-                f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
-                f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
-            )
-        with torch.no_grad():
-            for k, p in self._params.items():
-                if state[k].shape != p.shape:
-                    raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
-                p.copy_(state[k].to(p))
+        copy_adapter_state_(self._params, state)
 
     @contextlib.contextmanager
     def adapter_disabled(self):
