@@ -303,6 +303,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
+    if args.seeds_per_prompt < 2:
+        raise CLIError("--seeds-per-prompt must be at least 2 (the diversity figure compares seeds of one prompt)")
+
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")

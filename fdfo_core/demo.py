@@ -74,6 +74,8 @@ def run_demo(
     from .rewards import build_reward
     from .toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
 
+    if seeds_per_prompt < 2:
+        raise ValueError("seeds_per_prompt must be at least 2: the diversity figure compares seeds of one prompt")
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

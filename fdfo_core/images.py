@@ -93,7 +93,7 @@ def line_plot(
 ) -> Image.Image:
     """Lines (x, y) per named series, optional +- band per series, axes with ticks and a legend."""
     w, h = size
-    left, right, top, bottom = 64, 16, 30, 44
+    left, right, top, bottom = 64, 16, 40, 44
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
     font = _font(11)
@@ -141,7 +141,7 @@ def line_plot(
             draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
         draw.line([left + 10, top + 10 + 14 * i, left + 30, top + 10 + 14 * i], fill=colour, width=3)
         draw.text((left + 34, top + 4 + 14 * i), name, fill=(0, 0, 0), font=font)
-    draw.text((left, 8), title, fill=(0, 0, 0), font=_font(13))
+    draw.text((left, 4), title, fill=(0, 0, 0), font=_font(13))
     draw.text(((w - len(xlabel) * 6) / 2, h - 16), xlabel, fill=(0, 0, 0), font=font)
     draw.text((4, top - 14), ylabel, fill=(0, 0, 0), font=font)
     return img
