@@ -37,17 +37,20 @@ from fdfo_core.images import line_plot, save_png  # noqa: E402
 from fdfo_core.trainer import Callbacks  # noqa: E402
 
 # Per-method settings on the toy (the shared toy preset plus what each method needs). The
-# Flow-GRPO learning rate comes from the sweep (`--sweep`, see README); its other settings follow
-# its paper, scaled to the toy: group size 8 instead of 24, 2 optimizer steps per epoch, clip 1e-4,
-# KL beta 0.01 (PickScore setting), noise level 0.7, timestep fraction 0.99.
+# Flow-GRPO learning rates are the best of the sweep (`--sweep`: 1e-4, 3e-4, 1e-3, 3e-3, and 1e-2
+# for Flow-GRPO whose best sat at the grid's edge; criterion: best held-out alignment within the
+# 30-epoch budget, seed 0; table in README). Its other settings follow its paper, scaled to the
+# toy: group size 8 instead of 24, 2 optimizer steps per epoch, clip 1e-4, KL beta 0.01 (PickScore
+# setting), noise level 0.7, timestep fraction 0.99. FDFO keeps the toy preset (lr 3e-4; 1e-3 was
+# no better in the same sweep).
 IMAGES_PER_EPOCH = 64
 GRPO_GROUP = 8
 METHODS = {
     "fdfo": {},
     "flow_grpo": {"grpo_group_size": GRPO_GROUP, "grpo_groups_per_epoch": IMAGES_PER_EPOCH // GRPO_GROUP,
-                  "optimizer_steps_per_epoch": 2, "lr": 3e-4},
+                  "optimizer_steps_per_epoch": 2, "lr": 3e-3},
     "flow_grpo_fast": {"grpo_group_size": GRPO_GROUP, "grpo_groups_per_epoch": IMAGES_PER_EPOCH // GRPO_GROUP,
-                       "optimizer_steps_per_epoch": 2, "lr": 3e-4, "grpo_window": 2},
+                       "optimizer_steps_per_epoch": 2, "lr": 1e-3, "grpo_window": 2},
 }
 SWEEP_LRS = [1e-4, 3e-4, 1e-3, 3e-3]
 
@@ -147,6 +150,9 @@ def main() -> None:
     ap.add_argument("--lrs", nargs="+", type=float, default=SWEEP_LRS, help="learning rates for --sweep")
     ap.add_argument("--out", default="runs/sample_efficiency")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override config fields for every method (exploration; the table's settings are METHODS)")
+    ap.add_argument("--replot", action="store_true", help="redo the table and plots from OUT/runs.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +161,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held = held_out_set(args.heldout_prompts, 2, seed=0)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        for m in METHODS:
+            METHODS[m][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     t0 = time.perf_counter()
+    if args.replot:
+        report(json.loads((out / "runs.json").read_text()), out, 0.0)
+        return
     if args.sweep:
         sweep(args.epochs, held, out, args.methods, args.lrs)
         return
@@ -167,7 +180,13 @@ def main() -> None:
         for m in args.methods:
             runs[m].append(run_one(m, seed, args.epochs, held))
     (out / "runs.json").write_text(json.dumps(runs, indent=2))
+    report(runs, out, time.perf_counter() - t0)
 
+
+def report(runs: dict[str, list[dict]], out: Path, seconds: float) -> None:
+    """Print the table and write table.json and the two plots from the runs' curves."""
+    t0 = time.perf_counter() - seconds
+    n_seeds = min(len(rs) for rs in runs.values())
     # --- table ---
     grpo_best = max(mean_curve(runs["flow_grpo"], "evals")[1]) if "flow_grpo" in runs else None
     rows = []
@@ -206,7 +225,7 @@ def main() -> None:
             xs, ys, se = mean_curve(rs, key)
             series[m] = (xs, ys)
             bands[m] = se
-        save_png(line_plot(series, bands=bands, title=f"toy alignment, held-out ({args.seeds} seeds, mean +- s.e.)",
+        save_png(line_plot(series, bands=bands, title=f"toy alignment, held-out ({n_seeds} seeds, mean +- s.e.)",
                            xlabel=label, ylabel="held-out alignment"), out / name)
     print(f"\nplots and data in {out} ({time.perf_counter() - t0:.0f} s in all)")
 

@@ -67,17 +67,31 @@ def nullcontext() -> ContextManager[None]:
     return contextlib.nullcontext()
 
 
-def copy_adapter_state_(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
-    """Load `state` into a backend's named adapter parameters, refusing any layout mismatch."""
-    missing = set(params) - set(state)
-    extra = set(state) - set(params)
-    if missing or extra:
-        raise BackendError(
-            f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
-            f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
-        )
-    with torch.no_grad():
-        for k, p in params.items():
-            if state[k].shape != p.shape:
-                raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
-            p.copy_(state[k].to(p))
+class NamedAdapterParams:
+    """The adapter half of a FlowBackend for backends that keep their trainable LoRA tensors in
+    `self._params` (name -> parameter): both backends name them the same way, so checkpoints
+    compare layouts by name."""
+
+    _params: dict[str, torch.nn.Parameter]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self._params.values())
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self._params.items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load `state` into the named adapter parameters, refusing any layout mismatch."""
+        params = self._params
+        missing = set(params) - set(state)
+        extra = set(state) - set(params)
+        if missing or extra:
+            raise BackendError(
+                f"adapter state does not match this model's LoRA layout ({len(missing)} missing, "
+                f"{len(extra)} unexpected keys, e.g. {sorted(missing or extra)[0]!r})"
+            )
+        with torch.no_grad():
+            for k, p in params.items():
+                if state[k].shape != p.shape:
+                    raise BackendError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+                p.copy_(state[k].to(p))

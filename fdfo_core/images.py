@@ -126,14 +126,17 @@ def line_plot(
         xx, _ = px(t, y0)
         draw.line([xx, h - bottom, xx, h - bottom + 4], fill=(0, 0, 0))
         draw.text((xx - 10, h - bottom + 6), f"{t:.4g}", fill=(0, 0, 0), font=font)
+    # Every band first, translucent, then every line: no series hides another.
     for i, (name, (xv, yv)) in enumerate(series.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        if bands and name in bands:
-            light = tuple(int(c + (255 - c) * 0.75) for c in colour)
+        if bands and name in bands and len(xv) > 1:
             upper = [px(float(x), float(y) + float(b)) for x, y, b in zip(xv, yv, bands[name])]
             lower = [px(float(x), float(y) - float(b)) for x, y, b in zip(xv, yv, bands[name])]
-            if len(upper) > 1:
-                draw.polygon(upper + lower[::-1], fill=light)
+            layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+            ImageDraw.Draw(layer).polygon(upper + lower[::-1], fill=(*PALETTE[i % len(PALETTE)], 56))
+            img.paste(Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB"))
+    draw = ImageDraw.Draw(img)
+    for i, (name, (xv, yv)) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
         pts = [px(float(x), float(y)) for x, y in zip(xv, yv)]
         if len(pts) > 1:
             draw.line(pts, fill=colour, width=2)

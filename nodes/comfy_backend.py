@@ -45,7 +45,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backend import BackendError, copy_adapter_state_
+from ..fdfo_core.backend import BackendError, NamedAdapterParams
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
 from ..fdfo_core.trainer import derive_seed
@@ -200,7 +200,7 @@ class _PromptConds:
     constants: dict[str, Any]
 
 
-class ComfyBackend:
+class ComfyBackend(NamedAdapterParams):
     """FlowBackend for a ComfyUI MODEL + CLIP + VAE. Use it inside `with backend.session(train=...)`."""
 
     def __init__(
@@ -438,15 +438,6 @@ class ComfyBackend:
         self._checkpointed.clear()
 
     # --- FlowBackend: adapter API -------------------------------------------------------------
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self._params.values())
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self._params.items()}
-
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        copy_adapter_state_(self._params, state)
 
     @contextlib.contextmanager
     def adapter_disabled(self):

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..backend import BackendError, copy_adapter_state_
+from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
 from ..config import FDFOConfig
 from ..lora_files import (
@@ -114,7 +114,7 @@ def pipeline_family(pipe) -> str:
     return SUPPORTED_PIPELINES[name]
 
 
-class DiffusersBackend:
+class DiffusersBackend(NamedAdapterParams):
     """FlowBackend over a diffusers SD3 / Flux pipeline with a peft LoRA on the transformer."""
 
     def __init__(
@@ -188,15 +188,6 @@ class DiffusersBackend:
         for name, module in self.transformer.named_modules():
             if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
                 yield name, module
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self._params.values())
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self._params.items()}
-
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        copy_adapter_state_(self._params, state)
 
     @contextlib.contextmanager
     def adapter_disabled(self):

@@ -50,6 +50,7 @@ class _DifferentiableRewardTrainer(FDFOTrainer):
         (grad,) = torch.autograd.grad(r.sum(), z)
         return r.detach().double().cpu(), grad.float().cpu()
 
+
 class GradCopyTrainer(_DifferentiableRewardTrainer):
     """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
 
