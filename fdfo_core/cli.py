@@ -306,8 +306,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.seeds_per_prompt < 2:
         raise CLIError("--seeds-per-prompt must be at least 2 (the diversity figure compares seeds of one prompt)")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     overrides = {"sample_batch_size": args.sample_batch_size} if args.sample_batch_size else {}
     run_demo(out, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch, heldout_prompts=args.heldout_prompts,
@@ -398,8 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds-per-prompt", type=int, default=2)
     d.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N epochs (curve points)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     d.set_defaults(func=cmd_demo)
+
+    for sp in (t, s, d):
+        sp.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice); CPU runs repeat bit for bit at a fixed count")
 
     c = sub.add_parser("convert-lora", help="write an FDFO LoRA in diffusers/peft keys (pipe.load_lora_weights)")
     c.add_argument("lora")
@@ -421,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .rewards import RewardError
     from .trainer import TrainingError
 
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (CLIError, ConfigError, BackendError, LoraFileError, PromptError, RewardError, TrainingError,

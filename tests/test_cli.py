@@ -80,6 +80,20 @@ def test_sample_with_and_without_lora_and_convert(model_dir, prompts_file, tmp_p
     assert a.shape == (64, 64, 3) and np.abs(a - b).max() > 0
     assert (tmp_path / "base" / "grid.png").exists()
 
+    # Same seeds, same thread count: the same image, bit for bit.
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for name in ("one", "two"):
+            assert main(["sample", "--model", str(model_dir), "--prompt", "a red circle", "--num-steps", "4",
+                         "--threads", "1", "--out", str(tmp_path / name)]) == 0
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    one, two = (np.asarray(Image.open(tmp_path / n / "0000.png")) for n in ("one", "two"))
+    assert np.array_equal(one, two)
+
     out = tmp_path / "peft.safetensors"
     assert main(["convert-lora", str(lora), str(out), "--model", str(model_dir)]) == 0
     from diffusers import StableDiffusion3Pipeline
