@@ -127,3 +127,30 @@ def test_reward_option_parsing():
         "vlm": {"question": "Is it red? yes=1"}, "pickscore": {"path": "/w"}}
     with pytest.raises(CLIError):
         parse_reward_options(["novalue"])
+
+
+def test_a_run_repeats_bit_for_bit_in_a_fresh_process(model_dir, prompts_file, tmp_path):
+    """Same seed, same thread count, new processes (different hash seeds, different global RNG
+    history): the same LoRA. Catches anything drawn from an unseeded RNG, e.g. the LoRA init."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    loras = []
+    for i, hash_seed in enumerate(("1", "2")):
+        run = tmp_path / f"run{i}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        code = ("import sys, torch; torch.manual_seed(int(sys.argv[1]));"
+                "from fdfo_core.cli import main; sys.exit(main(sys.argv[2:]))")
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(100 + i), "train", "--model", str(model_dir), "--prompts", str(prompts_file),
+             "--reward", "brightness", "--run-dir", str(run), "--epochs", "1", "--threads", "1", "--preview-every", "0",
+             *TRAIN],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loras.append(load_file(run / "lora.safetensors"))
+    assert loras[0].keys() == loras[1].keys()
+    for k in loras[0]:
+        assert torch.equal(loras[0][k], loras[1][k]), k

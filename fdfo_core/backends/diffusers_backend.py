@@ -171,8 +171,14 @@ class DiffusersBackend(NamedAdapterParams):
             init_lora_weights=init,
             target_modules=list(config.lora_targets),
         )
+        from ..trainer import derive_seed
+
         try:
-            self.transformer.add_adapter(lora, adapter_name=ADAPTER)
+            # peft draws the initial LoRA from the global RNG: seed it from the run's seed (without
+            # disturbing the caller's RNG) so a run repeats in a fresh process.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(config.seed, "lora-init"))
+                self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
             raise BackendError(f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}") from e
         for name, p in self.transformer.named_parameters():
