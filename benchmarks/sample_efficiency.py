@@ -76,7 +76,6 @@ def run_one(method: str, seed: int, epochs: int, held, extra: dict | None = None
     values = {"epochs": epochs, "seed": seed, "method": method, "pairs_per_epoch": IMAGES_PER_EPOCH // 2,
               "checkpoint_every": 0, **METHODS[method], **(extra or {})}
     cfg = load_config("toy", overrides=values)
-    torch.manual_seed(seed)  # the LoRA's initialisation
     backend = load_toy(cfg)
     reward = build_reward("toy_alignment")
     train_prompts, _ = toy_prompt_sets(seed=0)
