@@ -299,12 +299,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from .demo import run_demo
-
-    if args.seeds_per_prompt < 2:
-        raise CLIError("--seeds-per-prompt must be at least 2 (the diversity figure compares seeds of one prompt)")
 
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     overrides = {"sample_batch_size": args.sample_batch_size} if args.sample_batch_size else {}

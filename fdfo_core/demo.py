@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import load_config
+from .config import ConfigError, load_config
 from .generation import generate_images
 from .images import image_grid, line_plot, save_png, side_by_side
 from .trainer import Callbacks, FDFOTrainer
@@ -75,7 +75,7 @@ def run_demo(
     from .toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
 
     if seeds_per_prompt < 2:
-        raise ValueError("seeds_per_prompt must be at least 2: the diversity figure compares seeds of one prompt")
+        raise ConfigError("seeds_per_prompt (--seeds-per-prompt) must be at least 2 (the diversity figure compares seeds of one prompt)")
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

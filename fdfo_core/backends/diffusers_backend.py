@@ -25,6 +25,7 @@ from ..lora_files import (
     fuse_lora,
     load_lora,
 )
+from ..trainer import derive_seed
 
 #: diffusers pipeline class -> model family.
 SUPPORTED_PIPELINES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
@@ -171,8 +172,6 @@ class DiffusersBackend(NamedAdapterParams):
             init_lora_weights=init,
             target_modules=list(config.lora_targets),
         )
-        from ..trainer import derive_seed
-
         try:
             # peft draws the initial LoRA from the global RNG: seed it from the run's seed (without
             # disturbing the caller's RNG) so a run repeats in a fresh process.
