@@ -23,6 +23,12 @@ class CLIError(RuntimeError):
     """A user error: printed without a traceback."""
 
 
+def _family_list() -> str:
+    from .families import all_families
+
+    return ", ".join(f"{f.title} ({', '.join(f.diffusers_pipelines)})" for f in all_families() if f.diffusers_pipelines)
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -108,8 +114,8 @@ def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Name
     kwargs = {}
     if getattr(args, "max_sequence_length", None) is not None:
         kwargs["max_sequence_length"] = args.max_sequence_length
-    if getattr(args, "flux_guidance", None) is not None:
-        kwargs["flux_guidance"] = args.flux_guidance
+    if getattr(args, "guidance", None) is not None:
+        kwargs["guidance"] = args.guidance
     return build_backend(model, cfg, device=device, **kwargs)
 
 
@@ -166,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = args.model or _default_model()
     if model is None:
-        raise CLIError("--model is required: a diffusers SD3/SD3.5/Flux folder or hub id")
+        raise CLIError("--model is required: a diffusers pipeline folder or hub id of a supported family (see --help)")
     dist = init_distributed(args.device if args.device != "auto" else None)
     device = _device(args.device, dist.local_rank)
     run_dir = Path(args.run_dir) if args.run_dir else None
@@ -178,20 +184,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path("runs") / time.strftime("fdfo-%Y%m%d-%H%M%S")
         run_dir = Path(dist.broadcast_object(str(run_dir)))
 
+    from .backends.diffusers_backend import check_supported
+    from .families import get_family
+
+    family = get_family(check_supported(model))  # cheap: before any reward or weight is loaded
     toml = args.config
     if toml is None and resume and (run_dir / "config.json").exists():
         base = json.loads((run_dir / "config.json").read_text())
         cfg = FDFOConfig.from_dict({**base, **_overrides(args)}).validate()
     else:
-        preset = args.preset or ("toy" if _is_toy(model) else None)
+        # No --preset: the toy's for the toy, else the model family's own.
+        preset = args.preset or ("toy" if _is_toy(model) else (family.preset_name or family.name))
         cfg = load_config(preset, toml, _overrides(args))
     if _is_toy(model) and args.max_sequence_length is None:
         from .toy import TOY_MAX_SEQUENCE_LENGTH
 
         args.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
-    from .backends.diffusers_backend import check_supported
-
-    check_supported(model)
     prompts = _load_prompts(args.prompts, model)
     reward = build_reward(args.reward, parse_reward_options(args.reward_opt), device=device,
                           normalize=args.reward_normalize)
@@ -344,19 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a LoRA toward a reward")
-    t.add_argument("--model", help="diffusers SD3/SD3.5/Flux folder or hub id (default: the bundled toy model)")
+    t.add_argument("--model", help="diffusers pipeline folder or hub id of a supported family: "
+                   + _family_list() + " (default: the bundled toy model)")
     t.add_argument("--prompts", help="text file, one prompt per line (or a JSON list)")
     t.add_argument("--reward", default="toy_alignment", help='reward spec, e.g. "pickscore + 0.1*vlm" (see `fdfo rewards`)')
     t.add_argument("--reward-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
                    help="reward option, e.g. pickscore.path=/weights/PickScore_v1 (repeatable)")
     t.add_argument("--reward-normalize", choices=["per_prompt"], default=None, help="normalise rewards per prompt")
     t.add_argument("--config", help="TOML file with hyperparameters (a [fdfo] table or top-level keys)")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="named hyperparameter preset")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named hyperparameter preset, one per model family (default: the model's family's)")
     t.add_argument("--run-dir", help="output folder (default runs/fdfo-<time>)")
     t.add_argument("--resume", help="checkpoint file or run folder to continue from")
     t.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if available)")
     t.add_argument("--max-sequence-length", type=int, help="text tokens (T5) per prompt")
-    t.add_argument("--flux-guidance", type=float, help="Flux guidance embedding value (default 3.5)")
+    t.add_argument("--guidance", "--flux-guidance", dest="guidance", type=float,
+                   help="guidance-embedding value of guidance-distilled models (Flux.1 dev default 3.5)")
     t.add_argument("--preview-every", type=int, default=1, help="sample grid every N epochs (0: never)")
     t.add_argument("--preview-count", type=int, default=8, help="how many fixed prompts/seeds in the grid")
     t.add_argument("--preview-prompts", help="text file with the grid's prompts (default: the first training prompts)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from .families import MMDIT_ATTENTION_TARGETS, family_presets
 from .schedules import CHURN_SCHEDULES, ChurnSchedule
 
 if sys.version_info >= (3, 11):
@@ -27,10 +28,9 @@ Method = Literal["fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_c
 METHODS: tuple[str, ...] = ("fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_chain")
 RewardNormalization = Literal["none", "std"]
 
-#: The attention projections of every MMDiT / Flux block (diffusers names).
-DEFAULT_LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-)
+#: The attention projections of every MMDiT / Flux / Qwen-Image block (diffusers names); a family
+#: whose projections are named otherwise sets `lora_targets` in its preset.
+DEFAULT_LORA_TARGETS = MMDIT_ATTENTION_TARGETS
 
 
 class ConfigError(ValueError):
@@ -159,12 +159,11 @@ class FDFOConfig:
         return dataclasses.replace(self, **changes)
 
 
-#: Named presets: small flat dicts applied on top of the defaults.
+#: Named presets: small flat dicts applied on top of the defaults. One per model family (declared
+#: in the family's module, `fdfo_core.families`; "sd35-medium" is the published recipe, i.e. the
+#: defaults), plus the bundled toy model's.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The published recipe (the defaults).
-    "sd35-medium": {},
-    # Flux.1: 1024 px is its native size; the guidance-distilled dev model samples without CFG.
-    "flux": {"height": 1024, "width": 1024, "num_steps": 28},
+    **family_presets(),
     # The bundled toy model on CPU: a few minutes per run.
     "toy": {
         "height": 64, "width": 64, "num_steps": 20, "pairs_per_epoch": 32, "sample_batch_size": 16,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checkpoint import atomic_write
+from .families import Family, FamilyError, FusedPart, LoraMapError, get_family
 
 PREFIX = "diffusion_model."
 METADATA_PREFIX = "fdfo."
@@ -37,94 +37,32 @@ class LoraFileError(ValueError):
     """A LoRA file does not fit the model it is loaded into; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class FusedPart:
-    """A diffusers module that is rows [offset, offset + rows) of a ComfyUI module's output."""
-
-    comfy_module: str
-    offset: int
-    rows: int
-    fused_rows: int  # output size of the whole ComfyUI module
-
-
-# --- diffusers module name -> ComfyUI module name, per family -------------------------------------
-
-_SD3_ATTN = {
-    # diffusers suffix in transformer_blocks.N: (comfy suffix in joint_blocks.N, part index or None)
-    "attn.to_q": ("x_block.attn.qkv", 0),
-    "attn.to_k": ("x_block.attn.qkv", 1),
-    "attn.to_v": ("x_block.attn.qkv", 2),
-    "attn.to_out.0": ("x_block.attn.proj", None),
-    "attn.add_q_proj": ("context_block.attn.qkv", 0),
-    "attn.add_k_proj": ("context_block.attn.qkv", 1),
-    "attn.add_v_proj": ("context_block.attn.qkv", 2),
-    "attn.to_add_out": ("context_block.attn.proj", None),
-    "attn2.to_q": ("x_block.attn2.qkv", 0),
-    "attn2.to_k": ("x_block.attn2.qkv", 1),
-    "attn2.to_v": ("x_block.attn2.qkv", 2),
-    "attn2.to_out.0": ("x_block.attn2.proj", None),
-}
-_FLUX_DOUBLE = {
-    "attn.to_q": ("img_attn.qkv", 0),
-    "attn.to_k": ("img_attn.qkv", 1),
-    "attn.to_v": ("img_attn.qkv", 2),
-    "attn.to_out.0": ("img_attn.proj", None),
-    "attn.add_q_proj": ("txt_attn.qkv", 0),
-    "attn.add_k_proj": ("txt_attn.qkv", 1),
-    "attn.add_v_proj": ("txt_attn.qkv", 2),
-    "attn.to_add_out": ("txt_attn.proj", None),
-}
-_FLUX_SINGLE = {
-    # linear1 = [q, k, v, mlp_in]; linear2 = proj_out (input is [attn, mlp])
-    "attn.to_q": ("linear1", 0),
-    "attn.to_k": ("linear1", 1),
-    "attn.to_v": ("linear1", 2),
-    "proj_mlp": ("linear1", 3),
-    "proj_out": ("linear2", None),
-}
-
-FAMILIES = ("sd3", "flux")
-
-
 def diffusers_to_comfy_module(
-    family: str, name: str, out_features: Callable[[str], int]
+    family: str | Family, name: str, out_features: Callable[[str], int]
 ) -> FusedPart:
-    """Map a diffusers transformer module name to the ComfyUI module (and row slice) it is part of.
+    """Map a diffusers transformer module name to the ComfyUI module (and row slice) it is part of,
+    by the family's `lora_map` (`fdfo_core.families`).
 
     out_features(diffusers_module_name) gives a module's output size (to locate its rows).
+    Raises LoraFileError for an unknown family or a module the family does not map.
     """
-    if family == "sd3":
-        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", name)
-        table, comfy_block = _SD3_ATTN, "joint_blocks.{}"
-        siblings = ("to_q", "to_k", "to_v")
-    elif family == "flux":
-        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", name)
-        table, comfy_block = _FLUX_DOUBLE, "double_blocks.{}"
-        if m is None:
-            m = re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", name)
-            table, comfy_block = _FLUX_SINGLE, "single_blocks.{}"
-    else:
-        raise LoraFileError(f"unknown model family {family!r}; supported: {', '.join(FAMILIES)}")
-    if m is None or m.group(2) not in table:
-        raise LoraFileError(
-            f"no ComfyUI equivalent known for {family} module {name!r}; "
-            f"LoRA targets must be among: {', '.join(sorted(table))}"
-        )
-    block, suffix = m.group(1), m.group(2)
-    comfy_suffix, part = table[suffix]
-    comfy = f"{comfy_block.format(block)}.{comfy_suffix}"
-    if part is None:
-        rows = out_features(name)
-        return FusedPart(comfy, 0, rows, rows)
-    # The parts of a fused module, in order, as diffusers names.
-    parts = [s for _, s in sorted((p, s) for s, (c, p) in table.items() if c == comfy_suffix)]
-    prefix = name[: len(name) - len(suffix)]
-    sizes = [out_features(prefix + s) for s in parts]
-    return FusedPart(comfy, sum(sizes[:part]), sizes[part], sum(sizes))
+    fam = lora_family(family)
+    try:
+        return fam.lora_map.to_comfy(name, out_features)
+    except LoraMapError as e:
+        raise LoraFileError(f"{fam.name}: {e}") from e
+
+
+def lora_family(family: str | Family) -> Family:
+    """The registered family (LoraFileError for an unknown name, e.g. from a file's metadata)."""
+    try:
+        return get_family(family)
+    except FamilyError as e:
+        raise LoraFileError(str(e)) from e
 
 
 def fuse_lora(
-    family: str,
+    family: str | Family,
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     scale: float,
     out_features: Callable[[str], int],
@@ -137,9 +75,18 @@ def fuse_lora(
     for name, (a, b) in factors.items():
         part = diffusers_to_comfy_module(family, name, out_features)
         groups.setdefault(part.comfy_module, []).append((part, a, b))
+    return fuse_parts(groups, scale)
+
+
+def fuse_parts(
+    groups: Mapping[str, list[tuple[FusedPart, torch.Tensor, torch.Tensor]]], scale: float
+) -> dict[str, torch.Tensor]:
+    """ComfyUI-native LoRA tensors of fused modules: {comfy module: [(part, A [r, in], B [rows, r])]}
+    -> one LoRA per module with down = concat(A_p), up = B_p placed at each part's rows (block
+    diagonal), alpha = scale * total rank, so ComfyUI's alpha / rank gives back `scale`."""
     out: dict[str, torch.Tensor] = {}
     for comfy, items in sorted(groups.items()):
-        items.sort(key=lambda it: it[0].offset)
+        items = sorted(items, key=lambda it: it[0].offset)
         fused_rows = items[0][0].fused_rows
         rank = sum(a.shape[0] for _, a, _ in items)
         down = torch.cat([a.float() for _, a, _ in items])
@@ -155,7 +102,7 @@ def fuse_lora(
 
 
 def comfy_to_diffusers(
-    family: str,
+    family: str | Family,
     tensors: Mapping[str, torch.Tensor],
     module_names: list[str],
     out_features: Callable[[str], int],
@@ -176,7 +123,7 @@ def comfy_to_diffusers(
     unknown = sorted(set(in_file) - set(by_comfy))
     if unknown:
         raise LoraFileError(
-            f"this LoRA has {len(unknown)} module(s) the {family} model does not have (e.g. {unknown[0]!r}); "
+            f"this LoRA has {len(unknown)} module(s) the {lora_family(family).name} model does not have (e.g. {unknown[0]!r}); "
             "it was trained for another architecture or model size"
         )
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

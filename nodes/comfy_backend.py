@@ -19,11 +19,14 @@ Conventions, checked against ComfyUI's code:
   The Cond handed to the core is only a row of prompt ids, so prompts whose token counts differ
   can share a batch: `velocity` runs rows with equally shaped conditioning together (exact; no
   padding or token repetition).
-- LoRA layout. For SD3/SD3.5 and Flux the adapter is the diffusers backend's: rank r on every
-  targeted diffusers projection (to_q, to_k, to_v, ...), i.e. block slices of ComfyUI's fused
-  qkv / linear1 modules, so both backends train the same function class and write the same file
-  (`fdfo_core.lora_files.fuse_lora`). Other flow models get rank r on every linear layer inside
-  an attention module.
+- Families. What is specific to a model family (recognition, refusals, conditioning defaults,
+  the LoRA layout) comes from its module in `fdfo_core.families`; this backend never branches on
+  a family. Models whose ComfyUI latents are video latents [B, C, T, h, w] run with T = 1.
+- LoRA layout. For a registered family the adapter is the diffusers backend's: rank r on every
+  targeted diffusers projection (to_q, to_k, to_v, ...), i.e. row slices of ComfyUI's fused
+  linears (the family's `lora_map`), so both backends train the same function class and write the
+  same file. Flow models no family module covers get rank r on every linear layer inside an
+  attention module (`fdfo_core.families.generic`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -47,7 +49,17 @@ import comfy.samplers
 
 from ..fdfo_core.backend import BackendError, NamedAdapterParams
 from ..fdfo_core.config import FDFOConfig
-from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
+from ..fdfo_core.families import (
+    Family,
+    FamilyError,
+    FamilyOptions,
+    FusedPart,
+    PlannedPart,
+    family_for_comfy_model,
+    supported_families_text,
+)
+from ..fdfo_core.families.generic import UnregisteredComfyFamily
+from ..fdfo_core.lora_files import fuse_parts
 from ..fdfo_core.trainer import derive_seed
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -57,12 +69,16 @@ except ImportError:  # pragma: no cover - older ComfyUI
 
 log = logging.getLogger("fdfo")
 
-SUPPORTED_TEXT = (
-    "flow-matching (rectified-flow) image models, which ComfyUI samples with CONST model sampling: "
-    "SD3, SD3.5, Flux.1 (dev, schnell) and other flow models such as AuraFlow, HiDream, Lumina 2 or Qwen-Image"
-)
-#: Families whose LoRA layout matches the diffusers backend module for module.
-DIFFUSERS_LAYOUT_FAMILIES = ("sd3", "flux")
+
+
+def supported_text() -> str:
+    """What the ComfyUI backend trains, from the family registry."""
+    return (
+        "flow-matching (rectified-flow) image models, which ComfyUI samples with CONST model sampling. "
+        f"Supported families: {supported_families_text('comfyui')}; other flow image models train with a LoRA "
+        "on their attention layers (untested)"
+    )
+
 #: Keys of a model's unet_config that describe how it was loaded rather than what it is.
 _LOAD_KEYS = {"dtype", "device", "operations", "image_model_dtype"}
 
@@ -76,9 +92,9 @@ def model_name(model) -> str:
     return type(config).__name__ if config is not None else type(base).__name__
 
 
-def check_flow_model(model) -> str:
-    """The model family ("sd3", "flux", or the model's class name), or a BackendError saying what
-    is supported. Cheap: call it before loading anything."""
+def model_family(model) -> Family:
+    """The family of a ComfyUI MODEL, or a BackendError that names the model, says why it is
+    refused and lists the supported families. Cheap: call it before loading anything."""
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "apply_model") or not hasattr(model, "get_model_object"):
         raise BackendError(
@@ -93,16 +109,27 @@ def check_flow_model(model) -> str:
                           type(sampling).__name__)
         raise BackendError(
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
-            f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {SUPPORTED_TEXT}."
+            f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
     dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
-    if dims != 2:
-        raise BackendError(f"this MODEL ({name}) works on {dims}-D latents (video or audio); FDFO trains image models: {SUPPORTED_TEXT}")
-    if isinstance(base, comfy.model_base.SD3):
-        return "sd3"
-    if type(base) is comfy.model_base.Flux:
-        return "flux"
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "flow"
+    if dims != 2 and not (dims == 3 and family.comfy_video_latents):
+        kind = "video" if dims == 3 else f"{dims}-D (audio or 3-D)"
+        raise BackendError(
+            f"this MODEL ({name}) works on {kind} latents; FDFO trains image models, and video models only as "
+            f"one-frame image models of a supported family. FDFO trains {supported_text()}."
+        )
+    try:
+        family.comfy_check(base)
+    except FamilyError as e:
+        raise BackendError(f"{name}: {e}") from e
+    return family
+
+
+def check_flow_model(model) -> str:
+    """The model family's name ("sd3", "flux", ..., or the model's class name for a flow model no
+    family module covers), or a BackendError saying what is supported."""
+    return model_family(model).name
 
 
 def check_vae(model, vae) -> None:
@@ -112,8 +139,12 @@ def check_vae(model, vae) -> None:
         raise BackendError(f"expected a ComfyUI VAE, got {type(vae).__name__}")
     want = model.model.latent_format.latent_channels
     dim = getattr(vae, "latent_dim", 2)
-    if dim != 2:
-        raise BackendError(f"the VAE is a {dim}-D (video/audio) VAE; connect the image VAE that belongs to {model_name(model)}")
+    want_dim = getattr(model.model.latent_format, "latent_dimensions", 2)
+    if dim != want_dim:
+        raise BackendError(
+            f"the VAE makes {dim}-D latents but {model_name(model)} works on {want_dim}-D latents; connect the VAE "
+            "that belongs to the model"
+        )
     if vae.latent_channels != want:
         raise BackendError(
             f"mismatched VAE: it makes {vae.latent_channels}-channel latents but {model_name(model)} works on "
@@ -135,15 +166,6 @@ def check_clip(clip) -> None:
 # --- the adapter ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LoraPart:
-    """One adapted projection: rows [offset, offset + rows) of a ComfyUI linear module's output."""
-
-    name: str  # diffusers module name (SD3/Flux) or the ComfyUI module name (other models)
-    offset: int
-    rows: int
-
-
 class FDFOLoRA(_AdapterBase):
     """Weight wrapper W -> W + (alpha / r) * sum_p pad_p(B_p) @ A_p over the parts p of one linear.
 
@@ -153,7 +175,7 @@ class FDFOLoRA(_AdapterBase):
     LoRA adapters do.
     """
 
-    def __init__(self, module: str, out_features: int, in_features: int, parts: list[LoraPart], rank: int,
+    def __init__(self, module: str, out_features: int, in_features: int, parts: list[PlannedPart], rank: int,
                  alpha: float, generator: torch.Generator, device: torch.device):
         super().__init__()
         self.module = module
@@ -217,7 +239,8 @@ class ComfyBackend(NamedAdapterParams):
         prompt_cache_size: int = 8192,
     ):
         # Validate everything before any model is loaded or anything is allocated.
-        self.family = check_flow_model(model)
+        self.model_family = model_family(model)
+        self.family = self.model_family.name
         check_vae(model, vae)
         check_clip(clip)
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:
@@ -228,12 +251,15 @@ class ComfyBackend(NamedAdapterParams):
         self.config = config
         self.scheduler = scheduler
         self.flux_guidance = float(flux_guidance)
+        self.options = self.model_family.options(FamilyOptions(guidance=self.flux_guidance))
         self.full_load = full_load
         self.check_cancel = check_cancel
         # Never mutate the incoming MODEL: everything below patches a clone.
         self.patcher = model.clone()
         self.base = self.patcher.model
         self.device = torch.device(self.patcher.load_device)
+        # ComfyUI runs some image models (Qwen-Image) on video latents [B, C, T, h, w]: T = 1.
+        self._one_frame = getattr(self.base.latent_format, "latent_dimensions", 2) == 3
         self.adapters: dict[str, FDFOLoRA] = {}
         self._params: dict[str, torch.nn.Parameter] = {}
         self._prompt_ids: dict[str, int] = {}
@@ -274,7 +300,7 @@ class ComfyBackend(NamedAdapterParams):
     def _memory_required(self) -> int:
         cfg = self.config
         rows = max(cfg.train_batch_size, 2 * cfg.sample_batch_size) * (2 if cfg.cfg_scale != 1.0 else 1)
-        shape = [rows, *self.latent_shape(cfg.height, cfg.width)]
+        shape = list(self._model_shape(rows, cfg.height, cfg.width))
         try:
             return int(self.base.memory_required(shape))
         except Exception:  # models without an estimate
@@ -316,33 +342,14 @@ class ComfyBackend(NamedAdapterParams):
 
     # --- adapters -----------------------------------------------------------------------------
 
-    def lora_plan(self) -> list[tuple[str, torch.nn.Module, list[LoraPart]]]:
-        """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`."""
-        dm = self.base.diffusion_model
-        modules = dict(dm.named_modules())
-        targets = tuple(self.config.lora_targets)
-        plan: dict[str, list[LoraPart]] = OrderedDict()
-        if self.family in DIFFUSERS_LAYOUT_FAMILIES:
-            names, out_features = self._diffusers_layout(targets)
-            for dname in names:
-                try:
-                    part = diffusers_to_comfy_module(self.family, dname, out_features)
-                except LoraFileError:
-                    continue
-                module = modules.get(part.comfy_module)
-                if not isinstance(module, torch.nn.Linear):
-                    continue  # e.g. the last SD3 block has no context projection
-                if module.out_features != part.fused_rows:
-                    raise BackendError(
-                        f"unexpected {self.family} layout: {part.comfy_module} has {module.out_features} outputs, "
-                        f"expected {part.fused_rows}"
-                    )
-                plan.setdefault(part.comfy_module, []).append(LoraPart(dname, part.offset, part.rows))
-        else:
-            attention = re.compile(r"(^|\.)[^.]*(attn|attention)[^.]*\.")
-            for name, module in modules.items():
-                if isinstance(module, torch.nn.Linear) and attention.search(name):
-                    plan[name] = [LoraPart(name, 0, module.out_features)]
+    def lora_plan(self) -> list[tuple[str, torch.nn.Module, list[PlannedPart]]]:
+        """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`,
+        from the family's LoRA layout (`Family.comfy_lora_plan`)."""
+        modules = dict(self.base.diffusion_model.named_modules())
+        linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
+        plan: dict[str, list[PlannedPart]] = OrderedDict()
+        for part in self.model_family.comfy_lora_plan(linears, tuple(self.config.lora_targets)):
+            plan.setdefault(part.comfy_module, []).append(part)
         out = []
         for name, parts in plan.items():
             module = modules[name]
@@ -350,30 +357,6 @@ class ComfyBackend(NamedAdapterParams):
                 raise BackendError(f"module {name} of {model_name(self.source_model)} is not a ComfyUI op; cannot attach a LoRA")
             out.append((name, module, sorted(parts, key=lambda p: p.offset)))
         return out
-
-    def _diffusers_layout(self, targets: tuple[str, ...]) -> tuple[list[str], Callable[[str], int]]:
-        """Candidate diffusers module names (peft-style suffix match of the targets) and an
-        out_features function for any diffusers projection name, read off the ComfyUI modules."""
-        dm = self.base.diffusion_model
-        if self.family == "sd3":
-            blocks = [("transformer_blocks", len(dm.joint_blocks))]
-            hidden = dm.joint_blocks[0].x_block.attn.qkv.out_features // 3
-        else:
-            blocks = [("transformer_blocks", len(dm.double_blocks)), ("single_transformer_blocks", len(dm.single_blocks))]
-            hidden = dm.double_blocks[0].img_attn.qkv.out_features // 3
-
-        def out_features(dname: str) -> int:
-            m = re.fullmatch(r"single_transformer_blocks\.(\d+)\.proj_mlp", dname)
-            if m:
-                return dm.single_blocks[int(m.group(1))].linear1.out_features - 3 * hidden
-            return hidden
-
-        names = []
-        for prefix, n in blocks:
-            for i in range(n):
-                for sub in ("attn.", "attn2.", ""):
-                    names += [f"{prefix}.{i}.{sub}{t}" for t in targets]
-        return list(dict.fromkeys(names)), out_features
 
     def _attach_adapters(self) -> None:
         cfg = self.config
@@ -453,20 +436,13 @@ class ComfyBackend(NamedAdapterParams):
     def lora_file_tensors(self) -> dict[str, torch.Tensor]:
         """ComfyUI-native LoRA tensors (`diffusion_model.<module>.lora_up/.lora_down/.alpha`)."""
         cfg = self.config
-        scale = cfg.lora_alpha / cfg.lora_rank
-        if self.family in DIFFUSERS_LAYOUT_FAMILIES:
-            factors = {}
-            for adapter in self.adapters.values():
-                for part, a, b in zip(adapter.parts, adapter.lora_A, adapter.lora_B):
-                    factors[part.name] = (a.detach().float().cpu(), b.detach().float().cpu())
-            _, out_features = self._diffusers_layout(tuple(cfg.lora_targets))
-            return fuse_lora(self.family, factors, scale, out_features)
-        out = {}
+        groups = {}
         for name, adapter in self.adapters.items():
-            out[f"diffusion_model.{name}.lora_down.weight"] = adapter.lora_A[0].detach().float().cpu().contiguous()
-            out[f"diffusion_model.{name}.lora_up.weight"] = adapter.lora_B[0].detach().float().cpu().contiguous()
-            out[f"diffusion_model.{name}.alpha"] = torch.tensor(float(cfg.lora_alpha))
-        return out
+            groups[name] = [
+                (FusedPart(name, part.offset, part.rows, adapter.out_features), a.detach().float().cpu(), b.detach().float().cpu())
+                for part, a, b in zip(adapter.parts, adapter.lora_A, adapter.lora_B)
+            ]
+        return fuse_parts(groups, cfg.lora_alpha / cfg.lora_rank)
 
     def fingerprint(self) -> dict[str, str]:
         if self._fingerprint is None:
@@ -506,6 +482,11 @@ class ComfyBackend(NamedAdapterParams):
         if height % f or width % f:
             raise BackendError(f"image size {width}x{height} is not a multiple of the VAE's {f}x downscaling")
         return (int(self.base.latent_format.latent_channels), height // f, width // f)
+
+    def _model_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """Shape of a latent batch as the MODEL takes it ([B, C, 1, h, w] for video-latent models)."""
+        c, h, w = self.latent_shape(height, width)
+        return (batch, c, 1, h, w) if self._one_frame else (batch, c, h, w)
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         sampling = self.patcher.get_model_object("model_sampling")
@@ -551,10 +532,9 @@ class ComfyBackend(NamedAdapterParams):
         if len(conditioning) != 1:
             log.warning("FDFO: the CLIP returned %d scheduled conditionings; training uses the first", len(conditioning))
         cond, extras = conditioning[0][0], dict(conditioning[0][1])
-        if self.family == "flux" and "guidance" not in extras:
-            extras["guidance"] = self.flux_guidance
+        extras = self.model_family.comfy_conditioning(extras, self.options)
         cfg = self.config
-        noise = torch.zeros((1, *self.latent_shape(cfg.height, cfg.width)), device=self.device)
+        noise = torch.zeros(self._model_shape(1, cfg.height, cfg.width), device=self.device)
         converted = comfy.sampler_helpers.convert_cond([[cond, extras]])
         encoded = comfy.samplers.encode_model_conds(self.base.extra_conds, converted, noise, self.device, "positive")
         tensors, constants = {}, {}
@@ -618,16 +598,23 @@ class ComfyBackend(NamedAdapterParams):
             to["sample_sigmas"] = self._sample_sigmas.to(x.device)
         x = x.to(self.device)
         t = t.to(self.device)
+        if self._one_frame:
+            x = x.unsqueeze(2)
         wrapper = options.get("model_function_wrapper")
         if wrapper is not None:  # e.g. patches from other nodes that wrap the model call
-            return wrapper(self.base.apply_model, {"input": x, "timestep": t, "c": {**kwargs, "transformer_options": to},
-                                                   "cond_or_uncond": to["cond_or_uncond"]})
-        return self.base.apply_model(x, t, transformer_options=to, **kwargs)
+            out = wrapper(self.base.apply_model, {"input": x, "timestep": t, "c": {**kwargs, "transformer_options": to},
+                                                  "cond_or_uncond": to["cond_or_uncond"]})
+        else:
+            out = self.base.apply_model(x, t, transformer_options=to, **kwargs)
+        return out.squeeze(2) if self._one_frame else out
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """float32 images [B, 3, H, W] in [0, 1]: VAE.decode(process_latent_out(x))."""
         self._needs_reload = True  # the VAE may push the diffusion model off the GPU
-        raw = self.base.process_latent_out(latents.float())
+        latents = latents.float()
+        raw = self.base.process_latent_out(latents.unsqueeze(2) if self._one_frame else latents)
         images = self.vae.decode(raw)
+        if images.ndim == 5:  # [B, T, H, W, C] from a video VAE, T = 1
+            images = images.reshape(-1, *images.shape[-3:])
         return images[..., :3].movedim(-1, 1).float().clamp(0, 1)

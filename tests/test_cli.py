@@ -114,7 +114,7 @@ def test_bad_input_gives_clear_errors(model_dir, prompts_file, tmp_path, capsys)
     sdxl.mkdir()
     (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     assert main(["train", "--model", str(sdxl), "--prompts", str(prompts_file)]) == 2
-    assert "not flow models" in capsys.readouterr().err
+    assert "not a flow-matching" in capsys.readouterr().err
     assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "nosuch"]) == 2
     assert "unknown reward" in capsys.readouterr().err
     assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",

@@ -1,8 +1,10 @@
-"""diffusers + peft backend: StableDiffusion3Pipeline (SD3, SD3.5) and FluxPipeline (Flux.1).
+"""diffusers + peft backend: any flow-matching pipeline of a registered family (`fdfo_core.families`).
 
 The transformer gets a peft LoRA on its attention projections (rank 32, alpha 64, Gaussian init
 by default); everything else is frozen. Text encoders and the VAE can live on the CPU between
-the phases that need them, which is what lets SD3.5 / Flux train in <= 48 GB.
+the phases that need them, which is what lets SD3.5 / Flux train in <= 48 GB. What differs
+between families (latent layout, prompt encoding, the velocity call, the time grid, the LoRA key
+mapping) is the family's; this module only loads, offloads, adapts and dispatches.
 """
 
 from __future__ import annotations
@@ -18,29 +20,36 @@ import torch
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
 from ..config import FDFOConfig
+from ..families import Family, FamilyError, FamilyOptions, family_for_pipeline, needs_input, supported_families_text
 from ..lora_files import (
     LoraFileError,
     check_family,
     comfy_to_diffusers,
+    diffusers_to_comfy_module,
     fuse_lora,
     load_lora,
 )
 from ..trainer import derive_seed
 
-#: diffusers pipeline class -> model family.
-SUPPORTED_PIPELINES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 ADAPTER = "fdfo"
 #: Optional file in a model folder with FDFO settings the model was trained with
 #: (e.g. {"max_sequence_length": 16} for the bundled toy model, which has no T5).
 SETTINGS_FILE = "fdfo.json"
+#: Pipelines of eps / v-prediction diffusion models people try first (their schedulers tell the rest).
+_DIFFUSION_PIPELINES = {
+    "StableDiffusionPipeline": "SD1.x / SD2.x", "StableDiffusionXLPipeline": "SDXL",
+    "StableDiffusionXLImg2ImgPipeline": "SDXL", "StableCascadePriorPipeline": "Stable Cascade",
+    "KandinskyV22Pipeline": "Kandinsky 2.2", "PixArtAlphaPipeline": "PixArt-alpha",
+    "PixArtSigmaPipeline": "PixArt-sigma", "HunyuanDiTPipeline": "Hunyuan-DiT",
+}
 
 
-def _supported_text() -> str:
-    return "StableDiffusion3Pipeline (SD3 / SD3.5) and FluxPipeline (Flux.1)"
+def _supported() -> str:
+    return "Supported families: " + supported_families_text("diffusers") + "."
 
 
-def pipeline_class_name(model: str | Path) -> str:
-    """The `_class_name` of a diffusers model folder or cached hub id, with clear errors."""
+def pipeline_index(model: str | Path) -> dict[str, Any]:
+    """The model_index.json of a diffusers model folder or cached hub id, with clear errors."""
     path = Path(model)
     if path.exists():
         index = path / "model_index.json"
@@ -52,48 +61,83 @@ def pipeline_class_name(model: str | Path) -> str:
                     "diffusers' from_single_file(...).save_pretrained(folder)."
                 )
             raise BackendError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
-        return json.loads(index.read_text())["_class_name"]
+        return json.loads(index.read_text())
     from diffusers import DiffusionPipeline
 
     try:
-        config = DiffusionPipeline.load_config(str(model))
+        return dict(DiffusionPipeline.load_config(str(model)))
     except Exception as e:
         raise BackendError(
             f"cannot find model {model!r}: not a local folder, and the Hugging Face hub/cache has no such "
-            f"pipeline ({type(e).__name__}: {e}). Pass a diffusers folder of an {_supported_text()} model."
+            f"pipeline ({type(e).__name__}: {e}). Pass a diffusers pipeline folder or hub id. {_supported()}"
         ) from e
-    return config["_class_name"]
+
+
+def pipeline_class_name(model: str | Path) -> str:
+    """The `_class_name` of a diffusers model folder or cached hub id, with clear errors."""
+    return pipeline_index(model)["_class_name"]
+
+
+def family_for_class(cls_name: str, scheduler: str | None, label: str) -> Family:
+    """The family that trains pipeline class `cls_name`, or a BackendError that names the model,
+    says why it is refused and lists the supported families (from the registry).
+
+    scheduler: the pipeline's scheduler class name when known (a flow model has a FlowMatch one).
+    """
+    family = family_for_pipeline(cls_name)
+    if family is not None:
+        if scheduler is not None and "FlowMatch" not in scheduler:
+            raise BackendError(
+                f"{label} is a {cls_name} whose scheduler is {scheduler}, not a flow-matching scheduler; FDFO "
+                "needs a rectified-flow model sampled with FlowMatchEulerDiscreteScheduler (restore the "
+                "model's own scheduler)."
+            )
+        return family
+    need = needs_input(cls_name)
+    if need is not None:
+        fam, what = need
+        raise BackendError(
+            f"{label} is a {cls_name}, an image-conditioned {fam.title} pipeline that needs {what}; FDFO trains "
+            f"text-to-image and gives none. Load the text-to-image pipeline "
+            f"({' / '.join(fam.diffusers_pipelines)}) of the same weights instead. {_supported()}"
+        )
+    if cls_name in _DIFFUSION_PIPELINES or (scheduler is not None and "FlowMatch" not in scheduler):
+        kind = _DIFFUSION_PIPELINES.get(cls_name, cls_name)
+        raise BackendError(
+            f"{label} is a {cls_name} ({kind}) with an eps / v-prediction diffusion scheduler"
+            f"{f' ({scheduler})' if scheduler else ''}: a diffusion model, not a flow-matching (rectified-flow) "
+            f"model, and FDFO trains flow models only. {_supported()}"
+        )
+    raise BackendError(f"{label} is a {cls_name}, which FDFO does not support (yet). {_supported()}")
+
+
+def _scheduler_class(index: dict[str, Any]) -> str | None:
+    entry = index.get("scheduler")
+    return entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] else None
 
 
 def check_supported(model: str | Path) -> str:
-    """The model family of a folder or hub id, or a BackendError naming the supported pipelines.
+    """The model family name of a folder or hub id, or a BackendError naming the supported families.
 
     Cheap (reads model_index.json only): call it before loading rewards or weights.
     """
-    cls_name = pipeline_class_name(model)
-    if cls_name not in SUPPORTED_PIPELINES:
-        raise BackendError(
-            f"{model} is a {cls_name}; FDFO trains flow-matching (rectified-flow) models and supports "
-            f"{_supported_text()}. Diffusion models such as SD1.5 / SDXL are not flow models."
-        )
-    return SUPPORTED_PIPELINES[cls_name]
+    index = pipeline_index(model)
+    return family_for_class(index["_class_name"], _scheduler_class(index), str(model)).name
 
 
 def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
     """Load a supported flow-matching pipeline (weights stay on the CPU; the backend moves them)."""
-    cls_name = pipeline_class_name(model)
-    check_supported(model)
+    index = pipeline_index(model)
+    cls_name = index["_class_name"]
+    family_for_class(cls_name, _scheduler_class(index), str(model))
     import diffusers
 
     pipe_cls = getattr(diffusers, cls_name)
     kwargs: dict[str, Any] = {"torch_dtype": dtype}  # "dtype" in diffusers >= 0.36; this spelling works on both
-    path = Path(model)
-    if path.exists():
-        index = json.loads((path / "model_index.json").read_text())
-        # Components saved as [null, null] (SD3 without T5) must be passed explicitly as None.
-        for name, value in index.items():
-            if not name.startswith("_") and isinstance(value, list) and value[0] is None:
-                kwargs[name] = None
+    # Components saved as [null, null] (SD3 without T5) must be passed explicitly as None.
+    for name, value in index.items():
+        if not name.startswith("_") and isinstance(value, list) and value and value[0] is None:
+            kwargs[name] = None
     return pipe_cls.from_pretrained(str(model), **kwargs)
 
 
@@ -102,21 +146,22 @@ def model_settings(model: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def pipeline_family(pipe) -> str:
-    name = type(pipe).__name__
-    if name not in SUPPORTED_PIPELINES:
-        raise BackendError(f"unsupported pipeline {name}; FDFO supports {_supported_text()}")
-    scheduler = type(pipe.scheduler).__name__
-    if "FlowMatch" not in scheduler:
-        raise BackendError(
-            f"the pipeline's scheduler is {scheduler}, not a flow-matching scheduler; FDFO needs a "
-            "rectified-flow model with FlowMatchEulerDiscreteScheduler"
-        )
-    return SUPPORTED_PIPELINES[name]
+def pipeline_family(pipe) -> Family:
+    """The family of a loaded pipeline (BackendError when it is not supported)."""
+    family = family_for_class(type(pipe).__name__, type(pipe.scheduler).__name__, "this pipeline")
+    try:
+        family.diffusers_check(pipe)
+    except FamilyError as e:
+        raise BackendError(str(e)) from e
+    return family
 
 
 class DiffusersBackend(NamedAdapterParams):
-    """FlowBackend over a diffusers SD3 / Flux pipeline with a peft LoRA on the transformer."""
+    """FlowBackend over a diffusers flow-matching pipeline with a peft LoRA on the transformer.
+
+    max_sequence_length / guidance: the family's run-time options (`FamilyOptions`); None = the
+    family's default (e.g. 256 text tokens for SD3, 512 and guidance 3.5 for Flux.1 dev).
+    """
 
     def __init__(
         self,
@@ -124,20 +169,18 @@ class DiffusersBackend(NamedAdapterParams):
         config: FDFOConfig,
         device: str | torch.device = "cpu",
         max_sequence_length: int | None = None,
-        flux_guidance: float = 3.5,
+        guidance: float | None = None,
         offload: bool | None = None,
         lora_init: str = "gaussian",
         add_adapter: bool = True,
     ):
         self.pipe = pipe
-        self.family = pipeline_family(pipe)
+        self.model_family = pipeline_family(pipe)
+        self.family = self.model_family.name
         self.device = torch.device(device)
         self.transformer = pipe.transformer
         self.model_dtype = self.transformer.dtype
-        if max_sequence_length is None:
-            max_sequence_length = 256 if self.family == "sd3" else 512
-        self.max_sequence_length = max_sequence_length
-        self.flux_guidance = flux_guidance
+        self.options = self.model_family.options(FamilyOptions(max_sequence_length, guidance))
         # Text encoders and VAE leave the accelerator when they are not needed.
         self.offload = (self.device.type == "cuda") if offload is None else offload
         self.config = config
@@ -157,9 +200,14 @@ class DiffusersBackend(NamedAdapterParams):
             for module in self._frozen_modules():
                 module.to(self.device)
 
+    @property
+    def max_sequence_length(self) -> int:
+        return self.options.max_sequence_length
+
     def _frozen_modules(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
-        return [m for m in (getattr(self.pipe, n, None) for n in names) if m is not None]
+        """Every model component but the transformer (text encoders, VAE, image encoders)."""
+        return [m for n, m in sorted(self.pipe.components.items())
+                if isinstance(m, torch.nn.Module) and m is not self.transformer]
 
     # --- adapter -------------------------------------------------------------------------------
 
@@ -179,7 +227,15 @@ class DiffusersBackend(NamedAdapterParams):
                 torch.manual_seed(derive_seed(config.seed, "lora-init"))
                 self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
-            raise BackendError(f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}") from e
+            raise BackendError(
+                f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}. {self.model_family.title} "
+                f"uses {list(self.model_family.lora_targets)}"
+            ) from e
+        for name, _ in self.lora_layers():
+            try:  # fail now, not when the LoRA file is written after training
+                diffusers_to_comfy_module(self.model_family, name, self._out_features)
+            except LoraFileError as e:
+                raise BackendError(f"LoRA target {name!r} cannot be saved as a ComfyUI LoRA: {e}") from e
         for name, p in self.transformer.named_parameters():
             if "lora_" in name:
                 # fp32 master weights for the adapter, whatever the model's dtype (bf16 on GPU).
@@ -213,44 +269,29 @@ class DiffusersBackend(NamedAdapterParams):
         for name, layer in self.lora_layers():
             factors[name] = (layer.lora_A[ADAPTER].weight.detach().cpu(), layer.lora_B[ADAPTER].weight.detach().cpu())
             scale = layer.scaling[ADAPTER]
-        return fuse_lora(self.family, factors, scale, self._out_features)
+        return fuse_lora(self.model_family, factors, scale, self._out_features)
 
     def fingerprint(self) -> dict[str, str]:
         cfg = dict(self.transformer.config)
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        proj = self.transformer.get_submodule("proj_out").weight.detach().float().cpu().numpy().tobytes()
+        ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
+        ident = getattr(ident, "base_layer", ident)
+        weights = ident.weight.detach().float().cpu().numpy().tobytes()
         return {
             "family": self.family,
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-            "weights": hashlib.sha256(proj).hexdigest()[:16],
+            "weights": hashlib.sha256(weights).hexdigest()[:16],
             "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.config.lora_targets)}",
         }
 
     # --- sampling interface ---------------------------------------------------------------------
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        if self.family == "flux":
-            c = self.transformer.config.in_channels // 4
-            return (c, 2 * (height // (f * 2)), 2 * (width // (f * 2)))
-        return (self.transformer.config.in_channels, height // f, width // f)
+        return tuple(self.model_family.diffusers_latent_shape(self.pipe, height, width))
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        if self.family == "flux":
-            import numpy as np
-            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-            c, h, w = self.latent_shape(height, width)
-            seq_len = (h // 2) * (w // 2)
-            conf = scheduler.config
-            mu = calculate_shift(seq_len, conf.get("base_image_seq_len", 256), conf.get("max_image_seq_len", 4096),
-                                 conf.get("base_shift", 0.5), conf.get("max_shift", 1.15))
-            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        else:
-            scheduler.set_timesteps(num_steps)
-        return scheduler.sigmas.float().cpu()
+        return self.model_family.diffusers_sigmas(self.pipe, num_steps, height, width).float().cpu()
 
     @contextlib.contextmanager
     def _on_device(self, *modules):
@@ -269,55 +310,21 @@ class DiffusersBackend(NamedAdapterParams):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        p = self.pipe
-        if self.family == "sd3":
-            with self._on_device(p.text_encoder, p.text_encoder_2, getattr(p, "text_encoder_3", None)):
-                emb, _, pooled, _ = p.encode_prompt(
-                    prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
-                    do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
-                )
-        else:
-            with self._on_device(p.text_encoder, p.text_encoder_2):
-                emb, pooled, _ = p.encode_prompt(
-                    prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length,
-                )
-        return {"prompt_embeds": emb.to(self.model_dtype), "pooled": pooled.to(self.model_dtype)}
+        family = self.model_family
+        with self._on_device(*family.diffusers_text_encoders(self.pipe)):
+            cond = family.diffusers_encode_prompts(self.pipe, list(prompts), self.device, self.options)
+        # Embeddings in the model's dtype; masks and ids keep theirs.
+        return {k: v.to(self.model_dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        dtype = self.model_dtype
-        if self.family == "sd3":
-            out = self.transformer(
-                hidden_states=x.to(dtype),
-                timestep=(t * 1000).to(dtype),
-                encoder_hidden_states=cond["prompt_embeds"],
-                pooled_projections=cond["pooled"],
-                return_dict=False,
-            )[0]
-            return out.float()
-        b, c, h, w = x.shape
-        p = self.pipe
-        packed = p._pack_latents(x.to(dtype), b, c, h, w)
-        img_ids = p._prepare_latent_image_ids(b, h // 2, w // 2, x.device, dtype)
-        txt_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=x.device, dtype=dtype)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((b,), self.flux_guidance, device=x.device, dtype=torch.float32)
-        out = self.transformer(
-            hidden_states=packed, timestep=t.to(dtype), guidance=guidance,
-            pooled_projections=cond["pooled"], encoder_hidden_states=cond["prompt_embeds"],
-            txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-        )[0]
-        f = p.vae_scale_factor
-        return p._unpack_latents(out, h * f, w * f, f).float()
+        out = self.model_family.diffusers_velocity(self.pipe, x.to(self.model_dtype), t, cond, self.options)
+        return out.float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         # No torch.no_grad here: the reward-gradient baselines differentiate through the decoder.
         # Callers that only score run under no_grad themselves.
-        vae = self.pipe.vae
-        sf = vae.config.scaling_factor
-        shift = vae.config.shift_factor or 0.0
-        with self._on_device(vae):
-            images = vae.decode((latents / sf + shift).to(vae.dtype), return_dict=False)[0]
+        with self._on_device(self.pipe.vae):
+            images = self.model_family.diffusers_decode(self.pipe, latents)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
@@ -345,7 +352,7 @@ def lora_to_diffusers_state_dict(pipe, lora_path: str | Path) -> dict[str, torch
     """
     family = pipeline_family(pipe)
     tensors, meta = load_lora(lora_path)
-    check_family(meta, family, lora_path)
+    check_family(meta, family.name, lora_path)
     transformer = pipe.transformer
     names = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
 

@@ -1,0 +1,116 @@
+"""The registry of model families FDFO trains (one module per family, see `base.Family`).
+
+    from fdfo_core.families import get_family, family_for_pipeline, supported_families_text
+    get_family("flux").lora_map            # the family of a LoRA file's `base_model_family`
+    family_for_pipeline("FluxPipeline")    # what the diffusers backend loads
+    family_for_comfy_model(model.model)    # what the ComfyUI backend trains
+
+Adding a family: write `fdfo_core/families/<name>.py` with a `Family` subclass and
+`FAMILY = <Subclass>()`, add the module name to `_FAMILY_MODULES` below, and add its tiny test
+case to `tests/family_cases.py` (see docs/families.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyError, FamilyOptions
+from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart, fused, same_names
+
+#: Family modules, in the order they are listed to users.
+_FAMILY_MODULES = ("sd3", "flux")
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add a family; its name, pipelines and ComfyUI classes must not clash with another's."""
+    for attr in ("name", "title", "lora_map"):
+        if not hasattr(family, attr):
+            raise TypeError(f"family {type(family).__name__} does not declare {attr!r}")
+    if not (family.diffusers_pipelines or family.comfy_models):
+        raise TypeError(f"family {family.name!r} declares neither diffusers_pipelines nor comfy_models")
+    for other in _REGISTRY.values():
+        if other.name == family.name:
+            raise ValueError(f"family {family.name!r} is registered twice")
+        clash = (set(other.diffusers_pipelines) & set(family.diffusers_pipelines)) | (
+            set(other.comfy_models) & set(family.comfy_models))
+        if clash:
+            raise ValueError(f"families {other.name!r} and {family.name!r} both claim {sorted(clash)}")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def _load() -> None:
+    if not _REGISTRY:
+        for module in _FAMILY_MODULES:
+            register(importlib.import_module(f"{__name__}.{module}").FAMILY)
+
+
+def all_families() -> list[Family]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def family_names() -> list[str]:
+    return [f.name for f in all_families()]
+
+
+def get_family(name: str | Family) -> Family:
+    """The family called `name` (a Family passes through); FamilyError lists the known ones."""
+    if isinstance(name, Family):
+        return name
+    _load()
+    if name not in _REGISTRY:
+        raise FamilyError(f"unknown model family {name!r}; supported: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def family_for_pipeline(class_name: str) -> Family | None:
+    """The family that trains diffusers pipeline class `class_name`, or None."""
+    return next((f for f in all_families() if class_name in f.diffusers_pipelines), None)
+
+
+def needs_input(class_name: str) -> tuple[Family, str] | None:
+    """(family, what it needs) for a known image-conditioned pipeline of a family, or None."""
+    for f in all_families():
+        if class_name in f.diffusers_needs_input:
+            return f, f.diffusers_needs_input[class_name]
+    return None
+
+
+def family_for_comfy_model(base: Any) -> Family | None:
+    """The family of a ComfyUI model (`MODEL.model`, matched by its exact class name), or None."""
+    name = type(base).__name__
+    return next((f for f in all_families() if name in f.comfy_models), None)
+
+
+def supported_families_text(backend: str | None = None) -> str:
+    """One line per supported family, for error messages: "SD3 / SD3.5 [sd3]: StableDiffusion3Pipeline".
+
+    backend: "diffusers" lists pipeline classes, "comfyui" ComfyUI model classes, None both.
+    """
+    lines = []
+    for f in all_families():
+        kinds = []
+        if backend in (None, "diffusers") and f.diffusers_pipelines:
+            kinds.append("diffusers " + " / ".join(f.diffusers_pipelines))
+        if backend in (None, "comfyui") and f.comfy_models:
+            kinds.append("ComfyUI " + " / ".join(f.comfy_models))
+        if kinds:
+            lines.append(f"{f.describe()}: {'; '.join(kinds)}")
+    return "; ".join(lines)
+
+
+def family_presets() -> dict[str, dict[str, Any]]:
+    """{preset name: config changes} with one preset per family."""
+    return {(f.preset_name or f.name): dict(f.preset) for f in all_families()}
+
+
+__all__ = [
+    "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
+    "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "family_for_comfy_model", "family_for_pipeline",
+    "family_names", "family_presets", "fused", "get_family", "needs_input", "register", "same_names",
+    "supported_families_text",
+]

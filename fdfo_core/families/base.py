@@ -1,0 +1,193 @@
+"""What a model family is: the one place that knows a flow model's quirks.
+
+A family module (`fdfo_core/families/<name>.py`) subclasses `Family`, fills in the declarations
+and overrides the few hooks where it differs from the defaults, and registers one instance
+(`fdfo_core.families.register`). The backends, sampler and trainer never branch on a family:
+
+- the diffusers backend calls the `diffusers_*` hooks with the pipeline (latent shape, time grid,
+  prompt encoding, the velocity call, decoding) and `lora_map` to write ComfyUI-native LoRA files;
+- the ComfyUI backend lets ComfyUI run the model (velocity, latent format, conditioning and time
+  grid come from the MODEL) and uses the family for recognition, `lora_map` (which row slices of
+  which linears get a LoRA), `comfy_check` (refusals) and `comfy_conditioning` (defaults a
+  conditioning may lack, e.g. Flux's guidance value).
+
+Nothing here imports diffusers or ComfyUI at module level: `fdfo_core` is imported inside ComfyUI,
+whose environment may have no diffusers; hooks import what they need when called.
+
+Conventions shared by every hook (the core's, see `fdfo_core.backend.FlowBackend`):
+- latents are float [B, C, h, w] in the model's latent space (after the VAE's scaling / shift),
+  unpacked; a model that works on packed tokens or video latents [B, C, T, h, w] (T = 1) converts
+  inside `diffusers_velocity` and `diffusers_decode`;
+- flow time t in [0, 1], x_t = (1 - t) x_0 + t * noise, velocity v = noise - x_0 (rectified flow,
+  Liu et al. 2022 / Esser et al. 2024 eq. 2-3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+
+from .lora_map import LoraMap, PlannedPart
+
+#: The attention projections of an MMDiT-style block in diffusers' names.
+MMDIT_ATTENTION_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+)
+
+
+class FamilyError(RuntimeError):
+    """A model cannot be used as this family (wrong variant, missing input); says what to do."""
+
+
+@dataclass(frozen=True)
+class FamilyOptions:
+    """Run-time settings a family's velocity or prompt encoding reads.
+
+    max_sequence_length: text tokens per prompt for the long text encoder (T5 / LLM), or None for
+        the family's default.
+    guidance: value of a guidance-distilled model's guidance embedding (Flux.1 dev: 3.5), or None
+        for the family's default; models without a guidance embedding ignore it.
+    """
+
+    max_sequence_length: int | None = None
+    guidance: float | None = None
+
+
+class Family:
+    """Base class of model families; subclasses set the class attributes and override hooks.
+
+    Required declarations: `name`, `title`, `lora_map`, and at least one of
+    `diffusers_pipelines` / `comfy_models`.
+    """
+
+    # --- identity (never rename `name`: it is written into LoRA files and checkpoints) ---------
+    name: ClassVar[str]
+    #: Human name with variants, for messages and docs ("Flux.1 (dev, schnell, Kontext)").
+    title: ClassVar[str]
+
+    # --- recognition --------------------------------------------------------------------------
+    #: diffusers pipeline classes trained as this family (text-to-image use).
+    diffusers_pipelines: ClassVar[tuple[str, ...]] = ()
+    #: diffusers transformer classes of this family (checked against `pipe.transformer`).
+    diffusers_transformers: ClassVar[tuple[str, ...]] = ()
+    #: ComfyUI `comfy.model_base` classes (exact class name of `MODEL.model`).
+    comfy_models: ClassVar[tuple[str, ...]] = ()
+    #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
+    #: class name -> what it needs. They are refused with this reason.
+    diffusers_needs_input: ClassVar[Mapping[str, str]] = {}
+
+    # --- latents ------------------------------------------------------------------------------
+    #: ComfyUI runs the model on video latents [B, C, T, h, w]; FDFO trains it with T = 1.
+    comfy_video_latents: ClassVar[bool] = False
+
+    # --- LoRA ---------------------------------------------------------------------------------
+    lora_map: ClassVar[LoraMap]
+    #: Default LoRA targets (diffusers module-name suffixes, peft's rule).
+    lora_targets: ClassVar[tuple[str, ...]] = MMDIT_ATTENTION_TARGETS
+    #: A frozen diffusers module whose weights identify the base model in fingerprints.
+    fingerprint_module: ClassVar[str] = "proj_out"
+
+    # --- settings -----------------------------------------------------------------------------
+    #: Default text tokens per prompt for the long text encoder.
+    max_sequence_length: ClassVar[int] = 512
+    #: Default guidance-embedding value for guidance-distilled variants (None: no such input).
+    guidance: ClassVar[float | None] = None
+    #: Hyperparameter preset (`fdfo train --preset <preset_name>`): changes to FDFOConfig's defaults.
+    preset: ClassVar[Mapping[str, Any]] = {}
+    #: Name of the preset (default: the family name).
+    preset_name: ClassVar[str | None] = None
+    #: One line of VRAM guidance for docs and messages.
+    vram: ClassVar[str] = ""
+
+    # --- derived ------------------------------------------------------------------------------
+
+    def options(self, options: FamilyOptions | None = None) -> FamilyOptions:
+        """`options` with the family's defaults filled in."""
+        options = options or FamilyOptions()
+        return FamilyOptions(
+            max_sequence_length=options.max_sequence_length or self.max_sequence_length,
+            guidance=self.guidance if options.guidance is None else float(options.guidance),
+        )
+
+    def describe(self) -> str:
+        """"Flux.1 (dev, schnell, Kontext) [flux]" for lists of supported families."""
+        return f"{self.title} [{self.name}]"
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+    # --- diffusers hooks ----------------------------------------------------------------------
+
+    def diffusers_check(self, pipe) -> None:
+        """Raise FamilyError if this pipeline cannot be trained as this family (default: checks
+        the transformer class when `diffusers_transformers` is set)."""
+        if self.diffusers_transformers:
+            name = type(pipe.transformer).__name__
+            if name not in self.diffusers_transformers:
+                raise FamilyError(
+                    f"{type(pipe).__name__} has a {name} transformer; {self.title} expects "
+                    f"{' or '.join(self.diffusers_transformers)}"
+                )
+
+    def diffusers_text_encoders(self, pipe) -> list[torch.nn.Module]:
+        """Modules `diffusers_encode_prompts` uses (moved to the device around encoding when the
+        backend offloads). Default: every `text_encoder*` component."""
+        return [m for n, m in sorted(pipe.components.items()) if n.startswith("text_encoder") and m is not None]
+
+    def diffusers_latent_shape(self, pipe, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the unpacked latent of a height x width image. Default: the VAE's
+        downscaling of a transformer whose in_channels are the latent channels."""
+        f = pipe.vae_scale_factor
+        return (pipe.transformer.config.in_channels, height // f, width // f)
+
+    def diffusers_image_seq_len(self, pipe, height: int, width: int) -> int:
+        """Image tokens the transformer sees (for resolution-dependent shift): 2x2 patches."""
+        _, h, w = self.diffusers_latent_shape(pipe, height, width)
+        return (h // 2) * (w // 2)
+
+    def diffusers_sigmas(self, pipe, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """float32 [num_steps + 1] flow times from the pipeline's scheduler, as its pipeline
+        computes them. Default (Flux-style pipelines): sigmas linspace(1, 1/n, n), shifted by
+        the scheduler, with the resolution-dependent mu when the scheduler has dynamic shifting."""
+        from .common import scheduler_sigmas
+
+        return scheduler_sigmas(pipe.scheduler, num_steps, self.diffusers_image_seq_len(pipe, height, width),
+                                explicit_linspace=True)
+
+    def diffusers_encode_prompts(self, pipe, prompts: list[str], device: torch.device,
+                                 options: FamilyOptions) -> dict[str, torch.Tensor]:
+        """Conditioning for each prompt: a dict of batch-first tensors whose non-batch shapes do
+        not depend on the prompt (so rows of separate calls concatenate), on `device`."""
+        raise NotImplementedError(f"{self.name}: diffusers prompt encoding is not implemented")
+
+    def diffusers_velocity(self, pipe, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor],
+                           options: FamilyOptions) -> torch.Tensor:
+        """v(x, t): x [B, C, h, w] latents in the model's dtype, t [B] float32 flow times in
+        (0, 1]; returns [B, C, h, w] (any float dtype)."""
+        raise NotImplementedError(f"{self.name}: the diffusers velocity call is not implemented")
+
+    def diffusers_decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] from [B, C, h, w] latents (gradients flow through).
+        Default: SD3 / Flux VAEs, raw = latents / scaling_factor + shift_factor."""
+        vae = pipe.vae
+        sf = vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode((latents / sf + shift).to(vae.dtype), return_dict=False)[0]
+
+    # --- ComfyUI hooks (duck-typed ComfyUI objects; no comfy import) ---------------------------
+
+    def comfy_check(self, base) -> None:
+        """Raise FamilyError if this ComfyUI model (`MODEL.model`) cannot be trained text-to-image
+        as this family (e.g. an inpainting variant). Default: nothing to check."""
+
+    def comfy_conditioning(self, extras: dict[str, Any], options: FamilyOptions) -> dict[str, Any]:
+        """Conditioning extras (`[[cond, extras]]`) with defaults the family needs; default: as is."""
+        return extras
+
+    def comfy_lora_plan(self, linears: Mapping[str, tuple[int, int]], targets: Sequence[str]) -> list[PlannedPart]:
+        """The row slices of a ComfyUI model's linears that get a LoRA for `targets` (diffusers
+        names). linears: {name inside diffusion_model: (in_features, out_features)}. Default: the
+        family's `lora_map`, so both backends train the same projections and write the same file."""
+        return self.lora_map.comfy_plan(linears, targets)

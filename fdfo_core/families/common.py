@@ -1,0 +1,55 @@
+"""Small pieces several families share: the flow-matching time grid and 2x2 latent packing."""
+
+from __future__ import annotations
+
+import torch
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Resolution-dependent shift mu: linear in the number of image tokens from
+    (base_seq_len, base_shift) to (max_seq_len, max_shift) (Flux.1; Esser et al. 2024, sec. 5.3.2).
+    The scheduler then uses t' = e^mu / (e^mu + (1 / t - 1))."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_linspace: bool,
+                     max_shift_default: float = 1.15) -> torch.Tensor:
+    """float32 [num_steps + 1] flow times of a diffusers FlowMatchEulerDiscreteScheduler as a
+    pipeline sets them: a fresh copy of `scheduler` (its state is never touched), sigmas
+    linspace(1, 1/n, n) when `explicit_linspace` (Flux / Qwen-Image pipelines) or the scheduler's
+    own grid (SD3 pipelines), shifted, with mu from `image_seq_len` when the scheduler has dynamic
+    shifting. Ends with 0."""
+    import numpy as np
+
+    fresh = type(scheduler).from_config(scheduler.config)
+    conf = fresh.config
+    kwargs = {}
+    if conf.get("use_dynamic_shifting", False):
+        kwargs["mu"] = calculate_shift(image_seq_len, conf.get("base_image_seq_len", 256),
+                                       conf.get("max_image_seq_len", 4096), conf.get("base_shift", 0.5),
+                                       conf.get("max_shift", max_shift_default))
+    if explicit_linspace:
+        fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), **kwargs)
+    else:
+        fresh.set_timesteps(num_steps, **kwargs)
+    return fresh.sigmas.float().cpu()
+
+
+def pack_2x2(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens of 2x2 patches, row-major, channels
+    outermost within a patch (diffusers' Flux / Qwen-Image `_pack_latents`)."""
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"2x2 packing needs even latent sizes, got {h}x{w}")
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_2x2(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of `pack_2x2`: [B, (h/2)(w/2), 4C] -> [B, C, h, w]."""
+    b, n, d = tokens.shape
+    c = d // 4
+    x = tokens.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)

@@ -1,0 +1,111 @@
+"""Flux.1 (dev, schnell, Kontext used for text-to-image): 16-channel latents packed into 2x2
+patch tokens, CLIP-L pooled + T5 tokens, RoPE position ids, optional guidance embedding.
+
+diffusers: `FluxPipeline` / `FluxKontextPipeline` with `FluxTransformer2DModel`; timestep = t
+(the model scales by 1000 inside), `img_ids` = (0, row, col) per patch, `txt_ids` = 0, guidance
+embedding (dev, Kontext) = the distilled guidance value. The time grid is linspace(1, 1/n, n)
+shifted by a resolution-dependent mu (dev) or not at all (schnell).
+ComfyUI: `comfy.model_base.Flux` (double blocks with fused `qkv`; single blocks with `linear1` =
+[q, k, v, mlp_in] and `linear2` = proj_out). Fill / Depth / Canny variants (image channels
+concatenated to the latent) need an input image and are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family, FamilyError, FamilyOptions
+from .common import pack_2x2, unpack_2x2
+from .lora_map import LoraMap, fused
+
+
+def _single_block_rows(in_features: int, out_features: int) -> list[int]:
+    # linear1 = [q, k, v (hidden each), mlp_in (the rest)]; hidden = in_features.
+    return [in_features, in_features, in_features, out_features - 3 * in_features]
+
+
+def _flux_map() -> LoraMap:
+    d, c = "transformer_blocks.{i}.", "double_blocks.{i}."
+    ds, cs = "single_transformer_blocks.{i}.", "single_blocks.{i}."
+    return LoraMap((
+        fused(c + "img_attn.qkv", d + "attn.", ("to_q", "to_k", "to_v")),
+        fused(c + "img_attn.proj", d + "attn.", ("to_out.0",)),
+        fused(c + "txt_attn.qkv", d + "attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
+        fused(c + "txt_attn.proj", d + "attn.", ("to_add_out",)),
+        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=_single_block_rows),
+        fused(cs + "linear2", ds, ("proj_out",)),
+    ))
+
+
+class Flux(Family):
+    name = "flux"
+    title = "Flux.1 (dev, schnell, Kontext for text-to-image)"
+    diffusers_pipelines = ("FluxPipeline", "FluxKontextPipeline")
+    diffusers_transformers = ("FluxTransformer2DModel",)
+    comfy_models = ("Flux",)
+    diffusers_needs_input = {
+        "FluxImg2ImgPipeline": "an input image",
+        "FluxInpaintPipeline": "an input image and a mask",
+        "FluxFillPipeline": "an input image and a mask (Flux.1 Fill)",
+        "FluxControlPipeline": "a control image (Flux.1 Depth / Canny)",
+        "FluxControlNetPipeline": "a control image",
+        "FluxKontextInpaintPipeline": "an input image and a mask",
+        "FluxPriorReduxPipeline": "an input image (Redux)",
+    }
+    lora_map = _flux_map()
+    max_sequence_length = 512
+    guidance = 3.5
+    preset_name = "flux"
+    # 1024 px is Flux's native size; the guidance-distilled dev model samples without CFG.
+    preset = {"height": 1024, "width": 1024, "num_steps": 28}
+    vram = "Flux.1 dev at 1024 px: ~48 GB in bf16 with gradient checkpointing and storage_device=cpu; 512 px: ~32 GB"
+
+    def diffusers_latent_shape(self, pipe, height, width):
+        f = pipe.vae_scale_factor
+        return (pipe.transformer.config.in_channels // 4, 2 * (height // (f * 2)), 2 * (width // (f * 2)))
+
+    def diffusers_encode_prompts(self, pipe, prompts, device, options: FamilyOptions):
+        emb, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=device, max_sequence_length=options.max_sequence_length,
+        )
+        return {"prompt_embeds": emb, "pooled": pooled}
+
+    def diffusers_velocity(self, pipe, x, t, cond, options):
+        b, c, h, w = x.shape
+        dtype, device = x.dtype, x.device
+        # RoPE position ids (channel, row, col) per 2x2 patch, as FluxPipeline._prepare_latent_image_ids.
+        img_ids = torch.zeros(h // 2, w // 2, 3)
+        img_ids[..., 1] = torch.arange(h // 2)[:, None]
+        img_ids[..., 2] = torch.arange(w // 2)[None, :]
+        img_ids = img_ids.reshape(-1, 3).to(device=device, dtype=dtype)
+        txt_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            guidance = torch.full((b,), options.guidance, device=device, dtype=torch.float32)
+        out = pipe.transformer(
+            hidden_states=pack_2x2(x), timestep=t.to(dtype), guidance=guidance,
+            pooled_projections=cond["pooled"], encoder_hidden_states=cond["prompt_embeds"],
+            txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
+        )[0]
+        return unpack_2x2(out, h, w)
+
+    def comfy_check(self, base) -> None:
+        dm = base.diffusion_model
+        patch = getattr(dm, "patch_size", 2)
+        channels = dm.img_in.weight.shape[1] // (patch * patch)
+        out_channels = int(dm.out_channels) // (patch * patch)  # ComfyUI stores both per patch
+        if channels > out_channels:
+            kind = "Fill (inpainting)" if channels > 2 * out_channels else "Depth / Canny (control)"
+            raise FamilyError(
+                f"this Flux model takes {channels} input channels ({out_channels} latent + image channels): it is a "
+                f"Flux.1 {kind} model, which needs an input image on every step. FDFO trains text-to-image; load "
+                "Flux.1 dev, schnell or Kontext instead."
+            )
+
+    def comfy_conditioning(self, extras, options):
+        if "guidance" not in extras and options.guidance is not None:
+            extras = {**extras, "guidance": options.guidance}
+        return extras
+
+
+FAMILY = Flux()

@@ -1,0 +1,73 @@
+"""SD3 / SD3.5 (Medium, Large, Large Turbo): MMDiT, 16-channel latents, CLIP-L + CLIP-G (+ T5).
+
+diffusers: `StableDiffusion3Pipeline` with `SD3Transformer2DModel`; the transformer takes unpacked
+latents [B, 16, h, w], timestep = 1000 t, token embeddings and the pooled CLIP embedding.
+ComfyUI: `comfy.model_base.SD3` (MMDiT with fused `qkv` per joint block). SD3.5 Medium adds a
+second self-attention on the image stream in its first blocks (diffusers `attn2`, ComfyUI
+`x_block.attn2`) and RMS q/k-norm; both are covered by the same map.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family, FamilyOptions
+from .common import scheduler_sigmas
+from .lora_map import LoraMap, fused
+
+
+def _joint_block_map() -> LoraMap:
+    d, c = "transformer_blocks.{i}.", "joint_blocks.{i}."
+    return LoraMap((
+        fused(c + "x_block.attn.qkv", d + "attn.", ("to_q", "to_k", "to_v")),
+        fused(c + "x_block.attn.proj", d + "attn.", ("to_out.0",)),
+        fused(c + "context_block.attn.qkv", d + "attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
+        fused(c + "context_block.attn.proj", d + "attn.", ("to_add_out",)),
+        # SD3.5 Medium's dual attention (MMDiT-X): the image stream's second self-attention.
+        fused(c + "x_block.attn2.qkv", d + "attn2.", ("to_q", "to_k", "to_v")),
+        fused(c + "x_block.attn2.proj", d + "attn2.", ("to_out.0",)),
+    ))
+
+
+class SD3(Family):
+    name = "sd3"
+    title = "SD3 / SD3.5 (Medium, Large, Turbo)"
+    diffusers_pipelines = ("StableDiffusion3Pipeline",)
+    diffusers_transformers = ("SD3Transformer2DModel",)
+    comfy_models = ("SD3",)
+    diffusers_needs_input = {
+        "StableDiffusion3Img2ImgPipeline": "an input image",
+        "StableDiffusion3InpaintPipeline": "an input image and a mask",
+        "StableDiffusion3ControlNetPipeline": "a control image",
+        "StableDiffusion3ControlNetInpaintingPipeline": "a control image and a mask",
+    }
+    lora_map = _joint_block_map()
+    max_sequence_length = 256
+    preset_name = "sd35-medium"
+    # The published FDFO recipe (the FDFOConfig defaults) is for SD3.5 Medium at 512 px.
+    preset = {}
+    vram = "SD3.5 Medium at 512 px: ~24 GB in bf16; Large: ~48 GB with gradient checkpointing and storage_device=cpu"
+
+    def diffusers_sigmas(self, pipe, num_steps: int, height: int, width: int) -> torch.Tensor:
+        # StableDiffusion3Pipeline lets the scheduler make its own grid (no explicit sigmas).
+        return scheduler_sigmas(pipe.scheduler, num_steps, self.diffusers_image_seq_len(pipe, height, width),
+                                explicit_linspace=False, max_shift_default=1.16)
+
+    def diffusers_encode_prompts(self, pipe, prompts, device, options: FamilyOptions):
+        emb, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=device,
+            do_classifier_free_guidance=False, max_sequence_length=options.max_sequence_length,
+        )
+        return {"prompt_embeds": emb, "pooled": pooled}
+
+    def diffusers_velocity(self, pipe, x, t, cond, options):
+        return pipe.transformer(
+            hidden_states=x,
+            timestep=(t * 1000).to(x.dtype),
+            encoder_hidden_states=cond["prompt_embeds"],
+            pooled_projections=cond["pooled"],
+            return_dict=False,
+        )[0]
+
+
+FAMILY = SD3()
