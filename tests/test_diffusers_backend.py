@@ -12,7 +12,6 @@ from fdfo_core.backends.diffusers_backend import (
     load_pipeline,
 )
 from fdfo_core.config import load_config
-from fdfo_core.generation import generate_images
 from fdfo_core.lora_files import LoraFileError, load_lora
 from fdfo_core.rewards import build_reward
 from fdfo_core.trainer import Callbacks, FDFOTrainer
@@ -40,28 +39,6 @@ def perturb_lora(backend, seed=0):
     with torch.no_grad():
         for p in backend.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def test_reward_on_held_out_seeds_rises_above_epoch_0(tmp_path):
-    """A few epochs of FDFO with mean brightness as the reward make held-out images brighter."""
-    backend = make_backend("sd3", tmp_path)
-    reward = build_reward("brightness")
-    cfg = tiny_config(epochs=10, pairs_per_epoch=32, num_steps=8, sample_batch_size=16, churn_strength=0.02, lora_rank=8, lora_alpha=16.0)
-    backend.config = cfg
-    prompts = [PROMPTS[i % 3] for i in range(48)]
-    seeds = list(range(10_000, 10_048))  # never used in training (pair noise comes from derived seeds)
-
-    def held_out():
-        return reward(generate_images(backend, prompts, seeds, cfg.num_steps, 64, 64), prompts)
-
-    before = held_out()
-    FDFOTrainer(backend, reward, PROMPTS, cfg, callbacks=Callbacks(log=None)).train()
-    after = held_out()
-    diff = after - before
-    t_stat = float(diff.mean() / (diff.std() / len(diff) ** 0.5))
-    print(f"held-out brightness {before.mean():.5f} -> {after.mean():.5f} (paired t = {t_stat:.1f})")
-    assert after.mean() > before.mean()
-    assert t_stat > 3
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])

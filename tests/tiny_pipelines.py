@@ -73,16 +73,20 @@ def tiny_clip(seed: int, vocab_size: int, projection: bool = True):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
-def tiny_sd3_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
-    """StableDiffusion3Pipeline at 64x64 px (8x8 latents), no T5."""
+def tiny_sd3_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, head_dim: int = 16, heads: int = 2,
+                      dual_attention_layers: tuple[int, ...] = (), qk_norm: str | None = None):
+    """StableDiffusion3Pipeline at 64x64 px (8x8 latents), no T5. ComfyUI's converter of diffusers
+    SD3 weights needs hidden = 64 x depth (head_dim 64, heads = num_layers); SD3.5 Medium has dual
+    attention in its first blocks and RMS q/k-norm."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tok = tiny_clip_tokenizer(tmp / "tok")
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=16, num_layers=num_layers, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32,
+        sample_size=8, patch_size=2, in_channels=16, num_layers=num_layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=32, caption_projection_dim=head_dim * heads,
         pooled_projection_dim=32, out_channels=16, pos_embed_max_size=16,
+        dual_attention_layers=tuple(dual_attention_layers), qk_norm=qk_norm,
     )
     _reinit(transformer, seed)
     return StableDiffusion3Pipeline(
@@ -94,9 +98,11 @@ def tiny_sd3_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
     )
 
 
-def tiny_flux_pipeline(tmp: Path, seed: int = 0):
-    """FluxPipeline at 64x64 px (8x8 latents, 16 packed tokens) with a guidance embedding."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def tiny_flux_pipeline(tmp: Path, seed: int = 0, guidance_embeds: bool = True, pipeline: str = "FluxPipeline"):
+    """FluxPipeline at 64x64 px (8x8 latents, 16 packed tokens): dev (guidance embedding, dynamic
+    shift), schnell (guidance_embeds=False, no shift) or Kontext (pipeline="FluxKontextPipeline")."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tok = tiny_clip_tokenizer(tmp / "tok")
@@ -104,16 +110,19 @@ def tiny_flux_pipeline(tmp: Path, seed: int = 0):
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-        guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+        guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4),
     )
     _reinit(transformer, seed)
     torch.manual_seed(seed + 2)
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
-    return FluxPipeline(
+    if guidance_embeds:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )
+    else:  # schnell's scheduler: no shift
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    return getattr(diffusers, pipeline)(
         scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1),
         text_encoder=tiny_clip(seed + 3, len(tok), projection=False), tokenizer=tok,
         text_encoder_2=t5, tokenizer_2=tok, transformer=transformer.eval(),

@@ -1,0 +1,123 @@
+"""One tiny test case per model-family variant, for the shared family harness.
+
+`tests/test_families.py` runs every check on every case (CPU, random weights, nothing
+downloaded); `tests/comfy_scripts/families_in_comfyui.py` runs the ComfyUI half with ComfyUI's
+interpreter. Adding a family to the harness = one `FamilyCase` below:
+
+    FamilyCase("my-family", "my_family", pipeline=tiny_my_pipeline, comfy=my_comfy_model)
+
+- `pipeline(tmp, seed)` builds the family's diffusers pipeline from configs with random weights
+  at a generous init (`tiny_pipelines._reinit`: std 1 / sqrt(fan_in); with the library's 0.02 a
+  LoRA barely moves the output) and 64x64 images;
+- `comfy(config, state_dict)` (runs inside ComfyUI, may import `comfy`) builds the same
+  transformer as a ComfyUI MODEL from the diffusers config and weights, the way ComfyUI loads a
+  diffusers-format checkpoint (its own key converter), or None when ComfyUI has no such model;
+- `comfy_conditioning(row)` turns one prompt's diffusers conditioning into ComfyUI's
+  `(cross_attn, extras)` (default: token embeddings + pooled output, SD3 / Flux).
+Only torch is imported here, so ComfyUI's python (without diffusers) can import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
+
+
+def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """SD3 / Flux: the token embeddings are ComfyUI's cross_attn, the pooled CLIP embedding its
+    pooled_output."""
+    return row["prompt_embeds"], {"pooled_output": row["pooled"]}
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    id: str  # test id, e.g. "flux-schnell"
+    family: str  # registered family name
+    pipeline: Callable[[Path, int], Any]  # (tmp folder, seed) -> tiny diffusers pipeline
+    comfy: Callable[[dict, dict], Any] | None = None  # (transformer config, diffusers state dict) -> ModelPatcher
+    comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
+    #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
+    pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    max_sequence_length: int = 8
+    size: int = 64  # image height = width in pixels
+    #: This case runs the (slower) training test of its family ...
+    train: bool = False
+    #: ... with these changes to the harness's training config (epochs, churn, ...) ...
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast).
+    train_pipeline: Callable[[Path, int], Any] | None = None
+
+
+# --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
+
+
+def comfy_model(model_class: str, unet_config: dict, state_dict: dict):
+    """A ComfyUI MODEL of `comfy.supported_models.<model_class>` with this unet_config and
+    ComfyUI-native weights, fp32 on the CPU (for models whose loader hard-codes widths)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, model_class)(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    missing, unexpected = base.diffusion_model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"ComfyUI {model_class}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def comfy_sd3(config: dict, state_dict: dict):
+    """SD3 / SD3.5: ComfyUI's own loader detects a diffusers MMDiT (UNETLoader's path)."""
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model_state_dict(dict(state_dict), model_options={"dtype": torch.float32})
+
+
+def comfy_flux(config: dict, state_dict: dict):
+    """Flux.1: ComfyUI's converter of diffusers Flux keys, the Flux (dev / Kontext) or FluxSchnell
+    class with the tiny config (UNETLoader's detector hard-codes hidden 3072)."""
+    from comfy.model_detection import convert_diffusers_mmdit
+
+    native = convert_diffusers_mmdit(dict(state_dict), "")
+    unet = {
+        "image_model": "flux", "in_channels": config["in_channels"] // 4,
+        "out_channels": (config["out_channels"] or config["in_channels"]) // 4,
+        "vec_in_dim": config["pooled_projection_dim"], "context_in_dim": config["joint_attention_dim"],
+        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": 4.0,
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": config["guidance_embeds"],
+    }
+    return comfy_model("Flux" if config["guidance_embeds"] else "FluxSchnell", unet, native)
+
+
+def flux_kwargs(options) -> dict[str, Any]:
+    return {"guidance_scale": options.guidance}
+
+
+# --- the cases -------------------------------------------------------------------------------------
+
+CASES = [
+    # hidden = 64 x depth so that ComfyUI's loader detects it
+    FamilyCase("sd3", "sd3", lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2),
+               comfy=comfy_sd3, train=True, train_pipeline=lambda tmp, seed: tiny_sd3_pipeline(tmp, seed),
+               train_overrides={"epochs": 6, "churn_strength": 0.1}),
+    FamilyCase("sd35-medium", "sd3",
+               lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2,
+                                                   dual_attention_layers=(0,), qk_norm="rms_norm"),
+               comfy=comfy_sd3),
+    FamilyCase("flux-dev", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed), comfy=comfy_flux,
+               pipeline_kwargs=flux_kwargs, train=True, train_overrides={"epochs": 16, "churn_strength": 0.02}),
+    FamilyCase("flux-schnell", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed, guidance_embeds=False),
+               comfy=comfy_flux, pipeline_kwargs=flux_kwargs),
+    # Kontext's pipeline sizes its output to max_area (default 1024^2), whatever height / width say.
+    FamilyCase("flux-kontext", "flux",
+               lambda tmp, seed: tiny_flux_pipeline(tmp, seed, pipeline="FluxKontextPipeline"), comfy=comfy_flux,
+               pipeline_kwargs=lambda options: {**flux_kwargs(options), "max_area": 64 * 64}),
+]
+CASES_BY_ID = {c.id: c for c in CASES}

@@ -1,0 +1,211 @@
+"""The shared per-family checks (diffusers side, project venv); see tests/test_families.py.
+
+Every function takes a `family_cases.FamilyCase` and a temporary folder, builds the case's tiny
+pipeline and returns figures; the tests assert on them. The ComfyUI half lives in
+tests/comfy_scripts/families_in_comfyui.py and exchanges files with `prepare_comfy_inputs` /
+`check_comfy_lora_in_diffusers`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from fdfo_core.backends.diffusers_backend import ADAPTER, DiffusersBackend, load_lora_into_pipeline, lora_to_diffusers_state_dict
+from fdfo_core.config import load_config
+from fdfo_core.families import LoraMap, LoraModule, get_family
+from fdfo_core.generation import generate_images
+from fdfo_core.lora_files import fuse_lora, load_lora, save_lora
+from fdfo_core.rewards import build_reward
+from fdfo_core.trainer import Callbacks, FDFOTrainer
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
+
+
+def tiny_config(case, **over):
+    values = dict(epochs=1, pairs_per_epoch=4, num_steps=4, sample_batch_size=4, train_batch_size=32,
+                  lora_rank=4, lora_alpha=8.0, checkpoint_every=0, lr=1e-2, height=case.size, width=case.size)
+    values.update(over)
+    return load_config("toy", overrides=values)
+
+
+def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipeline=None, **over) -> DiffusersBackend:
+    pipe = (pipeline or case.pipeline)(tmp, seed)
+    return DiffusersBackend(pipe, tiny_config(case, **over), max_sequence_length=case.max_sequence_length,
+                            add_adapter=add_adapter)
+
+
+def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:
+    """Random LoRA factors: every row of every up matrix nonzero, so a misplaced slice shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in backend.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Latents, flow times and conditioning for velocity comparisons (one row per prompt)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(PROMPTS), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
+    t = torch.tensor([0.9, 0.5, 0.1])
+    return x, t, backend.encode_prompts(PROMPTS)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def check_matches_pipeline(case, tmp: Path, num_steps: int = 4) -> dict[str, float]:
+    """The family's latent layout, time grid, prompt encoding, velocity call and decoding against the
+    diffusers pipeline's own __call__ (same seeds, no CFG): the images must agree."""
+    backend = make_backend(case, tmp, add_adapter=False)
+    pipe, seeds = backend.pipe, [11, 12]
+    ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size)
+    kwargs = dict(prompt=PROMPTS[:2], num_inference_steps=num_steps, height=case.size, width=case.size,
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
+                  max_sequence_length=case.max_sequence_length)
+    kwargs.update(case.pipeline_kwargs(backend.options))
+    with torch.no_grad():
+        theirs = pipe(**kwargs).images.float().clamp(0, 1)
+    return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std())}
+
+
+def check_lora_round_trip(case, tmp: Path) -> dict[str, Any]:
+    """A LoRA file saved by the trainer loads into a fresh pipeline (diffusers' own loader, and an
+    explicit merge W + B A of the file's factors into the base weights) with identical velocities."""
+    backend = make_backend(case, tmp)
+    perturb_lora(backend)
+    trainer = FDFOTrainer(backend, build_reward("brightness"), PROMPTS, backend.config, callbacks=Callbacks(log=None))
+    path = trainer.save_lora(tmp / "lora.safetensors")
+    tensors, meta = load_lora(path)
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v_hot = backend.velocity(x, t, cond)
+        with backend.adapter_disabled():
+            v_base = backend.velocity(x, t, cond)
+
+    loaded = make_backend(case, tmp, add_adapter=False)
+    load_lora_into_pipeline(loaded.pipe, path)
+    merged = make_backend(case, tmp, add_adapter=False)
+    sd = lora_to_diffusers_state_dict(merged.pipe, path)  # scale folded into B
+    with torch.no_grad():
+        for key, a in sd.items():
+            if key.endswith(".lora_A.weight"):
+                module = key[len("transformer."):-len(".lora_A.weight")]
+                b = sd[key.replace(".lora_A.", ".lora_B.")]
+                merged.transformer.get_submodule(module).weight.add_(b @ a)
+        v_loaded = loaded.velocity(x, t, cond)
+        v_merged = merged.velocity(x, t, cond)
+    return {
+        "family": meta["base_model_family"], "keys": sorted(tensors), "alphas": sum(k.endswith(".alpha") for k in tensors),
+        "lora_effect": relative(v_hot, v_base), "loaded_vs_hot": relative(v_loaded, v_hot),
+        "merged_vs_hot": relative(v_merged, v_hot), "lora_modules": len(list(backend.lora_layers())),
+    }
+
+
+def check_both_directions_agree(case, tmp: Path) -> dict[str, Any]:
+    """The family's LoRA map read both ways: the ComfyUI plan for the linears the diffusers modules
+    fuse into selects exactly the peft-adapted projections, at the same rows."""
+    backend = make_backend(case, tmp)
+    family = backend.model_family
+    from_diffusers, linears = set(), {}
+    for name, layer in backend.lora_layers():
+        part = family.lora_map.to_comfy(name, backend._out_features)
+        from_diffusers.add((name, part.comfy_module, part.offset, part.rows))
+        linears[part.comfy_module] = (layer.base_layer.in_features, part.fused_rows)
+    plan = family.comfy_lora_plan(linears, tuple(backend.config.lora_targets))
+    from_comfy = {(p.name, p.comfy_module, p.offset, p.rows) for p in plan}
+    return {"diffusers_only": sorted(from_diffusers - from_comfy), "comfy_only": sorted(from_comfy - from_diffusers),
+            "parts": len(from_diffusers)}
+
+
+def check_training(case, tmp: Path) -> dict[str, float]:
+    """A few FDFO epochs with mean brightness as the reward make held-out images brighter."""
+    over = dict(epochs=8, pairs_per_epoch=32, num_steps=8, sample_batch_size=16, churn_strength=0.02,
+                lora_rank=8, lora_alpha=16.0)
+    over.update(case.train_overrides)
+    backend = make_backend(case, tmp, pipeline=case.train_pipeline, **over)
+    cfg, reward = backend.config, build_reward("brightness")
+    prompts = [PROMPTS[i % 3] for i in range(32)]
+    seeds = list(range(10_000, 10_032))  # never used in training (pair noise comes from derived seeds)
+
+    def held_out():
+        with torch.no_grad():
+            return reward(generate_images(backend, prompts, seeds, cfg.num_steps, cfg.height, cfg.width), prompts)
+
+    before = held_out()
+    FDFOTrainer(backend, reward, PROMPTS, cfg, callbacks=Callbacks(log=None)).train()
+    diff = held_out() - before
+    return {"before": float(before.mean()), "gain": float(diff.mean()),
+            "t_stat": float(diff.mean() / (diff.std() / len(diff) ** 0.5))}
+
+
+# --- the ComfyUI half: files both interpreters read ------------------------------------------------
+
+
+def corrupted_map(lora_map: LoraMap) -> LoraMap:
+    """The same map with each fused module's parts rotated (q -> k -> v -> q) and, where a module
+    has one part, its ComfyUI target swapped with the next single-part module's: a plausible
+    wrong mapping that the ComfyUI checks must catch."""
+    modules = list(lora_map.modules)
+    single = [i for i, m in enumerate(modules) if len(m.diffusers) == 1]
+    out = []
+    for i, m in enumerate(modules):
+        if len(m.diffusers) > 1:
+            out.append(LoraModule(m.comfy, m.diffusers[1:] + m.diffusers[:1], m.split))
+        else:
+            k = single.index(i)
+            out.append(LoraModule(modules[single[(k + 1) % len(single)]].comfy, m.diffusers, m.split))
+    return LoraMap(tuple(out))
+
+
+def prepare_comfy_inputs(case, folder: Path) -> None:
+    """Write what the ComfyUI script needs for `case`: diffusers base weights and config, a LoRA
+    file from the diffusers backend (and one written with a corrupted map), probe inputs, the
+    ComfyUI conditioning of each prompt and the diffusers velocities."""
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = make_backend(case, folder, add_adapter=False)
+    save_file({k: v.contiguous() for k, v in backend.transformer.state_dict().items()}, str(folder / "transformer.safetensors"))
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in dict(backend.transformer.config).items()
+                                                    if not k.startswith("_")}, default=list))
+    backend = make_backend(case, folder)
+    perturb_lora(backend)
+    trainer = FDFOTrainer(backend, build_reward("brightness"), PROMPTS, backend.config, callbacks=Callbacks(log=None))
+    trainer.save_lora(folder / "diffusers_lora.safetensors")
+    family = get_family(case.family)
+    factors = {n: (m.lora_A[ADAPTER].weight.detach(), m.lora_B[ADAPTER].weight.detach()) for n, m in backend.lora_layers()}
+    scale = next(m.scaling[ADAPTER] for _, m in backend.lora_layers())
+    wrong = copy.copy(family)
+    wrong.lora_map = corrupted_map(family.lora_map)
+    save_lora(folder / "wrong_map_lora.safetensors", fuse_lora(wrong, factors, scale, backend._out_features),
+              {"base_model_family": family.name})
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v_hot = backend.velocity(x, t, cond)
+        with backend.adapter_disabled():
+            v_base = backend.velocity(x, t, cond)
+    rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(PROMPTS))]
+    torch.save({"prompts": PROMPTS, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
+                "lora_rank": backend.config.lora_rank, "lora_alpha": backend.config.lora_alpha,
+                "size": case.size, "guidance": backend.options.guidance}, folder / "inputs.pt")
+
+
+def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:
+    """The LoRA the ComfyUI backend wrote (comfy_lora.safetensors, with its hot velocity in
+    comfy_velocity.pt) gives the same velocity in a diffusers pipeline."""
+    backend = make_backend(case, folder, add_adapter=False)
+    load_lora_into_pipeline(backend.pipe, folder / "comfy_lora.safetensors")
+    data = torch.load(folder / "inputs.pt", weights_only=False)
+    comfy = torch.load(folder / "comfy_velocity.pt", weights_only=False)
+    cond = backend.encode_prompts(data["prompts"])
+    with torch.no_grad():
+        v = backend.velocity(data["x"], data["t"], cond)
+    return {"diff": relative(v, comfy["v_hot"]), "lora_effect": relative(comfy["v_hot"], data["v_base"])}

@@ -1,0 +1,129 @@
+"""Every registered model family through the same checks (tests/family_cases.py lists the cases).
+
+CPU, random weights, nothing downloaded. Per case:
+- the family's latent layout, time grid, prompt encoding, velocity call and decoding reproduce
+  the diffusers pipeline's own sampling (same seeds): a wrong timestep scale, position ids,
+  guidance or packing fails here;
+- the LoRA file round-trips into a fresh pipeline (diffusers' loader and an explicit merge
+  W + B A) with identical velocities; the LoRA map read both ways agrees;
+- one case per family trains a few FDFO epochs and held-out brightness rises.
+With COMFYUI_ROOT (and COMFYUI_PYTHON): the ComfyUI half (tests/comfy_scripts/families_in_comfyui.py)
+builds each case's transformer in ComfyUI from the diffusers weights with ComfyUI's own converter,
+and checks the base velocity, a manual merge W + (alpha / r) up down of our file into ComfyUI's
+weights (a deliberately wrong key map must fail it), the stock LoraLoaderModelOnly with no
+"lora key not loaded" line, a LoRA trained by the ComfyUI backend in diffusers, and the Trainer
+node's hot MODEL against its file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import family_harness as H
+from family_cases import CASES, CASES_BY_ID
+from fdfo_core.families import all_families, get_family
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
+IDS = [c.id for c in CASES]
+
+
+def test_every_registered_family_has_a_case():
+    covered = {c.family for c in CASES}
+    assert {f.name for f in all_families()} <= covered
+    for f in all_families():
+        assert any(c.train for c in CASES if c.family == f.name), f"no training case for {f.name}"
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_family_matches_the_diffusers_pipeline(case_id, tmp_path, one_thread):
+    r = H.check_matches_pipeline(CASES_BY_ID[case_id], tmp_path)
+    print(r)
+    assert r["spread"] > 1e-3  # the images are not flat
+    assert r["max_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_lora_file_round_trips_with_identical_velocities(case_id, tmp_path, one_thread):
+    case = CASES_BY_ID[case_id]
+    r = H.check_lora_round_trip(case, tmp_path)
+    print({k: v for k, v in r.items() if k != "keys"})
+    assert r["family"] == case.family
+    assert all(k.startswith("diffusion_model.") for k in r["keys"]) and r["alphas"] * 3 == len(r["keys"])
+    assert r["lora_effect"] > 1e-2  # the LoRA matters
+    assert r["loaded_vs_hot"] < 1e-5 and r["merged_vs_hot"] < 1e-4  # merged: other rounding
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
+    r = H.check_both_directions_agree(CASES_BY_ID[case_id], tmp_path)
+    assert r["parts"] > 0 and not r["diffusers_only"] and not r["comfy_only"], r
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.train])
+def test_family_trains_and_held_out_reward_rises(case_id, tmp_path, one_thread):
+    r = H.check_training(CASES_BY_ID[case_id], tmp_path)
+    print(r)
+    assert r["gain"] > 0 and r["t_stat"] > 3, r
+
+
+# --- ComfyUI -----------------------------------------------------------------------------------------
+
+COMFY_CASES = [c.id for c in CASES if c.comfy is not None]
+COMFY_CHECKS = ["recognised", "base_velocity", "manual_merge", "wrong_map_fails", "stock_loader", "comfy_lora",
+                "trainer_node"]
+
+
+@pytest.fixture(scope="module")
+def comfy_results(tmp_path_factory):
+    if not COMFYUI_ROOT:
+        pytest.skip("set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the families in ComfyUI")
+    work = tmp_path_factory.mktemp("families_comfy")
+    for case_id in COMFY_CASES:
+        H.prepare_comfy_inputs(CASES_BY_ID[case_id], work / case_id)
+    env = dict(os.environ)
+    env.setdefault("FDFO_TEST_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", env["FDFO_TEST_THREADS"])
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
+                           str(work), *COMFY_CASES], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
+    found = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            r = json.loads(line[len("RESULT "):])
+            found[(r["case"], r["check"])] = r
+    if not found:
+        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return work, found
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("check", COMFY_CHECKS)
+@pytest.mark.parametrize("case_id", COMFY_CASES)
+def test_family_in_comfyui(comfy_results, case_id, check):
+    _, found = comfy_results
+    r = found.get((case_id, check))
+    assert r is not None, f"{case_id}/{check} did not run"
+    print(json.dumps(r, indent=1)[:3000])
+    assert r["ok"], json.dumps(r, indent=1)[:5000]
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("case_id", COMFY_CASES)
+def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_results, case_id):
+    work, found = comfy_results
+    assert found.get((case_id, "comfy_lora"), {}).get("ok"), "the ComfyUI backend wrote no LoRA"
+    r = H.check_comfy_lora_in_diffusers(CASES_BY_ID[case_id], work / case_id)
+    print(r)
+    assert r["lora_effect"] > 1e-2 and r["diff"] < 1e-4, r
+
+
+def test_family_names_are_stable():
+    # Written into every LoRA file and checkpoint: renaming one orphans users' files.
+    assert get_family("sd3").name == "sd3" and get_family("flux").name == "flux"
