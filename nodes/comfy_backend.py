@@ -271,7 +271,7 @@ class ComfyBackend(NamedAdapterParams):
         self._transformer_options: dict[str, Any] | None = None
         self._sample_sigmas: torch.Tensor | None = None
         self._in_session = False
-        self._checkpointed: list[tuple[torch.nn.Module, Any]] = []
+        self._wrapped: list[tuple[torch.nn.Module, Any]] = []
 
     # --- session: attach, load, undo ----------------------------------------------------------
 
@@ -284,8 +284,7 @@ class ComfyBackend(NamedAdapterParams):
             try:
                 if train:
                     self._attach_adapters()
-                    if self.config.gradient_checkpointing:
-                        self._enable_checkpointing()
+                    self._wrap_blocks(checkpointing=self.config.gradient_checkpointing)
                 self._load(offload_others=True)
                 if train:
                     self._make_tensors_autograd_safe()
@@ -294,7 +293,7 @@ class ComfyBackend(NamedAdapterParams):
                 yield self
             finally:
                 self._in_session = False
-                self._disable_checkpointing()
+                self._unwrap_blocks()
                 self._detach_adapters()
 
     def _memory_required(self) -> int:
@@ -393,9 +392,20 @@ class ComfyBackend(NamedAdapterParams):
         for adapter in self.adapters.values():
             adapter.requires_grad_(False)
 
-    def _enable_checkpointing(self) -> None:
-        """Recompute each transformer block in the backward pass (saves activation memory)."""
+    def _wrap_blocks(self, checkpointing: bool) -> None:
+        """Make each transformer block safe to differentiate, and optionally recompute it in the
+        backward pass (gradient checkpointing saves activation memory).
+
+        ComfyUI's blocks are written for inference and update their inputs in place (Flux:
+        `x += ...` after `pre_norm(x)` saved x for the backward pass; `txt += ...`), which makes
+        autograd refuse (or, under checkpointing, recompute from the updated input). So a block
+        gets copies of its tensor inputs inside the recomputed function (checkpointing), or a
+        snapshot of any saved tensor that shares memory with an input (no checkpointing: one copy
+        of the block's input, only where it is saved)."""
         from torch.utils.checkpoint import checkpoint
+
+        def copies(values):
+            return [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
 
         for child in self.base.diffusion_model.children():
             if not isinstance(child, torch.nn.ModuleList):
@@ -404,21 +414,33 @@ class ComfyBackend(NamedAdapterParams):
                 previous = block.__dict__.get("forward")
                 original = block.forward
 
-                def forward(*args, _original=original, **kwargs):
-                    if torch.is_grad_enabled():
-                        return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-                    return _original(*args, **kwargs)
+                def on_copies(*args, _original=original, **kwargs):
+                    return _original(*copies(args), **dict(zip(kwargs, copies(kwargs.values()))))
+
+                def forward(*args, _original=original, _on_copies=on_copies, **kwargs):
+                    if not torch.is_grad_enabled():
+                        return _original(*args, **kwargs)
+                    if checkpointing:
+                        return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
+                    inputs = {v.untyped_storage().data_ptr() for v in (*args, *kwargs.values())
+                              if isinstance(v, torch.Tensor) and v.numel()}
+
+                    def pack(t):
+                        return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
+
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                        return _original(*args, **kwargs)
 
                 block.forward = forward
-                self._checkpointed.append((block, previous))
+                self._wrapped.append((block, previous))
 
-    def _disable_checkpointing(self) -> None:
-        for block, previous in reversed(self._checkpointed):
+    def _unwrap_blocks(self) -> None:
+        for block, previous in reversed(self._wrapped):
             if previous is None:
                 block.__dict__.pop("forward", None)
             else:
                 block.forward = previous
-        self._checkpointed.clear()
+        self._wrapped.clear()
 
     # --- FlowBackend: adapter API -------------------------------------------------------------
 

@@ -152,19 +152,15 @@ def check_training(case, tmp: Path) -> dict[str, float]:
 
 
 def corrupted_map(lora_map: LoraMap) -> LoraMap:
-    """The same map with each fused module's parts rotated (q -> k -> v -> q) and, where a module
-    has one part, its ComfyUI target swapped with the next single-part module's: a plausible
-    wrong mapping that the ComfyUI checks must catch."""
+    """A plausible wrong mapping the ComfyUI checks must catch: each fused module's parts rotated
+    (q -> k -> v -> q); a family without fused modules gets its modules' ComfyUI targets rotated
+    instead (to_q written as to_k, ...)."""
     modules = list(lora_map.modules)
-    single = [i for i, m in enumerate(modules) if len(m.diffusers) == 1]
-    out = []
-    for i, m in enumerate(modules):
-        if len(m.diffusers) > 1:
-            out.append(LoraModule(m.comfy, m.diffusers[1:] + m.diffusers[:1], m.split))
-        else:
-            k = single.index(i)
-            out.append(LoraModule(modules[single[(k + 1) % len(single)]].comfy, m.diffusers, m.split))
-    return LoraMap(tuple(out))
+    if any(len(m.diffusers) > 1 for m in modules):
+        return LoraMap(tuple(LoraModule(m.comfy, m.diffusers[1:] + m.diffusers[:1], m.split) if len(m.diffusers) > 1 else m
+                             for m in modules))
+    return LoraMap(tuple(LoraModule(modules[(i + 1) % len(modules)].comfy, m.diffusers, m.split)
+                         for i, m in enumerate(modules)))
 
 
 def prepare_comfy_inputs(case, folder: Path) -> None:
@@ -192,10 +188,15 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
         v_hot = backend.velocity(x, t, cond)
         with backend.adapter_disabled():
             v_base = backend.velocity(x, t, cond)
+    # Gradients of a fixed linear function of the hot velocity, for the ComfyUI backend's backward.
+    w = torch.randn(v_hot.shape, generator=torch.Generator().manual_seed(5))
+    backend.velocity(x, t, cond).mul(w).sum().backward()
+    grads = {n.replace(f".{ADAPTER}.weight", ""): p.grad.detach().clone() for n, p in backend._params.items()}
     rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(PROMPTS))]
     torch.save({"prompts": PROMPTS, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
                 "lora_rank": backend.config.lora_rank, "lora_alpha": backend.config.lora_alpha,
-                "size": case.size, "guidance": backend.options.guidance}, folder / "inputs.pt")
+                "size": case.size, "guidance": backend.options.guidance, "factors": factors, "w": w,
+                "grads": grads}, folder / "inputs.pt")
 
 
 def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:

@@ -6,7 +6,8 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
   and prompts whose conditioning has different token counts);
 - the Paired Sampler draws exactly the trainer's pairs;
 - LoRA files (SD3 toy and a tiny Flux built with ComfyUI's Flux class) load through ComfyUI's LoRA
-  loader with the velocity of the live adapter, and into diffusers with the same velocity;
+  loader with the velocity of the live adapter (each family against diffusers, both ways:
+  tests/test_families.py);
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
   is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
 CHECKS = [
     "velocity_matches_comfy_sampler", "mixed_token_lengths_batch_exactly", "paired_sampler_is_the_trainers_epoch",
-    "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
+    "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
     "fp8_weights_train", "cfg_training_runs",

@@ -303,36 +303,6 @@ def flux_lora_layout_and_file():
 
 
 @check
-def comfy_lora_loads_in_diffusers():
-    """A LoRA written by the ComfyUI backend, loaded into the toy diffusers pipeline, gives the same
-    velocity as in ComfyUI (one LoRA file format for both backends)."""
-    try:
-        from comfyui_fdfo_nodepack.fdfo_core.backends.diffusers_backend import load_lora_into_pipeline
-        from comfyui_fdfo_nodepack.fdfo_core.lora_files import save_lora
-        from comfyui_fdfo_nodepack.fdfo_core.toy import encode_toy_prompts, load_toy_pipeline
-    except ImportError as e:
-        report("comfy_lora_loads_in_diffusers", True, skipped=f"diffusers not installed here: {e}")
-        return
-    model, clip, vae = toy()
-    backend = ComfyBackend(model, clip, vae, toy_config(lora_rank=4, lora_alpha=8.0))
-    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(5))
-    t = torch.tensor([0.7, 0.35])
-    with torch.inference_mode(), backend.session(train=True):
-        randomise_adapter(backend, std=0.2)
-        v_comfy = backend.velocity(x, t, backend.encode_prompts(PROMPTS[:2]))
-        path = save_lora(work / "cross.safetensors", backend.lora_file_tensors(), {"base_model_family": "sd3"})
-    pipe = load_toy_pipeline(toy_model_dir())
-    load_lora_into_pipeline(pipe, path)
-    emb, pooled = encode_toy_prompts([pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2], PROMPTS[:2],
-                                     joint_attention_dim=pipe.transformer.config.joint_attention_dim)
-    with torch.no_grad():
-        v_diffusers = pipe.transformer(hidden_states=x, timestep=t * 1000, encoder_hidden_states=emb,
-                                       pooled_projections=pooled, return_dict=False)[0]
-    diff = float((v_comfy - v_diffusers).abs().max())
-    report("comfy_lora_loads_in_diffusers", diff < 2e-3, max_diff=diff, scale=float(v_comfy.abs().max()))
-
-
-@check
 def gradient_checkpointing_same_gradients():
     model, clip, vae = toy()
     grads = []
