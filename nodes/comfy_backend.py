@@ -122,7 +122,7 @@ def model_family(model) -> Family:
     try:
         family.comfy_check(base)
     except FamilyError as e:
-        raise BackendError(f"{name}: {e}") from e
+        raise BackendError(f"{name}: {e} FDFO trains {supported_text()}.") from e
     return family
 
 

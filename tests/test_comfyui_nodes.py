@@ -11,7 +11,8 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
   is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
-- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages.
+- SD1.5-style (EPS) models, Flux.1 Fill (needs an image), video models and 4-channel VAEs are
+  refused with clear messages that list the supported families.
 """
 
 import json
@@ -30,7 +31,8 @@ CHECKS = [
     "velocity_matches_comfy_sampler", "mixed_token_lengths_batch_exactly", "paired_sampler_is_the_trainers_epoch",
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
-    "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
+    "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused",
+    "image_conditioned_and_video_models_are_refused", "mismatched_vae_is_refused",
     "fp8_weights_train", "cfg_training_runs",
 ]
 

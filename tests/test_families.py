@@ -127,3 +127,52 @@ def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_resu
 def test_family_names_are_stable():
     # Written into every LoRA file and checkpoint: renaming one orphans users' files.
     assert get_family("sd3").name == "sd3" and get_family("flux").name == "flux"
+
+
+# --- refusals: the model is named, the reason given, the supported families listed (from the registry)
+
+
+@pytest.mark.parametrize("cls_name, scheduler, reason", [
+    ("StableDiffusionPipeline", "PNDMScheduler", "diffusion model"),
+    ("StableDiffusionXLPipeline", "EulerDiscreteScheduler", "diffusion model"),
+    ("FluxFillPipeline", "FlowMatchEulerDiscreteScheduler", "needs an input image and a mask"),
+    ("FluxControlPipeline", "FlowMatchEulerDiscreteScheduler", "needs a control image"),
+    ("StableDiffusion3Img2ImgPipeline", "FlowMatchEulerDiscreteScheduler", "needs an input image"),
+    ("FluxPipeline", "EulerDiscreteScheduler", "not a flow-matching scheduler"),
+    ("SomeFuturePipeline", "FlowMatchEulerDiscreteScheduler", "does not support"),
+])
+def test_unsupported_pipelines_are_refused_with_the_supported_families(cls_name, scheduler, reason, tmp_path):
+    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.diffusers_backend import check_supported
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": cls_name, "scheduler": ["diffusers", scheduler]}))
+    with pytest.raises(BackendError) as e:
+        check_supported(folder)
+    msg = str(e.value)
+    assert cls_name in msg and reason in msg, msg
+    if "scheduler" not in reason:  # a supported pipeline with a wrong scheduler needs no list
+        for f in all_families():
+            assert f.title in msg and all(p in msg for p in f.diffusers_pipelines), msg
+
+
+def test_every_family_pipeline_is_accepted(tmp_path):
+    from fdfo_core.backends.diffusers_backend import check_supported
+
+    for f in all_families():
+        for cls_name in f.diffusers_pipelines:
+            folder = tmp_path / cls_name
+            folder.mkdir()
+            (folder / "model_index.json").write_text(json.dumps(
+                {"_class_name": cls_name, "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
+            assert check_supported(folder) == f.name
+
+
+def test_one_preset_per_family():
+    from fdfo_core.config import PRESETS, load_config
+
+    for f in all_families():
+        name = f.preset_name or f.name
+        assert name in PRESETS
+        load_config(name)  # valid on its own

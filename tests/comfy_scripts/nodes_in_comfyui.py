@@ -451,6 +451,39 @@ def non_flow_model_is_refused():
     report("non_flow_model_is_refused", ok, message=msg)
 
 
+def refusal(model, vae=None):
+    try:
+        ComfyBackend(model, HashCLIP(), vae or random_vae(16), toy_config())
+    except BackendError as e:
+        return str(e)
+    return None
+
+
+def tiny_patcher(model_class, unet_config):
+    config = getattr(comfy.supported_models, model_class)(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+@check
+def image_conditioned_and_video_models_are_refused():
+    """Flux.1 Fill (image + mask channels) and a Wan 2.1 video model: refused by name, with the
+    supported families listed."""
+    fill = tiny_patcher("FluxInpaint", {
+        "image_model": "flux", "in_channels": 96, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    })
+    wan = tiny_patcher("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64,
+                                     "num_heads": 2, "num_layers": 1, "text_dim": 32, "in_dim": 16, "out_dim": 16})
+    fill_msg, wan_msg = refusal(fill), refusal(wan)
+    listed = lambda m: m is not None and "SD3" in m and "Flux.1" in m  # noqa: E731
+    ok = (listed(fill_msg) and "Fill" in fill_msg and "input image" in fill_msg
+          and listed(wan_msg) and "WAN21_T2V" in wan_msg and "video" in wan_msg)
+    report("image_conditioned_and_video_models_are_refused", ok, fill=fill_msg, wan=wan_msg)
+
+
 @check
 def mismatched_vae_is_refused():
     model, clip, _ = toy()

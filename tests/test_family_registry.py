@@ -1,0 +1,120 @@
+"""The family registry and the LoRA map, without any model framework."""
+
+import pytest
+
+from fdfo_core.families import (
+    Family,
+    LoraMap,
+    fused,
+    get_family,
+    register,
+    supported_families_text,
+)
+from fdfo_core.families.base import FamilyError
+from fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module
+
+
+def sd3_linears(blocks=3, hidden=64, dual=(0,)):
+    """ComfyUI SD3 linears: the last joint block's context stream has no projection after attention."""
+    out = {}
+    for i in range(blocks):
+        out[f"joint_blocks.{i}.x_block.attn.qkv"] = (hidden, 3 * hidden)
+        out[f"joint_blocks.{i}.x_block.attn.proj"] = (hidden, hidden)
+        out[f"joint_blocks.{i}.context_block.attn.qkv"] = (hidden, 3 * hidden)
+        if i < blocks - 1:
+            out[f"joint_blocks.{i}.context_block.attn.proj"] = (hidden, hidden)
+        if i in dual:
+            out[f"joint_blocks.{i}.x_block.attn2.qkv"] = (hidden, 3 * hidden)
+            out[f"joint_blocks.{i}.x_block.attn2.proj"] = (hidden, hidden)
+        out[f"joint_blocks.{i}.x_block.mlp.fc1"] = (hidden, 4 * hidden)
+    return out
+
+
+def flux_linears(double=2, single=2, hidden=32, mlp=128):
+    out = {}
+    for i in range(double):
+        for s in ("img", "txt"):
+            out[f"double_blocks.{i}.{s}_attn.qkv"] = (hidden, 3 * hidden)
+            out[f"double_blocks.{i}.{s}_attn.proj"] = (hidden, hidden)
+    for i in range(single):
+        out[f"single_blocks.{i}.linear1"] = (hidden, 3 * hidden + mlp)
+        out[f"single_blocks.{i}.linear2"] = (hidden + mlp, hidden)
+    return out
+
+
+def old_plan_order(family, linears, targets, groups):
+    """The ComfyUI backend's adapter order before families existed (checkpoints keep their
+    optimizer state in this order): per block, per attention ("attn.", "attn2.", ""), per target."""
+    plan = {}
+    fam = get_family(family)
+    for prefix, n in groups:
+        for i in range(n):
+            for sub in ("attn.", "attn2.", ""):
+                for t in targets:
+                    name = f"{prefix}.{i}.{sub}{t}"
+                    try:
+                        part = fam.lora_map.to_comfy(name, lambda d: 1)
+                    except ValueError:
+                        continue
+                    if part.comfy_module in linears:
+                        plan.setdefault(part.comfy_module, []).append(name)
+    return [(c, n) for c, names in plan.items() for n in names]
+
+
+@pytest.mark.parametrize("targets", [
+    ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    ("to_out.0", "to_q", "proj_mlp", "add_k_proj"),
+])
+def test_comfy_plan_keeps_the_adapter_order_of_existing_checkpoints(targets):
+    for family, linears, groups in (
+        ("sd3", sd3_linears(), [("transformer_blocks", 3)]),
+        ("flux", flux_linears(), [("transformer_blocks", 2), ("single_transformer_blocks", 2)]),
+    ):
+        plan = get_family(family).comfy_lora_plan(linears, targets)
+        got = [(p.comfy_module, p.name) for p in plan]
+        # Parts of one module are listed in row order; the old plan listed them in target order.
+        want = old_plan_order(family, linears, targets, groups)
+        assert [c for c, _ in got] == [c for c, _ in want]
+        assert sorted(got) == sorted(want)
+
+
+def test_comfy_plan_rows():
+    plan = get_family("flux").comfy_lora_plan(flux_linears(hidden=32, mlp=128), ("to_q", "to_k", "to_v", "proj_mlp"))
+    single = [(p.name, p.offset, p.rows) for p in plan if p.comfy_module == "single_blocks.0.linear1"]
+    assert single == [("single_transformer_blocks.0.attn.to_q", 0, 32), ("single_transformer_blocks.0.attn.to_k", 32, 32),
+                      ("single_transformer_blocks.0.attn.to_v", 64, 32), ("single_transformer_blocks.0.proj_mlp", 96, 128)]
+
+
+def test_unmapped_modules_and_unknown_families_raise():
+    with pytest.raises(LoraFileError, match="no ComfyUI equivalent.*to_q"):
+        diffusers_to_comfy_module("sd3", "transformer_blocks.0.ff.net.0.proj", lambda n: 64)
+    with pytest.raises(LoraFileError, match="unknown model family 'nope'.*sd3.*flux"):
+        diffusers_to_comfy_module("nope", "transformer_blocks.0.attn.to_q", lambda n: 64)
+    with pytest.raises(FamilyError, match="unknown model family"):
+        get_family("nope")
+
+
+def test_register_refuses_clashes_and_incomplete_families():
+    class Copy(Family):
+        name = "copy_of_flux"
+        title = "copy"
+        diffusers_pipelines = ("FluxPipeline",)
+        lora_map = LoraMap((fused("a.{i}.qkv", "b.{i}.", ("to_q",)),))
+
+    with pytest.raises(ValueError, match="both claim"):
+        register(Copy())
+
+    class Empty(Family):
+        name = "empty"
+        title = "empty"
+        lora_map = LoraMap(())
+
+    with pytest.raises(TypeError, match="neither"):
+        register(Empty())
+
+
+def test_supported_text_names_every_family():
+    text = supported_families_text()
+    for name in ("sd3", "flux"):
+        f = get_family(name)
+        assert f.title in text and all(p in text for p in f.diffusers_pipelines) and all(c in text for c in f.comfy_models)
