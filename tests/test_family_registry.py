@@ -118,3 +118,14 @@ def test_supported_text_names_every_family():
     for name in ("sd3", "flux"):
         f = get_family(name)
         assert f.title in text and all(p in text for p in f.diffusers_pipelines) and all(c in text for c in f.comfy_models)
+
+
+def test_every_family_is_in_the_support_table():
+    from pathlib import Path
+
+    from fdfo_core.families import all_families
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    for f in all_families():
+        assert f"(`{f.name}`)" in doc, f"docs/families.md has no row for {f.name}"
+        assert all(f"`{p}`" in doc for p in f.diffusers_pipelines)

@@ -58,7 +58,8 @@ class Flux(Family):
     preset_name = "flux"
     # 1024 px is Flux's native size; the guidance-distilled dev model samples without CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
-    vram = "Flux.1 dev at 1024 px: ~48 GB in bf16 with gradient checkpointing and storage_device=cpu; 512 px: ~32 GB"
+    vram = ("12 B: ~24 GB in bf16, ~12 GB in fp8. 24 GB: fp8 at 512 px with storage_device cpu and gradient "
+            "checkpointing (tight); 48 GB: 1024 px with gradient checkpointing; 80 GB: bf16 at 1024 px")
 
     def diffusers_latent_shape(self, pipe, height, width):
         f = pipe.vae_scale_factor

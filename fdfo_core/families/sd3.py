@@ -46,7 +46,8 @@ class SD3(Family):
     preset_name = "sd35-medium"
     # The published FDFO recipe (the FDFOConfig defaults) is for SD3.5 Medium at 512 px.
     preset = {}
-    vram = "SD3.5 Medium at 512 px: ~24 GB in bf16; Large: ~48 GB with gradient checkpointing and storage_device=cpu"
+    vram = ("SD3.5 Medium (2.5 B, ~5 GB in bf16) at 512 px: 24 GB with storage_device cpu and gradient "
+            "checkpointing, the published settings in 48 GB; Large (8 B, ~16 GB in bf16): 48 GB and up")
 
     def diffusers_sigmas(self, pipe, num_steps: int, height: int, width: int) -> torch.Tensor:
         # StableDiffusion3Pipeline lets the scheduler make its own grid (no explicit sigmas).
