@@ -241,6 +241,10 @@ class ComfyBackend(NamedAdapterParams):
         # Validate everything before any model is loaded or anything is allocated.
         self.model_family = model_family(model)
         self.family = self.model_family.name
+        if isinstance(self.model_family, UnregisteredComfyFamily):
+            log.warning("FDFO: %s has no family module; training a LoRA on its attention layers in ComfyUI's names "
+                        "(untested; the file loads in ComfyUI only). Supported families: %s",
+                        model_name(model), supported_families_text("comfyui"))
         check_vae(model, vae)
         check_clip(clip)
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:

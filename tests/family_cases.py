@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
+from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -96,6 +96,22 @@ def comfy_flux(config: dict, state_dict: dict):
     return comfy_model("Flux" if config["guidance_embeds"] else "FluxSchnell", unet, native)
 
 
+def qwen_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Qwen-Image: ComfyUI's text encoder gives exactly the prompt's tokens (no padding, no mask)."""
+    return row["prompt_embeds"][:, : int(row["prompt_mask"].sum())], {}
+
+
+def comfy_qwen_image(config: dict, state_dict: dict):
+    """Qwen-Image: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    unet = {
+        "image_model": "qwen_image", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
+        "out_channels": config["out_channels"], "num_layers": config["num_layers"],
+        "attention_head_dim": config["attention_head_dim"], "num_attention_heads": config["num_attention_heads"],
+        "joint_attention_dim": config["joint_attention_dim"], "axes_dims_rope": list(config["axes_dims_rope"]),
+    }
+    return comfy_model("QwenImage", unet, state_dict)
+
+
 def flux_kwargs(options) -> dict[str, Any]:
     return {"guidance_scale": options.guidance}
 
@@ -119,5 +135,10 @@ CASES = [
     FamilyCase("flux-kontext", "flux",
                lambda tmp, seed: tiny_flux_pipeline(tmp, seed, pipeline="FluxKontextPipeline"), comfy=comfy_flux,
                pipeline_kwargs=lambda options: {**flux_kwargs(options), "max_area": 64 * 64}),
+]
+CASES += [
+    FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
+               comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
+               train=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -191,7 +191,9 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
     # Gradients of a fixed linear function of the hot velocity, for the ComfyUI backend's backward.
     w = torch.randn(v_hot.shape, generator=torch.Generator().manual_seed(5))
     backend.velocity(x, t, cond).mul(w).sum().backward()
-    grads = {n.replace(f".{ADAPTER}.weight", ""): p.grad.detach().clone() for n, p in backend._params.items()}
+    # (a projection whose output is never used, e.g. the last block's text output, has no gradient: zero)
+    grads = {n.replace(f".{ADAPTER}.weight", ""): torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+             for n, p in backend._params.items()}
     rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(PROMPTS))]
     torch.save({"prompts": PROMPTS, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
                 "lora_rank": backend.config.lora_rank, "lora_alpha": backend.config.lora_alpha,

@@ -127,3 +127,54 @@ def tiny_flux_pipeline(tmp: Path, seed: int = 0, guidance_embeds: bool = True, p
         text_encoder=tiny_clip(seed + 3, len(tok), projection=False), tokenizer=tok,
         text_encoder_2=t5, tokenizer_2=tok, transformer=transformer.eval(),
     )
+
+
+def tiny_qwen_tokenizer():
+    """A byte-level BPE Qwen2 tokenizer with no merges: one token per byte."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                          pad_token="<|endoftext|>")
+
+
+def tiny_qwen_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
+    """QwenImagePipeline at 64x64 px (8x8 latents, 16 packed tokens): a 1-layer Qwen2.5-VL text
+    encoder (hidden 32) and a narrow Qwen-Image (Wan 2.1 layout) VAE."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, fullatt_block_indexes=[0]),
+    )).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True]).eval()
+    # Qwen-Image's scheduler settings (exponential time shift with a resolution-dependent mu).
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
+    pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                             transformer=transformer.eval())
+    # The pipeline drops the chat template's system prefix by token count (34 for Qwen's own
+    # tokenizer); with one token per byte it is the prefix's length in bytes.
+    prefix = pipe.prompt_template_encode.split("{}")[0]
+    pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
+    return pipe

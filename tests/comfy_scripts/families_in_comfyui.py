@@ -135,15 +135,33 @@ class SavedCLIP:
 
 
 def random_vae(model):
-    """A random TAESD-type VAE with the model's latent channels (decoding only needs plumbing)."""
+    """A random VAE of the kind the model uses, narrow so that decoding is fast (decoding only
+    needs plumbing and a smooth dependence on the latent): TAESD for image latents, a Wan 2.1 VAE
+    (8 channels wide instead of 96) for video latents."""
+    import comfy.ldm.wan.vae
     import comfy.taesd.taesd
 
-    channels = model.model.latent_format.latent_channels
-    sd = comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict()
+    latent_format = model.model.latent_format
+    channels = latent_format.latent_channels
     g = torch.Generator().manual_seed(1)
-    sd = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() and v.ndim else v for k, v in sd.items()}
-    sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
-    return comfy.sd.VAE(sd=sd)
+    if latent_format.latent_dimensions == 2:
+        sd = comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict()
+        sd = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() and v.ndim else v for k, v in sd.items()}
+        sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+        return comfy.sd.VAE(sd=sd)
+    if latent_format.latent_dimensions != 3 or channels != 16:
+        raise NotImplementedError(f"no test VAE for {latent_format.latent_dimensions}-D latents with {channels} channels")
+    wan, narrow = comfy.ldm.wan.vae.WanVAE, dict(dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    sd = wan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, **narrow).state_dict()
+    # ComfyUI's ops skip weight init: draw every weight (std 1 / sqrt(fan_in)), zero biases, unit gains.
+    sd = {k: (torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5 if v.ndim >= 2 and "gamma" not in k
+              else torch.zeros_like(v) if k.endswith("bias") else torch.ones_like(v) if "gamma" in k else v)
+          for k, v in sd.items()}
+    comfy.ldm.wan.vae.WanVAE = lambda **kw: wan(**{**kw, **narrow})  # comfy.sd.VAE hard-codes dim 96
+    try:
+        return comfy.sd.VAE(sd=sd)
+    finally:
+        comfy.ldm.wan.vae.WanVAE = wan
 
 
 class Brightness(Reward):
@@ -295,7 +313,7 @@ def run_case(case_id):
                 with torch.inference_mode(False):
                     v = backend.velocity(data["x"], data["t"], backend.encode_prompts(data["prompts"]))
                     v.mul(data["w"]).sum().backward()
-                grads = {n: p.grad for n, p in backend._params.items()}
+                grads = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in backend._params.items()}
             top = max(float(g.abs().max()) for g in data["grads"].values())
             missing = sorted(set(data["grads"]) ^ set(grads))
             diff = max(float((grads[n] - g).abs().max()) for n, g in data["grads"].items() if n in grads) / top
