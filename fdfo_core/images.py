@@ -150,10 +150,11 @@ def line_plot(
     return img
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    from .checkpoint import atomic_write
+def save_png(image: Image.Image, path: str | Path, what: str = "image") -> Path:
+    """Write a PNG atomically (storage: a failed write raises StorageError, nothing is left behind)."""
+    from .storage import atomic_write
 
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"), what)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
