@@ -54,7 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], what: st
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    return storage.atomic_write(path, lambda f: torch.save(state, f), "checkpoint")
+    return storage.atomic_write(path, lambda f: torch.save(state, f), "checkpoint", make_folder=True)
 
 
 def _resolve(path: str | os.PathLike) -> Path:

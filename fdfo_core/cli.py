@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         images = generate_images(backend, preview_prompts, preview_seeds, cfg.num_steps, cfg.height, cfg.width,
                                  cfg.cfg_scale, cfg.negative_prompt, amp=amp)
         grid = image_grid(images, ncol=min(8, len(preview_prompts)), scale=max(1, 256 // cfg.width))
-        save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid")
+        save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
 
     def on_epoch_end(trainer, metrics):
         progress.epoch(metrics)

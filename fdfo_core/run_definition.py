@@ -201,6 +201,8 @@ def differences(recorded: RunDefinition, current: RunDefinition,
                     out.append(Difference(f.name, key, va, vb))
         else:
             out.append(Difference(f.name, None, a, b))
+    if any(d.field == "reward" for d in out):  # options of a term only one reward has follow from that
+        out = [d for d in out if not (d.field == "reward_options" and (d.run is None or d.now is None))]
     return out
 
 

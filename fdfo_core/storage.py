@@ -23,9 +23,10 @@ Failures raise `StorageError` (what could not be written, why in plain words, wh
 OS error behind it is found even when a library wraps it (torch.save raises RuntimeError with
 the OSError as context; safetensors reports "os error 28").
 
-Folders are created one level at a time: a write creates its own folder (checkpoints/,
-samples/) but never re-creates a missing run folder, because a run folder that vanished during a
-run was deleted or unmounted, and re-creating it could fill the disk under the mount point.
+Folders are never created behind the caller's back: a write needs its folder to exist, unless
+it asks for it (`make_folder`: a run's own checkpoints/ or samples/; `parents`: an output folder
+the user named). A run folder that vanished during a run was deleted or unmounted; re-creating
+it could fill the disk under the mount point, so the write fails and says so.
 
 Reusing this module for a new file (a writer added by a later feature): call `append_line` for a
 log or `atomic_write` / `write_json` for a whole file, with `what` naming the file in the user's
@@ -299,23 +300,29 @@ class _GuardedFile(io.RawIOBase):
         return True
 
 
-def _prepare_folder(path: Path, what: str, parents: bool) -> None:
-    if not path.parent.is_dir():
-        ensure_dir(path.parent, what=f"folder of the {what}", parents=parents)
+def _prepare_folder(path: Path, what: str, parents: bool, make_folder: bool) -> None:
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if parents or (make_folder and folder.parent.is_dir()):
+        ensure_dir(folder, what=f"folder of the {what}", parents=parents)
+        return
+    raise storage_error(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)), path, what)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], what: str = "file",
-                 parents: bool = False) -> Path:
+                 parents: bool = False, make_folder: bool = False) -> Path:
     """Write `path` atomically: write(f) fills a binary file object; then fsync and rename.
 
-    The folder of `path` is created if its own parent exists (all missing parents with
-    `parents=True`). On any failure the temporary file is removed and `path` is untouched; OS
-    failures raise StorageError (other exceptions propagate as they are).
+    The folder of `path` must exist, except: `make_folder` creates it when its own parent exists
+    (a run's checkpoints/ or samples/), `parents` creates every missing folder. On any failure the
+    temporary file is removed and `path` is untouched; OS failures raise StorageError (other
+    exceptions propagate as they are).
     """
     path = Path(path)
     tmp: str | None = None
     try:
-        _prepare_folder(path, what, parents)
+        _prepare_folder(path, what, parents, make_folder)
         _hook("create", path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
@@ -356,8 +363,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file", parents: bool = False) -> Path:
-    return atomic_write(path, lambda f: f.write(data), what, parents)
+def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file", parents: bool = False,
+                make_folder: bool = False) -> Path:
+    return atomic_write(path, lambda f: f.write(data), what, parents, make_folder)
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "file", parents: bool = False) -> Path:
@@ -389,7 +397,7 @@ def append_line(path: str | os.PathLike, line: str, what: str = "log") -> Path:
     path = Path(path)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     try:
-        _prepare_folder(path, what, parents=False)
+        _prepare_folder(path, what, parents=False, make_folder=False)
         _hook("append", path)
         with open(path, "ab", buffering=0) as f:  # unbuffered: a failed write can be undone
             size = f.seek(0, os.SEEK_END)

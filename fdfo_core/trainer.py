@@ -717,8 +717,7 @@ class FDFOTrainer:
         """Write the LoRA trained so far: the run folder first, then fallback folders. Never raises."""
         name = f"{self.lora_name}.safetensors" if finished else f"{self.lora_name}-interrupted.safetensors"
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        targets = [] if finished else [self.run_dir / name]  # a finished run's own LoRA write just failed
-        targets += [folder / f"{self.run_dir.name}-{stamp}-{name}" for folder in fallback_dirs()]
+        targets = [self.run_dir / name] + [folder / f"{self.run_dir.name}-{stamp}-{name}" for folder in fallback_dirs()]
         self._rescue_errors = []
         for target in targets:
             try:

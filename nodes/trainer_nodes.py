@@ -312,7 +312,7 @@ class FDFOTrainerNode:
             if preview_every and (epoch % preview_every == 0 or epoch == cfg.epochs):
                 grid = preview(trainer, use_adapter=True)
                 grids["trained"] = grid
-                save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid")
+                save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
             state["progress"].epoch_done(epoch, preview=grid)
 
         def log_line(message: str) -> None:

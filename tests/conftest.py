@@ -28,3 +28,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def disk_faults(monkeypatch):
+    """Simulated full / read-only / vanished targets for every fdfo_core.storage write (the
+    library's and the node pack's copy of it, when loaded)."""
+    from storage_faults import DiskFaults
+
+    faults = DiskFaults()
+    for name in ("fdfo_core.storage", "comfyui_fdfo_nodepack.fdfo_core.storage"):
+        module = sys.modules.get(name)
+        if module is None and name == "fdfo_core.storage":
+            import fdfo_core.storage as module
+        if module is not None:
+            monkeypatch.setattr(module, "fault_hook", faults)
+    return faults
+
+
+@pytest.fixture
+def rescue_dirs(monkeypatch, tmp_path):
+    """Fallback folders for rescued LoRAs inside the test's tmp folder (never the real /tmp or home)."""
+    dirs = [tmp_path / "rescue-tmp", tmp_path / "rescue-home"]
+    for name in ("fdfo_core.trainer", "comfyui_fdfo_nodepack.fdfo_core.trainer"):
+        module = sys.modules.get(name)
+        if module is None and name == "fdfo_core.trainer":
+            import fdfo_core.trainer as module
+        if module is not None:
+            monkeypatch.setattr(module, "fallback_dirs", lambda: list(dirs))
+    return dirs
