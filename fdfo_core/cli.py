@@ -113,13 +113,22 @@ def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Name
 
 
 class _Progress:
-    """A tqdm bar over epochs whose description follows the current phase."""
+    """A tqdm bar over epochs whose description follows the current phase. The bar appears with
+    the first phase of training (so an error before training prints no empty bar)."""
 
     def __init__(self, total_epochs: int, start: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total_epochs, initial=start, unit="epoch", disable=not enabled, dynamic_ncols=True)
+        self.total, self.start, self.enabled = total_epochs, start, enabled
+        self._bar = None
         self._last = 0.0
+
+    @property
+    def bar(self):
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.start, unit="epoch", disable=not self.enabled,
+                             dynamic_ncols=True)
+        return self._bar
 
     def phase(self, name: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -133,10 +142,13 @@ class _Progress:
         self.bar.update(1)
 
     def write(self, msg: str) -> None:
-        self.bar.write(msg)
+        from tqdm.auto import tqdm
+
+        (self._bar or tqdm).write(msg)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training"):
@@ -306,8 +318,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if resume:
         trainer.resume(resume, allow_change=args.allow_change)
-        progress.bar.n = trainer.epoch
-        progress.bar.refresh()
+        progress.start = trainer.epoch
     trainer.start_run()  # checks the run folder and records the run before anything is written
     if dist.is_main:
         if trainer.epoch == 0:

@@ -549,9 +549,9 @@ class FDFOTrainer:
         self._started = True
         if self.run_dir is None or not self.dist.is_main:
             return
-        storage.check_writable(self.run_dir, "run folder")
-        for what, folder in self.front_end.output_dirs.items():
+        for what, folder in self.front_end.output_dirs.items():  # first: a failed check leaves no run folder
             storage.check_writable(folder, what)
+        storage.check_writable(self.run_dir, "run folder")
         if self._resumed_from is None:
             self._check_new_run_folder()
         storage.remove_stale_temps(self.run_dir)  # left by a killed process

@@ -57,3 +57,26 @@ def rescue_dirs(monkeypatch, tmp_path):
         if module is not None:
             monkeypatch.setattr(module, "fallback_dirs", lambda: list(dirs))
     return dirs
+
+
+def _saved_tiny_sd3(folder: Path, seed: int) -> Path:
+    import json
+
+    from tiny_pipelines import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(folder, seed=seed)
+    pipe.save_pretrained(folder / "sd3")
+    (folder / "sd3" / "fdfo.json").write_text(json.dumps({"max_sequence_length": 8, "height": 64}))
+    return folder / "sd3"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A tiny SD3 pipeline saved as a diffusers folder (what `fdfo --model` takes), built once."""
+    return _saved_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_sd3_dir(tmp_path_factory):
+    """The same architecture with other weights: another model to a run."""
+    return _saved_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3_other"), seed=1)

@@ -5,16 +5,11 @@ import torch
 
 from fdfo_core.cli import main, parse_reward_options, CLIError
 
-from tiny_pipelines import tiny_sd3_pipeline
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
-    pipe = tiny_sd3_pipeline(tmp)
-    pipe.save_pretrained(tmp / "sd3")
-    (tmp / "sd3" / "fdfo.json").write_text(json.dumps({"max_sequence_length": 8, "height": 64}))
-    return tmp / "sd3"
+def model_dir(tiny_sd3_dir):
+    return tiny_sd3_dir
 
 
 @pytest.fixture
