@@ -304,7 +304,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     front_end = FrontEnd(
         name="cli",
         resume_hint=f"fdfo train --resume {run_dir}",
-        new_run_hint="start a new run: leave out --resume, or give another --run-dir",
+        new_run_hint="start a new run (leave out --resume, or give another --run-dir)",
+        restore_hint="leave those options out (what you omit is restored from the run)",
         allow_change_hint="repeat the command with --allow-change",
         session={"argv": sys.argv[1:], "device": device, "world_size": dist.world_size,
                  "threads": args.threads or None, "preview_every": preview_every},

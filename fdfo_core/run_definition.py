@@ -216,6 +216,8 @@ class FrontEnd:
     resume_hint: str = "resume it with FDFOTrainer.resume(run folder)"
     #: how to start a separate run instead
     new_run_hint: str = "start a new run in another folder"
+    #: how to go back to the run's own settings
+    restore_hint: str = "give the run's own values"
     #: how to accept a change explicitly
     allow_change_hint: str = "pass allow_change=True"
     #: recorded with each session in run.json (argv, device, ...)
@@ -230,9 +232,8 @@ def refusal_message(source: str, diffs: Sequence[Difference], front_end: FrontEn
     lines = [f"{source} belongs to a run defined differently; continuing it like this would mix two runs:"]
     lines += [f"  - {d.describe()}" for d in diffs]
     where = f" in {record}" if record is not None else ""
-    lines.append(f"To proceed: {front_end.new_run_hint}; or give back what the run used (omitted settings are "
-                 f"restored from the run); or {front_end.allow_change_hint} to continue this run with the change, "
-                 f"recorded as a new branch{where}.")
+    lines.append(f"To proceed: {front_end.restore_hint}; or {front_end.new_run_hint}; or {front_end.allow_change_hint} "
+                 f"to continue this run with the change, recorded as a new branch{where}.")
     return "\n".join(lines)
 
 

@@ -328,6 +328,7 @@ class FDFOTrainerNode:
         front_end = FrontEnd(
             name="comfyui", resume_hint=resume_hint,
             new_run_hint=f"turn 'resume' off to start a new run ({name}-2, ...)",
+            restore_hint="set those inputs back to the run's values",
             allow_change_hint="turn on the Trainer's 'allow_run_changes'",
             session={"lora": f"{run_name}.safetensors", "preview_every": preview_every},
             output_dirs={"ComfyUI LoRA folder": loras_dir},

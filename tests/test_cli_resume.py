@@ -126,6 +126,7 @@ def test_resume_refuses_each_change_by_name(finished, other_tiny_sd3_dir, tmp_pa
     err = capsys.readouterr().err
     assert "fdfo train: error: checkpoint " in err and f"\n  - {name}" in err, err
     assert "--allow-change" in err and "leave out --resume, or give another --run-dir" in err
+    assert "leave those options out (what you omit is restored from the run)" in err
     assert "Traceback" not in err
     assert json.loads((run / "run.json").read_text())["branches"] == []
 
