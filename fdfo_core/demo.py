@@ -132,35 +132,45 @@ def run_demo(
     log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
         f"(diversity {after['diversity']:.4f}); paired gain {gain:+.4f} +- {gain_se:.4f}")
 
-    # --- pictures ---
-    n_show = min(16, len(held.prompts))
-    show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
-    labels_b = [f"{before['scores'][i]:.2f}" for i in show]
-    labels_a = [f"{after['scores'][i]:.2f}" for i in show]
-    grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=2)
-    grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=2)
-    save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
-             "before/after grid")
-    storage.write_text(out / "before_after_prompts.txt",
-                       "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n", "caption list")
-    hist = trainer.history
-    save_png(line_plot(
-        {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
-         "held-out alignment": ([c[0] for c in curve], [c[1] for c in curve])},
-        bands={"held-out alignment": [c[2] for c in curve]},
-        title="FDFO on the toy model: toy alignment reward", xlabel="epoch", ylabel="alignment (0-1)",
-    ), out / "reward_curve.png", "reward curve")
+    # --- pictures and summary (training is done: a failure here loses only these files) ---
+    def write_results() -> dict[str, Any]:
+        n_show = min(16, len(held.prompts))
+        show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
+        labels_b = [f"{before['scores'][i]:.2f}" for i in show]
+        labels_a = [f"{after['scores'][i]:.2f}" for i in show]
+        grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=2)
+        grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=2)
+        save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
+                 "before/after grid")
+        storage.write_text(out / "before_after_prompts.txt",
+                           "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n", "caption list")
+        hist = trainer.history
+        save_png(line_plot(
+            {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
+             "held-out alignment": ([c[0] for c in curve], [c[1] for c in curve])},
+            bands={"held-out alignment": [c[2] for c in curve]},
+            title="FDFO on the toy model: toy alignment reward", xlabel="epoch", ylabel="alignment (0-1)",
+        ), out / "reward_curve.png", "reward curve")
 
-    summary = {
-        "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
-        "alignment_before": [before["alignment_mean"], before["alignment_se"]],
-        "alignment_after": [after["alignment_mean"], after["alignment_se"]],
-        "paired_gain": [gain, gain_se],
-        "diversity_before": before["diversity"], "diversity_after": after["diversity"],
-        "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
-        "lora": str(out / "lora.safetensors"),
-    }
-    storage.write_json(out / "summary.json", summary, "demo summary")
+        summary = {
+            "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
+            "alignment_before": [before["alignment_mean"], before["alignment_se"]],
+            "alignment_after": [after["alignment_mean"], after["alignment_se"]],
+            "paired_gain": [gain, gain_se],
+            "diversity_before": before["diversity"], "diversity_after": after["diversity"],
+            "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
+            "lora": str(out / "lora.safetensors"),
+        }
+        storage.write_json(out / "summary.json", summary, "demo summary")
+        return summary
+
+    try:
+        summary = write_results()
+    except storage.StorageError as e:
+        raise storage.StorageError(
+            f"{e}\nTraining itself finished: the LoRA is {out / 'lora.safetensors'} and the last checkpoint "
+            f"{trainer.last_checkpoint}; only the demo's figures and summary are missing.",
+            path=e.path, reason=e.reason, errno_=e.errno) from None
     log(f"wrote {out / 'before_after.png'}, {out / 'reward_curve.png'}, {out / 'lora.safetensors'} "
         f"in {summary['total_seconds']:.0f} s")
     return summary
