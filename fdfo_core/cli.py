@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .generation import generate_images
     from .images import image_grid, save_png
     from .rewards import build_reward
-    from .run_definition import FrontEnd, recorded_definition
+    from .run_definition import FrontEnd, RunDefinition, recorded_definition, restore
     from .trainer import Callbacks, amp_dtype
 
     dist = init_distributed(args.device if args.device != "auto" else None)
@@ -240,20 +240,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.preview_every = int(session["preview_every"])
     if args.preview_every is None:
         args.preview_every = 1
-    model = args.model or (recorded.model_source if recorded is not None else None) or _default_model()
+    # What the user gave, as RunDefinition fields (None: omitted); on resume the rest is restored.
+    from .prompts import read_prompts
+
+    given: dict[str, Any] = {
+        "model_source": _model_source(args.model) if args.model else None,
+        "config": config_values(args.preset, args.config, _overrides(args)) or None,
+        "model_settings": {k: v for k, v in (("max_sequence_length", args.max_sequence_length),
+                                             ("flux_guidance", args.flux_guidance)) if v is not None} or None,
+        "prompts": read_prompts(args.prompts) if args.prompts else None,
+    }
+    run = restore(recorded, given) if recorded is not None else RunDefinition(**given)
+    model = run.model_source or _default_model()
     if model is None:
         raise CLIError("--model is required: a diffusers SD3/SD3.5/Flux folder or hub id")
     if recorded is not None and recorded.config is not None:
-        given = config_values(args.preset, args.config, _overrides(args))
-        cfg = FDFOConfig.from_dict({**recorded.config, **given}).validate()
-    else:
-        preset = args.preset or ("toy" if _is_toy(model) else None)
-        cfg = load_config(preset, args.config, _overrides(args))
-    settings = dict((recorded.model_settings if recorded is not None else None) or {})
-    if args.max_sequence_length is not None:
-        settings["max_sequence_length"] = args.max_sequence_length
-    if args.flux_guidance is not None:
-        settings["flux_guidance"] = args.flux_guidance
+        cfg = FDFOConfig.from_dict(run.config).validate()
+    else:  # a new run: defaults <- preset (the toy's for the toy model) <- TOML <- flags
+        cfg = load_config(args.preset or ("toy" if _is_toy(model) else None), args.config, _overrides(args))
+    settings = dict(run.model_settings or {})
     if _is_toy(model) and settings.get("max_sequence_length") is None:
         from .toy import TOY_MAX_SEQUENCE_LENGTH
 
@@ -263,20 +268,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .backends.diffusers_backend import check_supported
 
     check_supported(model)
-    if args.prompts or recorded is None or recorded.prompts is None:
-        prompts = _load_prompts(args.prompts, model)
-    else:
-        prompts = list(recorded.prompts)
+    prompts = list(run.prompts) if run.prompts is not None else _load_prompts(None, model)
     spec, reward_options, normalize, normalize_options = _resolve_reward(args, recorded)
     reward = build_reward(spec, reward_options, device=device, normalize=normalize,
                           normalize_options=normalize_options)
-    if args.preview_prompts or args.preview_count is not None or recorded is None or recorded.preview_prompts is None:
-        from .prompts import read_prompts
-
-        count = args.preview_count if args.preview_count is not None else 8
-        preview_prompts = read_prompts(args.preview_prompts) if args.preview_prompts else prompts[:count]
+    if args.preview_prompts:
+        preview_prompts = read_prompts(args.preview_prompts)
+    elif args.preview_count is not None or run.preview_prompts is None:
+        preview_prompts = prompts[: args.preview_count if args.preview_count is not None else 8]
     else:
-        preview_prompts = list(recorded.preview_prompts)
+        preview_prompts = list(run.preview_prompts)
     backend = _build_backend(model, cfg, device, args)
 
     progress = _Progress(cfg.epochs, 0, enabled=dist.is_main and not args.no_progress)
