@@ -380,12 +380,13 @@ def write_json(path: str | os.PathLike, obj: Any, what: str = "file", indent: in
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "file") -> Path:
     """Copy `src` to `dst` atomically (a reader never sees a partial copy)."""
     src = Path(src)
-
-    def copy(f: BinaryIO) -> None:
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f, 1 << 20)
-
-    return atomic_write(dst, copy, what)
+    try:
+        source = open(src, "rb")
+    except OSError as e:  # the source is the problem, not the target
+        raise StorageError(f"could not copy {src} to {dst}: {e.strerror or e}", path=src, reason=str(e.strerror),
+                           errno_=e.errno) from None
+    with source:
+        return atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20), what)
 
 
 def append_line(path: str | os.PathLike, line: str, what: str = "log") -> Path:

@@ -35,14 +35,10 @@ from .distributed import DistContext, shard_range
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
 from .rewards.base import Reward, RewardError
-from .run_definition import (RESUMABLE_CHANGES, FrontEnd, RunDefinition, RunRecords, differences, refusal_message,
-                             reward_fields)
+from .run_definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
+from .run_definition import FrontEnd, RunDefinition, RunRecords, differences, refusal_message, reward_fields
 from .sampler import ChurnSettings, guided, sample_pairs
 from .storage import StorageError
-
-# Re-exported for front ends: StorageError (a write failed), FrontEnd (a front end's words,
-# session record and folders), RESUMABLE_CHANGES.
-_EXPORTS = (FrontEnd, StorageError, RESUMABLE_CHANGES)
 
 
 class TrainingInterrupted(RuntimeError):
