@@ -417,12 +417,13 @@ class ComfyBackend(NamedAdapterParams):
         """Make each transformer block safe to differentiate, and optionally recompute it in the
         backward pass (gradient checkpointing saves activation memory).
 
-        ComfyUI's blocks are written for inference and update their inputs in place (Flux:
+        ComfyUI's blocks are written for inference and some update their inputs in place (Flux:
         `x += ...` after `pre_norm(x)` saved x for the backward pass; `txt += ...`), which makes
         autograd refuse (or, under checkpointing, recompute from the updated input). So a block
         gets copies of its tensor inputs inside the recomputed function (checkpointing), or a
-        snapshot of any saved tensor that shares memory with an input (no checkpointing: one copy
-        of the block's input, only where it is saved)."""
+        snapshot of any saved tensor that shares memory with an input (no checkpointing) as long
+        as it has been seen to update an input: the first differentiated call of each block finds
+        out, later calls of blocks that leave their inputs alone cost nothing."""
         from torch.utils.checkpoint import checkpoint
 
         def copies(values):
@@ -434,23 +435,30 @@ class ComfyBackend(NamedAdapterParams):
             for block in child:
                 previous = block.__dict__.get("forward")
                 original = block.forward
+                seen = {"updates_inputs": None}  # unknown until the first differentiated call
 
                 def on_copies(*args, _original=original, **kwargs):
                     return _original(*copies(args), **dict(zip(kwargs, copies(kwargs.values()))))
 
-                def forward(*args, _original=original, _on_copies=on_copies, **kwargs):
+                def forward(*args, _original=original, _on_copies=on_copies, _seen=seen, **kwargs):
                     if not torch.is_grad_enabled():
                         return _original(*args, **kwargs)
                     if checkpointing:
                         return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
-                    inputs = {v.untyped_storage().data_ptr() for v in (*args, *kwargs.values())
-                              if isinstance(v, torch.Tensor) and v.numel()}
+                    if _seen["updates_inputs"] is False:
+                        return _original(*args, **kwargs)
+                    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]
+                    versions = [v._version for v in tensors]
+                    inputs = {v.untyped_storage().data_ptr() for v in tensors}
 
                     def pack(t):
                         return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
 
                     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                        return _original(*args, **kwargs)
+                        out = _original(*args, **kwargs)
+                    if _seen["updates_inputs"] is None:
+                        _seen["updates_inputs"] = any(v._version != n for v, n in zip(tensors, versions))
+                    return out
 
                 block.forward = forward
                 self._wrapped.append((block, previous))
