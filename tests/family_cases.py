@@ -139,6 +139,6 @@ CASES = [
 CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
-               train=True),
+               train=True, train_overrides={"epochs": 4}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
