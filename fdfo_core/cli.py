@@ -162,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .images import image_grid, save_png
     from .rewards import build_reward
     from .baselines import build_trainer
+    from .prompts import read_prompts
     from .trainer import Callbacks, amp_dtype
 
     model = args.model or _default_model()
@@ -180,7 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     toml = args.config
     if toml is None and resume and (run_dir / "config.json").exists():
-        base = json.loads((run_dir / "config.json").read_text())
+        from .textfiles import read_json_file
+
+        base = read_json_file(run_dir / "config.json", "run config")
         cfg = FDFOConfig.from_dict({**base, **_overrides(args)}).validate()
     else:
         preset = args.preset or ("toy" if _is_toy(model) else None)
@@ -199,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     progress = _Progress(cfg.epochs, 0, enabled=dist.is_main and not args.no_progress)
     preview_prompts = (
-        [p for p in Path(args.preview_prompts).read_text().splitlines() if p.strip()]
+        read_prompts(args.preview_prompts, what="preview prompts file")
         if args.preview_prompts else prompts[: args.preview_count]
     )
     preview_seeds = list(range(len(preview_prompts)))
@@ -415,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .lora_files import LoraFileError
     from .prompts import PromptError
     from .rewards import RewardError
+    from .textfiles import TextFileError
     from .trainer import TrainingError
 
     if getattr(args, "threads", 0):
@@ -424,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ConfigError, BackendError, LoraFileError, PromptError, RewardError, TrainingError,
-            FileNotFoundError) as e:
+            TextFileError, FileNotFoundError) as e:
         print(f"fdfo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

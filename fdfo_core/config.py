@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .schedules import CHURN_SCHEDULES, ChurnSchedule
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .textfiles import TextFileError, read_toml_file
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 #: "fdfo" is this project's method; the others are baselines sharing models, rewards and loop
@@ -190,8 +185,10 @@ def load_config(
         path = Path(toml_path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        try:  # UTF-8 with or without a byte-order mark, any line ends (fdfo_core.textfiles)
+            data = read_toml_file(path, "config file")
+        except TextFileError as e:
+            raise ConfigError(str(e)) from None
         data = data.get("fdfo", data)
         values.update(data)
     if overrides:

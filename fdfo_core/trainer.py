@@ -30,6 +30,7 @@ from .config import FDFOConfig
 from .distributed import DistContext, shard_range
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
+from .prompts import clean_prompt
 from .rewards.base import Reward, RewardError
 from .sampler import ChurnSettings, guided, sample_pairs
 
@@ -173,7 +174,7 @@ class FDFOTrainer:
         lora_name: str = "lora",
     ):
         config.validate()
-        prompts = [p.strip() for p in prompts]
+        prompts = [clean_prompt(p) for p in prompts]  # stray byte-order marks never reach the encoder
         prompts = [p for p in prompts if p]
         if not prompts:
             raise TrainingError("the prompt list is empty: give at least one non-empty prompt (one per line)")

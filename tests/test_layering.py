@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 CORE = Path(__file__).resolve().parents[1] / "fdfo_core"
 
 #: Top-level modules that exist only inside a ComfyUI installation (or are our ComfyUI layer).

@@ -25,6 +25,7 @@ from ..lora_files import (
     fuse_lora,
     load_lora,
 )
+from ..textfiles import read_json_file
 from ..trainer import derive_seed
 
 #: diffusers pipeline class -> model family.
@@ -52,7 +53,7 @@ def pipeline_class_name(model: str | Path) -> str:
                     "diffusers' from_single_file(...).save_pretrained(folder)."
                 )
             raise BackendError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
-        return json.loads(index.read_text())["_class_name"]
+        return read_json_file(index, "pipeline index")["_class_name"]
     from diffusers import DiffusionPipeline
 
     try:
@@ -89,7 +90,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
     kwargs: dict[str, Any] = {"torch_dtype": dtype}  # "dtype" in diffusers >= 0.36; this spelling works on both
     path = Path(model)
     if path.exists():
-        index = json.loads((path / "model_index.json").read_text())
+        index = read_json_file(path / "model_index.json", "pipeline index")
         # Components saved as [null, null] (SD3 without T5) must be passed explicitly as None.
         for name, value in index.items():
             if not name.startswith("_") and isinstance(value, list) and value[0] is None:
@@ -99,7 +100,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
 
 def model_settings(model: str | Path) -> dict[str, Any]:
     path = Path(model) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json_file(path, "model settings file") if path.exists() else {}
 
 
 def pipeline_family(pipe) -> str:

@@ -50,6 +50,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..textfiles import TextFileError, decode_text
 from .base import Reward, RewardError
 from .registry import register_reward
 
@@ -167,9 +168,9 @@ class RemoteReward(Reward):
 
     def parse_reply(self, raw: bytes, n: int) -> list[float]:
         shown = raw[:200].decode("utf-8", "replace")
-        try:
-            reply = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        try:  # UTF-8, a byte-order mark allowed (some servers send one)
+            reply = json.loads(decode_text(raw, "the reply"))
+        except (TextFileError, json.JSONDecodeError) as e:
             raise RewardError(f"remote: {self._where()} did not reply with JSON ({e}): {shown!r}") from e
         if not isinstance(reply, dict) or "scores" not in reply:
             raise RewardError(f"remote: the reply must be a JSON object with a 'scores' list, got {shown!r}")
