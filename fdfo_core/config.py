@@ -48,6 +48,10 @@ class FDFOConfig:
     interval_width: float = 0.5  # width of the churn bump in logit-time
     sample_batch_size: int = 8  # pairs per sampling batch (2x images through the model)
     decode_batch_size: int = 16  # images per VAE decode / reward call
+    # Share of an epoch's pairs that may lose their reward (NaN, missing, a failed reward call)
+    # before the run stops: a flaky scorer costs a few pairs, a broken one stops the run. 0.5:
+    # an epoch that keeps half its pairs still gives an unbiased (noisier) update.
+    max_bad_pair_fraction: float = 0.5
     # --- objective -------------------------------------------------------------------------
     clip_range: float = 0.03  # trust region of the SPO surrogate (published)
     kl_weight: float = 0.0  # KL-style pull to the base model; the authors keep it off
@@ -111,6 +115,9 @@ class FDFOConfig:
              f"steps_per_sample must be between 0 (all) and num_steps={self.num_steps}, got {self.steps_per_sample}")
         need(self.sample_batch_size >= 1 and self.train_batch_size >= 1 and self.decode_batch_size >= 1,
              "batch sizes must be >= 1")
+        need(isinstance(self.max_bad_pair_fraction, (int, float)) and 0.0 <= self.max_bad_pair_fraction <= 1.0,
+             f"max_bad_pair_fraction must be between 0 (stop at the first pair without a reward) and 1 (never stop "
+             f"while any pair is left), got {self.max_bad_pair_fraction!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")

@@ -174,6 +174,10 @@ def optional_training_inputs() -> dict[str, tuple]:
             "Where the recorded states of an epoch live. cpu saves VRAM (SD3.5/Flux at the published size need it on 24 GB cards).")}),
         "full_load": ("BOOLEAN", {"default": False, "tooltip": (
             "Load the whole model onto the GPU for training. Off: ComfyUI decides (partial loading when VRAM is short).")}),
+        "max_bad_pair_fraction": ("FLOAT", {"default": d.max_bad_pair_fraction, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+            "Pairs whose reward is missing, NaN or failed (a scoring server's error for some images) are dropped and "
+            "counted; the run stops when more than this share of an epoch's pairs is lost (0: stop at the first; "
+            "1: never while any pair is left).")}),
     }
 
 
@@ -193,6 +197,7 @@ def config_from_inputs(values: dict[str, Any]) -> FDFOConfig:
         decode_batch_size=v.get("decode_batch_size", DEFAULTS.decode_batch_size),
         gradient_checkpointing=v.get("gradient_checkpointing", DEFAULTS.gradient_checkpointing),
         precision=v.get("precision", DEFAULTS.precision), storage_device=v.get("storage_device", DEFAULTS.storage_device),
+        max_bad_pair_fraction=v.get("max_bad_pair_fraction", DEFAULTS.max_bad_pair_fraction),
         extra={"frontend": "comfyui", "scheduler": v.get("scheduler", "simple"), "flux_guidance": v.get("flux_guidance", 3.5)},
     ).validate()
 
