@@ -99,9 +99,14 @@ class FDFOConfig:
         need(self.pairs_per_epoch >= 1, f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         need(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
         need(self.cfg_scale >= 1.0, f"cfg_scale must be >= 1 (1 = no CFG), got {self.cfg_scale}")
-        need(self.height % 16 == 0 and self.width % 16 == 0,
-             f"height and width must be multiples of 16, got {self.height}x{self.width}; try "
-             f"{max(16, round(self.height / 16) * 16)}x{max(16, round(self.width / 16) * 16)}")
+        if not (self.height % 16 == 0 and self.width % 16 == 0 and self.height >= 16 and self.width >= 16):
+            from .image_size import SizeRule, nearest_sizes
+
+            near = nearest_sizes(self.height, self.width, SizeRule(16, 16))
+            raise ConfigError(
+                f"height and width must be multiples of 16 (at least 16), got {self.height}x{self.width} (height x "
+                f"width); nearest sizes: {', '.join(f'{h}x{w}' for h, w in near)} (the model may allow fewer: "
+                "it is checked again when it is loaded)")
         need(self.churn in CHURN_SCHEDULES, f"churn must be one of {CHURN_SCHEDULES}, got {self.churn!r}")
         need(self.churn_strength >= 0, f"churn_strength must be >= 0, got {self.churn_strength}")
         need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")

@@ -30,6 +30,7 @@ from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, sav
 from .conditioning import Cond, cond_select, cond_to
 from .config import FDFOConfig
 from .distributed import DistContext, shard_range
+from .image_size import check_backend_size
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
 from .prompts import clean_prompt
@@ -181,6 +182,7 @@ class FDFOTrainer:
         prompts = [p for p in prompts if p]
         if not prompts:
             raise TrainingError("the prompt list is empty: give at least one non-empty prompt (one per line)")
+        check_backend_size(backend, config.height, config.width)  # before any model work
         self.backend = backend
         self.reward = reward
         self.reward_spec = reward_spec or reward.describe()
@@ -603,6 +605,9 @@ class FDFOTrainer:
             "lora_rank": cfg.lora_rank,
             "lora_alpha": cfg.lora_alpha,
             "config": cfg.to_dict(),
+            # What `fdfo sample --lora` needs beyond the config to sample as the LoRA was trained.
+            **{k: getattr(self.backend, k) for k in ("max_sequence_length", "flux_guidance")
+               if getattr(self.backend, k, None) is not None and (k != "flux_guidance" or self.backend.family == "flux")},
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
         }

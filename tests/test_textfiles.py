@@ -225,3 +225,18 @@ def test_model_json_files_with_a_bom(tmp_path):
     pre = tmp_path / "preprocessor_config.json"
     pre.write_bytes(BOM + b'{"size": {"shortest_edge": 32}, "crop_size": 32}')
     assert ImageTransform.from_preprocessor_config(pre).size == 32
+
+
+def test_the_trainer_never_passes_a_bom_to_the_encoder():
+    """Prompts from any source (a ComfyUI text node of another pack, a Python caller) lose stray BOMs."""
+    import torch
+
+    from fdfo_core.config import FDFOConfig
+    from fdfo_core.trainer import Callbacks, FDFOTrainer
+
+    from flow2d import MinusDistance, PointBackend, VelocityMLP
+
+    tr = FDFOTrainer(PointBackend(VelocityMLP(8)), MinusDistance(), ["\ufeffa red square\r", "\ufeff"],
+                     FDFOConfig(height=16, width=16, pairs_per_epoch=2, num_steps=2), callbacks=Callbacks(log=None))
+    assert tr.prompts == ["a red square"]
+    assert torch.is_tensor(tr.params[0])

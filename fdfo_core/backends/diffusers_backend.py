@@ -17,6 +17,7 @@ import torch
 
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
+from ..image_size import SizeRule
 from ..config import FDFOConfig
 from ..lora_files import (
     LoraFileError,
@@ -236,6 +237,18 @@ class DiffusersBackend(NamedAdapterParams):
             c = self.transformer.config.in_channels // 4
             return (c, 2 * (height // (f * 2)), 2 * (width // (f * 2)))
         return (self.transformer.config.in_channels, height // f, width // f)
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes: multiples of the VAE's downscale x the transformer's patch (2x2
+        latent packing for Flux), at least one patch, at most `pos_embed_max_size` patches (SD3)."""
+        f = int(self.pipe.vae_scale_factor)
+        config = self.transformer.config
+        patch = 2 if self.family == "flux" else int(config.get("patch_size", 1) or 1)
+        max_patches = config.get("pos_embed_max_size")
+        return SizeRule(
+            multiple=f * patch, minimum=f * patch, maximum=int(max_patches) * f * patch if max_patches else None,
+            why=f"the VAE downscales by {f} and the transformer takes {patch}x{patch} latent patches",
+        )
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
