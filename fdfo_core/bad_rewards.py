@@ -121,7 +121,7 @@ def too_many_bad(epoch: int, bad: int, total: int, unit: str, limit: float, rewa
         + (f". {detail[0].upper() + detail[1:]}" if detail else "")
         + ". Fix the reward (the errors above say what failed; check that its weights load and that a scoring "
         "server is up), or raise max_bad_pair_fraction (--max-bad-pair-fraction, or the Trainer node's input) to "
-        "train on the pairs that remain. The LoRA trained so far is kept."
+        "train on the pairs that remain. Checkpoints and the LoRA trained so far (if any) are kept."
     )
 
 
