@@ -62,6 +62,9 @@ class FlowBackend(Protocol):
     def fingerprint(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed on this model (family, adapter layout, ...)."""
 
+    # Optional: `sampling_options() -> dict` with what sampling needs beyond the config (text
+    # length, guidance-embedding value), written into LoRA metadata for `fdfo sample --lora`.
+
 
 def nullcontext() -> ContextManager[None]:
     return contextlib.nullcontext()

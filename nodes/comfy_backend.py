@@ -59,6 +59,7 @@ from ..fdfo_core.families import (
     supported_families_text,
 )
 from ..fdfo_core.families.generic import UnregisteredComfyFamily
+from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import fuse_parts
 from ..fdfo_core.trainer import derive_seed
 
@@ -495,6 +496,11 @@ class ComfyBackend(NamedAdapterParams):
             ]
         return fuse_parts(groups, cfg.lora_alpha / cfg.lora_rank)
 
+    def sampling_options(self) -> dict[str, Any]:
+        """What sampling needs beyond the config (LoRA metadata): the guidance-embedding value for
+        families that have one (the text length is the CLIP's own here)."""
+        return {"flux_guidance": self.options.guidance} if self.model_family.guidance is not None else {}
+
     def fingerprint(self) -> dict[str, str]:
         if self._fingerprint is None:
             self._fingerprint = self._compute_fingerprint()
@@ -542,6 +548,21 @@ class ComfyBackend(NamedAdapterParams):
         """Shape of a latent batch as the MODEL takes it ([B, C, 1, h, w] for video-latent models)."""
         c, h, w = self.latent_shape(height, width)
         return (batch, c, 1, h, w) if self._one_frame else (batch, c, h, w)
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes (fdfo_core.image_size): multiples of the VAE's downscale x the
+        transformer's patch (at least the family's `latent_patch`: Flux packs 2x2 latents into one
+        token), at least one patch, and for an MMDiT with a stored position table (SD3) at most
+        `pos_embed_max_size` patches per side (ComfyUI asserts on larger ones)."""
+        f = int(self.vae.spacial_compression_decode())
+        dm = self.base.diffusion_model
+        patch = getattr(dm, "patch_size", 1)
+        patch = int(patch[-1] if isinstance(patch, (tuple, list)) else patch or 1)
+        patch = max(patch, self.model_family.latent_patch or 1)
+        max_patches = getattr(dm, "pos_embed_max_size", None) if getattr(dm, "pos_embed", None) is not None else None
+        return SizeRule(multiple=f * patch, minimum=f * patch,
+                        maximum=int(max_patches) * f * patch if max_patches else None,
+                        why=f"the VAE downscales by {f} and the model takes {patch}x{patch} latent patches")
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         sampling = self.patcher.get_model_object("model_sampling")

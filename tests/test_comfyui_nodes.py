@@ -10,7 +10,8 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
   tests/test_families.py);
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
-  is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
+  is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself; a reward
+  failing for one micro-batch costs only its pairs; a size the model cannot make is refused;
 - SD1.5-style (EPS) models, Flux.1 Fill (needs an image), video models and 4-channel VAEs are
   refused with clear messages that list the supported families;
 - a resumed run with another seed, reward or upstream LoRA is refused by name (allow_run_changes
@@ -37,6 +38,7 @@ CHECKS = [
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused",
     "image_conditioned_and_video_models_are_refused", "mismatched_vae_is_refused",
     "fp8_weights_train", "cfg_training_runs", "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
+    "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
 ]
 
 pytestmark = [

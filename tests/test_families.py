@@ -66,6 +66,16 @@ def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
     assert r["parts"] > 0 and not r["diffusers_only"] and not r["comfy_only"], r
 
 
+@pytest.mark.parametrize("case_id", IDS)
+def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
+    """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for every family
+    here, whatever the diffusers config's patch_size says: Flux's is 1)."""
+    backend = H.make_backend(CASES_BY_ID[case_id], tmp_path, add_adapter=False)
+    rule = backend.image_size_rule()
+    assert rule.multiple == 16 and rule.allows(64) and not rule.allows(72), rule
+    assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (12, 10)
+
+
 @pytest.mark.parametrize("case_id", [c.id for c in CASES if c.train])
 def test_family_trains_and_held_out_reward_rises(case_id, tmp_path, one_thread):
     r = H.check_training(CASES_BY_ID[case_id], tmp_path)

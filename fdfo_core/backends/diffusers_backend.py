@@ -19,6 +19,7 @@ import torch
 
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
+from ..image_size import SizeRule
 from ..config import FDFOConfig
 from ..families import Family, FamilyError, FamilyOptions, family_for_pipeline, needs_input, supported_families_text
 from ..lora_files import (
@@ -29,6 +30,7 @@ from ..lora_files import (
     fuse_lora,
     load_lora,
 )
+from ..textfiles import read_json_file
 from ..trainer import derive_seed
 
 ADAPTER = "fdfo"
@@ -61,7 +63,7 @@ def pipeline_index(model: str | Path) -> dict[str, Any]:
                     "diffusers' from_single_file(...).save_pretrained(folder)."
                 )
             raise BackendError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
-        return json.loads(index.read_text())
+        return read_json_file(index, "pipeline index")
     from diffusers import DiffusionPipeline
 
     try:
@@ -143,7 +145,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
 
 def model_settings(model: str | Path) -> dict[str, Any]:
     path = Path(model) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json_file(path, "model settings file") if path.exists() else {}
 
 
 def pipeline_family(pipe) -> Family:
@@ -203,6 +205,15 @@ class DiffusersBackend(NamedAdapterParams):
     @property
     def max_sequence_length(self) -> int:
         return self.options.max_sequence_length
+
+    def sampling_options(self) -> dict[str, Any]:
+        """What `fdfo sample --lora` needs beyond the config to sample as this LoRA was trained
+        (written into its metadata): the text length and, for families with a guidance embedding,
+        its value (under the key "flux_guidance", as recorded since Flux was the first)."""
+        out: dict[str, Any] = {"max_sequence_length": self.options.max_sequence_length}
+        if self.model_family.guidance is not None:
+            out["flux_guidance"] = self.options.guidance
+        return out
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         """Every model component but the transformer (text encoders, VAE, image encoders)."""
@@ -289,6 +300,19 @@ class DiffusersBackend(NamedAdapterParams):
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         return tuple(self.model_family.diffusers_latent_shape(self.pipe, height, width))
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes: multiples of the VAE's downscale x the transformer's patch (the
+        family's `latent_patch`, e.g. 2x2 latent packing for Flux), at least one patch, at most
+        `pos_embed_max_size` patches (SD3)."""
+        f = int(self.pipe.vae_scale_factor)
+        config = self.transformer.config
+        patch = self.model_family.latent_patch or int(config.get("patch_size", 1) or 1)
+        max_patches = config.get("pos_embed_max_size")
+        return SizeRule(
+            multiple=f * patch, minimum=f * patch, maximum=int(max_patches) * f * patch if max_patches else None,
+            why=f"the VAE downscales by {f} and the transformer takes {patch}x{patch} latent patches",
+        )
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         return self.model_family.diffusers_sigmas(self.pipe, num_steps, height, width).float().cpu()

@@ -82,6 +82,10 @@ class Family:
     #: ComfyUI runs the model on video latents [B, C, T, h, w]; FDFO trains it with T = 1.
     comfy_video_latents: ClassVar[bool] = False
 
+    #: p: the transformer takes p x p latents per token (image sizes are multiples of VAE
+    #: downscale x p); None: its config's / ComfyUI model's `patch_size`.
+    latent_patch: ClassVar[int | None] = None
+
     # --- LoRA ---------------------------------------------------------------------------------
     lora_map: ClassVar[LoraMap]
     #: Default LoRA targets (diffusers module-name suffixes, peft's rule).

@@ -43,6 +43,7 @@ class Flux(Family):
     diffusers_pipelines = ("FluxPipeline", "FluxKontextPipeline")
     diffusers_transformers = ("FluxTransformer2DModel",)
     comfy_models = ("Flux",)
+    latent_patch = 2  # 2x2 latent packing (the diffusers config says patch_size 1)
     diffusers_needs_input = {
         "FluxImg2ImgPipeline": "an input image",
         "FluxInpaintPipeline": "an input image and a mask",

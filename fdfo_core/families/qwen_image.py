@@ -36,6 +36,7 @@ class QwenImage(Family):
         "QwenImageLayeredPipeline": "an input image",
     }
     comfy_video_latents = True
+    latent_patch = 2  # 2x2 latent packing
     lora_map = LoraMap(tuple(same_names("transformer_blocks.{i}.attn.", (
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     ))))
