@@ -55,6 +55,7 @@ from ..fdfo_core.families import (
     FamilyOptions,
     FusedPart,
     PlannedPart,
+    comfy_refusal,
     family_for_comfy_model,
     supported_families_text,
 )
@@ -129,6 +130,10 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    refused = comfy_refusal(base)
+    if refused is not None:
+        refused_family, why = refused
+        raise BackendError(f"this MODEL is {name} ({refused_family.title}): {why} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
     dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
     if dims != 2 and not (dims == 3 and family.comfy_video_latents):

@@ -29,7 +29,8 @@ PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
 def tiny_config(case, **over):
     values = dict(epochs=1, pairs_per_epoch=4, num_steps=4, sample_batch_size=4, train_batch_size=32,
-                  lora_rank=4, lora_alpha=8.0, checkpoint_every=0, lr=1e-2, height=case.size, width=case.size)
+                  lora_rank=4, lora_alpha=8.0, checkpoint_every=0, lr=1e-2, height=case.size, width=case.size,
+                  lora_targets=list(get_family(case.family).lora_targets))  # as the family's preset sets them
     values.update(over)
     return load_config("toy", overrides=values)
 

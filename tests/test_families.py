@@ -69,11 +69,14 @@ def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
 @pytest.mark.parametrize("case_id", IDS)
 def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
     """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for every family
-    here, whatever the diffusers config's patch_size says: Flux's is 1)."""
-    backend = H.make_backend(CASES_BY_ID[case_id], tmp_path, add_adapter=False)
+    here, whatever the diffusers config's patch_size says: Flux's is 1); Flux.2's latent is already
+    patched (16 px cells)."""
+    case = CASES_BY_ID[case_id]
+    backend = H.make_backend(case, tmp_path, add_adapter=False)
     rule = backend.image_size_rule()
     assert rule.multiple == 16 and rule.allows(64) and not rule.allows(72), rule
-    assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (12, 10)
+    cell = case.latent_cell
+    assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (96 // cell, 80 // cell)
 
 
 @pytest.mark.parametrize("case_id", [c.id for c in CASES if c.train])
