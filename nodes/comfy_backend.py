@@ -132,8 +132,7 @@ def model_family(model) -> Family:
         )
     refused = comfy_refusal(base)
     if refused is not None:
-        refused_family, why = refused
-        raise BackendError(f"this MODEL is {name} ({refused_family.title}): {why} FDFO trains {supported_text()}.")
+        raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
     dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
     if dims != 2 and not (dims == 3 and family.comfy_video_latents):

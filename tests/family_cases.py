@@ -58,8 +58,10 @@ class FamilyCase:
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast).
+    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast) ...
     train_pipeline: Callable[[Path, int], Any] | None = None
+    #: ... marked `slow` (20-50 s on one core).
+    train_slow: bool = False
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
@@ -152,17 +154,17 @@ CASES += [
 ]
 # No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
 # tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders
-# have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27); prompts are cut
-# to 48 tokens of one byte each, chat template included (Flux.2's long system message is cut).
+# have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27). Text tokens are
+# bytes: 48 hold a chat-templated prompt, Flux.2 needs 256 for its system message and the prompt.
 CASES += [
     FamilyCase("flux2", "flux2", lambda tmp, seed: tiny_flux2_pipeline(tmp, seed), latent_cell=16,
-               pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=48,
-               train=True, train_overrides={"epochs": 6}),
+               pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=256,
+               train=True, train_slow=True, train_overrides={"epochs": 6}),
     FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
-               train=True, train_overrides={"epochs": 6}),
+               train=True, train_slow=True, train_overrides={"epochs": 6}),
     FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
-               train=True, train_overrides={"epochs": 6}),
+               train=True, train_slow=True, train_overrides={"epochs": 6}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -79,7 +79,8 @@ def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread)
     assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (96 // cell, 80 // cell)
 
 
-@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.train])
+@pytest.mark.parametrize("case_id", [pytest.param(c.id, marks=pytest.mark.slow) if c.train_slow else c.id
+                                     for c in CASES if c.train])
 def test_family_trains_and_held_out_reward_rises(case_id, tmp_path, one_thread):
     r = H.check_training(CASES_BY_ID[case_id], tmp_path)
     print(r)

@@ -201,8 +201,10 @@ MISTRAL_CHAT_TEMPLATE = (
 
 
 def tiny_qwen3_tokenizer():
-    """The byte-level Qwen tokenizer with a Qwen3 chat template (one token per byte)."""
+    """The byte-level Qwen tokenizer with a Qwen3 chat template (one token per byte; the chat
+    markers are single special tokens, as in Qwen's own tokenizer)."""
     tok = tiny_qwen_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = QWEN3_CHAT_TEMPLATE
     return tok
 
@@ -265,11 +267,13 @@ def _flux2_scheduler():
 def tiny_flux2_pipeline(tmp: Path, seed: int = 0):
     """Flux2Pipeline (Flux.2 dev layout) at 64x64 px (4x4 tokens of 2x2 x 32-channel latents): a
     Mistral3 text encoder with 30 text layers (the pipeline stacks hidden states 10, 20, 30),
-    hidden 16, a byte-level tokenizer with a Mistral chat template, guidance embedding."""
+    hidden 16, a byte-level tokenizer with a Mistral chat template (its markers single special tokens;
+    the pipeline's 168-byte system message comes first), guidance embedding."""
     from diffusers import Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     tok = tiny_qwen_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<s>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]"]})
     tok.chat_template = MISTRAL_CHAT_TEMPLATE
     torch.manual_seed(seed + 2)
     text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
