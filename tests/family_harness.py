@@ -35,10 +35,11 @@ def tiny_config(case, **over):
     return load_config("toy", overrides=values)
 
 
-def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipeline=None, **over) -> DiffusersBackend:
+def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipeline=None,
+                 max_sequence_length: int | None = None, **over) -> DiffusersBackend:
     pipe = (pipeline or case.pipeline)(tmp, seed)
-    return DiffusersBackend(pipe, tiny_config(case, **over), max_sequence_length=case.max_sequence_length,
-                            add_adapter=add_adapter)
+    return DiffusersBackend(pipe, tiny_config(case, **over), add_adapter=add_adapter,
+                            max_sequence_length=max_sequence_length or case.max_sequence_length)
 
 
 def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:
@@ -133,7 +134,8 @@ def check_training(case, tmp: Path) -> dict[str, float]:
     over = dict(epochs=8, pairs_per_epoch=32, num_steps=8, sample_batch_size=16, churn_strength=0.02,
                 lora_rank=8, lora_alpha=16.0)
     over.update(case.train_overrides)
-    backend = make_backend(case, tmp, pipeline=case.train_pipeline, **over)
+    backend = make_backend(case, tmp, pipeline=case.train_pipeline, max_sequence_length=case.train_max_sequence_length,
+                           **over)
     cfg, reward = backend.config, build_reward("brightness")
     prompts = [PROMPTS[i % 3] for i in range(32)]
     seeds = list(range(10_000, 10_032))  # never used in training (pair noise comes from derived seeds)
@@ -213,3 +215,31 @@ def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:
     with torch.no_grad():
         v = backend.velocity(data["x"], data["t"], cond)
     return {"diff": relative(v, comfy["v_hot"]), "lora_effect": relative(comfy["v_hot"], data["v_base"])}
+
+
+def check_gradient_checkpointing(case, tmp: Path) -> dict[str, float]:
+    """LoRA gradients of a fixed linear function of the velocity, with and without the
+    transformer's gradient checkpointing (config.gradient_checkpointing), from the same LoRA."""
+    grads = []
+    for checkpointing in (False, True):
+        backend = make_backend(case, tmp, gradient_checkpointing=checkpointing)
+        perturb_lora(backend)
+        x, t, cond = probe(backend)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        backend.velocity(x, t, cond).mul(w).sum().backward()
+        grads.append(torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
+                                for p in backend.trainable_parameters()]))
+    plain, checkpointed = grads
+    return {"diff": relative(checkpointed, plain), "norm": float(plain.norm())}
+
+
+def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:
+    """The velocity call with the transformer in bf16 (as on CUDA) agrees with fp32 to bf16 accuracy."""
+    backend = make_backend(case, tmp, add_adapter=False)
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v32 = backend.velocity(x, t, cond)
+        backend.transformer.to(torch.bfloat16)
+        backend.model_dtype = torch.bfloat16
+        v16 = backend.velocity(x, t, {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in cond.items()})
+    return {"diff": relative(v16, v32), "finite": bool(torch.isfinite(v16).all())}

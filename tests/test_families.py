@@ -67,6 +67,21 @@ def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("case_id", IDS)
+def test_gradient_checkpointing_gives_the_same_gradients(case_id, tmp_path, one_thread):
+    r = H.check_gradient_checkpointing(CASES_BY_ID[case_id], tmp_path)
+    assert r["norm"] > 0 and r["diff"] < 1e-5, r
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_velocity_runs_in_bf16(case_id, tmp_path, one_thread):
+    """CUDA runs the transformer in bf16: timestep, ids, masks and guidance must suit it. (Loose
+    bound: with these random weights, rounding t to bf16 before the timestep embedding, as the Flux
+    pipelines do, moves the velocity by up to ~20 %; a wrong dtype path fails or is off by ~100 %.)"""
+    r = H.check_bf16_velocity(CASES_BY_ID[case_id], tmp_path)
+    assert r["finite"] and r["diff"] < 0.5, r
+
+
+@pytest.mark.parametrize("case_id", IDS)
 def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
     """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for every family
     here, whatever the diffusers config's patch_size says: Flux's is 1); Flux.2's latent is already
