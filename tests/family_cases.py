@@ -50,6 +50,9 @@ class FamilyCase:
     comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
     #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
     pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    #: FDFO's cfg_scale -> keyword arguments of the pipeline's __call__ for the same true CFG with an
+    #: empty negative prompt; None when the pipeline has no true CFG (guidance-distilled models).
+    cfg_kwargs: Callable[[float], dict[str, Any]] | None = None
     max_sequence_length: int = 8
     size: int = 64  # image height = width in pixels
     #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents).
@@ -165,9 +168,11 @@ CASES += [
                train=True, train_slow=True, train_max_sequence_length=48, train_overrides={"epochs": 6}),
     FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
                train=True, train_slow=True, train_overrides={"epochs": 6}),
     FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},  # Z-Image's g: v_c + g (v_c - v_u)
                train=True, train_slow=True, train_overrides={"epochs": 6}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

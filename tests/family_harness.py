@@ -65,19 +65,22 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- checks ----------------------------------------------------------------------------------------
 
 
-def check_matches_pipeline(case, tmp: Path, num_steps: int = 4) -> dict[str, float]:
+def check_matches_pipeline(case, tmp: Path, num_steps: int = 4, cfg_scale: float = 1.0) -> dict[str, float]:
     """The family's latent layout, time grid, prompt encoding, velocity call and decoding against the
-    diffusers pipeline's own __call__ (same seeds, no CFG): the images must agree."""
+    diffusers pipeline's own __call__ (same seeds, no CFG, or true CFG `cfg_scale` with an empty
+    negative prompt as `case.cfg_kwargs` spells it): the images must agree."""
     backend = make_backend(case, tmp, add_adapter=False)
     pipe, seeds = backend.pipe, [11, 12]
-    ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size)
+    ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size, cfg_scale=cfg_scale)
     kwargs = dict(prompt=PROMPTS[:2], num_inference_steps=num_steps, height=case.size, width=case.size,
                   generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
                   max_sequence_length=case.max_sequence_length)
     kwargs.update(case.pipeline_kwargs(backend.options))
+    if cfg_scale != 1.0:
+        kwargs.update(case.cfg_kwargs(cfg_scale))
     with torch.no_grad():
         theirs = pipe(**kwargs).images.float().clamp(0, 1)
-    return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std())}
+    return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std()), "images": ours}
 
 
 def check_lora_round_trip(case, tmp: Path) -> dict[str, Any]:

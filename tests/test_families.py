@@ -44,9 +44,23 @@ def test_every_registered_family_has_a_case():
 @pytest.mark.parametrize("case_id", IDS)
 def test_family_matches_the_diffusers_pipeline(case_id, tmp_path, one_thread):
     r = H.check_matches_pipeline(CASES_BY_ID[case_id], tmp_path)
+    r.pop("images")
     print(r)
     assert r["spread"] > 1e-3  # the images are not flat
     assert r["max_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.cfg_kwargs is not None])
+def test_cfg_matches_the_pipelines_cfg(case_id, tmp_path, one_thread):
+    """True CFG (cfg_scale 3, empty negative prompt) against the pipeline's, with its own scale
+    convention (Z-Image: guidance_scale = cfg_scale - 1)."""
+    case = CASES_BY_ID[case_id]
+    r = H.check_matches_pipeline(case, tmp_path, cfg_scale=3.0)
+    backend = H.make_backend(case, tmp_path, add_adapter=False)
+    plain = H.generate_images(backend, H.PROMPTS[:2], [11, 12], 4, case.size, case.size)
+    cfg_effect = float((r.pop("images") - plain).abs().max())
+    print(r, cfg_effect)
+    assert r["max_diff"] < 1e-4 and r["spread"] > 1e-3 and cfg_effect > 1e-2
 
 
 @pytest.mark.parametrize("case_id", IDS)
