@@ -246,3 +246,18 @@ def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:
         backend.model_dtype = torch.bfloat16
         v16 = backend.velocity(x, t, {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in cond.items()})
     return {"diff": relative(v16, v32), "finite": bool(torch.isfinite(v16).all())}
+
+
+def check_saved_folder_loads(case, tmp: Path) -> dict[str, Any]:
+    """The case's pipeline saved as a model folder loads through `build_backend` (what `fdfo train
+    --model <folder>` does) and gives the in-memory pipeline's velocity."""
+    from fdfo_core.backends.diffusers_backend import build_backend
+
+    backend = make_backend(case, tmp, add_adapter=False)
+    backend.pipe.save_pretrained(tmp / "model")
+    loaded = build_backend(tmp / "model", backend.config, max_sequence_length=case.max_sequence_length, add_adapter=False)
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v = backend.velocity(x, t, cond)
+        v_loaded = loaded.velocity(x, t, loaded.encode_prompts(PROMPTS))
+    return {"family": loaded.family, "pipeline": type(loaded.pipe).__name__, "diff": relative(v_loaded, v)}

@@ -80,6 +80,13 @@ def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
     assert r["parts"] > 0 and not r["diffusers_only"] and not r["comfy_only"], r
 
 
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.folder_round_trip])
+def test_saved_model_folder_loads_with_the_same_velocity(case_id, tmp_path, one_thread):
+    case = CASES_BY_ID[case_id]
+    r = H.check_saved_folder_loads(case, tmp_path)
+    assert r["family"] == case.family and r["diff"] < 1e-6, r
+
+
 @pytest.mark.parametrize("case_id", IDS)
 def test_gradient_checkpointing_gives_the_same_gradients(case_id, tmp_path, one_thread):
     r = H.check_gradient_checkpointing(CASES_BY_ID[case_id], tmp_path)
