@@ -48,6 +48,7 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..fdfo_core.backend import BackendError, NamedAdapterParams
+from ..fdfo_core.checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
     Family,
@@ -182,6 +183,7 @@ def check_clip(clip) -> None:
 
 
 # --- the adapter ---------------------------------------------------------------------------------
+
 
 
 class FDFOLoRA(_AdapterBase):
@@ -424,8 +426,14 @@ class ComfyBackend(NamedAdapterParams):
         gets copies of its tensor inputs inside the recomputed function (checkpointing), or a
         snapshot of any saved tensor that shares memory with an input (no checkpointing) as long
         as it has been seen to update an input: the first differentiated call of each block finds
-        out, later calls of blocks that leave their inputs alone cost nothing."""
+        out, later calls of blocks that leave their inputs alone cost nothing. Under checkpointing
+        the backward pass recomputes a block and keeps what the recomputation saves by reference;
+        a block that later updates such a tensor in place (Chroma: `img.addcmul_` after
+        `img_norm1(img)`) would corrupt it, so the recomputation runs under `CopyOnInplace`."""
         from torch.utils.checkpoint import checkpoint
+
+        def recompute_contexts():
+            return contextlib.nullcontext(), CopyOnInplace()
 
         def copies(values):
             return [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
@@ -445,7 +453,7 @@ class ComfyBackend(NamedAdapterParams):
                     if not torch.is_grad_enabled():
                         return _original(*args, **kwargs)
                     if checkpointing:
-                        return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
+                        return checkpoint(_on_copies, *args, use_reentrant=False, context_fn=recompute_contexts, **kwargs)
                     if _seen["updates_inputs"] is False:
                         return _original(*args, **kwargs)
                     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
+from tiny_pipelines import tiny_chroma_pipeline, tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -112,6 +112,37 @@ def comfy_qwen_image(config: dict, state_dict: dict):
     return comfy_model("QwenImage", unet, state_dict)
 
 
+def chroma_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Chroma: the T5 tokens Chroma attends to (the prompt's and one padding token); no pooled
+    embedding (ComfyUI's T5 CLIP gives None)."""
+    return row["prompt_embeds"][:, : int(row["prompt_mask"].sum())], {"pooled_output": None}
+
+
+def comfy_chroma(config: dict, state_dict: dict):
+    """Chroma: ComfyUI's converter of diffusers Flux keys covers the blocks; the approximator
+    (`distilled_guidance_layer`) is renamed by hand (ComfyUI loads only original-format Chroma files:
+    linear_1 / linear_2 / norms.N.weight there are in_layer / out_layer / norms.N.scale)."""
+    from comfy.model_detection import convert_diffusers_mmdit
+
+    sd = dict(state_dict)
+    approximator = {k: sd.pop(k) for k in list(sd) if k.startswith("distilled_guidance_layer.")}
+    native = convert_diffusers_mmdit(sd, "")
+    for k, v in approximator.items():
+        native[k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")
+               .replace(".weight", ".scale") if ".norms." in k else
+               k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")] = v
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    unet = {
+        "image_model": "chroma", "in_channels": config["in_channels"], "out_channels": config["in_channels"],
+        "context_in_dim": config["joint_attention_dim"], "hidden_size": hidden, "mlp_ratio": 4.0,
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": config["approximator_num_channels"],
+        "out_dim": hidden, "hidden_dim": config["approximator_hidden_dim"], "n_layers": config["approximator_layers"],
+    }
+    return comfy_model("Chroma", unet, native)
+
+
 def flux_kwargs(options) -> dict[str, Any]:
     return {"guidance_scale": options.guidance}
 
@@ -140,5 +171,11 @@ CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
                train=True, train_overrides={"epochs": 4}),
+]
+CASES += [
+    # The true 19 + 38 blocks (ComfyUI's modulation count), 16 wide; prompts are cut to 8 tokens.
+    FamilyCase("chroma", "chroma", lambda tmp, seed: tiny_chroma_pipeline(tmp, seed), comfy=comfy_chroma,
+               comfy_conditioning=chroma_conditioning, train=True,
+               train_pipeline=lambda tmp, seed: tiny_chroma_pipeline(tmp, seed, num_layers=1, num_single_layers=1)),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

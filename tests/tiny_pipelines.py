@@ -178,3 +178,30 @@ def tiny_qwen_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
     prefix = pipe.prompt_template_encode.split("{}")[0]
     pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
     return pipe
+
+
+def tiny_chroma_pipeline(tmp: Path, seed: int = 0, num_layers: int = 19, num_single_layers: int = 38):
+    """ChromaPipeline at 64x64 px (8x8 latents, 16 packed tokens), 16 wide. ComfyUI's Chroma
+    hard-codes the modulation count of the real model (344 = 3 x 38 single + 12 x 19 double + 2):
+    the final layer's modulation is the last two of those, so only the true 19 / 38 blocks (or
+    another split with 3 S + 12 D = 342) give the same model in both."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+        approximator_num_channels=64, approximator_hidden_dim=32, approximator_layers=2,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    # Chroma's scheduler: Flux's dynamic shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return ChromaPipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=t5,
+                          tokenizer=tok, transformer=transformer.eval())
