@@ -371,7 +371,7 @@ class ComfyBackend(NamedAdapterParams):
         modules = dict(self.base.diffusion_model.named_modules())
         linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
         plan: dict[str, list[PlannedPart]] = OrderedDict()
-        for part in self.model_family.comfy_lora_plan(linears, tuple(self.config.lora_targets)):
+        for part in self.model_family.comfy_lora_plan(linears, self.model_family.resolve_lora_targets(self.config.lora_targets)):
             plan.setdefault(part.comfy_module, []).append(part)
         out = []
         for name, parts in plan.items():
@@ -386,7 +386,7 @@ class ComfyBackend(NamedAdapterParams):
         plan = self.lora_plan()
         if not plan:
             raise BackendError(
-                f"no LoRA target modules found in {model_name(self.source_model)} for targets {list(cfg.lora_targets)}"
+                f"no LoRA target modules found in {model_name(self.source_model)} for targets {list(self.model_family.resolve_lora_targets(cfg.lora_targets))}"
             )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         for name, module, parts in plan:
@@ -540,7 +540,7 @@ class ComfyBackend(NamedAdapterParams):
             "unet_config": hashlib.sha256(json.dumps(unet, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": weights,
             "patches": digest.hexdigest()[:16] if patches else "none",
-            "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(cfg.lora_targets)}",
+            "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(self.model_family.resolve_lora_targets(cfg.lora_targets))}",
             "backend": "comfyui",
         }
 

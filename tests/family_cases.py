@@ -25,7 +25,13 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_chroma_pipeline, tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
+from tiny_pipelines import (
+    tiny_chroma_pipeline,
+    tiny_flux_pipeline,
+    tiny_hidream_pipeline,
+    tiny_qwen_image_pipeline,
+    tiny_sd3_pipeline,
+)
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -143,6 +149,21 @@ def comfy_chroma(config: dict, state_dict: dict):
     return comfy_model("Chroma", unet, native)
 
 
+def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """HiDream: T5 tokens are the cross_attn, the Llama layers [1, layers, L, D] and the pooled
+    CLIP-L + CLIP-G embedding ride along (ComfyUI's HiDream CLIP gives the same keys)."""
+    return row["t5"], {"pooled_output": row["pooled"], "conditioning_llama3": row["llama3"]}
+
+
+def comfy_hidream(config: dict, state_dict: dict):
+    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    keys = ("patch_size", "in_channels", "out_channels", "num_layers", "num_single_layers", "attention_head_dim",
+            "num_attention_heads", "caption_channels", "text_emb_dim", "num_routed_experts", "num_activated_experts",
+            "axes_dims_rope", "max_resolution", "llama_layers")
+    unet = {"image_model": "hidream", **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys}}
+    return comfy_model("HiDream", unet, state_dict)
+
+
 def flux_kwargs(options) -> dict[str, Any]:
     return {"guidance_scale": options.guidance}
 
@@ -177,5 +198,9 @@ CASES += [
     FamilyCase("chroma", "chroma", lambda tmp, seed: tiny_chroma_pipeline(tmp, seed), comfy=comfy_chroma,
                comfy_conditioning=chroma_conditioning, train=True,
                train_pipeline=lambda tmp, seed: tiny_chroma_pipeline(tmp, seed, num_layers=1, num_single_layers=1)),
+]
+CASES += [
+    FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
+               comfy_conditioning=hidream_conditioning, train=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -121,7 +121,7 @@ def check_both_directions_agree(case, tmp: Path) -> dict[str, Any]:
         part = family.lora_map.to_comfy(name, backend._out_features)
         from_diffusers.add((name, part.comfy_module, part.offset, part.rows))
         linears[part.comfy_module] = (layer.base_layer.in_features, part.fused_rows)
-    plan = family.comfy_lora_plan(linears, tuple(backend.config.lora_targets))
+    plan = family.comfy_lora_plan(linears, backend.lora_targets)
     from_comfy = {(p.name, p.comfy_module, p.offset, p.rows) for p in plan}
     return {"diffusers_only": sorted(from_diffusers - from_comfy), "comfy_only": sorted(from_comfy - from_diffusers),
             "parts": len(from_diffusers)}

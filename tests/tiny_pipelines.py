@@ -205,3 +205,38 @@ def tiny_chroma_pipeline(tmp: Path, seed: int = 0, num_layers: int = 19, num_sin
     )
     return ChromaPipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=t5,
                           tokenizer=tok, transformer=transformer.eval())
+
+
+def tiny_hidream_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """HiDreamImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): CLIP-L and CLIP-G
+    (pooled, with projection), T5 and a 2-layer Llama (every layer's hidden states feed the
+    blocks), all 16 wide; MoE feed-forward with 4 routed experts, 2 active. The pipeline resizes
+    every request to its default area (128 x 8 px squared): `default_sample_size` = 8 keeps 64 px."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    llama_layers = 2
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, caption_channels=[16, 16], text_emb_dim=32,
+        num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(8, 4, 4), max_resolution=(16, 16),
+        llama_layers=[i % llama_layers for i in range(num_layers + num_single_layers)],
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    torch.manual_seed(seed + 5)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=llama_layers, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).eval()
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(0.3611, 0.1159, seed + 1),
+        text_encoder=tiny_clip(seed + 3, len(tok)), tokenizer=tok, text_encoder_2=tiny_clip(seed + 4, len(tok)),
+        tokenizer_2=tok, text_encoder_3=t5, tokenizer_3=tok, text_encoder_4=llama, tokenizer_4=tok,
+        transformer=transformer.eval(),
+    )
+    pipe.default_sample_size = 8
+    return pipe
