@@ -179,6 +179,10 @@ CASES = [
                lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2,
                                                    dual_attention_layers=(0,), qk_norm="rms_norm"),
                comfy=comfy_sd3),
+    # SD3.5 Large / Large Turbo: RMS q/k-norm without Medium's dual attention (ComfyUI reads both from the keys).
+    FamilyCase("sd35-large", "sd3",
+               lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2, qk_norm="rms_norm"),
+               comfy=comfy_sd3),
     FamilyCase("flux-dev", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed), comfy=comfy_flux,
                pipeline_kwargs=flux_kwargs, train=True, train_overrides={"epochs": 16, "churn_strength": 0.02}),
     FamilyCase("flux-schnell", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed, guidance_embeds=False),

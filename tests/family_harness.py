@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from fdfo_core.backends.diffusers_backend import ADAPTER, DiffusersBackend, load_lora_into_pipeline, lora_to_diffusers_state_dict
 from fdfo_core.config import load_config
 from fdfo_core.families import LoraMap, LoraModule, get_family
+from fdfo_core.families.common import pack_2x2, unpack_2x2  # noqa: F401  (for family-specific tests)
 from fdfo_core.generation import generate_images
 from fdfo_core.lora_files import fuse_lora, load_lora, save_lora
 from fdfo_core.rewards import build_reward
@@ -54,6 +55,14 @@ def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
     x = torch.randn(len(PROMPTS), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
     t = torch.tensor([0.9, 0.5, 0.1])
     return x, t, backend.encode_prompts(PROMPTS)
+
+
+def flux_img_ids(h: int, w: int) -> torch.Tensor:
+    """Flux-style RoPE ids (0, row, col) of the 2x2 patches of an h x w latent."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -39,8 +39,8 @@ class Chroma(Family):
     lora_map = flux_lora_map()
     max_sequence_length = 512
     preset_name = "chroma"
-    # Chroma is not guidance-distilled: it samples with real CFG (the pipeline's default 5.0) at
-    # 1024 px; FDFO's paired samples are drawn as configured (cfg_scale).
+    # Native 1024 px. Chroma is not guidance-distilled (its pipeline samples with CFG 5.0); like the
+    # published SD3.5 recipe, FDFO trains without CFG unless cfg_scale says otherwise.
     preset = {"height": 1024, "width": 1024, "num_steps": 26}
     vram = ("8.9 B: ~18 GB in bf16, ~9 GB in fp8. 24 GB: fp8 at 512-1024 px with storage_device cpu and gradient "
             "checkpointing; 48 GB: bf16 at 1024 px with gradient checkpointing (estimates from the parameter count)")
