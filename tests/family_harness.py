@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from fdfo_core.backends.diffusers_backend import ADAPTER, DiffusersBackend, load_lora_into_pipeline, lora_to_diffusers_state_dict
 from fdfo_core.config import load_config
 from fdfo_core.families import LoraMap, LoraModule, get_family
+from fdfo_core.families.common import pack_2x2, unpack_2x2  # noqa: F401  (for family-specific tests)
 from fdfo_core.generation import generate_images
 from fdfo_core.lora_files import fuse_lora, load_lora, save_lora
 from fdfo_core.rewards import build_reward
@@ -29,8 +30,7 @@ PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
 def tiny_config(case, **over):
     values = dict(epochs=1, pairs_per_epoch=4, num_steps=4, sample_batch_size=4, train_batch_size=32,
-                  lora_rank=4, lora_alpha=8.0, checkpoint_every=0, lr=1e-2, height=case.size, width=case.size,
-                  lora_targets=list(get_family(case.family).lora_targets))  # as the family's preset sets them
+                  lora_rank=4, lora_alpha=8.0, checkpoint_every=0, lr=1e-2, height=case.size, width=case.size)
     values.update(over)
     return load_config("toy", overrides=values)
 
@@ -56,6 +56,14 @@ def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
     x = torch.randn(len(PROMPTS), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
     t = torch.tensor([0.9, 0.5, 0.1])
     return x, t, backend.encode_prompts(PROMPTS)
+
+
+def flux_img_ids(h: int, w: int) -> torch.Tensor:
+    """Flux-style RoPE ids (0, row, col) of the 2x2 patches of an h x w latent."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,7 +134,7 @@ def check_both_directions_agree(case, tmp: Path) -> dict[str, Any]:
         part = family.lora_map.to_comfy(name, backend._out_features)
         from_diffusers.add((name, part.comfy_module, part.offset, part.rows))
         linears[part.comfy_module] = (layer.base_layer.in_features, part.fused_rows)
-    plan = family.comfy_lora_plan(linears, tuple(backend.config.lora_targets))
+    plan = family.comfy_lora_plan(linears, backend.lora_targets)
     from_comfy = {(p.name, p.comfy_module, p.offset, p.rows) for p in plan}
     return {"diffusers_only": sorted(from_diffusers - from_comfy), "comfy_only": sorted(from_comfy - from_diffusers),
             "parts": len(from_diffusers)}

@@ -180,6 +180,68 @@ def tiny_qwen_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
     return pipe
 
 
+def tiny_chroma_pipeline(tmp: Path, seed: int = 0, num_layers: int = 19, num_single_layers: int = 38):
+    """ChromaPipeline at 64x64 px (8x8 latents, 16 packed tokens), 16 wide. ComfyUI's Chroma
+    hard-codes the modulation count of the real model (344 = 3 x 38 single + 12 x 19 double + 2):
+    the final layer's modulation is the last two of those, so only the true 19 / 38 blocks (or
+    another split with 3 S + 12 D = 342) give the same model in both."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+        approximator_num_channels=64, approximator_hidden_dim=32, approximator_layers=2,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    # Chroma's scheduler: Flux's dynamic shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return ChromaPipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=t5,
+                          tokenizer=tok, transformer=transformer.eval())
+
+
+def tiny_hidream_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """HiDreamImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): CLIP-L and CLIP-G
+    (pooled, with projection), T5 and a 2-layer Llama (every layer's hidden states feed the
+    blocks), all 16 wide; MoE feed-forward with 4 routed experts, 2 active. The pipeline resizes
+    every request to its default area (128 x 8 px squared): `default_sample_size` = 8 keeps 64 px."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    llama_layers = 2
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, caption_channels=[16, 16], text_emb_dim=32,
+        num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(8, 4, 4), max_resolution=(16, 16),
+        llama_layers=[i % llama_layers for i in range(num_layers + num_single_layers)],
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    torch.manual_seed(seed + 5)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=llama_layers, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).eval()
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(0.3611, 0.1159, seed + 1),
+        text_encoder=tiny_clip(seed + 3, len(tok)), tokenizer=tok, text_encoder_2=tiny_clip(seed + 4, len(tok)),
+        tokenizer_2=tok, text_encoder_3=t5, tokenizer_3=tok, text_encoder_4=llama, tokenizer_4=tok,
+        transformer=transformer.eval(),
+    )
+    pipe.default_sample_size = 8
+    return pipe
+
+
 # --- Flux.2, Flux.2 Klein, Z-Image ------------------------------------------------------------------
 
 #: A short Qwen3-style chat template (the real one also handles tools and past thinking): each

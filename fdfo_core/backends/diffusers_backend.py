@@ -192,6 +192,8 @@ class DiffusersBackend(NamedAdapterParams):
             module.eval()
         self.transformer.requires_grad_(False)
         self.transformer.eval()
+        self.model_family.diffusers_prepare(pipe)
+        self.lora_targets = self.model_family.resolve_lora_targets(config.lora_targets)
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
@@ -229,7 +231,7 @@ class DiffusersBackend(NamedAdapterParams):
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
             init_lora_weights=init,
-            target_modules=list(config.lora_targets),
+            target_modules=list(self.lora_targets),
         )
         try:
             # peft draws the initial LoRA from the global RNG: seed it from the run's seed (without
@@ -239,7 +241,7 @@ class DiffusersBackend(NamedAdapterParams):
                 self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
             raise BackendError(
-                f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}. {self.model_family.title} "
+                f"cannot attach LoRA to targets {list(self.lora_targets)}: {e}. {self.model_family.title} "
                 f"uses {list(self.model_family.lora_targets)}"
             ) from e
         for name, _ in self.lora_layers():
@@ -293,7 +295,7 @@ class DiffusersBackend(NamedAdapterParams):
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": hashlib.sha256(weights).hexdigest()[:16],
-            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.config.lora_targets)}",
+            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
     # --- sampling interface ---------------------------------------------------------------------

@@ -129,7 +129,18 @@ class Family:
     def __repr__(self) -> str:
         return f"<family {self.name}>"
 
+    def resolve_lora_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
+        """The LoRA targets to train: the family's own `lora_targets` when `targets` is the
+        generic default (FDFOConfig's MMDiT attention names, i.e. the user chose none), else
+        `targets` as given."""
+        targets = tuple(targets)
+        return tuple(self.lora_targets) if targets == MMDIT_ATTENTION_TARGETS else targets
+
     # --- diffusers hooks ----------------------------------------------------------------------
+
+    def diffusers_prepare(self, pipe) -> None:
+        """Adjust a loaded pipeline after the backend froze it and put it in eval mode (e.g. a
+        module whose eval path is not differentiable). Default: nothing."""
 
     def diffusers_check(self, pipe) -> None:
         """Raise FamilyError if this pipeline cannot be trained as this family (default: checks

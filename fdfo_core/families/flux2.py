@@ -75,7 +75,7 @@ class Flux2(Family):
     max_sequence_length = 512
     guidance = 4.0
     preset_name = "flux2"
-    preset = {"height": 1024, "width": 1024, "num_steps": 28, "lora_targets": list(lora_targets)}
+    preset = {"height": 1024, "width": 1024, "num_steps": 28}
     vram = ("32 B transformer (~64 GB in bf16, ~32 GB in fp8) and a 24 B text encoder (Mistral Small 3.1, "
             "offloaded between encodings): 80 GB with an fp8 transformer, storage_device cpu and gradient "
             "checkpointing at 1024 px; bf16 needs a 141 GB card (estimates from the parameter count, not measured)")
@@ -142,7 +142,7 @@ class Flux2Klein(Flux2):
     comfy_refused = {}  # ComfyUI runs Klein as its `Flux2` model too: refused once, by Flux2
     guidance = None  # no guidance embedding: true CFG (cfg_scale), none for the step-distilled models
     preset_name = "flux2-klein"
-    preset = {"height": 1024, "width": 1024, "num_steps": 28, "lora_targets": list(Flux2.lora_targets)}
+    preset = {"height": 1024, "width": 1024, "num_steps": 28}
     vram = ("4 B transformer (~8 GB in bf16) with Qwen3-4B (~8 GB, offloaded): 24 GB at 1024 px with gradient "
             "checkpointing; 9 B (~18 GB in bf16) with Qwen3-8B: 48 GB at 1024 px, or 24 GB in fp8 with storage_device "
             "cpu (estimates from the parameter count, not measured)")

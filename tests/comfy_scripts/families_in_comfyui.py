@@ -16,6 +16,8 @@ prints one line `RESULT {"case", "check", "ok", ...figures}` per check:
 - wrong_map_fails: the same with the wrongly mapped file is far off (the check can fail);
 - stock_loader: LoraLoaderModelOnly loads the file with no "lora key not loaded" line and gives
   the hot velocity;
+- strength: the same loader at strength 0.5 gives the hand merge at half the update (and not the
+  full-strength velocity);
 - comfy_lora: the ComfyUI backend's own adapter (random weights) writes comfy_lora.safetensors
   and its hot velocity (comfy_velocity.pt) for the pytest side to load into diffusers; the file
   through LoraLoaderModelOnly gives that velocity;
@@ -188,14 +190,14 @@ def velocity(model, clip, vae, data, cfg=None, train=False, adapter=None):
         return backend, v.detach().clone()
 
 
-def merged_model(case, folder, lora_file):
-    """A fresh ComfyUI model with the file merged in by hand: W += (alpha / rank) up @ down."""
+def merged_model(case, folder, lora_file, strength=1.0):
+    """A fresh ComfyUI model with the file merged in by hand: W += strength (alpha / rank) up @ down."""
     model = case.comfy(json.loads((folder / "config.json").read_text()), load_file(str(folder / "transformer.safetensors")))
     dm = model.model.diffusion_model
     with torch.no_grad():
         for module, (down, up, alpha) in lora_modules(load_file(str(lora_file))).items():
             weight = dm.get_submodule(module).weight
-            scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+            scale = strength * (float(alpha) / down.shape[0] if alpha is not None else 1.0)
             weight.add_((scale * up.float() @ down.float()).reshape(weight.shape).to(weight.dtype))
     return model
 
@@ -272,6 +274,18 @@ def run_case(case_id):
         _, v = velocity(loaded, clip, vae, data)
         diff = relative(v, data["v_hot"])
         report(case_id, "stock_loader", diff < TOL and not log.not_loaded(), rel_diff=diff, not_loaded=log.not_loaded()[:5])
+
+    @check
+    def strength():
+        name = f"{case_id}-diffusers.safetensors"
+        shutil.copy(folder / "diffusers_lora.safetensors", LORAS / name)
+        with LogLines() as log, torch.inference_mode():
+            loaded = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 0.5)[0]
+        _, v = velocity(loaded, clip, vae, data)
+        _, v_merged = velocity(merged_model(case, folder, folder / "diffusers_lora.safetensors", strength=0.5), clip, vae, data)
+        diff, from_full = relative(v, v_merged), relative(v, data["v_hot"])
+        report(case_id, "strength", diff < TOL and from_full > 100 * TOL and not log.not_loaded(), rel_diff=diff,
+               vs_full_strength=from_full, not_loaded=log.not_loaded()[:5])
 
     @check
     def comfy_lora():
