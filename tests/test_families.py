@@ -199,6 +199,23 @@ def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_resu
     assert r["lora_effect"] > 1e-2 and r["diff"] < 1e-4, r
 
 
+@pytest.mark.comfyui
+def test_untested_family_fallback_trains_a_comfyui_flow_model(tmp_path):
+    """A ComfyUI flow model with no family module (a tiny AuraFlow) trains through the generic
+    fallback: a warning, attention linears only, a file that loads fully and samples as the hot MODEL."""
+    if not COMFYUI_ROOT:
+        pytest.skip("set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the families in ComfyUI")
+    env = dict(os.environ)
+    env.setdefault("FDFO_TEST_THREADS", "1")
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
+                           str(tmp_path), "generic-auraflow"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=600)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, f"no result (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert results[0]["ok"], json.dumps(results[0], indent=1)[:4000]
+
+
 def test_family_names_are_stable():
     # Written into every LoRA file and checkpoint: renaming one orphans users' files.
     assert get_family("sd3").name == "sd3" and get_family("flux").name == "flux"
