@@ -56,6 +56,7 @@ from ..fdfo_core.families import (
     FamilyOptions,
     FusedPart,
     PlannedPart,
+    comfy_refusal,
     family_for_comfy_model,
     supported_families_text,
 )
@@ -130,6 +131,9 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    refused = comfy_refusal(base)
+    if refused is not None:
+        raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
     dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
     if dims != 2 and not (dims == 3 and family.comfy_video_latents):

@@ -27,10 +27,13 @@ import torch
 
 from tiny_pipelines import (
     tiny_chroma_pipeline,
+    tiny_flux2_klein_pipeline,
+    tiny_flux2_pipeline,
     tiny_flux_pipeline,
     tiny_hidream_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
+    tiny_z_image_pipeline,
 )
 
 
@@ -49,14 +52,24 @@ class FamilyCase:
     comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
     #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
     pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    #: FDFO's cfg_scale -> keyword arguments of the pipeline's __call__ for the same true CFG with an
+    #: empty negative prompt; None when the pipeline has no true CFG (guidance-distilled models).
+    cfg_kwargs: Callable[[float], dict[str, Any]] | None = None
     max_sequence_length: int = 8
+    #: The tiny pipeline survives save_pretrained / from_pretrained unchanged (False where the
+    #: builder sets pipeline attributes that are not saved).
+    folder_round_trip: bool = True
     size: int = 64  # image height = width in pixels
+    #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents).
+    latent_cell: int = 8
     #: This case runs the (slower) training test of its family ...
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast).
+    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast) ...
     train_pipeline: Callable[[Path, int], Any] | None = None
+    #: ... with this many text tokens (default: `max_sequence_length`).
+    train_max_sequence_length: int | None = None
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
@@ -195,6 +208,8 @@ CASES = [
 CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
+               # (its builder sets prompt_template_encode_start_idx for the byte tokenizer; not saved)
+               folder_round_trip=False,
                train=True, train_overrides={"epochs": 4}),
 ]
 CASES += [
@@ -206,5 +221,23 @@ CASES += [
 CASES += [
     FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
                comfy_conditioning=hidream_conditioning, train=True),
+]
+# No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
+# tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders
+# have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27). Text tokens are
+# bytes: 48 hold a chat-templated prompt, Flux.2 needs 256 for its system message and the prompt.
+CASES += [
+    FamilyCase("flux2", "flux2", lambda tmp, seed: tiny_flux2_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=256,
+               # (48 tokens of system message: the brightness reward ignores the prompt)
+               train=True, train_max_sequence_length=48, train_overrides={"epochs": 6}),
+    FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               train=True, train_overrides={"epochs": 6}),
+    FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},  # Z-Image's g: v_c + g (v_c - v_u)
+               train=True, train_overrides={"epochs": 6}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -77,6 +77,13 @@ class Family:
     #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
     #: class name -> what it needs. They are refused with this reason.
     diffusers_needs_input: ClassVar[Mapping[str, str]] = {}
+    #: ComfyUI models of this family that the ComfyUI backend refuses: model name -> why (a whole
+    #: sentence that says what to do instead). The name is matched against the class of
+    #: `MODEL.model.model_config` (`comfy.supported_models`, e.g. "ZImage", whose model_base class
+    #: is Lumina 2's) and of `MODEL.model` (`comfy.model_base`). For families whose ComfyUI side is
+    #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
+    #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
+    comfy_refused: ClassVar[Mapping[str, str]] = {}
 
     # --- latents ------------------------------------------------------------------------------
     #: ComfyUI runs the model on video latents [B, C, T, h, w]; FDFO trains it with T = 1.
