@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
+from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -43,14 +43,18 @@ class FamilyCase:
     comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
     #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
     pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    #: The pipeline's output -> images [B, 3, H, W] in [0, 1] (video pipelines return frames).
+    pipeline_images: Callable[[Any], torch.Tensor] = lambda output: output.images
     max_sequence_length: int = 8
     size: int = 64  # image height = width in pixels
     #: This case runs the (slower) training test of its family ...
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast).
+    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast) ...
     train_pipeline: Callable[[Path, int], Any] | None = None
+    #: ... and that test is marked `slow` (families added after the default-suite budget was spent).
+    slow_training: bool = False
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
@@ -112,6 +116,62 @@ def comfy_qwen_image(config: dict, state_dict: dict):
     return comfy_model("QwenImage", unet, state_dict)
 
 
+# Wan: diffusers names -> ComfyUI's (the original Wan checkpoint names). The inverse of diffusers'
+# `convert_wan_transformer_to_diffusers` (tests/test_families.py checks that it is), applied in order.
+_WAN_TO_COMFY = (
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."),
+    (".ffn.net.0.proj.", ".ffn.0."), (".ffn.net.2.", ".ffn.2."),
+    (".norm2.", ".norm__swap."), (".norm3.", ".norm2."), (".norm__swap.", ".norm3."),  # diffusers swaps them
+    (".scale_shift_table", ".modulation"),
+)
+
+
+def wan_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers WanTransformer3DModel state dict in ComfyUI's (Wan's original) key names."""
+    out = {}
+    for key, value in state_dict.items():
+        if key == "scale_shift_table":
+            key = "head.modulation"
+        elif key.startswith("proj_out."):
+            key = "head.head." + key[len("proj_out."):]
+        else:
+            for old, new in _WAN_TO_COMFY:
+                key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def wan_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Wan: the zero-padded UMT5 tokens are the cross-attention context (ComfyUI pads the same way)."""
+    return row["prompt_embeds"], {}
+
+
+def comfy_wan(config: dict, state_dict: dict):
+    """Wan 2.1 (WAN21_T2V) / Wan 2.2 TI2V-5B (WAN22_T2V, 48 channels): ComfyUI has no converter of
+    diffusers Wan keys; its detector hard-codes 128-wide heads, so the class gets the tiny config."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    unet = {
+        "image_model": "wan2.1", "model_type": "t2v", "patch_size": tuple(config["patch_size"]),
+        "in_dim": config["in_channels"], "out_dim": config["out_channels"], "dim": dim, "ffn_dim": config["ffn_dim"],
+        "freq_dim": config["freq_dim"], "text_dim": config["text_dim"], "num_heads": config["num_attention_heads"],
+        "num_layers": config["num_layers"], "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": config["cross_attn_norm"], "eps": config["eps"],
+    }
+    model_class = "WAN22_T2V" if config["out_channels"] == 48 else "WAN21_T2V"
+    return comfy_model(model_class, unet, wan_diffusers_to_comfy(state_dict))
+
+
+def video_frame(output) -> torch.Tensor:
+    """A video pipeline's frames [B, T, 3, H, W] -> the first frame [B, 3, H, W]."""
+    return output.frames[:, 0]
+
+
 def flux_kwargs(options) -> dict[str, Any]:
     return {"guidance_scale": options.guidance}
 
@@ -140,5 +200,11 @@ CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
                train=True, train_overrides={"epochs": 4}),
+]
+CASES += [
+    FamilyCase("wan21", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed), comfy=comfy_wan,
+               comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -74,7 +74,7 @@ def check_matches_pipeline(case, tmp: Path, num_steps: int = 4) -> dict[str, flo
                   max_sequence_length=case.max_sequence_length)
     kwargs.update(case.pipeline_kwargs(backend.options))
     with torch.no_grad():
-        theirs = pipe(**kwargs).images.float().clamp(0, 1)
+        theirs = case.pipeline_images(pipe(**kwargs)).float().clamp(0, 1)
     return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std())}
 
 

@@ -76,7 +76,8 @@ def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread)
     assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (12, 10)
 
 
-@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.train])
+@pytest.mark.parametrize("case_id", [pytest.param(c.id, marks=pytest.mark.slow) if c.slow_training else c.id
+                                     for c in CASES if c.train])
 def test_family_trains_and_held_out_reward_rises(case_id, tmp_path, one_thread):
     r = H.check_training(CASES_BY_ID[case_id], tmp_path)
     print(r)
@@ -95,14 +96,17 @@ def comfy_results(tmp_path_factory):
     if not COMFYUI_ROOT:
         pytest.skip("set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the families in ComfyUI")
     work = tmp_path_factory.mktemp("families_comfy")
-    for case_id in COMFY_CASES:
+    # FDFO_COMFY_CASES="wan21,lumina2" runs only those cases' ComfyUI half (the others then fail as not run).
+    only = [c for c in os.environ.get("FDFO_COMFY_CASES", "").split(",") if c]
+    cases = [c for c in COMFY_CASES if not only or c in only]
+    for case_id in cases:
         H.prepare_comfy_inputs(CASES_BY_ID[case_id], work / case_id)
     env = dict(os.environ)
     env.setdefault("FDFO_TEST_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", env["FDFO_TEST_THREADS"])
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
-                           str(work), *COMFY_CASES], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
+                           str(work), *cases], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
     found = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -132,6 +136,22 @@ def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_resu
     r = H.check_comfy_lora_in_diffusers(CASES_BY_ID[case_id], work / case_id)
     print(r)
     assert r["lora_effect"] > 1e-2 and r["diff"] < 1e-4, r
+
+
+def test_wan_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
+    """The ComfyUI half builds Wan from diffusers weights renamed by `wan_diffusers_to_comfy` (ComfyUI
+    has no converter for diffusers Wan keys): diffusers' single-file converter (original / ComfyUI
+    names -> diffusers) must give back every tensor under its own name."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from family_cases import wan_diffusers_to_comfy
+    from tiny_pipelines import tiny_wan_pipeline
+
+    sd = tiny_wan_pipeline(tmp_path, 0, num_layers=1).transformer.state_dict()
+    comfy = wan_diffusers_to_comfy(sd)
+    assert "head.modulation" in comfy and "blocks.0.self_attn.q.weight" in comfy and "blocks.0.norm3.weight" in comfy
+    back = convert_wan_transformer_to_diffusers(dict(comfy))
+    assert sorted(back) == sorted(sd)
+    assert all(back[k] is sd[k] for k in sd)
 
 
 def test_family_names_are_stable():
