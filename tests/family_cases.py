@@ -25,7 +25,13 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from tiny_pipelines import (
+    tiny_flux_pipeline,
+    tiny_lumina2_pipeline,
+    tiny_qwen_image_pipeline,
+    tiny_sd3_pipeline,
+    tiny_wan_pipeline,
+)
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -167,6 +173,62 @@ def comfy_wan(config: dict, state_dict: dict):
     return comfy_model(model_class, unet, wan_diffusers_to_comfy(state_dict))
 
 
+# Lumina 2: diffusers names -> ComfyUI's (NextDiT, the original checkpoint names); the inverse of
+# diffusers' `convert_lumina2_to_diffusers` (checked in tests/test_families.py), applied in order.
+_LUMINA2_TO_COMFY = (
+    ("time_caption_embed.timestep_embedder.linear_1.", "t_embedder.mlp.0."),
+    ("time_caption_embed.timestep_embedder.linear_2.", "t_embedder.mlp.2."),
+    ("time_caption_embed.caption_embedder.", "cap_embedder."),
+    ("norm_out.linear_1.", "final_layer.adaLN_modulation.1."),
+    ("norm_out.linear_2.", "final_layer.linear."),
+    (".attn.to_out.0.", ".attention.out."), (".attn.norm_q.", ".attention.q_norm."),
+    (".attn.norm_k.", ".attention.k_norm."),
+    (".feed_forward.linear_1.", ".feed_forward.w1."), (".feed_forward.linear_2.", ".feed_forward.w2."),
+    (".feed_forward.linear_3.", ".feed_forward.w3."),
+    (".norm1.linear.", ".adaLN_modulation.1."), (".norm1.norm.", ".attention_norm1."), (".norm1.", ".attention_norm1."),
+    (".norm2.", ".attention_norm2."),
+)
+
+
+def lumina2_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers Lumina2Transformer2DModel state dict in ComfyUI's key names: q, k, v fused into
+    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it) as ones."""
+    out = {}
+    for key, value in state_dict.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        if ".attn.to_q." in key:
+            parts = [state_dict[key.replace(".to_q.", f".to_{p}.")] for p in "qkv"]
+            out[key.replace(".attn.to_q.", ".attention.qkv.")] = torch.cat(parts, dim=0)
+            continue
+        for old, new in _LUMINA2_TO_COMFY:
+            key = key.replace(old, new)
+        out[key] = value
+    out["norm_final.weight"] = torch.ones(state_dict["x_embedder.weight"].shape[0])
+    return out
+
+
+def lumina2_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Lumina 2: ComfyUI's Gemma encoder gives the prompt's own tokens and an all-ones attention mask
+    (the model reads their count, `num_tokens`, from it)."""
+    mask = row["prompt_mask"][0].bool()
+    return row["prompt_embeds"][:, mask], {"attention_mask": torch.ones(1, int(mask.sum()), dtype=torch.long)}
+
+
+def comfy_lumina2(config: dict, state_dict: dict):
+    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys, and its detector hard-codes the
+    width (2304) and heads (24 / 8): the Lumina2 class with the tiny config."""
+    unet = {
+        "image_model": "lumina2", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
+        "dim": config["hidden_size"], "n_layers": config["num_layers"], "n_refiner_layers": config["num_refiner_layers"],
+        "n_heads": config["num_attention_heads"], "n_kv_heads": config["num_kv_heads"],
+        "multiple_of": config["multiple_of"], "ffn_dim_multiplier": config["ffn_dim_multiplier"],
+        "norm_eps": config["norm_eps"], "qk_norm": True, "cap_feat_dim": config["cap_feat_dim"],
+        "axes_dims": list(config["axes_dim_rope"]), "axes_lens": list(config["axes_lens"]),
+    }
+    return comfy_model("Lumina2", unet, lumina2_diffusers_to_comfy(state_dict))
+
+
 def video_frame(output) -> torch.Tensor:
     """A video pipeline's frames [B, T, 3, H, W] -> the first frame [B, 3, H, W]."""
     return output.frames[:, 0]
@@ -205,6 +267,11 @@ CASES += [
     FamilyCase("wan21", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed), comfy=comfy_wan,
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
+]
+CASES += [
+    FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
+               comfy_conditioning=lumina2_conditioning, max_sequence_length=48, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

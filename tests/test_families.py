@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import family_harness as H
 from family_cases import CASES, CASES_BY_ID
@@ -152,6 +153,27 @@ def test_wan_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
     back = convert_wan_transformer_to_diffusers(dict(comfy))
     assert sorted(back) == sorted(sd)
     assert all(back[k] is sd[k] for k in sd)
+
+
+def test_lumina2_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
+    """As for Wan: diffusers' `convert_lumina2_to_diffusers` gives back every tensor of the tiny
+    Lumina 2 under its own name. (Its split of the fused qkv hard-codes the true widths, 2304 / 768 /
+    768, so the fused tensors are checked here as [q; k; v] row blocks instead.)"""
+    from diffusers.loaders.single_file_utils import convert_lumina2_to_diffusers
+    from family_cases import lumina2_diffusers_to_comfy
+    from tiny_pipelines import tiny_lumina2_pipeline
+
+    sd = tiny_lumina2_pipeline(tmp_path, 0).transformer.state_dict()
+    comfy = lumina2_diffusers_to_comfy(sd)
+    fused = {k: comfy.pop(k) for k in [k for k in comfy if k.endswith(".attention.qkv.weight")]}
+    back = convert_lumina2_to_diffusers(dict(comfy))
+    unfused = {k: v for k, v in sd.items() if not any(f".attn.to_{p}." in k for p in "qkv")}
+    assert sorted(back) == sorted(unfused)
+    assert all(torch.equal(back[k], sd[k]) for k in unfused)
+    assert len(fused) == 3  # layers, noise_refiner, context_refiner
+    for key, qkv in fused.items():
+        prefix = key.replace(".attention.qkv.weight", ".attn.")
+        assert torch.equal(qkv, torch.cat([sd[prefix + f"to_{p}.weight"] for p in "qkv"]))
 
 
 def test_family_names_are_stable():

@@ -220,3 +220,32 @@ def tiny_wan_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, wan22_5b: b
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return WanPipeline(tokenizer=tok, text_encoder=tiny_umt5(seed + 2, len(tok)), vae=vae, scheduler=scheduler,
                        transformer=transformer.eval(), expand_timesteps=wan22_5b)
+
+
+def tiny_lumina2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_refiner_layers: int = 1):
+    """Lumina2Pipeline at 64x64 px: a 2-layer Gemma-2 text encoder (hidden 32; the pipeline reads the
+    second-to-last hidden state) with a byte-level tokenizer, a Lumina 2 transformer of width 64 with
+    grouped-query attention (4 query heads, 2 key / value heads: unequal parts of ComfyUI's fused
+    qkv), the Flux-style 16-channel VAE, shift 6. The system prompt is shortened (one token per
+    byte) so that prompts fit in the case's 48 tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=64, num_layers=num_layers,
+        num_refiner_layers=num_refiner_layers, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+        axes_dim_rope=(4, 6, 6), axes_lens=(300, 512, 512), cap_feat_dim=32,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        bos_token_id=None, eos_token_id=tok.eos_token_id,
+    )).eval()
+    pipe = Lumina2Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0),
+                           vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder, tokenizer=tok)
+    pipe.system_prompt = "Draw:"
+    return pipe
