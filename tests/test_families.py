@@ -188,6 +188,38 @@ def test_hidream_routed_experts_pass_gradients(tmp_path, one_thread):
     assert (g - g_eval).abs().max() > 1e-2 * g.abs().max()  # the inference path loses gradient
 
 
+def test_hidream_with_its_unipc_flow_scheduler(tmp_path, one_thread):
+    """HiDream pipelines may ship UniPC in flow mode (the pipeline handles it): accepted, its own grid
+    is the time grid; UniPC in diffusion mode is refused by name."""
+    from diffusers import UniPCMultistepScheduler
+
+    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.diffusers_backend import check_supported
+
+    case = CASES_BY_ID["hidream"]
+    flow = UniPCMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+
+    def with_scheduler(scheduler):
+        def build(tmp, seed):
+            pipe = case.pipeline(tmp, seed)
+            pipe.scheduler = scheduler
+            return pipe
+        return build
+
+    backend = H.make_backend(case, tmp_path, add_adapter=False, pipeline=with_scheduler(flow))
+    sigmas = backend.sigmas(6, 64, 64)
+    fresh = UniPCMultistepScheduler.from_config(flow.config)
+    fresh.set_timesteps(6)
+    assert torch.allclose(sigmas, fresh.sigmas.float()) and float(sigmas[0]) > 0.9 and float(sigmas[-1]) == 0.0
+    with pytest.raises(BackendError, match="not in flow mode"):
+        H.make_backend(case, tmp_path, add_adapter=False, pipeline=with_scheduler(UniPCMultistepScheduler()))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps(
+        {"_class_name": "HiDreamImagePipeline", "scheduler": ["diffusers", "UniPCMultistepScheduler"]}))
+    assert check_supported(folder) == "hidream"
+
+
 # --- ComfyUI -----------------------------------------------------------------------------------------
 
 COMFY_CASES = [c.id for c in CASES if c.comfy is not None]
