@@ -362,7 +362,9 @@ CASES += [
 ]
 CASES += [
     FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
-               comfy_conditioning=lumina2_conditioning, max_sequence_length=48, train=True,
+               comfy_conditioning=lumina2_conditioning, max_sequence_length=48,
+               # (its builder shortens the system prompt for the byte tokenizer; not saved)
+               folder_round_trip=False, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
