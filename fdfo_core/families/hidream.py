@@ -16,8 +16,6 @@ ComfyUI: `comfy.model_base.HiDream`, module names identical to diffusers' (no fu
 
 from __future__ import annotations
 
-import torch
-
 from .base import Family, FamilyError, FamilyOptions
 from .common import calculate_shift, scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
