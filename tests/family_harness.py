@@ -87,7 +87,7 @@ def check_matches_pipeline(case, tmp: Path, num_steps: int = 4, cfg_scale: float
     if cfg_scale != 1.0:
         kwargs.update(case.cfg_kwargs(cfg_scale))
     with torch.no_grad():
-        theirs = pipe(**kwargs).images.float().clamp(0, 1)
+        theirs = case.pipeline_images(pipe(**kwargs)).float().clamp(0, 1)
     return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std()), "images": ours}
 
 

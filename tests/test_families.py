@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import family_harness as H
 from family_cases import CASES, CASES_BY_ID
@@ -193,6 +194,38 @@ def test_hidream_routed_experts_pass_gradients(tmp_path, one_thread):
     assert (g - g_eval).abs().max() > 1e-2 * g.abs().max()  # the inference path loses gradient
 
 
+def test_hidream_with_its_unipc_flow_scheduler(tmp_path, one_thread):
+    """HiDream pipelines may ship UniPC in flow mode (the pipeline handles it): accepted, its own grid
+    is the time grid; UniPC in diffusion mode is refused by name."""
+    from diffusers import UniPCMultistepScheduler
+
+    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.diffusers_backend import check_supported
+
+    case = CASES_BY_ID["hidream"]
+    flow = UniPCMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+
+    def with_scheduler(scheduler):
+        def build(tmp, seed):
+            pipe = case.pipeline(tmp, seed)
+            pipe.scheduler = scheduler
+            return pipe
+        return build
+
+    backend = H.make_backend(case, tmp_path, add_adapter=False, pipeline=with_scheduler(flow))
+    sigmas = backend.sigmas(6, 64, 64)
+    fresh = UniPCMultistepScheduler.from_config(flow.config)
+    fresh.set_timesteps(6)
+    assert torch.allclose(sigmas, fresh.sigmas.float()) and float(sigmas[0]) > 0.9 and float(sigmas[-1]) == 0.0
+    with pytest.raises(BackendError, match="not in flow mode"):
+        H.make_backend(case, tmp_path, add_adapter=False, pipeline=with_scheduler(UniPCMultistepScheduler()))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps(
+        {"_class_name": "HiDreamImagePipeline", "scheduler": ["diffusers", "UniPCMultistepScheduler"]}))
+    assert check_supported(folder) == "hidream"
+
+
 # --- ComfyUI -----------------------------------------------------------------------------------------
 
 COMFY_CASES = [c.id for c in CASES if c.comfy is not None]
@@ -205,14 +238,17 @@ def comfy_results(tmp_path_factory):
     if not COMFYUI_ROOT:
         pytest.skip("set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the families in ComfyUI")
     work = tmp_path_factory.mktemp("families_comfy")
-    for case_id in COMFY_CASES:
+    # FDFO_COMFY_CASES="wan21,lumina2" runs only those cases' ComfyUI half (the others then fail as not run).
+    only = [c for c in os.environ.get("FDFO_COMFY_CASES", "").split(",") if c]
+    cases = [c for c in COMFY_CASES if not only or c in only]
+    for case_id in cases:
         H.prepare_comfy_inputs(CASES_BY_ID[case_id], work / case_id)
     env = dict(os.environ)
     env.setdefault("FDFO_TEST_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", env["FDFO_TEST_THREADS"])
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
-                           str(work), *COMFY_CASES], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
+                           str(work), *cases], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
     found = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -242,6 +278,60 @@ def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_resu
     r = H.check_comfy_lora_in_diffusers(CASES_BY_ID[case_id], work / case_id)
     print(r)
     assert r["lora_effect"] > 1e-2 and r["diff"] < 1e-4, r
+
+
+@pytest.mark.comfyui
+def test_untested_family_fallback_trains_a_comfyui_flow_model(tmp_path):
+    """A ComfyUI flow model with no family module (a tiny AuraFlow) trains through the generic
+    fallback: a warning, attention linears only, a file that loads fully and samples as the hot MODEL."""
+    if not COMFYUI_ROOT:
+        pytest.skip("set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the families in ComfyUI")
+    env = dict(os.environ)
+    env.setdefault("FDFO_TEST_THREADS", "1")
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
+                           str(tmp_path), "generic-auraflow"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=600)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, f"no result (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert results[0]["ok"], json.dumps(results[0], indent=1)[:4000]
+
+
+def test_wan_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
+    """The ComfyUI half builds Wan from diffusers weights renamed by `wan_diffusers_to_comfy` (ComfyUI
+    has no converter for diffusers Wan keys): diffusers' single-file converter (original / ComfyUI
+    names -> diffusers) must give back every tensor under its own name."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from family_cases import wan_diffusers_to_comfy
+    from tiny_pipelines import tiny_wan_pipeline
+
+    sd = tiny_wan_pipeline(tmp_path, 0, num_layers=1).transformer.state_dict()
+    comfy = wan_diffusers_to_comfy(sd)
+    assert "head.modulation" in comfy and "blocks.0.self_attn.q.weight" in comfy and "blocks.0.norm3.weight" in comfy
+    back = convert_wan_transformer_to_diffusers(dict(comfy))
+    assert sorted(back) == sorted(sd)
+    assert all(back[k] is sd[k] for k in sd)
+
+
+def test_lumina2_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
+    """As for Wan: diffusers' `convert_lumina2_to_diffusers` gives back every tensor of the tiny
+    Lumina 2 under its own name. (Its split of the fused qkv hard-codes the true widths, 2304 / 768 /
+    768, so the fused tensors are checked here as [q; k; v] row blocks instead.)"""
+    from diffusers.loaders.single_file_utils import convert_lumina2_to_diffusers
+    from family_cases import lumina2_diffusers_to_comfy
+    from tiny_pipelines import tiny_lumina2_pipeline
+
+    sd = tiny_lumina2_pipeline(tmp_path, 0).transformer.state_dict()
+    comfy = lumina2_diffusers_to_comfy(sd)
+    fused = {k: comfy.pop(k) for k in [k for k in comfy if k.endswith(".attention.qkv.weight")]}
+    back = convert_lumina2_to_diffusers(dict(comfy))
+    unfused = {k: v for k, v in sd.items() if not any(f".attn.to_{p}." in k for p in "qkv")}
+    assert sorted(back) == sorted(unfused)
+    assert all(torch.equal(back[k], sd[k]) for k in unfused)
+    assert len(fused) == 3  # layers, noise_refiner, context_refiner
+    for key, qkv in fused.items():
+        prefix = key.replace(".attention.qkv.weight", ".attn.")
+        assert torch.equal(qkv, torch.cat([sd[prefix + f"to_{p}.weight"] for p in "qkv"]))
 
 
 def test_family_names_are_stable():

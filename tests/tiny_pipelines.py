@@ -381,3 +381,77 @@ def tiny_z_image_pipeline(tmp: Path, seed: int = 0, n_layers: int = 1):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
     return ZImagePipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder,
                           tokenizer=tok, transformer=transformer.eval())
+
+
+# --- Wan 2.1 / 2.2, Lumina 2 ----------------------------------------------------------------------
+
+
+def tiny_umt5(seed: int, vocab_size: int, d_model: int = 16):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=32, num_layers=1,
+                                       num_heads=2, pad_token_id=1, eos_token_id=1, decoder_start_token_id=1)).eval()
+
+
+def tiny_wan_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, wan22_5b: bool = False):
+    """WanPipeline making one 64x64 frame: a UMT5 encoder (d_model 16), a Wan transformer
+    (2 heads of 16) and a narrow Wan 2.1 VAE (16 channels, 8x), with a FlowMatch Euler scheduler
+    (Wan ships UniPC in flow mode; the Euler one lets the pipeline's own sampling match FDFO's solver).
+    wan22_5b: the Wan 2.2 TI2V-5B layout: 48 latent channels, the residual 16x VAE, one timestep
+    per latent patch (`expand_timesteps`)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    channels = 48 if wan22_5b else 16
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=channels,
+        out_channels=channels, text_dim=16, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 1)
+    if wan22_5b:
+        g = torch.Generator().manual_seed(seed + 1)
+        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16,
+                               latents_mean=(torch.randn(48, generator=g) * 0.1).tolist(),
+                               latents_std=(torch.rand(48, generator=g) + 0.5).tolist()).eval()
+    else:
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True]).eval()
+    # Wan's flow shift (3.0 for 480p) on diffusers' Euler flow scheduler.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return WanPipeline(tokenizer=tok, text_encoder=tiny_umt5(seed + 2, len(tok)), vae=vae, scheduler=scheduler,
+                       transformer=transformer.eval(), expand_timesteps=wan22_5b)
+
+
+def tiny_lumina2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_refiner_layers: int = 1):
+    """Lumina2Pipeline at 64x64 px: a 2-layer Gemma-2 text encoder (hidden 32; the pipeline reads the
+    second-to-last hidden state) with a byte-level tokenizer, a Lumina 2 transformer of width 64 with
+    grouped-query attention (4 query heads, 2 key / value heads: unequal parts of ComfyUI's fused
+    qkv), the Flux-style 16-channel VAE, shift 6. The system prompt is shortened (one token per
+    byte) so that prompts fit in the case's 48 tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=64, num_layers=num_layers,
+        num_refiner_layers=num_refiner_layers, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+        axes_dim_rope=(4, 6, 6), axes_lens=(300, 512, 512), cap_feat_dim=32,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        bos_token_id=None, eos_token_id=tok.eos_token_id,
+    )).eval()
+    pipe = Lumina2Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0),
+                           vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder, tokenizer=tok)
+    pipe.system_prompt = "Draw:"
+    return pipe

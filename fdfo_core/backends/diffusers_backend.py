@@ -84,11 +84,12 @@ def family_for_class(cls_name: str, scheduler: str | None, label: str) -> Family
     """The family that trains pipeline class `cls_name`, or a BackendError that names the model,
     says why it is refused and lists the supported families (from the registry).
 
-    scheduler: the pipeline's scheduler class name when known (a flow model has a FlowMatch one).
+    scheduler: the pipeline's scheduler class name when known (a flow model has a FlowMatch one,
+        or one its family declares in `diffusers_flow_schedulers`).
     """
     family = family_for_pipeline(cls_name)
     if family is not None:
-        if scheduler is not None and "FlowMatch" not in scheduler:
+        if scheduler is not None and not family.diffusers_flow_scheduler(scheduler):
             raise BackendError(
                 f"{label} is a {cls_name} whose scheduler is {scheduler}, not a flow-matching scheduler; FDFO "
                 "needs a rectified-flow model sampled with FlowMatchEulerDiscreteScheduler (restore the "
@@ -307,7 +308,7 @@ class DiffusersBackend(NamedAdapterParams):
         """Sizes this model makes: multiples of the VAE's downscale x the transformer's patch (the
         family's `latent_patch`, e.g. 2x2 latent packing for Flux), at least one patch, at most
         `pos_embed_max_size` patches (SD3)."""
-        f = int(self.pipe.vae_scale_factor)
+        f = self.model_family.diffusers_vae_scale(self.pipe)
         config = self.transformer.config
         patch = self.model_family.latent_patch or int(config.get("patch_size", 1) or 1)
         max_patches = config.get("pos_embed_max_size")

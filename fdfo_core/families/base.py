@@ -84,6 +84,10 @@ class Family:
     #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
     #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
     comfy_refused: ClassVar[Mapping[str, str]] = {}
+    #: Scheduler classes, besides diffusers' FlowMatch* ones, that this family's pipelines ship
+    #: as flow samplers (Wan: UniPCMultistepScheduler in flow mode). FDFO only reads their time
+    #: grid (`diffusers_sigmas`); `diffusers_check` may refuse a configuration that is not a flow one.
+    diffusers_flow_schedulers: ClassVar[tuple[str, ...]] = ()
 
     # --- latents ------------------------------------------------------------------------------
     #: ComfyUI runs the model on video latents [B, C, T, h, w]; FDFO trains it with T = 1.
@@ -158,10 +162,20 @@ class Family:
         backend offloads). Default: every `text_encoder*` component."""
         return [m for n, m in sorted(pipe.components.items()) if n.startswith("text_encoder") and m is not None]
 
+    def diffusers_vae_scale(self, pipe) -> int:
+        """Pixels per latent cell along each image side (the VAE's spatial downscaling). Default:
+        the pipeline's `vae_scale_factor`; video pipelines name it `vae_scale_factor_spatial`."""
+        return int(pipe.vae_scale_factor)
+
+    def diffusers_flow_scheduler(self, class_name: str) -> bool:
+        """Whether a pipeline of this family with scheduler class `class_name` is a flow-matching
+        sampler: diffusers' FlowMatch* schedulers and the family's `diffusers_flow_schedulers`."""
+        return "FlowMatch" in class_name or class_name in self.diffusers_flow_schedulers
+
     def diffusers_latent_shape(self, pipe, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the unpacked latent of a height x width image. Default: the VAE's
-        downscaling of a transformer whose in_channels are the latent channels."""
-        f = pipe.vae_scale_factor
+        downscaling (`diffusers_vae_scale`) of a transformer whose in_channels are the latent channels."""
+        f = self.diffusers_vae_scale(pipe)
         return (pipe.transformer.config.in_channels, height // f, width // f)
 
     def diffusers_image_seq_len(self, pipe, height: int, width: int) -> int:

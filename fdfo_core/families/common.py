@@ -38,6 +38,20 @@ def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_lin
     return fresh.sigmas.float().cpu()
 
 
+def scheduler_set_timesteps_sigmas(scheduler, num_steps: int) -> torch.Tensor:
+    """float32 [num_steps + 1] flow times of any diffusers flow scheduler after its own
+    `set_timesteps(num_steps)` (pipelines that pass no sigmas and no mu, e.g. WanPipeline with
+    FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler in flow mode), on a fresh copy so the
+    pipeline's scheduler state is never touched. Ends with 0."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_steps)
+    sigmas = fresh.sigmas.float().cpu()
+    if sigmas.shape[0] != num_steps + 1 or float(sigmas[-1]) != 0.0:
+        raise ValueError(f"{type(scheduler).__name__} gives {sigmas.shape[0]} sigmas ending at {float(sigmas[-1]):.4g}; "
+                         f"expected {num_steps + 1} ending at 0")
+    return sigmas
+
+
 def pack_2x2(x: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens of 2x2 patches, row-major, channels
     outermost within a patch (diffusers' Flux / Qwen-Image `_pack_latents`)."""
