@@ -420,8 +420,10 @@ class ComfyBackend(NamedAdapterParams):
 
         ComfyUI's blocks are written for inference and some update their inputs in place (Flux:
         `x += ...` after `pre_norm(x)` saved x for the backward pass; `txt += ...`), which makes
-        autograd refuse (or, under checkpointing, recompute from the updated input). So a block
-        gets copies of its tensor inputs inside the recomputed function (checkpointing), or a
+        autograd refuse (or, under checkpointing, recompute from the updated input and, worse,
+        silently differentiate at the updated value: the recompute runs on past a saved tensor
+        and updates it). So a block gets copies of its tensor inputs inside the recomputed
+        function and snapshots of what it saves from their memory (checkpointing), or a
         snapshot of any saved tensor that shares memory with an input (no checkpointing) as long
         as it has been seen to update an input: the first differentiated call of each block finds
         out, later calls of blocks that leave their inputs alone cost nothing."""
@@ -439,7 +441,19 @@ class ComfyBackend(NamedAdapterParams):
                 seen = {"updates_inputs": None}  # unknown until the first differentiated call
 
                 def on_copies(*args, _original=original, **kwargs):
-                    return _original(*copies(args), **dict(zip(kwargs, copies(kwargs.values()))))
+                    args, kwargs = copies(args), dict(zip(kwargs, copies(kwargs.values())))
+                    # A block that updates an input copy in place (`txt += ...`) after saving it
+                    # for backward would corrupt the recomputed value (the recompute keeps
+                    # running past the save, then backward reads the updated tensor): what is
+                    # saved from an input copy's memory is saved as a snapshot.
+                    inputs = {v.untyped_storage().data_ptr() for v in (*args, *kwargs.values())
+                              if isinstance(v, torch.Tensor) and v.numel()}
+
+                    def pack(t):
+                        return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
+
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                        return _original(*args, **kwargs)
 
                 def forward(*args, _original=original, _on_copies=on_copies, _seen=seen, **kwargs):
                     if not torch.is_grad_enabled():

@@ -69,12 +69,14 @@ def test_lora_map_reads_the_same_both_ways(case_id, tmp_path, one_thread):
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
-    """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for every family
-    here, whatever the diffusers config's patch_size says: Flux's is 1)."""
-    backend = H.make_backend(CASES_BY_ID[case_id], tmp_path, add_adapter=False)
-    rule = backend.image_size_rule()
-    assert rule.multiple == 16 and rule.allows(64) and not rule.allows(72), rule
-    assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (12, 10)
+    """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for the 8x-VAE
+    families here, whatever the diffusers config's patch_size says: Flux's is 1; 1x1 tokens of
+    HunyuanImage's 32x VAE)."""
+    case = CASES_BY_ID[case_id]
+    backend = H.make_backend(case, tmp_path, add_adapter=False)
+    rule, m, f = backend.image_size_rule(), case.size_multiple, case.vae_scale
+    assert rule.multiple == m and rule.allows(4 * m) and not rule.allows(4 * m + m // 2), rule
+    assert rule.allows(6 * m) and rule.allows(5 * m) and backend.latent_shape(6 * m, 5 * m)[1:] == (6 * m // f, 5 * m // f)
 
 
 @pytest.mark.parametrize("case_id", [pytest.param(c.id, marks=pytest.mark.slow) if c.slow_training else c.id

@@ -398,6 +398,16 @@ def load_lora_into_pipeline(pipe, lora_path: str | Path, adapter_name: str = "fd
     sd = lora_to_diffusers_state_dict(pipe, lora_path)
     if not sd:
         raise LoraFileError(f"{lora_path} has no LoRA weights for this model")
-    pipe.load_lora_weights(sd, adapter_name=adapter_name)
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(sd, adapter_name=adapter_name)
+        if scale != 1.0:
+            pipe.set_adapters([adapter_name], adapter_weights=[scale])
+        return
+    # Pipelines without diffusers' LoRA loader mixin (HunyuanImage): the transformer's own peft loader.
+    transformer = pipe.transformer
+    if not hasattr(transformer, "load_lora_adapter"):
+        raise LoraFileError(f"{type(pipe).__name__} and its {type(transformer).__name__} cannot load LoRA weights "
+                            "in this diffusers version")
+    transformer.load_lora_adapter(sd, prefix="transformer", adapter_name=adapter_name)
     if scale != 1.0:
-        pipe.set_adapters([adapter_name], adapter_weights=[scale])
+        transformer.set_adapters([adapter_name], weights=[scale])
