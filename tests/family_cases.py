@@ -376,6 +376,10 @@ CASES += [
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
+    # Wan 2.2 TI2V-5B: 48 channels, the 16x residual VAE, a timestep per latent patch.
+    FamilyCase("wan22-5b", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed, wan22_5b=True), comfy=comfy_wan,
+               comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, size_multiple=32, vae_scale=16),
 ]
 CASES += [
     FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
