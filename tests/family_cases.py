@@ -26,12 +26,17 @@ from typing import Any, Callable
 import torch
 
 from tiny_pipelines import (
+    tiny_chroma_pipeline,
+    tiny_flux2_klein_pipeline,
+    tiny_flux2_pipeline,
     tiny_flux_pipeline,
+    tiny_hidream_pipeline,
     tiny_hunyuan_image_pipeline,
     tiny_lumina2_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
     tiny_wan_pipeline,
+    tiny_z_image_pipeline,
 )
 
 
@@ -50,21 +55,29 @@ class FamilyCase:
     comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
     #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
     pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    #: FDFO's cfg_scale -> keyword arguments of the pipeline's __call__ for the same true CFG with an
+    #: empty negative prompt; None when the pipeline has no true CFG (guidance-distilled models).
+    cfg_kwargs: Callable[[float], dict[str, Any]] | None = None
     #: The pipeline's output -> images [B, 3, H, W] in [0, 1] (video pipelines return frames).
     pipeline_images: Callable[[Any], torch.Tensor] = lambda output: output.images
     max_sequence_length: int = 8
+    #: The tiny pipeline survives save_pretrained / from_pretrained unchanged (False where the
+    #: builder sets pipeline attributes that are not saved).
+    folder_round_trip: bool = True
     size: int = 64  # image height = width in pixels
-    #: Image sizes are multiples of this (VAE downscale x latent patch), and the VAE downscales by ...
+    #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents, Wan 2.2's
+    #: 16x VAE; 32: HunyuanImage's 32x VAE) ...
+    latent_cell: int = 8
+    #: ... and image sizes are multiples of this (latent cell x the transformer's patch).
     size_multiple: int = 16
-    vae_scale: int = 8
     #: This case runs the (slower) training test of its family ...
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
     train_overrides: dict[str, Any] = field(default_factory=dict)
     #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast) ...
     train_pipeline: Callable[[Path, int], Any] | None = None
-    #: ... and that test is marked `slow` (families added after the default-suite budget was spent).
-    slow_training: bool = False
+    #: ... with this many text tokens (default: `max_sequence_length`).
+    train_max_sequence_length: int | None = None
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
@@ -124,6 +137,52 @@ def comfy_qwen_image(config: dict, state_dict: dict):
         "joint_attention_dim": config["joint_attention_dim"], "axes_dims_rope": list(config["axes_dims_rope"]),
     }
     return comfy_model("QwenImage", unet, state_dict)
+
+
+def chroma_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Chroma: the T5 tokens Chroma attends to (the prompt's and one padding token); no pooled
+    embedding (ComfyUI's T5 CLIP gives None)."""
+    return row["prompt_embeds"][:, : int(row["prompt_mask"].sum())], {"pooled_output": None}
+
+
+def comfy_chroma(config: dict, state_dict: dict):
+    """Chroma: ComfyUI's converter of diffusers Flux keys covers the blocks; the approximator
+    (`distilled_guidance_layer`) is renamed by hand (ComfyUI loads only original-format Chroma files:
+    linear_1 / linear_2 / norms.N.weight there are in_layer / out_layer / norms.N.scale)."""
+    from comfy.model_detection import convert_diffusers_mmdit
+
+    sd = dict(state_dict)
+    approximator = {k: sd.pop(k) for k in list(sd) if k.startswith("distilled_guidance_layer.")}
+    native = convert_diffusers_mmdit(sd, "")
+    for k, v in approximator.items():
+        native[k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")
+               .replace(".weight", ".scale") if ".norms." in k else
+               k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")] = v
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    unet = {
+        "image_model": "chroma", "in_channels": config["in_channels"], "out_channels": config["in_channels"],
+        "context_in_dim": config["joint_attention_dim"], "hidden_size": hidden, "mlp_ratio": 4.0,
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": config["approximator_num_channels"],
+        "out_dim": hidden, "hidden_dim": config["approximator_hidden_dim"], "n_layers": config["approximator_layers"],
+    }
+    return comfy_model("Chroma", unet, native)
+
+
+def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """HiDream: T5 tokens are the cross_attn, the Llama layers [1, layers, L, D] and the pooled
+    CLIP-L + CLIP-G embedding ride along (ComfyUI's HiDream CLIP gives the same keys)."""
+    return row["t5"], {"pooled_output": row["pooled"], "conditioning_llama3": row["llama3"]}
+
+
+def comfy_hidream(config: dict, state_dict: dict):
+    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    keys = ("patch_size", "in_channels", "out_channels", "num_layers", "num_single_layers", "attention_head_dim",
+            "num_attention_heads", "caption_channels", "text_emb_dim", "num_routed_experts", "num_activated_experts",
+            "axes_dims_rope", "max_resolution", "llama_layers")
+    unet = {"image_model": "hidream", **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys}}
+    return comfy_model("HiDream", unet, state_dict)
 
 
 # Wan: diffusers names -> ComfyUI's (the original Wan checkpoint names). The inverse of diffusers'
@@ -357,6 +416,10 @@ CASES = [
                lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2,
                                                    dual_attention_layers=(0,), qk_norm="rms_norm"),
                comfy=comfy_sd3),
+    # SD3.5 Large / Large Turbo: RMS q/k-norm without Medium's dual attention (ComfyUI reads both from the keys).
+    FamilyCase("sd35-large", "sd3",
+               lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2, qk_norm="rms_norm"),
+               comfy=comfy_sd3),
     FamilyCase("flux-dev", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed), comfy=comfy_flux,
                pipeline_kwargs=flux_kwargs, train=True, train_overrides={"epochs": 16, "churn_strength": 0.02}),
     FamilyCase("flux-schnell", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed, guidance_embeds=False),
@@ -369,28 +432,61 @@ CASES = [
 CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
+               # (its builder sets prompt_template_encode_start_idx for the byte tokenizer; not saved)
+               folder_round_trip=False,
                train=True, train_overrides={"epochs": 4}),
 ]
 CASES += [
+    # The true 19 + 38 blocks (ComfyUI's modulation count), 16 wide; prompts are cut to 8 tokens.
+    FamilyCase("chroma", "chroma", lambda tmp, seed: tiny_chroma_pipeline(tmp, seed), comfy=comfy_chroma,
+               comfy_conditioning=chroma_conditioning, train=True,
+               train_pipeline=lambda tmp, seed: tiny_chroma_pipeline(tmp, seed, num_layers=1, num_single_layers=1)),
+]
+CASES += [
+    FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
+               comfy_conditioning=hidream_conditioning, cfg_kwargs=lambda cfg: {"guidance_scale": cfg}, train=True),
+]
+# No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
+# tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders
+# have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27). Text tokens are
+# bytes: 48 hold a chat-templated prompt, Flux.2 needs 256 for its system message and the prompt.
+CASES += [
+    FamilyCase("flux2", "flux2", lambda tmp, seed: tiny_flux2_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=256,
+               # (48 tokens of system message: the brightness reward ignores the prompt)
+               train=True, train_max_sequence_length=48, train_overrides={"epochs": 6}),
+    FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               train=True, train_overrides={"epochs": 6}),
+    FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},  # Z-Image's g: v_c + g (v_c - v_u)
+               train=True, train_overrides={"epochs": 6}),
     FamilyCase("wan21", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed), comfy=comfy_wan,
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
-               train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
+               train_overrides={"epochs": 4, "churn_strength": 0.1}),
     # Wan 2.2 TI2V-5B: 48 channels, the 16x residual VAE, a timestep per latent patch.
     FamilyCase("wan22-5b", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed, wan22_5b=True), comfy=comfy_wan,
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
-               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, size_multiple=32, vae_scale=16),
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, latent_cell=16,
+               size_multiple=32),
 ]
 CASES += [
     FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
-               comfy_conditioning=lumina2_conditioning, max_sequence_length=48, train=True,
-               train_overrides={"epochs": 4, "churn_strength": 0.1}, slow_training=True),
+               comfy_conditioning=lumina2_conditioning, max_sequence_length=48,
+               # (its builder shortens the system prompt for the byte tokenizer; not saved)
+               folder_round_trip=False, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1}),
 ]
 CASES += [
     # 128 px: 4x4 latents of the 32x VAE.
     FamilyCase("hunyuan-image", "hunyuan_image", lambda tmp, seed: tiny_hunyuan_image_pipeline(tmp, seed),
                comfy=comfy_hunyuan_image, comfy_conditioning=hunyuan_image_conditioning, pipeline_kwargs=lambda options: {},
-               max_sequence_length=24, size=128, size_multiple=32, vae_scale=32, train=True, slow_training=True,
+               max_sequence_length=24, size=128, latent_cell=32, size_multiple=32,
+               # (its builder sets the template's token count and the text length; not saved)
+               folder_round_trip=False, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.utils.checkpoint
 
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
@@ -149,6 +150,13 @@ def model_settings(model: str | Path) -> dict[str, Any]:
     return read_json_file(path, "model settings file") if path.exists() else {}
 
 
+def _checkpoint_block(module, *args, **kwargs):
+    """diffusers' default checkpointing function (non-reentrant torch checkpoint of the block) that
+    also passes keyword arguments: some transformers call it with them (HunyuanImage:
+    `attention_mask=`, `image_rotary_emb=`), which the default function refuses."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, **kwargs)
+
+
 def pipeline_family(pipe) -> Family:
     """The family of a loaded pipeline (BackendError when it is not supported)."""
     family = family_for_class(type(pipe).__name__, type(pipe.scheduler).__name__, "this pipeline")
@@ -193,12 +201,14 @@ class DiffusersBackend(NamedAdapterParams):
             module.eval()
         self.transformer.requires_grad_(False)
         self.transformer.eval()
+        self.model_family.diffusers_prepare(pipe)
+        self.lora_targets = self.model_family.resolve_lora_targets(config.lora_targets)
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
         self.transformer.to(self.device)
         if config.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
+            self.transformer.enable_gradient_checkpointing(_checkpoint_block)
         if not self.offload:
             for module in self._frozen_modules():
                 module.to(self.device)
@@ -230,7 +240,7 @@ class DiffusersBackend(NamedAdapterParams):
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
             init_lora_weights=init,
-            target_modules=list(config.lora_targets),
+            target_modules=list(self.lora_targets),
         )
         try:
             # peft draws the initial LoRA from the global RNG: seed it from the run's seed (without
@@ -240,7 +250,7 @@ class DiffusersBackend(NamedAdapterParams):
                 self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
             raise BackendError(
-                f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}. {self.model_family.title} "
+                f"cannot attach LoRA to targets {list(self.lora_targets)}: {e}. {self.model_family.title} "
                 f"uses {list(self.model_family.lora_targets)}"
             ) from e
         for name, _ in self.lora_layers():
@@ -294,7 +304,7 @@ class DiffusersBackend(NamedAdapterParams):
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": hashlib.sha256(weights).hexdigest()[:16],
-            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.config.lora_targets)}",
+            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
     # --- sampling interface ---------------------------------------------------------------------

@@ -77,6 +77,13 @@ class Family:
     #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
     #: class name -> what it needs. They are refused with this reason.
     diffusers_needs_input: ClassVar[Mapping[str, str]] = {}
+    #: ComfyUI models of this family that the ComfyUI backend refuses: model name -> why (a whole
+    #: sentence that says what to do instead). The name is matched against the class of
+    #: `MODEL.model.model_config` (`comfy.supported_models`, e.g. "ZImage", whose model_base class
+    #: is Lumina 2's) and of `MODEL.model` (`comfy.model_base`). For families whose ComfyUI side is
+    #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
+    #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
+    comfy_refused: ClassVar[Mapping[str, str]] = {}
     #: Scheduler classes, besides diffusers' FlowMatch* ones, that this family's pipelines ship
     #: as flow samplers (Wan: UniPCMultistepScheduler in flow mode). FDFO only reads their time
     #: grid (`diffusers_sigmas`); `diffusers_check` may refuse a configuration that is not a flow one.
@@ -126,7 +133,18 @@ class Family:
     def __repr__(self) -> str:
         return f"<family {self.name}>"
 
+    def resolve_lora_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
+        """The LoRA targets to train: the family's own `lora_targets` when `targets` is the
+        generic default (FDFOConfig's MMDiT attention names, i.e. the user chose none), else
+        `targets` as given."""
+        targets = tuple(targets)
+        return tuple(self.lora_targets) if targets == MMDIT_ATTENTION_TARGETS else targets
+
     # --- diffusers hooks ----------------------------------------------------------------------
+
+    def diffusers_prepare(self, pipe) -> None:
+        """Adjust a loaded pipeline after the backend froze it and put it in eval mode (e.g. a
+        module whose eval path is not differentiable). Default: nothing."""
 
     def diffusers_check(self, pipe) -> None:
         """Raise FamilyError if this pipeline cannot be trained as this family (default: checks
