@@ -31,6 +31,7 @@ from tiny_pipelines import (
     tiny_flux2_pipeline,
     tiny_flux_pipeline,
     tiny_hidream_pipeline,
+    tiny_hunyuan_image_pipeline,
     tiny_lumina2_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
@@ -64,8 +65,11 @@ class FamilyCase:
     #: builder sets pipeline attributes that are not saved).
     folder_round_trip: bool = True
     size: int = 64  # image height = width in pixels
-    #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents).
+    #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents, Wan 2.2's
+    #: 16x VAE; 32: HunyuanImage's 32x VAE) ...
     latent_cell: int = 8
+    #: ... and image sizes are multiples of this (latent cell x the transformer's patch).
+    size_multiple: int = 16
     #: This case runs the (slower) training test of its family ...
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
@@ -288,6 +292,110 @@ def comfy_lumina2(config: dict, state_dict: dict):
     return comfy_model("Lumina2", unet, lumina2_diffusers_to_comfy(state_dict))
 
 
+# HunyuanImage 2.1: diffusers names -> ComfyUI's (its HunyuanVideo DiT), applied in order; fused
+# linears are built in `hunyuan_image_diffusers_to_comfy`.
+_HUNYUAN_TO_COMFY = (
+    ("x_embedder.proj.", "img_in.proj."),
+    ("time_guidance_embed.timestep_embedder.linear_1.", "time_in.in_layer."),
+    ("time_guidance_embed.timestep_embedder.linear_2.", "time_in.out_layer."),
+    ("context_embedder.time_text_embed.timestep_embedder.linear_1.", "txt_in.t_embedder.in_layer."),
+    ("context_embedder.time_text_embed.timestep_embedder.linear_2.", "txt_in.t_embedder.out_layer."),
+    ("context_embedder.time_text_embed.text_embedder.linear_1.", "txt_in.c_embedder.in_layer."),
+    ("context_embedder.time_text_embed.text_embedder.linear_2.", "txt_in.c_embedder.out_layer."),
+    ("context_embedder.proj_in.", "txt_in.input_embedder."),
+    ("context_embedder.token_refiner.refiner_blocks.", "txt_in.individual_token_refiner.blocks."),
+    (".attn.to_out.0.", ".self_attn.proj."),  # only the refiner's is left when this runs
+    (".ff.net.0.proj.", ".mlp.0."), (".ff.net.2.", ".mlp.2."), (".norm_out.linear.", ".adaLN_modulation.1."),
+    ("context_embedder_2.norm.", "byt5_in.layernorm."), ("context_embedder_2.linear_1.", "byt5_in.fc1."),
+    ("context_embedder_2.linear_2.", "byt5_in.fc2."), ("context_embedder_2.linear_3.", "byt5_in.fc3."),
+)
+_HUNYUAN_DOUBLE = (
+    ("norm1.linear.", "img_mod.lin."), ("norm1_context.linear.", "txt_mod.lin."),
+    ("attn.to_out.0.", "img_attn.proj."), ("attn.to_add_out.", "txt_attn.proj."),
+    ("attn.norm_q.weight", "img_attn.norm.query_norm.scale"), ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+    ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+    ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale"),
+    ("ff.net.0.proj.", "img_mlp.0."), ("ff.net.2.", "img_mlp.2."),
+    ("ff_context.net.0.proj.", "txt_mlp.0."), ("ff_context.net.2.", "txt_mlp.2."),
+)
+_HUNYUAN_SINGLE = (
+    ("proj_out.", "linear2."), ("norm.linear.", "modulation.lin."),
+    ("attn.norm_q.weight", "norm.query_norm.scale"), ("attn.norm_k.weight", "norm.key_norm.scale"),
+)
+
+
+def hunyuan_image_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers HunyuanImageTransformer2DModel state dict in ComfyUI's (HunyuanVideo) key names:
+    q / k / v (and the single blocks' MLP input) fused in order, the final modulation's halves
+    swapped (diffusers: scale, shift; ComfyUI: shift, scale)."""
+    sd, out = dict(state_dict), {}
+
+    def fuse(names, comfy_key):
+        for kind in ("weight", "bias"):
+            parts = [sd.pop(f"{n}.{kind}") for n in names]
+            out[f"{comfy_key}.{kind}"] = torch.cat(parts, dim=0)
+
+    blocks = {k.split(".")[1] for k in sd if k.startswith("transformer_blocks.")}
+    for i in sorted(blocks):
+        d, c = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        fuse([d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"], c + "img_attn.qkv")
+        fuse([d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"], c + "txt_attn.qkv")
+        for key in [k for k in sd if k.startswith(d)]:
+            rest = key[len(d):]
+            for old, new in _HUNYUAN_DOUBLE:
+                rest = rest.replace(old, new)
+            out[c + rest] = sd.pop(key)
+    singles = {k.split(".")[1] for k in sd if k.startswith("single_transformer_blocks.")}
+    for i in sorted(singles):
+        d, c = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        fuse([d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"], c + "linear1")
+        for key in [k for k in sd if k.startswith(d)]:
+            rest = key[len(d):]
+            for old, new in _HUNYUAN_SINGLE:
+                rest = rest.replace(old, new)
+            out[c + rest] = sd.pop(key)
+    refiners = {k.split(".")[3] for k in sd if k.startswith("context_embedder.token_refiner.refiner_blocks.")}
+    for i in sorted(refiners):
+        d = f"context_embedder.token_refiner.refiner_blocks.{i}.attn."
+        fuse([d + "to_q", d + "to_k", d + "to_v"], f"txt_in.individual_token_refiner.blocks.{i}.self_attn.qkv")
+    for kind in ("weight", "bias"):
+        scale, shift = sd.pop(f"norm_out.linear.{kind}").chunk(2, dim=0)
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = torch.cat([shift, scale], dim=0)
+        out[f"final_layer.linear.{kind}"] = sd.pop(f"proj_out.{kind}")
+    for key, value in sd.items():
+        for old, new in _HUNYUAN_TO_COMFY:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def hunyuan_image_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """HunyuanImage 2.1: ComfyUI's encoder gives the prompt's own Qwen tokens (no mask) and, for
+    quoted text, the ByT5 tokens as `conditioning_byt5small`."""
+    mask = row["prompt_mask"][0].bool()
+    extras = {}
+    glyph = row["glyph_mask"][0].bool()
+    if bool(glyph.any()):
+        extras["conditioning_byt5small"] = row["glyph_embeds"][:, glyph]
+    return row["prompt_embeds"][:, mask], extras
+
+
+def comfy_hunyuan_image(config: dict, state_dict: dict):
+    """HunyuanImage 2.1: no converter of diffusers keys in ComfyUI; its detector hard-codes 128-wide
+    heads, so the HunyuanImage21 class gets the tiny config."""
+    unet = {
+        "image_model": "hunyuan_video", "in_channels": config["in_channels"], "out_channels": config["out_channels"],
+        "vec_in_dim": None, "context_in_dim": config["text_embed_dim"],
+        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": config["mlp_ratio"],
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["rope_axes_dim"]),
+        "theta": int(config["rope_theta"]), "patch_size": list(config["patch_size"]), "qkv_bias": True,
+        "guidance_embed": config["guidance_embeds"], "byt5": config["text_embed_2_dim"] is not None,
+        "meanflow": config["use_meanflow"],
+    }
+    return comfy_model("HunyuanImage21", unet, hunyuan_image_diffusers_to_comfy(state_dict))
+
+
 def video_frame(output) -> torch.Tensor:
     """A video pipeline's frames [B, T, 3, H, W] -> the first frame [B, 3, H, W]."""
     return output.frames[:, 0]
@@ -359,6 +467,11 @@ CASES += [
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1}),
+    # Wan 2.2 TI2V-5B: 48 channels, the 16x residual VAE, a timestep per latent patch.
+    FamilyCase("wan22-5b", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed, wan22_5b=True), comfy=comfy_wan,
+               comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, latent_cell=16,
+               size_multiple=32),
 ]
 CASES += [
     FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
@@ -366,5 +479,14 @@ CASES += [
                # (its builder shortens the system prompt for the byte tokenizer; not saved)
                folder_round_trip=False, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1}),
+]
+CASES += [
+    # 128 px: 4x4 latents of the 32x VAE.
+    FamilyCase("hunyuan-image", "hunyuan_image", lambda tmp, seed: tiny_hunyuan_image_pipeline(tmp, seed),
+               comfy=comfy_hunyuan_image, comfy_conditioning=hunyuan_image_conditioning, pipeline_kwargs=lambda options: {},
+               max_sequence_length=24, size=128, latent_cell=32, size_multiple=32,
+               # (its builder sets the template's token count and the text length; not saved)
+               folder_round_trip=False, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

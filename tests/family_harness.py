@@ -9,6 +9,7 @@ tests/comfy_scripts/families_in_comfyui.py and exchanges files with `prepare_com
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,9 @@ def check_matches_pipeline(case, tmp: Path, num_steps: int = 4, cfg_scale: float
     pipe, seeds = backend.pipe, [11, 12]
     ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size, cfg_scale=cfg_scale)
     kwargs = dict(prompt=PROMPTS[:2], num_inference_steps=num_steps, height=case.size, width=case.size,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
-                  max_sequence_length=case.max_sequence_length)
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt")
+    if "max_sequence_length" in inspect.signature(pipe.__call__).parameters:  # (HunyuanImage: an attribute)
+        kwargs["max_sequence_length"] = case.max_sequence_length
     kwargs.update(case.pipeline_kwargs(backend.options))
     if cfg_scale != 1.0:
         kwargs.update(case.cfg_kwargs(cfg_scale))

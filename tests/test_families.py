@@ -115,15 +115,15 @@ def test_velocity_runs_in_bf16(case_id, tmp_path, one_thread):
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
-    """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for every family
-    here, whatever the diffusers config's patch_size says: Flux's is 1); Flux.2's latent is already
-    patched (16 px cells)."""
+    """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for the 8x-VAE
+    families here, whatever the diffusers config's patch_size says: Flux's is 1); Flux.2's latent is
+    already patched (16 px cells); Wan 2.2 TI2V's VAE downscales 16x (2x2 tokens: 32 px);
+    HunyuanImage's 32x (1x1 tokens)."""
     case = CASES_BY_ID[case_id]
     backend = H.make_backend(case, tmp_path, add_adapter=False)
-    rule = backend.image_size_rule()
-    assert rule.multiple == 16 and rule.allows(64) and not rule.allows(72), rule
-    cell = case.latent_cell
-    assert rule.allows(96) and rule.allows(80) and backend.latent_shape(96, 80)[1:] == (96 // cell, 80 // cell)
+    rule, m, cell = backend.image_size_rule(), case.size_multiple, case.latent_cell
+    assert rule.multiple == m and rule.allows(4 * m) and not rule.allows(4 * m + m // 2), rule
+    assert rule.allows(6 * m) and rule.allows(5 * m) and backend.latent_shape(6 * m, 5 * m)[1:] == (6 * m // cell, 5 * m // cell)
 
 
 TRAIN_CASES = [c.id if c.family == CASES[0].family else pytest.param(c.id, marks=SLOW) for c in CASES if c.train]

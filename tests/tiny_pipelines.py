@@ -455,3 +455,58 @@ def tiny_lumina2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_ref
                            vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder, tokenizer=tok)
     pipe.system_prompt = "Draw:"
     return pipe
+
+
+def tiny_hunyuan_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """HunyuanImagePipeline at 128x128 px (4x4 latents of 64 channels, 32x VAE): a 3-layer Qwen2.5-VL
+    text encoder (hidden 32, the pipeline reads the third-to-last hidden state) with a byte-level
+    tokenizer, a ByT5 glyph encoder of the true width (1472: ComfyUI's byt5_in hard-codes it) and one
+    layer, a transformer of width 32 (2 heads of 16) with the two text-refiner blocks ComfyUI
+    hard-codes, and a narrow HunyuanImage VAE; shift 5, no guider (no CFG)."""
+    from diffusers import (
+        AutoencoderKLHunyuanImage,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanImagePipeline,
+        HunyuanImageTransformer2DModel,
+    )
+    from transformers import ByT5Tokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = HunyuanImageTransformer2DModel(
+        in_channels=64, out_channels=64, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=2, patch_size=(1, 1), text_embed_dim=32,
+        text_embed_2_dim=1472, rope_axes_dim=(8, 8), rope_theta=256.0,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, fullatt_block_indexes=[0]),
+    )).eval()
+    byt5_tok = ByT5Tokenizer()
+    torch.manual_seed(seed + 3)
+    byt5 = T5EncoderModel(T5Config(vocab_size=len(byt5_tok), d_model=1472, d_kv=8, d_ff=32, num_layers=1,
+                                   num_heads=2)).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLHunyuanImage(in_channels=3, out_channels=3, latent_channels=64,
+                                    block_out_channels=(32, 32, 32, 32, 32, 128), layers_per_block=1,
+                                    spatial_compression_ratio=32, sample_size=128, scaling_factor=0.75289).eval()
+    # The random decoder's last GroupNorm makes every image equally bright, whatever the latent (the
+    # brightness reward could not move): drop it and scale the output to a spread of about 0.3.
+    vae.decoder.norm_out = torch.nn.Identity()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.zero_()
+        z = torch.randn(16, 64, 2, 2, generator=torch.Generator().manual_seed(seed))
+        vae.decoder.conv_out.weight.mul_(0.3 / vae.decode(z).sample.std())
+    pipe = HunyuanImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), vae=vae, text_encoder=text_encoder,
+                                tokenizer=tok, text_encoder_2=byt5, tokenizer_2=byt5_tok, transformer=transformer.eval())
+    # The pipeline drops the chat template's system prefix by token count (34 for Qwen's tokenizer).
+    prefix = pipe.prompt_template_encode.split("{}")[0]
+    pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
+    pipe.tokenizer_max_length = 24  # what its __call__ uses (no max_sequence_length argument)
+    return pipe

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.utils.checkpoint
 
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
@@ -149,6 +150,13 @@ def model_settings(model: str | Path) -> dict[str, Any]:
     return read_json_file(path, "model settings file") if path.exists() else {}
 
 
+def _checkpoint_block(module, *args, **kwargs):
+    """diffusers' default checkpointing function (non-reentrant torch checkpoint of the block) that
+    also passes keyword arguments: some transformers call it with them (HunyuanImage:
+    `attention_mask=`, `image_rotary_emb=`), which the default function refuses."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, **kwargs)
+
+
 def pipeline_family(pipe) -> Family:
     """The family of a loaded pipeline (BackendError when it is not supported)."""
     family = family_for_class(type(pipe).__name__, type(pipe.scheduler).__name__, "this pipeline")
@@ -200,7 +208,7 @@ class DiffusersBackend(NamedAdapterParams):
             self._add_adapter(config, lora_init)
         self.transformer.to(self.device)
         if config.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
+            self.transformer.enable_gradient_checkpointing(_checkpoint_block)
         if not self.offload:
             for module in self._frozen_modules():
                 module.to(self.device)
@@ -400,6 +408,16 @@ def load_lora_into_pipeline(pipe, lora_path: str | Path, adapter_name: str = "fd
     sd = lora_to_diffusers_state_dict(pipe, lora_path)
     if not sd:
         raise LoraFileError(f"{lora_path} has no LoRA weights for this model")
-    pipe.load_lora_weights(sd, adapter_name=adapter_name)
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(sd, adapter_name=adapter_name)
+        if scale != 1.0:
+            pipe.set_adapters([adapter_name], adapter_weights=[scale])
+        return
+    # Pipelines without diffusers' LoRA loader mixin (HunyuanImage): the transformer's own peft loader.
+    transformer = pipe.transformer
+    if not hasattr(transformer, "load_lora_adapter"):
+        raise LoraFileError(f"{type(pipe).__name__} and its {type(transformer).__name__} cannot load LoRA weights "
+                            "in this diffusers version")
+    transformer.load_lora_adapter(sd, prefix="transformer", adapter_name=adapter_name)
     if scale != 1.0:
-        pipe.set_adapters([adapter_name], adapter_weights=[scale])
+        transformer.set_adapters([adapter_name], weights=[scale])

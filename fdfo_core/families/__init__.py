@@ -20,7 +20,7 @@ from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyError, FamilyOptions
 from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart, fused, same_names
 
 #: Family modules, in the order they are listed to users.
-_FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan")
+_FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan", "hunyuan_image")
 
 _REGISTRY: dict[str, Family] = {}
 

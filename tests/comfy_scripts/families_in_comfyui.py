@@ -139,7 +139,8 @@ class SavedCLIP:
 def random_vae(model):
     """A random VAE of the kind the model uses, narrow so that decoding is fast (decoding only
     needs plumbing and a smooth dependence on the latent): TAESD for image latents, a Wan 2.1 VAE
-    (8 channels wide instead of 96) for video latents."""
+    (8 channels wide instead of 96) for 16-channel video latents, a Wan 2.2 VAE (8 instead of 160 /
+    256) for 48-channel ones."""
     import comfy.ldm.wan.vae
     import comfy.taesd.taesd
 
@@ -151,19 +152,25 @@ def random_vae(model):
         sd = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() and v.ndim else v for k, v in sd.items()}
         sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
         return comfy.sd.VAE(sd=sd)
-    if latent_format.latent_dimensions != 3 or channels != 16:
+    if latent_format.latent_dimensions != 3 or channels not in (16, 48):
         raise NotImplementedError(f"no test VAE for {latent_format.latent_dimensions}-D latents with {channels} channels")
-    wan, narrow = comfy.ldm.wan.vae.WanVAE, dict(dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
-    sd = wan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, **narrow).state_dict()
+    if channels == 48:  # the Wan 2.2 (TI2V-5B) VAE
+        import comfy.ldm.wan.vae2_2
+
+        module, narrow = comfy.ldm.wan.vae2_2, dict(dim=8, dec_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    else:  # the Wan 2.1 VAE (Wan 2.1, Qwen-Image)
+        module, narrow = comfy.ldm.wan.vae, dict(dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    wan = module.WanVAE
+    sd = wan(z_dim=channels, attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, **narrow).state_dict()
     # ComfyUI's ops skip weight init: draw every weight (std 1 / sqrt(fan_in)), zero biases, unit gains.
     sd = {k: (torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5 if v.ndim >= 2 and "gamma" not in k
               else torch.zeros_like(v) if k.endswith("bias") else torch.ones_like(v) if "gamma" in k else v)
           for k, v in sd.items()}
-    comfy.ldm.wan.vae.WanVAE = lambda **kw: wan(**{**kw, **narrow})  # comfy.sd.VAE hard-codes dim 96
+    module.WanVAE = lambda **kw: wan(**{**kw, **narrow})  # comfy.sd.VAE hard-codes dim 96 / 160
     try:
         return comfy.sd.VAE(sd=sd)
     finally:
-        comfy.ldm.wan.vae.WanVAE = wan
+        module.WanVAE = wan
 
 
 class Brightness(Reward):
@@ -202,10 +209,11 @@ def merged_model(case, folder, lora_file, strength=1.0):
     return model
 
 
-def ksample(model, conditioning, size, steps=4, seed=0):
+def ksample(model, conditioning, size, scale, steps=4, seed=0):
+    """KSampler's Euler on one size x size image of `model`; scale: the VAE's downscaling."""
     latent_format = model.model.latent_format
-    channels = latent_format.latent_channels
-    shape = (1, channels, 1, size // 8, size // 8) if latent_format.latent_dimensions == 3 else (1, channels, size // 8, size // 8)
+    channels, h = latent_format.latent_channels, size // scale
+    shape = (1, channels, 1, h, h) if latent_format.latent_dimensions == 3 else (1, channels, h, h)
     latent = torch.zeros(shape)
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", conditioning, conditioning, latent,
@@ -345,9 +353,10 @@ def run_case(case_id):
             with LogLines() as log:
                 from_file = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 1.0)[0]
             cond = [[c, e] for c, e in (clip.encode_from_tokens_scheduled(prompts[0])[0],)]
-            hot = ksample(hot_model, cond, data["size"])
-            file = ksample(from_file, cond, data["size"])
-            plain = ksample(base, cond, data["size"])
+            scale = int(vae.spacial_compression_decode())
+            hot = ksample(hot_model, cond, data["size"], scale)
+            file = ksample(from_file, cond, data["size"], scale)
+            plain = ksample(base, cond, data["size"], scale)
         diff, effect = float((hot - file).abs().max()), float((hot - plain).abs().max())
         report(case_id, "trainer_node", diff < 1e-5 and effect > 0 and not log.not_loaded(), hot_vs_file=diff,
                lora_effect=effect, lora_keys=len(lora), not_loaded=log.not_loaded()[:5])
