@@ -22,6 +22,7 @@ import torch
 
 from ..fdfo_core.checkpoint import atomic_write, latest_checkpoint
 from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
 from .sampler_nodes import DEFAULTS, clean_prompts, optional_sampling_inputs, sampling_inputs
@@ -174,6 +175,10 @@ def optional_training_inputs() -> dict[str, tuple]:
             "Where the recorded states of an epoch live. cpu saves VRAM (SD3.5/Flux at the published size need it on 24 GB cards).")}),
         "full_load": ("BOOLEAN", {"default": False, "tooltip": (
             "Load the whole model onto the GPU for training. Off: ComfyUI decides (partial loading when VRAM is short).")}),
+        "prompt_cache_mb": ("INT", {"default": DEFAULT_PROMPT_CACHE_BYTES // MB, "min": 16, "max": 1048576, "step": 64, "tooltip": (
+            "Host RAM (MB) for the encoded prompts, kept so each prompt is encoded once. An SD3.5 prompt takes about 2.5 MB, "
+            "a Flux prompt 4.2 MB (half in bf16); beyond the bound the least recently used are dropped and encoded again "
+            "when needed. Keep it above one epoch's prompts.")}),
     }
 
 
@@ -276,7 +281,7 @@ class FDFOTrainerNode:
         backend = ComfyBackend(
             model, clip, vae, cfg, scheduler=values.get("scheduler", "simple"),
             flux_guidance=values.get("flux_guidance", 3.5), full_load=values.get("full_load", False),
-            check_cancel=check_interrupt,
+            check_cancel=check_interrupt, prompt_cache_bytes=int(values.get("prompt_cache_mb", DEFAULT_PROMPT_CACHE_BYTES // MB)) * MB,
         )
         runs_root, loras_dir = _comfy_dirs()
         run_dir, resuming = plan_run(runs_root, loras_dir, name, bool(values["resume"]))
@@ -298,6 +303,9 @@ class FDFOTrainerNode:
 
         def on_epoch_end(trainer, metrics):
             epoch = metrics["epoch"]
+            note = backend.prompt_cache.first_eviction_note()
+            if note:  # once, right after the epoch line that first dropped a prompt
+                log_line(note)
             save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png")
             grid = None
             if preview_every and (epoch % preview_every == 0 or epoch == cfg.epochs):

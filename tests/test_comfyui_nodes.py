@@ -10,7 +10,10 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
   is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
-- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages.
+- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages;
+- the prompt cache stays under its byte bound with the true SD3 / Flux conditioning shapes, a
+  bound smaller than an epoch's prompts trains the same LoRA as an unbounded cache, and a bf16
+  model's conditioning is stored in bf16 with a bit-identical velocity.
 """
 
 import json
@@ -30,7 +33,8 @@ CHECKS = [
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
-    "fp8_weights_train", "cfg_training_runs",
+    "fp8_weights_train", "cfg_training_runs", "prompt_cache_bounded_true_shapes", "prompt_cache_bound_same_training",
+    "prompt_cache_stores_bf16_exactly",
 ]
 
 pytestmark = [

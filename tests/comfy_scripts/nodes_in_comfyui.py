@@ -522,6 +522,118 @@ def cfg_training_runs():
     report("cfg_training_runs", res["result"][4] == "cfg.safetensors")
 
 
+class TrueShapeCLIP:
+    """A CLIP stand-in returning conditioning of a real family's shapes, in float32 as ComfyUI's
+    text encoders do: SD3 / SD3.5 [1, 154, 4096] + pooled [1, 2048] (CLIP-L+G 77 tokens, T5 77);
+    Flux [1, 256, 4096] + pooled [1, 768] (T5 padded to 256)."""
+
+    SHAPES = {"sd3": ((1, 154, 4096), (1, 2048)), "flux": ((1, 256, 4096), (1, 768))}
+
+    def __init__(self, family):
+        self.cond_shape, self.pooled_shape = self.SHAPES[family]
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        g = torch.Generator().manual_seed(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
+        return [[torch.randn(self.cond_shape, generator=g), {"pooled_output": torch.randn(self.pooled_shape, generator=g)}]]
+
+
+@check
+def prompt_cache_bounded_true_shapes():
+    """Many distinct prompts with the true SD3 and Flux conditioning shapes, an epoch of 8 prompts
+    at a time: the cache never holds more than its byte bound, and holds what fits."""
+    bound = 40 * 1024**2
+    figures = {}
+    ok = True
+    for family, model in (("sd3", toy()[0]), ("flux", tiny_flux())):
+        backend = ComfyBackend(model, TrueShapeCLIP(family), random_vae(16), toy_config(), prompt_cache_bytes=bound)
+        peak = 0
+        with torch.inference_mode():
+            for epoch in range(12):
+                backend.encode_prompts([f"{family} prompt {epoch} {i}" for i in range(8)])
+                peak = max(peak, backend.prompt_cache.bytes)
+        cache = backend.prompt_cache
+        per_entry = cache.bytes / len(cache)
+        note = cache.first_eviction_note()
+        figures[family] = {"entry_bytes": per_entry, "entries": len(cache), "cache_mb": cache.bytes / 2**20,
+                           "peak_mb": peak / 2**20, "evictions": cache.evictions, "note": note,
+                           "unbounded_mb": 96 * per_entry / 2**20}
+        shapes = TrueShapeCLIP.SHAPES[family]
+        expected = 4 * (torch.Size(shapes[0]).numel() + torch.Size(shapes[1]).numel())
+        ok = ok and peak <= bound and per_entry >= expected and len(cache) == bound // int(per_entry) \
+            and cache.evictions == 96 - len(cache) and note is not None
+    report("prompt_cache_bounded_true_shapes", ok, **figures)
+
+
+def train_adapter(backend, epochs=2):
+    cfg = backend.config
+    with torch.inference_mode(), backend.session(train=True):
+        trainer = FDFOTrainer(backend, Brightness(), PROMPTS, cfg, callbacks=Callbacks(log=None))
+        trainer.train()
+        return {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}, trainer.history
+
+
+@check
+def prompt_cache_bound_same_training():
+    """A bound that holds fewer prompts than one epoch uses (prompts are dropped and encoded again
+    mid-epoch) trains exactly the LoRA an unbounded cache trains."""
+    model, clip, vae = toy()
+    cfg = toy_config(pairs_per_epoch=6, sample_batch_size=3, epochs=2, checkpoint_every=0)
+    probe = ComfyBackend(model, clip, vae, cfg)
+    with torch.inference_mode():
+        probe.encode_prompts(PROMPTS[:1])
+    one = probe.prompt_cache.bytes
+    unbounded = ComfyBackend(model, clip, vae, cfg, prompt_cache_bytes=None)
+    bounded = ComfyBackend(model, clip, vae, cfg, prompt_cache_bytes=2 * one)
+    calls = {"n": 0}
+    encode = bounded._encode
+
+    def counting(text):
+        calls["n"] += 1
+        return encode(text)
+
+    bounded._encode = counting
+    a, hist_a = train_adapter(unbounded)
+    b, hist_b = train_adapter(bounded)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    rewards_same = [m["reward_mean"] for m in hist_a] == [m["reward_mean"] for m in hist_b]
+    report("prompt_cache_bound_same_training", same and rewards_same and bounded.prompt_cache.evictions > 0
+           and calls["n"] > len(PROMPTS), max_diff=diff, entry_bytes=one, evictions=bounded.prompt_cache.evictions,
+           encodes_bounded=calls["n"], encodes_unbounded=len(unbounded.prompt_cache), peak_bytes=bounded.prompt_cache.peak_bytes)
+
+
+@check
+def prompt_cache_stores_bf16_exactly():
+    """A bf16 diffusion model: cached conditioning is stored in bf16 (half the bytes) and the
+    velocity is bit for bit the one from float32 storage (the model casts to bf16 anyway)."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(transformer_sd, model_options={"dtype": torch.bfloat16})
+    # On the CPU ComfyUI computes in float32 (manual cast); compute in bf16 as on a GPU.
+    model.model.manual_cast_dtype = torch.bfloat16
+    compute = model.model.manual_cast_dtype or model.model.get_dtype()
+    low = ComfyBackend(model, clip, vae, toy_config())
+    full = ComfyBackend(model, clip, vae, toy_config())
+    full._cond_dtype = None  # keep what the text encoder returned (float32)
+    x = torch.randn(3, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.9, 0.5, 0.2])
+    out = []
+    for backend in (low, full):
+        with torch.inference_mode(), backend.session(train=False):
+            out.append(backend.velocity(x, t, backend.encode_prompts(PROMPTS[:3])))
+    dtypes = sorted({str(v.dtype) for i in range(3) for v in low._entry(i).tensors.values() if v.is_floating_point()})
+    ratio = full.prompt_cache.bytes / low.prompt_cache.bytes
+    report("prompt_cache_stores_bf16_exactly", torch.equal(out[0], out[1]) and dtypes == ["torch.bfloat16"] and ratio > 1.9,
+           compute_dtype=str(compute), stored=dtypes, bytes_fp32=full.prompt_cache.bytes, bytes_bf16=low.prompt_cache.bytes,
+           max_diff=float((out[0] - out[1]).abs().max()))
+
+
 if __name__ == "__main__":
     for name, fn in CHECKS.items():
         if only and name not in only:
