@@ -104,17 +104,19 @@ class NodeProgress:
         self._last = 0.0
         self.value = 0
 
-    def update(self, value: float, preview=None, force: bool = False) -> None:
+    def update(self, value: float, preview=None, force: bool = False, max_size: int = 768) -> None:
         value = int(min(max(value, 0), self.total))
         now = time.monotonic()
         if not force and preview is None and now - self._last < self.min_interval:
             return
         self._last = now
         self.value = value
-        self.bar.update_absolute(value, self.total, ("JPEG", preview, 512) if preview is not None else None)
+        self.bar.update_absolute(value, self.total, ("JPEG", preview, max_size) if preview is not None else None)
 
-    def text(self, message: str) -> None:
-        log.info("FDFO: %s", message)
+    def text(self, message: str, log_it: bool = True) -> None:
+        """Show `message` under the node (it may have several lines); also log it unless told not to."""
+        if log_it:
+            log.info("FDFO: %s", message)
         if self.node_id is None:
             return
         try:

@@ -68,6 +68,7 @@ from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer  # no
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
 
 CHECKS = {}
 
@@ -112,13 +113,22 @@ def toy_config(**changes) -> FDFOConfig:
 
 
 def trainer_inputs(**changes):
-    spec = M["FDFOTrainer"].INPUT_TYPES()
-    values = {k: v[1]["default"] for s in ("required", "optional") for k, v in spec[s].items() if len(v) > 1 and "default" in v[1]}
-    values.update(epochs=2, pairs_per_epoch=4, steps=6, width=64, height=64, learning_rate=2e-3, lora_rank=4, lora_alpha=8.0,
+    """Every Trainer setting for a small run (flat: what the old one-node Trainer took)."""
+    values = dict(epochs=2, pairs_per_epoch=4, steps=6, width=64, height=64, learning_rate=2e-3, lora_rank=4, lora_alpha=8.0,
                   churn_strength=0.05, optimizer_steps_per_epoch=2, checkpoint_every=1, sample_batch_size=4,
                   train_batch_size=16, decode_batch_size=8, preview_count=2)
     values.update(changes)
     return values
+
+
+def train_node(model, clip, vae, reward, prompts, **settings):
+    """The FDFO Trainer node as the templates wire it: its own widgets, the rest through an FDFO
+    Training Options node."""
+    own = {o.name for o in TRAINER_SETTINGS}
+    trainer = {k: v for k, v in settings.items() if k in own}
+    defaults = {o.name: o.default for o in TRAINER_SETTINGS}
+    options = M["FDFOTrainingOptions"]().build(**{k: v for k, v in settings.items() if k not in own})[0]
+    return M["FDFOTrainerV2"]().train(model, clip, vae, reward, prompts, options=options, **{**defaults, **trainer})
 
 
 def ksample(model, clip, prompt, steps=6, seed=0):
@@ -307,6 +317,8 @@ def comfy_lora_loads_in_diffusers():
     """A LoRA written by the ComfyUI backend, loaded into the toy diffusers pipeline, gives the same
     velocity as in ComfyUI (one LoRA file format for both backends)."""
     try:
+        import diffusers  # noqa: F401  (ComfyUI's own environment need not have it)
+
         from comfyui_fdfo_nodepack.fdfo_core.backends.diffusers_backend import load_lora_into_pipeline
         from comfyui_fdfo_nodepack.fdfo_core.lora_files import save_lora
         from comfyui_fdfo_nodepack.fdfo_core.toy import encode_toy_prompts, load_toy_pipeline
@@ -360,7 +372,7 @@ def training_node_end_to_end():
     with torch.inference_mode():
         before = ksample(model, clip, PROMPTS[0])
         patches_before = dict(model.patches)
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="e2e"))
+        res = train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="e2e"))
         hot_model, lora, curve, preview, name = res["result"]
         after = ksample(model, clip, PROMPTS[0])
         hot = ksample(hot_model, clip, PROMPTS[0])
@@ -374,8 +386,8 @@ def training_node_end_to_end():
         saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
         via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
         # resume
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
         straight = comfy.utils.load_torch_file(str(work / "models" / "loras" / "e2e.safetensors"))
         resumed = comfy.utils.load_torch_file(str(work / "models" / "loras" / "resumed.safetensors"))
     run = work / "output" / "fdfo" / "e2e"
@@ -420,7 +432,7 @@ def cancel_keeps_checkpoint_and_lora():
     err = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, CancelAfter(at=2), PROMPTS,
+            train_node(model, clip, vae, CancelAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="cancelled", epochs=4, preview_every=0, decode_batch_size=64))
     except mm.InterruptProcessingException as e:
         err = e
@@ -457,7 +469,7 @@ def failing_reward_names_itself_and_keeps_checkpoint():
     msg = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, FailAfter(at=2), PROMPTS,
+            train_node(model, clip, vae, FailAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
     except RewardError as e:
         msg = str(e)
@@ -503,7 +515,7 @@ def fp8_weights_train():
     with torch.inference_mode():
         model = comfy.sd.load_diffusion_model_state_dict(transformer_sd, model_options={"dtype": torch.float8_e4m3fn})
         dtype = str(model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight.dtype)
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8", epochs=1))
+        res = train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8", epochs=1))
         hot_model, lora, _, _, name = res["result"]
         hot = ksample(hot_model, clip, PROMPTS[0])
         base = ksample(model, clip, PROMPTS[0])
@@ -517,9 +529,55 @@ def fp8_weights_train():
 def cfg_training_runs():
     model, clip, vae = toy()
     with torch.inference_mode():
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+        res = train_node(model, clip, vae, Brightness(), PROMPTS,
                                        **trainer_inputs(lora_name="cfg", epochs=1, cfg=2.0, negative_prompt="a white background"))
     report("cfg_training_runs", res["result"][4] == "cfg.safetensors")
+
+
+@check
+def legacy_trainer_node_trains_the_same_lora():
+    """A workflow saved with the old one-node Trainer (flat settings) trains exactly the LoRA of
+    the FDFO Trainer + FDFO Training Options with the same settings."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="new_layout", epochs=1, seed=3))
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                       **trainer_inputs(lora_name="old_layout", epochs=1, seed=3))
+    new = comfy.utils.load_torch_file(str(work / "models" / "loras" / "new_layout.safetensors"))
+    old = comfy.utils.load_torch_file(str(work / "models" / "loras" / "old_layout.safetensors"))
+    diff = max(float((new[k] - old[k]).abs().max()) for k in new)
+    report("legacy_trainer_node_trains_the_same_lora", set(new) == set(old) and diff == 0.0 and res["result"][4] == "old_layout.safetensors",
+           max_diff=diff, keys=len(new))
+
+
+@check
+def prompt_cache_note_logged_with_the_epoch_line():
+    """When the cache first drops a prompt, the node logs once what it holds, right after the
+    epoch line (the bound is made tiny by counting prompt_cache_mb in KB here)."""
+    import logging
+
+    import comfyui_fdfo_nodepack.nodes.trainer_nodes as tn
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("fdfo")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    mb = tn.MB
+    tn.MB = 1024  # prompt_cache_mb=16 -> 16 KB: about two toy prompts
+    try:
+        model, clip, vae = toy()
+        with torch.inference_mode():
+            train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="cache_note", epochs=2, prompt_cache_mb=16,
+                                                                                  preview_every=0))
+    finally:
+        tn.MB = mb
+        logger.removeHandler(handler)
+    notes = [i for i, m in enumerate(records) if "prompt cache full" in m]
+    after_epoch_line = bool(notes) and "epoch 1/2" in records[notes[0] - 1] and "|dR|" in records[notes[0] - 1]
+    report("prompt_cache_note_logged_with_the_epoch_line", len(notes) == 1 and after_epoch_line,
+           note=records[notes[0]] if notes else None, before=records[notes[0] - 1][:80] if notes else None, count=len(notes))
 
 
 class TrueShapeCLIP:
