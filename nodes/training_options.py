@@ -13,7 +13,8 @@ Adding an option is one entry at the end of `OPTIONS`:
 At the end, because a saved UI workflow stores widget values by position: an appended option takes
 its default in an older workflow, an inserted one would shift the values after it. Every option is
 an optional input, so an API-format prompt saved before an option existed still validates. The
-options node, its widget order, the workflow builder and the docs all read this list.
+options node, its widget order and the workflow builder read this list; docs/comfyui.md describes
+every option (a test checks).
 """
 
 from __future__ import annotations

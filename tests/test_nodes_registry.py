@@ -166,3 +166,11 @@ def test_object_info_matches_comfyui_layout(pack):
     assert trainer["output_node"] is True
     assert trainer["input_order"]["required"][:5] == ["model", "clip", "vae", "reward", "prompts"]
     assert info["FDFOScoreImages"]["output_is_list"] == [True, False, False, False]
+
+
+def test_every_trainer_setting_is_documented():
+    opts = submodule("nodes.training_options")
+    docs = (REPO / "docs" / "comfyui.md").read_text()
+    section = docs[docs.index("### FDFO Trainer inputs"):docs.index("### Using the LoRA")]
+    for o in opts.ALL_SETTINGS:
+        assert o.name in section, f"{o.name} is not described in docs/comfyui.md (FDFO Trainer inputs)"
