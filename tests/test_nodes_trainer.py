@@ -191,3 +191,14 @@ def test_live_push_without_a_server_does_nothing():
     push = live.LivePush({"9": {"class_type": "PreviewImage", "inputs": {"images": ["7", 2]}}}, "7", 2, "curve")
     assert push.targets == ["9"]
     assert push(object()) is False  # no ComfyUI server in this process: nothing sent, no error
+
+
+def test_node_preview_is_never_enlarged(fake_progress):
+    from PIL import Image
+
+    common = submodule("nodes.common")
+    bar = common.NodeProgress(10)
+    bar.update(1, preview=Image.new("RGB", (522, 284)))
+    assert fake_progress[-1][2][2] == 522  # ComfyUI fits previews into max_size, enlarging smaller ones
+    bar.update(2, preview=Image.new("RGB", (2000, 300)))
+    assert fake_progress[-1][2][2] == common.PREVIEW_MAX_SIZE
