@@ -13,8 +13,9 @@ A headless ComfyUI serves the front end; tests/comfy_scripts/browser_check.py:
 - runs the toy template to the end as a person does (load, click Run, wait): the Trainer's epoch
   line, its live image and its reward-curve and base-vs-trained views update during the run, and
   the same layout checks pass on the real outputs. Its end-of-run screenshot is
-  docs/images/comfyui_fdfo_toy.png (the README and docs/comfyui.md show it); the other workflows'
-  screenshots are docs/images/comfyui_<workflow>.png.
+  docs/images/comfyui_fdfo_toy.png (the README and docs/comfyui.md show it), one taken during the
+  run docs/images/comfyui_fdfo_toy_running.png; the other workflows' screenshots are
+  docs/images/comfyui_<workflow>.png.
 
 FDFO_BROWSER_RUN=0 skips the toy run (about 5 minutes on 2 CPU cores).
 """
@@ -76,9 +77,9 @@ def results(tmp_path_factory):
     images.mkdir(parents=True, exist_ok=True)
     # Template screenshots first; the toy's end-of-run screenshot replaces its template one.
     for key in sorted(found, key=lambda k: k[0] == "run"):
-        shot = found[key].get("screenshot")
-        if shot and Path(shot).exists():
-            shutil.copyfile(shot, images / Path(shot).name)
+        for shot in (found[key].get("screenshot"), found[key].get("mid_screenshot")):
+            if shot and Path(shot).exists():
+                shutil.copyfile(shot, images / Path(shot).name)
     return found
 
 
