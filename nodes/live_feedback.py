@@ -91,7 +91,8 @@ def _server():
 
 def save_temp_png(image, name: str) -> dict[str, str] | None:
     """Save a PIL image in ComfyUI's temp folder; the UI record ({filename, subfolder, type}) that
-    the front end loads it by. A new file name each time, so the browser never shows a cached one."""
+    the front end loads it by (None when it cannot be written: views never stop a run). A new file
+    name each time, so the browser never shows a cached one."""
     try:
         import folder_paths
     except ImportError:
@@ -100,7 +101,11 @@ def save_temp_png(image, name: str) -> dict[str, str] | None:
 
     subfolder = "fdfo_live"
     filename = f"{name}_{next(_counter):05d}.png"
-    save_png(image, Path(folder_paths.get_temp_directory()) / subfolder / filename)
+    try:
+        save_png(image, Path(folder_paths.get_temp_directory()) / subfolder / filename, "live view image", make_folder=True)
+    except Exception as e:  # a view must never stop or fail a run (StorageError, a missing temp folder, ...)
+        log.warning("FDFO: could not write the live %s image: %s", name, e)
+        return None
     return {"filename": filename, "subfolder": subfolder, "type": "temp"}
 
 

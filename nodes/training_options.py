@@ -151,6 +151,15 @@ OPTIONS: tuple[Option, ...] = (
         "Host RAM (MB) for the encoded prompts, kept so each prompt is encoded once. An SD3.5 prompt takes about "
         "2.5 MB, a Flux prompt 4.2 MB (half in bf16); beyond the bound the least recently used are dropped and "
         "encoded again when needed. Keep it above one epoch's prompts."), step=64), "memory"),
+    # --- bad rewards and resuming (issues 10 and 17) -------------------------------------------------
+    Option("max_bad_pair_fraction", _float(d.max_bad_pair_fraction, 0.0, 1.0, 0.05, (
+        "Pairs whose reward is missing, NaN or failed (a scoring server's error for some images) are dropped and "
+        "counted; the run stops when more than this share of an epoch's pairs is lost (0: stop at the first; "
+        "1: never while any pair is left).")), "update", "max_bad_pair_fraction"),
+    Option("allow_run_changes", ("BOOLEAN", {"default": False, "tooltip": (
+        "With resume on: continue the run even though prompts, reward, seed or other settings that define it "
+        "changed, and record the change as a new branch in its run.json. Off: such a change is refused with the "
+        "list of differences (epochs and memory settings may always change).")}), "run"),
 )
 
 ALL_SETTINGS: tuple[Option, ...] = TRAINER_SETTINGS + OPTIONS

@@ -113,6 +113,8 @@ def test_workflow_saved_with_the_old_trainer_still_loads(results, name):
     assert r["missing"] == [] and r["dialogs"] == [] and r["page_errors"] == []
     assert r["links"] == r["expected_links"]
     assert r["api_diff"] == {} and r["extra_nodes"] == [], json.dumps(r["api_diff"], indent=1)[:4000]
+    # Only inputs appended to the old Trainer after the file was saved, at their defaults.
+    assert all(v == {"allow_run_changes": False, "max_bad_pair_fraction": 0.5} for v in r["added_inputs"].values()), r["added_inputs"]
 
 
 @pytest.mark.skipif(not RUN, reason="FDFO_BROWSER_RUN=0")

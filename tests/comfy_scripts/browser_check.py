@@ -344,10 +344,17 @@ def check_legacy(page, errors, path: Path) -> dict:
     page.evaluate(LOAD_JSON, [wf, path.stem])
     time.sleep(0.8)
     res = page.evaluate(INSPECT, wf)
-    diff = {k: {"expected": v, "frontend": res["output"].get(k)} for k, v in api.items()
-            if res["output"].get(k, {}).get("inputs") != v["inputs"] or res["output"].get(k, {}).get("class_type") != v["class_type"]}
+    diff, added = {}, {}
+    for key, node in api.items():
+        got = res["output"].get(key) or {}
+        inputs = got.get("inputs") or {}
+        if got.get("class_type") != node["class_type"] or {k: inputs.get(k) for k in node["inputs"]} != node["inputs"]:
+            diff[key] = {"expected": node, "frontend": got}
+        extra = {k: v for k, v in inputs.items() if k not in node["inputs"]}
+        if extra:  # inputs the node gained after the file was saved: the front end gives them their defaults
+            added[key] = extra
     return {"kind": "legacy", "workflow": path.stem, "missing": res["missing"], "dialogs": res["dialogs"],
-            "links": res["links"], "expected_links": len(wf["links"]), "api_diff": diff,
+            "links": res["links"], "expected_links": len(wf["links"]), "api_diff": diff, "added_inputs": added,
             "extra_nodes": sorted(set(res["output"]) - set(api)), "page_errors": errors[:5]}
 
 
