@@ -400,7 +400,7 @@ def run_generic(case_id):
     with LogLines() as log, torch.inference_mode():
         from_file = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 1.0)[0]
         cond = [list(clip.encode_from_tokens_scheduled(prompts[0])[0])]
-        hot, file, plain = (ksample(m, cond, data["size"]) for m in (hot_model, from_file, base))
+        hot, file, plain = (ksample(m, cond, data["size"], 8) for m in (hot_model, from_file, base))
     diff, effect = float((hot - file).abs().max()), float((hot - plain).abs().max())
     attention_only = bool(keys) and all(".attn." in k for k in keys)
     report(case_id, "generic_fallback", warned and attention_only and diff < 1e-5 and effect > 0 and not log.not_loaded(),
