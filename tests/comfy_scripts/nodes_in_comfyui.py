@@ -533,20 +533,28 @@ def tiny_patcher(model_class, unet_config):
 
 @check
 def image_conditioned_and_video_models_are_refused():
-    """Flux.1 Fill (image + mask channels) and a Wan 2.1 video model: refused by name, with the
-    supported families listed."""
+    """Flux.1 Fill (image + mask channels) and a video model without a family module (HunyuanVideo):
+    refused by name, with the supported families listed. Wan 2.1 has a family (one frame of its video
+    latents): not refused as a video model."""
     fill = tiny_patcher("FluxInpaint", {
         "image_model": "flux", "in_channels": 96, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
         "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
         "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
     })
+    video = tiny_patcher("HunyuanVideo", {
+        "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+        "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True,
+        "byt5": False, "meanflow": False,
+    })
     wan = tiny_patcher("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64,
                                      "num_heads": 2, "num_layers": 1, "text_dim": 32, "in_dim": 16, "out_dim": 16})
-    fill_msg, wan_msg = refusal(fill), refusal(wan)
+    fill_msg, video_msg, wan_msg = refusal(fill), refusal(video), refusal(wan)
     listed = lambda m: m is not None and "SD3" in m and "Flux.1" in m  # noqa: E731
     ok = (listed(fill_msg) and "Fill" in fill_msg and "input image" in fill_msg
-          and listed(wan_msg) and "WAN21_T2V" in wan_msg and "video" in wan_msg)
-    report("image_conditioned_and_video_models_are_refused", ok, fill=fill_msg, wan=wan_msg)
+          and listed(video_msg) and "HunyuanVideo" in video_msg and "video" in video_msg
+          and (wan_msg is None or "video latents" not in wan_msg))
+    report("image_conditioned_and_video_models_are_refused", ok, fill=fill_msg, video=video_msg, wan=wan_msg)
 
 
 @check
