@@ -193,6 +193,10 @@ def test_flux2_and_z_image_lora_keys_are_comfyuis():
     ("flux2_klein", "Flux2Transformer2DModel", dict(num_layers=8, num_single_layers=24, num_attention_heads=32,
                                                     joint_attention_dim=12288, guidance_embeds=False)),  # 9B
     ("z_image", "ZImageTransformer2DModel", {}),  # the class defaults are Z-Image-Turbo's config
+    ("chroma", "ChromaTransformer2DModel", {}),  # the class defaults are Chroma1's config
+    ("hidream", "HiDreamImageTransformer2DModel", dict(  # HiDream-I1's config (the defaults leave these open)
+        patch_size=2, in_channels=16, out_channels=16, caption_channels=[4096, 4096], text_emb_dim=2048,
+        axes_dims_rope=(64, 32, 32), llama_layers=list(range(32)) + [31] * 16)),
 ])
 def test_vram_guidance_states_the_real_parameter_count(family, transformer, config):
     """The VRAM line's parameter count is the real model's (built on the meta device from its config)."""
