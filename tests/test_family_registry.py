@@ -184,3 +184,22 @@ def test_flux2_and_z_image_lora_keys_are_comfyuis():
         part = z.to_comfy(f"{group}.0.attention.to_v", out)
         assert (part.comfy_module, part.offset, part.rows) == (f"{group}.0.attention.qkv", 16, 8)
         assert z.to_comfy(f"{group}.1.attention.to_out.0", out).comfy_module == f"{group}.1.attention.out"
+
+
+@pytest.mark.parametrize("family, transformer, config", [
+    ("flux2", "Flux2Transformer2DModel", {}),  # the class defaults are FLUX.2-dev's config
+    ("flux2_klein", "Flux2Transformer2DModel", dict(num_layers=5, num_single_layers=20, num_attention_heads=24,
+                                                    joint_attention_dim=7680, guidance_embeds=False)),  # 4B
+    ("flux2_klein", "Flux2Transformer2DModel", dict(num_layers=8, num_single_layers=24, num_attention_heads=32,
+                                                    joint_attention_dim=12288, guidance_embeds=False)),  # 9B
+    ("z_image", "ZImageTransformer2DModel", {}),  # the class defaults are Z-Image-Turbo's config
+])
+def test_vram_guidance_states_the_real_parameter_count(family, transformer, config):
+    """The VRAM line's parameter count is the real model's (built on the meta device from its config)."""
+    import diffusers
+    import torch
+
+    with torch.device("meta"):
+        model = getattr(diffusers, transformer)(**config)
+    billions = sum(p.numel() for p in model.parameters()) / 1e9
+    assert f"{billions:.1f} B" in get_family(family).vram, (billions, get_family(family).vram)

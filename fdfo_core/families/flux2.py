@@ -76,9 +76,9 @@ class Flux2(Family):
     guidance = 4.0
     preset_name = "flux2"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
-    vram = ("32 B transformer (~64 GB in bf16, ~32 GB in fp8) and a 24 B text encoder (Mistral Small 3.1, "
-            "offloaded between encodings): 80 GB with an fp8 transformer, storage_device cpu and gradient "
-            "checkpointing at 1024 px; bf16 needs a 141 GB card (estimates from the parameter count, not measured)")
+    vram = ("32.2 B transformer: 64 GB of bf16 weights on the GPU, plus the 24 B Mistral text encoder (48 GB) while "
+            "prompts are encoded: a 141 GB card (H200) at 1024 px with gradient checkpointing; the diffusers backend "
+            "has no fp8 path (estimates from the parameter count, not measured)")
 
     def diffusers_latent_shape(self, pipe, height, width):
         cell = pipe.vae_scale_factor * 2
@@ -143,9 +143,9 @@ class Flux2Klein(Flux2):
     guidance = None  # no guidance embedding: true CFG (cfg_scale), none for the step-distilled models
     preset_name = "flux2-klein"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
-    vram = ("4 B transformer (~8 GB in bf16) with Qwen3-4B (~8 GB, offloaded): 24 GB at 1024 px with gradient "
-            "checkpointing; 9 B (~18 GB in bf16) with Qwen3-8B: 48 GB at 1024 px, or 24 GB in fp8 with storage_device "
-            "cpu (estimates from the parameter count, not measured)")
+    vram = ("4B: 3.9 B transformer (8 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px "
+            "with gradient checkpointing; 9B: 9.1 B (18 GB) plus Qwen3-8B (16 GB): 48 GB (estimates from the "
+            "parameter count, not measured)")
 
 
 FAMILIES = (Flux2(), Flux2Klein())

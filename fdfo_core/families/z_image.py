@@ -62,9 +62,8 @@ class ZImage(Family):
     preset_name = "z-image"
     # Z-Image-Turbo: 1024 px, 9 steps (8 model evaluations with a nonzero step), no CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 9}
-    vram = ("6 B transformer (~12 GB in bf16, ~6 GB in fp8) with Qwen3-4B (~8 GB, offloaded): 24 GB with an fp8 "
-            "transformer and gradient checkpointing at 1024 px; 48 GB in bf16 (estimates from the parameter count, "
-            "not measured)")
+    vram = ("6.2 B transformer (12 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px with "
+            "gradient checkpointing (tight), 32-48 GB comfortable (estimates from the parameter count, not measured)")
 
     def diffusers_encode_prompts(self, pipe, prompts, device, options: FamilyOptions):
         length = options.max_sequence_length
