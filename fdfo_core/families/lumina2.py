@@ -15,8 +15,6 @@ ComfyUI: `comfy.model_base.Lumina2` (`NextDiT`): attention linears `attention.qk
 
 from __future__ import annotations
 
-import torch
-
 from .base import Family, FamilyOptions
 from .lora_map import LoraMap, fused
 

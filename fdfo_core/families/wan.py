@@ -102,7 +102,7 @@ class Wan(Family):
         return {"prompt_embeds": emb}
 
     def diffusers_velocity(self, pipe, x, t, cond, options):
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         timestep = (t * 1000).to(device=x.device, dtype=torch.float32)
         if pipe.config.get("expand_timesteps", False):
             # Wan 2.2 TI2V: a timestep per 2x2 patch of the (one) frame; all equal without an image.
