@@ -9,13 +9,16 @@ compares the LoRA's change (final - initial adapter weights), the quantity train
 - fp8 base weights (e4m3: 3 mantissa bits, relative rounding up to 2^-4 per weight): the velocity
   moves by a few per cent, so the rewards, pairs and gradients differ; the LoRA change must
   point the same way (cosine > 0.9) with a norm within 25 %;
-- torch.compile: the same graph through inductor's fused kernels; 1e-3 relative.
+- torch.compile: the same graph through inductor's fused kernels; 1e-3 relative (minutes of
+  compilation on a CPU: runs with FDFO_TEST_COMPILE=1).
 
 On a CPU "storage_device cpu" and "offload" move nothing (device and storage are both the CPU):
 those tests run the mode's code path, the GPU is where it moves memory.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -103,6 +106,8 @@ def _compile_works() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FDFO_TEST_COMPILE") != "1",
+                    reason="inductor compiles for minutes on 2 CPU cores (409 s measured): set FDFO_TEST_COMPILE=1")
 def test_compiled_transformer_gives_the_same_lora(default_delta, tmp_path, one_thread):
     if not _compile_works():
         pytest.skip("torch.compile does not work on this machine (no C++ compiler for inductor?)")
