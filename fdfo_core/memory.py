@@ -337,10 +337,10 @@ class MemoryMode:
     decode_batch_size: int = 16
 
     def describe(self) -> str:
-        parts = ["fp8 base weights" if self.base_weights == "fp8" else "bf16 base weights"]
+        parts = ["fp8 base weights" if self.base_weights == "fp8" else "base weights in the load dtype (bf16 on a GPU)"]
         if self.gradient_checkpointing:
             parts.append("gradient checkpointing")
-        parts.append("recorded states in host RAM" if self.storage_device == "cpu" else "recorded states on the GPU")
+        parts.append("recorded states in host RAM" if self.storage_device == "cpu" else "recorded states on the device")
         parts.append("encoders / VAE / reward offloaded between phases" if self.offload else
                      "encoders / VAE / reward resident")
         parts.append(f"micro-batches: sample {self.sample_batch_size} pairs, train {self.train_batch_size} items, "

@@ -31,7 +31,9 @@ def _flux(key: str, title: str, repo: str, guidance_embeds: bool) -> PublishedMo
         key=key, title=title, repo=repo, pipeline="FluxPipeline", transformer="FluxTransformer2DModel",
         transformer_config=config, vae="AutoencoderKL", vae_config=vae, published_params_b=12.0,
         text_encoders_b=CLIP_L_B + T5_XXL_ENCODER_B, resolution=1024, small_transformer=small,
-        small_vae={**SMALL_KL_VAE_CONFIG, "scaling_factor": 0.3611, "shift_factor": 0.1159})
+        small_vae={**SMALL_KL_VAE_CONFIG, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+        scheduler_config={"shift": 3.0, "use_dynamic_shifting": guidance_embeds, "base_shift": 0.5, "max_shift": 1.15,
+                          "base_image_seq_len": 256, "max_image_seq_len": 4096})
 
 
 def _single_block_rows(in_features: int, out_features: int) -> list[int]:

@@ -71,6 +71,8 @@ class PublishedModel:
     small_vae: Mapping[str, Any] = field(default_factory=dict)
     count_buffers: bool = False
     vae_scale_factor: int = 8
+    #: FlowMatchEulerDiscreteScheduler config of the pipeline (only the time grid depends on it).
+    scheduler_config: Mapping[str, Any] = field(default_factory=lambda: {"shift": 3.0})
 
     def config(self, small: bool = False) -> dict[str, Any]:
         """The transformer config (the small CPU one when `small`)."""

@@ -61,7 +61,10 @@ class QwenImage(Family):
             resolution=1024,
             small_transformer={"num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
                                "joint_attention_dim": 32, "axes_dims_rope": (4, 6, 6)},
-            small_vae={"base_dim": 8}),
+            small_vae={"base_dim": 8},
+            scheduler_config={"shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9,
+                              "base_image_seq_len": 256, "max_image_seq_len": 8192, "shift_terminal": 0.02,
+                              "time_shift_type": "exponential"}),
     )
 
     def conditioning_shapes(self, transformer_config, max_sequence_length):
