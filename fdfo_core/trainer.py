@@ -419,9 +419,9 @@ class FDFOTrainer:
                 local_pair = mb[:, 0] - lo
                 row = local_pair + mb[:, 1] * n  # row in the [a..., b...] layout
                 step = mb[:, 2]
-                x = roll.states[row, step].to(self.device)
-                v_rec = roll.velocities[row, step].to(self.device)
-                t = roll.sigmas[step].to(self.device)
+                x = self._to_device(roll.states[row, step])
+                v_rec = self._to_device(roll.velocities[row, step])
+                t = self._to_device(roll.sigmas[step])
                 cond = cond_to(cond_select(roll.cond, roll.prompt_rows[local_pair]), self.device)
                 v_base = None
                 if cfg.kl_weight > 0:
@@ -438,6 +438,13 @@ class FDFOTrainer:
             stats.grad_norms.append(self._optimizer_step())
             faults.kill_point("train", epoch + 1)  # crash tests only (fdfo_core.faults)
         return stats
+
+    def _to_device(self, a: torch.Tensor) -> torch.Tensor:
+        """A micro-batch to the training device; from the host through pinned memory without
+        blocking on a GPU (the step loop does not wait for the previous micro-batch)."""
+        if self.device.type == "cuda" and a.device.type == "cpu":
+            return a.pin_memory().to(self.device, non_blocking=True)
+        return a.to(self.device)
 
     def _optimizer_step(self) -> float:
         for p in self.params:
