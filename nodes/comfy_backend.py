@@ -48,6 +48,7 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..fdfo_core.backend import BackendError, NamedAdapterParams
+from ..fdfo_core.checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
     Family,
@@ -55,6 +56,7 @@ from ..fdfo_core.families import (
     FamilyOptions,
     FusedPart,
     PlannedPart,
+    comfy_refusal,
     family_for_comfy_model,
     supported_families_text,
 )
@@ -129,6 +131,9 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    refused = comfy_refusal(base)
+    if refused is not None:
+        raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
     dims = getattr(getattr(base, "latent_format", None), "latent_dimensions", 2)
     if dims != 2 and not (dims == 3 and family.comfy_video_latents):
@@ -182,6 +187,7 @@ def check_clip(clip) -> None:
 
 
 # --- the adapter ---------------------------------------------------------------------------------
+
 
 
 class FDFOLoRA(_AdapterBase):
@@ -369,7 +375,7 @@ class ComfyBackend(NamedAdapterParams):
         modules = dict(self.base.diffusion_model.named_modules())
         linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
         plan: dict[str, list[PlannedPart]] = OrderedDict()
-        for part in self.model_family.comfy_lora_plan(linears, tuple(self.config.lora_targets)):
+        for part in self.model_family.comfy_lora_plan(linears, self.model_family.resolve_lora_targets(self.config.lora_targets)):
             plan.setdefault(part.comfy_module, []).append(part)
         out = []
         for name, parts in plan.items():
@@ -384,7 +390,7 @@ class ComfyBackend(NamedAdapterParams):
         plan = self.lora_plan()
         if not plan:
             raise BackendError(
-                f"no LoRA target modules found in {model_name(self.source_model)} for targets {list(cfg.lora_targets)}"
+                f"no LoRA target modules found in {model_name(self.source_model)} for targets {list(self.model_family.resolve_lora_targets(cfg.lora_targets))}"
             )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         for name, module, parts in plan:
@@ -424,8 +430,14 @@ class ComfyBackend(NamedAdapterParams):
         gets copies of its tensor inputs inside the recomputed function (checkpointing), or a
         snapshot of any saved tensor that shares memory with an input (no checkpointing) as long
         as it has been seen to update an input: the first differentiated call of each block finds
-        out, later calls of blocks that leave their inputs alone cost nothing."""
+        out, later calls of blocks that leave their inputs alone cost nothing. Under checkpointing
+        the backward pass recomputes a block and keeps what the recomputation saves by reference;
+        a block that later updates such a tensor in place (Chroma: `img.addcmul_` after
+        `img_norm1(img)`) would corrupt it, so the recomputation runs under `CopyOnInplace`."""
         from torch.utils.checkpoint import checkpoint
+
+        def recompute_contexts():
+            return contextlib.nullcontext(), CopyOnInplace()
 
         def copies(values):
             return [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
@@ -445,7 +457,7 @@ class ComfyBackend(NamedAdapterParams):
                     if not torch.is_grad_enabled():
                         return _original(*args, **kwargs)
                     if checkpointing:
-                        return checkpoint(_on_copies, *args, use_reentrant=False, **kwargs)
+                        return checkpoint(_on_copies, *args, use_reentrant=False, context_fn=recompute_contexts, **kwargs)
                     if _seen["updates_inputs"] is False:
                         return _original(*args, **kwargs)
                     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]
@@ -532,7 +544,7 @@ class ComfyBackend(NamedAdapterParams):
             "unet_config": hashlib.sha256(json.dumps(unet, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": weights,
             "patches": digest.hexdigest()[:16] if patches else "none",
-            "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(cfg.lora_targets)}",
+            "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(self.model_family.resolve_lora_targets(cfg.lora_targets))}",
             "backend": "comfyui",
         }
 

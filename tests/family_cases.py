@@ -25,7 +25,18 @@ from typing import Any, Callable
 
 import torch
 
-from tiny_pipelines import tiny_flux_pipeline, tiny_qwen_image_pipeline, tiny_sd3_pipeline
+from tiny_pipelines import (
+    tiny_chroma_pipeline,
+    tiny_flux2_klein_pipeline,
+    tiny_flux2_pipeline,
+    tiny_flux_pipeline,
+    tiny_hidream_pipeline,
+    tiny_lumina2_pipeline,
+    tiny_qwen_image_pipeline,
+    tiny_sd3_pipeline,
+    tiny_wan_pipeline,
+    tiny_z_image_pipeline,
+)
 
 
 def pooled_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -43,14 +54,26 @@ class FamilyCase:
     comfy_conditioning: Callable[[dict], tuple[torch.Tensor, dict]] = pooled_conditioning
     #: FamilyOptions -> keyword arguments of the pipeline's __call__ for "no CFG, the same guidance".
     pipeline_kwargs: Callable[[Any], dict[str, Any]] = lambda options: {"guidance_scale": 1.0}
+    #: FDFO's cfg_scale -> keyword arguments of the pipeline's __call__ for the same true CFG with an
+    #: empty negative prompt; None when the pipeline has no true CFG (guidance-distilled models).
+    cfg_kwargs: Callable[[float], dict[str, Any]] | None = None
+    #: The pipeline's output -> images [B, 3, H, W] in [0, 1] (video pipelines return frames).
+    pipeline_images: Callable[[Any], torch.Tensor] = lambda output: output.images
     max_sequence_length: int = 8
+    #: The tiny pipeline survives save_pretrained / from_pretrained unchanged (False where the
+    #: builder sets pipeline attributes that are not saved).
+    folder_round_trip: bool = True
     size: int = 64  # image height = width in pixels
+    #: Image pixels per latent cell (8: the VAE's 8x; 16: Flux.2's 2x2-patched latents).
+    latent_cell: int = 8
     #: This case runs the (slower) training test of its family ...
     train: bool = False
     #: ... with these changes to the harness's training config (epochs, churn, ...) ...
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast).
+    #: ... on this pipeline (default: `pipeline`; a narrower one keeps the test fast) ...
     train_pipeline: Callable[[Path, int], Any] | None = None
+    #: ... with this many text tokens (default: `max_sequence_length`).
+    train_max_sequence_length: int | None = None
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
@@ -112,6 +135,164 @@ def comfy_qwen_image(config: dict, state_dict: dict):
     return comfy_model("QwenImage", unet, state_dict)
 
 
+def chroma_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Chroma: the T5 tokens Chroma attends to (the prompt's and one padding token); no pooled
+    embedding (ComfyUI's T5 CLIP gives None)."""
+    return row["prompt_embeds"][:, : int(row["prompt_mask"].sum())], {"pooled_output": None}
+
+
+def comfy_chroma(config: dict, state_dict: dict):
+    """Chroma: ComfyUI's converter of diffusers Flux keys covers the blocks; the approximator
+    (`distilled_guidance_layer`) is renamed by hand (ComfyUI loads only original-format Chroma files:
+    linear_1 / linear_2 / norms.N.weight there are in_layer / out_layer / norms.N.scale)."""
+    from comfy.model_detection import convert_diffusers_mmdit
+
+    sd = dict(state_dict)
+    approximator = {k: sd.pop(k) for k in list(sd) if k.startswith("distilled_guidance_layer.")}
+    native = convert_diffusers_mmdit(sd, "")
+    for k, v in approximator.items():
+        native[k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")
+               .replace(".weight", ".scale") if ".norms." in k else
+               k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")] = v
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    unet = {
+        "image_model": "chroma", "in_channels": config["in_channels"], "out_channels": config["in_channels"],
+        "context_in_dim": config["joint_attention_dim"], "hidden_size": hidden, "mlp_ratio": 4.0,
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": config["approximator_num_channels"],
+        "out_dim": hidden, "hidden_dim": config["approximator_hidden_dim"], "n_layers": config["approximator_layers"],
+    }
+    return comfy_model("Chroma", unet, native)
+
+
+def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """HiDream: T5 tokens are the cross_attn, the Llama layers [1, layers, L, D] and the pooled
+    CLIP-L + CLIP-G embedding ride along (ComfyUI's HiDream CLIP gives the same keys)."""
+    return row["t5"], {"pooled_output": row["pooled"], "conditioning_llama3": row["llama3"]}
+
+
+def comfy_hidream(config: dict, state_dict: dict):
+    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    keys = ("patch_size", "in_channels", "out_channels", "num_layers", "num_single_layers", "attention_head_dim",
+            "num_attention_heads", "caption_channels", "text_emb_dim", "num_routed_experts", "num_activated_experts",
+            "axes_dims_rope", "max_resolution", "llama_layers")
+    unet = {"image_model": "hidream", **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys}}
+    return comfy_model("HiDream", unet, state_dict)
+
+
+# Wan: diffusers names -> ComfyUI's (the original Wan checkpoint names). The inverse of diffusers'
+# `convert_wan_transformer_to_diffusers` (tests/test_families.py checks that it is), applied in order.
+_WAN_TO_COMFY = (
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."),
+    (".ffn.net.0.proj.", ".ffn.0."), (".ffn.net.2.", ".ffn.2."),
+    (".norm2.", ".norm__swap."), (".norm3.", ".norm2."), (".norm__swap.", ".norm3."),  # diffusers swaps them
+    (".scale_shift_table", ".modulation"),
+)
+
+
+def wan_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers WanTransformer3DModel state dict in ComfyUI's (Wan's original) key names."""
+    out = {}
+    for key, value in state_dict.items():
+        if key == "scale_shift_table":
+            key = "head.modulation"
+        elif key.startswith("proj_out."):
+            key = "head.head." + key[len("proj_out."):]
+        else:
+            for old, new in _WAN_TO_COMFY:
+                key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def wan_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Wan: the zero-padded UMT5 tokens are the cross-attention context (ComfyUI pads the same way)."""
+    return row["prompt_embeds"], {}
+
+
+def comfy_wan(config: dict, state_dict: dict):
+    """Wan 2.1 (WAN21_T2V) / Wan 2.2 TI2V-5B (WAN22_T2V, 48 channels): ComfyUI has no converter of
+    diffusers Wan keys; its detector hard-codes 128-wide heads, so the class gets the tiny config."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    unet = {
+        "image_model": "wan2.1", "model_type": "t2v", "patch_size": tuple(config["patch_size"]),
+        "in_dim": config["in_channels"], "out_dim": config["out_channels"], "dim": dim, "ffn_dim": config["ffn_dim"],
+        "freq_dim": config["freq_dim"], "text_dim": config["text_dim"], "num_heads": config["num_attention_heads"],
+        "num_layers": config["num_layers"], "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": config["cross_attn_norm"], "eps": config["eps"],
+    }
+    model_class = "WAN22_T2V" if config["out_channels"] == 48 else "WAN21_T2V"
+    return comfy_model(model_class, unet, wan_diffusers_to_comfy(state_dict))
+
+
+# Lumina 2: diffusers names -> ComfyUI's (NextDiT, the original checkpoint names); the inverse of
+# diffusers' `convert_lumina2_to_diffusers` (checked in tests/test_families.py), applied in order.
+_LUMINA2_TO_COMFY = (
+    ("time_caption_embed.timestep_embedder.linear_1.", "t_embedder.mlp.0."),
+    ("time_caption_embed.timestep_embedder.linear_2.", "t_embedder.mlp.2."),
+    ("time_caption_embed.caption_embedder.", "cap_embedder."),
+    ("norm_out.linear_1.", "final_layer.adaLN_modulation.1."),
+    ("norm_out.linear_2.", "final_layer.linear."),
+    (".attn.to_out.0.", ".attention.out."), (".attn.norm_q.", ".attention.q_norm."),
+    (".attn.norm_k.", ".attention.k_norm."),
+    (".feed_forward.linear_1.", ".feed_forward.w1."), (".feed_forward.linear_2.", ".feed_forward.w2."),
+    (".feed_forward.linear_3.", ".feed_forward.w3."),
+    (".norm1.linear.", ".adaLN_modulation.1."), (".norm1.norm.", ".attention_norm1."), (".norm1.", ".attention_norm1."),
+    (".norm2.", ".attention_norm2."),
+)
+
+
+def lumina2_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers Lumina2Transformer2DModel state dict in ComfyUI's key names: q, k, v fused into
+    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it) as ones."""
+    out = {}
+    for key, value in state_dict.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        if ".attn.to_q." in key:
+            parts = [state_dict[key.replace(".to_q.", f".to_{p}.")] for p in "qkv"]
+            out[key.replace(".attn.to_q.", ".attention.qkv.")] = torch.cat(parts, dim=0)
+            continue
+        for old, new in _LUMINA2_TO_COMFY:
+            key = key.replace(old, new)
+        out[key] = value
+    out["norm_final.weight"] = torch.ones(state_dict["x_embedder.weight"].shape[0])
+    return out
+
+
+def lumina2_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Lumina 2: ComfyUI's Gemma encoder gives the prompt's own tokens and an all-ones attention mask
+    (the model reads their count, `num_tokens`, from it)."""
+    mask = row["prompt_mask"][0].bool()
+    return row["prompt_embeds"][:, mask], {"attention_mask": torch.ones(1, int(mask.sum()), dtype=torch.long)}
+
+
+def comfy_lumina2(config: dict, state_dict: dict):
+    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys, and its detector hard-codes the
+    width (2304) and heads (24 / 8): the Lumina2 class with the tiny config."""
+    unet = {
+        "image_model": "lumina2", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
+        "dim": config["hidden_size"], "n_layers": config["num_layers"], "n_refiner_layers": config["num_refiner_layers"],
+        "n_heads": config["num_attention_heads"], "n_kv_heads": config["num_kv_heads"],
+        "multiple_of": config["multiple_of"], "ffn_dim_multiplier": config["ffn_dim_multiplier"],
+        "norm_eps": config["norm_eps"], "qk_norm": True, "cap_feat_dim": config["cap_feat_dim"],
+        "axes_dims": list(config["axes_dim_rope"]), "axes_lens": list(config["axes_lens"]),
+    }
+    return comfy_model("Lumina2", unet, lumina2_diffusers_to_comfy(state_dict))
+
+
+def video_frame(output) -> torch.Tensor:
+    """A video pipeline's frames [B, T, 3, H, W] -> the first frame [B, 3, H, W]."""
+    return output.frames[:, 0]
+
+
 def flux_kwargs(options) -> dict[str, Any]:
     return {"guidance_scale": options.guidance}
 
@@ -127,6 +308,10 @@ CASES = [
                lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2,
                                                    dual_attention_layers=(0,), qk_norm="rms_norm"),
                comfy=comfy_sd3),
+    # SD3.5 Large / Large Turbo: RMS q/k-norm without Medium's dual attention (ComfyUI reads both from the keys).
+    FamilyCase("sd35-large", "sd3",
+               lambda tmp, seed: tiny_sd3_pipeline(tmp, seed, num_layers=2, head_dim=64, heads=2, qk_norm="rms_norm"),
+               comfy=comfy_sd3),
     FamilyCase("flux-dev", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed), comfy=comfy_flux,
                pipeline_kwargs=flux_kwargs, train=True, train_overrides={"epochs": 16, "churn_strength": 0.02}),
     FamilyCase("flux-schnell", "flux", lambda tmp, seed: tiny_flux_pipeline(tmp, seed, guidance_embeds=False),
@@ -139,6 +324,47 @@ CASES = [
 CASES += [
     FamilyCase("qwen-image", "qwen_image", lambda tmp, seed: tiny_qwen_image_pipeline(tmp, seed), comfy=comfy_qwen_image,
                comfy_conditioning=qwen_conditioning, pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
+               # (its builder sets prompt_template_encode_start_idx for the byte tokenizer; not saved)
+               folder_round_trip=False,
                train=True, train_overrides={"epochs": 4}),
+]
+CASES += [
+    # The true 19 + 38 blocks (ComfyUI's modulation count), 16 wide; prompts are cut to 8 tokens.
+    FamilyCase("chroma", "chroma", lambda tmp, seed: tiny_chroma_pipeline(tmp, seed), comfy=comfy_chroma,
+               comfy_conditioning=chroma_conditioning, train=True,
+               train_pipeline=lambda tmp, seed: tiny_chroma_pipeline(tmp, seed, num_layers=1, num_single_layers=1)),
+]
+CASES += [
+    FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
+               comfy_conditioning=hidream_conditioning, train=True),
+]
+# No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
+# tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders
+# have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27). Text tokens are
+# bytes: 48 hold a chat-templated prompt, Flux.2 needs 256 for its system message and the prompt.
+CASES += [
+    FamilyCase("flux2", "flux2", lambda tmp, seed: tiny_flux2_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=256,
+               # (48 tokens of system message: the brightness reward ignores the prompt)
+               train=True, train_max_sequence_length=48, train_overrides={"epochs": 6}),
+    FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               train=True, train_overrides={"epochs": 6}),
+    FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},  # Z-Image's g: v_c + g (v_c - v_u)
+               train=True, train_overrides={"epochs": 6}),
+    FamilyCase("wan21", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed), comfy=comfy_wan,
+               comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1}),
+]
+CASES += [
+    FamilyCase("lumina2", "lumina2", lambda tmp, seed: tiny_lumina2_pipeline(tmp, seed), comfy=comfy_lumina2,
+               comfy_conditioning=lumina2_conditioning, max_sequence_length=48,
+               # (its builder shortens the system prompt for the byte tokenizer; not saved)
+               folder_round_trip=False, train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1}),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from fdfo_core.backends.diffusers_backend import ADAPTER, DiffusersBackend, load_lora_into_pipeline, lora_to_diffusers_state_dict
 from fdfo_core.config import load_config
 from fdfo_core.families import LoraMap, LoraModule, get_family
+from fdfo_core.families.common import pack_2x2, unpack_2x2  # noqa: F401  (for family-specific tests)
 from fdfo_core.generation import generate_images
 from fdfo_core.lora_files import fuse_lora, load_lora, save_lora
 from fdfo_core.rewards import build_reward
@@ -34,10 +35,11 @@ def tiny_config(case, **over):
     return load_config("toy", overrides=values)
 
 
-def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipeline=None, **over) -> DiffusersBackend:
+def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipeline=None,
+                 max_sequence_length: int | None = None, **over) -> DiffusersBackend:
     pipe = (pipeline or case.pipeline)(tmp, seed)
-    return DiffusersBackend(pipe, tiny_config(case, **over), max_sequence_length=case.max_sequence_length,
-                            add_adapter=add_adapter)
+    return DiffusersBackend(pipe, tiny_config(case, **over), add_adapter=add_adapter,
+                            max_sequence_length=max_sequence_length or case.max_sequence_length)
 
 
 def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:
@@ -56,6 +58,14 @@ def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return x, t, backend.encode_prompts(PROMPTS)
 
 
+def flux_img_ids(h: int, w: int) -> torch.Tensor:
+    """Flux-style RoPE ids (0, row, col) of the 2x2 patches of an h x w latent."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
@@ -63,19 +73,22 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- checks ----------------------------------------------------------------------------------------
 
 
-def check_matches_pipeline(case, tmp: Path, num_steps: int = 4) -> dict[str, float]:
+def check_matches_pipeline(case, tmp: Path, num_steps: int = 4, cfg_scale: float = 1.0) -> dict[str, float]:
     """The family's latent layout, time grid, prompt encoding, velocity call and decoding against the
-    diffusers pipeline's own __call__ (same seeds, no CFG): the images must agree."""
+    diffusers pipeline's own __call__ (same seeds, no CFG, or true CFG `cfg_scale` with an empty
+    negative prompt as `case.cfg_kwargs` spells it): the images must agree."""
     backend = make_backend(case, tmp, add_adapter=False)
     pipe, seeds = backend.pipe, [11, 12]
-    ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size)
+    ours = generate_images(backend, PROMPTS[:2], seeds, num_steps, case.size, case.size, cfg_scale=cfg_scale)
     kwargs = dict(prompt=PROMPTS[:2], num_inference_steps=num_steps, height=case.size, width=case.size,
                   generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
                   max_sequence_length=case.max_sequence_length)
     kwargs.update(case.pipeline_kwargs(backend.options))
+    if cfg_scale != 1.0:
+        kwargs.update(case.cfg_kwargs(cfg_scale))
     with torch.no_grad():
-        theirs = pipe(**kwargs).images.float().clamp(0, 1)
-    return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std())}
+        theirs = case.pipeline_images(pipe(**kwargs)).float().clamp(0, 1)
+    return {"max_diff": float((ours - theirs).abs().max()), "spread": float(theirs.std()), "images": ours}
 
 
 def check_lora_round_trip(case, tmp: Path) -> dict[str, Any]:
@@ -121,7 +134,7 @@ def check_both_directions_agree(case, tmp: Path) -> dict[str, Any]:
         part = family.lora_map.to_comfy(name, backend._out_features)
         from_diffusers.add((name, part.comfy_module, part.offset, part.rows))
         linears[part.comfy_module] = (layer.base_layer.in_features, part.fused_rows)
-    plan = family.comfy_lora_plan(linears, tuple(backend.config.lora_targets))
+    plan = family.comfy_lora_plan(linears, backend.lora_targets)
     from_comfy = {(p.name, p.comfy_module, p.offset, p.rows) for p in plan}
     return {"diffusers_only": sorted(from_diffusers - from_comfy), "comfy_only": sorted(from_comfy - from_diffusers),
             "parts": len(from_diffusers)}
@@ -132,7 +145,8 @@ def check_training(case, tmp: Path) -> dict[str, float]:
     over = dict(epochs=8, pairs_per_epoch=32, num_steps=8, sample_batch_size=16, churn_strength=0.02,
                 lora_rank=8, lora_alpha=16.0)
     over.update(case.train_overrides)
-    backend = make_backend(case, tmp, pipeline=case.train_pipeline, **over)
+    backend = make_backend(case, tmp, pipeline=case.train_pipeline, max_sequence_length=case.train_max_sequence_length,
+                           **over)
     cfg, reward = backend.config, build_reward("brightness")
     prompts = [PROMPTS[i % 3] for i in range(32)]
     seeds = list(range(10_000, 10_032))  # never used in training (pair noise comes from derived seeds)
@@ -212,3 +226,46 @@ def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:
     with torch.no_grad():
         v = backend.velocity(data["x"], data["t"], cond)
     return {"diff": relative(v, comfy["v_hot"]), "lora_effect": relative(comfy["v_hot"], data["v_base"])}
+
+
+def check_gradient_checkpointing(case, tmp: Path) -> dict[str, float]:
+    """LoRA gradients of a fixed linear function of the velocity, with and without the
+    transformer's gradient checkpointing (config.gradient_checkpointing), from the same LoRA."""
+    grads = []
+    for checkpointing in (False, True):
+        backend = make_backend(case, tmp, gradient_checkpointing=checkpointing)
+        perturb_lora(backend)
+        x, t, cond = probe(backend)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        backend.velocity(x, t, cond).mul(w).sum().backward()
+        grads.append(torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
+                                for p in backend.trainable_parameters()]))
+    plain, checkpointed = grads
+    return {"diff": relative(checkpointed, plain), "norm": float(plain.norm())}
+
+
+def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:
+    """The velocity call with the transformer in bf16 (as on CUDA) agrees with fp32 to bf16 accuracy."""
+    backend = make_backend(case, tmp, add_adapter=False)
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v32 = backend.velocity(x, t, cond)
+        backend.transformer.to(torch.bfloat16)
+        backend.model_dtype = torch.bfloat16
+        v16 = backend.velocity(x, t, {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in cond.items()})
+    return {"diff": relative(v16, v32), "finite": bool(torch.isfinite(v16).all())}
+
+
+def check_saved_folder_loads(case, tmp: Path) -> dict[str, Any]:
+    """The case's pipeline saved as a model folder loads through `build_backend` (what `fdfo train
+    --model <folder>` does) and gives the in-memory pipeline's velocity."""
+    from fdfo_core.backends.diffusers_backend import build_backend
+
+    backend = make_backend(case, tmp, add_adapter=False)
+    backend.pipe.save_pretrained(tmp / "model")
+    loaded = build_backend(tmp / "model", backend.config, max_sequence_length=case.max_sequence_length, add_adapter=False)
+    x, t, cond = probe(backend)
+    with torch.no_grad():
+        v = backend.velocity(x, t, cond)
+        v_loaded = loaded.velocity(x, t, loaded.encode_prompts(PROMPTS))
+    return {"family": loaded.family, "pipeline": type(loaded.pipe).__name__, "diff": relative(v_loaded, v)}

@@ -36,7 +36,8 @@ CHECKS = [
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused",
-    "image_conditioned_and_video_models_are_refused", "mismatched_vae_is_refused",
+    "image_conditioned_and_video_models_are_refused", "flux2_and_z_image_are_refused_with_a_clear_message",
+    "mismatched_vae_is_refused",
     "fp8_weights_train", "cfg_training_runs", "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
 ]

@@ -129,3 +129,58 @@ def test_every_family_is_in_the_support_table():
     for f in all_families():
         assert f"(`{f.name}`)" in doc, f"docs/families.md has no row for {f.name}"
         assert all(f"`{p}`" in doc for p in f.diffusers_pipelines)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for f in all_families():  # "Train your own" names every family's pipelines and preset
+        assert all(f"`{p}`" in readme for p in f.diffusers_pipelines), f"README does not name {f.name}'s pipelines"
+        assert f"`{f.preset_name or f.name}`" in readme, f"README does not name the {f.name} preset"
+
+
+# --- Flux.2 / Z-Image in ComfyUI: refused by name (ComfyUI v0.3.64 predates them) ----------------
+
+
+def _comfy_model(config_class: str, base_class: str):
+    """A duck-typed `MODEL.model` with the class names a newer ComfyUI gives these models."""
+    config = type(config_class, (), {})()
+    return type(base_class, (), {"model_config": config})()
+
+
+@pytest.mark.parametrize("config_class, base_class, family", [
+    ("Flux2", "Flux2", "flux2"),  # comfy.supported_models.Flux2 (dev and Klein) -> model_base.Flux2
+    ("ZImage", "Lumina2", "z_image"),  # comfy.supported_models.ZImage(Lumina2) -> model_base.Lumina2
+])
+def test_comfy_refuses_flux2_and_z_image_by_their_config_class(config_class, base_class, family):
+    from fdfo_core.families import comfy_refusal, family_for_comfy_model
+
+    base = _comfy_model(config_class, base_class)
+    refused = comfy_refusal(base)
+    assert refused is not None and refused[0].name == family
+    assert "v0.3.64" in refused[1] and "fdfo train" in refused[1]
+    # The refused family never claims it (Z-Image runs as ComfyUI's Lumina2 class, which the lumina2
+    # family trains: the ComfyUI backend asks comfy_refusal first).
+    claimed = family_for_comfy_model(base)
+    assert claimed is None or claimed.name != family
+
+
+def test_lumina2_itself_is_not_refused():
+    from fdfo_core.families import comfy_refusal
+
+    assert comfy_refusal(_comfy_model("Lumina2", "Lumina2")) is None
+    assert comfy_refusal(type("Flux", (), {})()) is None  # a model without model_config
+
+
+def test_flux2_and_z_image_lora_keys_are_comfyuis():
+    """Keys as ComfyUI's own diffusers converters name them (comfy/utils.py flux_to_diffusers /
+    z_image_to_diffusers): q, k, v fused in that order, Flux.2's single blocks one to one."""
+    sizes = {"to_q": 8, "to_k": 8, "to_v": 8}
+    out = lambda n: sizes.get(n.rsplit(".", 1)[-1], 8)  # noqa: E731
+    flux2 = get_family("flux2").lora_map
+    assert flux2.to_comfy("transformer_blocks.1.attn.to_k", out) == \
+        type(flux2.to_comfy("transformer_blocks.1.attn.to_k", out))("double_blocks.1.img_attn.qkv", 8, 8, 24)
+    assert flux2.to_comfy("transformer_blocks.0.attn.add_v_proj", out).comfy_module == "double_blocks.0.txt_attn.qkv"
+    assert flux2.to_comfy("single_transformer_blocks.3.attn.to_qkv_mlp_proj", out).comfy_module == "single_blocks.3.linear1"
+    assert get_family("flux2_klein").lora_map is flux2
+    z = get_family("z_image").lora_map
+    for group in ("layers", "noise_refiner", "context_refiner"):
+        part = z.to_comfy(f"{group}.0.attention.to_v", out)
+        assert (part.comfy_module, part.offset, part.rows) == (f"{group}.0.attention.qkv", 16, 8)
+        assert z.to_comfy(f"{group}.1.attention.to_out.0", out).comfy_module == f"{group}.1.attention.out"

@@ -178,3 +178,280 @@ def tiny_qwen_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
     prefix = pipe.prompt_template_encode.split("{}")[0]
     pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
     return pipe
+
+
+def tiny_chroma_pipeline(tmp: Path, seed: int = 0, num_layers: int = 19, num_single_layers: int = 38):
+    """ChromaPipeline at 64x64 px (8x8 latents, 16 packed tokens), 16 wide. ComfyUI's Chroma
+    hard-codes the modulation count of the real model (344 = 3 x 38 single + 12 x 19 double + 2):
+    the final layer's modulation is the last two of those, so only the true 19 / 38 blocks (or
+    another split with 3 S + 12 D = 342) give the same model in both."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+        approximator_num_channels=64, approximator_hidden_dim=32, approximator_layers=2,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    # Chroma's scheduler: Flux's dynamic shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return ChromaPipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=t5,
+                          tokenizer=tok, transformer=transformer.eval())
+
+
+def tiny_hidream_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """HiDreamImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): CLIP-L and CLIP-G
+    (pooled, with projection), T5 and a 2-layer Llama (every layer's hidden states feed the
+    blocks), all 16 wide; MoE feed-forward with 4 routed experts, 2 active. The pipeline resizes
+    every request to its default area (128 x 8 px squared): `default_sample_size` = 8 keeps 64 px."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5EncoderModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    torch.manual_seed(seed)
+    llama_layers = 2
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, caption_channels=[16, 16], text_emb_dim=32,
+        num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(8, 4, 4), max_resolution=(16, 16),
+        llama_layers=[i % llama_layers for i in range(num_layers + num_single_layers)],
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    torch.manual_seed(seed + 5)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=llama_layers, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).eval()
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(0.3611, 0.1159, seed + 1),
+        text_encoder=tiny_clip(seed + 3, len(tok)), tokenizer=tok, text_encoder_2=tiny_clip(seed + 4, len(tok)),
+        tokenizer_2=tok, text_encoder_3=t5, tokenizer_3=tok, text_encoder_4=llama, tokenizer_4=tok,
+        transformer=transformer.eval(),
+    )
+    pipe.default_sample_size = 8
+    return pipe
+
+
+# --- Flux.2, Flux.2 Klein, Z-Image ------------------------------------------------------------------
+
+#: A short Qwen3-style chat template (the real one also handles tools and past thinking): each
+#: message as <|im_start|>role\ncontent<|im_end|>, then the assistant header, with the empty
+#: thinking block Qwen3 inserts when thinking is off.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+#: A Mistral-style chat template over content lists ([{"type": "text", "text": ...}]), as
+#: Flux2Pipeline formats its system message and prompt.
+MISTRAL_CHAT_TEMPLATE = (
+    "<s>{% for m in messages %}{% for c in m['content'] %}{% if m['role'] == 'system' %}"
+    "[SYSTEM_PROMPT]{{ c['text'] }}[/SYSTEM_PROMPT]{% else %}[INST]{{ c['text'] }}[/INST]{% endif %}"
+    "{% endfor %}{% endfor %}"
+)
+
+
+def tiny_qwen3_tokenizer():
+    """The byte-level Qwen tokenizer with a Qwen3 chat template (one token per byte; the chat
+    markers are single special tokens, as in Qwen's own tokenizer)."""
+    tok = tiny_qwen_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_qwen3(seed: int, vocab_size: int, pad_token_id: int, num_layers: int, hidden: int = 16):
+    """Qwen3ForCausalLM (the Flux.2 Klein / Z-Image text encoder layout: GQA, q/k-norm), tiny."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2, max_position_embeddings=4096,
+        pad_token_id=pad_token_id, tie_word_embeddings=True,
+    )).eval()
+
+
+def tiny_flux2_vae(seed: int):
+    """AutoencoderKLFlux2 (32 latent channels, 8x downsampling, 2x2 latent patches and the batch
+    norm the pipelines normalise patched latents with), 8 channels wide; the decoder is calibrated
+    like `tiny_vae` and the batch-norm statistics are set away from (0, 1) so a missed
+    de-normalisation shows."""
+    from diffusers import AutoencoderKLFlux2
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                             latent_channels=32, mid_block_add_attention=False)
+    _reinit(vae, seed, gain=1.2)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=g) * 0.2)
+        vae.bn.running_var.copy_(torch.rand(vae.bn.running_var.shape, generator=g) + 0.5)
+        out = vae.decoder.conv_out
+        out.bias.zero_()
+        z = torch.randn(4, 32, 8, 8, generator=g)
+        out.weight.mul_(0.3 / vae.decoder(vae.post_quant_conv(z)).std())
+        out.bias.fill_(0.0)
+    return vae.eval()
+
+
+def _flux2_transformer(seed: int, joint_attention_dim: int, guidance_embeds: bool):
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=joint_attention_dim, timestep_guidance_channels=32,
+        mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=guidance_embeds,
+    )
+    _reinit(transformer, seed)
+    return transformer.eval()
+
+
+def _flux2_scheduler():
+    # Flux.2's scheduler settings: the pipeline passes its own empirical mu.
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
+
+
+def tiny_flux2_pipeline(tmp: Path, seed: int = 0):
+    """Flux2Pipeline (Flux.2 dev layout) at 64x64 px (4x4 tokens of 2x2 x 32-channel latents): a
+    Mistral3 text encoder with 30 text layers (the pipeline stacks hidden states 10, 20, 30),
+    hidden 16, a byte-level tokenizer with a Mistral chat template (its markers single special tokens;
+    the pipeline's 168-byte system message comes first), guidance embedding."""
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tok = tiny_qwen_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<s>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]"]})
+    tok.chat_template = MISTRAL_CHAT_TEMPLATE
+    torch.manual_seed(seed + 2)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=30, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=4096, pad_token_id=tok.pad_token_id),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, patch_size=4, image_size=32),
+        spatial_merge_size=1,
+    )).eval()
+    return Flux2Pipeline(scheduler=_flux2_scheduler(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
+                         tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=True))
+
+
+def tiny_flux2_klein_pipeline(tmp: Path, seed: int = 0, is_distilled: bool = False):
+    """Flux2KleinPipeline at 64x64 px: a Qwen3 text encoder with 27 layers (the pipeline stacks
+    hidden states 9, 18, 27), hidden 16, no guidance embedding (Klein uses true CFG; the
+    step-distilled variant none)."""
+    from diffusers import Flux2KleinPipeline
+
+    tok = tiny_qwen3_tokenizer()
+    text_encoder = tiny_qwen3(seed + 2, len(tok), tok.pad_token_id, num_layers=27)
+    return Flux2KleinPipeline(scheduler=_flux2_scheduler(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
+                              tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=False),
+                              is_distilled=is_distilled)
+
+
+def tiny_z_image_pipeline(tmp: Path, seed: int = 0, n_layers: int = 1):
+    """ZImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): one main layer and one
+    noise / context refiner layer each, a 2-layer Qwen3 text encoder (the pipeline takes the
+    second-to-last hidden state), the tiny 16-channel VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    tok = tiny_qwen3_tokenizer()
+    text_encoder = tiny_qwen3(seed + 2, len(tok), tok.pad_token_id, num_layers=2)
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=n_layers, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
+    )
+    _reinit(transformer, seed)
+    # Z-Image-Turbo's scheduler: a constant shift of 3.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder,
+                          tokenizer=tok, transformer=transformer.eval())
+
+
+# --- Wan 2.1 / 2.2, Lumina 2 ----------------------------------------------------------------------
+
+
+def tiny_umt5(seed: int, vocab_size: int, d_model: int = 16):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=32, num_layers=1,
+                                       num_heads=2, pad_token_id=1, eos_token_id=1, decoder_start_token_id=1)).eval()
+
+
+def tiny_wan_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, wan22_5b: bool = False):
+    """WanPipeline making one 64x64 frame: a UMT5 encoder (d_model 16), a Wan transformer
+    (2 heads of 16) and a narrow Wan 2.1 VAE (16 channels, 8x), with a FlowMatch Euler scheduler
+    (Wan ships UniPC in flow mode; the Euler one lets the pipeline's own sampling match FDFO's solver).
+    wan22_5b: the Wan 2.2 TI2V-5B layout: 48 latent channels, the residual 16x VAE, one timestep
+    per latent patch (`expand_timesteps`)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    tok = tiny_clip_tokenizer(tmp / "tok")
+    channels = 48 if wan22_5b else 16
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=channels,
+        out_channels=channels, text_dim=16, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 1)
+    if wan22_5b:
+        g = torch.Generator().manual_seed(seed + 1)
+        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16,
+                               latents_mean=(torch.randn(48, generator=g) * 0.1).tolist(),
+                               latents_std=(torch.rand(48, generator=g) + 0.5).tolist()).eval()
+    else:
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True]).eval()
+    # Wan's flow shift (3.0 for 480p) on diffusers' Euler flow scheduler.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return WanPipeline(tokenizer=tok, text_encoder=tiny_umt5(seed + 2, len(tok)), vae=vae, scheduler=scheduler,
+                       transformer=transformer.eval(), expand_timesteps=wan22_5b)
+
+
+def tiny_lumina2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_refiner_layers: int = 1):
+    """Lumina2Pipeline at 64x64 px: a 2-layer Gemma-2 text encoder (hidden 32; the pipeline reads the
+    second-to-last hidden state) with a byte-level tokenizer, a Lumina 2 transformer of width 64 with
+    grouped-query attention (4 query heads, 2 key / value heads: unequal parts of ComfyUI's fused
+    qkv), the Flux-style 16-channel VAE, shift 6. The system prompt is shortened (one token per
+    byte) so that prompts fit in the case's 48 tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=64, num_layers=num_layers,
+        num_refiner_layers=num_refiner_layers, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+        axes_dim_rope=(4, 6, 6), axes_lens=(300, 512, 512), cap_feat_dim=32,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        bos_token_id=None, eos_token_id=tok.eos_token_id,
+    )).eval()
+    pipe = Lumina2Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0),
+                           vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder, tokenizer=tok)
+    pipe.system_prompt = "Draw:"
+    return pipe

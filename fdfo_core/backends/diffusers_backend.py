@@ -84,11 +84,12 @@ def family_for_class(cls_name: str, scheduler: str | None, label: str) -> Family
     """The family that trains pipeline class `cls_name`, or a BackendError that names the model,
     says why it is refused and lists the supported families (from the registry).
 
-    scheduler: the pipeline's scheduler class name when known (a flow model has a FlowMatch one).
+    scheduler: the pipeline's scheduler class name when known (a flow model has a FlowMatch one,
+        or one its family declares in `diffusers_flow_schedulers`).
     """
     family = family_for_pipeline(cls_name)
     if family is not None:
-        if scheduler is not None and "FlowMatch" not in scheduler:
+        if scheduler is not None and not family.diffusers_flow_scheduler(scheduler):
             raise BackendError(
                 f"{label} is a {cls_name} whose scheduler is {scheduler}, not a flow-matching scheduler; FDFO "
                 "needs a rectified-flow model sampled with FlowMatchEulerDiscreteScheduler (restore the "
@@ -192,6 +193,8 @@ class DiffusersBackend(NamedAdapterParams):
             module.eval()
         self.transformer.requires_grad_(False)
         self.transformer.eval()
+        self.model_family.diffusers_prepare(pipe)
+        self.lora_targets = self.model_family.resolve_lora_targets(config.lora_targets)
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
@@ -240,7 +243,7 @@ class DiffusersBackend(NamedAdapterParams):
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
             init_lora_weights=init,
-            target_modules=list(config.lora_targets),
+            target_modules=list(self.lora_targets),
         )
         try:
             # peft draws the initial LoRA from the global RNG: seed it from the run's seed (without
@@ -250,7 +253,7 @@ class DiffusersBackend(NamedAdapterParams):
                 self.transformer.add_adapter(lora, adapter_name=ADAPTER)
         except ValueError as e:
             raise BackendError(
-                f"cannot attach LoRA to targets {list(config.lora_targets)}: {e}. {self.model_family.title} "
+                f"cannot attach LoRA to targets {list(self.lora_targets)}: {e}. {self.model_family.title} "
                 f"uses {list(self.model_family.lora_targets)}"
             ) from e
         for name, _ in self.lora_layers():
@@ -304,7 +307,7 @@ class DiffusersBackend(NamedAdapterParams):
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": hashlib.sha256(weights).hexdigest()[:16],
-            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.config.lora_targets)}",
+            "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
     # --- sampling interface ---------------------------------------------------------------------
@@ -316,7 +319,7 @@ class DiffusersBackend(NamedAdapterParams):
         """Sizes this model makes: multiples of the VAE's downscale x the transformer's patch (the
         family's `latent_patch`, e.g. 2x2 latent packing for Flux), at least one patch, at most
         `pos_embed_max_size` patches (SD3)."""
-        f = int(self.pipe.vae_scale_factor)
+        f = self.model_family.diffusers_vae_scale(self.pipe)
         config = self.transformer.config
         patch = self.model_family.latent_patch or int(config.get("patch_size", 1) or 1)
         max_patches = config.get("pos_embed_max_size")

@@ -6,7 +6,8 @@
     family_for_comfy_model(model.model)    # what the ComfyUI backend trains
 
 Adding a family: write `fdfo_core/families/<name>.py` with a `Family` subclass and
-`FAMILY = <Subclass>()`, add the module name to `_FAMILY_MODULES` below, and add its tiny test
+`FAMILY = <Subclass>()` (a module with variants that are families of their own, e.g. Flux.2 and
+Flux.2 Klein, lists them all in `FAMILIES = (...)`), add the module name to `_FAMILY_MODULES` below, and add its tiny test
 case to `tests/family_cases.py` (see docs/families.md).
 """
 
@@ -19,7 +20,7 @@ from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyError, FamilyOptions
 from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart, fused, same_names
 
 #: Family modules, in the order they are listed to users.
-_FAMILY_MODULES = ("sd3", "flux", "qwen_image")
+_FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan")
 
 _REGISTRY: dict[str, Family] = {}
 
@@ -44,8 +45,10 @@ def register(family: Family) -> Family:
 
 def _load() -> None:
     if not _REGISTRY:
-        for module in _FAMILY_MODULES:
-            register(importlib.import_module(f"{__name__}.{module}").FAMILY)
+        for name in _FAMILY_MODULES:
+            module = importlib.import_module(f"{__name__}.{name}")
+            for family in getattr(module, "FAMILIES", None) or (module.FAMILY,):
+                register(family)
 
 
 def all_families() -> list[Family]:
@@ -86,6 +89,20 @@ def family_for_comfy_model(base: Any) -> Family | None:
     return next((f for f in all_families() if name in f.comfy_models), None)
 
 
+def comfy_refusal(base: Any) -> tuple[Family, str] | None:
+    """(family, why) when a ComfyUI model (`MODEL.model`) is a family's model that the ComfyUI
+    backend refuses (`Family.comfy_refused`, matched by the exact class name of its
+    `model_config` or of the model itself), else None."""
+    config = getattr(base, "model_config", None)
+    names = [type(config).__name__] if config is not None else []
+    names.append(type(base).__name__)
+    for f in all_families():
+        for n in names:
+            if n in f.comfy_refused:
+                return f, f.comfy_refused[n]
+    return None
+
+
 def supported_families_text(backend: str | None = None) -> str:
     """One line per supported family, for error messages: "SD3 / SD3.5 [sd3]: StableDiffusion3Pipeline".
 
@@ -110,7 +127,7 @@ def family_presets() -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
-    "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "family_for_comfy_model", "family_for_pipeline",
+    "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "comfy_refusal", "family_for_comfy_model", "family_for_pipeline",
     "family_names", "family_presets", "fused", "get_family", "needs_input", "register", "same_names",
     "supported_families_text",
 ]

@@ -78,6 +78,17 @@ class Family:
     #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
     #: class name -> what it needs. They are refused with this reason.
     diffusers_needs_input: ClassVar[Mapping[str, str]] = {}
+    #: ComfyUI models of this family that the ComfyUI backend refuses: model name -> why (a whole
+    #: sentence that says what to do instead). The name is matched against the class of
+    #: `MODEL.model.model_config` (`comfy.supported_models`, e.g. "ZImage", whose model_base class
+    #: is Lumina 2's) and of `MODEL.model` (`comfy.model_base`). For families whose ComfyUI side is
+    #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
+    #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
+    comfy_refused: ClassVar[Mapping[str, str]] = {}
+    #: Scheduler classes, besides diffusers' FlowMatch* ones, that this family's pipelines ship
+    #: as flow samplers (Wan: UniPCMultistepScheduler in flow mode). FDFO only reads their time
+    #: grid (`diffusers_sigmas`); `diffusers_check` may refuse a configuration that is not a flow one.
+    diffusers_flow_schedulers: ClassVar[tuple[str, ...]] = ()
 
     # --- latents ------------------------------------------------------------------------------
     #: ComfyUI runs the model on video latents [B, C, T, h, w]; FDFO trains it with T = 1.
@@ -126,7 +137,18 @@ class Family:
     def __repr__(self) -> str:
         return f"<family {self.name}>"
 
+    def resolve_lora_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
+        """The LoRA targets to train: the family's own `lora_targets` when `targets` is the
+        generic default (FDFOConfig's MMDiT attention names, i.e. the user chose none), else
+        `targets` as given."""
+        targets = tuple(targets)
+        return tuple(self.lora_targets) if targets == MMDIT_ATTENTION_TARGETS else targets
+
     # --- diffusers hooks ----------------------------------------------------------------------
+
+    def diffusers_prepare(self, pipe) -> None:
+        """Adjust a loaded pipeline after the backend froze it and put it in eval mode (e.g. a
+        module whose eval path is not differentiable). Default: nothing."""
 
     def diffusers_check(self, pipe) -> None:
         """Raise FamilyError if this pipeline cannot be trained as this family (default: checks
@@ -144,10 +166,20 @@ class Family:
         backend offloads). Default: every `text_encoder*` component."""
         return [m for n, m in sorted(pipe.components.items()) if n.startswith("text_encoder") and m is not None]
 
+    def diffusers_vae_scale(self, pipe) -> int:
+        """Pixels per latent cell along each image side (the VAE's spatial downscaling). Default:
+        the pipeline's `vae_scale_factor`; video pipelines name it `vae_scale_factor_spatial`."""
+        return int(pipe.vae_scale_factor)
+
+    def diffusers_flow_scheduler(self, class_name: str) -> bool:
+        """Whether a pipeline of this family with scheduler class `class_name` is a flow-matching
+        sampler: diffusers' FlowMatch* schedulers and the family's `diffusers_flow_schedulers`."""
+        return "FlowMatch" in class_name or class_name in self.diffusers_flow_schedulers
+
     def diffusers_latent_shape(self, pipe, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the unpacked latent of a height x width image. Default: the VAE's
-        downscaling of a transformer whose in_channels are the latent channels."""
-        f = pipe.vae_scale_factor
+        downscaling (`diffusers_vae_scale`) of a transformer whose in_channels are the latent channels."""
+        f = self.diffusers_vae_scale(pipe)
         return (pipe.transformer.config.in_channels, height // f, width // f)
 
     def diffusers_image_seq_len(self, pipe, height: int, width: int) -> int:

@@ -15,26 +15,41 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: in
 
 
 def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_linspace: bool,
-                     max_shift_default: float = 1.15) -> torch.Tensor:
+                     max_shift_default: float = 1.15, mu: float | None = None) -> torch.Tensor:
     """float32 [num_steps + 1] flow times of a diffusers FlowMatchEulerDiscreteScheduler as a
     pipeline sets them: a fresh copy of `scheduler` (its state is never touched), sigmas
-    linspace(1, 1/n, n) when `explicit_linspace` (Flux / Qwen-Image pipelines) or the scheduler's
-    own grid (SD3 pipelines), shifted, with mu from `image_seq_len` when the scheduler has dynamic
-    shifting. Ends with 0."""
+    linspace(1, 1/n, n) when `explicit_linspace` (Flux / Qwen-Image pipelines; not when the
+    scheduler makes its own flow sigmas, `use_flow_sigmas`) or the scheduler's own grid (SD3
+    pipelines), shifted, with the given `mu` or one from `image_seq_len` (`calculate_shift`) when
+    the scheduler has dynamic shifting. Ends with 0."""
     import numpy as np
 
     fresh = type(scheduler).from_config(scheduler.config)
     conf = fresh.config
     kwargs = {}
     if conf.get("use_dynamic_shifting", False):
-        kwargs["mu"] = calculate_shift(image_seq_len, conf.get("base_image_seq_len", 256),
-                                       conf.get("max_image_seq_len", 4096), conf.get("base_shift", 0.5),
-                                       conf.get("max_shift", max_shift_default))
-    if explicit_linspace:
+        kwargs["mu"] = mu if mu is not None else calculate_shift(
+            image_seq_len, conf.get("base_image_seq_len", 256), conf.get("max_image_seq_len", 4096),
+            conf.get("base_shift", 0.5), conf.get("max_shift", max_shift_default))
+    if explicit_linspace and not conf.get("use_flow_sigmas", False):
         fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), **kwargs)
     else:
         fresh.set_timesteps(num_steps, **kwargs)
     return fresh.sigmas.float().cpu()
+
+
+def scheduler_set_timesteps_sigmas(scheduler, num_steps: int) -> torch.Tensor:
+    """float32 [num_steps + 1] flow times of any diffusers flow scheduler after its own
+    `set_timesteps(num_steps)` (pipelines that pass no sigmas and no mu, e.g. WanPipeline with
+    FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler in flow mode), on a fresh copy so the
+    pipeline's scheduler state is never touched. Ends with 0."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_steps)
+    sigmas = fresh.sigmas.float().cpu()
+    if sigmas.shape[0] != num_steps + 1 or float(sigmas[-1]) != 0.0:
+        raise ValueError(f"{type(scheduler).__name__} gives {sigmas.shape[0]} sigmas ending at {float(sigmas[-1]):.4g}; "
+                         f"expected {num_steps + 1} ending at 0")
+    return sigmas
 
 
 def pack_2x2(x: torch.Tensor) -> torch.Tensor:

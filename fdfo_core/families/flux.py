@@ -41,7 +41,8 @@ def _single_block_rows(in_features: int, out_features: int) -> list[int]:
     return [in_features, in_features, in_features, out_features - 3 * in_features]
 
 
-def _flux_map() -> LoraMap:
+def flux_lora_map() -> LoraMap:
+    """Flux.1's key map (also Chroma's, whose blocks ComfyUI and diffusers name as Flux's)."""
     d, c = "transformer_blocks.{i}.", "double_blocks.{i}."
     ds, cs = "single_transformer_blocks.{i}.", "single_blocks.{i}."
     return LoraMap((
@@ -70,7 +71,7 @@ class Flux(Family):
         "FluxKontextInpaintPipeline": "an input image and a mask",
         "FluxPriorReduxPipeline": "an input image (Redux)",
     }
-    lora_map = _flux_map()
+    lora_map = flux_lora_map()
     max_sequence_length = 512
     guidance = 3.5
     preset_name = "flux"

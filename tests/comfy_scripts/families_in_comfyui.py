@@ -16,6 +16,8 @@ prints one line `RESULT {"case", "check", "ok", ...figures}` per check:
 - wrong_map_fails: the same with the wrongly mapped file is far off (the check can fail);
 - stock_loader: LoraLoaderModelOnly loads the file with no "lora key not loaded" line and gives
   the hot velocity;
+- strength: the same loader at strength 0.5 gives the hand merge at half the update (and not the
+  full-strength velocity);
 - comfy_lora: the ComfyUI backend's own adapter (random weights) writes comfy_lora.safetensors
   and its hot velocity (comfy_velocity.pt) for the pytest side to load into diffusers; the file
   through LoraLoaderModelOnly gives that velocity;
@@ -188,14 +190,14 @@ def velocity(model, clip, vae, data, cfg=None, train=False, adapter=None):
         return backend, v.detach().clone()
 
 
-def merged_model(case, folder, lora_file):
-    """A fresh ComfyUI model with the file merged in by hand: W += (alpha / rank) up @ down."""
+def merged_model(case, folder, lora_file, strength=1.0):
+    """A fresh ComfyUI model with the file merged in by hand: W += strength (alpha / rank) up @ down."""
     model = case.comfy(json.loads((folder / "config.json").read_text()), load_file(str(folder / "transformer.safetensors")))
     dm = model.model.diffusion_model
     with torch.no_grad():
         for module, (down, up, alpha) in lora_modules(load_file(str(lora_file))).items():
             weight = dm.get_submodule(module).weight
-            scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+            scale = strength * (float(alpha) / down.shape[0] if alpha is not None else 1.0)
             weight.add_((scale * up.float() @ down.float()).reshape(weight.shape).to(weight.dtype))
     return model
 
@@ -274,6 +276,18 @@ def run_case(case_id):
         report(case_id, "stock_loader", diff < TOL and not log.not_loaded(), rel_diff=diff, not_loaded=log.not_loaded()[:5])
 
     @check
+    def strength():
+        name = f"{case_id}-diffusers.safetensors"
+        shutil.copy(folder / "diffusers_lora.safetensors", LORAS / name)
+        with LogLines() as log, torch.inference_mode():
+            loaded = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 0.5)[0]
+        _, v = velocity(loaded, clip, vae, data)
+        _, v_merged = velocity(merged_model(case, folder, folder / "diffusers_lora.safetensors", strength=0.5), clip, vae, data)
+        diff, from_full = relative(v, v_merged), relative(v, data["v_hot"])
+        report(case_id, "strength", diff < TOL and from_full > 100 * TOL and not log.not_loaded(), rel_diff=diff,
+               vs_full_strength=from_full, not_loaded=log.not_loaded()[:5])
+
+    @check
     def comfy_lora():
         def randomise(backend):
             g = torch.Generator().manual_seed(7)
@@ -346,8 +360,53 @@ def run_case(case_id):
         mm.cleanup_models()
 
 
+def run_generic(case_id):
+    """The untested-family fallback (`fdfo_core.families.generic`) on a ComfyUI flow model with no
+    family module: a tiny AuraFlow (SDXL-type 4-channel latents) with random weights. The Trainer
+    node trains it (a warning names the fallback), its LoRA touches only attention linears, and the
+    file loads in LoraLoaderModelOnly with every key used and samples as the hot MODEL does."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = {"in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+            "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 16, "max_seq": 64}
+    config_ = comfy.supported_models.AuraFlow(unet)
+    config_.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        base_model = config_.get_model({})
+        g = torch.Generator().manual_seed(3)
+        for name, p in base_model.diffusion_model.named_parameters():  # ComfyUI's ops leave weights uninitialised
+            p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5 if p.ndim >= 2 else torch.zeros(p.shape))
+    base = comfy.model_patcher.ModelPatcher(base_model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    prompts = ["a red circle", "two blue squares"]
+    g = torch.Generator().manual_seed(4)
+    clip = SavedCLIP({p: (torch.randn(1, 8, 16, generator=g), {}) for p in prompts})
+    vae = random_vae(base)
+    data = {"lora_rank": 4, "lora_alpha": 8.0, "size": 64}
+    with LogLines() as log, torch.inference_mode():
+        res = M["FDFOTrainer"]().train(base, clip, vae, Brightness(), prompts, **trainer_inputs(data, lora_name=f"{case_id}-node"))
+        hot_model, lora, _, _, name = res["result"]
+    warned = any("no family module" in line for line in log.lines)
+    keys = sorted({k.rsplit(".lora_", 1)[0].rsplit(".alpha", 1)[0] for k in lora})
+    with LogLines() as log, torch.inference_mode():
+        from_file = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 1.0)[0]
+        cond = [list(clip.encode_from_tokens_scheduled(prompts[0])[0])]
+        hot, file, plain = (ksample(m, cond, data["size"]) for m in (hot_model, from_file, base))
+    diff, effect = float((hot - file).abs().max()), float((hot - plain).abs().max())
+    attention_only = bool(keys) and all(".attn." in k for k in keys)
+    report(case_id, "generic_fallback", warned and attention_only and diff < 1e-5 and effect > 0 and not log.not_loaded(),
+           warned=warned, modules=len(keys), attention_only=attention_only, hot_vs_file=diff, lora_effect=effect,
+           not_loaded=log.not_loaded()[:5], example_keys=keys[:4])
+
+
 if __name__ == "__main__":
     for case_id in case_ids:
+        if case_id.startswith("generic-"):
+            try:
+                run_generic(case_id)
+            except Exception as e:
+                report(case_id, "generic_fallback", False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            continue
         try:
             run_case(case_id)
         except Exception as e:

@@ -540,6 +540,43 @@ def image_conditioned_and_video_models_are_refused():
 
 
 @check
+def flux2_and_z_image_are_refused_with_a_clear_message():
+    """ComfyUI v0.3.64 predates Flux.2 and Z-Image; newer versions load them as
+    supported_models.Flux2 (a Flux subclass; dev and Klein) and supported_models.ZImage (a Lumina2
+    subclass whose model is model_base.Lumina2). Stand-ins with those names, built on this
+    version's Flux and Lumina 2: refused by name, saying what to do; Lumina 2 itself is not."""
+
+    class Flux2(comfy.supported_models.Flux):
+        pass
+
+    class ZImage(comfy.supported_models.Lumina2):
+        pass
+
+    def patcher(config_class, unet_config):
+        config = config_class(unet_config)
+        config.set_inference_dtype(torch.float32, None)
+        return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
+                                                offload_device=torch.device("cpu"))
+
+    flux_config = {
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    }
+    lumina_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "n_layers": 1,
+                     "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True, "cap_feat_dim": 32,
+                     "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64]}
+    flux2_msg = refusal(patcher(Flux2, flux_config))
+    z_msg = refusal(patcher(ZImage, lumina_config))
+    lumina_msg = refusal(patcher(comfy.supported_models.Lumina2, lumina_config))
+    said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "fdfo train" in m  # noqa: E731
+                            and "SD3" in m and "Flux.1" in m)
+    ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
+    report("flux2_and_z_image_are_refused_with_a_clear_message", ok, flux2=flux2_msg, z_image=z_msg,
+           lumina2=lumina_msg)
+
+
+@check
 def mismatched_vae_is_refused():
     model, clip, _ = toy()
     try:
