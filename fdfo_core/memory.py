@@ -456,7 +456,7 @@ class Plan:
 
 def choose_mode(mem: ModelMemory, budget_gb: float, pairs_per_rank: int, num_steps: int, cfg_scale: float = 1.0,
                 sample_batch_size: int = 8, train_batch_size: int = 16, decode_batch_size: int = 16,
-                allow_fp8: bool = True) -> Plan:
+                allow_fp8: bool = True, base_weights: str | None = None) -> Plan:
     """The fastest memory mode whose estimated peak fits `budget_gb` (GiB of device memory).
 
     Walks `LADDER` (bf16 with everything on the device; recorded states in host RAM; gradient
@@ -465,13 +465,16 @@ def choose_mode(mem: ModelMemory, budget_gb: float, pairs_per_rank: int, num_ste
     taken when its training micro-batch still keeps the GPU busy (>= BUSY_TOKENS image tokens, or
     the given size); otherwise the next rung is tried, and if none does, the first rung that fits
     at all. Raises MemoryBudgetError with the smallest estimate when nothing fits.
+
+    base_weights: only rungs with these weights ("auto" / "fp8"), when the front end does not
+    choose them (ComfyUI: the loader's weight dtype); allow_fp8=False leaves out the fp8 rungs.
     """
     budget = int(budget_gb * GIB)
     tried: list[Estimate] = []
     busy = min(train_batch_size, max(1, math.ceil(BUSY_TOKENS / max(1, mem.image_tokens))))
     fallback: Plan | None = None
     for rung in LADDER:
-        if rung["base_weights"] == "fp8" and not allow_fp8:
+        if (rung["base_weights"] == "fp8" and not allow_fp8) or (base_weights and rung["base_weights"] != base_weights):
             continue
         fit = None
         for tb in _halvings(train_batch_size):
@@ -496,6 +499,8 @@ def choose_mode(mem: ModelMemory, budget_gb: float, pairs_per_rank: int, num_ste
         fallback = fallback or plan
     if fallback is not None:
         return fallback
+    if not tried:
+        raise MemoryBudgetError(f"no memory mode to try for {mem.name} (base weights {base_weights!r} not allowed)")
     smallest = min(tried, key=lambda e: e.peak)
     raise MemoryBudgetError(
         f"{mem.name} does not fit in {budget_gb:g} GB in any memory mode: the smallest estimate is "

@@ -30,6 +30,7 @@ from ..fdfo_core.run_definition import FrontEnd, recorded_definition
 from ..fdfo_core.storage import StorageError
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
+from .memory_choice import choose_comfy_memory, vram_gb_input
 from .sampler_nodes import DEFAULTS, clean_prompts, optional_sampling_inputs, sampling_inputs
 
 RUNS_SUBFOLDER = "fdfo"
@@ -178,6 +179,7 @@ def optional_training_inputs() -> dict[str, tuple]:
             "Autocast for the model passes (the LoRA itself is always fp32). auto: bf16 on a GPU, fp32 on the CPU.")}),
         "storage_device": (["auto", "cpu"], {"default": d.storage_device, "tooltip": (
             "Where the recorded states of an epoch live. cpu saves VRAM (SD3.5/Flux at the published size need it on 24 GB cards).")}),
+        **vram_gb_input(),
         "full_load": ("BOOLEAN", {"default": False, "tooltip": (
             "Load the whole model onto the GPU for training. Off: ComfyUI decides (partial loading when VRAM is short).")}),
         "allow_run_changes": ("BOOLEAN", {"default": False, "tooltip": (
@@ -287,6 +289,9 @@ class FDFOTrainerNode:
         from ..fdfo_core.trainer import format_metrics
         from .comfy_backend import ComfyBackend
 
+        if float(values.get("vram_gb", 0) or 0) > 0:
+            cfg, message = choose_comfy_memory(model, cfg, float(values["vram_gb"]))
+            log.info("FDFO: %s", message)
         backend = ComfyBackend(
             model, clip, vae, cfg, scheduler=values.get("scheduler", "simple"),
             flux_guidance=values.get("flux_guidance", 3.5), full_load=values.get("full_load", False),
