@@ -441,9 +441,15 @@ def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, wo
                        max_sequence_length: int | None = None):
     """(config with the chosen memory settings, fdfo_core.memory.Plan) for a budget of `vram_gb`
     GiB per device; MemoryBudgetError when no mode fits."""
-    from ..memory import choose_mode
+    from ..memory import MemoryBudgetError, choose_mode
 
-    mem = pipeline_memory(pipe, config, max_sequence_length, reward)
+    try:
+        mem = pipeline_memory(pipe, config, max_sequence_length, reward)
+    except Exception as e:  # a family's velocity call that cannot run on shapes alone
+        raise MemoryBudgetError(
+            f"cannot estimate the memory of this {type(pipe.transformer).__name__} on the meta device "
+            f"({type(e).__name__}: {e}); leave out --vram and set the memory flags (--gradient-checkpointing, "
+            "--storage-device, --base-weights, batch sizes) by hand") from e
     pairs = -(-config.pairs_per_epoch // max(1, world_size))
     plan = choose_mode(mem, vram_gb, pairs, config.num_steps, config.cfg_scale, config.sample_batch_size,
                        config.train_batch_size, config.decode_batch_size)
