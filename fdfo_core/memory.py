@@ -229,6 +229,20 @@ class ModelMemory:
         return fit[0] + fit[1] * batch if batch > 0 else 0
 
 
+class _MetaPipe:
+    """A pipeline as the family hooks see it during an estimate: the given attributes (meta
+    copies of the transformer and VAE), everything else from the real pipeline if there is one."""
+
+    def __init__(self, pipe: Any, **attributes: Any) -> None:
+        self._pipe = pipe
+        self.__dict__.update(attributes)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._pipe is None:
+            raise AttributeError(name)
+        return getattr(self._pipe, name)
+
+
 def affine_peak(fn: Callable[[int], Any]) -> tuple[int, int]:
     """(fixed, per item) of the peak bytes of fn(batch), from batches 1 and 2."""
     p1, p2 = peak_bytes(lambda: fn(1)), peak_bytes(lambda: fn(2))
@@ -240,12 +254,18 @@ def measure_model(family: Family, transformer: torch.nn.Module, height: int, wid
                   lora_rank: int, lora_targets: Sequence[str], vae: torch.nn.Module | None = None,
                   text_encoder_params: int = 0, reward_bytes: int = 0, vae_scale_factor: int = 8,
                   name: str = "model", options: FamilyOptions | None = None,
-                  fp8_skip: Sequence[str] = ()) -> ModelMemory:
+                  fp8_skip: Sequence[str] = (), pipe: Any = None,
+                  cond_example: Mapping[str, torch.Tensor] | None = None) -> ModelMemory:
     """Measure a transformer's (and VAE's) memory per image on the meta device.
 
     transformer / vae: diffusers models of the true config (any device: a meta copy is built from
     their class and config, so a loaded model is not touched). Raises whatever the family's
     velocity call raises for an impossible size.
+    pipe: the loaded pipeline, when there is one: the family's hooks see it with the transformer
+    and VAE replaced by their meta copies (for attributes such as the VAE's scale factors).
+    cond_example: one prompt's conditioning as the family encodes it (batch 1): its floating
+    tensors become meta tensors of the same shape, the others (masks, ids) are used as they are.
+    Without it, `Family.conditioning_shapes` stands in.
     """
     from peft import LoraConfig
 
@@ -260,10 +280,15 @@ def measure_model(family: Family, transformer: torch.nn.Module, height: int, wid
     for n, p in meta.named_parameters():
         if "lora_" in n:
             p.requires_grad_(True)
-    pipe = SimpleNamespace(transformer=meta, vae_scale_factor=vae_scale_factor)
+    real_pipe = pipe
+    pipe = _MetaPipe(real_pipe, transformer=meta, vae_scale_factor=vae_scale_factor)
     options = family.options(options or FamilyOptions(max_sequence_length))
     latent = tuple(family.diffusers_latent_shape(pipe, height, width))
-    cond = stand_in_conditioning(family, meta.config, 1, options.max_sequence_length, "meta", dtype)
+    if cond_example is not None:
+        cond = {k: (torch.empty(v.shape, device="meta", dtype=dtype) if v.is_floating_point() else v.cpu())
+                for k, v in cond_example.items()}
+    else:
+        cond = stand_in_conditioning(family, meta.config, 1, options.max_sequence_length, "meta", dtype)
 
     def velocity(b: int) -> torch.Tensor:
         x = torch.empty((b, *latent), device="meta", dtype=dtype)
@@ -288,7 +313,7 @@ def measure_model(family: Family, transformer: torch.nn.Module, height: int, wid
     if vae is not None:
         vae_meta = build_model(type(vae).__name__, vae.config, dtype=dtype)
         vae_params = parameter_count(vae_meta)
-        vae_pipe = SimpleNamespace(vae=vae_meta, transformer=meta, vae_scale_factor=vae_scale_factor)
+        vae_pipe = _MetaPipe(real_pipe, vae=vae_meta, transformer=meta, vae_scale_factor=vae_scale_factor)
 
         def decode(b: int) -> None:
             with torch.no_grad():

@@ -430,11 +430,16 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
     vae = pipe.vae
     encoders = [m for m in family.diffusers_text_encoders(pipe)]
     text_params = sum(p.numel() for m in encoders for p in m.parameters())
+    options = family.options(FamilyOptions(max_sequence_length))
+    # One prompt through the family's own encoding gives the conditioning's exact shapes and masks.
+    with torch.no_grad():
+        example = family.diffusers_encode_prompts(pipe, ["a photo"], torch.device("cpu"), options)
+    scale = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", 8)
     return measure_model(
-        family, pipe.transformer, config.height, config.width, family.options(FamilyOptions(max_sequence_length))
-        .max_sequence_length, config.lora_rank, config.lora_targets, vae=vae, text_encoder_params=text_params,
-        reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(pipe.vae_scale_factor),
-        name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS)
+        family, pipe.transformer, config.height, config.width, options.max_sequence_length, config.lora_rank,
+        config.lora_targets, vae=vae, text_encoder_params=text_params,
+        reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(scale),
+        name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS, pipe=pipe, cond_example=example)
 
 
 def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, world_size: int = 1,
