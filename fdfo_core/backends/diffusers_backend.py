@@ -437,7 +437,7 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
     scale = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", 8)
     return measure_model(
         family, pipe.transformer, config.height, config.width, options.max_sequence_length, config.lora_rank,
-        config.lora_targets, vae=vae, text_encoder_params=text_params,
+        family.resolve_lora_targets(config.lora_targets), vae=vae, text_encoder_params=text_params,
         reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(scale),
         name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS, pipe=pipe, cond_example=example)
 
