@@ -83,6 +83,14 @@ def test_fp8_base_weights_give_the_same_lora_within_fp8_rounding(default_delta, 
     assert not close(delta, default_delta, 1e-6)  # fp8 really changed the numbers
 
 
+def test_fp8_with_checkpointing_and_micro_batches_equals_fp8_alone(tmp_path, one_thread):
+    # The mode --vram picks for the largest models: fp8 under checkpointing recomputes the same upcasts.
+    fp8, _ = train_lora(tmp_path / "a", base_weights="fp8")
+    both, _ = train_lora(tmp_path / "b", base_weights="fp8", gradient_checkpointing=True, storage_device="cpu",
+                         train_batch_size=5)
+    assert close(both, fp8, 1e-4), float((both - fp8).norm() / fp8.norm())
+
+
 def test_fp8_velocity_within_a_few_percent(tmp_path, one_thread):
     cfg = load_config("toy", overrides=dict(lora_rank=4, lora_alpha=8.0))
     pipes = [tiny_sd3_pipeline(tmp_path / str(i), dual_attention_layers=(0,), qk_norm="rms_norm") for i in range(2)]
