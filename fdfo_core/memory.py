@@ -35,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # torch's (semi-private) dispatch-mode base
 
 from .families import Family, FamilyOptions
 from .families.published import PublishedModel
@@ -102,7 +103,7 @@ def linear_parameter_count(module: torch.nn.Module, skip: Sequence[str] = ()) ->
 # --- counting live tensor bytes ------------------------------------------------------------------
 
 
-class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+class LiveBytes(TorchDispatchMode):
     """Counts the bytes of tensors created inside the mode while they are alive; `peak` is the
     most at any time (tensors that existed before, e.g. weights, are not counted)."""
 
