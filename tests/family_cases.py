@@ -336,7 +336,7 @@ CASES += [
 ]
 CASES += [
     FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
-               comfy_conditioning=hidream_conditioning, train=True),
+               comfy_conditioning=hidream_conditioning, cfg_kwargs=lambda cfg: {"guidance_scale": cfg}, train=True),
 ]
 # No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
 # tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders

@@ -49,3 +49,39 @@ def test_recomputation_under_copy_on_inplace_gives_the_true_gradient():
                                         context_fn=lambda: (contextlib.nullcontext(), CopyOnInplace())))
     assert (plain - true).abs().max() > 1e-3  # torch alone recomputes from updated tensors
     assert (fixed - true).abs().max() < 1e-4 * true.abs().max()
+
+
+def test_checkpointing_with_copy_on_inplace_keeps_no_activations():
+    """The point of checkpointing: a block's activations are freed after its forward. (Saved-tensor
+    hooks installed inside the checkpointed function would take over from checkpoint's own and keep
+    every activation: the reason the fix lives in the recompute context instead.)"""
+    import gc
+    import weakref
+
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    refs = []
+
+    def block(x):
+        h = x
+        for _ in range(4):
+            h = torch.tanh(h @ w)
+            refs.append(weakref.ref(h))
+        return h * 1.0
+
+    def alive(run):
+        refs.clear()
+        out = run(torch.randn(8, 32))
+        gc.collect()
+        n = sum(r() is not None for r in refs)
+        out.sum().backward()
+        return n
+
+    def inner_hooks(x):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            return block(x)
+
+    fixed = alive(lambda x: checkpoint(block, x, use_reentrant=False,
+                                       context_fn=lambda: (contextlib.nullcontext(), CopyOnInplace())))
+    assert fixed == 0
+    assert alive(lambda x: checkpoint(inner_hooks, x, use_reentrant=False)) >= 3  # what not to do
+    assert alive(block) >= 3  # no checkpointing

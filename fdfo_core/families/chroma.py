@@ -11,7 +11,8 @@ model card). The pipeline's mask marks exactly those tokens, but it hands the tr
 (diffusers issues #12116, #13619): the result depends on max_sequence_length. We run the
 transformer on the kept tokens only (rows of equal length together), which is Chroma's intended
 masking and what ComfyUI computes (its T5 conditioning has no padding); a velocity never depends
-on how far prompts are padded.
+on how far prompts are padded. (So the pipeline's own output differs from ours whenever a prompt
+is shorter than max_sequence_length, e.g. its CFG's empty negative prompt.)
 ComfyUI: `comfy.model_base.Chroma` (module names of Flux: double blocks with fused `qkv`, single
 blocks `linear1` = [q, k, v, mlp_in], `linear2`); the distilled-guidance input is 0 by default.
 """

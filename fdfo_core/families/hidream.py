@@ -1,4 +1,4 @@
-"""HiDream-I1 (Full, Dev, Fast): a 17 B sparse (mixture-of-experts) DiT fed by four text encoders.
+"""HiDream-I1 (Full, Dev, Fast): a 17.1 B sparse (mixture-of-experts) DiT fed by four text encoders.
 
 diffusers: `HiDreamImagePipeline` with `HiDreamImageTransformer2DModel`. Latents [B, 16, h, w]
 (Flux VAE), patchified 2x2 inside the transformer; timestep = 1000 t; conditioning: CLIP-L and
@@ -15,8 +15,6 @@ ComfyUI: `comfy.model_base.HiDream`, module names identical to diffusers' (no fu
 """
 
 from __future__ import annotations
-
-import torch
 
 from .base import Family, FamilyError, FamilyOptions
 from .common import calculate_shift, scheduler_set_timesteps_sigmas
@@ -43,7 +41,7 @@ class HiDream(Family):
     max_sequence_length = 128
     preset_name = "hidream"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
-    vram = ("17 B (MoE): ~35 GB in bf16, ~17 GB in fp8, plus Llama 3.1 8B (~16 GB, offloaded between phases). 48 GB: "
+    vram = ("17.1 B (MoE): ~34 GB in bf16, ~17 GB in fp8, plus Llama 3.1 8B (~16 GB, offloaded between phases). 48 GB: "
             "fp8 at 1024 px with storage_device cpu and gradient checkpointing; 80 GB: bf16 at 1024 px with gradient "
             "checkpointing (estimates from the parameter count)")
 
