@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from . import storage
 from .config import PRESETS, ConfigError, FDFOConfig, config_values, load_config
+from .memory import MemoryBudgetError
 
 
 class CLIError(RuntimeError):
@@ -107,7 +108,9 @@ def _load_prompts(path: str | None, model: str) -> list[str]:
     raise CLIError("--prompts is required: a text file with one prompt per line")
 
 
-def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Namespace):
+def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Namespace, reward=None):
+    """The diffusers backend for `model`; with --vram, the memory settings chosen for that budget
+    (printed). Returns (backend, config): the config carries the chosen settings."""
     from .backends.diffusers_backend import build_backend
 
     kwargs = {}
@@ -115,7 +118,10 @@ def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Name
         kwargs["max_sequence_length"] = args.max_sequence_length
     if getattr(args, "flux_guidance", None) is not None:
         kwargs["guidance"] = args.flux_guidance
-    return build_backend(model, cfg, device=device, **kwargs)
+    vram = getattr(args, "vram", None)
+    backend = build_backend(model, cfg, device=device, vram=vram, reward=reward,
+                            world_size=getattr(args, "_world_size", 1), **kwargs)
+    return backend, backend.config
 
 
 class _Progress:
@@ -287,7 +293,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         preview_prompts = prompts[: args.preview_count if args.preview_count is not None else 8]
     else:
         preview_prompts = list(run.preview_prompts)
-    backend = _build_backend(model, cfg, device, args)
+    args._world_size = dist.world_size
+    try:
+        backend, cfg = _build_backend(model, cfg, device, args, reward=reward)
+    except MemoryBudgetError as e:
+        raise CLIError(str(e)) from None
 
     progress = _Progress(cfg.epochs, 0, enabled=dist.is_main and not args.no_progress)
     preview_seeds = list(range(len(preview_prompts)))
@@ -550,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with --resume: accept changes to what defines the run (prompts, reward, seed, ...) and record them as a new "
         "branch in the run's run.json"))
     t.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if available)")
+    t.add_argument("--vram", type=float, metavar="GB", help=(
+        "GPU memory budget in GiB: choose fp8 / bf16 base weights, gradient checkpointing, where the recorded "
+        "states live and the micro-batch sizes from memory estimates (fdfo_core/memory.py), print the choice "
+        "and the expected peak; refused with the smallest estimate when nothing fits"))
     t.add_argument("--max-sequence-length", type=int, help="text tokens (T5) per prompt")
     # dest stays flux_guidance: run records store the value under that name
     t.add_argument("--guidance", "--flux-guidance", dest="flux_guidance", type=float,

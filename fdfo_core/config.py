@@ -77,6 +77,12 @@ class FDFOConfig:
     precision: Precision = "auto"  # auto: bf16 autocast + fp32 adapter on CUDA, fp32 on CPU
     storage_device: Literal["auto", "cpu"] = "auto"  # where recorded states live; cpu saves VRAM
     gradient_checkpointing: bool = False
+    # Frozen transformer weights: "auto" = the load dtype (bf16 on CUDA, fp32 on CPU); "fp8" =
+    # float8_e4m3fn storage cast per layer to the compute dtype (diffusers backend; ~half the
+    # weight memory of bf16, outputs within a few per cent; fdfo_core/backends/fp8.py).
+    base_weights: Literal["auto", "fp8"] = "auto"
+    # torch.compile the transformer for sampling and training (diffusers backend).
+    compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
     # --- method and baselines (Flow-GRPO settings: its paper and public SD3.5 configs) ---------
     method: Method = "fdfo"
@@ -129,6 +135,7 @@ class FDFOConfig:
         need(self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         need(self.storage_device in ("auto", "cpu"), f"storage_device must be 'auto' or 'cpu', got {self.storage_device!r}")
+        need(self.base_weights in ("auto", "fp8"), f"base_weights must be 'auto' or 'fp8', got {self.base_weights!r}")
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         if self.method.startswith("flow_grpo"):
             need(self.grpo_group_size >= 2, f"grpo_group_size must be >= 2, got {self.grpo_group_size}")

@@ -42,6 +42,7 @@ from .textfiles import read_json_file
 #: Config fields a resumed run may change without breaking the replay (the run stays one run).
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "train_batch_size",
                                "decode_batch_size", "sample_batch_size", "gradient_checkpointing",
+                               "base_weights", "compile",
                                "max_bad_pair_fraction"})  # raise it to continue a run that stopped on bad rewards
 
 RUN_RECORD = "run.json"

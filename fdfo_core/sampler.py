@@ -145,22 +145,32 @@ def sample_pairs(
     x = x.to(device)
     cond2 = cond_cat([cond, cond])
 
-    states = torch.empty((2 * b, n_steps, *latent_shape), device=storage_device) if record else None
-    vels = torch.empty_like(states) if record else None
+    # On a GPU, host <-> device copies go through pinned memory without blocking, so the step loop
+    # never waits for the GPU (the records are read only after the final synchronisation).
+    overlap = device.type == "cuda"
+    pin = overlap and storage_device.type == "cpu"
+    states = torch.empty((2 * b, n_steps, *latent_shape), device=storage_device, pin_memory=pin) if record else None
+    vels = torch.empty_like(states, pin_memory=pin) if record else None
+
+    def to_device(a: torch.Tensor) -> torch.Tensor:
+        return a.pin_memory().to(device, non_blocking=True) if overlap else a.to(device)
+
     for i in range(n_steps):
-        t = sigmas[i].expand(2 * b).to(device)
-        s = sigmas[i + 1].expand(2 * b).to(device)
+        t = to_device(sigmas[i].expand(2 * b))
+        s = to_device(sigmas[i + 1].expand(2 * b))
         v = velocity(x, t, cond2).float()
         if record:
-            states[:, i] = x.to(storage_device)
-            vels[:, i] = v.to(storage_device)
+            states[:, i].copy_(x, non_blocking=pin)
+            vels[:, i].copy_(v, non_blocking=pin)
         g = g_steps[:, i]
         if bool((g > 0).any()):
-            x = churn_step(x, t, s, v, g.to(device), fresh_noise(g[:b] > 0).to(device))
+            x = churn_step(x, t, s, v, to_device(g), to_device(fresh_noise(g[:b] > 0)))
         else:
             x = x + (s - t).reshape(-1, 1, 1, 1) * v
         if on_step is not None:
             on_step(i + 1, n_steps)
+    if pin:
+        torch.cuda.current_stream(device).synchronize()
     return PairedRollout(final=x, states=states, velocities=vels, sigmas=sigmas)
 
 

@@ -115,54 +115,71 @@ class ItemStats:
     """Per-item training diagnostics of an epoch, summed over micro-batches (and ranks).
 
     The clip fraction is also binned by flow time t (4 bins over [0, 1]): where in the chain the
-    trust region binds is the first thing to look at when a run misbehaves.
+    trust region binds is the first thing to look at when a run misbehaves. Sums stay on the
+    training device (float64) until the epoch ends, so the step loop never waits for the GPU.
     """
 
     T_BINS = 4
 
     def __init__(self) -> None:
-        self.loss = self.ratio_sum = self.clipped = self.kl = 0.0
+        self._sums: torch.Tensor | None = None  # loss, ratio, clipped, kl (float64, on the device)
+        self._min: torch.Tensor | None = None
+        self._max: torch.Tensor | None = None
+        self._bins: torch.Tensor | None = None  # [2, T_BINS]: items, clipped
         self.items = 0
-        self.ratio_min, self.ratio_max = math.inf, -math.inf
         self.grad_norms: list[float] = []
-        self.bin_items = torch.zeros(self.T_BINS, dtype=torch.float64)
-        self.bin_clipped = torch.zeros(self.T_BINS, dtype=torch.float64)
+        self._reduced: tuple[list[float], float, float, torch.Tensor] | None = None
 
     def add(self, loss: torch.Tensor, ratio: torch.Tensor, clipped: torch.Tensor, kl: torch.Tensor | None = None,
             t: torch.Tensor | None = None) -> None:
+        device = ratio.device
+        if self._sums is None:
+            self._sums = torch.zeros(4, dtype=torch.float64, device=device)
+            self._min = torch.full((), math.inf, dtype=torch.float64, device=device)
+            self._max = torch.full((), -math.inf, dtype=torch.float64, device=device)
+            self._bins = torch.zeros(2, self.T_BINS, dtype=torch.float64, device=device)
+        r = ratio.detach().double()
+        c = clipped.detach().double()
+        k = kl.detach().double().sum() if kl is not None else torch.zeros((), dtype=torch.float64, device=device)
+        self._sums += torch.stack([loss.detach().double().sum(), r.sum(), c.sum(), k.to(device)])
+        self._min = torch.minimum(self._min, r.min())
+        self._max = torch.maximum(self._max, r.max())
         if t is not None:
-            b = (t.detach().float().cpu() * self.T_BINS).long().clamp(0, self.T_BINS - 1)
-            self.bin_items += torch.bincount(b, minlength=self.T_BINS).double()
-            self.bin_clipped += torch.bincount(b, weights=clipped.detach().cpu().double(), minlength=self.T_BINS)
-        self.loss += float(loss.detach().sum())
-        self.ratio_sum += float(ratio.sum())
-        self.clipped += float(clipped.sum())
+            b = (t.detach().float().to(device) * self.T_BINS).long().clamp(0, self.T_BINS - 1)
+            self._bins[0] += torch.bincount(b, minlength=self.T_BINS).double()
+            self._bins[1] += torch.bincount(b, weights=c, minlength=self.T_BINS)
         self.items += int(ratio.numel())
-        self.ratio_min = min(self.ratio_min, float(ratio.min()))
-        self.ratio_max = max(self.ratio_max, float(ratio.max()))
-        if kl is not None:
-            self.kl += float(kl.sum())
+
+    def _values(self) -> tuple[list[float], float, float, torch.Tensor]:
+        if self._reduced is not None:
+            return self._reduced
+        if self._sums is None:
+            return [0.0] * 4, math.inf, -math.inf, torch.zeros(2, self.T_BINS, dtype=torch.float64)
+        return self._sums.cpu().tolist(), float(self._min), float(self._max), self._bins.cpu()
 
     def reduce(self, dist: DistContext) -> None:
         """Sum over ranks (min / max for the ratio range)."""
-        if not dist.active:
-            return
-        counts = torch.tensor([self.loss, self.ratio_sum, self.clipped, float(self.items), self.kl], dtype=torch.float64)
-        dist.all_reduce_([counts, self.bin_items, self.bin_clipped])
-        self.loss, self.ratio_sum, self.clipped, items, self.kl = counts.tolist()
-        self.items = int(items)
-        self.ratio_min = min(dist.all_gather_object(self.ratio_min))
-        self.ratio_max = max(dist.all_gather_object(self.ratio_max))
+        sums, lo, hi, bins = self._values()
+        if dist.active:
+            counts = torch.tensor([*sums, float(self.items)], dtype=torch.float64)
+            bins = bins.clone()
+            dist.all_reduce_([counts, bins])
+            *sums, items = counts.tolist()
+            self.items = int(items)
+            lo = min(dist.all_gather_object(lo))
+            hi = max(dist.all_gather_object(hi))
+        self._reduced = (list(sums), lo, hi, bins)
 
     def metrics(self, with_kl: bool) -> dict[str, Any]:
+        (loss, ratio_sum, clipped, kl), lo, hi, bins = self._values()
         n = max(self.items, 1)
         return {
-            "loss": self.loss / n, "ratio_mean": self.ratio_sum / n, "ratio_min": self.ratio_min,
-            "ratio_max": self.ratio_max, "clip_fraction": self.clipped / n,
+            "loss": loss / n, "ratio_mean": ratio_sum / n, "ratio_min": lo,
+            "ratio_max": hi, "clip_fraction": clipped / n,
             "grad_norm": sum(self.grad_norms) / max(1, len(self.grad_norms)),
-            "kl": self.kl / n if with_kl else None, "items": self.items,
+            "kl": kl / n if with_kl else None, "items": self.items,
             # bins of t: [0, .25), [.25, .5), [.5, .75), [.75, 1]; None where no item fell
-            "clip_fraction_by_t": [float(c / i) if i else None for c, i in zip(self.bin_clipped, self.bin_items)],
+            "clip_fraction_by_t": [float(c / i) if i else None for c, i in zip(bins[1].tolist(), bins[0].tolist())],
         }
 
 
@@ -278,10 +295,14 @@ class FDFOTrainer:
         velocity = self._velocity_fn(uncond)
 
         n = hi - lo
-        shape = (n, cfg.num_steps, *latent_shape)
-        states = {k: torch.empty(shape, device=self.storage) for k in ("sa", "sb", "va", "vb")}
-        final_a = torch.empty((n, *latent_shape))
-        final_b = torch.empty((n, *latent_shape))
+        # One buffer each for states and velocities, rows [a..., b...]: written in place per batch
+        # (no concatenation at the end, which would hold them twice). Pinned host memory when
+        # they are kept off an accelerator, so the per-step copies do not wait on pageable memory.
+        shape = (2 * n, cfg.num_steps, *latent_shape)
+        pin = self.storage.type == "cpu" and self.device.type == "cuda"
+        all_states = torch.empty(shape, device=self.storage, pin_memory=pin)
+        all_velocities = torch.empty(shape, device=self.storage, pin_memory=pin)
+        final = torch.empty((2 * n, *latent_shape))
         steps_done, steps_total = 0, math.ceil(n / cfg.sample_batch_size) * cfg.num_steps
         for start in range(0, n, cfg.sample_batch_size):
             stop = min(n, start + cfg.sample_batch_size)
@@ -295,16 +316,15 @@ class FDFOTrainer:
                 churn, device=self.device, storage_device=self.storage, on_step=on_step,
             )
             b = stop - start
-            states["sa"][start:stop], states["sb"][start:stop] = roll.states[:b], roll.states[b:]
-            states["va"][start:stop], states["vb"][start:stop] = roll.velocities[:b], roll.velocities[b:]
-            final_a[start:stop], final_b[start:stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
+            all_states[start:stop], all_states[n + start:n + stop] = roll.states[:b], roll.states[b:]
+            all_velocities[start:stop], all_velocities[n + start:n + stop] = roll.velocities[:b], roll.velocities[b:]
+            final[start:stop], final[n + start:n + stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
+            del roll
             steps_done += cfg.num_steps
             faults.kill_point("sample", epoch + 1)  # crash tests only (fdfo_core.faults)
         return EpochRollouts(
             pair_ids=torch.arange(lo, hi), prompt_ids=prompt_idx, prompt_rows=rows, cond=cond,
-            states=torch.cat([states.pop("sa"), states.pop("sb")]),
-            velocities=torch.cat([states.pop("va"), states.pop("vb")]),
-            final=torch.cat([final_a, final_b]), sigmas=sigmas,
+            states=all_states, velocities=all_velocities, final=final, sigmas=sigmas,
         )
 
     # --- phase 2: decode and score ---------------------------------------------------------------
@@ -399,9 +419,9 @@ class FDFOTrainer:
                 local_pair = mb[:, 0] - lo
                 row = local_pair + mb[:, 1] * n  # row in the [a..., b...] layout
                 step = mb[:, 2]
-                x = roll.states[row, step].to(self.device)
-                v_rec = roll.velocities[row, step].to(self.device)
-                t = roll.sigmas[step].to(self.device)
+                x = self._to_device(roll.states[row, step])
+                v_rec = self._to_device(roll.velocities[row, step])
+                t = self._to_device(roll.sigmas[step])
                 cond = cond_to(cond_select(roll.cond, roll.prompt_rows[local_pair]), self.device)
                 v_base = None
                 if cfg.kl_weight > 0:
@@ -418,6 +438,13 @@ class FDFOTrainer:
             stats.grad_norms.append(self._optimizer_step())
             faults.kill_point("train", epoch + 1)  # crash tests only (fdfo_core.faults)
         return stats
+
+    def _to_device(self, a: torch.Tensor) -> torch.Tensor:
+        """A micro-batch to the training device; from the host through pinned memory without
+        blocking on a GPU (the step loop does not wait for the previous micro-batch)."""
+        if self.device.type == "cuda" and a.device.type == "cpu":
+            return a.pin_memory().to(self.device, non_blocking=True)
+        return a.to(self.device)
 
     def _optimizer_step(self) -> float:
         for p in self.params:

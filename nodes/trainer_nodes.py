@@ -32,6 +32,7 @@ from ..fdfo_core.storage import StorageError
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
+from .memory_choice import choose_comfy_memory
 from .sampler_nodes import clean_prompts
 from .training_options import (TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec, resolve_settings,
                                setting)
@@ -283,6 +284,9 @@ class FDFOTrainerNode:
         from ..fdfo_core.trainer import format_metrics
         from .comfy_backend import ComfyBackend
 
+        if float(values["vram_gb"] or 0) > 0:
+            cfg, message = choose_comfy_memory(model, cfg, float(values["vram_gb"]))
+            log.info("FDFO: %s", message)
         backend = ComfyBackend(
             model, clip, vae, cfg, scheduler=values["scheduler"], flux_guidance=values["flux_guidance"],
             full_load=values["full_load"], check_cancel=check_interrupt,

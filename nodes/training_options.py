@@ -160,6 +160,12 @@ OPTIONS: tuple[Option, ...] = (
         "With resume on: continue the run even though prompts, reward, seed or other settings that define it "
         "changed, and record the change as a new branch in its run.json. Off: such a change is refused with the "
         "list of differences (epochs and memory settings may always change).")}), "run"),
+    # --- memory for a GPU budget (issue 14) ----------------------------------------------------------
+    Option("vram_gb", _float(0.0, 0.0, 4096.0, 1.0, (
+        "GPU memory to fit in, in GB (0 = off: the memory options are used as set). On: gradient checkpointing, "
+        "storage device and batch sizes are chosen from memory estimates for this budget and logged with the "
+        "expected peak (fp8 weights come from the loader's weight_dtype). Needs diffusers for the estimate.")),
+        "memory"),
 )
 
 ALL_SETTINGS: tuple[Option, ...] = TRAINER_SETTINGS + OPTIONS

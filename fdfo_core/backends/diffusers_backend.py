@@ -206,9 +206,20 @@ class DiffusersBackend(NamedAdapterParams):
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
+        if config.base_weights == "fp8":
+            from .fp8 import enable_fp8_storage, fp8_available
+
+            if not fp8_available():
+                raise BackendError(f"base_weights fp8 needs torch >= 2.1 (float8 tensors); this is torch "
+                                   f"{torch.__version__}. Use base_weights auto.")
+            # Cast here, on the CPU, so the bf16 copy never reaches the device.
+            enable_fp8_storage(self.transformer, compute_dtype=self.model_dtype)
         self.transformer.to(self.device)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing(_checkpoint_block)
+        if config.compile:
+            # In place (nn.Module.compile): the family hooks keep calling pipe.transformer.
+            self.transformer.compile()
         if not self.offload:
             for module in self._frozen_modules():
                 module.to(self.device)
@@ -363,9 +374,16 @@ class DiffusersBackend(NamedAdapterParams):
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.device = "cpu", **kwargs) -> DiffusersBackend:
+def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.device = "cpu", vram: float | None = None,
+                  reward=None, world_size: int = 1, log=print, **kwargs) -> DiffusersBackend:
     """Load a model folder or hub id and wrap it. bf16 weights on CUDA (unless precision is fp32),
-    fp32 on the CPU."""
+    fp32 on the CPU.
+
+    vram: a device memory budget in GiB: the memory settings (fp8 / bf16 base weights, gradient
+    checkpointing, storage device, micro-batches) are chosen from estimates for that budget
+    (`choose_memory_mode`), printed with `log`, and are in the backend's `config`. Raises
+    fdfo_core.memory.MemoryBudgetError when nothing fits.
+    """
     device = torch.device(device)
     dtype = torch.float32
     if device.type == "cuda" and config.precision in ("auto", "bf16"):
@@ -376,7 +394,79 @@ def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.dev
     settings = model_settings(model) if Path(model).exists() else {}
     if kwargs.get("max_sequence_length") is None:
         kwargs["max_sequence_length"] = settings.get("max_sequence_length")
+    if vram is not None:
+        config, plan = choose_memory_mode(pipe, config, vram, reward=reward, world_size=world_size,
+                                          max_sequence_length=kwargs.get("max_sequence_length"))
+        if log is not None:
+            log(plan.message())
+        kwargs["offload"] = plan.mode.offload
     return DiffusersBackend(pipe, config, device=device, **kwargs)
+
+
+def module_bytes(obj: Any, dtype_bytes: int | None = None) -> int:
+    """Bytes of the torch modules an object holds (itself, its attributes, lists / dicts of them;
+    one level deep, shared modules once): what a reward model or encoder costs on the device."""
+    found: dict[int, torch.nn.Module] = {}
+
+    def visit(x: Any, depth: int) -> None:
+        if isinstance(x, torch.nn.Module):
+            found[id(x)] = x
+        elif depth > 0 and isinstance(x, (list, tuple)):
+            for y in x:
+                visit(y, depth - 1)
+        elif depth > 0 and isinstance(x, dict):
+            for y in x.values():
+                visit(y, depth - 1)
+        elif depth > 0 and hasattr(x, "__dict__") and not isinstance(x, type):
+            for y in vars(x).values():
+                visit(y, depth - 1)
+
+    visit(obj, 2)
+    params: dict[int, torch.Tensor] = {}
+    for m in found.values():
+        params.update({id(p): p for p in m.parameters()})
+    return sum(p.numel() * (dtype_bytes or p.element_size()) for p in params.values())
+
+
+def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = None, reward=None):
+    """fdfo_core.memory.ModelMemory of a loaded pipeline at the config's resolution and LoRA
+    (a meta-device copy of its transformer and VAE is measured; the pipeline is not touched)."""
+    from ..memory import measure_model
+    from .fp8 import FP8_SKIP_PATTERNS
+
+    family = pipeline_family(pipe)
+    vae = pipe.vae
+    encoders = [m for m in family.diffusers_text_encoders(pipe)]
+    text_params = sum(p.numel() for m in encoders for p in m.parameters())
+    options = family.options(FamilyOptions(max_sequence_length))
+    # One prompt through the family's own encoding gives the conditioning's exact shapes and masks.
+    with torch.no_grad():
+        example = family.diffusers_encode_prompts(pipe, ["a photo"], torch.device("cpu"), options)
+    scale = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", 8)
+    return measure_model(
+        family, pipe.transformer, config.height, config.width, options.max_sequence_length, config.lora_rank,
+        family.resolve_lora_targets(config.lora_targets), vae=vae, text_encoder_params=text_params,
+        reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(scale),
+        name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS, pipe=pipe, cond_example=example)
+
+
+def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, world_size: int = 1,
+                       max_sequence_length: int | None = None):
+    """(config with the chosen memory settings, fdfo_core.memory.Plan) for a budget of `vram_gb`
+    GiB per device; MemoryBudgetError when no mode fits."""
+    from ..memory import MemoryBudgetError, choose_mode
+
+    try:
+        mem = pipeline_memory(pipe, config, max_sequence_length, reward)
+    except Exception as e:  # a family's velocity call that cannot run on shapes alone
+        raise MemoryBudgetError(
+            f"cannot estimate the memory of this {type(pipe.transformer).__name__} on the meta device "
+            f"({type(e).__name__}: {e}); leave out --vram and set the memory flags (--gradient-checkpointing, "
+            "--storage-device, --base-weights, batch sizes) by hand") from e
+    pairs = -(-config.pairs_per_epoch // max(1, world_size))
+    plan = choose_mode(mem, vram_gb, pairs, config.num_steps, config.cfg_scale, config.sample_batch_size,
+                       config.train_batch_size, config.decode_batch_size)
+    return config.replace(**plan.mode.config_changes()).validate(), plan
 
 
 def lora_to_diffusers_state_dict(pipe, lora_path: str | Path) -> dict[str, torch.Tensor]:

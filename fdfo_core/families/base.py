@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from .lora_map import LoraMap, PlannedPart
+from .published import PublishedModel
 
 #: The attention projections of an MMDiT-style block in diffusers' names.
 MMDIT_ATTENTION_TARGETS = (
@@ -115,6 +116,9 @@ class Family:
     preset_name: ClassVar[str | None] = None
     #: One line of VRAM guidance for docs and messages.
     vram: ClassVar[str] = ""
+    #: The family's published models (transformer / VAE configs and sizes, `published.py`): what
+    #: the memory estimator and the GPU profile build on the meta device.
+    published_models: ClassVar[tuple[PublishedModel, ...]] = ()
 
     # --- derived ------------------------------------------------------------------------------
 
@@ -211,6 +215,16 @@ class Family:
         sf = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return vae.decode((latents / sf + shift).to(vae.dtype), return_dict=False)[0]
+
+    def conditioning_shapes(self, transformer_config: Mapping[str, Any],
+                            max_sequence_length: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The per-prompt shapes of what `diffusers_encode_prompts` returns, for a transformer of
+        this config: {key: (shape without the batch dimension, kind)}, kind "float" (an embedding
+        in the model's dtype) or "mask" (int64 ones). Used to stand in for the text encoders (the
+        GPU profile) and to estimate memory on the meta device. Default (Flux-style): T5 tokens
+        [max_sequence_length, joint_attention_dim] and a pooled CLIP vector [pooled_projection_dim]."""
+        return {"prompt_embeds": ((max_sequence_length, int(transformer_config["joint_attention_dim"])), "float"),
+                "pooled": ((int(transformer_config["pooled_projection_dim"]),), "float")}
 
     # --- ComfyUI hooks (duck-typed ComfyUI objects; no comfy import) ---------------------------
 

@@ -17,6 +17,23 @@ import torch
 from .base import Family, FamilyError, FamilyOptions
 from .common import pack_2x2, unpack_2x2
 from .lora_map import LoraMap, fused
+from .published import CLIP_L_B, SD3_VAE_CONFIG, SMALL_KL_VAE_CONFIG, T5_XXL_ENCODER_B, PublishedModel
+
+
+def _flux(key: str, title: str, repo: str, guidance_embeds: bool) -> PublishedModel:
+    config = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+              "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+              "guidance_embeds": guidance_embeds, "axes_dims_rope": (16, 56, 56)}
+    small = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+             "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": (4, 6, 6)}
+    vae = {**SD3_VAE_CONFIG, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+    return PublishedModel(
+        key=key, title=title, repo=repo, pipeline="FluxPipeline", transformer="FluxTransformer2DModel",
+        transformer_config=config, vae="AutoencoderKL", vae_config=vae, published_params_b=12.0,
+        text_encoders_b=CLIP_L_B + T5_XXL_ENCODER_B, resolution=1024, small_transformer=small,
+        small_vae={**SMALL_KL_VAE_CONFIG, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+        scheduler_config={"shift": 3.0, "use_dynamic_shifting": guidance_embeds, "base_shift": 0.5, "max_shift": 1.15,
+                          "base_image_seq_len": 256, "max_image_seq_len": 4096})
 
 
 def _single_block_rows(in_features: int, out_features: int) -> list[int]:
@@ -62,6 +79,11 @@ class Flux(Family):
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
     vram = ("12 B: ~24 GB in bf16, ~12 GB in fp8. 24 GB: fp8 at 512 px with storage_device cpu and gradient "
             "checkpointing (tight); 48 GB: 1024 px with gradient checkpointing; 80 GB: bf16 at 1024 px")
+
+    published_models = (
+        _flux("flux-dev", "Flux.1 dev", "black-forest-labs/FLUX.1-dev", guidance_embeds=True),
+        _flux("flux-schnell", "Flux.1 schnell", "black-forest-labs/FLUX.1-schnell", guidance_embeds=False),
+    )
 
     def diffusers_latent_shape(self, pipe, height, width):
         f = pipe.vae_scale_factor

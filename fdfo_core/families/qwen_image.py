@@ -17,6 +17,7 @@ import torch
 from .base import Family, FamilyOptions
 from .common import pack_2x2, unpack_2x2
 from .lora_map import LoraMap, same_names
+from .published import QWEN25_VL_7B_B, PublishedModel
 
 
 class QwenImage(Family):
@@ -48,6 +49,28 @@ class QwenImage(Family):
     preset = {"height": 1024, "width": 1024, "num_steps": 30}
     vram = ("20 B: ~41 GB in bf16, ~20 GB in fp8. 48 GB: fp8 at 512-1024 px with storage_device cpu and gradient "
             "checkpointing; 80 GB: bf16 at 1024 px with gradient checkpointing")
+
+    published_models = (
+        PublishedModel(
+            key="qwen-image", title="Qwen-Image", repo="Qwen/Qwen-Image", pipeline="QwenImagePipeline",
+            transformer="QwenImageTransformer2DModel",
+            transformer_config={"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60,
+                                "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
+                                "guidance_embeds": False, "axes_dims_rope": (16, 56, 56)},
+            vae="AutoencoderKLQwenImage", vae_config={}, published_params_b=20.0, text_encoders_b=QWEN25_VL_7B_B,
+            resolution=1024,
+            small_transformer={"num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
+                               "joint_attention_dim": 32, "axes_dims_rope": (4, 6, 6)},
+            small_vae={"base_dim": 8},
+            scheduler_config={"shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9,
+                              "base_image_seq_len": 256, "max_image_seq_len": 8192, "shift_terminal": 0.02,
+                              "time_shift_type": "exponential"}),
+    )
+
+    def conditioning_shapes(self, transformer_config, max_sequence_length):
+        # Qwen2.5-VL hidden states padded to the text length, and their mask (1 = a real token).
+        return {"prompt_embeds": ((max_sequence_length, int(transformer_config["joint_attention_dim"])), "float"),
+                "prompt_mask": ((max_sequence_length,), "mask")}
 
     def diffusers_latent_shape(self, pipe, height, width):
         f = pipe.vae_scale_factor

@@ -14,6 +14,25 @@ import torch
 from .base import Family, FamilyOptions
 from .common import scheduler_sigmas
 from .lora_map import LoraMap, fused
+from .published import CLIP_G_B, CLIP_L_B, SD3_VAE_CONFIG, SMALL_KL_VAE_CONFIG, T5_XXL_ENCODER_B, PublishedModel
+
+#: CLIP-L and CLIP-G tokens (77) come before the T5 tokens in SD3's prompt embedding.
+CLIP_TOKENS = 77
+_SMALL_MMDIT = {"attention_head_dim": 16, "num_attention_heads": 2, "num_layers": 2, "caption_projection_dim": 32,
+                "joint_attention_dim": 32, "pooled_projection_dim": 32, "pos_embed_max_size": 16, "sample_size": 8}
+
+
+def _sd3(key, title, repo, params_b, layers, heads, pos_max, dual=0, qk_norm=None) -> PublishedModel:
+    config = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": layers,
+              "attention_head_dim": 64, "num_attention_heads": heads, "joint_attention_dim": 4096,
+              "caption_projection_dim": 64 * heads, "pooled_projection_dim": 2048, "pos_embed_max_size": pos_max,
+              "dual_attention_layers": tuple(range(dual)), "qk_norm": qk_norm}
+    small = {**_SMALL_MMDIT, "dual_attention_layers": (0,) if dual else ()}
+    return PublishedModel(
+        key=key, title=title, repo=repo, pipeline="StableDiffusion3Pipeline", transformer="SD3Transformer2DModel",
+        transformer_config=config, vae="AutoencoderKL", vae_config=SD3_VAE_CONFIG, published_params_b=params_b,
+        text_encoders_b=CLIP_L_B + CLIP_G_B + T5_XXL_ENCODER_B, resolution=512 if key == "sd35-medium" else 1024,
+        small_transformer=small, small_vae=SMALL_KL_VAE_CONFIG, count_buffers=True)
 
 
 def _joint_block_map() -> LoraMap:
@@ -48,6 +67,20 @@ class SD3(Family):
     preset = {}
     vram = ("SD3.5 Medium (2.5 B, ~5 GB in bf16) at 512 px: 24 GB with storage_device cpu and gradient "
             "checkpointing, the published settings in 48 GB; Large (8 B, ~16 GB in bf16): 48 GB and up")
+
+    published_models = (
+        _sd3("sd35-medium", "SD3.5 Medium", "stabilityai/stable-diffusion-3.5-medium", 2.5, 24, 24, 384, dual=13,
+             qk_norm="rms_norm"),
+        _sd3("sd35-large", "SD3.5 Large", "stabilityai/stable-diffusion-3.5-large", 8.1, 38, 38, 192,
+             qk_norm="rms_norm"),
+        _sd3("sd3-medium", "SD3 Medium", "stabilityai/stable-diffusion-3-medium-diffusers", 2.0, 24, 24, 192),
+    )
+
+    def conditioning_shapes(self, transformer_config, max_sequence_length):
+        # CLIP-L / CLIP-G tokens, then T5's; pooled = CLIP-L + CLIP-G projections.
+        return {"prompt_embeds": ((CLIP_TOKENS + max_sequence_length, int(transformer_config["joint_attention_dim"])),
+                                  "float"),
+                "pooled": ((int(transformer_config["pooled_projection_dim"]),), "float")}
 
     def diffusers_sigmas(self, pipe, num_steps: int, height: int, width: int) -> torch.Tensor:
         # StableDiffusion3Pipeline lets the scheduler make its own grid (no explicit sigmas).
