@@ -74,7 +74,7 @@ def main() -> None:
     from fdfo_core.trainer import Callbacks, FDFOTrainer
 
     cfg = load_config("toy", overrides=dict(pairs_per_epoch=args.pairs, num_steps=args.steps, epochs=1,
-                                            checkpoint_every=1))
+                                            checkpoint_every=1, eval_every=0))  # the training epoch alone
     backend = DiffusersBackend(tiny_sd3(), cfg, max_sequence_length=16)
     reward = build_reward("brightness")
     prompts = ["a red circle above a blue square", "two green triangles", "three red squares on a blue background"]

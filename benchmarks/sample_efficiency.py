@@ -74,8 +74,9 @@ def run_one(method: str, seed: int, epochs: int, held, extra: dict | None = None
     from fdfo_core.rewards import build_reward
     from fdfo_core.toy import toy_prompt_sets
 
+    # eval_every 0: this benchmark evaluates every epoch itself (the trainer's guardrails would repeat it).
     values = {"epochs": epochs, "seed": seed, "method": method, "pairs_per_epoch": IMAGES_PER_EPOCH // 2,
-              "checkpoint_every": 0, **METHODS[method], **(extra or {})}
+              "checkpoint_every": 0, "eval_every": 0, **METHODS[method], **(extra or {})}
     cfg = load_config("toy", overrides=values)
     backend = load_toy(cfg)
     reward = build_reward("toy_alignment")

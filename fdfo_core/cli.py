@@ -108,6 +108,16 @@ def _load_prompts(path: str | None, model: str) -> list[str]:
     raise CLIError("--prompts is required: a text file with one prompt per line")
 
 
+def _default_eval_prompts(model: str) -> list[str] | None:
+    """Held-out prompts when none are given: the toy's held-out captions for the toy model, else
+    None (the trainer then spreads its evaluation over the training prompts)."""
+    if _is_toy(model):
+        from .toy import toy_prompt_sets
+
+        return toy_prompt_sets()[1]
+    return None
+
+
 def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Namespace, reward=None):
     """The diffusers backend for `model`; with --vram, the memory settings chosen for that budget
     (printed). Returns (backend, config): the config carries the chosen settings."""
@@ -164,15 +174,56 @@ class _Progress:
 
 
 def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training",
-                       size: tuple[int, int] = (640, 400)):
-    from .images import line_plot
+                       size: tuple[int, int] | None = None, guardrails=None):
+    """The run's curves as one figure (PIL image).
+
+    Without held-out evaluation: the training pairs' mean reward per epoch (+- standard error).
+    With `guardrails` (`fdfo_core.guardrails.Guardrails`), stacked panels sharing the epoch axis:
+    training and held-out reward; the judge (when set); diversity across seeds and drift from the
+    base model. Epoch 0 is the base model; dashed lines mark the best LoRA's epoch, an early stop,
+    and the diversity floor of early stop.
+
+    `size` (width, height px) is the whole figure's (the panels share its height: the ComfyUI node
+    lays its outputs out for a known size); None: 640 x 400 for one panel, 640 x 300 per panel.
+    """
+    from .images import line_plot, stack_vertical
 
     xs = [m["epoch"] for m in history]
-    return line_plot(
-        {"reward (train pairs)": (xs, [m["reward_mean"] for m in history])},
-        bands={"reward (train pairs)": [m["reward_std"] / max(1, 2 * m["pairs"]) ** 0.5 for m in history]},
-        title=title, xlabel="epoch", ylabel="reward", size=size,
-    )
+    train = {"reward (train pairs)": (xs, [m["reward_mean"] for m in history])}
+    train_band = {"reward (train pairs)": [m["reward_std"] / max(1, 2 * m["pairs"]) ** 0.5 for m in history]}
+    evs = list(guardrails.evaluations) if guardrails is not None else []
+    if not evs:
+        return line_plot(train, bands=train_band, title=title, xlabel="epoch", ylabel="reward", size=size or (640, 400))
+    ex = [ev.epoch for ev in evs]
+    xlim = (0, max(ex + xs))
+    marks = {}
+    if guardrails.best_lora_epoch is not None:
+        marks[f"best {guardrails.best_lora_epoch}"] = guardrails.best_lora_epoch
+    if guardrails.stop_epoch is not None and guardrails.stop_epoch > 0:
+        marks[f"stop {guardrails.stop_epoch}"] = guardrails.stop_epoch
+    n_panels = 3 if guardrails.judge is not None else 2
+    size = (size[0], size[1] // n_panels) if size is not None else (640, 300)
+    panels = [line_plot(
+        {**train, "held-out reward": (ex, [ev.heldout_reward for ev in evs])},
+        bands={**train_band, "held-out reward": [ev.heldout_reward_se for ev in evs]},
+        title=title, xlabel="epoch", ylabel="reward", size=size, xlim=xlim, vlines=marks,
+    )]
+    if guardrails.judge is not None:
+        panels.append(line_plot(
+            {f"judge: {guardrails.judge_spec}": (ex, [ev.judge for ev in evs])},
+            bands={f"judge: {guardrails.judge_spec}": [ev.judge_se for ev in evs]},
+            title="held-out judge (mean +- s.e.)", xlabel="epoch", ylabel="judge", size=size, xlim=xlim, vlines=marks,
+        ))
+    floor = {}
+    cfg, base = guardrails.config, guardrails.base
+    if cfg.early_stop_min_diversity > 0 and base is not None and base.diversity:
+        floor = {f"early-stop floor ({cfg.early_stop_min_diversity:g} x base)": cfg.early_stop_min_diversity * base.diversity}
+    panels.append(line_plot(
+        {"diversity across seeds": (ex, [ev.diversity for ev in evs]), "drift from base": (ex, [ev.drift for ev in evs])},
+        title=f"held-out diversity and drift ({guardrails.space.name} distance)", xlabel="epoch", ylabel="distance",
+        size=size, xlim=xlim, vlines=marks, hlines=floor,
+    ))
+    return stack_vertical(panels)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -293,6 +344,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         preview_prompts = prompts[: args.preview_count if args.preview_count is not None else 8]
     else:
         preview_prompts = list(run.preview_prompts)
+    if args.judge_opt and not cfg.judge:
+        raise CLIError("--judge-opt is given but no --judge: name the judge reward, e.g. --judge hpsv2")
+    # The judge's options and the held-out prompts: what the user gives, else (resume) the run's own.
+    same_judge = recorded is not None and (recorded.config or {}).get("judge", "") == cfg.judge
+    judge_options = {k: dict(v) for k, v in ((recorded.judge_options if same_judge else None) or {}).items()}
+    for name, opts in parse_reward_options(args.judge_opt).items():
+        judge_options.setdefault(name, {}).update(opts)
+    judge = build_reward(cfg.judge, judge_options, device=device) if cfg.judge else None
+    eval_prompts = None
+    if cfg.eval_every:
+        if args.eval_prompts:
+            eval_prompts = read_prompts(args.eval_prompts)
+        elif recorded is not None and recorded.eval_prompts:
+            eval_prompts = list(recorded.eval_prompts)
+        else:
+            eval_prompts = _default_eval_prompts(model)
     args._world_size = dist.world_size
     try:
         backend, cfg = _build_backend(model, cfg, device, args, reward=reward)
@@ -315,7 +382,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     def on_epoch_end(trainer, metrics):
         progress.epoch(metrics)
         if dist.is_main:
-            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png", "reward curve")
+            save_png(reward_curve_image(trainer.history, guardrails=trainer.guardrails), run_dir / "reward_curve.png",
+                     "reward curve")
             if preview_every and metrics["epoch"] % preview_every == 0:
                 preview(metrics["epoch"])
 
@@ -336,6 +404,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks=Callbacks(on_progress=progress.phase, on_epoch_end=on_epoch_end, log=progress.write),
         definition={"preview_prompts": preview_prompts, "model_settings": settings, "model_source": _model_source(model)},
         front_end=front_end,
+        eval_prompts=eval_prompts, judge=judge,
     )
     if resume:
         trainer.resume(resume, allow_change=args.allow_change)
@@ -357,7 +426,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if dist.is_main:
-        print(f"LoRA: {run_dir / 'lora.safetensors'}")
+        print(f"LoRA: {run_dir / 'lora.safetensors'} (last, epoch {trainer.epoch})")
+        guard = trainer.guardrails
+        if guard is not None:
+            save_png(reward_curve_image(trainer.history, guardrails=guard), run_dir / "reward_curve.png", "reward curve")
+        if guard is not None and guard.best_lora_epoch is not None:
+            from .guardrails import best_lora_name
+
+            print(f"best held-out LoRA: {run_dir / best_lora_name(trainer.lora_name)} (epoch {guard.best_lora_epoch}, "
+                  f"{guard.criterion_label} {guard.best_lora_value:.4f})")
     return 0
 
 
@@ -572,6 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preview-count", type=int, default=None, help="how many fixed prompts/seeds in the grid (default 8)")
     t.add_argument("--preview-prompts", help="text file with the grid's prompts (default: the first training prompts)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    t.add_argument("--eval-prompts", help="held-out prompts for the guardrails' evaluation, one per line (default: "
+                   "the toy's held-out captions for the toy model, else spread over the training prompts)")
+    t.add_argument("--judge-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="option of the --judge reward, e.g. hpsv2.path=/weights/hpsv2 (repeatable)")
     _config_flags(t)
     t.set_defaults(func=cmd_train)
 

@@ -84,6 +84,16 @@ class FDFOConfig:
     # torch.compile the transformer for sampling and training (diffusers backend).
     compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
+    # --- guardrails against reward hacking (not part of the published recipe; guardrails.py) ----
+    # Held-out evaluation every N epochs, at the last epoch and once for the base model: fixed
+    # prompts x fixed seeds, plain sampling at the training settings. 4 x 4 images are 16 of the 864
+    # a published-size epoch samples (and trains on): about 0.5 % of an epoch each time. 0 = off.
+    eval_every: int = 5
+    eval_prompt_count: int = 4  # held-out prompts (spread over the list given, or the training prompts)
+    eval_seeds: int = 4  # seeds per held-out prompt (>= 2: diversity compares a prompt's seeds)
+    judge: str = ""  # reward spec scoring held-out images besides the training reward ("" = none)
+    early_stop_patience: int = 0  # stop after N evaluations without a new best criterion (0 = off)
+    early_stop_min_diversity: float = 0.0  # stop when diversity < this x the base model's (0 = off)
     # --- method and baselines (Flow-GRPO settings: its paper and public SD3.5 configs) ---------
     method: Method = "fdfo"
     grpo_group_size: int = 24  # G images per prompt
@@ -136,6 +146,17 @@ class FDFOConfig:
              f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         need(self.storage_device in ("auto", "cpu"), f"storage_device must be 'auto' or 'cpu', got {self.storage_device!r}")
         need(self.base_weights in ("auto", "fp8"), f"base_weights must be 'auto' or 'fp8', got {self.base_weights!r}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0 (0 = no held-out evaluation), got {self.eval_every}")
+        need(self.eval_prompt_count >= 1, f"eval_prompt_count must be >= 1, got {self.eval_prompt_count}")
+        need(self.eval_seeds >= 2, f"eval_seeds must be >= 2 (diversity compares the seeds of a prompt), got {self.eval_seeds}")
+        need(self.early_stop_patience >= 0, f"early_stop_patience must be >= 0 (0 = off), got {self.early_stop_patience}")
+        need(0.0 <= self.early_stop_min_diversity <= 1.0,
+             f"early_stop_min_diversity is a fraction of the base model's diversity in [0, 1] (0 = off), "
+             f"got {self.early_stop_min_diversity}")
+        if not self.eval_every:
+            for name, value in (("judge", self.judge), ("early_stop_patience", self.early_stop_patience),
+                                ("early_stop_min_diversity", self.early_stop_min_diversity)):
+                need(not value, f"{name} needs the held-out evaluation: set eval_every >= 1 (it is 0)")
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         if self.method.startswith("flow_grpo"):
             need(self.grpo_group_size >= 2, f"grpo_group_size must be >= 2, got {self.grpo_group_size}")

@@ -6,6 +6,7 @@ FDFOTrainer -> ComfyUI-format LoRA file) and writes to the run folder:
                      caption (shortened if needed) and alignment score under it
   reward_curve.png   training reward per epoch and held-out alignment (mean +- s.e.)
   lora.safetensors   the LoRA (loads in ComfyUI and, via fdfo convert-lora, in diffusers)
+  lora-best.safetensors  the LoRA of the epoch with the best held-out reward (the trainer's guardrails)
   summary.json       held-out alignment and diversity before / after, timings
 """
 
@@ -95,9 +96,10 @@ def run_demo(
     log(f"toy model {model}\n{len(train_prompts)} training prompts, {len(set(held.prompts))} held-out prompts x "
         f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs")
 
+    # The trainer's own guardrails pick lora-best.safetensors on a few of the same held-out captions.
     trainer = FDFOTrainer(
         backend, reward, train_prompts, cfg, run_dir=out, reward_spec="toy_alignment",
-        callbacks=Callbacks(on_progress=on_progress, log=log),
+        callbacks=Callbacks(on_progress=on_progress, log=log), eval_prompts=list(dict.fromkeys(held.prompts)),
         # `fdfo train --resume` of this folder continues the same run: its previews are held-out prompts
         definition={"model_source": str(Path(model).resolve()), "preview_prompts": list(dict.fromkeys(held.prompts))[:8],
                     "model_settings": {"max_sequence_length": TOY_MAX_SEQUENCE_LENGTH}},

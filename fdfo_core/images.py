@@ -156,8 +156,19 @@ def line_plot(
     ylabel: str = "",
     bands: Mapping[str, Sequence[float]] | None = None,
     size: tuple[int, int] = (640, 400),
+    xlim: tuple[float, float] | None = None,
+    vlines: Mapping[str, float] | None = None,
+    hlines: Mapping[str, float] | None = None,
 ) -> Image.Image:
-    """Lines (x, y) per named series, optional +- band per series, axes with ticks and a legend."""
+    """Lines (x, y) per named series, optional +- band per series, axes with ticks and a legend.
+
+    `xlim` fixes the x range (to align stacked panels); `vlines` / `hlines` draw labelled dashed
+    grey marks at x = value / y = value (a chosen epoch, a threshold). None values in a series are
+    gaps (the point is skipped)."""
+    keep = {k: [y is not None and math.isfinite(float(y)) for y in v[1]] for k, v in series.items()}
+    series = {k: ([x for x, ok in zip(v[0], keep[k]) if ok], [y for y, ok in zip(v[1], keep[k]) if ok])
+              for k, v in series.items()}
+    bands = {k: [0.0 if b is None else b for b, ok in zip(v, keep[k]) if ok] for k, v in (bands or {}).items()}
     w, h = size
     left, right, top, bottom = 64, 16, 40, 44
     img = Image.new("RGB", size, (255, 255, 255))
@@ -168,8 +179,13 @@ def line_plot(
     for name, band in (bands or {}).items():
         ys += [float(y) + float(b) for y, b in zip(series[name][1], band)]
         ys += [float(y) - float(b) for y, b in zip(series[name][1], band)]
+    ys += [float(v) for v in (hlines or {}).values()]
+    if xlim is not None:
+        xs = xs + [float(xlim[0]), float(xlim[1])]
     if not xs:
-        xs, ys = [0.0, 1.0], [0.0, 1.0]
+        xs = [0.0, 1.0]
+    if not ys:
+        ys = [0.0, 1.0]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     if x1 == x0:
@@ -201,6 +217,17 @@ def line_plot(
             ImageDraw.Draw(layer).polygon(upper + lower[::-1], fill=(*PALETTE[i % len(PALETTE)], 56))
             img.paste(Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB"))
     draw = ImageDraw.Draw(img)
+    grey = (120, 120, 120)
+    for label, xv in (vlines or {}).items():
+        xx, _ = px(float(xv), y0)
+        for yy in range(top, h - bottom, 8):
+            draw.line([xx, yy, xx, min(yy + 4, h - bottom)], fill=grey, width=1)
+        draw.text((xx + 3, h - bottom - 14), label, fill=grey, font=font)
+    for label, yv in (hlines or {}).items():
+        _, yy = px(x0, float(yv))
+        for xx in range(left, w - right, 8):
+            draw.line([xx, yy, min(xx + 4, w - right), yy], fill=grey, width=1)
+        draw.text((w - right - 6 * len(label) - 4, yy - 13), label, fill=grey, font=font)
     for i, (name, (xv, yv)) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
         pts = [px(float(x), float(y)) for x, y in zip(xv, yv)]
@@ -214,6 +241,16 @@ def line_plot(
     draw.text(((w - len(xlabel) * 6) / 2, h - 16), xlabel, fill=(0, 0, 0), font=font)
     draw.text((4, top - 14), ylabel, fill=(0, 0, 0), font=font)
     return img
+
+
+def stack_vertical(images: Sequence[Image.Image]) -> Image.Image:
+    """Panels one above the other (left-aligned, white background): one figure of several plots."""
+    out = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), (255, 255, 255))
+    y = 0
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.height
+    return out
 
 
 def save_png(image: Image.Image, path: str | Path, what: str = "image", make_folder: bool = False) -> Path:

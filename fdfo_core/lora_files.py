@@ -167,7 +167,8 @@ def lora_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.T
 
 
 def save_lora(
-    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], dtype: torch.dtype = torch.float32
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], dtype: torch.dtype = torch.float32,
+    what: str = "LoRA file",
 ) -> Path:
     """Write a .safetensors LoRA atomically (storage: a failed write raises StorageError and leaves
     nothing behind). Metadata values are stored as JSON strings under `fdfo.`."""
@@ -175,7 +176,7 @@ def save_lora(
     for k, v in metadata.items():
         meta[METADATA_PREFIX + k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     data = {k: (v.to(dtype) if v.ndim else v.float()).contiguous().cpu() for k, v in tensors.items()}
-    return storage.write_bytes(path, safetensors_bytes(data, metadata=meta), "LoRA file")
+    return storage.write_bytes(path, safetensors_bytes(data, metadata=meta), what)
 
 
 def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

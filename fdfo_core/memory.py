@@ -31,7 +31,6 @@ import dataclasses
 import math
 import weakref
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch

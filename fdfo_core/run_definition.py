@@ -40,9 +40,12 @@ from . import storage
 from .textfiles import read_json_file
 
 #: Config fields a resumed run may change without breaking the replay (the run stays one run).
+#: The held-out evaluation's cadence and the early-stop rules change neither what is trained nor
+#: what the best-LoRA criterion means (guardrails.py).
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "train_batch_size",
                                "decode_batch_size", "sample_batch_size", "gradient_checkpointing",
                                "base_weights", "compile",
+                               "eval_every", "early_stop_patience", "early_stop_min_diversity",
                                "max_bad_pair_fraction"})  # raise it to continue a run that stopped on bad rewards
 
 RUN_RECORD = "run.json"
@@ -73,6 +76,8 @@ class RunDefinition:
     #: where the model was loaded from (a folder or hub id); the fingerprint is what is compared
     model_source: str | None = defines("model source", "never")
     # --- fields added by later features go here, one line each (see the module docstring) -------
+    eval_prompts: list | None = defines("held-out prompts (guardrails)")
+    judge_options: dict | None = defines("judge options", "per_key")
 
     #: names of fields missing from the record this was read from (never compared)
     missing: frozenset = field(default=frozenset(), compare=False, repr=False)

@@ -34,6 +34,7 @@ from .checkpoint import checkpoint_name, definition_of, latest_checkpoint, load_
 from .conditioning import Cond, cond_select, cond_to
 from .config import FDFOConfig
 from .distributed import DistContext, shard_range
+from .guardrails import Guardrails
 from .image_size import check_backend_size
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
@@ -197,6 +198,8 @@ class FDFOTrainer:
         lora_name: str = "lora",
         definition: Mapping[str, Any] | None = None,
         front_end: FrontEnd | None = None,
+        eval_prompts: Sequence[str] | None = None,
+        judge: Reward | None = None,
     ):
         """definition: RunDefinition fields only the front end knows (preview_prompts,
         model_settings, model_source, a canonical reward spec, later features' settings); the
@@ -239,10 +242,24 @@ class FDFOTrainer:
         self._reward_worked = False
         self._failures = RewardFailures()
         self.front_end = front_end or FrontEnd()
+        # Held-out evaluation, best LoRA and early stop (guardrails.py); None when eval_every is 0.
+        self.guardrails = (Guardrails(config, reward, prompts, eval_prompts, judge, device=self.device)
+                           if config.eval_every else None)
+        definition = dict(definition or {})
+        # The held-out prompts and the judge's options define what the best-LoRA criterion means.
+        # Held-out prompts spread over the training prompts follow from those and are not compared
+        # again; with the evaluation off there is nothing to compare (turning it off may be resumed).
+        guard = self.guardrails
+        guard_fields: dict[str, Any] = {}
+        if guard is not None and guard.prompts_held_out:
+            guard_fields["eval_prompts"] = list(guard.held.prompts)
+        if guard is not None and guard.judge is not None:
+            guard_fields["judge_options"] = reward_fields(guard.judge)["reward_options"]
         self.definition = RunDefinition(
             model=dict(backend.fingerprint()), prompts=list(prompts), config=config.to_dict(),
-            **reward_fields(reward),
-        ).replace(**dict(definition or {}))
+            **reward_fields(reward), **guard_fields,
+            missing=frozenset() if "eval_prompts" in guard_fields else frozenset({"eval_prompts"}),
+        ).replace(**definition)
         self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
         self.rescued_lora: Path | None = None  # where the LoRA went after a failure or interrupt
         self._rescue_errors: list[str] = []
@@ -562,10 +579,15 @@ class FDFOTrainer:
         cfg = self.config
         writes = self.run_dir is not None and self.dist.is_main
         self.start_run()
+        guard = self.guardrails
         try:
-            while self.epoch < cfg.epochs:
+            if guard is not None and self.epoch < cfg.epochs:
+                guard.start(self)
+            while self.epoch < cfg.epochs and not (guard is not None and guard.stop_reason):
                 metrics = self.train_epoch()
                 self._log(format_metrics(metrics, cfg.epochs))
+                if guard is not None:
+                    guard.after_epoch(self, metrics)
                 if writes:
                     storage.append_line(self.run_dir / "metrics.jsonl", json.dumps(metrics), "metrics log")
                 if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0:
@@ -582,6 +604,8 @@ class FDFOTrainer:
             if isinstance(exc, StorageError):
                 raise self._storage_failure(exc) from None
             raise
+        if guard is not None:
+            self._log(guard.summary(self.lora_name, self.history))
         return self.history
 
     def start_run(self) -> None:
@@ -692,6 +716,7 @@ class FDFOTrainer:
             "reward": self.reward_spec,
             "reward_state": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
             "history": json.dumps(self.history),
+            "guardrails": self.guardrails.state_dict() if self.guardrails is not None else None,
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
@@ -746,11 +771,23 @@ class FDFOTrainer:
         self.epoch = int(state["epoch"])
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))
+        if self.guardrails is not None and state.get("guardrails") is not None:
+            try:
+                self.guardrails.load_state_dict(state["guardrails"], where=ckpt)
+            except ValueError as e:
+                if not allow_change:
+                    raise TrainingError(str(e)) from e
+                self._log(f"{e}; with the change allowed, the held-out evaluation starts again from here "
+                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
         self.last_checkpoint = self._resumed_from = ckpt
         self._log(f"resumed from {ckpt} at epoch {self.epoch}")
 
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
+        if isinstance(recorded.config, dict):  # a setting added after the run was recorded compares as its default
+            recorded = recorded.replace(config={**FDFOConfig().to_dict(), **recorded.config})
+        if recorded.eval_prompts is None:  # recorded with the evaluation off: turning it on is allowed
+            recorded = recorded.replace(missing=recorded.missing | {"eval_prompts"})
         diffs = differences(recorded, self.definition)
         if not diffs:
             return
@@ -821,8 +858,9 @@ class FDFOTrainer:
             "trainer": "fdfo",
         }
 
-    def save_lora(self, path: str | Path) -> Path:
-        return save_lora(path, self.backend.lora_file_tensors(), self.lora_metadata())
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file") -> Path:
+        return save_lora(path, self.backend.lora_file_tensors(), {**self.lora_metadata(), **(extra_metadata or {})},
+                         what=what)
 
 
 class RunChangeRefused(TrainingError):

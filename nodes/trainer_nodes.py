@@ -4,7 +4,8 @@ The node is thin: it checks its inputs, plans the run folder, and hands off to
 `fdfo_core.trainer.FDFOTrainer` with the ComfyUI backend (`comfy_backend.ComfyBackend`). Progress,
 previews and Cancel reach the loop through its callbacks. Files:
 - `ComfyUI/models/loras/<name>.safetensors`: the LoRA (ComfyUI keys, alpha, FDFO metadata), listed by
-  the stock LoRA loaders; `<name>-interrupted.safetensors` after a Cancel or an error;
+  the stock LoRA loaders; `<name>-best.safetensors`: the LoRA of the epoch with the best held-out
+  criterion (guardrails, fdfo_core/guardrails.py); `<name>-interrupted.safetensors` after a Cancel or an error;
 - `ComfyUI/output/fdfo/<name>/`: run.json (what defines the run), prompts.json, config.json,
   metrics.jsonl, checkpoints/, samples/, reward_curve.png. A run with resume on continues from its
   newest checkpoint when the run is defined the same way (fdfo_core.run_definition): a changed
@@ -30,7 +31,7 @@ from ..fdfo_core.prompt_cache import MB
 from ..fdfo_core.run_definition import FrontEnd, recorded_definition
 from ..fdfo_core.storage import StorageError
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
-from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
+from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, describe, log, pil_to_image
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
 from .memory_choice import choose_comfy_memory
 from .sampler_nodes import clean_prompts
@@ -130,6 +131,8 @@ class EpochProgress:
             return f"scoring images, {done}/{total} done"
         if phase == "train":
             return f"training on (image, step) items, {done}/{total} done"
+        if phase == "eval":
+            return f"held-out evaluation, {done}/{total} images"
         return f"{phase} {done}/{total}"
 
     def epoch_done(self, epoch: int, preview=None, text: str | None = None) -> None:
@@ -158,8 +161,9 @@ LEGACY_OPTIONAL = ("negative_prompt", "scheduler", "flux_guidance", "preview_pro
 PREVIEW_TILE = 128
 COMPARISON_TILE_MAX = 192
 PANEL_TILE_MAX = 128
-#: The reward curve as the node shows it (the run folder's reward_curve.png too).
-REWARD_CURVE_SIZE = (520, 320)
+#: The reward curve as the node shows it (the run folder's reward_curve.png too): the whole figure,
+#: whose panels (training / held-out reward, judge, diversity and drift) share its height.
+REWARD_CURVE_SIZE = (520, 420)
 #: A long epoch line, for sizing the node's live image before a run (workflows/build_workflows.py).
 LONGEST_EPOCH_LINE = "epoch 100/100 · reward 22.1234 ± 1.2345 · about 11 h 59 min left"
 def preview_columns(n: int) -> int:
@@ -223,9 +227,11 @@ class FDFOTrainerNode:
     RETURN_TYPES = ("MODEL", "LORA_MODEL", "IMAGE", "IMAGE", "STRING")
     RETURN_NAMES = ("model", "lora", "reward_curve", "preview", "lora_name")
     OUTPUT_TOOLTIPS = (
-        "The input model with the trained LoRA applied (strength 1): wire it straight into a KSampler.",
-        "The trained LoRA (ComfyUI keys with alpha), for Save LoRA Weights or Load LoRA Model.",
-        "Mean reward of the training pairs per epoch (+- standard error).",
+        "The input model with the trained LoRA applied (strength 1; the last or the best one, see lora_output in FDFO "
+        "Training Options): wire it straight into a KSampler.",
+        "The trained LoRA (ComfyUI keys with alpha; last or best, see lora_output), for Save LoRA Weights or Load LoRA Model.",
+        "Training reward per epoch (+- standard error); with held-out evaluation (on by default) also the held-out "
+        "reward, the judge, diversity across seeds and drift from the base model, with the best epoch marked.",
         "The preview prompts and seeds before (base model) and after training, side by side.",
         "The LoRA's file name in models/loras/, as LoraLoaderModelOnly lists it.",
     )
@@ -252,20 +258,31 @@ class FDFOTrainerNode:
     def INPUT_TYPES(cls):
         return {
             "required": {**cls._sockets(), **input_spec(TRAINER_SETTINGS)},
-            "optional": {"options": (TRAINING_OPTIONS, {"tooltip": (
-                "FDFO Training Options: seed, churn schedule, clip range, optimizer steps, checkpoints, previews, "
-                "reward normalisation, KL, batch sizes, precision, memory. Not connected: the published defaults.")})},
+            "optional": {
+                "options": (TRAINING_OPTIONS, {"tooltip": (
+                    "FDFO Training Options: seed, churn schedule, clip range, optimizer steps, checkpoints, previews, "
+                    "reward normalisation, KL, batch sizes, precision, memory, held-out evaluation and early stop. Not "
+                    "connected: the published defaults.")}),
+                "judge": (REWARD, {"tooltip": (
+                    "A second reward that scores the held-out images but is never trained on (e.g. HPSv2 when training "
+                    "on PickScore): the best LoRA is chosen by it, and early stop watches it. Not connected: the "
+                    "held-out training reward.")}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def train(self, model, clip, vae, reward, prompts, options=None, unique_id=None, prompt=None, **values):
+    def train(self, model, clip, vae, reward, prompts, options=None, judge=None, unique_id=None, prompt=None, **values):
         settings = resolve_settings(values, options)
         with torch.inference_mode(False):
-            return self._train(model, clip, vae, reward, prompts, unique_id, settings, prompt)
+            return self._train(model, clip, vae, reward, prompts, unique_id, settings, prompt, judge=judge)
 
-    def _train(self, model, clip, vae, reward, prompts, unique_id, values, graph=None):
+    def _train(self, model, clip, vae, reward, prompts, unique_id, values, graph=None, judge=None):
         # --- validate everything before any model is loaded ---------------------------------
+        if judge is not None and not callable(judge):
+            raise TrainingError("the judge input must be a reward (an FDFO reward loader or Combine Rewards)")
         cfg = config_from_settings(values)
+        if judge is not None:
+            cfg = cfg.replace(judge=describe(judge)).validate()
         prompts = clean_prompts(prompts)
         name = check_lora_name(values["lora_name"])
         preview_prompts = clean_prompts(values.get("preview_prompts") or prompts)
@@ -274,11 +291,16 @@ class FDFOTrainerNode:
         preview_prompts = (preview_prompts * preview_count)[:preview_count]
         if reward is None or not callable(reward):
             raise TrainingError("connect a reward (an FDFO reward loader or Combine Rewards)")
+        eval_prompts = clean_prompts(values["eval_prompts"]) if values.get("eval_prompts") else None
+        lora_output = values.get("lora_output", "last")
+        if lora_output not in ("last", "best"):
+            raise TrainingError(f"lora_output must be 'last' or 'best', got {lora_output!r}")
 
         import comfy.sd
 
         from ..fdfo_core.cli import reward_curve_image
         from ..fdfo_core.generation import generate_images
+        from ..fdfo_core.guardrails import best_lora_name
         from ..fdfo_core.images import image_grid, save_png
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.trainer import format_metrics
@@ -326,7 +348,8 @@ class FDFOTrainerNode:
             note = cache.first_eviction_note() if cache is not None else None
             if note:  # once, right after the epoch line that first dropped a prompt
                 log_line(note)
-            curve = reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE)
+            curve = reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE,
+                                       guardrails=trainer.guardrails)
             save_png(curve, run_dir / "reward_curve.png", "reward curve")
             push_curve(curve)
             grid = None
@@ -344,6 +367,8 @@ class FDFOTrainerNode:
         recorded = recorded_definition(run_dir) if resuming else None
         if recorded is not None and recorded.preview_prompts and values.get("preview_prompts") is None:
             preview_prompts = list(recorded.preview_prompts)  # not connected: the run's own previews
+        if recorded is not None and recorded.eval_prompts and eval_prompts is None:
+            eval_prompts = list(recorded.eval_prompts)  # not connected: the run's own held-out prompts
         resume_hint = f"queue the FDFO Trainer again with resume on and lora_name '{name}'"
         front_end = FrontEnd(
             name="comfyui", resume_hint=resume_hint,
@@ -360,6 +385,7 @@ class FDFOTrainerNode:
                 backend, reward, prompts, cfg, run_dir=run_dir, reward_spec=reward_spec, lora_name=run_name,
                 callbacks=Callbacks(on_epoch_end=on_epoch_end, check_cancel=check_interrupt, log=log_line),
                 definition={"preview_prompts": preview_prompts}, front_end=front_end,
+                eval_prompts=eval_prompts, judge=judge,
             )
             if resuming:
                 trainer.resume(run_dir, allow_change=bool(values.get("allow_run_changes", False)))
@@ -378,14 +404,16 @@ class FDFOTrainerNode:
                 label = f"epoch {trainer.epoch}/{cfg.epochs} · {'resumed' if trainer.history else 'base model, before training'}"
                 progress.epoch_done(trainer.epoch, preview=live_panel((grids.get("trained") or grids["base"])[1], label), text=start)
             if trainer.history:
-                push_curve(reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE))
+                push_curve(reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE,
+                                              guardrails=trainer.guardrails))
             clock.start()
             try:
                 trainer.train()
             except BaseException as exc:
                 # The trainer saved the LoRA trained so far (the run folder, or a fallback folder
-                # when that failed); put a copy where the LoRA loaders find it.
+                # when that failed); put a copy where the LoRA loaders find it, and the best one.
                 note = self._publish_interrupted(trainer, run_dir, loras_dir)
+                self._publish_best(trainer, run_dir, loras_dir)
                 if isinstance(exc, StorageError) and note:
                     raise StorageError(f"{exc}\n{note}", path=exc.path, reason=exc.reason, errno_=exc.errno) from None
                 raise
@@ -399,23 +427,62 @@ class FDFOTrainerNode:
                     f"in the last checkpoint {trainer.last_checkpoint}. Copy {done.name} into {loras_dir} yourself, or "
                     f"fix the folder and {resume_hint} (nothing is trained again).",
                     path=e.path, reason=e.reason, errno_=e.errno) from None
+            guard = trainer.guardrails
+            best_path = self._publish_best(trainer, run_dir, loras_dir)
+            shown_epoch = trainer.epoch
+            output_note = f"Output: the last LoRA {lora_path.name}."
+            if lora_output == "best" and best_path is not None and guard.best_adapter is not None:
+                backend.load_adapter_state_dict(guard.best_adapter)
+                lora_sd = backend.lora_file_tensors()
+                lora_path = best_path
+                shown_epoch = guard.best_lora_epoch
+                grids.pop("trained", None)  # the previews show the LoRA given out
+                output_note = f"Output: the best LoRA {best_path.name} (epoch {guard.best_lora_epoch})."
+            elif lora_output == "best":
+                why = ("held-out evaluation is off (eval_every 0)" if guard is None else
+                       "none was evaluated yet" if guard.best_lora_epoch is None else
+                       f"{best_lora_name(run_name)} could not be copied into {loras_dir}")
+                output_note = f"Output: the last LoRA {lora_path.name}; no best LoRA to give: {why}."
             if preview_every and "trained" not in grids:
                 grids["trained"] = preview(trainer, use_adapter=True)
             history = list(trainer.history)
             last = format_metrics(history[-1], cfg.epochs) if history else "no epochs run"
+            guard_text = guard.summary(run_name, history) if guard is not None else ""
 
         model_out, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
-        curve = pil_to_image(reward_curve_image(history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE))
-        preview_image = pil_to_image(comparison(trainer.epoch)) if grids else torch.zeros(1, 64, 64, 3)
-        summary = f"LoRA {lora_path.name} ({trainer.epoch}/{cfg.epochs} epochs) in {lora_path.parent}; run folder {run_dir}. Last epoch: {last}"
+        curve = pil_to_image(reward_curve_image(history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE,
+                                                guardrails=guard))
+        preview_image = pil_to_image(comparison(shown_epoch)) if grids else torch.zeros(1, 64, 64, 3)
+        summary = (f"LoRA {run_name}.safetensors ({trainer.epoch}/{cfg.epochs} epochs) in {lora_path.parent}; run folder "
+                   f"{run_dir}. Last epoch: {last}")
+        if guard_text:
+            summary += f"\n{guard_text}"
+        summary += f"\n{output_note}"
         log.info("FDFO: %s", summary)
         ui: dict[str, Any] = {"text": [summary]}
         line = state["line"] or (epoch_line(history[-1], cfg.epochs, 0.0) if history else f"{run_name}: no epochs run")
-        progress.bar.text(f"{line}\nLoRA: {lora_path.name} (models/loras)")
+        stopped = f"\n{guard.stop_message(run_name)}" if guard is not None and guard.stop_reason else ""
+        progress.bar.text(f"{line}{stopped}\nLoRA: {lora_path.name} (models/loras)")
         record = save_temp_png(live_panel(grids["trained"][1], line), "trainer") if "trained" in grids else None
         if record is not None:  # the node keeps showing the last epoch line and grid
             ui["images"] = [record]
         return {"ui": ui, "result": (model_out, lora_sd, curve, preview_image, lora_path.name)}
+
+    @staticmethod
+    def _publish_best(trainer: FDFOTrainer, run_dir: Path, loras_dir: Path) -> Path | None:
+        """Copy `<name>-best.safetensors` (the guardrails' best LoRA) into ComfyUI's LoRA folder;
+        its path there, or None when there is none or it cannot be copied (logged; the run
+        folder keeps it)."""
+        from ..fdfo_core.guardrails import best_lora_name
+
+        best = run_dir / best_lora_name(trainer.lora_name)
+        if trainer.guardrails is None or not best.exists():
+            return None
+        try:
+            return publish_lora(best, loras_dir)
+        except StorageError as e:
+            log.warning("FDFO: the best LoRA stays in %s: %s", best, e)
+            return None
 
     @staticmethod
     def _publish_interrupted(trainer: FDFOTrainer, run_dir: Path, loras_dir: Path) -> str:

@@ -166,6 +166,29 @@ OPTIONS: tuple[Option, ...] = (
         "storage device and batch sizes are chosen from memory estimates for this budget and logged with the "
         "expected peak (fp8 weights come from the loader's weight_dtype). Needs diffusers for the estimate.")),
         "memory"),
+    # --- guardrails against reward hacking (issue 13; fdfo_core/guardrails.py) -----------------------
+    Option("eval_every", _int(d.eval_every, 0, 100000, (
+        "Held-out evaluation every N epochs, at the last epoch and once for the base model: the training reward, "
+        "the judge (the Trainer's judge input), diversity across seeds and drift from the base model on held-out "
+        "prompts x fixed seeds. 0 = off: no best LoRA, no early stop. Costs a small share of an epoch; the log "
+        "says how much.")), "guardrails", "eval_every"),
+    Option("eval_prompt_count", _int(d.eval_prompt_count, 1, 4096, "How many held-out prompts (spread over the list)."),
+           "guardrails", "eval_prompt_count"),
+    Option("eval_seeds", _int(d.eval_seeds, 2, 256, (
+        "Seeds per held-out prompt (fixed). Diversity compares a prompt's images of different seeds.")),
+        "guardrails", "eval_seeds"),
+    Option("eval_prompts", (PROMPTS, {"tooltip": (
+        "Held-out prompts for the evaluation (prompts you do not train on). Not connected: spread over the training "
+        "prompts, with seeds training never uses.")}), "guardrails"),
+    Option("early_stop_patience", _int(d.early_stop_patience, 0, 100000, (
+        "Stop when the judge (or the held-out reward without a judge) has not beaten its best for N evaluations "
+        "(0 = off).")), "guardrails", "early_stop_patience"),
+    Option("early_stop_min_diversity", _float(d.early_stop_min_diversity, 0.0, 1.0, 0.05, (
+        "Stop when diversity across seeds falls below this fraction of the base model's (0 = off; 0.5 is a "
+        "reasonable guard against mode collapse).")), "guardrails", "early_stop_min_diversity"),
+    Option("lora_output", (["last", "best"], {"default": "last", "tooltip": (
+        "Which LoRA the Trainer's model / lora / lora_name outputs carry: the last epoch's, or the best held-out one "
+        "(<name>-best.safetensors). Both files are saved either way.")}), "guardrails"),
 )
 
 ALL_SETTINGS: tuple[Option, ...] = TRAINER_SETTINGS + OPTIONS
@@ -230,7 +253,8 @@ class FDFOTrainingOptionsNode:
     FUNCTION = "build"
     DESCRIPTION = (
         "The FDFO Trainer's less common settings: churn schedule, clip range, optimizer steps, checkpoints, "
-        "previews, reward normalisation, KL, batch sizes, precision and memory. Defaults are the published recipe; "
+        "previews, reward normalisation, KL, batch sizes, precision and memory, held-out evaluation and early stop "
+        "(guardrails against reward hacking). Defaults are the published recipe; "
         "without this node the Trainer uses them all."
     )
 

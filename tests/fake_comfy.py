@@ -39,8 +39,9 @@ class Comfy:
     def reward(self, metric: str = "brightness", quality: int = 95):
         return submodule("nodes.reward_nodes").FDFOSimpleReward().load(metric, quality)[0]
 
-    def train(self, reward=None, prompts=("a red circle", "two blue squares"), model_seed: int = 0, **changes):
-        """The FDFO Trainer as the templates wire it: its own widgets, the rest on FDFO Training Options."""
+    def train(self, reward=None, prompts=("a red circle", "two blue squares"), model_seed: int = 0, judge=None, **changes):
+        """The FDFO Trainer as the templates wire it: its own widgets (and the judge socket), the rest on
+        FDFO Training Options."""
         opts = submodule("nodes.training_options")
         values = self.values(**changes)
         own = {o.name: o.default for o in opts.TRAINER_SETTINGS}
@@ -48,7 +49,7 @@ class Comfy:
         options = opts.FDFOTrainingOptionsNode().build(**{k: v for k, v in values.items() if k not in own})[0]
         node = self.tn.FDFOTrainerNode()
         return node.train({"seed": model_seed}, None, None, reward if reward is not None else self.reward(),
-                          list(prompts), options=options, unique_id="7", **trainer)
+                          list(prompts), options=options, judge=judge, unique_id="7", **trainer)
 
     def run_dir(self, name: str = "art") -> Path:
         return self.output / "fdfo" / name

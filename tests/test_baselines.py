@@ -66,6 +66,10 @@ def test_every_baseline_improves_the_2d_reward(base, method, kw):
     print(f"{method}: {start:.3f} -> {mean_reward(be):.3f}")
     assert mean_reward(be) > start + 0.01
     assert len(tr.history) == 20 and tr.history[-1]["images_seen"] > 0
+    # The baselines share the loop, so they get the guardrails' held-out evaluation too.
+    assert [ev.epoch for ev in tr.guardrails.evaluations] == [0, 5, 10, 15, 20]
+    assert tr.guardrails.evaluations[-1].heldout_reward > tr.guardrails.evaluations[0].heldout_reward
+    assert tr.history[-1]["heldout_reward"] is not None and tr.history[-1]["best_epoch"] is not None
 
 
 class NotDifferentiable(MinusDistance):

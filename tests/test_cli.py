@@ -39,6 +39,14 @@ def test_train_writes_a_complete_run_folder_and_resumes(model_dir, prompts_file,
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-00000.png", "epoch-00001.png", "epoch-00002.png"]
     assert (run / "reward_curve.png").exists() and (run / "lora.safetensors").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00001.pt", "checkpoint-00002.pt"]
+    # Held-out evaluation is on by default (base model, every 5 epochs and the last): the best LoRA
+    # is kept beside the last one, and the curve has its held-out panels.
+    assert lines[0]["heldout_reward"] is None and lines[1]["heldout_reward"] is not None
+    assert lines[1]["heldout_reward_base"] is not None and lines[1]["best_epoch"] == 2
+    assert (run / "lora-best.safetensors").exists()
+    from PIL import Image
+
+    assert Image.open(run / "reward_curve.png").size == (640, 600)
 
     # Resume the run folder for one more epoch: the config comes from the run itself.
     rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
@@ -46,6 +54,44 @@ def test_train_writes_a_complete_run_folder_and_resumes(model_dir, prompts_file,
     assert rc == 0
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
+
+
+def test_judge_and_early_stop_flags(model_dir, prompts_file, tmp_path, capsys):
+    """Trained on brightness, judged by minus brightness: the judge never beats the base model, so
+    patience 2 stops the run after two evaluations, keeping the better of the two LoRAs as the best."""
+    run = tmp_path / "run"
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("a red circle\ntwo blue squares\n")
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+               "--run-dir", str(run), "--epochs", "6", *TRAIN, "--lr", "0.05", "--eval-every", "1",
+               "--eval-prompts", str(heldout), "--eval-seeds", "4", "--judge=-1*brightness",
+               "--judge-opt", "brightness.micro_batch=8", "--early-stop-patience", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    run_def = json.loads((run / "run.json").read_text())["definition"]
+    assert run_def["config"]["judge"] == "-1*brightness" and run_def["judge_options"] == {"brightness": {}}
+    assert run_def["eval_prompts"] == ["a red circle", "two blue squares"]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    assert lines[0]["judge_base"] > max(lines[0]["judge"], lines[1]["judge"])
+    best = max(lines, key=lambda l: l["judge"])["epoch"]
+    assert lines[1]["judge"] == pytest.approx(-lines[1]["heldout_reward"])
+    assert lines[0]["early_stop"] is None and "has not improved for 2 evaluation(s)" in lines[1]["early_stop"]
+    from fdfo_core.lora_files import load_lora
+
+    _, meta = load_lora(run / "lora-best.safetensors")
+    assert meta["criterion"] == "judge" and meta["best_epoch"] == lines[-1]["best_epoch"] == best
+    assert f"best held-out LoRA: {run / 'lora-best.safetensors'} (epoch {meta['best_epoch']}" in out
+    # --resume alone restores the judge and the held-out prompts; relaxing the patience goes on.
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--early-stop-patience", "0", "--no-progress"]) == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3] and lines[-1]["judge"] is not None
+    assert lines[-1]["judge_base"] == lines[0]["judge_base"]
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--judge-opt", "hpsv2.path=x"]) == 2
+    assert "--judge-opt is given but no --judge" in capsys.readouterr().err
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--eval-every", "0",
+                 "--judge", "saturation"]) == 2
+    assert "judge needs the held-out evaluation" in capsys.readouterr().err
 
 
 def test_toml_config_and_flags(model_dir, prompts_file, tmp_path):

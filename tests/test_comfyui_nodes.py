@@ -48,6 +48,7 @@ CHECKS = [
     "prompt_cache_stores_bf16_exactly", "legacy_trainer_node_trains_the_same_lora", "prompt_cache_note_logged_with_the_epoch_line",
     "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
+    "guardrails_in_the_trainer_node",
 ]
 
 pytestmark = [

@@ -25,6 +25,7 @@ def test_short_demo_writes_grid_curve_lora_and_summary(tmp_path, capsys):
     grid = Image.open(out / "before_after.png")
     assert grid.width > 2 * grid.height * 0.9  # two grids side by side
     assert Image.open(out / "reward_curve.png").size == (640, 400)
+    assert (out / "lora-best.safetensors").exists()  # the trainer's guardrails, on the demo's held-out captions
     tensors, meta = load_lora(out / "lora.safetensors")
     assert meta["base_model_family"] == "sd3" and meta["reward"] == "toy_alignment" and meta["epochs"] == 2
     assert any(k.endswith(".alpha") for k in tensors)

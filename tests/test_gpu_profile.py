@@ -23,8 +23,8 @@ def load_profile():
 def test_profile_runs_the_small_configs_on_the_cpu(tmp_path, capsys, one_thread):
     gp = load_profile()
     out = tmp_path / "profile.json"
-    results = gp.main(["--small", "--device", "cpu", "--models", "sd35-medium", "flux-dev", "--pairs", "2",
-                       "--steps", "2", "--lora-rank", "4", "--gradient-checkpointing", "--json", str(out)])
+    gp.main(["--small", "--device", "cpu", "--models", "sd35-medium", "flux-dev", "--pairs", "2",
+             "--steps", "2", "--lora-rank", "4", "--gradient-checkpointing", "--json", str(out)])
     text = capsys.readouterr().out
     assert "| sd35-medium | training |" in text and "| flux-dev (small config) |" in text
     data = json.loads(out.read_text())

@@ -147,13 +147,12 @@ def test_vram_estimate_runs_for_every_family_pipeline(case, tmp_path, one_thread
     conditioning); a family whose passes cannot run on shapes alone gets a clear message."""
     import os
 
-    from fdfo_core.backends.diffusers_backend import choose_memory_mode, pipeline_family
+    from fdfo_core.backends.diffusers_backend import choose_memory_mode
     from fdfo_core.config import load_config
 
     if os.environ.get("FDFO_SLOW") != "1":
         pytest.skip("every family's pipeline: set FDFO_SLOW=1 (the CLI --vram test covers SD3 in the default suite)")
     pipe = case.pipeline(tmp_path, 0)
-    family = pipeline_family(pipe)
     cfg = load_config("toy", overrides=dict(lora_rank=4, lora_alpha=8.0, pairs_per_epoch=4, num_steps=4))
     if case.id == "hidream":  # its mixture-of-experts routing (bincount) has no meta-device kernel
         with pytest.raises(M.MemoryBudgetError, match="cannot estimate the memory.*by hand"):

@@ -280,6 +280,33 @@ def test_node_restores_the_preview_prompts_when_not_connected(comfy):
         comfy.train(epochs=3, preview_prompts=["something else"], preview_count=1)
 
 
+def test_node_guardrails_best_output_and_restored_held_out_prompts(comfy):
+    judge = comfy.reward("saturation")
+    res = comfy.train(epochs=2, judge=judge, eval_prompts=["a green triangle"], eval_every=1, eval_seeds=2,
+                      lora_output="best")
+    name = res["result"][4]
+    text = res["ui"]["text"][0]
+    run = comfy.run_dir()
+    best = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["best_epoch"]
+    assert name == "art-best.safetensors" and (comfy.loras / name).exists() and (comfy.loras / "art.safetensors").exists()
+    assert f"Output: the best LoRA art-best.safetensors (epoch {best})." in text and "best LoRA: art-best" in text
+    assert res["result"][0]["lora"].keys() == lora_file(comfy.loras / name).keys()
+    assert json.loads((run / "run.json").read_text())["definition"]["eval_prompts"] == ["a green triangle"]
+    # Resumed with eval_prompts not connected: the run's own held-out prompts; others are refused.
+    comfy.train(epochs=3, judge=judge, eval_every=1, eval_seeds=2)
+    assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    with pytest.raises(RunChangeRefused, match="held-out prompts"):
+        comfy.train(epochs=4, judge=judge, eval_prompts=["a blue square"], eval_every=1, eval_seeds=2)
+    with pytest.raises(RunChangeRefused, match="judge"):
+        comfy.train(epochs=4, judge=comfy.reward("colourfulness"), eval_every=1, eval_seeds=2)
+
+
+def test_node_best_output_without_evaluation_says_why(comfy):
+    res = comfy.train(epochs=1, eval_every=0, lora_output="best")
+    assert res["result"][4] == "art.safetensors"
+    assert "no best LoRA to give: held-out evaluation is off (eval_every 0)." in res["ui"]["text"][0]
+
+
 NODE_WRITERS = {
     # what the message names -> (operations, path pattern, errno, let through first)
     "run folder": (("mkdir", "probe"), "*/output/fdfo/art", EROFS, 0),
@@ -290,6 +317,7 @@ NODE_WRITERS = {
     "preview grid": ("create", "*/samples/epoch-00002.png", EROFS, 0),
     "LoRA file in ComfyUI's LoRA folder": ("create", "*/models/loras/art-interrupted.safetensors", EROFS, 0),
     "LoRA file": ("create", "*/models/loras/art.safetensors", ENOSPC, 0),
+    "best LoRA file": ("create", "*/output/fdfo/art/art-best.safetensors", ENOSPC, 0),
 }
 
 
@@ -317,6 +345,8 @@ def test_node_storage_faults_reach_the_node_error_and_lose_nothing(comfy, disk_f
         assert f"A copy for the LoRA loaders is {comfy.loras / 'art-interrupted.safetensors'}" in msg
     if what == "LoRA file in ComfyUI's LoRA folder":
         assert "could not be copied into ComfyUI's LoRA folder either (the file system is read-only)" in msg
+    if what == "best LoRA file":  # the guardrails' write, at the held-out evaluation of the last epoch
+        assert f"best LoRA file {run / 'art-best.safetensors'}" in msg, msg
     assert leftovers(comfy.output) == [] and leftovers(comfy.loras) == []
     # ComfyUI keeps running: fixed, the same queue resumes and finishes the run.
     disk_faults.clear()

@@ -165,3 +165,22 @@ def test_resume_refuses_another_model_or_config(tmp_path):
     other_rank = _tiny_sd3_trainer(tmp_path, tmp_path / "run4", epochs=4, lora_rank=2)
     with pytest.raises(TrainingError, match="adapter layout|lora_rank"):
         other_rank.resume(tmp_path / "run")
+
+
+def test_guardrails_leave_the_lora_bit_for_bit(tmp_path):
+    """Held-out evaluation (base model with the peft adapter disabled, then the LoRA, a judge, the
+    diversity floor) draws from its own generators: the LoRA, the training rewards and the global
+    RNG afterwards are those of a run without it."""
+    off = _tiny_sd3_trainer(tmp_path, tmp_path / "off", epochs=3, eval_every=0)
+    off.train()
+    rng_off = torch.get_rng_state()
+    on = _tiny_sd3_trainer(tmp_path, tmp_path / "on", epochs=3, eval_every=1, eval_seeds=2, judge="saturation",
+                           early_stop_min_diversity=0.01)
+    on.train()
+    rng_on = torch.get_rng_state()
+    assert off.guardrails is None and [ev.epoch for ev in on.guardrails.evaluations] == [0, 1, 2, 3]
+    a, b = off.backend.adapter_state_dict(), on.backend.adapter_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["reward_mean"] for m in off.history] == [m["reward_mean"] for m in on.history]
+    assert torch.equal(rng_off, rng_on)
+    assert (tmp_path / "on" / "lora-best.safetensors").exists() and not (tmp_path / "off" / "lora-best.safetensors").exists()

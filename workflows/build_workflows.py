@@ -471,7 +471,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.75)
+    g = Graph("fdfo_toy", info, zoom=0.72)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"

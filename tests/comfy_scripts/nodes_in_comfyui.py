@@ -69,6 +69,7 @@ from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.trainer_nodes import REWARD_CURVE_SIZE  # noqa: E402
 
 CHECKS = {}
 
@@ -121,14 +122,15 @@ def trainer_inputs(**changes):
     return values
 
 
-def train_node(model, clip, vae, reward, prompts, **settings):
-    """The FDFO Trainer node as the templates wire it: its own widgets, the rest through an FDFO
-    Training Options node."""
+def train_node(model, clip, vae, reward, prompts, judge=None, **settings):
+    """The FDFO Trainer node as the templates wire it: its own widgets (and the judge socket), the
+    rest through an FDFO Training Options node."""
     own = {o.name for o in TRAINER_SETTINGS}
     trainer = {k: v for k, v in settings.items() if k in own}
     defaults = {o.name: o.default for o in TRAINER_SETTINGS}
     options = M["FDFOTrainingOptions"]().build(**{k: v for k, v in settings.items() if k not in own})[0]
-    return M["FDFOTrainerV2"]().train(model, clip, vae, reward, prompts, options=options, **{**defaults, **trainer})
+    return M["FDFOTrainerV2"]().train(model, clip, vae, reward, prompts, options=options, judge=judge,
+                                      **{**defaults, **trainer})
 
 
 def ksample(model, clip, prompt, steps=6, seed=0):
@@ -401,7 +403,8 @@ def cancel_keeps_checkpoint_and_lora():
     try:
         with torch.inference_mode():
             train_node(model, clip, vae, CancelAfter(at=2), PROMPTS,
-                                     **trainer_inputs(lora_name="cancelled", epochs=4, preview_every=0, decode_batch_size=64))
+                                     **trainer_inputs(lora_name="cancelled", epochs=4, preview_every=0, decode_batch_size=64,
+                                                      eval_every=0))  # counts reward calls: no held-out ones
     except mm.InterruptProcessingException as e:
         err = e
     mm.interrupt_current_processing(False)
@@ -438,7 +441,8 @@ def failing_reward_names_itself_and_keeps_checkpoint():
     try:
         with torch.inference_mode():
             train_node(model, clip, vae, FailAfter(at=2), PROMPTS,
-                                     **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
+                                     **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64,
+                                                      eval_every=0))  # counts reward calls: no held-out ones
     except (RewardError, TrainingError) as e:  # every pair of epoch 2 lost: more than max_bad_pair_fraction
         msg = str(e)
     ck = work / "output" / "fdfo" / "flaky" / "checkpoints" / "checkpoint-00001.pt"
@@ -467,11 +471,12 @@ class FailOnce(Reward):
 @check
 def partial_reward_failure_drops_pairs_and_trains_on():
     """Issue 10: the Trainer node loses only the failed micro-batch's pairs, counts them in
-    metrics.jsonl, and the max_bad_pair_fraction input decides when to stop."""
+    metrics.jsonl, and the max_bad_pair_fraction input decides when to stop. (No held-out
+    evaluation: the reward fails on its 2nd micro-batch, which must be a training one here.)"""
     model, clip, vae = toy()
     with torch.inference_mode():
         train_node(model, clip, vae, FailOnce(), PROMPTS,
-                                 **trainer_inputs(lora_name="once_flaky", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                 **trainer_inputs(lora_name="once_flaky", epochs=1, preview_every=0, pairs_per_epoch=8, eval_every=0,
                                                   decode_batch_size=16))
     metrics = [json.loads(line) for line in (work / "output" / "fdfo" / "once_flaky" / "metrics.jsonl").read_text().splitlines()]
     m = metrics[-1]
@@ -479,7 +484,7 @@ def partial_reward_failure_drops_pairs_and_trains_on():
     try:
         with torch.inference_mode():
             train_node(model, clip, vae, FailOnce(), PROMPTS,
-                                     **trainer_inputs(lora_name="once_strict", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                     **trainer_inputs(lora_name="once_strict", epochs=1, preview_every=0, pairs_per_epoch=8, eval_every=0,
                                                       decode_batch_size=16, max_bad_pair_fraction=0.0))
     except TrainingError as e:
         stopped = str(e)
@@ -624,6 +629,60 @@ def fp8_weights_train():
     figures = {"weight_dtype": dtype, "lora_dtype": str(next(iter(lora.values())).dtype),
                "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max())}
     report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
+
+
+class Declining(Reward):
+    """A judge whose every evaluation scores lower than the one before (the base model's first):
+    the best LoRA is epoch 1's, and patience 2 stops the run at epoch 2, whatever training does."""
+
+    name = "declining"
+
+    def __init__(self):
+        super().__init__(micro_batch=64)
+        self.calls = 0
+
+    def _score(self, images, prompts):
+        self.calls += 1
+        return torch.full((images.shape[0],), -float(self.calls))
+
+
+@check
+def guardrails_in_the_trainer_node():
+    """Judge, held-out prompts, early stop and the best-LoRA output through the node: the outputs
+    are the best LoRA (file, hot model and LORA_MODEL agree), the text says what fired and what was kept."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        res = train_node(
+            model, clip, vae, Brightness(), PROMPTS, judge=Declining(), eval_prompts=PROMPTS[2:],
+            **trainer_inputs(lora_name="guard", epochs=6, eval_every=1, eval_seeds=2, early_stop_patience=2,
+                             lora_output="best", preview_every=0))
+        hot_model, lora, curve, preview, name = res["result"]
+        hot = ksample(hot_model, clip, PROMPTS[0])
+        from_file = ksample(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0], clip, PROMPTS[0])
+        last = ksample(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "guard.safetensors", 1.0)[0], clip, PROMPTS[0])
+    text = res["ui"]["text"][0]
+    run = work / "output" / "fdfo" / "guard"
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    from safetensors import safe_open
+
+    with safe_open(str(work / "models" / "loras" / "guard-best.safetensors"), "pt") as f:
+        meta = f.metadata()
+        file_tensors = {k: f.get_tensor(k) for k in f.keys()}
+    figures = {
+        "lora_name": name, "text": text, "epochs_run": [l["epoch"] for l in lines],
+        "early_stop": lines[-1]["early_stop"], "best_epoch_meta": meta.get("fdfo.best_epoch"),
+        "hot_vs_best_file": float((hot - from_file).abs().max()), "best_vs_last": float((from_file - last).abs().max()),
+        "lora_output_vs_file": max(float((lora[k].float() - file_tensors[k].float()).abs().max()) for k in file_tensors),
+        "curve_shape": list(curve.shape), "judge_column": [l["judge"] for l in lines],
+    }
+    ok = (name == "guard-best.safetensors" and figures["epochs_run"] == [1, 2]
+          and "has not improved for 2 evaluation(s)" in (figures["early_stop"] or "")
+          and figures["best_epoch_meta"] == "1" and figures["hot_vs_best_file"] < 1e-5 and figures["best_vs_last"] > 0
+          and figures["lora_output_vs_file"] < 1e-6 and figures["curve_shape"][1:3] == [REWARD_CURVE_SIZE[1], REWARD_CURVE_SIZE[0]]
+          and "Early stop at epoch 2: the judge declining has not improved" in text
+          and "Output: the best LoRA guard-best.safetensors (epoch 1)" in text
+          and (run / "guard-best.safetensors").exists())
+    report("guardrails_in_the_trainer_node", ok, **figures)
 
 
 @check
