@@ -26,7 +26,7 @@ from .weights import list_reward_folders, register_comfy_folder, reward_dirs
 
 def ensure_registered() -> None:
     """Import every module that registers built-in rewards (cheap: heavy imports are lazy)."""
-    from . import clip_rewards, reference, remote, simple, vlm  # noqa: F401
+    from . import clip_rewards, preference, reference, remote, simple, vlm  # noqa: F401
 
     try:  # the toy world's caption-alignment reward (weight-free, torch only)
         from ..toy import alignment  # noqa: F401

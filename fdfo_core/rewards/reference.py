@@ -192,6 +192,8 @@ def _reference(images=None, encoder: str = "auto", path: str | None = None, mode
     names: list[str] = []
     if torch.is_tensor(images):
         refs = images
+    elif isinstance(images, (list, tuple)) and images and all(torch.is_tensor(x) for x in images):
+        refs = list(images)  # images of any sizes, [3, H, W] or [1, 3, H, W] each (the node's IMAGE + folder)
     else:
         try:
             refs, files = read_images(split_paths(images), recursive=bool(recursive))
