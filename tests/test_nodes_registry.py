@@ -12,6 +12,7 @@ EXPECTED = {
     "FDFOToyModelLoader", "FDFOToyPrompts", "FDFOPromptList", "FDFOSimpleReward", "FDFOToyAlignmentReward",
     "FDFOPickScoreReward", "FDFOHPSv2Reward", "FDFOAestheticReward", "FDFOClipScoreReward", "FDFOVLMReward",
     "FDFORemoteReward", "FDFOCombineRewards", "FDFOScoreImages", "FDFOPairedSampler", "FDFOTrainer",
+    "FDFOReferenceStyleReward", "FDFOPreferenceReward",
 }
 WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
