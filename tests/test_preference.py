@@ -160,9 +160,14 @@ def test_incremental_refit_from_images_in_memory(clip_dir):
             i = epoch * 80 + j
             choice = artist(float(w[i]), float(w[240 + i]))
             model.add_pair(images[i], images[240 + i].permute(1, 2, 0), "a scene", choice, key=f"{epoch}/{j}")
-        report = model.refit()
+        with torch.inference_mode():  # as inside a ComfyUI node
+            report = model.refit()
+        if epoch == 0:
+            reward = model.as_reward()  # the reward keeps scoring with the newest fit
         accuracies.append(fresh_pair_accuracy(model.score))
     assert report.pairs == 240 and model.fitted
+    x = rf.sample_images(3)
+    assert torch.allclose(reward(x, "a scene"), model.score(x, "a scene").detach(), atol=1e-6)
     print(f"\nincremental refits: fresh-pair accuracy {[round(a, 3) for a in accuracies]}")
     assert accuracies[-1] > 0.75
     # Picking the same pair again replaces it; a skip stores nothing.

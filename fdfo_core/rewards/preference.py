@@ -35,9 +35,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,21 +125,27 @@ def fit_head(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, targ
     """
     if left.shape[0] == 0:
         raise RewardError("preference: no picks to fit (every pair was skipped or its images are missing)")
-    left, right, target = left.detach().float(), right.detach().float(), target.detach().float()
-    if restandardise:
-        head.set_standardisation(torch.cat([left, right]))
-    params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    # Nodes run under inference mode and rewards freeze their modules: fit in a normal autograd
+    # context on plain copies, and leave the head frozen again for scoring.
+    with torch.inference_mode(False), torch.enable_grad():
+        left, right, target = (t.detach().float().clone() for t in (left, right, target))
+        if restandardise:
+            with torch.no_grad():
+                head.set_standardisation(torch.cat([left, right]))
+        head.train().requires_grad_(True)
+        opt = torch.optim.LBFGS(list(head.parameters()), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
+                                tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
 
-    def closure():
-        opt.zero_grad()
-        loss = bradley_terry_loss(head(left), head(right), target) + weight_decay * head.penalty()
-        loss.backward()
-        return loss
+        def closure():
+            opt.zero_grad()
+            loss = bradley_terry_loss(head(left), head(right), target) + weight_decay * head.penalty()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        finally:
+            head.eval().requires_grad_(False)
         with torch.no_grad():
             return float(bradley_terry_loss(head(left), head(right), target))
 
@@ -336,31 +342,44 @@ class PreferenceModel:
         return train, held
 
     def fit(self, warm_start: bool = False, max_iter: int = 300) -> FitReport:
-        """Measure held-out accuracy on a split, then fit the head on every pair. Returns the report."""
+        """Measure held-out accuracy on a split, then fit the head on every pair. Returns the report.
+
+        Safe to call under `torch.inference_mode()` (inside a ComfyUI node) and while a
+        `PreferenceReward` of this model is in use: the reward scores with the newest head.
+        """
+        with torch.inference_mode(False):
+            return self._fit(warm_start, max_iter)
+
+    def _fit(self, warm_start: bool, max_iter: int) -> FitReport:
         t0 = time.perf_counter()
         n = len(self.pairs)
         if n == 0:
             first = next(iter(self._missing.values()), "")
             raise RewardError("preference: no usable picks (every pair was skipped, scored by the model, or has missing "
                               "images)" + (f"; missing: {first}" if first else ""))
-        def fresh() -> PreferenceHead:
-            return PreferenceHead(self.head.dim, self.head.use_prompt, self.head.hidden, seed=self.seed)
 
-        if not warm_start or not self.fitted:
-            self.head = fresh()
-            self._probe = None
+        def fresh(start: PreferenceHead | None = None) -> PreferenceHead:
+            """A new head (copying `start`'s weights for a warm start), owned by this autograd context."""
+            head = PreferenceHead(self.head.dim, self.head.use_prompt, self.head.hidden, seed=self.seed)
+            if start is not None:
+                head.load_state_dict(start.state_dict())
+            return head
+
+        warm = warm_start and self.fitted
         train, held = self.split()
         acc, n_held = None, 0
         if held and train:
-            probe = self._probe if (warm_start and self._probe is not None) else fresh()
+            probe = fresh(self._probe if warm else None)
             fit_head(probe, *self._arrays(train), weight_decay=self.weight_decay, max_iter=max_iter)
             self._probe = probe
             acc, n_held = pair_accuracy(probe, *self._arrays(held))
             if n_held < MIN_HELDOUT:
                 acc = None
         left, right, target = self._arrays(range(n))
-        loss = fit_head(self.head, left, right, target, weight_decay=self.weight_decay, max_iter=max_iter)
-        train_acc, _ = pair_accuracy(self.head, left, right, target)
+        head = fresh(self.head if warm else None)
+        loss = fit_head(head, left, right, target, weight_decay=self.weight_decay, max_iter=max_iter)
+        self.head = head  # swapped in whole: a reward scoring with this model never sees a half-fitted head
+        train_acc, _ = pair_accuracy(head, left, right, target)
         self.fitted = True
         self._update_counts()
         r = self.report
@@ -463,7 +482,6 @@ class PreferenceReward(ModelReward):
         super().__init__(micro_batch=micro_batch, device=device or model.encoder.device, dtype=model.encoder.dtype)
         self.model = model
         self.scale = float(scale)
-        self.model.head.eval().requires_grad_(False)
         self.to(self.device)
 
     @property
@@ -611,6 +629,3 @@ def _preference(path: str | None = None, picks: str | None = None, encoder: str 
                           "files to fit now)")
     return pm.as_reward(scale=scale, micro_batch=micro_batch)
 
-
-def report_dict(report: FitReport) -> dict[str, Any]:
-    return asdict(report)
