@@ -312,3 +312,15 @@ def test_several_folders_and_files(encoders, ref_dir, tmp_path):
     assert r.num_references == 7
     r = build_reward("reference", {"reference": {"images": f"{ref_dir}\n{extra}\n", "path": str(encoders["clip"])}})
     assert r.num_references == 7
+
+
+def test_recursive_folders(encoders, ref_dir, tmp_path):
+    nested = tmp_path / "styles"
+    (nested / "sub").mkdir(parents=True)
+    to_pil(rf.palette_images(1, PALETTE, seed=3)[0]).save(nested / "top.png")
+    to_pil(rf.palette_images(1, PALETTE, seed=4)[0]).save(nested / "sub" / "deep.png")
+    (nested / ".cache").mkdir()
+    to_pil(rf.palette_images(1, PALETTE, seed=5)[0]).save(nested / ".cache" / "hidden.png")
+    flat = build_reward("reference", {"reference": {"images": str(nested), "path": str(encoders["clip"])}})
+    deep = build_reward("reference", {"reference": {"images": str(nested), "path": str(encoders["clip"]), "recursive": "true"}})
+    assert flat.num_references == 1 and deep.num_references == 2

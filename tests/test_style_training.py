@@ -82,9 +82,14 @@ def test_toy_training_moves_held_out_images_toward_the_references(tmp_path, caps
     gain = reward(trained, held_prompts) - reward(base, held_prompts)
     mean, se = float(gain.mean()), float(gain.std() / len(gain) ** 0.5)
     before, after = float(reward(base, held_prompts).mean()), float(reward(trained, held_prompts).mean())
+
+    def blue_red(x):  # the tint's own measure, for the record: the encoder's closeness is not only colour
+        return float((x[:, 2].mean((1, 2)) / x[:, 0].mean((1, 2)).clamp_min(1e-3)).mean())
+
     with capsys.disabled():
         print(f"\nreference reward on {len(gain)} held-out images: {before:.2f} -> {after:.2f}, paired gain "
-              f"{mean:+.3f} +- {se:.3f} (s.e.) after {EPOCHS} epochs of 16 pairs")
+              f"{mean:+.3f} +- {se:.3f} (s.e.) after {EPOCHS} epochs of 16 pairs; blue/red ratio "
+              f"{blue_red(base):.3f} -> {blue_red(trained):.3f} (references {blue_red(generate(ref_prompts, range(50_000, 50_016)) * TINT):.3f})")
     assert mean > 2 * se
 
 

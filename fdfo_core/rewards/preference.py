@@ -198,6 +198,14 @@ class FitReport:
         return text
 
 
+def pair_key(epoch: int, pair_id: int, seed: int | None, prompt: str) -> str:
+    """The identity of a picked pair, by content rather than by file location: the held-out split
+    (a hash of it) is the same on any machine, a pick read twice (the same file given twice, or a
+    copy) is one pair, and a pick added from memory (`PreferenceModel.add_pair`) with this key is
+    the same pair as its line in picks.jsonl."""
+    return f"{epoch}/{pair_id}/{seed}/{prompt}"
+
+
 @dataclass
 class _Pair:
     left: torch.Tensor  # [D] image embedding
@@ -270,7 +278,7 @@ class PreferenceModel:
 
         added = 0
         for r in records:
-            key = f"{r.origin.rsplit(':', 1)[0]}#{r.epoch}/{r.pair_id}"
+            key = pair_key(r.epoch, r.pair_id, r.seed, r.prompt)
             if r.choice == "skip":
                 self._skipped.add(key)
                 continue
@@ -298,7 +306,8 @@ class PreferenceModel:
         """Add one pick from images in memory ([3, H, W] or [1, 3, H, W] in [0, 1], or NHWC).
 
         `choice`: "left", "right", "equal" or "skip" (returns False, nothing stored). `key`
-        identifies the pair (e.g. "epoch/pair_id") so a corrected pick replaces the old one.
+        identifies the pair, normally `pair_key(epoch, pair_id, seed, prompt)`: a corrected pick
+        replaces the old one, and the same pick read later from picks.jsonl is not counted twice.
         """
         from ..picks import PicksError, choice_target
 
