@@ -469,20 +469,20 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     ref_ks = g.add("KSampler", "reference scenes", col=2, model=loader["model"], seed=12345, steps=toy["num_steps"],
                    cfg=toy_cfg(toy), sampler_name="euler", scheduler="simple", positive=ref_prompt["CONDITIONING"],
                    negative=ref_neg["CONDITIONING"], latent_image=ref_latent["LATENT"], denoise=1.0)
-    scenes = g.add("VAEDecode", col=2, samples=ref_ks["LATENT"], vae=loader["vae"])
-    orange = g.add("EmptyImage", "the style's colour", col=2, width=toy["width"], height=toy["height"], batch_size=1,
+    scenes = g.add("VAEDecode", col=3, samples=ref_ks["LATENT"], vae=loader["vae"])
+    orange = g.add("EmptyImage", "the style's colour", col=3, width=toy["width"], height=toy["height"], batch_size=1,
                    color=TOY_STYLE_COLOR)
     refs = g.add("ImageBlend", "references: warm-tinted scenes", col=3, image1=scenes["IMAGE"], image2=orange["IMAGE"],
                  blend_factor=1.0, blend_mode="multiply")
     g.add("PreviewImage", "the references", col=4, images=refs["IMAGE"])
-    reward = g.add("FDFOReferenceStyleReward", col=3, images=refs["IMAGE"], encoder="clip", aggregation="mean_embedding")
-    trainer = g.add("FDFOTrainer", col=4, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+    reward = g.add("FDFOReferenceStyleReward", col=4, images=refs["IMAGE"], encoder="clip", aggregation="mean_embedding")
+    trainer = g.add("FDFOTrainer", col=5, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                     reward=reward["reward"], prompts=prompts["prompts"],
                     **{**toy_trainer_values(toy), "lora_name": "fdfo_toy_style"})
-    g.add("PreviewImage", "reward curve", col=5, images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", col=5, filename_prefix="fdfo_toy_style/preview", images=trainer["preview"])
+    g.add("PreviewImage", "reward curve", col=6, images=trainer["reward_curve"])
+    g.add("SaveImage", "base vs trained", col=6, filename_prefix="fdfo_toy_style/preview", images=trainer["preview"])
     sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
-                toy["num_steps"], toy_cfg(toy), "fdfo_toy_style/trained", col=5)
+                toy["num_steps"], toy_cfg(toy), "fdfo_toy_style/trained", col=7)
     return g
 
 
