@@ -175,12 +175,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(
+def config_values(
     preset: str | None = None,
     toml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> FDFOConfig:
-    """Defaults <- preset <- TOML file <- explicit overrides (CLI flags), then validate."""
+) -> dict[str, Any]:
+    """The values a preset, a TOML file and explicit overrides set (later ones win), unvalidated:
+    exactly what the user gave, e.g. to lay over a resumed run's own config."""
     values: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
@@ -196,4 +197,13 @@ def load_config(
         values.update(data)
     if overrides:
         values.update({k: v for k, v in overrides.items() if v is not None})
-    return FDFOConfig.from_dict(values).validate()
+    return values
+
+
+def load_config(
+    preset: str | None = None,
+    toml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FDFOConfig:
+    """Defaults <- preset <- TOML file <- explicit overrides (CLI flags), then validate."""
+    return FDFOConfig.from_dict(config_values(preset, toml_path, overrides)).validate()

@@ -246,29 +246,29 @@ def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: b
 
 
 def append_pick(path: str | os.PathLike, record: PickRecord) -> Path:
-    """Append one record to a picks file, durably (flush + fsync), creating the file and its folder.
+    """Append one record to a picks file (creating the file; its folder, the run folder, must exist).
 
-    If the file's last line was cut off by a crash (no final newline) the new record starts on a
-    fresh line, so one damaged line never swallows the next pick.
+    The line is written with one call and fsynced (`storage.append_line`: a failed write is cut
+    back, so the log never ends in a partial line; a full disk raises `storage.StorageError`
+    saying so). If the file's last line was cut off by a crash of an older writer (no final
+    newline), the new record starts on a fresh line, so one damaged line never swallows a pick.
     """
+    from .storage import append_line
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (record.to_json() + "\n").encode("utf-8")
+    line = record.to_json()
     try:
-        with open(path, "ab+") as f:
+        with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             if size:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-            f.seek(0, os.SEEK_END)
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+                    line = "\n" + line
+    except FileNotFoundError:
+        pass
     except OSError as e:
-        raise PicksError(f"could not append the pick to {path}: {e}") from e
-    return path
+        raise PicksError(f"could not read the end of {path} before appending a pick: {e}") from e
+    return append_line(path, line, what="picks log")
 
 
 def choice_target(choice: str) -> float | None:

@@ -70,6 +70,23 @@ _LOAD_KEYS = {"dtype", "device", "operations", "image_model_dtype"}
 # --- checks --------------------------------------------------------------------------------------
 
 
+def _hash_patch_value(digest, value: Any) -> None:
+    """Feed a ModelPatcher patch value (a tensor, a ("lora", (up, down, alpha, ...)) tuple, a
+    weight adapter object with .weights, ...) into `digest`, tensors by their contents."""
+    if isinstance(value, torch.Tensor):
+        digest.update(repr((tuple(value.shape), str(value.dtype))).encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _hash_patch_value(digest, item)
+    elif isinstance(value, (str, int, float, bool)) or value is None:
+        digest.update(repr(value).encode())
+    else:
+        digest.update(type(value).__name__.encode())
+        if hasattr(value, "weights"):
+            _hash_patch_value(digest, value.weights)
+
+
 def model_name(model) -> str:
     base = model.model
     config = getattr(base, "model_config", None)
@@ -484,17 +501,21 @@ class ComfyBackend(NamedAdapterParams):
         weights = "none"
         if last is not None:
             weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-        # Upstream patches (a LoRA loaded before FDFO) change the model being trained.
-        ours = {f"diffusion_model.{n}.weight" for n in self.adapters}
-        patches = sorted(
-            (k, [(float(p[0]), float(p[2])) for p in v]) for k, v in self.patcher.patches.items() if k not in ours
-        )
+        # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
+        # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
+        digest = hashlib.sha256()
+        for key in sorted(self.patcher.patches):
+            digest.update(key.encode())
+            for patch in self.patcher.patches[key]:
+                digest.update(repr((float(patch[0]), float(patch[2]), patch[3])).encode())
+                _hash_patch_value(digest, patch[1])
+        patches = bool(self.patcher.patches)
         return {
             "family": self.family,
             "model": model_name(self.source_model),
             "unet_config": hashlib.sha256(json.dumps(unet, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": weights,
-            "patches": hashlib.sha256(json.dumps(patches).encode()).hexdigest()[:16] if patches else "none",
+            "patches": digest.hexdigest()[:16] if patches else "none",
             "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(cfg.lora_targets)}",
             "backend": "comfyui",
         }

@@ -460,6 +460,7 @@ class FDFOPreferenceReward:
     def load(self, picks, model_file, encoder, encoder_path, head, hidden, use_prompt, holdout, save_as, scale, dtype,
              micro_batch, device):
         from ..fdfo_core.rewards.preference import fit_preference, load_preference_model
+        from ..fdfo_core.storage import StorageError
 
         files = resolve_picks(picks or "")
         lines: list[str] = []
@@ -478,7 +479,7 @@ class FDFOPreferenceReward:
                 else:
                     raise RewardError("preference: give picks (picks.jsonl files or run folders) or choose a model_file")
                 reward = pm.as_reward(scale=scale, micro_batch=micro_batch)
-            except RewardError:
+            except (RewardError, StorageError):
                 raise
             except Exception as e:
                 raise RewardError(f"reward 'preference' could not be built: {type(e).__name__}: {e}") from e

@@ -10,7 +10,10 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
   is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
-- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages.
+- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages;
+- a resumed run with another seed, reward or upstream LoRA is refused by name (allow_run_changes
+  records a branch); a full disk during a checkpoint reaches the node's error with the last
+  checkpoint and the LoRA kept, and the next queue resumes.
 """
 
 import json
@@ -30,7 +33,7 @@ CHECKS = [
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
-    "fp8_weights_train", "cfg_training_runs",
+    "fp8_weights_train", "cfg_training_runs", "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
 ]
 
 pytestmark = [

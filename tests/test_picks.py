@@ -27,6 +27,7 @@ def rec(i: int, choice: str = "left", **kw) -> PickRecord:
 
 def test_round_trip_and_meaning(tmp_path):
     path = tmp_path / "run" / "picks.jsonl"
+    path.parent.mkdir()
     written = [rec(0, "left"), rec(1, "right"), rec(2, "equal"), rec(3, "skip", left_image=None, right_image=None),
                rec(4, "left", source="model", extra={"score": 0.42})]
     for r in written:
@@ -126,3 +127,24 @@ def test_invalid_records_cannot_be_built():
     assert rec(0, "skip", left_image=None, right_image=None).reward_delta is None
     # Choices are read case-insensitively from files.
     assert PickRecord.from_dict({**rec(0).to_dict(), "choice": " Right "}).choice == "right"
+
+
+def test_appending_into_a_missing_or_full_folder_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from fdfo_core import storage
+
+    with pytest.raises(storage.StorageError, match="picks log"):
+        append_pick(tmp_path / "gone" / "picks.jsonl", rec(0))  # the run folder was deleted: not re-created
+    path = tmp_path / "picks.jsonl"
+    append_pick(path, rec(0))
+
+    def full(operation, p):
+        if operation == "write":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "fault_hook", full)
+    with pytest.raises(storage.StorageError, match="(?i)space|full"):
+        append_pick(path, rec(1))
+    monkeypatch.setattr(storage, "fault_hook", None)
+    assert [r.pair_id for r in read_picks(path).records] == [0]  # nothing half-written

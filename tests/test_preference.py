@@ -141,6 +141,21 @@ def test_loading_with_another_encoder_is_refused(picks_file, clip_dir, tmp_path)
     other = rf.write_clip_folder(tmp_path / "other-clip", seed=1, pad_token="<|endoftext|>")
     with pytest.raises(RewardError, match="different embeddings"):
         load_preference_model(out, encoder_path=str(other))
+    import errno
+
+    from fdfo_core import storage
+
+    def full(operation, p):
+        if operation == "write":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage.fault_hook = full
+    try:
+        with pytest.raises(storage.StorageError, match="preference model"):
+            model.save(out)
+    finally:
+        storage.fault_hook = None
+    assert load_preference_model(out).report.pairs == model.report.pairs  # the previous file is intact
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(RewardError, match="cannot read"):
         load_preference_model(tmp_path / "junk.safetensors")

@@ -439,21 +439,18 @@ class PreferenceModel:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the head, its standardisation and probe embeddings of the encoder to a .safetensors
-        file, atomically (a crash leaves the previous file intact)."""
-        from safetensors.torch import save_file
+        file, atomically (a crash leaves the previous file intact; missing folders are created,
+        the output being a path the user named)."""
+        from safetensors.torch import save
 
-        from ..checkpoint import atomic_write
+        from ..storage import write_bytes
 
         if not self.fitted:
             raise RewardError("preference: fit the model before saving it")
         tensors = {f"head.{k}": v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
         tensors["probe_embeddings"] = probe_embeddings(self.encoder).cpu().contiguous()
-        meta = self.metadata()
-        path = Path(path)
-        try:
-            return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-        except OSError as e:
-            raise RewardError(f"preference: could not save the model to {path}: {e}") from e
+        # A full disk or a read-only folder raises storage.StorageError, which says so.
+        return write_bytes(path, save(tensors, metadata=self.metadata()), what="preference model", parents=True)
 
     def as_reward(self, scale: float = 1.0, micro_batch: int = 16) -> "PreferenceReward":
         if not self.fitted:

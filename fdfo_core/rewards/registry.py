@@ -198,6 +198,27 @@ def reward_options(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
+#: Options that change where or in what chunks a reward runs, never its scores.
+_PLACEMENT_OPTIONS = ("device", "micro_batch")
+
+
+def _record_build(reward: Reward, name: str, factory: RewardFactory, kwargs: Mapping[str, Any]) -> None:
+    """Note on the reward how it was built (registry name, every option with defaults filled in),
+    so a training run can record, restore and compare it (fdfo_core.run_definition)."""
+    try:
+        params = inspect.signature(factory).parameters
+        resolved = {k: p.default for k, p in params.items()
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty}
+    except (TypeError, ValueError):
+        resolved = {}
+    resolved.update(kwargs)
+    try:
+        reward.spec_name = name
+        reward.spec_options = {k: v for k, v in resolved.items() if k not in _PLACEMENT_OPTIONS}
+    except AttributeError:  # a factory returning an object that takes no attributes
+        pass
+
+
 def build_reward(
     spec: str,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -238,6 +259,7 @@ def build_reward(
             kwargs.setdefault("device", device)
         kwargs = coerce_options(factory, kwargs, name)
         reward = factory(**kwargs)
+        _record_build(reward, name, factory, kwargs)
         if device is not None:
             reward.to(device)
         built.append((weight, reward))

@@ -514,6 +514,67 @@ def fp8_weights_train():
 
 
 @check
+def resume_refuses_a_changed_run():
+    """Queueing a resumed run with another seed, another reward or an upstream LoRA on the model is
+    refused with the difference named; allow_run_changes continues it and records a branch."""
+    model, clip, vae = toy()
+
+    class Saturation(Brightness):
+        name = "test_saturation"
+
+    messages = {}
+    with torch.inference_mode():
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="refuse", epochs=1, preview_every=0))
+        patched = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "refuse.safetensors", 0.5)[0]
+        for key, (m, reward, changes) in {"seed": (model, Brightness(), {"seed": 9}), "reward": (model, Saturation(), {}),
+                                          "model": (patched, Brightness(), {})}.items():
+            try:
+                M["FDFOTrainer"]().train(m, clip, vae, reward, PROMPTS, **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, **changes))
+            except Exception as e:  # noqa: BLE001 (the message is what is checked)
+                messages[key] = f"{type(e).__name__}: {e}"
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                 **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, seed=9, allow_run_changes=True))
+    record = json.loads((work / "output" / "fdfo" / "refuse" / "run.json").read_text())
+    ok = (all(f"  - {k}" in messages.get(k, "") and "allow_run_changes" in messages.get(k, "") for k in ("seed", "reward", "model"))
+          and len(record["branches"]) == 1 and record["definition"]["config"]["seed"] == 9)
+    report("resume_refuses_a_changed_run", ok, messages=messages, branches=record["branches"])
+
+
+@check
+def full_disk_reaches_the_node_error():
+    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.storage's fault hook)
+    stops the node with one message; the LoRA trained so far is in models/loras; fixed, the next
+    queue resumes and finishes."""
+    import errno
+
+    storage = sys.modules[f"{PKG}.fdfo_core.storage"]
+    model, clip, vae = toy()
+
+    def full(operation, path):
+        if operation == "write" and path.name == "checkpoint-00002.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    storage.fault_hook = full
+    msg = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+    except storage.StorageError as e:
+        msg = str(e)
+    finally:
+        storage.fault_hook = None
+    run = work / "output" / "fdfo" / "full"
+    published = (work / "models" / "loras" / "full-interrupted.safetensors").exists()
+    leftovers = [str(p) for p in run.rglob("*.fdfo-tmp")]
+    with torch.inference_mode():
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+    ok = (msg is not None and "no space left on the device" in msg and "checkpoint-00001.pt" in msg
+          and "queue the FDFO Trainer again with resume on and lora_name 'full'" in msg and published and not leftovers
+          and res["result"][4] == "full.safetensors")
+    report("full_disk_reaches_the_node_error", ok, message=msg, published=published, leftovers=leftovers)
+
+
+@check
 def cfg_training_runs():
     model, clip, vae = toy()
     with torch.inference_mode():
