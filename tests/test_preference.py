@@ -122,6 +122,11 @@ def test_save_load_round_trip_and_reward(picks_file, clip_dir, tmp_path):
     reward = build_reward("preference", {"preference": {"path": str(out), "scale": "2"}})
     assert torch.allclose(reward(x, ["p"] * 6), 2 * model.score(x, "p").detach(), atol=1e-5)
     assert "held-out acc" in reward.describe() and reward.differentiable
+    # A run records it by its options and the fitted weights' hash, however it was built.
+    assert reward.spec_name == "preference" and reward.spec_options["path"] == str(out)
+    direct = model.as_reward()
+    assert direct.spec_options["model_sha256"] == reward.spec_options["model_sha256"]
+    assert direct.spec_options["picks"] == [str(picks_file)] and json.dumps(direct.spec_options)
     rf.check_reward_contract(reward, atol=1e-4)
     # A name inside the reward folders is found like any reward weights.
     (tmp_path / "models" / "preference").mkdir()

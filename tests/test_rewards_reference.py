@@ -4,6 +4,8 @@ folders, the content guard, and the weights lookup."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -324,3 +326,26 @@ def test_recursive_folders(encoders, ref_dir, tmp_path):
     flat = build_reward("reference", {"reference": {"images": str(nested), "path": str(encoders["clip"])}})
     deep = build_reward("reference", {"reference": {"images": str(nested), "path": str(encoders["clip"]), "recursive": "true"}})
     assert flat.num_references == 1 and deep.num_references == 2
+
+
+def test_a_run_records_the_references_by_content(encoders, ref_dir, tmp_path):
+    """run.json records the reference images by count and hash (not a tensor's text), so a resumed
+    run notices changed references, from a folder or from the node's IMAGE input."""
+    import shutil
+
+    r = build_reward("reference", {"reference": {"images": str(ref_dir), "path": str(encoders["clip"])}})
+    rec = r.spec_options["images"]
+    assert rec["source"] == str(ref_dir) and rec["count"] == 6 and len(rec["sha256"]) == 64
+    images, _ = read_images(ref_dir)
+    as_tensors = build_reward("reference", {"reference": {"images": images, "path": str(encoders["clip"])}})
+    assert as_tensors.spec_options["images"]["sha256"] == rec["sha256"]
+    assert as_tensors.spec_options["images"]["source"] == "images given as tensors"
+    changed = tmp_path / "changed"
+    shutil.copytree(ref_dir, changed)
+    to_pil(rf.palette_images(1, OTHERS[0], size=48, seed=1)[0]).save(changed / "ref0.png")
+    r2 = build_reward("reference", {"reference": {"images": str(changed), "path": str(encoders["clip"])}})
+    assert r2.spec_options["images"]["sha256"] != rec["sha256"]
+    from fdfo_core.run_definition import reward_fields
+
+    fields = reward_fields(r)
+    assert fields["reward"] == "reference" and json.dumps(fields["reward_options"])  # plain JSON

@@ -70,7 +70,9 @@ def test_toy_training_moves_held_out_images_toward_the_references(tmp_path, caps
                "--pairs-per-epoch", "16", "--lr", "1e-3", "--preview-every", "0", "--checkpoint-every", "0",
                "--no-progress", "--threads", "1"])
     assert rc == 0
-    assert json.loads((run / "run.json").read_text())["reward_options"]["reference"]["aggregation"] == "mean_embedding"
+    recorded = json.loads((run / "run.json").read_text())["definition"]["reward_options"]["reference"]
+    assert recorded["aggregation"] == "mean_embedding"
+    assert recorded["images"]["source"] == str(refs) and recorded["images"]["count"] == 16
 
     # Held-out images: the same prompts with seeds never used in training, base model vs LoRA.
     held_prompts = [p for p in prompts for _ in range(16)]

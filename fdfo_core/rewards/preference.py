@@ -453,9 +453,17 @@ class PreferenceModel:
         return write_bytes(path, save(tensors, metadata=self.metadata()), what="preference model", parents=True)
 
     def as_reward(self, scale: float = 1.0, micro_batch: int = 16) -> "PreferenceReward":
+        """The fitted model as a reward. Built this way (not by `build_reward`) it records itself as
+        reward "preference" with its encoder, head, scale and the fitted weights' hash."""
         if not self.fitted:
             raise RewardError("preference: fit the model before using it as a reward")
-        return PreferenceReward(self, scale=scale, micro_batch=micro_batch)
+        reward = PreferenceReward(self, scale=scale, micro_batch=micro_batch)
+        reward.spec_name = "preference"
+        reward.spec_options = reward.record_options({
+            "encoder": self.encoder.kind, "encoder_source": str(self.encoder.source), "head": self.head.kind,
+            "hidden": self.head.hidden, "use_prompt": self.head.use_prompt, "scale": float(scale),
+            "picks": list(self.sources)})
+        return reward
 
 
 def probe_images() -> torch.Tensor:
@@ -493,6 +501,24 @@ class PreferenceReward(ModelReward):
     @property
     def report(self) -> FitReport:
         return self.model.report
+
+    def model_sha256(self) -> str:
+        """sha256 of the fitted head (weights and standardisation): identifies the scores it gives."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.model.encoder.kind}:{self.model.head.kind}:{self.model.head.use_prompt}".encode())
+        for k, v in sorted(self.model.head.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def record_options(self, options: dict) -> dict:
+        """Options as a run records them: the picks files as given, plus the fitted model's hash
+        (new picks change the reward, and a resumed run should know)."""
+        out = {k: (str(v) if isinstance(v, os.PathLike) else
+                   [str(x) for x in v] if isinstance(v, (list, tuple)) else v) for k, v in options.items()}
+        out["model_sha256"] = self.model_sha256()
+        return out
 
     def torch_modules(self):
         return [self.model.head]

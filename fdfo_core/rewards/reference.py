@@ -63,6 +63,18 @@ def split_paths(value: str | os.PathLike | Sequence) -> list:
     return list(value)
 
 
+def images_sha256(images: Sequence[torch.Tensor]) -> str:
+    """sha256 over the images' sizes and 8-bit pixels (float rounding noise does not change it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for im in images:
+        pixels = (im.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+        h.update(str(tuple(pixels.shape)).encode())
+        h.update(pixels.numpy().tobytes())
+    return h.hexdigest()
+
+
 class ReferenceStyle(ModelReward):
     """See the module docstring. `references`: [3, H, W] images (any sizes) or one NCHW/NHWC batch."""
 
@@ -100,10 +112,21 @@ class ReferenceStyle(ModelReward):
         if not references:
             raise RewardError("reference: no reference images")
         self.reference_names = list(reference_names) or [f"image {i}" for i in range(len(references))]
+        self.reference_sha256 = images_sha256(references)
         self.reference_embeddings = encoder.embed_images(references, batch=micro_batch).float()
         self.caption_embeddings = (self.text_encoder.embed_texts(self.content_captions).float()
                                    if self.text_encoder is not None and self.content_captions else None)
         self.to(self.device)
+
+    def record_options(self, options: dict) -> dict:
+        """Options as a run records them (`run_definition`): the reference images by count and a
+        content hash, so a resume notices changed references whether they came from a folder or
+        from tensors (a tensor's text form would be huge, and abbreviated)."""
+        out = dict(options)
+        images = out.get("images")
+        source = images if isinstance(images, (str, os.PathLike)) else "images given as tensors"
+        out["images"] = {"source": str(source), "count": self.num_references, "sha256": self.reference_sha256}
+        return out
 
     @property
     def num_references(self) -> int:
