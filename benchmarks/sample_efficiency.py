@@ -34,6 +34,7 @@ from fdfo_core.config import load_config  # noqa: E402
 from fdfo_core.demo import held_out_set  # noqa: E402
 from fdfo_core.generation import generate_images  # noqa: E402
 from fdfo_core.images import line_plot, save_png  # noqa: E402
+from fdfo_core.textfiles import read_json_file  # noqa: E402
 from fdfo_core.trainer import Callbacks  # noqa: E402
 
 # Per-method settings on the toy (the shared toy preset plus what each method needs). The
@@ -118,7 +119,7 @@ def evals_to_reach(runs: list[dict], target: float) -> float | None:
 
 def merge_json(path: Path, new: dict) -> None:
     """Add `new` to the JSON object in `path` (sweeps run in several invocations share one file)."""
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_json_file(path, "benchmark record") if path.exists() else {}
     path.write_text(json.dumps({**old, **new}, indent=2))
 
 
@@ -178,8 +179,8 @@ def main() -> None:
             METHODS[m][key] = parse_value(value)
     t0 = time.perf_counter()
     if args.replot:  # the recorded run time stays what the runs took
-        seconds = json.loads((out / "table.json").read_text())["seconds"] if (out / "table.json").exists() else 0.0
-        report(json.loads((out / "runs.json").read_text()), out, seconds)
+        seconds = read_json_file(out / "table.json", "benchmark table")["seconds"] if (out / "table.json").exists() else 0.0
+        report(read_json_file(out / "runs.json", "benchmark record"), out, seconds)
         return
     if args.sweep:
         sweep(args.epochs, held, out, args.methods, args.lrs)

@@ -273,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reward = build_reward(spec, reward_options, device=device, normalize=normalize,
                           normalize_options=normalize_options)
     if args.preview_prompts:
-        preview_prompts = read_prompts(args.preview_prompts)
+        preview_prompts = read_prompts(args.preview_prompts, what="preview prompts file")
     elif args.preview_count is not None or run.preview_prompts is None:
         preview_prompts = prompts[: args.preview_count if args.preview_count is not None else 8]
     else:
@@ -344,11 +344,68 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --- sample ------------------------------------------------------------------------------------
 
+#: Built-in defaults of `fdfo sample` when neither a flag, the LoRA nor the model says otherwise.
+SAMPLE_DEFAULTS = {"num_steps": 28, "cfg_scale": 1.0, "negative_prompt": "", "flux_guidance": 3.5}
+
+
+def sampling_settings(args: argparse.Namespace, lora_meta: dict[str, Any], model_meta: dict[str, Any],
+                      model_defaults: dict[str, Any], family: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, where each came from) for `fdfo sample`: an explicit flag wins, then the LoRA's
+    metadata (the config it was trained with), then the model folder's fdfo.json, then the
+    model's own default size / the built-in defaults. --height without --width means a square."""
+    config = lora_meta.get("config") if isinstance(lora_meta.get("config"), dict) else {}
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    lora_values = {
+        "height": config.get("height"), "width": config.get("width"), "num_steps": config.get("num_steps"),
+        "cfg_scale": config.get("cfg_scale", lora_meta.get("cfg_scale")),
+        "negative_prompt": config.get("negative_prompt"),
+        "flux_guidance": lora_meta.get("flux_guidance", extra.get("flux_guidance")),
+        "max_sequence_length": lora_meta.get("max_sequence_length"),
+    }
+    flags = {"height": args.height, "width": args.width, "num_steps": args.num_steps, "cfg_scale": args.cfg,
+             "negative_prompt": args.negative_prompt, "flux_guidance": args.flux_guidance,
+             "max_sequence_length": args.max_sequence_length}
+    flag_names = {"cfg_scale": "--cfg"}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, flag in flags.items():
+        if key == "flux_guidance" and family != "flux":
+            continue
+        candidates = [
+            (flag, flag_names.get(key, "--" + key.replace("_", "-"))),
+            (lora_values.get(key), "LoRA metadata"),
+            (model_meta.get(key), "model's fdfo.json"),
+            (model_defaults.get(key), "model default"),
+            (SAMPLE_DEFAULTS.get(key), "default"),
+        ]
+        for value, source in candidates:
+            if value is not None:
+                values[key], sources[key] = value, source
+                break
+        else:
+            values[key], sources[key] = None, "model default"
+    if args.width is None and args.height is not None:  # --height alone asks for a square image
+        values["width"], sources["width"] = args.height, "--height (square)"
+    return values, sources
+
+
+def format_settings(values: dict[str, Any], sources: dict[str, str]) -> str:
+    width = max(len(k) for k in values)
+    return "\n".join(f"  {k:<{width}}  {values[k]!r:<10} ({sources[k]})" for k in values)
+
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .backends.diffusers_backend import DiffusersBackend, load_lora_into_pipeline, load_pipeline, model_settings
+    from .backends.diffusers_backend import (
+        DiffusersBackend,
+        load_lora_into_pipeline,
+        load_pipeline,
+        model_settings,
+        pipeline_family,
+    )
     from .generation import generate_images
+    from .image_size import check_backend_size
     from .images import image_grid, save_png, to_pil
+    from .lora_files import read_lora_metadata
     from .prompts import read_prompts
 
     from .toy import TOY_MAX_SEQUENCE_LENGTH as TOY_SEQ
@@ -366,18 +423,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     out = Path(args.out)
     storage.check_writable(out, "output folder")  # before the model loads: fail fast
+    lora_meta = read_lora_metadata(args.lora) if args.lora else {}
     pipe = load_pipeline(model)
     if args.lora:
         load_lora_into_pipeline(pipe, args.lora, scale=args.lora_scale)
-    settings = model_settings(model) if Path(model).exists() else {}
-    height = args.height or settings.get("height", 64 if _is_toy(model) else 1024)
-    width = args.width or settings.get("width", height)
+    model_meta = model_settings(model) if Path(model).exists() else {}
+    model_defaults: dict[str, Any] = {}
+    default_size = getattr(pipe, "default_sample_size", None)
+    if default_size:
+        model_defaults["height"] = model_defaults["width"] = int(default_size) * int(pipe.vae_scale_factor)
+    if _is_toy(model):
+        model_defaults["max_sequence_length"] = TOY_SEQ
+    family = pipeline_family(pipe)
+    values, sources = sampling_settings(args, lora_meta, model_meta, model_defaults, family)
+    height, width = int(values["height"]), int(values["width"])
     cfg = FDFOConfig(height=height, width=width, lora_rank=1)
-    seq_len = args.max_sequence_length
-    if seq_len is None:
-        seq_len = settings.get("max_sequence_length", TOY_SEQ if _is_toy(model) else None)
-    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=seq_len, add_adapter=False)
-    images = generate_images(backend, prompts, seeds, args.num_steps, height, width, args.cfg, args.negative_prompt)
+    kwargs = {"flux_guidance": float(values["flux_guidance"])} if "flux_guidance" in values else {}
+    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=values["max_sequence_length"],
+                               add_adapter=False, **kwargs)
+    values["max_sequence_length"] = backend.max_sequence_length
+    check_backend_size(backend, height, width)  # before any sampling: the sizes that work, not a traceback
+    where = f"the LoRA {args.lora}" if args.lora else "no LoRA"
+    print(f"sampling {len(prompts)} image(s) with {where}; settings (a flag wins, then the LoRA's metadata, "
+          f"then the model):\n{format_settings(values, sources)}")
+    images = generate_images(backend, prompts, seeds, int(values["num_steps"]), height, width,
+                             float(values["cfg_scale"]), values["negative_prompt"])
     grid = image_grid(images, ncol=min(8, len(images)), scale=max(1, 256 // width))
     warning = storage.space_warning(out, len(prompts) * height * width * 3 + grid.width * grid.height * 3,
                                     f"{len(prompts)} images and a grid")
@@ -386,7 +456,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for i, im in enumerate(images):
         save_png(to_pil(im), out / f"{i:04d}.png", "sample image")
     save_png(grid, out / "grid.png", "sample grid")
-    print(f"{len(images)} images in {out} (grid.png)")
+    storage.write_json(out / "settings.json", {
+        "model": str(model), "lora": args.lora, "lora_scale": args.lora_scale, "prompts": prompts, "seeds": seeds,
+        "settings": values, "sources": sources,
+    }, "sample settings")
+    print(f"{len(images)} images in {out} (grid.png, settings.json)")
     return 0
 
 
@@ -488,12 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", help="text file, one prompt per line")
     s.add_argument("--per-prompt", type=int, default=1, help="images per prompt (consecutive seeds)")
     s.add_argument("--seed", type=int, default=0, help="seed of the first image")
-    s.add_argument("--num-steps", type=int, default=28)
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--negative-prompt", default="")
-    s.add_argument("--height", type=int)
-    s.add_argument("--width", type=int)
-    s.add_argument("--max-sequence-length", type=int)
+    # Unset sampling flags take the LoRA's training settings (its metadata), then the model's.
+    s.add_argument("--num-steps", type=int, help="solver steps (default: the LoRA's, else 28)")
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the LoRA's, else 1)")
+    s.add_argument("--negative-prompt", help="unconditional prompt for CFG (default: the LoRA's, else empty)")
+    s.add_argument("--height", type=int, help="pixels (default: the LoRA's training size, else the model's)")
+    s.add_argument("--width", type=int, help="pixels (default: the LoRA's training size, else --height or the model's)")
+    s.add_argument("--flux-guidance", type=float, help="Flux guidance embedding (default: the LoRA's, else 3.5)")
+    s.add_argument("--max-sequence-length", type=int, help="text tokens (default: the LoRA's, else the model's)")
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="samples")
     s.set_defaults(func=cmd_sample)
@@ -551,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .prompts import PromptError
     from .rewards import RewardError
     from .storage import StorageError
+    from .textfiles import TextFileError
     from .trainer import TrainingError
 
     if getattr(args, "threads", 0):
@@ -560,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ConfigError, BackendError, LoraFileError, PromptError, RewardError, TrainingError,
-            StorageError, FileNotFoundError) as e:
+            StorageError, TextFileError, FileNotFoundError) as e:
         print(f"fdfo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -241,6 +241,24 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raw = f.metadata() or {}
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
+    return tensors, _decode_metadata(raw)
+
+
+def read_lora_metadata(path: str | Path) -> dict[str, Any]:
+    """The fdfo metadata of a LoRA file (JSON values decoded) without reading its tensors; {} for
+    a LoRA written by another tool."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a file that is not one
+        raise LoraFileError(f"{path} is not a .safetensors LoRA file ({e})") from e
+    return _decode_metadata(raw)
+
+
+def _decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for k, v in raw.items():
         if not k.startswith(METADATA_PREFIX):
@@ -249,7 +267,7 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             meta[k[len(METADATA_PREFIX):]] = json.loads(v)
         except json.JSONDecodeError:
             meta[k[len(METADATA_PREFIX):]] = v
-    return tensors, meta
+    return meta
 
 
 def check_family(meta: Mapping[str, Any], family: str, path: str | Path) -> None:

@@ -30,8 +30,8 @@ same ``epoch`` and ``pair_id`` in the same file replaces an earlier one (a corre
 Reading is forgiving where a crash can leave damage and strict where a person must act: a line
 that is not valid JSON (a write cut off by a crash) or a record with a bad field is skipped and
 reported in `PicksFile.problems` (file and line number; ``strict=True`` raises instead), while a
-file that is not UTF-8 text raises `PicksError` naming the file and the byte offset. Byte-order
-marks and Windows line ends are accepted.
+file that is not UTF-8 text raises `PicksError` naming the file, the byte offset and the line
+(`fdfo_core.textfiles`). Byte-order marks and Windows or old Mac line ends are accepted.
 """
 
 from __future__ import annotations
@@ -191,13 +191,13 @@ class PicksFile:
 
 
 def _decode(path: Path) -> str:
-    data = path.read_bytes()
+    """The file's text (UTF-8, a byte-order mark dropped, any line ends), via `textfiles`."""
+    from .textfiles import TextFileError, read_text_file
+
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise PicksError(f"{path} is not UTF-8 text (bad byte at offset {e.start}, line {line}): a picks file is "
-                         "JSON Lines in UTF-8; was it saved by another program in another encoding?") from None
+        return read_text_file(path, what="picks file")
+    except TextFileError as e:
+        raise PicksError(f"{e}; a picks file is JSON Lines in UTF-8") from None
 
 
 def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: bool = False) -> PicksFile:
@@ -220,7 +220,9 @@ def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: b
             raise PicksError(f"picks file {path} does not exist" if not path.exists() else f"{path} is not a file")
         files.append(path)
         by_pair: dict[tuple[int, int], int] = {}
-        for number, line in enumerate(_decode(path).splitlines(), start=1):
+        from .textfiles import split_lines
+
+        for number, line in enumerate(split_lines(_decode(path)), start=1):
             if not line.strip():
                 continue
             origin = f"{path}:{number}"

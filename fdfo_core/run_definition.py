@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import storage
+from .textfiles import read_json_file
 
 #: Config fields a resumed run may change without breaking the replay (the run stays one run).
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "train_batch_size",
-                               "decode_batch_size", "sample_batch_size", "gradient_checkpointing"})
+                               "decode_batch_size", "sample_batch_size", "gradient_checkpointing",
+                               "max_bad_pair_fraction"})  # raise it to continue a run that stopped on bad rewards
 
 RUN_RECORD = "run.json"
 PROMPTS_FILE = "prompts.json"
@@ -254,7 +256,7 @@ class RunRecords:
     def read(self) -> dict[str, Any] | None:
         """run.json of this folder in the current format, or None (absent, legacy or unreadable)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = read_json_file(self.path, "run record")  # a BOM from an editor is fine
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) and data.get("format") == RUN_FORMAT else None
@@ -267,7 +269,7 @@ class RunRecords:
         ref = d.get("prompts")
         if isinstance(ref, dict):
             try:
-                prompts = json.loads((self.run_dir / ref.get("file", PROMPTS_FILE)).read_text(encoding="utf-8"))
+                prompts = read_json_file(self.run_dir / ref.get("file", PROMPTS_FILE), "prompt list")
             except (OSError, ValueError):
                 prompts = None
             if not isinstance(prompts, list) or prompts_hash(prompts) != ref.get("sha256"):

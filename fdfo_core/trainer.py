@@ -2,7 +2,8 @@
 
 One epoch:
   1. sample `pairs_per_epoch` pairs (each rank its contiguous share), recording x_t and v per step;
-  2. decode both branches and score them; pairs with a non-finite reward are dropped and counted;
+  2. decode both branches and score them; pairs with a non-finite or missing reward are dropped
+     and counted, and the run stops when too many are (fdfo_core/bad_rewards.py: the policy);
   3. turn every (sample, step) into a training item, shuffle all items of all ranks with one
      permutation, and split them into `optimizer_steps_per_epoch` updates (gradient accumulation,
      clipping, AdamW).
@@ -27,13 +28,16 @@ import torch
 
 from . import faults, storage
 from .backend import BackendError, FlowBackend
+from .bad_rewards import RewardFailures, dropped_line, score_call, too_many_bad
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import checkpoint_name, definition_of, latest_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import Cond, cond_select, cond_to
 from .config import FDFOConfig
 from .distributed import DistContext, shard_range
+from .image_size import check_backend_size
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
+from .prompts import clean_prompt
 from .rewards.base import Reward, RewardError
 from .run_definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
 from .run_definition import FrontEnd, RunDefinition, RunRecords, differences, refusal_message, reward_fields
@@ -182,10 +186,11 @@ class FDFOTrainer:
         trainer fills in the model fingerprint, prompts, reward and config itself.
         front_end: the words, session record and extra output folders of the front end."""
         config.validate()
-        prompts = [p.strip() for p in prompts]
+        prompts = [clean_prompt(p) for p in prompts]  # stray byte-order marks never reach the encoder
         prompts = [p for p in prompts if p]
         if not prompts:
             raise TrainingError("the prompt list is empty: give at least one non-empty prompt (one per line)")
+        check_backend_size(backend, config.height, config.width)  # before any model work
         self.backend = backend
         self.reward = reward
         self.reward_spec = reward_spec or reward.describe()
@@ -213,6 +218,9 @@ class FDFOTrainer:
         self.epoch = 0  # completed epochs
         self.images_seen = 0
         self.history: list[dict[str, Any]] = []
+        # Until the reward has scored one image, a failing call is a setup problem and stops the run.
+        self._reward_worked = False
+        self._failures = RewardFailures()
         self.front_end = front_end or FrontEnd()
         self.definition = RunDefinition(
             model=dict(backend.fingerprint()), prompts=list(prompts), config=config.to_dict(),
@@ -301,40 +309,51 @@ class FDFOTrainer:
 
     # --- phase 2: decode and score ---------------------------------------------------------------
 
+    def _score_call(self, scorer, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """One reward call under the bad-reward policy (fdfo_core/bad_rewards.py): float64 [N],
+        NaN for images without a usable reward, recorded in this epoch's `self._failures`."""
+        scores = score_call(scorer, images, prompts, self._failures, self.reward_spec, strict=not self._reward_worked)
+        self._reward_worked = self._reward_worked or bool(torch.isfinite(scores).any())
+        return scores
+
+    def _check_bad_share(self, bad: int, total: int, unit: str, certain: bool = False) -> None:
+        """Stop the run when more than max_bad_pair_fraction of the epoch's `unit`s are lost."""
+        limit = self.config.max_bad_pair_fraction
+        if bad > limit * total:
+            raise TrainingError(too_many_bad(self.epoch + 1, bad, total, unit, limit, self.reward_spec,
+                                             self._failures, certain=certain))
+
     @torch.no_grad()
     def score(self, roll: EpochRollouts) -> torch.Tensor:
+        """Decode and score both branches: float64 [2n] (rows a..., b...), NaN where an image has
+        no usable reward (missing, non-finite, or its reward call failed)."""
         n = roll.pair_ids.numel()
         prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
         # A per-prompt normalising reward must see all of a prompt's images at once: score raw
         # chunks with the inner reward, normalise once at the end.
         normalizer = self.reward if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner") else None
         scorer = normalizer.inner if normalizer is not None else self.reward
+        self._failures = RewardFailures()
         rewards = []
         total = roll.final.shape[0]
+        bad_rows = torch.zeros(total, dtype=torch.bool)
         for start in range(0, total, self.config.decode_batch_size):
             self._cancel_point()
             stop = min(total, start + self.config.decode_batch_size)
             with self._autocast():
                 images = self.backend.decode(roll.final[start:stop].to(self.device)).float()
-            try:
-                r = scorer(images, prompts[start:stop])
-            except RewardError:
-                raise
-            except Exception as e:  # a scorer's own failure: say which reward and why
-                raise RewardError(f"reward {self.reward_spec!r} failed: {type(e).__name__}: {e}") from e
-            rewards.append(r.double())
+            r = self._score_call(scorer, images, prompts[start:stop])
+            rewards.append(r)
+            bad_rows[start:stop] = ~torch.isfinite(r)
             self._progress("reward", stop, total)
+            if not self.dist.active:  # (ranks decide together, after the gather)
+                self._check_bad_share(int((bad_rows[:n] | bad_rows[n:]).sum()), n, "pairs", certain=stop < total)
         raw = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
         if raw.shape[0] != 2 * n:
             raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
         roll.raw_rewards = raw
-        if normalizer is not None:
-            finite = torch.isfinite(raw)
-            normed = torch.full_like(raw, float("nan"))
-            keep = finite.nonzero().flatten().tolist()
-            if keep:
-                normed[keep] = normalizer.normalize(raw[keep].float(), [prompts[i] for i in keep]).double()
-            raw = normed
+        if normalizer is not None:  # NaN stays NaN and is left out of the statistics
+            raw = normalizer.normalize(raw.float(), prompts).double()
         roll.rewards = raw
         return roll.rewards
 
@@ -430,17 +449,22 @@ class FDFOTrainer:
         gathered = self.dist.all_gather_object(
             (roll.pair_ids[valid_local].tolist(), rewards[both].tolist(), roll.raw_rewards[both].tolist())
         )
+        self._failures = RewardFailures.merged(self.dist.all_gather_object(self._failures.state()))
         valid_global = torch.tensor(sorted(p for ids, _, _ in gathered for p in ids), dtype=torch.long)
         all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
         raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
         dropped = cfg.pairs_per_epoch - valid_global.numel()
         if valid_global.numel() == 0:
+            detail = self._failures.summary()
             raise TrainingError(
                 f"every one of the {cfg.pairs_per_epoch} pairs of epoch {epoch + 1} got a NaN or infinite reward "
-                f"from {self.reward_spec!r}; check the reward (weights loaded? images in [0, 1]?) before training"
+                f"(or none) from {self.reward_spec!r}" + (f" ({detail})" if detail else "")
+                + "; check the reward (weights loaded? server up? images in [0, 1]?) before training"
             )
+        self._check_bad_share(dropped, cfg.pairs_per_epoch, "pairs")
         if dropped:
-            self._log(f"epoch {epoch + 1}: dropped {dropped} pair(s) with a non-finite reward")
+            self._log(dropped_line(epoch + 1, dropped, cfg.pairs_per_epoch, "pairs", cfg.max_bad_pair_fraction,
+                                   self._failures))
         self._reward_std = max(float(all_rewards.std()) if all_rewards.numel() > 1 else 1.0, 1e-8)
         # Non-finite rewards would poison the finite differences of their own pair only; zero
         # them so the arithmetic stays finite (those pairs are not among the training items).
@@ -461,6 +485,7 @@ class FDFOTrainer:
         """
         t0, t1, t2, t3 = times
         rewards = rewards.double()
+        total = pairs + dropped
         self.epoch += 1
         self.images_seen += rewards.numel()
         metrics = {
@@ -473,6 +498,9 @@ class FDFOTrainer:
             "mean_abs_dR": mean_abs_dr,
             "pairs": pairs,
             "pairs_dropped": dropped,
+            # images without a usable reward (NaN, infinite, missing, or a failed reward call), failed calls
+            **self._failures.metrics(),
+            "bad_pair_fraction": dropped / total if total else 0.0,
             **stats.metrics(with_kl),
             "time_sample": t1 - t0,
             "time_reward": t2 - t1,
@@ -760,6 +788,9 @@ class FDFOTrainer:
             "lora_rank": cfg.lora_rank,
             "lora_alpha": cfg.lora_alpha,
             "config": cfg.to_dict(),
+            # What `fdfo sample --lora` needs beyond the config to sample as the LoRA was trained.
+            **{k: getattr(self.backend, k) for k in ("max_sequence_length", "flux_guidance")
+               if getattr(self.backend, k, None) is not None and (k != "flux_guidance" or self.backend.family == "flux")},
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
         }

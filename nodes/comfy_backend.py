@@ -47,6 +47,7 @@ import comfy.samplers
 
 from ..fdfo_core.backend import BackendError, NamedAdapterParams
 from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
 from ..fdfo_core.trainer import derive_seed
 
@@ -527,6 +528,20 @@ class ComfyBackend(NamedAdapterParams):
         if height % f or width % f:
             raise BackendError(f"image size {width}x{height} is not a multiple of the VAE's {f}x downscaling")
         return (int(self.base.latent_format.latent_channels), height // f, width // f)
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes (fdfo_core.image_size): multiples of the VAE's downscale x the
+        transformer's patch, at least one patch, and for an MMDiT with a stored position table
+        (SD3) at most `pos_embed_max_size` patches per side (ComfyUI asserts on larger ones)."""
+        f = int(self.vae.spacial_compression_decode())
+        dm = self.base.diffusion_model
+        patch = getattr(dm, "patch_size", 1)
+        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch or 1)
+        patch = max(patch, 2 if self.family == "flux" else 1)  # Flux packs 2x2 latents into one token
+        max_patches = getattr(dm, "pos_embed_max_size", None) if getattr(dm, "pos_embed", None) is not None else None
+        return SizeRule(multiple=f * patch, minimum=f * patch,
+                        maximum=int(max_patches) * f * patch if max_patches else None,
+                        why=f"the VAE downscales by {f} and the model takes {patch}x{patch} latent patches")
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         sampling = self.patcher.get_model_object("model_sampling")

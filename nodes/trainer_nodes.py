@@ -184,6 +184,10 @@ def optional_training_inputs() -> dict[str, tuple]:
             "With resume on: continue the run even though prompts, reward, seed or other settings that define it "
             "changed, and record the change as a new branch in its run.json. Off: such a change is refused with the "
             "list of differences (epochs and memory settings may always change).")}),
+        "max_bad_pair_fraction": ("FLOAT", {"default": d.max_bad_pair_fraction, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+            "Pairs whose reward is missing, NaN or failed (a scoring server's error for some images) are dropped and "
+            "counted; the run stops when more than this share of an epoch's pairs is lost (0: stop at the first; "
+            "1: never while any pair is left).")}),
     }
 
 
@@ -203,6 +207,7 @@ def config_from_inputs(values: dict[str, Any]) -> FDFOConfig:
         decode_batch_size=v.get("decode_batch_size", DEFAULTS.decode_batch_size),
         gradient_checkpointing=v.get("gradient_checkpointing", DEFAULTS.gradient_checkpointing),
         precision=v.get("precision", DEFAULTS.precision), storage_device=v.get("storage_device", DEFAULTS.storage_device),
+        max_bad_pair_fraction=v.get("max_bad_pair_fraction", DEFAULTS.max_bad_pair_fraction),
         extra={"frontend": "comfyui", "scheduler": v.get("scheduler", "simple"), "flux_guidance": v.get("flux_guidance", 3.5)},
     ).validate()
 

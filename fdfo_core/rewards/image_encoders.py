@@ -19,12 +19,12 @@ folders, then the offline Hugging Face cache); nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from ..textfiles import read_json_file
 from .base import RewardError
 from .clip_common import (
     OPENAI_CLIP_MEAN,
@@ -88,8 +88,10 @@ def detect_kind(path: Path) -> str | None:
     cfg_file = path / "config.json"
     if cfg_file.is_file():
         try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8-sig"))
-        except (ValueError, OSError):
+            cfg = read_json_file(cfg_file, "model config")
+        except ValueError:  # unreadable: the loader reports it properly
+            cfg = {}
+        if not isinstance(cfg, dict):
             cfg = {}
         model_type = str(cfg.get("model_type", ""))
         if model_type.startswith("clip"):
@@ -223,8 +225,11 @@ def _transform(folder: Path, kind: str, image_size: int) -> ImageTransform:
 
 
 def _load_hf_encoder(kind: str, folder: Path, dtype: torch.dtype, device: torch.device, reward: str) -> ImageEncoder:
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8-sig"))
-    model_type = str(cfg.get("model_type", ""))
+    try:
+        cfg = read_json_file(folder / "config.json", "model config")
+    except ValueError as e:
+        raise RewardError(f"{reward}: {e}") from None
+    model_type = str(cfg.get("model_type", "")) if isinstance(cfg, dict) else ""
     if model_type.startswith("siglip2"):
         raise RewardError(f"{reward}: SigLIP 2 NaFlex checkpoints are not supported ({folder}); use CLIP, SigLIP "
                           "or a fixed-resolution SigLIP 2")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .base import Reward, RewardError
+from .base import PartialRewardError, Reward, RewardError, summarize_errors
 
 RewardFactory = Callable[..., Reward]
 _REGISTRY: dict[str, RewardFactory] = {}
@@ -105,12 +105,24 @@ class WeightedSum(Reward):
         return super().to(device)
 
     def __call__(self, images, prompts, layout="auto"):
+        """The weighted sum per image. An image that one term could not score (NaN, or a failed
+        micro-batch of that term) is NaN in the sum: the other images keep their sums, and the
+        call raises a PartialRewardError holding them when a term failed for only some images."""
         total = None
+        errors = []
         self.last_components = {}
         for w, r in self.terms:
-            s = r(images, prompts, layout=layout)
+            try:
+                s = r(images, prompts, layout=layout)
+            except PartialRewardError as e:
+                s, errors = e.scores, errors + [(k, f"{r.name}: {m}") for k, m in e.errors]
             self.last_components[r.name] = s
+            # 0 * NaN is NaN: a missing score stays missing even under a zero weight.
             total = w * s if total is None else total + w * s
+        if errors:
+            bad = int((~torch.isfinite(total)).sum())
+            raise PartialRewardError(f"{self.name}: {bad} of {total.shape[0]} images could not be scored "
+                                     f"({summarize_errors(errors)})", total, errors)
         return total
 
     def score_differentiable(self, images, prompts):

@@ -64,7 +64,7 @@ from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
@@ -459,13 +459,68 @@ def failing_reward_names_itself_and_keeps_checkpoint():
         with torch.inference_mode():
             M["FDFOTrainer"]().train(model, clip, vae, FailAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
-    except RewardError as e:
+    except (RewardError, TrainingError) as e:  # every pair of epoch 2 lost: more than max_bad_pair_fraction
         msg = str(e)
     ck = work / "output" / "fdfo" / "flaky" / "checkpoints" / "checkpoint-00001.pt"
     loadable = ck.exists() and torch.load(ck, weights_only=True)["epoch"] == 1
     report("failing_reward_names_itself_and_keeps_checkpoint",
            msg is not None and "flaky_scorer" in msg and "scoring server went away" in msg and loadable,
            message=msg, checkpoint_loadable=loadable)
+
+
+class FailOnce(Reward):
+    """Brightness whose 2nd micro-batch of 4 images raises (a scoring server's one bad request)."""
+
+    name = "once_flaky"
+
+    def __init__(self):
+        super().__init__(micro_batch=4)
+        self.calls = 0
+
+    def _score(self, images, prompts):
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("one request timed out")
+        return images.mean(dim=(1, 2, 3))
+
+
+@check
+def partial_reward_failure_drops_pairs_and_trains_on():
+    """Issue 10: the Trainer node loses only the failed micro-batch's pairs, counts them in
+    metrics.jsonl, and the max_bad_pair_fraction input decides when to stop."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+                                 **trainer_inputs(lora_name="once_flaky", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                                  decode_batch_size=16))
+    metrics = [json.loads(line) for line in (work / "output" / "fdfo" / "once_flaky" / "metrics.jsonl").read_text().splitlines()]
+    m = metrics[-1]
+    stopped = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+                                     **trainer_inputs(lora_name="once_strict", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                                      decode_batch_size=16, max_bad_pair_fraction=0.0))
+    except TrainingError as e:
+        stopped = str(e)
+    ok = (m["images_without_reward"] == 4 and m["reward_errors"] == 1 and 1 <= m["pairs_dropped"] <= 4
+          and stopped is not None and "max_bad_pair_fraction = 0" in stopped and "one request timed out" in stopped)
+    report("partial_reward_failure_drops_pairs_and_trains_on", ok, metrics=m, stopped=stopped)
+
+
+@check
+def impossible_size_is_refused_with_sizes_that_work():
+    model, clip, vae = toy()
+    msg = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                     **trainer_inputs(lora_name="too_big", width=1024, height=512, preview_every=0))
+    except ValueError as e:  # ImageSizeError (a ConfigError, a ValueError)
+        msg = str(e)
+    ok = (msg is not None and "512x1024" in msg and "to 256 px" in msg and "Nearest sizes that work: 256x256" in msg
+          and not (work / "output" / "fdfo" / "too_big" / "checkpoints").exists())
+    report("impossible_size_is_refused_with_sizes_that_work", ok, message=msg)
 
 
 @check
