@@ -197,7 +197,7 @@ def _decode(path: Path) -> str:
     try:
         return read_text_file(path, what="picks file")
     except TextFileError as e:
-        raise PicksError(f"{e}; a picks file is JSON Lines in UTF-8") from None
+        raise PicksError(str(e)) from None
 
 
 def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: bool = False) -> PicksFile:

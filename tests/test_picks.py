@@ -100,8 +100,11 @@ def test_newer_format_and_wrong_encoding_are_refused(tmp_path):
     assert "version 2" in read_picks(path).problems[0] and "update ComfyUI-FDFO" in read_picks(path).problems[0]
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(rec(0, prompt="café").to_json().encode("latin-1") + b"\n")
-    with pytest.raises(PicksError, match="not UTF-8 text .*line 1"):
+    with pytest.raises(PicksError, match=r"latin.jsonl is not valid UTF-8.*byte offset 29 \(line 1"):
         read_picks(latin)
+    utf16 = tmp_path / "utf16.jsonl"  # PowerShell 5's redirection: UTF-16 with a byte-order mark
+    utf16.write_bytes(("\ufeff" + rec(0, prompt="café").to_json() + "\r\n").encode("utf-16-le"))
+    assert read_picks(utf16).records[0].prompt == "café"
     with pytest.raises(PicksError, match="does not exist"):
         read_picks(tmp_path / "nope.jsonl")
     with pytest.raises(PicksError, match="no picks files"):
