@@ -1,4 +1,4 @@
-"""`fdfo` command line: train, sample, demo, convert-lora, rewards.
+"""`fdfo` command line: train, sample, demo, convert-lora, fit-preference, rewards.
 
 Multi-GPU: ``torchrun --nproc_per_node 8 -m fdfo_core.cli train ...`` or
 ``accelerate launch -m fdfo_core.cli train ...`` (both set the process-group environment).
@@ -609,6 +609,17 @@ def cmd_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_preference(args: argparse.Namespace) -> int:
+    from .rewards.preference import fit_preference
+
+    model = fit_preference(args.picks, encoder=args.encoder, encoder_path=args.encoder_path, model=args.encoder_model,
+                           head=args.head, hidden=args.hidden, use_prompt=args.use_prompt, weight_decay=args.weight_decay,
+                           holdout=args.holdout, seed=args.seed, device=_device(args.device), log=print)
+    out = model.save(args.out)
+    print(f"wrote {out}: train with --reward preference --reward-opt preference.path={out}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -696,6 +707,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--model", required=True, help="the model the LoRA was trained on (for module shapes)")
     c.set_defaults(func=cmd_convert_lora)
+
+    f = sub.add_parser("fit-preference", help="fit a preference reward (Bradley-Terry) on picks.jsonl files",
+                       description="Fit a Bradley-Terry preference model on an artist's picks and save it as a "
+                                   "reward (--reward preference --reward-opt preference.path=OUT).")
+    f.add_argument("picks", nargs="+", help="picks.jsonl files or run folders holding one")
+    f.add_argument("-o", "--out", required=True, help="output .safetensors file (written atomically)")
+    f.add_argument("--encoder", default="clip", choices=["clip", "siglip", "dinov2", "csd"],
+                   help="frozen image encoder the model is fitted on (default clip)")
+    f.add_argument("--encoder-path", help="the encoder's weights folder or file (default: the reward folders, see docs/rewards.md)")
+    f.add_argument("--encoder-model", help="Hugging Face id of the encoder, looked up in the offline cache")
+    f.add_argument("--head", default="linear", choices=["linear", "mlp"], help="linear (default) or a one-hidden-layer MLP")
+    f.add_argument("--hidden", type=int, default=64, help="hidden units of the mlp head")
+    f.add_argument("--use-prompt", action="store_true", help="let the preference depend on the prompt (clip/siglip)")
+    f.add_argument("--weight-decay", type=float, default=1e-2, help="L2 penalty on the head's weights")
+    f.add_argument("--holdout", type=float, default=0.2, help="share of picks held out to measure accuracy")
+    f.add_argument("--seed", type=int, default=0, help="chooses the held-out picks (and the MLP's initialisation)")
+    f.add_argument("--device", default="auto", help="cuda, cpu (default: cuda if available)")
+    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    f.set_defaults(func=cmd_fit_preference)
 
     r = sub.add_parser("rewards", help="list the available rewards")
     r.add_argument("-v", "--verbose", action="store_true", help="also list each reward's options")

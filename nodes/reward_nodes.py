@@ -8,7 +8,10 @@ reward, the missing folder and where to get it.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -226,6 +229,265 @@ class FDFORemoteReward(_RewardLoader):
                                        "jpeg_quality": jpeg_quality, "micro_batch": micro_batch}, device="cpu"),)
 
 
+NO_FOLDER = "(none)"
+NO_MODEL = "(none)"
+PREFERENCE_SUBFOLDER = "preference"
+
+
+def _comfy_dir(kind: str) -> Path:
+    import folder_paths
+
+    getter = folder_paths.get_input_directory if kind == "input" else folder_paths.get_output_directory
+    return Path(getter()).resolve()
+
+
+def reference_folders(root: Path | None = None) -> list[str]:
+    """Sub-folders of ComfyUI's input folder that hold images (relative, with '/'), for the drop-down."""
+    from ..fdfo_core.image_files import IMAGE_EXTENSIONS
+
+    try:
+        root = (root or _comfy_dir("input")).resolve()
+    except Exception:
+        return []
+    if not root.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if here != root and any(f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") for f in filenames):
+            found.append(here.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(os.path.commonpath([str(r), str(path)]) == str(r) for r in roots)
+
+
+def resolve_reference_folder(name: str, root: Path | None = None) -> Path:
+    """The folder `name` inside ComfyUI's input folder; paths leading outside it are refused."""
+    root = (root or _comfy_dir("input")).resolve()
+    if not name or os.path.isabs(name) or "\\" in name:
+        raise RewardError(f"reference folder {name!r}: give a folder inside ComfyUI's input folder ({root})")
+    path = (root / name).resolve()
+    if not _inside(path, [root]):
+        raise RewardError(f"reference folder {name!r} is outside ComfyUI's input folder ({root}); put the images there")
+    if not path.is_dir():
+        raise RewardError(f"reference folder {name!r} does not exist in ComfyUI's input folder ({root})")
+    return path
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Names, sizes and modification times: changes when files are added, removed or rewritten."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()
+
+
+class FDFOReferenceStyleReward(_RewardLoader):
+    DESCRIPTION = ("Style from reference images: how close each image is to your references in an image encoder's space "
+                   "(CLIP, SigLIP, DINOv2 or the CSD style descriptor), 100 x cosine. Connect a batch of images (Load "
+                   "Image) and/or choose a folder of images in ComfyUI/input. The content guard keeps the references' "
+                   "subjects out: describe them in content_captions, or weight in the prompt. Weights: "
+                   "models/fdfo_rewards/ (docs/rewards.md).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..fdfo_core.rewards.image_encoders import ENCODER_KINDS
+
+        return {"required": {
+            "folder": ([NO_FOLDER] + reference_folders(), {"default": NO_FOLDER, "tooltip": (
+                "A folder of reference images inside ComfyUI/input (PNG, JPEG, WebP, ...; any sizes). Used together with "
+                "the images input when both are given.")}),
+            "encoder": (list(ENCODER_KINDS) + ["auto"], {"default": "clip", "tooltip": (
+                "The embedding space. clip: CLIP ViT-L/14 (content and style); siglip; dinov2: self-supervised, "
+                "more about layout and texture; csd: the CSD style descriptor (Somepalli et al. 2024), trained to match "
+                "artists' styles. auto: read from the chosen folder.")}),
+            "path": _path_input("Encoder weights folder"),
+            "aggregation": (["topk", "mean_embedding"], {"default": "topk", "tooltip": (
+                "topk: mean cosine to the k most similar references (keeps a varied set varied); mean_embedding: "
+                "cosine to the average of all references.")}),
+            "top_k": ("INT", {"default": 3, "min": 1, "max": 1000, "tooltip": "k for topk (capped at the number of references)."}),
+            "content_captions": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                "Content guard: what the references show (one per line or separated by |), e.g. 'a portrait of a "
+                "woman'. Images that look like these subjects lose reward, so the style is learned without copying "
+                "them. Empty: off.")}),
+            "content_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip": (
+                "Weight of the caption similarity that is subtracted.")}),
+            "prompt_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip": (
+                "Weight of a CLIP-score term with each image's own prompt (0.5 to 1 keeps the prompt's subject; 0: off).")}),
+            "text_path": _path_input("CLIP/SigLIP folder for the content guard (when the encoder has no text tower)"),
+            "scale": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 10000.0, "step": 1.0, "tooltip": (
+                "Multiplies the whole reward (100: a cosine of 0.8 scores 80, the range of CLIP score).")}),
+            **_common_learned(16),
+        }, "optional": {
+            "images": ("IMAGE", {"tooltip": "Reference images (a batch, e.g. from Load Image or a batch of several)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, folder=NO_FOLDER, **_):
+        if not folder or folder == NO_FOLDER:
+            return ""
+        try:
+            from ..fdfo_core.image_files import list_image_files
+
+            return _fingerprint(list_image_files(resolve_reference_folder(folder)))
+        except Exception as e:  # reported properly when the node runs
+            return f"error {e}"
+
+    def load(self, folder, encoder, path, aggregation, top_k, content_captions, content_weight, prompt_weight, text_path,
+             scale, dtype, micro_batch, device, images=None):
+        from ..fdfo_core.image_files import ImageFileError, read_images
+
+        refs = []
+        if images is not None:
+            refs += list(image_to_nchw(images).unbind(0))
+        if folder and folder != NO_FOLDER:
+            try:
+                refs += read_images(resolve_reference_folder(folder))[0]
+            except ImageFileError as e:
+                raise RewardError(f"reference: {e}") from None
+        if not refs:
+            raise RewardError("reference: connect reference images to the images input, or choose a folder of images "
+                              "in ComfyUI/input")
+        return (load_reward("reference", {
+            "images": refs, "encoder": encoder, "path": path, "aggregation": aggregation, "top_k": top_k,
+            "content_captions": content_captions, "content_weight": content_weight, "prompt_weight": prompt_weight,
+            "text_path": text_path, "scale": scale, "dtype": dtype, "micro_batch": micro_batch}, device),)
+
+
+def preference_models() -> list[str]:
+    """Fitted preference models (.safetensors) in the reward folders' preference/ sub-folders."""
+    from ..fdfo_core.rewards import reward_dirs
+
+    found = set()
+    try:
+        dirs = reward_dirs()
+    except Exception:
+        return []
+    for d in dirs:
+        sub = d / PREFERENCE_SUBFOLDER
+        if sub.is_dir():
+            found.update(f"{PREFERENCE_SUBFOLDER}/{p.name}" for p in sub.glob("*.safetensors") if not p.name.startswith("."))
+    return sorted(found)
+
+
+def resolve_picks(text: str) -> list[Path]:
+    """Picks files or run folders, one per line, relative to ComfyUI's output folder (absolute paths
+    must lie inside the output or input folder)."""
+    roots = [_comfy_dir("output"), _comfy_dir("input")]
+    out = []
+    for line in text.splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        p = Path(name).expanduser()
+        p = (p if p.is_absolute() else roots[0] / p).resolve()
+        if not _inside(p, roots):
+            raise RewardError(f"picks {name!r}: give a picks.jsonl (or its run folder) inside ComfyUI's output or input "
+                              f"folder ({roots[0]}, {roots[1]})")
+        out.append(p)
+    return out
+
+
+def _preference_save_path(name: str) -> Path:
+    from ..fdfo_core.rewards import reward_dirs
+
+    name = name.strip()
+    if Path(name).name != name or name.startswith("."):
+        raise RewardError(f"save_as {name!r}: give a plain file name (it goes to models/fdfo_rewards/{PREFERENCE_SUBFOLDER}/)")
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    dirs = reward_dirs()
+    if not dirs:
+        raise RewardError("save_as: no reward folder is known (models/fdfo_rewards)")
+    return dirs[0] / PREFERENCE_SUBFOLDER / name
+
+
+class FDFOPreferenceReward:
+    CATEGORY = f"{CATEGORY}/rewards"
+    RETURN_TYPES = (REWARD, "STRING")
+    RETURN_NAMES = ("reward", "report")
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP, "What the model was fitted on and its held-out accuracy (the share of held-out "
+                       "picks it predicts).")
+    FUNCTION = "load"
+    DESCRIPTION = ("Your taste as a reward: a small Bradley-Terry model fitted on the pairs you picked (picks.jsonl from "
+                   "a picking run), on frozen image embeddings (CLIP, SigLIP, DINOv2 or CSD). Or load a model fitted "
+                   "before. The report gives its held-out accuracy.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..fdfo_core.rewards.image_encoders import ENCODER_KINDS
+
+        return {"required": {
+            "picks": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                "picks.jsonl files or run folders, one per line, relative to ComfyUI/output (a picking run of the FDFO "
+                "Trainer writes output/fdfo/<lora name>/picks.jsonl). Several files are fitted together. Leave empty to "
+                "use model_file.")}),
+            "model_file": ([NO_MODEL] + preference_models(), {"default": NO_MODEL, "tooltip": (
+                "A preference model fitted before (models/fdfo_rewards/preference/). Used when picks is empty.")}),
+            "encoder": (list(ENCODER_KINDS), {"default": "clip", "tooltip": "The frozen image embeddings the model is fitted on."}),
+            "encoder_path": _path_input("Encoder weights folder"),
+            "head": (["linear", "mlp"], {"default": "linear", "tooltip": (
+                "linear: one weight per embedding dimension (robust with few picks); mlp: one hidden layer (needs "
+                "hundreds of picks).")}),
+            "hidden": ("INT", {"default": 64, "min": 1, "max": 4096, "tooltip": "Hidden units of the mlp head."}),
+            "use_prompt": ("BOOLEAN", {"default": False, "tooltip": (
+                "Let the preference depend on the prompt (CLIP/SigLIP encoders only).")}),
+            "holdout": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 0.9, "step": 0.05, "tooltip": (
+                "Share of picks held out to measure accuracy (the saved model is then fitted on all of them).")}),
+            "save_as": ("STRING", {"default": "", "tooltip": (
+                "File name to save the fitted model as, in models/fdfo_rewards/preference/ (empty: not saved). Use it "
+                "later with model_file, or on the command line with --reward preference --reward-opt preference.path=...")}),
+            "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip": (
+                "Multiplies the score (a difference of 1 means the model prefers the image 73 % of the time).")}),
+            **_common_learned(16),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, picks="", model_file=NO_MODEL, **_):
+        try:
+            files = []
+            for p in resolve_picks(picks or ""):
+                files.append(p / "picks.jsonl" if p.is_dir() else p)
+            return _fingerprint(files) + str(model_file)
+        except Exception as e:  # reported properly when the node runs
+            return f"error {e}"
+
+    def load(self, picks, model_file, encoder, encoder_path, head, hidden, use_prompt, holdout, save_as, scale, dtype,
+             micro_batch, device):
+        from ..fdfo_core.rewards.preference import fit_preference, load_preference_model
+        from ..fdfo_core.storage import StorageError
+
+        files = resolve_picks(picks or "")
+        lines: list[str] = []
+        dev = torch_device(device)
+        with torch.inference_mode(False):
+            try:
+                if files:
+                    pm = fit_preference(files, encoder=encoder, encoder_path=_opt(encoder_path), head=head, hidden=hidden,
+                                        use_prompt=use_prompt, holdout=holdout, dtype=dtype, device=dev, log=lines.append)
+                    if save_as and save_as.strip():
+                        saved = pm.save(_preference_save_path(save_as))
+                        lines.append(f"saved to {saved}")
+                elif model_file and model_file != NO_MODEL:
+                    pm = load_preference_model(model_file, encoder_path=_opt(encoder_path), dtype=dtype, device=dev)
+                    lines.append(f"loaded {model_file}: {pm.report.summary()}")
+                else:
+                    raise RewardError("preference: give picks (picks.jsonl files or run folders) or choose a model_file")
+                reward = pm.as_reward(scale=scale, micro_batch=micro_batch)
+            except (RewardError, StorageError):
+                raise
+            except Exception as e:
+                raise RewardError(f"reward 'preference' could not be built: {type(e).__name__}: {e}") from e
+        return (reward, "\n".join(lines))
+
+
 class FDFOCombineRewards:
     CATEGORY = f"{CATEGORY}/rewards"
     RETURN_TYPES = (REWARD,)
@@ -350,6 +612,8 @@ NODES = {
     "FDFOClipScoreReward": (FDFOClipScoreReward, "FDFO CLIP Score Reward"),
     "FDFOVLMReward": (FDFOVLMReward, "FDFO VLM Yes/No Reward"),
     "FDFORemoteReward": (FDFORemoteReward, "FDFO Remote Reward"),
+    "FDFOReferenceStyleReward": (FDFOReferenceStyleReward, "FDFO Reference Style Reward"),
+    "FDFOPreferenceReward": (FDFOPreferenceReward, "FDFO Preference Reward"),
     "FDFOCombineRewards": (FDFOCombineRewards, "FDFO Combine Rewards"),
     "FDFOScoreImages": (FDFOScoreImages, "FDFO Score Images"),
 }

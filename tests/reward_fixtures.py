@@ -393,3 +393,134 @@ def check_reward_contract(reward, images: torch.Tensor | None = None, prompts=PR
     nhwc = reward(images.permute(0, 2, 3, 1).contiguous(), prompts)
     assert torch.allclose(nhwc, scores, atol=atol, rtol=rtol)
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Image encoders for the reference and preference rewards: SigLIP, DINOv2 and CSD folders
+
+
+def _spread_init(model, seed: int, std: float = 0.2):
+    """Random init with larger weights than the default, so tiny towers separate images clearly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def write_siglip_folder(folder: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A transformers SiglipModel folder with a CLIP-BPE tokenizer (16 tokens) and a fixed-size preprocessor."""
+    from transformers import SiglipConfig, SiglipModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = write_clip_tokenizer(folder, pad_token="<|endoftext|>", model_max_length=16)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=tok["vocab_size"], hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tok["bos"],
+                         eos_token_id=tok["eos"], pad_token_id=tok["pad"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+    )
+    torch.manual_seed(seed)
+    model = _spread_init(SiglipModel(config).eval(), seed)
+    model.save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_resize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "resample": 2, "size": {"height": image_size, "width": image_size}, "image_processor_type": "SiglipImageProcessor"}))
+    return folder
+
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def write_dinov2_folder(folder: Path, image_size: int = 32, seed: int = 0, with_preprocessor: bool = True) -> Path:
+    """A transformers Dinov2Model folder (hidden 32, 2 layers, patch 8) with facebook/dinov2's preprocessor layout."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=8,
+                          image_size=image_size)
+    torch.manual_seed(seed)
+    model = _spread_init(Dinov2Model(config).eval(), seed)
+    model.save_pretrained(str(folder))
+    if with_preprocessor:
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True, "do_normalize": True,
+            "do_rescale": True, "do_resize": True, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+            "resample": 3, "size": {"shortest_edge": image_size + image_size // 7}, "image_processor_type": "BitImageProcessor"}))
+    return folder
+
+
+def csd_state_dict(width: int = 64, layers: int = 2, patch: int = 8, grid: int = 4, embed: int = 16,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights with the names and shapes of CSD_CLIP's state dict: the OpenAI CLIP image tower
+    under `backbone.` (its `proj` removed) plus `last_layer_style` / `last_layer_content`."""
+    sd = openclip_state_dict(vocab_size=8, width=width, layers=layers, patch=patch, grid=grid, embed=embed, seed=seed)
+    out = {"backbone." + k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.") and k != "visual.proj"}
+    g = torch.Generator().manual_seed(seed + 1)
+    out["last_layer_style"] = torch.randn(width, embed, generator=g) * 0.2
+    out["last_layer_content"] = torch.randn(width, embed, generator=g) * 0.2
+    return out
+
+
+def write_csd_folder(folder: Path, layout: str = "hub", seed: int = 0) -> tuple[Path, dict]:
+    """csd/ as published: "hub" = model.safetensors + config.json (tomg-group-umd/CSD-ViT-L, written by
+    huggingface_hub's model mixin); "drive" = the authors' training checkpoint.pth with a DDP prefix,
+    optimizer state and the argparse Namespace of the run."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = csd_state_dict(seed=seed)
+    if layout == "hub":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({"content_proj_head": "default", "name": "vit_large"}))
+    else:
+        torch.save({"model_state_dict": {"module." + k: v for k, v in sd.items()},
+                    "opt_bb": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0, 1]}]}, "iter": 100,
+                    "args": argparse.Namespace(arch="vit_large", lr=1e-5, eval_k=[1, 10], use_fp16=True)},
+                   folder / "checkpoint.pth")
+    return folder, sd
+
+
+def csd_reference_embeddings(sd: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
+    """CSD's style output computed the authors' way (OpenAI CLIP visual with QuickGELU, CLS token,
+    ln_post, @ last_layer_style, L2-normalised), written out with torch.nn.MultiheadAttention.
+    `pixels`: normalised NCHW at the model's resolution."""
+    import torch.nn.functional as F
+
+    v = {k[len("backbone."):]: t for k, t in sd.items() if k.startswith("backbone.")}
+    with torch.no_grad():
+        x = F.conv2d(pixels, v["conv1.weight"], stride=v["conv1.weight"].shape[-1]).flatten(2).transpose(1, 2)
+        w = x.shape[-1]
+        x = torch.cat([v["class_embedding"].expand(x.shape[0], 1, -1), x], dim=1) + v["positional_embedding"]
+        x = F.layer_norm(x, (w,), v["ln_pre.weight"], v["ln_pre.bias"])
+        i = 0
+        while f"transformer.resblocks.{i}.ln_1.weight" in v:
+            b = f"transformer.resblocks.{i}."
+            i += 1
+            attn = torch.nn.MultiheadAttention(w, heads, batch_first=True)
+            attn.load_state_dict({"in_proj_weight": v[b + "attn.in_proj_weight"], "in_proj_bias": v[b + "attn.in_proj_bias"],
+                                  "out_proj.weight": v[b + "attn.out_proj.weight"], "out_proj.bias": v[b + "attn.out_proj.bias"]})
+            h = F.layer_norm(x, (w,), v[b + "ln_1.weight"], v[b + "ln_1.bias"])
+            x = x + attn(h, h, h, need_weights=False)[0]
+            h = F.layer_norm(x, (w,), v[b + "ln_2.weight"], v[b + "ln_2.bias"])
+            h = F.linear(h, v[b + "mlp.c_fc.weight"], v[b + "mlp.c_fc.bias"])
+            h = h * torch.sigmoid(1.702 * h)  # OpenAI CLIP's QuickGELU
+            x = x + F.linear(h, v[b + "mlp.c_proj.weight"], v[b + "mlp.c_proj.bias"])
+        x = F.layer_norm(x[:, 0], (w,), v["ln_post.weight"], v["ln_post.bias"])
+        style = x @ sd["last_layer_style"]
+    return style / style.norm(dim=-1, keepdim=True)
+
+
+def palette_images(n: int, base, size: int = 32, spread: float = 0.35, seed: int = 0) -> torch.Tensor:
+    """Smooth random NCHW images whose colours lie in a box above the RGB `base` colour (a palette)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(n, 3, 4, 4, generator=g) * spread
+    x = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return (x + torch.tensor(base, dtype=torch.float32).view(1, 3, 1, 1)).clamp(0, 1)

@@ -14,7 +14,10 @@ as it was (checked). Then, over HTTP as the frontend does it:
 - a non-flow model, a mismatched VAE, an empty prompt list, a failing reward, a resume with another
   seed and a runs folder that is a file give clear errors, never crash the server and never touch a
   finished checkpoint;
-- the SD3.5 and Flux workflows validate except for the model files that are not installed here.
+- the SD3.5 and Flux workflows validate except for the model files that are not installed here
+  (and, for the style workflows, the user's reference folder);
+- the toy style workflow trains with FDFO Reference Style Reward (a tiny CLIP standing in for
+  CLIP ViT-L/14), and FDFO Preference Reward fits on a picks.jsonl in output/ and trains.
 
 FDFO_E2E_EPOCHS (default: the toy preset's 20) shortens the toy run.
 """
@@ -307,7 +310,8 @@ def write_taesd(path: Path, channels: int) -> None:
     save_file({k: v.contiguous() for k, v in diffusers_taesd_to_comfyui(vae.state_dict()).items()}, str(path))
 
 
-@pytest.mark.parametrize("name", ["fdfo_sd35_pickscore", "fdfo_sd35_vlm", "fdfo_flux_aesthetic"])
+@pytest.mark.parametrize("name", ["fdfo_sd35_pickscore", "fdfo_sd35_vlm", "fdfo_flux_aesthetic",
+                                  "fdfo_sd35_style_reference", "fdfo_flux_style_reference"])
 def test_big_model_workflows_validate_except_missing_model_files(server, name):
     with pytest.raises(PromptRejected) as e:
         server.queue(api(name))
@@ -315,7 +319,9 @@ def test_big_model_workflows_validate_except_missing_model_files(server, name):
     assert errors, e.value.reply
     for node, err in errors.items():
         for item in err["errors"]:
-            assert item["type"] == "value_not_in_list" and item["extra_info"]["input_name"] in MODEL_FILE_INPUTS, (node, item)
+            # The style workflows also name the user's own reference folder (ComfyUI/input/my_style).
+            allowed = MODEL_FILE_INPUTS | ({"folder"} if "style" in name else set())
+            assert item["type"] == "value_not_in_list" and item["extra_info"]["input_name"] in allowed, (node, item)
 
 
 def test_prompts_saved_before_the_options_node_still_run(server, toy_env):
@@ -334,3 +340,53 @@ def test_prompts_saved_before_the_options_node_still_run(server, toy_env):
     del options["prompt_cache_mb"], options["interval_width"]
     entry = server.run(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", error_message(entry)
+
+
+# --- style and taste rewards -------------------------------------------------------------------------
+
+
+def test_toy_style_workflow_trains_with_the_reference_reward(server, toy_env):
+    """The toy style example as it is, with a tiny random CLIP standing in for CLIP ViT-L/14 in
+    models/fdfo_rewards/clip-vit-large-patch14 (one short epoch)."""
+    import reward_fixtures as rf
+
+    rf.write_clip_folder(server.base / "models" / "fdfo_rewards" / "clip-vit-large-patch14", seed=0,
+                         pad_token="<|endoftext|>")
+    prompt = api("fdfo_toy_style_reference")
+    set_training(prompt, epochs=1, pairs_per_epoch=4, resume=False, preview_every=0)
+    entry = server.run(prompt, timeout=1200)
+    assert entry["status"]["status_str"] == "success", error_message(entry) or server.log_tail()
+    from safetensors import safe_open
+
+    with safe_open(str(server.base / "models" / "loras" / "fdfo_toy_style.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["fdfo.reward"].startswith("reference(clip:clip-vit-large-patch14, 8 images, mean"), meta["fdfo.reward"]
+    refs = output_files(server.base, entry, node_id(prompt, "PreviewImage", "the references"))
+    assert len(refs) == 8
+    tinted = np.stack([pixels(p) for p in refs]).mean(axis=(0, 1, 2))
+    assert tinted[2] < tinted[0]  # multiplied by the warm orange: less blue than red
+
+
+def test_preference_reward_fitted_on_picks_trains(server, toy_env):
+    """FDFO Preference Reward fits on a picking run's picks.jsonl in output/, saves the model into
+    models/fdfo_rewards/preference/, and its reward trains the toy."""
+    import reward_fixtures as rf
+    from test_preference import write_picks
+
+    clip = server.base / "models" / "fdfo_rewards" / "clip-vit-large-patch14"
+    if not clip.exists():
+        rf.write_clip_folder(clip, seed=0, pad_token="<|endoftext|>")
+    write_picks(server.base / "output" / "fdfo" / "picked", n=40, seed=4, every_skip=0)
+    prompt = minimal_training(toy_env, lora_name="taste")
+    reward_id = next(k for k, n in prompt.items() if n["class_type"] in ("FDFOToyAlignmentReward", "FDFOSimpleReward"))
+    prompt[reward_id] = {"class_type": "FDFOPreferenceReward", "inputs": {
+        "picks": "fdfo/picked", "model_file": "(none)", "encoder": "clip", "encoder_path": "auto", "head": "linear",
+        "hidden": 64, "use_prompt": False, "holdout": 0.2, "save_as": "taste", "scale": 1.0, "dtype": "auto",
+        "micro_batch": 16, "device": "cpu"}}
+    entry = server.run(prompt, timeout=1200)
+    assert entry["status"]["status_str"] == "success", error_message(entry) or server.log_tail()
+    assert (server.base / "models" / "fdfo_rewards" / "preference" / "taste.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(server.base / "models" / "loras" / "taste.safetensors"), "pt") as f:
+        assert f.metadata()["fdfo.reward"].startswith("preference(clip:clip-vit-large-patch14, linear, 40 picks")

@@ -30,8 +30,9 @@ def load(folder: str, name: str) -> dict:
     return json.loads((REPO / folder / f"{name}.json").read_text())
 
 
-def test_the_five_workflows_exist_in_both_formats():
-    assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_sd35_pickscore", "fdfo_sd35_vlm", "fdfo_toy"]
+def test_the_workflows_exist_in_both_formats():
+    assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_flux_style_reference", "fdfo_sd35_pickscore",
+                     "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy", "fdfo_toy_style_reference"]
     assert sorted(p.stem for p in (REPO / "workflows" / "ui").glob("*.json")) == NAMES
     assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == NAMES
 
@@ -82,8 +83,10 @@ def test_every_fdfo_node_type_appears_in_some_workflow():
     pack = import_nodepack()
     used = {n["class_type"] for name in NAMES for n in load("workflows/api", name).values()}
     # The weight-free, HPSv2, CLIP-score and remote loaders are alternatives of the ones shown; the
-    # old one-node Trainer is only there for workflows saved before FDFO Training Options.
-    alternatives = {"FDFOSimpleReward", "FDFOHPSv2Reward", "FDFOClipScoreReward", "FDFORemoteReward", "FDFOTrainer"}
+    # old one-node Trainer is only there for workflows saved before FDFO Training Options; the
+    # preference reward needs an artist's picks (picks.jsonl) to fit on.
+    alternatives = {"FDFOSimpleReward", "FDFOHPSv2Reward", "FDFOClipScoreReward", "FDFORemoteReward", "FDFOTrainer",
+                    "FDFOPreferenceReward"}
     assert set(pack.NODE_CLASS_MAPPINGS) - used == alternatives
 
 
@@ -131,6 +134,25 @@ def test_published_defaults_in_the_sd35_workflow():
             t["clip_range"], t["churn"], t["churn_strength"], t["width"]) == (
         d.epochs, d.pairs_per_epoch, d.num_steps, d.cfg_scale, d.lr, d.lora_rank, d.lora_alpha, d.clip_range,
         d.churn, d.churn_strength, d.width)
+
+
+def test_toy_style_workflow_makes_its_own_references():
+    """The toy style workflow runs as it is: references are toy scenes tinted by the style colour,
+    fed to the reward's IMAGE input; the trainer uses the toy preset under its own LoRA name."""
+    api = load("workflows/api", "fdfo_toy_style_reference")
+    reward = next(n for n in api.values() if n["class_type"] == "FDFOReferenceStyleReward")
+    blend = api[reward["inputs"]["images"][0]]
+    assert blend["class_type"] == "ImageBlend" and blend["inputs"]["blend_mode"] == "multiply"
+    assert reward["inputs"]["folder"] == "(none)"
+    trainer = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOTrainerV2")
+    assert trainer["lora_name"] == "fdfo_toy_style" and api[trainer["reward"][0]] is reward
+
+
+@pytest.mark.parametrize("name", ["fdfo_sd35_style_reference", "fdfo_flux_style_reference"])
+def test_big_model_style_workflows_read_a_reference_folder(name):
+    api = load("workflows/api", name)
+    reward = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOReferenceStyleReward")
+    assert reward["folder"] == "my_style" and reward["encoder"] == "csd" and reward["prompt_weight"] == 0.5
 
 
 # --- layout: what a person sees after a run (the browser test checks the same in the front end) ---

@@ -623,6 +623,122 @@ def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
     return g
 
 
+#: The toy's "style": its own scenes multiplied by a warm orange (ImageBlend, multiply), 0xFFCC8C.
+TOY_STYLE_COLOR = 0xFFCC8C
+STYLE_FOLDER = "my_style"
+STYLE_NOTE = (
+    "Put 5 to 50 images of the style in ComfyUI/input/{folder}/ (PNG, JPEG, WebP; any sizes), then refresh the page "
+    "so the folder appears in FDFO Reference Style Reward (or connect Load Image nodes to its images input).\n\n"
+    "encoder: csd is the CSD style descriptor (Somepalli et al. 2024: models/fdfo_rewards/csd/model.safetensors from "
+    "tomg-group-umd/CSD-ViT-L), clip is CLIP ViT-L/14, dinov2 and siglip work too. Content guard: prompt_weight 0.5 "
+    "adds CLIP score with each prompt so the subjects follow your prompts, and content_captions lists what the "
+    "references show (one per line) so it is not copied; both use CLIP ViT-L/14 (models/fdfo_rewards/"
+    "clip-vit-large-patch14/). See docs/rewards.md, 'reference'."
+)
+
+
+def wf_toy_style(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    toy = PRESETS["toy"]
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.68)
+    note = g.note(
+        "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
+        "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
+        "orange (Empty Image + Image Blend, multiply). FDFO Reference Style Reward scores every training image by its "
+        "closeness to them in CLIP ViT-L/14's space (weights: models/fdfo_rewards/clip-vit-large-patch14/, see "
+        "docs/rewards.md), and the trainer pulls the toy towards that warm look while the prompts keep deciding the "
+        "shapes. For your own style, replace the reference branch with Load Image nodes or choose a folder of images in "
+        "ComfyUI/input.",
+        height=250,
+    )
+    loader = g.add("FDFOToyModelLoader")
+    prompts = g.add("FDFOToyPrompts", count=256, split="train", seed=0)
+    ref_prompt = g.add("CLIPTextEncode", "reference scenes", text=TOY_PROMPT, clip=loader["clip"])
+    ref_neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=loader["clip"])
+    ref_latent = g.add("EmptySD3LatentImage", width=toy["width"], height=toy["height"], batch_size=8)
+    ref_ks = g.add("KSampler", "reference scenes", model=loader["model"], seed=12345, steps=toy["num_steps"],
+                   cfg=toy_cfg(toy), sampler_name="euler", scheduler="simple", positive=ref_prompt["CONDITIONING"],
+                   negative=ref_neg["CONDITIONING"], latent_image=ref_latent["LATENT"], denoise=1.0)
+    scenes = g.add("VAEDecode", samples=ref_ks["LATENT"], vae=loader["vae"])
+    orange = g.add("EmptyImage", "the style's colour", width=toy["width"], height=toy["height"], batch_size=1,
+                   color=TOY_STYLE_COLOR)
+    refs = g.add("ImageBlend", "references: warm-tinted scenes", image1=scenes["IMAGE"], image2=orange["IMAGE"],
+                 blend_factor=1.0, blend_mode="multiply")
+    refs_view = g.shows(g.add("PreviewImage", "the references", images=refs["IMAGE"]), [(toy["width"], toy["height"])] * 8)
+    reward = g.add("FDFOReferenceStyleReward", images=refs["IMAGE"], encoder="clip", aggregation="mean_embedding")
+    trainer_values, option_values = toy_trainer_values(toy)
+    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
+    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"],
+                    **{**trainer_values, "lora_name": "fdfo_toy_style"})
+    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"],
+                                        "fdfo_toy_style/preview")
+    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                    toy["num_steps"], toy_cfg(toy), "fdfo_toy_style/trained")
+    s.save.title = "trained model: sampled images"
+    g.column(0, 300, [loader, prompts, (ref_prompt, 100), ref_neg, ref_latent])
+    g.column(320, 300, [ref_ks, scenes, orange, refs, refs_view])
+    g.column(640, 300, [reward, options])
+    g.column(960, 540, [trainer, note])
+    g.column(1520, 540, [curve, compare])
+    # The sampled images top right: the front end's minimap and zoom buttons sit in the bottom-right corner.
+    g.column(2080, 300, [s.sampler, s.decode, s.save, (s.prompt, 100), s.negative, s.latent])
+    return g
+
+
+def _style_reward(g: Graph) -> Node:
+    return g.add("FDFOReferenceStyleReward", folder=STYLE_FOLDER, encoder="csd", aggregation="topk", top_k=3,
+                 prompt_weight=0.5)
+
+
+def wf_sd35_style(info: dict[str, Any]) -> Graph:
+    g = Graph("fdfo_sd35_style_reference", info, zoom=0.7)
+    note = g.note("SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
+                  "pairs_per_epoch to try it).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
+                  + f"\n\nModel files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}. 24 GB: "
+                  "storage_device cpu (done here) and gradient_checkpointing on, in FDFO Training Options.", height=330)
+    ckpt, clip = _sd35_loaders(g)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = _style_reward(g)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu")
+    values = _published_trainer("sd35m_style")
+    trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35_style/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
+                    512, 512, 40, 1.0, "fdfo_sd35_style/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [ckpt, clip, (prompts, 200), reward], options, trainer, note, curve, compare, s)
+    return g
+
+
+def wf_flux_style(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    flux = PRESETS["flux"]
+    g = Graph("fdfo_flux_style_reference", info, zoom=0.7)
+    note = g.note("Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
+                  "checkpointing in FDFO Training Options to fit 24 GB, as in the Flux aesthetic workflow).\n\n"
+                  + STYLE_NOTE.format(folder=STYLE_FOLDER)
+                  + "\n\nModel files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and "
+                  "t5xxl_fp16.safetensors, models/vae/ae.safetensors.", height=330)
+    unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
+    clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = g.add("VAELoader", vae_name="ae.safetensors")
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = _style_reward(g)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
+    values = _published_trainer("flux_style", steps=flux["num_steps"], width=512, height=512)
+    trainer = g.add("FDFOTrainerV2", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_flux_style/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
+                    512, 512, flux["num_steps"], 1.0, "fdfo_flux_style/trained", batch=1, guidance=3.5,
+                    min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [unet, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
+    return g
+
+
 def wf_compare(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
@@ -672,6 +788,9 @@ WORKFLOWS = {
     "fdfo_sd35_vlm": wf_sd35_vlm,
     "fdfo_flux_aesthetic": wf_flux_aesthetic,
     "fdfo_base_vs_lora": wf_compare,
+    "fdfo_toy_style_reference": wf_toy_style,
+    "fdfo_sd35_style_reference": wf_sd35_style,
+    "fdfo_flux_style_reference": wf_flux_style,
 }
 
 

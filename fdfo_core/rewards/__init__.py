@@ -3,7 +3,9 @@ weighted sums such as ``"pickscore + 0.1*vlm"``.
 
 Built-in rewards (see docs/rewards.md): brightness, saturation, colourfulness,
 jpeg_compressibility, jpeg_incompressibility (weight-free); pickscore, hpsv2, aesthetic,
-clipscore, vlm (learned, weights from local folders); remote (a scoring server you run).
+clipscore, vlm (learned, weights from local folders); reference (closeness to reference images,
+a style); preference (a Bradley-Terry model fitted on an artist's picks); remote (a scoring
+server you run).
 Heavy libraries (transformers) are imported only when a learned reward is built.
 """
 
@@ -24,7 +26,7 @@ from .weights import list_reward_folders, register_comfy_folder, reward_dirs
 
 def ensure_registered() -> None:
     """Import every module that registers built-in rewards (cheap: heavy imports are lazy)."""
-    from . import clip_rewards, remote, simple, vlm  # noqa: F401
+    from . import clip_rewards, preference, reference, remote, simple, vlm  # noqa: F401
 
     try:  # the toy world's caption-alignment reward (weight-free, torch only)
         from ..toy import alignment  # noqa: F401

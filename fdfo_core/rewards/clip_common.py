@@ -69,11 +69,20 @@ class ImageTransform:
         self.round_crop_offset = round_crop_offset
 
     @classmethod
-    def from_preprocessor_config(cls, path: Path | None, default_size: int = 224) -> "ImageTransform":
-        """Read a transformers `preprocessor_config.json` (CLIP: shortest edge + crop; SigLIP: fixed size)."""
-        cfg: dict = {}
+    def from_preprocessor_config(cls, path: Path | None, default_size: int = 224,
+                                 defaults: dict | None = None) -> "ImageTransform":
+        """Read a transformers `preprocessor_config.json` (CLIP: shortest edge + crop; SigLIP: fixed size).
+
+        `defaults` is used instead of the file when there is none (a model's published settings).
+        """
+        cfg: dict = dict(defaults or {})
         if path is not None and Path(path).is_file():
             cfg = read_json_file(path, "preprocessor config")
+        return cls.from_config_dict(cfg, default_size)
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict, default_size: int = 224) -> "ImageTransform":
+        """The transform of a preprocessor config already read into a dict."""
         size = cfg.get("size", default_size)
         shortest = not (isinstance(size, dict) and "height" in size)
         if cfg.get("do_resize", True) is False:
@@ -198,3 +207,54 @@ class TextEmbeddingCache:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def text_max_length(model, tokenizer, max_length: int | None = None) -> int:
+    """The text context of a CLIP/SigLIP model: the smallest of `max_length`, the config's positions
+    and the tokenizer's limit (77 when none is known)."""
+    cfg_len = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
+    tok_len = getattr(tokenizer, "model_max_length", None)
+    lengths = [x for x in (max_length, cfg_len, tok_len if tok_len and tok_len < 100_000 else None) if x]
+    return min(lengths) if lengths else 77
+
+
+def encode_clip_text(model, tokenizer, prompts: Sequence[str], max_length: int, text_inputs: Sequence[str],
+                     device: torch.device) -> torch.Tensor:
+    """L2-normalised text embeddings [N, D] (float32) of a CLIP/SigLIP dual encoder.
+
+    Every prompt is padded to the full context, so an embedding does not depend on the batch.
+    SigLIP passes ``text_inputs=("input_ids",)`` (it was trained on padded text without a mask).
+    """
+    tok = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    kwargs = {k: tok[k].to(device) for k in text_inputs if k in tok}
+    with torch.no_grad():
+        emb = pooled(model.get_text_features(**kwargs))
+    return normalize(emb.float())
+
+
+def load_transformers_model(path: Path, what: str, reward: str, dtype: torch.dtype, auto_class: str = "AutoModel"):
+    """`transformers.<auto_class>.from_pretrained(path)` offline, in `dtype`; failures become RewardError."""
+    import transformers
+
+    from .weights import dtype_kwargs
+
+    cls = getattr(transformers, auto_class)
+    try:
+        model = cls.from_pretrained(str(path), local_files_only=True, **dtype_kwargs(dtype))
+    except Exception as e:
+        raise RewardError(f"{reward}: could not load {what} from {path}: {e}") from e
+    return model.to(dtype)
+
+
+def load_tokenizer(path: Path, reward: str, cls_name: str = "AutoTokenizer"):
+    """A tokenizer from a local folder; failures become RewardError."""
+    import transformers
+
+    try:
+        return getattr(transformers, cls_name).from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise RewardError(f"{reward}: could not load the tokenizer from {path}: {e}") from e
+
+
+def as_device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cpu")

@@ -23,7 +23,20 @@ from typing import Sequence
 import torch
 
 from .base import RewardError
-from .clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, ModelReward, TextEmbeddingCache, normalize, pooled
+from .clip_common import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ImageTransform,
+    ModelReward,
+    TextEmbeddingCache,
+    as_device,
+    encode_clip_text,
+    load_tokenizer,
+    load_transformers_model,
+    normalize,
+    pooled,
+    text_max_length,
+)
 from .openclip_convert import clip_config_from_openclip, clip_model_from_openclip, unwrap_state_dict
 from .registry import register_reward
 from .weights import (
@@ -89,10 +102,7 @@ class _ClipPair(ModelReward):
         self.tokenizer = tokenizer
         self.transform = transform
         self.text_inputs = tuple(text_inputs)
-        cfg_len = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
-        tok_len = getattr(tokenizer, "model_max_length", None)
-        lengths = [x for x in (max_length, cfg_len, tok_len if tok_len and tok_len < 100_000 else None) if x]
-        self.max_length = min(lengths) if lengths else 77
+        self.max_length = text_max_length(model, tokenizer, max_length)
         self.text_cache = TextEmbeddingCache(self._encode_text)
         self.to(self.device)
 
@@ -106,13 +116,7 @@ class _ClipPair(ModelReward):
         return self
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        # Pad every prompt to the full context so that an embedding does not depend on the batch.
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        kwargs = {k: tok[k].to(self.device) for k in self.text_inputs if k in tok}
-        with torch.no_grad():
-            emb = pooled(self.model.get_text_features(**kwargs))
-        return normalize(emb.float())
+        return encode_clip_text(self.model, self.tokenizer, prompts, self.max_length, self.text_inputs, self.device)
 
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.transform(images).to(self.dtype)
@@ -124,28 +128,10 @@ class _ClipPair(ModelReward):
         return (img * txt).sum(-1)
 
 
-def _load_transformers_model(path: Path, what: str, reward: str, dtype: torch.dtype, auto_class: str = "AutoModel"):
-    import transformers
-
-    cls = getattr(transformers, auto_class)
-    try:
-        model = cls.from_pretrained(str(path), local_files_only=True, **dtype_kwargs(dtype))
-    except Exception as e:
-        raise RewardError(f"{reward}: could not load {what} from {path}: {e}") from e
-    return model.to(dtype)
-
-
-def _load_tokenizer(path: Path, reward: str, cls_name: str = "AutoTokenizer"):
-    import transformers
-
-    try:
-        return getattr(transformers, cls_name).from_pretrained(str(path), local_files_only=True)
-    except Exception as e:
-        raise RewardError(f"{reward}: could not load the tokenizer from {path}: {e}") from e
-
-
-def _device(device) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cpu")
+# Shared with the other CLIP-family rewards (clip_common), under the names used in this module.
+_load_transformers_model = load_transformers_model
+_load_tokenizer = load_tokenizer
+_device = as_device
 
 
 # ---- PickScore --------------------------------------------------------------------------------

@@ -190,20 +190,58 @@ def convert_openclip_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+def clip_vision_config_from_openclip(sd: Mapping[str, torch.Tensor], vision_heads: int | None = None,
+                                     quick_gelu: bool = False):
+    """A transformers CLIPVisionConfig with the sizes of the ``visual.*`` part of an open_clip / OpenAI
+    CLIP ViT state dict (for image towers saved without their text tower, such as CSD's)."""
+    from transformers import CLIPVisionConfig
+
+    required = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj"]
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise RewardError(f"not a CLIP ViT image tower: missing {', '.join(missing)}")
+    v_width, _, patch, _ = sd["visual.conv1.weight"].shape
+    n_pos = sd["visual.positional_embedding"].shape[0]
+    grid = int(round((n_pos - 1) ** 0.5))
+    if grid * grid + 1 != n_pos:
+        raise RewardError(f"unsupported vision positional embedding of {n_pos} positions (not a square grid + class token)")
+    if "visual.transformer.resblocks.0.mlp.c_fc.weight" not in sd:
+        raise RewardError("no vision transformer blocks (visual.transformer.resblocks.N.*) in the checkpoint")
+    v_mlp = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    embed_dim = sd["visual.proj"].shape[1]
+    vision_heads = vision_heads or max(1, v_width // (80 if v_width == 1280 else 64))
+    return CLIPVisionConfig(
+        hidden_size=int(v_width), intermediate_size=int(v_mlp), num_hidden_layers=_count_blocks(sd, visual=True),
+        num_attention_heads=int(vision_heads), image_size=int(grid * patch), patch_size=int(patch),
+        hidden_act="quick_gelu" if quick_gelu else "gelu", layer_norm_eps=1e-5, projection_dim=int(embed_dim),
+    )
+
+
+def clip_vision_model_from_openclip(sd: Mapping[str, torch.Tensor], config) -> torch.nn.Module:
+    """Build a transformers CLIPVisionModelWithProjection from the ``visual.*`` weights (strictly)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
+    return _load_converted(CLIPVisionModelWithProjection, config, convert_openclip_state_dict(visual))
+
+
 def clip_model_from_openclip(sd: Mapping[str, torch.Tensor], config) -> torch.nn.Module:
     """Build a transformers CLIPModel and load converted open_clip weights into it (strictly)."""
     from transformers import CLIPModel
 
-    converted = convert_openclip_state_dict(sd)
+    return _load_converted(CLIPModel, config, convert_openclip_state_dict(sd))
+
+
+def _load_converted(model_cls, config, converted: dict[str, torch.Tensor]) -> torch.nn.Module:
     try:
         from accelerate import init_empty_weights
     except ImportError:  # pragma: no cover - accelerate is a dependency; fall back to a normal init
-        model = CLIPModel(config)
+        model = model_cls(config)
         assign = False
     else:
         # Parameters on the meta device (no random init of ~1e9 weights); buffers stay real.
         with init_empty_weights(include_buffers=False):
-            model = CLIPModel(config)
+            model = model_cls(config)
         assign = True
     expected = set(model.state_dict().keys())
     missing = sorted(expected - set(converted))

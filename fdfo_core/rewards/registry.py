@@ -224,9 +224,15 @@ def _record_build(reward: Reward, name: str, factory: RewardFactory, kwargs: Map
     except (TypeError, ValueError):
         resolved = {}
     resolved.update(kwargs)
+    options = {k: v for k, v in resolved.items() if k not in _PLACEMENT_OPTIONS}
+    # A reward whose options include data (image tensors, files whose content matters) records
+    # them as it sees fit: a content fingerprint instead of a tensor's repr.
+    record = getattr(reward, "record_options", None)
+    if callable(record):
+        options = record(options)
     try:
         reward.spec_name = name
-        reward.spec_options = {k: v for k, v in resolved.items() if k not in _PLACEMENT_OPTIONS}
+        reward.spec_options = options
     except AttributeError:  # a factory returning an object that takes no attributes
         pass
 

@@ -140,6 +140,11 @@ class WeightSource:
         return f"put {self.what}{src} in {where}, or pass its location with the path option"
 
 
+def resolve_named(path: str | os.PathLike) -> Path | None:
+    """An existing file or folder: `path` itself, or a relative name inside one of the reward folders."""
+    return _resolve_named(path)
+
+
 def _resolve_named(path: str | os.PathLike) -> Path | None:
     p = Path(path).expanduser()
     if p.exists():
