@@ -12,7 +12,7 @@ EXPECTED = {
     "FDFOToyModelLoader", "FDFOToyPrompts", "FDFOPromptList", "FDFOSimpleReward", "FDFOToyAlignmentReward",
     "FDFOPickScoreReward", "FDFOHPSv2Reward", "FDFOAestheticReward", "FDFOClipScoreReward", "FDFOVLMReward",
     "FDFORemoteReward", "FDFOCombineRewards", "FDFOScoreImages", "FDFOPairedSampler", "FDFOTrainer",
-    "FDFOReferenceStyleReward", "FDFOPreferenceReward",
+    "FDFOReferenceStyleReward", "FDFOPreferenceReward", "FDFOHumanPicksReward",
 }
 WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 

@@ -311,3 +311,27 @@ def test_pair_context_seeds_are_the_pairs_noise_seeds(tmp_path):
     trainer.train()
     assert seen["ids"] == list(range(6)) and seen["shape"] == (6, 3, 4, 4)
     assert seen["seeds"] == [derive_seed(trainer.config.seed, "pair", 0, i) for i in range(6)]
+
+
+def test_a_pairwise_reward_trains_exactly_like_the_reward_whose_difference_it_gives(tmp_path):
+    """Sign and scale check: a pairwise reward returning R(left) - R(right) of a per-image reward
+    trains the same LoRA as that reward itself (only differences of a pair enter FDFO)."""
+    from fdfo_core.picking import PairScores, PairwiseReward
+    from fdfo_core.rewards import build_reward
+
+    brightness = build_reward("brightness")
+
+    class BrightnessDifference(PairwiseReward):
+        name = "brightness_difference"
+
+        def score_pairs(self, left, right, prompts, context):
+            d = (brightness(left, list(prompts)) - brightness(right, list(prompts))).double()
+            return PairScores(delta=d, declined=torch.zeros(left.shape[0], dtype=torch.bool))
+
+    results = []
+    for i, reward in enumerate((brightness, BrightnessDifference())):
+        trainer = _trainer(tmp_path / str(i), reward, epochs=2)
+        trainer.train()
+        results.append(trainer.backend.lora_B.detach().clone())
+    assert results[0].abs().max() > 0
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)

@@ -486,6 +486,40 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     return g
 
 
+#: Train by picking on the toy: small epochs, so an artist picks 8 pairs (about half a minute) per epoch.
+TOY_PICKS = dict(epochs=10, pairs_per_epoch=8, learning_rate=1e-3, checkpoint_every=1, lora_name="fdfo_toy_picks",
+                 preview_count=8)
+
+
+def wf_toy_picks(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    toy = PRESETS["toy"]
+    g = Graph("fdfo_toy_picks", info)
+    g.note(
+        "Train by picking, on the toy model (CPU).\n\n"
+        "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
+        "the left one is better, 2 for the right one, space if they are the same, s to skip; Backspace goes back to "
+        "correct a pick. Your pick is the pair's reward difference, and the trainer moves the model toward what you "
+        "prefer (pick a style consistently: warmer, darker, busier...). Every click is saved at once in "
+        "output/fdfo/fdfo_toy_picks/picks.jsonl; Cancel keeps the LoRA trained so far and the picks, and queueing again "
+        "resumes.\n\n"
+        "Mixed mode: set human_pairs_per_epoch to pick only the first pairs of each epoch and unpicked to 'preference "
+        "model': a Bradley-Terry model on CLIP image embeddings (models/fdfo_rewards/clip-vit-large-patch14/), refitted "
+        "on your picks every epoch, scores the rest. The picks also train an FDFO Preference Reward for later runs.",
+        size=(420, 340),
+    )
+    loader = g.add("FDFOToyModelLoader", col=0)
+    prompts = g.add("FDFOToyPrompts", col=0, count=256, split="train", seed=0)
+    reward = g.add("FDFOHumanPicksReward", col=0)
+    trainer = g.add("FDFOTrainer", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], **{**toy_trainer_values(toy), **TOY_PICKS})
+    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_toy_picks/preview", images=trainer["preview"])
+    sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                toy["num_steps"], toy_cfg(toy), "fdfo_toy_picks/trained")
+    return g
+
+
 def _style_reward(g: Graph, col: int = 0) -> Node:
     return g.add("FDFOReferenceStyleReward", col=col, folder=STYLE_FOLDER, encoder="csd", aggregation="topk", top_k=3,
                  prompt_weight=0.5)
@@ -573,6 +607,7 @@ WORKFLOWS = {
     "fdfo_flux_aesthetic": wf_flux_aesthetic,
     "fdfo_base_vs_lora": wf_compare,
     "fdfo_toy_style_reference": wf_toy_style,
+    "fdfo_toy_picks": wf_toy_picks,
     "fdfo_sd35_style_reference": wf_sd35_style,
     "fdfo_flux_style_reference": wf_flux_style,
 }
