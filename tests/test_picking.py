@@ -335,3 +335,10 @@ def test_a_pairwise_reward_trains_exactly_like_the_reward_whose_difference_it_gi
         results.append(trainer.backend.lora_B.detach().clone())
     assert results[0].abs().max() > 0
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_command_line_points_from_human_picks_to_the_preference_reward():
+    from fdfo_core.rewards import build_reward
+
+    with pytest.raises(RewardError, match="preference.picks="):
+        build_reward("human_picks")
