@@ -64,8 +64,8 @@ class ScriptedArtist:
                         time.sleep(self.delay)
                         self.hub.answer(s, r, i, choice)
                         self.answers.append((payload["epoch"], pair["pair_id"], choice))
-                    except PickError:
-                        break  # the round closed meanwhile
+                    except ValueError:  # PickError (of either import path): the round closed meanwhile
+                        break
             time.sleep(0.01)
 
 

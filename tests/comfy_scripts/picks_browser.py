@@ -8,7 +8,8 @@ PLAN: {"prompt": API graph, "ui": optional UI workflow shown on the canvas, "rul
 pixels in the page (a canvas), presses 1 (left) or 2 (right) for the image that follows the rule,
 and waits for the panel to move on. With "cancel", it presses ComfyUI's Cancel (POST /interrupt,
 what the Cancel button sends) after K picks of epoch E (0-based), while the trainer waits.
-Screenshots of the panel go to OUT_DIR. Prints one `RESULT <json>` line.
+Screenshots of the panel go to OUT_DIR. Prints one `RESULT <json>` line; `page_errors` are errors
+raised in this package's front-end code, `frontend_errors` the stock front end's own.
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ def main(url: str, plan_path: Path, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rule, cancel, timeout = plan.get("rule", "redder"), plan.get("cancel"), float(plan.get("timeout", 1500))
     clicks, rounds, shots, errors = [], {}, [], []
-    result = {"clicks": clicks, "rounds": rounds, "screenshots": shots, "page_errors": errors, "cancelled_at": None}
+    result = {"clicks": clicks, "rounds": rounds, "screenshots": shots, "page_errors": [], "cancelled_at": None}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("pageerror", lambda e: errors.append(f"{e}\n{(getattr(e, 'stack', '') or '')[:1500]}"))
         page.goto(url)
         page.wait_for_function(READY, timeout=120000)
         time.sleep(1)
@@ -148,6 +149,11 @@ def main(url: str, plan_path: Path, out: Path) -> int:
         result["status"] = entry["status"] if entry else None
         result["seconds"] = time.monotonic() - t_start
         result["panel_hidden_at_end"] = page.evaluate("() => document.getElementById('fdfo-picks-panel').hidden")
+        # Errors raised in this package's code (the panel) vs the stock front end's own (this
+        # version's settings store raises once per load: Comfy.Canvas.NavigationMode's onChange sets
+        # a setting that is not registered yet).
+        result["frontend_errors"] = [e for e in errors if "fdfo" not in e.lower()]
+        result["page_errors"] = [e for e in errors if "fdfo" in e.lower()]
         browser.close()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
