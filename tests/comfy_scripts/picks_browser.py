@@ -85,9 +85,17 @@ def main(url: str, plan_path: Path, out: Path) -> int:
         for _ in range(2):
             page.keyboard.press("Escape")
         if plan.get("ui"):  # the workflow on the canvas behind the panel, as the artist would have it
-            page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, 'fdfo_toy_picks'); "
-                          "window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }", plan["ui"])
-            time.sleep(1)
+            page.evaluate("""async (wf) => {
+                const s = window.app.extensionManager.setting;
+                for (const [k, v] of [['Comfy.Minimap.Visible', false], ['Comfy.Graph.CanvasInfo', false]]) {
+                    try { await s.set(k, v); } catch (e) {}
+                }
+                await window.app.loadGraphData(wf, true, true, 'fdfo_toy_picks');
+            }""", plan["ui"])
+            time.sleep(0.8)
+            page.evaluate("() => { window.app.canvas.show_info = false; "
+                          "window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+            time.sleep(0.8)
         q = page.evaluate(QUEUE, plan["prompt"])
         if q["status"] != 200:
             result["queue_error"] = q["body"]
