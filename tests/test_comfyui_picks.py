@@ -220,3 +220,31 @@ def test_cancel_while_waiting_for_picks_keeps_the_lora_and_the_clicks(server, pi
     assert output_files(server.base, done, lora_ids[0])
     print(f"\ncancel while waiting for picks: the panel closed and the prompt ended within "
           f"{result['seconds'] - result['cancelled_at']['t']:.1f} s of Cancel (history polled once a second)")
+
+
+def test_mixed_mode_the_preference_model_scores_what_the_artist_leaves(server, tmp_path):
+    """The artist picks 4 of each epoch's 8 pairs but presses "Go on without the rest" after 2: the
+    preference model (a tiny DINOv2 from a config in models/fdfo_rewards/dinov2-base, the name the
+    node's 'auto' looks for), refitted on the picks every epoch, scores the other 6."""
+    import reward_fixtures as rf
+
+    rf.write_dinov2_folder(server.base / "models" / "fdfo_rewards" / "dinov2-base", seed=0)
+    prompt = picks_graph("picks_mixed", epochs=3, pairs_per_epoch=8, checkpoint_every=0, preview_every=0)
+    node_of(prompt, "FDFOHumanPicksReward")["inputs"].update(
+        {"human_pairs_per_epoch": 4, "unpicked": "preference model", "encoder": "dinov2", "min_picks": 2, "device": "cpu"})
+    result = artist(server, {"prompt": prompt, "rule": "redder", "finish_after": 2, "timeout": 600}, tmp_path / "artist")
+    assert result["status"] and result["status"]["status_str"] == "success", (json.dumps(result)[:3000], server.log_tail())
+    assert result["page_errors"] == [] and not result.get("stalls")
+    assert len(result["clicks"]) == 3 * 2 and all(ro.get("finished") for ro in result["rounds"].values())
+    run = server.base / "output" / "fdfo" / "picks_mixed"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["picks_human"] for m in metrics] == [2, 2, 2]
+    assert [m["pick_outcome"] for m in metrics] == ["finished"] * 3
+    assert [m["pairs_model_scored"] for m in metrics] == [6, 6, 6] and all(m["pairs"] == 8 for m in metrics)
+    sys.path.insert(0, str(REPO))
+    from fdfo_core.picks import read_picks
+
+    picks = read_picks(run / "picks.jsonl")
+    assert sum(p.source == "human" for p in picks.records) == 6 and sum(p.source == "model" for p in picks.records) == 18
+    print(f"\nmixed mode in ComfyUI: 2 picks + 6 model-scored pairs per epoch; preference model fitted on "
+          f"{metrics[-1]['preference_pairs']} picks by the last epoch")

@@ -3,11 +3,12 @@ FDFO Human Picks reward and pick in the FDFO picking panel by a hidden rule.
 
     <comfyui python> tests/comfy_scripts/picks_browser.py SERVER_URL PLAN.json OUT_DIR
 
-PLAN: {"prompt": API graph, "ui": optional UI workflow shown on the canvas, "rule": "redder" | "bluer", "cancel": null | {"epoch": E, "after": K},
-       "timeout": seconds}. The artist looks only at what the panel shows: it reads the two images'
+PLAN: {"prompt": API graph, "ui": optional UI workflow shown on the canvas, "rule": "redder" | "bluer",
+       "cancel": null | {"epoch": E, "after": K}, "finish_after": null | K, "timeout": seconds}. The artist looks only at what the panel shows: it reads the two images'
 pixels in the page (a canvas), presses 1 (left) or 2 (right) for the image that follows the rule,
 and waits for the panel to move on. With "cancel", it presses ComfyUI's Cancel (POST /interrupt,
-what the Cancel button sends) after K picks of epoch E (0-based), while the trainer waits.
+what the Cancel button sends) after K picks of epoch E (0-based), while the trainer waits. With
+"finish_after", it clicks "Go on without the rest" after K picks of every epoch.
 Screenshots of the panel go to OUT_DIR. Prints one `RESULT <json>` line; `page_errors` are errors
 raised in this package's front-end code, `frontend_errors` the stock front end's own.
 """
@@ -124,6 +125,17 @@ def main(url: str, plan_path: Path, out: Path) -> int:
                         result["panel_closed_after_cancel"] = True
                     except Exception:
                         result["panel_closed_after_cancel"] = False
+                    continue
+                finish_after = plan.get("finish_after")
+                if finish_after is not None and info["picks"] >= finish_after and not info.get("finished"):
+                    page.click("#fdfo-picks-finish")  # "Go on without the rest"
+                    info["finished"] = time.monotonic() - t_start
+                    try:
+                        page.wait_for_function("(rid) => { const p = document.getElementById('fdfo-picks-panel');"
+                                               " return p.hidden || p.getAttribute('data-round') !== rid; }",
+                                               arg=rid, timeout=30000)
+                    except Exception as e:
+                        result.setdefault("stalls", []).append(str(e)[:200])
                     continue
                 if result["cancelled_at"]:
                     time.sleep(0.2)
