@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 import typing
@@ -154,6 +155,8 @@ class _Progress:
 def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training"):
     from .images import line_plot
 
+    # An epoch without any reward (every pair of a picking run skipped) has no point on the curve.
+    history = [m for m in history if math.isfinite(m["reward_mean"])]
     xs = [m["epoch"] for m in history]
     return line_plot(
         {"reward (train pairs)": (xs, [m["reward_mean"] for m in history])},

@@ -44,6 +44,15 @@ def test_the_node_trains_on_picks_and_keeps_them_in_the_run_folder(comfy):
     assert hub.open_rounds() == []
 
 
+def test_an_epoch_with_every_pair_skipped_trains_nothing_and_the_node_finishes(comfy):
+    hub = submodule("nodes.picks_server").HUB
+    with ScriptedArtist(hub, choice="skip"):
+        out = comfy.train(reward=picks_reward(), epochs=1, pairs_per_epoch=4)
+    assert "1/1 epochs" in out["ui"]["text"][0]
+    assert read_picks(comfy.run_dir() / "picks.jsonl").counts()["skip"] == 4
+    assert (comfy.run_dir() / "reward_curve.png").exists()
+
+
 def test_cancel_while_waiting_keeps_the_lora_and_every_click(comfy, monkeypatch):
     hub = submodule("nodes.picks_server").HUB
     stop = threading.Event()
