@@ -4,8 +4,8 @@ and playwright in COMFYUI_PYTHON; the shipped toy model).
 A scripted artist (tests/comfy_scripts/picks_browser.py) works the FDFO picking panel of the front
 end as a person would: it looks at the two images of each pair, presses 1 or 2 for the redder one
 (a hidden rule the trainer never sees), and waits for the panel. Checked here:
-- the toy training with the FDFO Human Picks reward (the "train by picking" example workflow, 4
-  prompts, 8 epochs of 16 pairs) finishes, and held-out images (the same prompts, seeds never used
+- the "train by picking" example workflow as it is (the toy, FDFO Human Picks, 4 prompts, 8 epochs
+  of 16 pairs) finishes, and held-out images (the same prompts, seeds never used
   in training) sampled in ComfyUI with the LoRA are redder than the base model's;
 - picks.jsonl holds every click, with the images the artist saw;
 - ComfyUI's Cancel while the trainer waits for picks stops the run at once and keeps a usable LoRA
@@ -90,10 +90,9 @@ def training_prompts() -> list[str]:
 
 
 def picks_graph(lora_name: str, **trainer) -> dict:
-    """The "train by picking" example workflow on 4 toy prompts, with the trainer settings given."""
+    """The "train by picking" example workflow (4 toy prompts), with the trainer settings given."""
     prompt = api("fdfo_toy_picks")
-    prompts = node_of(prompt, "FDFOToyPrompts")
-    prompts["class_type"], prompts["inputs"] = "FDFOPromptList", {"text": "\n".join(training_prompts()), "file": "(none)"}
+    assert node_of(prompt, "FDFOToyPrompts")["inputs"]["count"] == len(training_prompts())
     node_of(prompt, "FDFOTrainer")["inputs"].update({"lora_name": lora_name, "resume": False, **trainer})
     return prompt
 
@@ -135,8 +134,9 @@ def held_out_graph(lora_file: str, seed: int = 900_000, batch: int = 16) -> tupl
 
 @pytest.fixture(scope="module")
 def picking_run(server, tmp_path_factory):
-    prompt = picks_graph("picks_red", epochs=EPOCHS, pairs_per_epoch=PAIRS, learning_rate=1e-3, checkpoint_every=4,
-                         preview_count=4)
+    prompt = picks_graph("picks_red")  # the example's settings as they are
+    trainer = node_of(prompt, "FDFOTrainer")["inputs"]
+    assert (trainer["epochs"], trainer["pairs_per_epoch"]) == (EPOCHS, PAIRS)
     out = tmp_path_factory.mktemp("picks_browser")
     ui = json.loads((REPO / "example_workflows" / "fdfo_toy_picks.json").read_text())
     result = artist(server, {"prompt": prompt, "ui": ui, "rule": "redder", "timeout": 1700}, out)

@@ -486,9 +486,11 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     return g
 
 
-#: Train by picking on the toy: small epochs, so an artist picks 8 pairs (about half a minute) per epoch.
-TOY_PICKS = dict(epochs=10, pairs_per_epoch=8, learning_rate=1e-3, checkpoint_every=1, lora_name="fdfo_toy_picks",
-                 preview_count=8)
+#: Train by picking on the toy: 8 epochs of 16 pairs on 4 prompts (the browser test's scripted artist moves
+#: the held-out images toward its rule with exactly these settings); picking 16 pairs takes under a minute.
+TOY_PICKS = dict(epochs=8, pairs_per_epoch=16, learning_rate=1e-3, checkpoint_every=4, lora_name="fdfo_toy_picks",
+                 preview_count=4)
+TOY_PICKS_PROMPTS = 4
 
 
 def wf_toy_picks(info: dict[str, Any]) -> Graph:
@@ -501,7 +503,8 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
         "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
         "the left one is better, 2 for the right one, space if they are the same, s to skip; Backspace goes back to "
         "correct a pick. Your pick is the pair's reward difference, and the trainer moves the model toward what you "
-        "prefer (pick a style consistently: warmer, darker, busier...). Every click is saved at once in "
+        "prefer (pick a style consistently: warmer, darker, busier...). 4 prompts so a few picks show an effect; "
+        "raise FDFO Toy Prompts' count for a model that generalises. Every click is saved at once in "
         "output/fdfo/fdfo_toy_picks/picks.jsonl; Cancel keeps the LoRA trained so far and the picks, and queueing again "
         "resumes.\n\n"
         "Mixed mode: set human_pairs_per_epoch to pick only the first pairs of each epoch and unpicked to 'preference "
@@ -510,7 +513,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
         size=(420, 340),
     )
     loader = g.add("FDFOToyModelLoader", col=0)
-    prompts = g.add("FDFOToyPrompts", col=0, count=256, split="train", seed=0)
+    prompts = g.add("FDFOToyPrompts", col=0, count=TOY_PICKS_PROMPTS, split="train", seed=0)
     reward = g.add("FDFOHumanPicksReward", col=0)
     trainer = g.add("FDFOTrainer", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                     reward=reward["reward"], prompts=prompts["prompts"], **{**toy_trainer_values(toy), **TOY_PICKS})
