@@ -6,10 +6,13 @@ ComfyUI at import time (ComfyUI modules are imported when a node runs), so tools
 import the package outside ComfyUI.
 """
 
+#: The front-end extension (the picking panel of the FDFO Human Picks reward), served by ComfyUI.
+WEB_DIRECTORY = "./web"
+
 if __package__:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 # else: imported as a plain module, not a package. pytest does that when the checkout's folder
 # name is not a Python identifier (a clone named ComfyUI-FDFO); the relative import would fail
 # and stop every test, and nothing there needs the node mappings.

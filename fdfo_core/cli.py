@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 import typing
@@ -188,6 +189,8 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
     """
     from .images import line_plot, stack_vertical
 
+    # An epoch without any reward (every pair of a picking run skipped) has no point on the curve.
+    history = [m for m in history if math.isfinite(m["reward_mean"])]
     xs = [m["epoch"] for m in history]
     train = {"reward (train pairs)": (xs, [m["reward_mean"] for m in history])}
     train_band = {"reward (train pairs)": [m["reward_std"] / max(1, 2 * m["pairs"]) ** 0.5 for m in history]}
@@ -203,9 +206,13 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
         marks[f"stop {guardrails.stop_epoch}"] = guardrails.stop_epoch
     n_panels = 3 if guardrails.judge is not None else 2
     size = (size[0], size[1] // n_panels) if size is not None else (640, 300)
+    held = {}, {}
+    if any(ev.heldout_reward is not None for ev in evs):  # None: a pairwise reward (human picks)
+        held = ({"held-out reward": (ex, [ev.heldout_reward for ev in evs])},
+                {"held-out reward": [ev.heldout_reward_se for ev in evs]})
     panels = [line_plot(
-        {**train, "held-out reward": (ex, [ev.heldout_reward for ev in evs])},
-        bands={**train_band, "held-out reward": [ev.heldout_reward_se for ev in evs]},
+        {**train, **held[0]},
+        bands={**train_band, **held[1]},
         title=title, xlabel="epoch", ylabel="reward", size=size, xlim=xlim, vlines=marks,
     )]
     if guardrails.judge is not None:

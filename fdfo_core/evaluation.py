@@ -32,6 +32,7 @@ import torch
 
 from .bad_rewards import RewardFailures, score_call
 from .generation import generate_images
+from .picking import is_pairwise
 
 #: Seeds of held-out images: fixed across runs (so two runs are compared on the same noise) and far
 #: from the preview grid's seeds 0, 1, 2, ... Training noise comes from hashed seeds (`derive_seed`).
@@ -209,8 +210,8 @@ class Evaluation:
     """The figures of one held-out evaluation (`epoch` 0 is the base model)."""
 
     epoch: int
-    heldout_reward: float
-    heldout_reward_se: float
+    heldout_reward: float | None  # None: a pairwise reward (human picks) scores no single image
+    heldout_reward_se: float | None
     judge: float | None
     judge_se: float | None
     diversity: float | None
@@ -292,7 +293,11 @@ def score_heldout(
                 f"({failures.summary()}); the figures use the others")
         return out
 
-    r_mean, r_se = mean_se(scores(reward, "reward"))
+    # A pairwise reward (human picks) says which of two images is better, not how good one is: the
+    # held-out evaluation has no reward of its own then (the judge, diversity and drift still run).
+    r_mean = r_se = None
+    if not is_pairwise(raw_reward(reward)):
+        r_mean, r_se = mean_se(scores(reward, "reward"))
     j_mean = j_se = None
     if judge is not None:
         j_mean, j_se = mean_se(scores(judge, "judge"))

@@ -33,10 +33,12 @@ from .evaluation import (
     find_image_space,
     pack_images,
     preserved_rng,
+    raw_reward,
     sample_heldout,
     score_heldout,
     unpack_images,
 )
+from .picking import is_pairwise
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import FDFOConfig
@@ -51,6 +53,10 @@ EVAL_COLUMNS = (
 
 def best_lora_name(lora_name: str) -> str:
     return f"{lora_name}-best.safetensors"
+
+
+def _describe(reward: Any) -> str:
+    return reward.describe() if hasattr(reward, "describe") else type(reward).__name__
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -85,7 +91,15 @@ class Guardrails:
         self.prompts_held_out = bool(eval_prompts)
         self.held = HeldOutSet.build(eval_prompts or train_prompts, config.eval_prompt_count, config.eval_seeds)
         self.space = find_image_space(judge, reward)
-        self.criterion = "judge" if judge is not None else "heldout_reward"
+        # A pairwise reward (human picks) scores no single held-out image: without a judge there is
+        # nothing to pick the best LoRA by, only diversity and drift to watch.
+        self.scores_images = not is_pairwise(raw_reward(reward))
+        self.criterion = "judge" if judge is not None else ("heldout_reward" if self.scores_images else "none")
+        if self.criterion == "none" and config.early_stop_patience:
+            raise ValueError(
+                f"early_stop_patience needs a score for single held-out images, and the reward "
+                f"{_describe(reward)} only compares pairs: connect a judge (e.g. an aesthetic or preference reward) "
+                "or set early_stop_patience to 0")
         # --- state (checkpointed) ---
         self.evaluations: list[Evaluation] = []
         self.base_images: torch.Tensor | None = None
@@ -103,9 +117,13 @@ class Guardrails:
 
     @property
     def criterion_label(self) -> str:
+        if self.criterion == "none":
+            return "no criterion (a pairwise reward and no judge)"
         return f"judge {self.judge_spec}" if self.judge is not None else "held-out reward"
 
     def criterion_of(self, ev: Evaluation) -> float:
+        if self.criterion == "none":
+            return math.nan
         value = ev.judge if self.judge is not None else ev.heldout_reward
         return math.nan if value is None else float(value)
 
@@ -183,7 +201,7 @@ class Guardrails:
         """Record an evaluation, update the bests, and write the best LoRA when a trained one improves."""
         self.evaluations.append(ev)
         value = self.criterion_of(ev)
-        if math.isnan(value):
+        if math.isnan(value) and self.criterion != "none":
             trainer._log(f"held-out evaluation at epoch {ev.epoch}: the {self.criterion_label} gave no finite score")
         if value > self.best_value:
             self.best_value, self.best_epoch, self.evals_since_best = value, ev.epoch, 0
@@ -248,8 +266,10 @@ class Guardrails:
     def _line(self, ev: Evaluation, share: float | None) -> str:
         base = self.base if ev.epoch else None
         ref = (lambda v: f" (base {_fmt(v)})") if base else (lambda v: "")
-        parts = [f"held-out {'base model' if ev.epoch == 0 else f'epoch {ev.epoch}'}: "
-                 f"reward {_fmt(ev.heldout_reward)} +- {_fmt(ev.heldout_reward_se)}{ref(base.heldout_reward if base else None)}"]
+        parts = [f"held-out {'base model' if ev.epoch == 0 else f'epoch {ev.epoch}'}:"]
+        if ev.heldout_reward is not None:
+            parts[0] += (f" reward {_fmt(ev.heldout_reward)} +- {_fmt(ev.heldout_reward_se)}"
+                         f"{ref(base.heldout_reward if base else None)}")
         if ev.judge is not None:
             parts.append(f"judge {_fmt(ev.judge)} +- {_fmt(ev.judge_se)}{ref(base.judge if base else None)}")
         if ev.diversity is not None:
@@ -259,7 +279,7 @@ class Guardrails:
             if self.best_lora_epoch is not None:
                 parts.append(f"best epoch {self.best_lora_epoch}")
         cost = f"{ev.seconds:.1f} s" + (f" = {100 * share:.0f}% of an epoch" if share is not None else "")
-        return ", ".join(parts) + f" [{self.space.name}; {cost}]"
+        return ", ".join(parts).replace(":,", ":") + f" [{self.space.name}; {cost}]"
 
     def cost(self, history: Sequence[dict[str, Any]]) -> dict[str, float]:
         """Seconds per evaluation and the evaluations' share of the run's time (base model included)."""
@@ -272,7 +292,10 @@ class Guardrails:
         """One paragraph for the end of a run: which LoRA is best, what fired, what it cost."""
         base = self.base
         last = self.evaluations[-1] if self.evaluations and self.evaluations[-1].epoch > 0 else None
-        if self.best_lora_epoch is None:
+        if self.criterion == "none":
+            text = ("held-out evaluation: diversity and drift only (the reward compares pairs and no judge is "
+                    "connected, so no best LoRA is chosen)")
+        elif self.best_lora_epoch is None:
             text = "held-out evaluation: no trained LoRA evaluated yet"
         else:
             text = (f"best LoRA: {best_lora_name(lora_name)} from epoch {self.best_lora_epoch} "

@@ -38,6 +38,7 @@ from .guardrails import Guardrails
 from .image_size import check_backend_size
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
+from .picking import PairContext, is_pairwise
 from .prompts import clean_prompt
 from .rewards.base import Reward, RewardError
 from .run_definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
@@ -175,8 +176,9 @@ class ItemStats:
         (loss, ratio_sum, clipped, kl), lo, hi, bins = self._values()
         n = max(self.items, 1)
         return {
-            "loss": loss / n, "ratio_mean": ratio_sum / n, "ratio_min": lo,
-            "ratio_max": hi, "clip_fraction": clipped / n,
+            "loss": loss / n, "ratio_mean": ratio_sum / n if self.items else math.nan,
+            "ratio_min": lo if self.items else math.nan,
+            "ratio_max": hi if self.items else math.nan, "clip_fraction": clipped / n,
             "grad_norm": sum(self.grad_norms) / max(1, len(self.grad_norms)),
             "kl": kl / n if with_kl else None, "items": self.items,
             # bins of t: [0, .25), [.25, .5), [.5, .75), [.75, 1]; None where no item fell
@@ -243,8 +245,11 @@ class FDFOTrainer:
         self._failures = RewardFailures()
         self.front_end = front_end or FrontEnd()
         # Held-out evaluation, best LoRA and early stop (guardrails.py); None when eval_every is 0.
-        self.guardrails = (Guardrails(config, reward, prompts, eval_prompts, judge, device=self.device)
-                           if config.eval_every else None)
+        try:
+            self.guardrails = (Guardrails(config, reward, prompts, eval_prompts, judge, device=self.device)
+                               if config.eval_every else None)
+        except ValueError as e:  # settings the evaluation cannot serve (e.g. early stop with human picks, no judge)
+            raise TrainingError(str(e)) from None
         definition = dict(definition or {})
         # The held-out prompts and the judge's options define what the best-LoRA criterion means.
         # Held-out prompts spread over the training prompts follow from those and are not compared
@@ -364,6 +369,8 @@ class FDFOTrainer:
     def score(self, roll: EpochRollouts) -> torch.Tensor:
         """Decode and score both branches: float64 [2n] (rows a..., b...), NaN where an image has
         no usable reward (missing, non-finite, or its reward call failed)."""
+        if is_pairwise(self.reward) or is_pairwise(getattr(self.reward, "inner", None)):
+            return self._score_pairs(roll)
         n = roll.pair_ids.numel()
         prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
         # A per-prompt normalising reward must see all of a prompt's images at once: score raw
@@ -392,6 +399,43 @@ class FDFOTrainer:
         if normalizer is not None:  # NaN stays NaN and is left out of the statistics
             raw = normalizer.normalize(raw.float(), prompts).double()
         roll.rewards = raw
+        return roll.rewards
+
+    @torch.no_grad()
+    def _score_pairs(self, roll: EpochRollouts) -> torch.Tensor:
+        """Decode every pair and hand them to a pairwise reward (`fdfo_core.picking`), which gives
+        R_left - R_right per pair; image rewards are +delta / 2 and -delta / 2 (rows a..., b...),
+        NaN for a pair without a score. Pairs it declined (skipped, unpicked) are counted apart
+        from failures."""
+        if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner"):
+            raise TrainingError(f"{self.reward.inner.describe()} gives each pair's reward difference itself (+1 / -1 / 0 "
+                                "for a pick): per-prompt normalisation does not apply; set reward_normalization to none")
+        if self.dist.active:
+            raise TrainingError(f"{self.reward_spec} waits for one artist's picks: run it in one process, not "
+                                f"{self.dist.world_size} ranks")
+        cfg = self.config
+        n = roll.pair_ids.numel()
+        total = roll.final.shape[0]
+        images = []
+        for start in range(0, total, cfg.decode_batch_size):
+            self._cancel_point()
+            stop = min(total, start + cfg.decode_batch_size)
+            with self._autocast():
+                images.append(self.backend.decode(roll.final[start:stop].to(self.device)).float().clamp(0, 1).cpu())
+            self._progress("reward", stop, total)
+        images = torch.cat(images)
+        pair_ids = roll.pair_ids.tolist()
+        context = PairContext(
+            epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
+            run_dir=self.run_dir, check_cancel=self.callbacks.check_cancel, log=self._log)
+        self._failures = RewardFailures()
+        out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)
+        delta = torch.as_tensor(out.delta, dtype=torch.float64).reshape(-1)
+        if delta.shape[0] != n:
+            raise RewardError(f"reward {self.reward_spec!r} returned {delta.shape[0]} pair scores for {n} pairs")
+        self._declined = int(torch.as_tensor(out.declined).sum())
+        self._pair_metrics = dict(out.metrics)
+        roll.raw_rewards = roll.rewards = torch.cat([delta / 2, -delta / 2])
         return roll.rewards
 
     # --- phase 3: train on all (sample, step) items -----------------------------------------------
@@ -480,6 +524,7 @@ class FDFOTrainer:
     def train_epoch(self) -> dict[str, Any]:
         cfg = self.config
         epoch = self.epoch
+        self._declined, self._pair_metrics = 0, {}
         t0 = time.perf_counter()
         roll = self.sample_epoch(epoch)
         t1 = time.perf_counter()
@@ -498,6 +543,13 @@ class FDFOTrainer:
         all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
         raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
         dropped = cfg.pairs_per_epoch - valid_global.numel()
+        declined = self._declined  # skipped or unpicked on purpose (a pairwise reward): not failures
+        if valid_global.numel() == 0 and declined >= dropped:
+            self._log(f"epoch {epoch + 1}: no pair has a reward difference (all {dropped} skipped or unpicked); the "
+                      "model is unchanged this epoch")
+            t3 = time.perf_counter()
+            return self._finish_epoch((t0, t1, t2, t3), raw_rewards, ItemStats(), pairs=0, dropped=dropped,
+                                      mean_abs_dr=0.0, with_kl=cfg.kl_weight > 0)
         if valid_global.numel() == 0:
             detail = self._failures.summary()
             raise TrainingError(
@@ -505,8 +557,8 @@ class FDFOTrainer:
                 f"(or none) from {self.reward_spec!r}" + (f" ({detail})" if detail else "")
                 + "; check the reward (weights loaded? server up? images in [0, 1]?) before training"
             )
-        self._check_bad_share(dropped, cfg.pairs_per_epoch, "pairs")
-        if dropped:
+        self._check_bad_share(dropped - declined, cfg.pairs_per_epoch - declined, "pairs")
+        if dropped > declined:
             self._log(dropped_line(epoch + 1, dropped, cfg.pairs_per_epoch, "pairs", cfg.max_bad_pair_fraction,
                                    self._failures))
         self._reward_std = max(float(all_rewards.std()) if all_rewards.numel() > 1 else 1.0, 1e-8)
@@ -529,16 +581,17 @@ class FDFOTrainer:
         """
         t0, t1, t2, t3 = times
         rewards = rewards.double()
+        empty = rewards.numel() == 0  # an epoch whose pairs were all skipped
         total = pairs + dropped
         self.epoch += 1
         self.images_seen += rewards.numel()
         metrics = {
             "epoch": self.epoch,
             "images_seen": self.images_seen,
-            "reward_mean": float(rewards.mean()),
+            "reward_mean": float(rewards.mean()) if not empty else math.nan,
             "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "reward_min": float(rewards.min()),
-            "reward_max": float(rewards.max()),
+            "reward_min": float(rewards.min()) if not empty else math.nan,
+            "reward_max": float(rewards.max()) if not empty else math.nan,
             "mean_abs_dR": mean_abs_dr,
             "pairs": pairs,
             "pairs_dropped": dropped,
@@ -551,6 +604,11 @@ class FDFOTrainer:
             "time_train": t3 - t2,
             "time_epoch": t3 - t0,
         }
+        declined = getattr(self, "_declined", 0)
+        if declined or getattr(self, "_pair_metrics", None):  # a pairwise reward (human picks)
+            metrics["pairs_declined"] = declined
+            metrics["bad_pair_fraction"] = (dropped - declined) / total if total else 0.0
+            metrics.update(self._pair_metrics)
         self.history.append(metrics)
         return metrics
 

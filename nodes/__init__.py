@@ -4,10 +4,11 @@ Importing this package imports no ComfyUI module: node code imports ComfyUI when
 classes can be inspected and unit-tested without ComfyUI.
 """
 
-from . import prompt_nodes, reward_nodes, sampler_nodes, toy_nodes, trainer_nodes, training_options
+from . import (picks_nodes, picks_server, prompt_nodes, reward_nodes, sampler_nodes, toy_nodes, trainer_nodes,
+               training_options)
 from ..fdfo_core.rewards import register_comfy_folder
 
-_MODULES = (toy_nodes, prompt_nodes, reward_nodes, sampler_nodes, trainer_nodes, training_options)
+_MODULES = (toy_nodes, prompt_nodes, reward_nodes, picks_nodes, sampler_nodes, trainer_nodes, training_options)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
@@ -18,5 +19,7 @@ for _module in _MODULES:
 
 # Inside ComfyUI, make models/fdfo_rewards a model folder type (a no-op elsewhere).
 register_comfy_folder()
+# Inside ComfyUI, the picking panel's routes (a no-op without a server).
+picks_server.register_routes()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

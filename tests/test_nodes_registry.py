@@ -12,7 +12,7 @@ EXPECTED = {
     "FDFOToyModelLoader", "FDFOToyPrompts", "FDFOPromptList", "FDFOSimpleReward", "FDFOToyAlignmentReward",
     "FDFOPickScoreReward", "FDFOHPSv2Reward", "FDFOAestheticReward", "FDFOClipScoreReward", "FDFOVLMReward",
     "FDFORemoteReward", "FDFOCombineRewards", "FDFOScoreImages", "FDFOPairedSampler", "FDFOTrainerV2",
-    "FDFOTrainingOptions", "FDFOTrainer", "FDFOReferenceStyleReward", "FDFOPreferenceReward",
+    "FDFOTrainingOptions", "FDFOTrainer", "FDFOReferenceStyleReward", "FDFOPreferenceReward", "FDFOHumanPicksReward",
 }
 WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 

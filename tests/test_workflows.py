@@ -32,7 +32,8 @@ def load(folder: str, name: str) -> dict:
 
 def test_the_workflows_exist_in_both_formats():
     assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_flux_style_reference", "fdfo_sd35_pickscore",
-                     "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy", "fdfo_toy_style_reference"]
+                     "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy", "fdfo_toy_picks",
+                     "fdfo_toy_style_reference"]
     assert sorted(p.stem for p in (REPO / "workflows" / "ui").glob("*.json")) == NAMES
     assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == NAMES
 

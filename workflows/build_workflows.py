@@ -687,6 +687,54 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     return g
 
 
+#: Train by picking on the toy: 8 epochs of 16 pairs on 4 prompts (the browser test's scripted artist moves
+#: the held-out images toward its rule with exactly these settings); picking 16 pairs takes under a minute.
+TOY_PICKS = dict(epochs=8, pairs_per_epoch=16, learning_rate=1e-3, checkpoint_every=4, lora_name="fdfo_toy_picks",
+                 preview_count=4)
+TOY_PICKS_PROMPTS = 4
+
+
+def wf_toy_picks(info: dict[str, Any]) -> Graph:
+    from fdfo_core.config import PRESETS
+
+    toy = PRESETS["toy"]
+    g = Graph("fdfo_toy_picks", info, zoom=0.72)
+    note = g.note(
+        "Train by picking, on the toy model (CPU).\n\n"
+        "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
+        "the left one is better, 2 for the right one, space if they are the same, s to skip; Backspace goes back to "
+        "correct a pick. Your pick is the pair's reward difference, and the trainer moves the model toward what you "
+        "prefer (pick a style consistently: warmer, darker, busier...). 4 prompts so a few picks show an effect; "
+        "raise FDFO Toy Prompts' count for a model that generalises. Every click is saved at once in "
+        "output/fdfo/fdfo_toy_picks/picks.jsonl; Cancel keeps the LoRA trained so far and the picks, and queueing again "
+        "resumes.\n\n"
+        "Mixed mode: set human_pairs_per_epoch to pick only the first pairs of each epoch and unpicked to 'preference "
+        "model': a Bradley-Terry model on CLIP image embeddings (models/fdfo_rewards/clip-vit-large-patch14/), refitted "
+        "on your picks every epoch, scores the rest. The picks also train an FDFO Preference Reward for later runs.",
+        height=260,
+    )
+    loader = g.add("FDFOToyModelLoader")
+    prompts = g.add("FDFOToyPrompts", count=TOY_PICKS_PROMPTS, split="train", seed=0)
+    reward = g.add("FDFOHumanPicksReward")
+    trainer_values, option_values = toy_trainer_values(toy)
+    trainer_values.update({k: v for k, v in TOY_PICKS.items() if k in trainer_values})
+    option_values.update({k: v for k, v in TOY_PICKS.items() if k not in trainer_values})
+    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
+    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"], **trainer_values)
+    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"],
+                                        "fdfo_toy_picks/preview")
+    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                    toy["num_steps"], toy_cfg(toy), "fdfo_toy_picks/trained")
+    s.save.title = "trained model: sampled images"
+    g.column(0, 300, [loader, prompts, options])
+    g.column(320, 540, [trainer, note])
+    g.column(880, 540, [reward, curve, compare])
+    # The sampled images top right: the front end's minimap and zoom buttons sit in the bottom-right corner.
+    g.column(1440, 300, [s.sampler, s.decode, s.save, (s.prompt, 100), s.negative, s.latent])
+    return g
+
+
 def _style_reward(g: Graph) -> Node:
     return g.add("FDFOReferenceStyleReward", folder=STYLE_FOLDER, encoder="csd", aggregation="topk", top_k=3,
                  prompt_weight=0.5)
@@ -789,6 +837,7 @@ WORKFLOWS = {
     "fdfo_flux_aesthetic": wf_flux_aesthetic,
     "fdfo_base_vs_lora": wf_compare,
     "fdfo_toy_style_reference": wf_toy_style,
+    "fdfo_toy_picks": wf_toy_picks,
     "fdfo_sd35_style_reference": wf_sd35_style,
     "fdfo_flux_style_reference": wf_flux_style,
 }

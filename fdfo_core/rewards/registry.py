@@ -260,6 +260,11 @@ def build_reward(
     options = dict(options or {})
     terms = parse_reward_spec(spec)
     unknown = [n for _, n in terms if n not in _REGISTRY]
+    if "human_picks" in unknown:
+        raise RewardError(
+            "human_picks (training by picking) needs someone at the screen: it runs in ComfyUI (node FDFO Human Picks "
+            "and its picking panel). To train from picks made there, use --reward preference --reward-opt "
+            "preference.picks=<run folder>/picks.jsonl (or a model from `fdfo fit-preference`)")
     if unknown:
         raise RewardError(
             f"unknown reward {unknown[0]!r} in spec {spec!r}; available: {', '.join(available_rewards())}"
