@@ -22,6 +22,7 @@ import torch
 from ..conditioning import cond_select, cond_to
 from ..distributed import shard_range
 from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
+from .common import score_latents
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -134,18 +135,6 @@ class FlowGRPOTrainer(FDFOTrainer):
                     t_second=t_second, items=items, slot=slot, states=states, nexts=nexts, old_logp=old_logp,
                     final=final, lo=lo, hi=hi)
 
-    @torch.no_grad()
-    def _score_images(self, final: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        out = []
-        for start in range(0, final.shape[0], self.config.decode_batch_size):
-            self._cancel_point()
-            stop = min(final.shape[0], start + self.config.decode_batch_size)
-            with self._autocast():
-                images = self.backend.decode(final[start:stop].to(self.device)).float()
-            out.append(self.reward(images, prompts[start:stop]).double())
-            self._progress("reward", stop, final.shape[0])
-        return torch.cat(out)
-
     def train_epoch(self) -> dict[str, Any]:
         cfg = self.config
         if self.dist.active:
@@ -156,7 +145,7 @@ class FlowGRPOTrainer(FDFOTrainer):
         roll = self._sample(epoch)
         t1 = time.perf_counter()
         prompts = [self.prompts[i] for i in roll["prompt_idx"].repeat_interleave(G).tolist()]
-        rewards = self._score_images(roll["final"], prompts)
+        rewards = score_latents(self, roll["final"], prompts)
         t2 = time.perf_counter()
         finite = torch.isfinite(rewards).reshape(-1, G).all(dim=1)
         if not bool(finite.any()):
