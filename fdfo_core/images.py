@@ -83,15 +83,24 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
+def _band_limits(y: float, b: float | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(b, (tuple, list)):
+        return float(b[0]), float(b[1])
+    return float(y) - float(b), float(y) + float(b)
+
+
 def line_plot(
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     title: str = "",
     xlabel: str = "",
     ylabel: str = "",
-    bands: Mapping[str, Sequence[float]] | None = None,
+    bands: Mapping[str, Sequence[float | tuple[float, float]]] | None = None,
     size: tuple[int, int] = (640, 400),
 ) -> Image.Image:
-    """Lines (x, y) per named series, optional +- band per series, axes with ticks and a legend."""
+    """Lines (x, y) per named series, optional band per series, axes with ticks and a legend.
+
+    A band entry is a half-width b (the band is y +- b) or a (low, high) pair of y values (an
+    asymmetric interval such as a bootstrap one)."""
     w, h = size
     left, right, top, bottom = 64, 16, 40, 44
     img = Image.new("RGB", size, (255, 255, 255))
@@ -100,8 +109,8 @@ def line_plot(
     xs = [float(x) for xv, _ in series.values() for x in xv]
     ys = [float(y) for _, yv in series.values() for y in yv]
     for name, band in (bands or {}).items():
-        ys += [float(y) + float(b) for y, b in zip(series[name][1], band)]
-        ys += [float(y) - float(b) for y, b in zip(series[name][1], band)]
+        for y, b in zip(series[name][1], band):
+            ys += list(_band_limits(y, b))
     if not xs:
         xs, ys = [0.0, 1.0], [0.0, 1.0]
     x0, x1 = min(xs), max(xs)
@@ -129,8 +138,9 @@ def line_plot(
     # Every band first, translucent, then every line: no series hides another.
     for i, (name, (xv, yv)) in enumerate(series.items()):
         if bands and name in bands and len(xv) > 1:
-            upper = [px(float(x), float(y) + float(b)) for x, y, b in zip(xv, yv, bands[name])]
-            lower = [px(float(x), float(y) - float(b)) for x, y, b in zip(xv, yv, bands[name])]
+            limits = [_band_limits(y, b) for y, b in zip(yv, bands[name])]
+            upper = [px(float(x), hi) for x, (_, hi) in zip(xv, limits)]
+            lower = [px(float(x), lo) for x, (lo, _) in zip(xv, limits)]
             layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
             ImageDraw.Draw(layer).polygon(upper + lower[::-1], fill=(*PALETTE[i % len(PALETTE)], 56))
             img.paste(Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB"))
