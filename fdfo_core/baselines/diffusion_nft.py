@@ -4,7 +4,8 @@ Process", arXiv 2509.16117, ICLR 2026) as a baseline sharing FDFO's models, prom
 Written from the paper's method section; the defaults are its published SD3.5-Medium settings.
 One epoch:
   1. The sampling ("old") policy v_old draws G clean images per prompt with any solver (here the
-     plain Euler ODE on the model's own grid) and no CFG; only the clean images are kept.
+     plain Euler ODE on the model's own grid, where the paper uses a 2nd-order DPM solver) and no
+     CFG; only the clean images are kept.
   2. Raw rewards become optimality probabilities (paper, Sec. 4):
          r = 1/2 + 1/2 clip((R - mean of the prompt's group) / Z, -1, 1),
      with Z = `nft_reward_clip` x std (the global std of the epoch's rewards, or the group's).
@@ -86,7 +87,9 @@ def nft_loss(v: torch.Tensor, v_old: torch.Tensor, v_target: torch.Tensor, t: to
     x0 prediction x_t - t v' divided by its detached mean absolute error. Since x0_hat - x0 = t
     (v_target - v'), that is t * mean((v' - v_target)^2) / mean|v' - v_target|.
     The 1 / beta keeps the first-order pull (2r - 1) (v_target - v_old) independent of beta, so
-    beta only sets the strength of the quadratic trust region beta |v - v_old|^2.
+    beta only sets the strength of the quadratic trust region beta |v - v_old|^2. (The authors'
+    released training script also multiplies the loss by the advantage clip, 5; under Adam that
+    constant only changes what gradient-norm clipping sees, and it is left out here.)
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
