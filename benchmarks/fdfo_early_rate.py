@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from efficiency_stats import bootstrap, curve_auc, fmt_interval  # noqa: E402
-from sample_efficiency import IMAGES_PER_EPOCH, run_all, run_path, run_settings  # noqa: E402
+from sample_efficiency import EPOCHS, IMAGES_PER_EPOCH, run_all, run_path, run_settings  # noqa: E402
 
 EARLY_EVALS = 16 * IMAGES_PER_EPOCH
 
@@ -57,7 +57,7 @@ def variant_jobs(name: str, seeds: int, out: Path) -> list[tuple[dict, Path]]:
     jobs = []
     for seed in range(seeds):
         if name == "preset":  # the benchmark's own FDFO runs, when present, cover this budget
-            main = run_settings("fdfo", "alignment", seed, 30, IMAGES_PER_EPOCH, (32, 2))
+            main = run_settings("fdfo", "alignment", seed, EPOCHS, IMAGES_PER_EPOCH, (32, 2))
             path = run_path(out.parent / "sample_efficiency", main)
             if path.exists() and all(json.loads(path.read_text()).get(k) == v for k, v in main.items()):
                 jobs.append((main, path))

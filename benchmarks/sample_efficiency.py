@@ -9,7 +9,7 @@ the area under the held-out curve (AUC: the mean held-out reward over the whole 
 held-out reward, and the evaluations the seed-mean curve needs to reach fixed thresholds, each with
 a 95% percentile-bootstrap interval over seeds; then paired FDFO-vs-baseline differences.
 
-    python benchmarks/sample_efficiency.py                  # full: 3 methods x 2 rewards x 5 seeds x 30 epochs
+    python benchmarks/sample_efficiency.py                  # full: 3 methods x 2 rewards x 5 seeds x 20 epochs
     python benchmarks/sample_efficiency.py --quick          # 2 seeds x 6 epochs, < 10 min on 2 cores
     python benchmarks/sample_efficiency.py --smoke          # the test's tiny configuration of the same path
     python benchmarks/sample_efficiency.py --sweep --methods diffusion_nft   # learning-rate sweep
@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from efficiency_stats import bootstrap, curve_auc, fmt_interval, ratio_stat, reach_stat  # noqa: E402
 
 IMAGES_PER_EPOCH = 64
+EPOCHS = 20  # 1280 reward evaluations per run: the budget in which the methods separate on the toy
 GROUP = 8  # images per prompt for the group methods (24 in their SD3.5 configs)
 
 # Per-method settings on the toy: the toy preset plus what each method needs, scaled from its
@@ -359,7 +360,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2 seeds x 2 epochs of 16 images, 4 held-out prompts x 2 seeds (tests)")
     ap.add_argument("--sweep", action="store_true", help="learning-rate sweep of --methods on the first reward")
     ap.add_argument("--seeds", type=int, default=None, help="default 5 (sweep: 1)")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--images-per-epoch", type=int, default=IMAGES_PER_EPOCH)
     ap.add_argument("--heldout-prompts", type=int, default=32)
     ap.add_argument("--heldout-seeds", type=int, default=2)
