@@ -183,17 +183,28 @@ def _worker(job) -> dict[str, Any]:
     return result
 
 
+def find_run(settings: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """A finished run with exactly these settings: `path`, or any other file of the same method
+    and reward (a sweep's run at the table's learning rate is the table's run)."""
+    candidates = [path] + sorted(p for p in path.parent.glob("*.json") if p != path) if path.parent.exists() else []
+    for p in candidates:
+        if p.exists():
+            old = json.loads(p.read_text())
+            if all(old.get(k) == v for k, v in settings.items()):
+                return old
+    return None
+
+
 def run_all(jobs: list[tuple[dict, Path]], workers: int, threads: int, fresh: bool = False) -> list[dict]:
     """Run (settings, path) jobs, reusing a finished file whose settings match; results in job order."""
     results: list[dict | None] = [None] * len(jobs)
     todo = []
     for i, (settings, path) in enumerate(jobs):
-        if not fresh and path.exists():
-            old = json.loads(path.read_text())
-            if all(old.get(k) == v for k, v in settings.items()):
-                results[i] = old
-                continue
-        todo.append(i)
+        found = None if fresh else find_run(settings, path)
+        if found is not None:
+            results[i] = found
+        else:
+            todo.append(i)
     print(f"{len(jobs) - len(todo)} runs reused, {len(todo)} to run on {workers} worker(s) x {threads} thread(s)",
           flush=True)
     if workers <= 1:
