@@ -4,10 +4,10 @@ Every variant trains FDFO on the toy alignment reward for EARLY_EVALS reward eva
 64 images unless the variant changes the pairs per epoch) and is compared with the plain toy preset
 on the same seeds: area under the held-out curve over the budget (the mean held-out alignment over
 it), final held-out alignment, and the paired difference to the preset with a 95% bootstrap
-interval over seeds. The preset's own runs are the first 16 epochs of the sample-efficiency
-benchmark's FDFO runs when those exist (training does not depend on the run's length).
+interval over seeds. The preset's runs are the first 16 epochs of the sample-efficiency benchmark's
+FDFO alignment runs (training does not depend on the run's length): run that benchmark first.
 
-    python benchmarks/fdfo_early_rate.py                  # every variant, 3 seeds
+    python benchmarks/fdfo_early_rate.py                  # the default variants, 2 seeds
     python benchmarks/fdfo_early_rate.py --ties           # only the tie diagnostic (seconds)
     python benchmarks/fdfo_early_rate.py --variants churn_0.2 std_norm --seeds 2
 
@@ -30,16 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from efficiency_stats import bootstrap, curve_auc, fmt_interval  # noqa: E402
-from sample_efficiency import EPOCHS, IMAGES_PER_EPOCH, run_all, run_path, run_settings  # noqa: E402
+from sample_efficiency import EPOCHS, IMAGES_PER_EPOCH, find_run, run_all, run_path, run_settings  # noqa: E402
 
 EARLY_EVALS = 16 * IMAGES_PER_EPOCH
 
 #: name -> (config overrides, images per epoch, what it tests)
 VARIANTS: dict[str, tuple[dict, int, str]] = {
-    "preset": ({}, IMAGES_PER_EPOCH, "toy preset: raw churn 0.05, 32 pairs/epoch, all 20 steps, raw dR"),
-    "churn_0.02": ({"churn_strength": 0.02}, IMAGES_PER_EPOCH, "weaker churn"),
-    "churn_0.1": ({"churn_strength": 0.1}, IMAGES_PER_EPOCH, "stronger churn"),
-    "churn_0.2": ({"churn_strength": 0.2}, IMAGES_PER_EPOCH, "much stronger churn"),
+    "preset": ({}, IMAGES_PER_EPOCH, "toy preset: raw churn 0.05, 32 pairs/epoch, all 20 steps, raw dR, lr 3e-4"),
+    "churn_0.02": ({"churn_strength": 0.02}, IMAGES_PER_EPOCH, "weaker churn (closer pairs)"),
+    "churn_0.2": ({"churn_strength": 0.2}, IMAGES_PER_EPOCH, "stronger churn"),
     "prior_0.2": ({"churn": "prior", "churn_strength": 0.2}, IMAGES_PER_EPOCH, "churn only at t = 1"),
     "interval_0.3": ({"churn": "interval", "churn_strength": 0.3}, IMAGES_PER_EPOCH,
                      "churn around one logit-normal time"),
@@ -47,24 +46,22 @@ VARIANTS: dict[str, tuple[dict, int, str]] = {
     "pairs_64": ({}, IMAGES_PER_EPOCH * 2, "64 pairs x 8 epochs (same evaluations)"),
     "steps_5": ({"steps_per_sample": 5}, IMAGES_PER_EPOCH, "train on 5 random steps of 20 per sample"),
     "std_norm": ({"reward_normalization": "std"}, IMAGES_PER_EPOCH, "dR divided by the epoch's reward std"),
+    "lr_1e-3": ({"lr": 1e-3}, IMAGES_PER_EPOCH, "larger learning rate"),
 }
+DEFAULT_VARIANTS = ["churn_0.02", "churn_0.2", "prior_0.2", "pairs_16", "pairs_64", "steps_5", "std_norm", "lr_1e-3"]
 TIE_STRENGTHS = (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4)
 
 
 def variant_jobs(name: str, seeds: int, out: Path) -> list[tuple[dict, Path]]:
+    """(settings, result file) of a variant's runs. The preset's runs are the sample-efficiency
+    benchmark's FDFO runs (run that first); this script never runs them itself."""
     extra, ipe, _ = VARIANTS[name]
+    if name == "preset":
+        runs = [run_settings("fdfo", "alignment", seed, EPOCHS, IMAGES_PER_EPOCH, (32, 2)) for seed in range(seeds)]
+        return [(s, run_path(out.parent / "sample_efficiency", s)) for s in runs]
     epochs = EARLY_EVALS // ipe
-    jobs = []
-    for seed in range(seeds):
-        if name == "preset":  # the benchmark's own FDFO runs, when present, cover this budget
-            main = run_settings("fdfo", "alignment", seed, EPOCHS, IMAGES_PER_EPOCH, (32, 2))
-            path = run_path(out.parent / "sample_efficiency", main)
-            if path.exists() and all(json.loads(path.read_text()).get(k) == v for k, v in main.items()):
-                jobs.append((main, path))
-                continue
-        s = run_settings("fdfo", "alignment", seed, epochs, ipe, (32, 2), extra)
-        jobs.append((s, run_path(out, s, f"-{name}")))
-    return jobs
+    runs = [run_settings("fdfo", "alignment", seed, epochs, ipe, (32, 2), extra) for seed in range(seeds)]
+    return [(s, run_path(out, s, f"-{name}")) for s in runs]
 
 
 def truncate(curve: list[dict], budget: float) -> list[dict]:
@@ -112,8 +109,8 @@ def ties(out: Path, n_pairs: int = 64) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
+    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ties", action="store_true", help="only the tie diagnostic")
     ap.add_argument("--out", default="runs/fdfo_early_rate")
     ap.add_argument("--workers", type=int, default=2)
@@ -130,15 +127,12 @@ def main() -> None:
         return
     names = list(dict.fromkeys(["preset", *args.variants]))
     jobs = {n: variant_jobs(n, args.seeds, out) for n in names}
-    if args.replot:
-        results = {n: [json.loads(p.read_text()) for _, p in js if p.exists()] for n, js in jobs.items()}
-    else:
-        flat = [j for n in names for j in jobs[n]]
-        done = run_all(flat, args.workers, args.threads)
-        results, i = {}, 0
-        for n in names:
-            results[n] = done[i : i + len(jobs[n])]
-            i += len(jobs[n])
+    if not args.replot:
+        run_all([j for n in names if n != "preset" for j in jobs[n]], args.workers, args.threads)
+    results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
+    if len(results["preset"]) < args.seeds:
+        print(f"only {len(results['preset'])} of {args.seeds} preset runs exist: run benchmarks/sample_efficiency.py "
+              "(its FDFO alignment runs are the preset) for the paired comparison")
     base = {r["seed"]: truncate(r["curve"], EARLY_EVALS) for r in results["preset"]}
     rows = {}
     print(f"\nFDFO early rate, toy alignment, {EARLY_EVALS} reward evaluations, paired with the preset on the same seeds")
