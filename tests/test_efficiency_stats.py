@@ -59,3 +59,89 @@ def test_line_plot_draws_asymmetric_bands():
     symmetric = np.asarray(line_plot({"a": ([0, 1, 2], [0.5, 0.6, 0.7])}, bands={"a": [0.1, 0.1, 0.1]}))
     assert banded.shape == plain.shape
     assert not np.array_equal(banded, plain) and not np.array_equal(banded, symmetric)
+
+
+def test_bootstrap_percentiles_on_a_hand_computed_case():
+    # Two seeds with values 0 and 1: a resample's mean is 0, 1/2 or 1 with probability 1/4, 1/2, 1/4.
+    x = np.array([0.0, 1.0])
+    point, lo, hi = bootstrap(lambda i: float(x[i].mean()), 2, n_boot=4000)
+    assert (point, lo, hi) == (0.5, 0.0, 1.0)  # the 2.5% and 97.5% quantiles
+    # At level 0.4 the 30% and 70% quantiles both fall in the middle half: 1/2.
+    assert bootstrap(lambda i: float(x[i].mean()), 2, n_boot=4000, level=0.4) == (0.5, 0.5, 0.5)
+
+
+def test_bootstrap_keeps_inf_draws_and_drops_nan_draws():
+    xs = [0, 64, 128]
+    # Seed 0 reaches 0.7 at 64, seed 1 never does: the mean of both reaches it at 128, seed 0 alone
+    # at 64, seed 1 alone never (inf sorts last, so the interval's top is "> budget").
+    curves = np.array([[0.6, 0.8, 0.8], [0.6, 0.55, 0.65]])  # mean 0.6, 0.675, 0.725
+    point, lo, hi = bootstrap(reach_stat(xs, curves, 0.7), 2, n_boot=4000)
+    assert (point, lo) == (128.0, 64.0) and math.isinf(hi)
+    # A statistic undefined on some resamples (nan) is summarised over the others.
+    vals = np.array([1.0, 3.0])
+    point, lo, hi = bootstrap(lambda i: float(vals[i].mean()) if len(set(i)) > 1 else math.nan, 2, n_boot=2000)
+    assert (point, lo, hi) == (2.0, 2.0, 2.0)
+    # Undefined everywhere: the point is reported, the interval is n/a.
+    point, lo, hi = bootstrap(lambda i: math.nan, 3, n_boot=50)
+    assert math.isnan(point) and math.isnan(lo) and math.isnan(hi)
+
+
+def _run(method, seed, ys, evals_per_epoch=64):
+    return {"method": method, "seed": seed, "lr": 1e-3, "curve": [
+        {"epoch": e, "evals": e * evals_per_epoch, "heldout": y, "diversity": 0.1, "seconds": float(e),
+         "cpu_seconds": 2.0 * e} for e, y in enumerate(ys)]}
+
+
+def test_summarise_gives_auc_reach_and_paired_differences_by_hand():
+    from sample_efficiency import summarise
+
+    fdfo = [_run("fdfo", 0, [0.6, 0.7, 0.8]), _run("fdfo", 1, [0.6, 0.8, 0.8])]
+    grpo = [_run("flow_grpo", 0, [0.6, 0.6, 0.7]), _run("flow_grpo", 1, [0.6, 0.6, 0.6])]
+    s = summarise({"fdfo": fdfo, "flow_grpo": grpo}, (0.7, 0.75), n_boot=500)
+    rows = {r["method"]: r for r in s["rows"]}
+    # AUC = mean of trapezoids: FDFO seed 0 (0.65 + 0.75) / 2 = 0.70, seed 1 (0.70 + 0.80) / 2 = 0.75.
+    assert rows["fdfo"]["auc"][0] == pytest.approx(0.725)
+    assert rows["flow_grpo"]["auc"][0] == pytest.approx((0.625 + 0.6) / 2)
+    # Seed-mean curves: FDFO 0.6, 0.75, 0.8 reaches 0.7 and 0.75 at 64; Flow-GRPO 0.6, 0.6, 0.65 never.
+    assert rows["fdfo"]["reach"]["0.7"][0] == 64 and rows["fdfo"]["reach"]["0.75"][0] == 64
+    assert math.isinf(rows["flow_grpo"]["reach"]["0.7"][0])
+    assert rows["fdfo"]["reached_by_seeds"] == {"0.7": 2, "0.75": 2}
+    assert rows["flow_grpo"]["reached_by_seeds"] == {"0.7": 1, "0.75": 0}
+    assert rows["fdfo"]["final"][0] == pytest.approx(0.8) and rows["fdfo"]["train_cpu_seconds"] == 4.0
+    (p,) = s["paired"]
+    # Paired AUC differences 0.70 - 0.625 = 0.075 and 0.75 - 0.60 = 0.15: mean 0.1125, bootstrap
+    # resamples of two seeds span [0.075, 0.15].
+    assert p["baseline"] == "flow_grpo" and p["fdfo_higher_auc_seeds"] == 2
+    assert p["auc_diff"] == pytest.approx((0.1125, 0.075, 0.15))
+    assert p["final_diff"][0] == pytest.approx(0.15)
+    assert p["evals_ratio"]["0.7"][0] == 0.0  # FDFO gets there, Flow-GRPO never does
+
+
+def test_unpaired_seeds_get_no_paired_row():
+    from sample_efficiency import summarise
+
+    s = summarise({"fdfo": [_run("fdfo", 0, [0.6, 0.7])], "flow_grpo": [_run("flow_grpo", 1, [0.6, 0.7])]}, (0.7,), n_boot=50)
+    assert s["paired"] == [] and len(s["rows"]) == 2
+
+
+def test_a_longer_run_is_reused_cut_to_the_budget(tmp_path):
+    import json
+
+    from sample_efficiency import find_run, run_path, run_settings
+
+    long = run_settings("fdfo", "alignment", 0, 12, 64, (32, 2))
+    path = run_path(tmp_path, long)
+    path.parent.mkdir(parents=True)
+    done = {**long, "lr": 3e-4, "curve": [{"epoch": e, "evals": 64 * e, "heldout": 0.6 + e / 100}
+                                          for e in long["eval_epochs"]]}
+    path.write_text(json.dumps(done))
+    short = run_settings("fdfo", "alignment", 0, 8, 64, (32, 2))
+    cut = find_run(short, run_path(tmp_path, short, "-other"))
+    assert [p["epoch"] for p in cut["curve"]] == list(range(9)) and cut["config"]["epochs"] == 8
+    assert cut["truncated_from_epochs"] == 12
+    # Anything else that differs (seed, learning rate, held-out set) or a longer budget is not reused.
+    for other in (run_settings("fdfo", "alignment", 1, 8, 64, (32, 2)),
+                  run_settings("fdfo", "alignment", 0, 8, 64, (32, 2), {"lr": 1e-3}),
+                  run_settings("fdfo", "alignment", 0, 8, 64, (16, 2)),
+                  run_settings("fdfo", "alignment", 0, 16, 64, (32, 2))):
+        assert find_run(other, run_path(tmp_path, other)) is None
