@@ -43,6 +43,8 @@ import numpy as np  # noqa: E402
 
 from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, ratio_stat, reach_stat  # noqa: E402
 
+from fdfo_core.textfiles import read_json_file  # noqa: E402
+
 IMAGES_PER_EPOCH = 64
 EPOCHS = 5  # 320 reward evaluations per run: see README (the budget that fits 2 shared cores)
 GROUP = 8  # images per prompt for the group methods (24 in their SD3.5 configs)
@@ -210,12 +212,12 @@ def find_run(settings: dict[str, Any], path: Path) -> dict[str, Any] | None:
     candidates = [path] + sorted(p for p in path.parent.glob("*.json") if p != path) if path.parent.exists() else []
     for p in candidates:
         if p.exists():
-            old = json.loads(p.read_text())
+            old = read_json_file(p, "benchmark run")
             if all(old.get(k) == v for k, v in settings.items()):
                 return old
     for p in candidates:
         if p.exists():
-            cut = truncate_run(json.loads(p.read_text()), settings)
+            cut = truncate_run(read_json_file(p, "benchmark run"), settings)
             if cut is not None:
                 return cut
     return None
@@ -383,7 +385,7 @@ def sweep(args, out: Path) -> dict:
         best = max((v["auc"], k) for k, v in table.items() if k.startswith(m + " "))
         print(f"best for {m}: {best[1]} (AUC {best[0]:.4f})")
     path = out / "sweep.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_json_file(path, "sweep record") if path.exists() else {}
     path.write_text(json.dumps({**old, **table}, indent=1))
     return table
 
@@ -444,8 +446,8 @@ def main() -> None:
                                  (args.heldout_prompts, args.heldout_seeds), args.extra)
                 jobs.append((s, run_path(out, s, args.tag)))
     if args.replot:
-        results = [json.loads(p.read_text()) for _, p in jobs if p.exists()]
-        seconds = json.loads((out / "table.json").read_text()).get("seconds", 0.0) if (out / "table.json").exists() else 0.0
+        results = [read_json_file(p, "benchmark run") for _, p in jobs if p.exists()]
+        seconds = read_json_file(out / "table.json", "benchmark table").get("seconds", 0.0) if (out / "table.json").exists() else 0.0
         report(results, out, seconds, args.methods, args.n_boot)
         return
     print(f"{len(args.methods)} methods x {len(args.rewards)} rewards x {args.seeds} seeds x {args.epochs} epochs of "

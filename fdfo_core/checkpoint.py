@@ -1,43 +1,63 @@
 """Atomic checkpoint files: nothing already trained is lost to a crash mid-write.
 
 A checkpoint holds everything an exact resume needs: adapter and optimizer state, the grad
-scaler, the RNG state, the completed-epoch counter, the resolved config and the model
-fingerprint. Files are written to a temporary name in the same folder and renamed into place.
+scaler, the RNG state, the completed-epoch counter, the metrics so far, and the run's definition
+(model fingerprint, prompts, reward, every hyperparameter: `run_definition.RunDefinition`), so
+a checkpoint file alone says what it was trained on. Files are written through `storage` (a
+temporary file in the same folder, fsynced and renamed into place; a failed write raises
+StorageError and leaves nothing behind).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from . import storage
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path) then rename tmp_path to path (same filesystem, so the rename is atomic)."""
+if TYPE_CHECKING:
+    from .run_definition import RunDefinition
+
+FORMAT = "fdfo-checkpoint-2"
+#: Formats this version resumes ("-1": before the run definition was recorded).
+READABLE_FORMATS = ("fdfo-checkpoint-1", FORMAT)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], what: str = "file") -> Path:
+    """`storage.atomic_write` for writers that need a file *name*: write(tmp_path), fsync,
+    rename. Missing folders are created; OS failures raise StorageError, leaving no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    storage.ensure_dir(path.parent, f"folder of the {what}", parents=True)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=storage.TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    except Exception as e:
+        err = storage.storage_error(e, path, what)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return storage.atomic_write(path, lambda f: torch.save(state, f), "checkpoint", make_folder=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path)
@@ -46,8 +66,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         path = found
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     # weights_only: a checkpoint is data, never code.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(_resolve(path), map_location="cpu", weights_only=True)
+
+
+def read_definition(path: str | os.PathLike) -> "RunDefinition | None":
+    """The run definition a checkpoint was trained on, without loading its tensors (mmap).
+
+    A checkpoint from before definitions were recorded gives what it has (model fingerprint,
+    config, reward); the rest is marked missing (never compared). None for a file that is not an
+    FDFO checkpoint.
+    """
+    path = _resolve(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file written without the zip container cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return definition_of(state)
+
+
+def definition_of(state: dict[str, Any]) -> "RunDefinition | None":
+    from .run_definition import RunDefinition
+
+    if state.get("format") not in READABLE_FORMATS:
+        return None
+    if state.get("definition"):
+        return RunDefinition.from_dict(json.loads(state["definition"]))
+    # Its reward was recorded as a display string, not comparable with today's spec: not compared.
+    return RunDefinition.from_dict({"model": state.get("fingerprint"), "config": state.get("config")})
 
 
 def checkpoint_name(epoch: int) -> str:

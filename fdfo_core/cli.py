@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import time
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import PRESETS, ConfigError, FDFOConfig, load_config
+from . import storage
+from .config import PRESETS, ConfigError, FDFOConfig, config_values, load_config
 
 
 class CLIError(RuntimeError):
@@ -114,13 +113,22 @@ def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Name
 
 
 class _Progress:
-    """A tqdm bar over epochs whose description follows the current phase."""
+    """A tqdm bar over epochs whose description follows the current phase. The bar appears with
+    the first phase of training (so an error before training prints no empty bar)."""
 
     def __init__(self, total_epochs: int, start: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total_epochs, initial=start, unit="epoch", disable=not enabled, dynamic_ncols=True)
+        self.total, self.start, self.enabled = total_epochs, start, enabled
+        self._bar = None
         self._last = 0.0
+
+    @property
+    def bar(self):
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.start, unit="epoch", disable=not self.enabled,
+                             dynamic_ncols=True)
+        return self._bar
 
     def phase(self, name: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -134,10 +142,13 @@ class _Progress:
         self.bar.update(1)
 
     def write(self, msg: str) -> None:
-        self.bar.write(msg)
+        from tqdm.auto import tqdm
+
+        (self._bar or tqdm).write(msg)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training"):
@@ -154,88 +165,164 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
 # --- train -------------------------------------------------------------------------------------
 
 
+def _run_folder(args: argparse.Namespace, dist) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    if args.resume:
+        p = Path(args.resume)
+        return p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return Path(dist.broadcast_object(str(Path("runs") / time.strftime("fdfo-%Y%m%d-%H%M%S"))))
+
+
+def _model_source(model: str) -> str:
+    """A local folder as an absolute path (so a resume from another directory finds it); a hub id as is."""
+    p = Path(model)
+    return str(p.resolve()) if p.exists() else model
+
+
+def _last_session(run_dir: Path) -> dict[str, Any]:
+    from .run_definition import RunRecords
+
+    sessions = (RunRecords(run_dir).read() or {}).get("sessions") or [{}]
+    return sessions[-1] if isinstance(sessions[-1], dict) else {}
+
+
+def _resolve_reward(args: argparse.Namespace, recorded) -> tuple[str, dict, str | None, dict]:
+    """(spec, options, normalisation mode, normalisation options): what the user gave, and for
+    what they omitted on a resume, what the run recorded."""
+    from .rewards import parse_reward_spec
+    from .run_definition import format_spec
+
+    given = parse_reward_options(args.reward_opt)
+    spec = format_spec(parse_reward_spec(args.reward)) if args.reward else None
+    options: dict[str, dict[str, Any]] = {}
+    if recorded is not None and recorded.reward is not None and spec in (None, recorded.reward):
+        spec = recorded.reward  # the same reward: options the user omits keep the run's values
+        options = {k: dict(v) for k, v in (recorded.reward_options or {}).items()}
+    for name, opts in given.items():
+        options.setdefault(name, {}).update(opts)
+    norm = dict((recorded.reward_normalization if recorded is not None else None) or {"mode": "none"})
+    if args.reward_normalize is not None:
+        norm = {"mode": args.reward_normalize}
+    mode = norm.pop("mode", "none")
+    norm = {k: v for k, v in norm.items() if v is not None}
+    return spec or "toy_alignment", options, (None if mode == "none" else mode), norm
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .baselines import build_trainer
     from .distributed import init_distributed
     from .generation import generate_images
     from .images import image_grid, save_png
     from .rewards import build_reward
-    from .baselines import build_trainer
+    from .run_definition import FrontEnd, RunDefinition, recorded_definition, restore
     from .trainer import Callbacks, amp_dtype
 
-    model = args.model or _default_model()
-    if model is None:
-        raise CLIError("--model is required: a diffusers SD3/SD3.5/Flux folder or hub id")
     dist = init_distributed(args.device if args.device != "auto" else None)
     device = _device(args.device, dist.local_rank)
-    run_dir = Path(args.run_dir) if args.run_dir else None
+    run_dir = _run_folder(args, dist)
     resume = args.resume
-    if resume and run_dir is None:
-        p = Path(resume)
-        run_dir = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    if run_dir is None:
-        run_dir = Path("runs") / time.strftime("fdfo-%Y%m%d-%H%M%S")
-        run_dir = Path(dist.broadcast_object(str(run_dir)))
+    # --- on resume, what the user omits comes from the run itself (run_definition) -------------
+    recorded = None
+    if resume:
+        if not Path(resume).exists():
+            raise CLIError(f"--resume {resume}: no such checkpoint file or run folder")
+        recorded = recorded_definition(resume)
+        if recorded is None:
+            raise CLIError(f"--resume {resume}: no FDFO checkpoint or run record (run.json) there")
+        session = _last_session(run_dir)
+        if not args.threads and session.get("threads"):  # CPU runs repeat bit for bit at a fixed count
+            torch.set_num_threads(int(session["threads"]))
+            args.threads = int(session["threads"])
+        if args.preview_every is None and session.get("preview_every") is not None:
+            args.preview_every = int(session["preview_every"])
+    if args.preview_every is None:
+        args.preview_every = 1
+    # What the user gave, as RunDefinition fields (None: omitted); on resume the rest is restored.
+    from .prompts import read_prompts
 
-    toml = args.config
-    if toml is None and resume and (run_dir / "config.json").exists():
-        base = json.loads((run_dir / "config.json").read_text())
-        cfg = FDFOConfig.from_dict({**base, **_overrides(args)}).validate()
-    else:
-        preset = args.preset or ("toy" if _is_toy(model) else None)
-        cfg = load_config(preset, toml, _overrides(args))
-    if _is_toy(model) and args.max_sequence_length is None:
+    given: dict[str, Any] = {
+        "model_source": _model_source(args.model) if args.model else None,
+        "config": config_values(args.preset, args.config, _overrides(args)) or None,
+        "model_settings": {k: v for k, v in (("max_sequence_length", args.max_sequence_length),
+                                             ("flux_guidance", args.flux_guidance)) if v is not None} or None,
+        "prompts": read_prompts(args.prompts) if args.prompts else None,
+    }
+    run = restore(recorded, given) if recorded is not None else RunDefinition(**given)
+    model = run.model_source or _default_model()
+    if model is None:
+        raise CLIError("--model is required: a diffusers SD3/SD3.5/Flux folder or hub id")
+    if recorded is not None and recorded.config is not None:
+        cfg = FDFOConfig.from_dict(run.config).validate()
+    else:  # a new run: defaults <- preset (the toy's for the toy model) <- TOML <- flags
+        cfg = load_config(args.preset or ("toy" if _is_toy(model) else None), args.config, _overrides(args))
+    settings = dict(run.model_settings or {})
+    if _is_toy(model) and settings.get("max_sequence_length") is None:
         from .toy import TOY_MAX_SEQUENCE_LENGTH
 
-        args.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
+        settings["max_sequence_length"] = TOY_MAX_SEQUENCE_LENGTH
+    args.max_sequence_length = settings.get("max_sequence_length")
+    args.flux_guidance = settings.get("flux_guidance")
     from .backends.diffusers_backend import check_supported
 
     check_supported(model)
-    prompts = _load_prompts(args.prompts, model)
-    reward = build_reward(args.reward, parse_reward_options(args.reward_opt), device=device,
-                          normalize=args.reward_normalize)
+    prompts = list(run.prompts) if run.prompts is not None else _load_prompts(None, model)
+    spec, reward_options, normalize, normalize_options = _resolve_reward(args, recorded)
+    reward = build_reward(spec, reward_options, device=device, normalize=normalize,
+                          normalize_options=normalize_options)
+    if args.preview_prompts:
+        preview_prompts = read_prompts(args.preview_prompts, what="preview prompts file")
+    elif args.preview_count is not None or run.preview_prompts is None:
+        preview_prompts = prompts[: args.preview_count if args.preview_count is not None else 8]
+    else:
+        preview_prompts = list(run.preview_prompts)
     backend = _build_backend(model, cfg, device, args)
 
     progress = _Progress(cfg.epochs, 0, enabled=dist.is_main and not args.no_progress)
-    preview_prompts = (
-        [p for p in Path(args.preview_prompts).read_text().splitlines() if p.strip()]
-        if args.preview_prompts else prompts[: args.preview_count]
-    )
     preview_seeds = list(range(len(preview_prompts)))
     amp = amp_dtype(cfg.precision, torch.device(device))
+    preview_every = args.preview_every
 
     def preview(epoch: int) -> None:
-        if not (dist.is_main and args.preview_every):
+        if not (dist.is_main and preview_every):
             return
         images = generate_images(backend, preview_prompts, preview_seeds, cfg.num_steps, cfg.height, cfg.width,
                                  cfg.cfg_scale, cfg.negative_prompt, amp=amp)
         grid = image_grid(images, ncol=min(8, len(preview_prompts)), scale=max(1, 256 // cfg.width))
-        save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png")
+        save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
 
     def on_epoch_end(trainer, metrics):
         progress.epoch(metrics)
         if dist.is_main:
-            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png")
-            if args.preview_every and metrics["epoch"] % args.preview_every == 0:
+            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png", "reward curve")
+            if preview_every and metrics["epoch"] % preview_every == 0:
                 preview(metrics["epoch"])
 
+    previews = (cfg.epochs // preview_every + 1) if preview_every else 0
+    grid_side = max(256, cfg.width) * min(8, len(preview_prompts))
+    front_end = FrontEnd(
+        name="cli",
+        resume_hint=f"fdfo train --resume {run_dir}",
+        new_run_hint="start a new run (leave out --resume, or give another --run-dir)",
+        restore_hint="leave those options out (what you omit is restored from the run)",
+        allow_change_hint="repeat the command with --allow-change",
+        session={"argv": sys.argv[1:], "device": device, "world_size": dist.world_size,
+                 "threads": args.threads or None, "preview_every": preview_every},
+        extra_bytes=previews * grid_side * max(256, cfg.height) * 3 // 2 + cfg.epochs * 100_000,
+    )
     trainer = build_trainer(
         backend, reward, prompts, cfg, run_dir=run_dir, dist=dist, reward_spec=reward.describe(),
         callbacks=Callbacks(on_progress=progress.phase, on_epoch_end=on_epoch_end, log=progress.write),
+        definition={"preview_prompts": preview_prompts, "model_settings": settings, "model_source": _model_source(model)},
+        front_end=front_end,
     )
     if resume:
-        trainer.resume(resume)
-        progress.bar.n = trainer.epoch
-        progress.bar.refresh()
+        trainer.resume(resume, allow_change=args.allow_change)
+        progress.start = trainer.epoch
+    trainer.start_run()  # checks the run folder and records the run before anything is written
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps({
-            "model": str(model), "reward": args.reward, "reward_options": parse_reward_options(args.reward_opt),
-            "reward_normalize": args.reward_normalize, "prompts": args.prompts, "num_prompts": len(prompts),
-            "device": device, "world_size": dist.world_size, "argv": sys.argv[1:],
-            "fingerprint": backend.fingerprint(),
-        }, indent=2))
         if trainer.epoch == 0:
             preview(0)
         progress.write(f"run folder: {run_dir}  ({len(prompts)} prompts, reward {reward.describe()}, device {device})")
@@ -244,9 +331,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         progress.close()
         if dist.is_main:
-            print(f"\nstopped: checkpoints and the LoRA trained so far are in {run_dir}", file=sys.stderr)
+            where = trainer.rescued_lora or run_dir
+            print(f"\nstopped: checkpoints are in {run_dir}, the LoRA trained so far in {where}; continue with: "
+                  f"fdfo train --resume {run_dir}", file=sys.stderr)
         return 130
-    progress.close()
+    finally:
+        progress.close()
     if dist.is_main:
         print(f"LoRA: {run_dir / 'lora.safetensors'}")
     return 0
@@ -254,11 +344,68 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --- sample ------------------------------------------------------------------------------------
 
+#: Built-in defaults of `fdfo sample` when neither a flag, the LoRA nor the model says otherwise.
+SAMPLE_DEFAULTS = {"num_steps": 28, "cfg_scale": 1.0, "negative_prompt": "", "flux_guidance": 3.5}
+
+
+def sampling_settings(args: argparse.Namespace, lora_meta: dict[str, Any], model_meta: dict[str, Any],
+                      model_defaults: dict[str, Any], family: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, where each came from) for `fdfo sample`: an explicit flag wins, then the LoRA's
+    metadata (the config it was trained with), then the model folder's fdfo.json, then the
+    model's own default size / the built-in defaults. --height without --width means a square."""
+    config = lora_meta.get("config") if isinstance(lora_meta.get("config"), dict) else {}
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    lora_values = {
+        "height": config.get("height"), "width": config.get("width"), "num_steps": config.get("num_steps"),
+        "cfg_scale": config.get("cfg_scale", lora_meta.get("cfg_scale")),
+        "negative_prompt": config.get("negative_prompt"),
+        "flux_guidance": lora_meta.get("flux_guidance", extra.get("flux_guidance")),
+        "max_sequence_length": lora_meta.get("max_sequence_length"),
+    }
+    flags = {"height": args.height, "width": args.width, "num_steps": args.num_steps, "cfg_scale": args.cfg,
+             "negative_prompt": args.negative_prompt, "flux_guidance": args.flux_guidance,
+             "max_sequence_length": args.max_sequence_length}
+    flag_names = {"cfg_scale": "--cfg"}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, flag in flags.items():
+        if key == "flux_guidance" and family != "flux":
+            continue
+        candidates = [
+            (flag, flag_names.get(key, "--" + key.replace("_", "-"))),
+            (lora_values.get(key), "LoRA metadata"),
+            (model_meta.get(key), "model's fdfo.json"),
+            (model_defaults.get(key), "model default"),
+            (SAMPLE_DEFAULTS.get(key), "default"),
+        ]
+        for value, source in candidates:
+            if value is not None:
+                values[key], sources[key] = value, source
+                break
+        else:
+            values[key], sources[key] = None, "model default"
+    if args.width is None and args.height is not None:  # --height alone asks for a square image
+        values["width"], sources["width"] = args.height, "--height (square)"
+    return values, sources
+
+
+def format_settings(values: dict[str, Any], sources: dict[str, str]) -> str:
+    width = max(len(k) for k in values)
+    return "\n".join(f"  {k:<{width}}  {values[k]!r:<10} ({sources[k]})" for k in values)
+
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .backends.diffusers_backend import DiffusersBackend, load_lora_into_pipeline, load_pipeline, model_settings
+    from .backends.diffusers_backend import (
+        DiffusersBackend,
+        load_lora_into_pipeline,
+        load_pipeline,
+        model_settings,
+        pipeline_family,
+    )
     from .generation import generate_images
+    from .image_size import check_backend_size
     from .images import image_grid, save_png, to_pil
+    from .lora_files import read_lora_metadata
     from .prompts import read_prompts
 
     from .toy import TOY_MAX_SEQUENCE_LENGTH as TOY_SEQ
@@ -274,24 +421,46 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = [p for p in prompts for _ in range(args.per_prompt)]
     seeds = [args.seed + i for i in range(len(prompts))]
     device = _device(args.device)
+    out = Path(args.out)
+    storage.check_writable(out, "output folder")  # before the model loads: fail fast
+    lora_meta = read_lora_metadata(args.lora) if args.lora else {}
     pipe = load_pipeline(model)
     if args.lora:
         load_lora_into_pipeline(pipe, args.lora, scale=args.lora_scale)
-    settings = model_settings(model) if Path(model).exists() else {}
-    height = args.height or settings.get("height", 64 if _is_toy(model) else 1024)
-    width = args.width or settings.get("width", height)
+    model_meta = model_settings(model) if Path(model).exists() else {}
+    model_defaults: dict[str, Any] = {}
+    default_size = getattr(pipe, "default_sample_size", None)
+    if default_size:
+        model_defaults["height"] = model_defaults["width"] = int(default_size) * int(pipe.vae_scale_factor)
+    if _is_toy(model):
+        model_defaults["max_sequence_length"] = TOY_SEQ
+    family = pipeline_family(pipe)
+    values, sources = sampling_settings(args, lora_meta, model_meta, model_defaults, family)
+    height, width = int(values["height"]), int(values["width"])
     cfg = FDFOConfig(height=height, width=width, lora_rank=1)
-    seq_len = args.max_sequence_length
-    if seq_len is None:
-        seq_len = settings.get("max_sequence_length", TOY_SEQ if _is_toy(model) else None)
-    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=seq_len, add_adapter=False)
-    images = generate_images(backend, prompts, seeds, args.num_steps, height, width, args.cfg, args.negative_prompt)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    kwargs = {"flux_guidance": float(values["flux_guidance"])} if "flux_guidance" in values else {}
+    backend = DiffusersBackend(pipe, cfg, device=device, max_sequence_length=values["max_sequence_length"],
+                               add_adapter=False, **kwargs)
+    values["max_sequence_length"] = backend.max_sequence_length
+    check_backend_size(backend, height, width)  # before any sampling: the sizes that work, not a traceback
+    where = f"the LoRA {args.lora}" if args.lora else "no LoRA"
+    print(f"sampling {len(prompts)} image(s) with {where}; settings (a flag wins, then the LoRA's metadata, "
+          f"then the model):\n{format_settings(values, sources)}")
+    images = generate_images(backend, prompts, seeds, int(values["num_steps"]), height, width,
+                             float(values["cfg_scale"]), values["negative_prompt"])
+    grid = image_grid(images, ncol=min(8, len(images)), scale=max(1, 256 // width))
+    warning = storage.space_warning(out, len(prompts) * height * width * 3 + grid.width * grid.height * 3,
+                                    f"{len(prompts)} images and a grid")
+    if warning:
+        print(warning, file=sys.stderr)
     for i, im in enumerate(images):
-        to_pil(im).save(out / f"{i:04d}.png")
-    save_png(image_grid(images, ncol=min(8, len(images)), scale=max(1, 256 // width)), out / "grid.png")
-    print(f"{len(images)} images in {out} (grid.png)")
+        save_png(to_pil(im), out / f"{i:04d}.png", "sample image")
+    save_png(grid, out / "grid.png", "sample grid")
+    storage.write_json(out / "settings.json", {
+        "model": str(model), "lora": args.lora, "lora_scale": args.lora_scale, "prompts": prompts, "seeds": seeds,
+        "settings": values, "sources": sources,
+    }, "sample settings")
+    print(f"{len(images)} images in {out} (grid.png, settings.json)")
     return 0
 
 
@@ -312,14 +481,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_lora(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from .backends.diffusers_backend import load_pipeline, lora_to_diffusers_state_dict
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"{out} is a folder; give the file name of the converted LoRA, e.g. {out / 'peft.safetensors'}")
+    storage.check_writable(out.parent, "output folder")  # before the model loads: fail fast
     pipe = load_pipeline(args.model)
     sd = lora_to_diffusers_state_dict(pipe, args.lora)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, args.out)
+    storage.write_bytes(out, safetensors_bytes({k: v.contiguous() for k, v in sd.items()}), "converted LoRA")
     print(f"wrote {args.out}: load it with pipe.load_lora_weights({str(args.out)!r})")
     return 0
 
@@ -346,19 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a LoRA toward a reward")
     t.add_argument("--model", help="diffusers SD3/SD3.5/Flux folder or hub id (default: the bundled toy model)")
     t.add_argument("--prompts", help="text file, one prompt per line (or a JSON list)")
-    t.add_argument("--reward", default="toy_alignment", help='reward spec, e.g. "pickscore + 0.1*vlm" (see `fdfo rewards`)')
+    t.add_argument("--reward", help='reward spec, e.g. "pickscore + 0.1*vlm" (see `fdfo rewards`; default toy_alignment)')
     t.add_argument("--reward-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
                    help="reward option, e.g. pickscore.path=/weights/PickScore_v1 (repeatable)")
-    t.add_argument("--reward-normalize", choices=["per_prompt"], default=None, help="normalise rewards per prompt")
+    t.add_argument("--reward-normalize", choices=["none", "per_prompt"], default=None,
+                   help="normalise rewards per prompt (default none)")
     t.add_argument("--config", help="TOML file with hyperparameters (a [fdfo] table or top-level keys)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="named hyperparameter preset")
     t.add_argument("--run-dir", help="output folder (default runs/fdfo-<time>)")
-    t.add_argument("--resume", help="checkpoint file or run folder to continue from")
+    t.add_argument("--resume", help=(
+        "checkpoint file or run folder to continue from; whatever you omit (model, prompts, reward and its options, "
+        "normalisation, preview prompts, hyperparameters) is restored from the run, and anything you give that "
+        "differs is refused, except epochs, checkpoint cadence and memory/batch settings"))
+    t.add_argument("--allow-change", action="store_true", help=(
+        "with --resume: accept changes to what defines the run (prompts, reward, seed, ...) and record them as a new "
+        "branch in the run's run.json"))
     t.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda if available)")
     t.add_argument("--max-sequence-length", type=int, help="text tokens (T5) per prompt")
     t.add_argument("--flux-guidance", type=float, help="Flux guidance embedding value (default 3.5)")
-    t.add_argument("--preview-every", type=int, default=1, help="sample grid every N epochs (0: never)")
-    t.add_argument("--preview-count", type=int, default=8, help="how many fixed prompts/seeds in the grid")
+    t.add_argument("--preview-every", type=int, default=None, help="sample grid every N epochs (0: never; default 1)")
+    t.add_argument("--preview-count", type=int, default=None, help="how many fixed prompts/seeds in the grid (default 8)")
     t.add_argument("--preview-prompts", help="text file with the grid's prompts (default: the first training prompts)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     _config_flags(t)
@@ -372,12 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", help="text file, one prompt per line")
     s.add_argument("--per-prompt", type=int, default=1, help="images per prompt (consecutive seeds)")
     s.add_argument("--seed", type=int, default=0, help="seed of the first image")
-    s.add_argument("--num-steps", type=int, default=28)
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--negative-prompt", default="")
-    s.add_argument("--height", type=int)
-    s.add_argument("--width", type=int)
-    s.add_argument("--max-sequence-length", type=int)
+    # Unset sampling flags take the LoRA's training settings (its metadata), then the model's.
+    s.add_argument("--num-steps", type=int, help="solver steps (default: the LoRA's, else 28)")
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the LoRA's, else 1)")
+    s.add_argument("--negative-prompt", help="unconditional prompt for CFG (default: the LoRA's, else empty)")
+    s.add_argument("--height", type=int, help="pixels (default: the LoRA's training size, else the model's)")
+    s.add_argument("--width", type=int, help="pixels (default: the LoRA's training size, else --height or the model's)")
+    s.add_argument("--flux-guidance", type=float, help="Flux guidance embedding (default: the LoRA's, else 3.5)")
+    s.add_argument("--max-sequence-length", type=int, help="text tokens (default: the LoRA's, else the model's)")
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="samples")
     s.set_defaults(func=cmd_sample)
@@ -415,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .lora_files import LoraFileError
     from .prompts import PromptError
     from .rewards import RewardError
+    from .storage import StorageError
+    from .textfiles import TextFileError
     from .trainer import TrainingError
 
     if getattr(args, "threads", 0):
@@ -424,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ConfigError, BackendError, LoraFileError, PromptError, RewardError, TrainingError,
-            FileNotFoundError) as e:
+            StorageError, TextFileError, FileNotFoundError) as e:
         print(f"fdfo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .schedules import CHURN_SCHEDULES, ChurnSchedule
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .textfiles import TextFileError, read_toml_file
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 #: "fdfo" is this project's method; the others are baselines sharing models, rewards and loop
@@ -54,6 +49,10 @@ class FDFOConfig:
     interval_width: float = 0.5  # width of the churn bump in logit-time
     sample_batch_size: int = 8  # pairs per sampling batch (2x images through the model)
     decode_batch_size: int = 16  # images per VAE decode / reward call
+    # Share of an epoch's pairs that may lose their reward (NaN, missing, a failed reward call)
+    # before the run stops: a flaky scorer costs a few pairs, a broken one stops the run. 0.5:
+    # an epoch that keeps half its pairs still gives an unbiased (noisier) update.
+    max_bad_pair_fraction: float = 0.5
     # --- objective -------------------------------------------------------------------------
     clip_range: float = 0.03  # trust region of the SPO surrogate (published)
     kl_weight: float = 0.0  # KL-style pull to the base model; the authors keep it off
@@ -113,9 +112,14 @@ class FDFOConfig:
         need(self.pairs_per_epoch >= 1, f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         need(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
         need(self.cfg_scale >= 1.0, f"cfg_scale must be >= 1 (1 = no CFG), got {self.cfg_scale}")
-        need(self.height % 16 == 0 and self.width % 16 == 0,
-             f"height and width must be multiples of 16, got {self.height}x{self.width}; try "
-             f"{max(16, round(self.height / 16) * 16)}x{max(16, round(self.width / 16) * 16)}")
+        if not (self.height % 16 == 0 and self.width % 16 == 0 and self.height >= 16 and self.width >= 16):
+            from .image_size import SizeRule, nearest_sizes
+
+            near = nearest_sizes(self.height, self.width, SizeRule(16, 16))
+            raise ConfigError(
+                f"height and width must be multiples of 16 (at least 16), got {self.height}x{self.width} (height x "
+                f"width); nearest sizes: {', '.join(f'{h}x{w}' for h, w in near)} (the model may allow fewer: "
+                "it is checked again when it is loaded)")
         need(self.churn in CHURN_SCHEDULES, f"churn must be one of {CHURN_SCHEDULES}, got {self.churn!r}")
         need(self.churn_strength >= 0, f"churn_strength must be >= 0, got {self.churn_strength}")
         need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
@@ -129,6 +133,9 @@ class FDFOConfig:
              f"steps_per_sample must be between 0 (all) and num_steps={self.num_steps}, got {self.steps_per_sample}")
         need(self.sample_batch_size >= 1 and self.train_batch_size >= 1 and self.decode_batch_size >= 1,
              "batch sizes must be >= 1")
+        need(isinstance(self.max_bad_pair_fraction, (int, float)) and 0.0 <= self.max_bad_pair_fraction <= 1.0,
+             f"max_bad_pair_fraction must be between 0 (stop at the first pair without a reward) and 1 (never stop "
+             f"while any pair is left), got {self.max_bad_pair_fraction!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
@@ -204,12 +211,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(
+def config_values(
     preset: str | None = None,
     toml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> FDFOConfig:
-    """Defaults <- preset <- TOML file <- explicit overrides (CLI flags), then validate."""
+) -> dict[str, Any]:
+    """The values a preset, a TOML file and explicit overrides set (later ones win), unvalidated:
+    exactly what the user gave, e.g. to lay over a resumed run's own config."""
     values: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
@@ -219,10 +227,21 @@ def load_config(
         path = Path(toml_path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        try:  # UTF-8 with or without a byte-order mark, any line ends (fdfo_core.textfiles)
+            data = read_toml_file(path, "config file")
+        except TextFileError as e:
+            raise ConfigError(str(e)) from None
         data = data.get("fdfo", data)
         values.update(data)
     if overrides:
         values.update({k: v for k, v in overrides.items() if v is not None})
-    return FDFOConfig.from_dict(values).validate()
+    return values
+
+
+def load_config(
+    preset: str | None = None,
+    toml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FDFOConfig:
+    """Defaults <- preset <- TOML file <- explicit overrides (CLI flags), then validate."""
+    return FDFOConfig.from_dict(config_values(preset, toml_path, overrides)).validate()

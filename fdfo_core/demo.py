@@ -10,7 +10,6 @@ FDFOTrainer -> ComfyUI-format LoRA file) and writes to the run folder:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 
+from . import storage
 from .config import ConfigError, load_config
 from .generation import generate_images
 from .images import image_grid, line_plot, save_png, side_by_side
-from .trainer import Callbacks, FDFOTrainer
+from .trainer import Callbacks, FDFOTrainer, FrontEnd
 
 
 @dataclass
@@ -78,7 +78,7 @@ def run_demo(
         raise ConfigError("seeds_per_prompt (--seeds-per-prompt) must be at least 2 (the diversity figure compares seeds of one prompt)")
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.check_writable(out, "demo output folder")  # before any model work: fail fast
     values = dict(overrides or {})
     values["seed"] = seed
     if epochs is not None:
@@ -94,6 +94,20 @@ def run_demo(
     log(f"toy model {model}\n{len(train_prompts)} training prompts, {len(set(held.prompts))} held-out prompts x "
         f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs")
 
+    trainer = FDFOTrainer(
+        backend, reward, train_prompts, cfg, run_dir=out, reward_spec="toy_alignment",
+        callbacks=Callbacks(on_progress=on_progress, log=log),
+        # `fdfo train --resume` of this folder continues the same run: its previews are held-out prompts
+        definition={"model_source": str(Path(model).resolve()), "preview_prompts": list(dict.fromkeys(held.prompts))[:8],
+                    "model_settings": {"max_sequence_length": TOY_MAX_SEQUENCE_LENGTH}},
+        front_end=FrontEnd(name="demo", resume_hint=f"fdfo train --resume {out}",
+                           new_run_hint=f"give the demo another --out folder (or delete {out})",
+                           allow_change_hint="use fdfo train --resume with --allow-change",
+                           session={"heldout_prompts": heldout_prompts, "seeds_per_prompt": seeds_per_prompt},
+                           extra_bytes=2_000_000),
+    )
+    trainer.start_run()  # checks the folder and its free space before the long evaluation
+
     before = evaluate(backend, reward, held, cfg)
     log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
         f"(diversity {before['diversity']:.4f})")
@@ -106,8 +120,8 @@ def run_demo(
             curve.append((e, ev["alignment_mean"], ev["alignment_se"]))
             log(f"  held-out alignment after epoch {e}: {ev['alignment_mean']:.4f} +- {ev['alignment_se']:.4f}")
 
-    trainer = FDFOTrainer(backend, reward, train_prompts, cfg, run_dir=out, reward_spec="toy_alignment",
-                          callbacks=Callbacks(on_progress=on_progress, on_epoch_end=on_epoch_end, log=log))
+    trainer.callbacks.on_epoch_end = on_epoch_end
+
     t_train = time.perf_counter()
     trainer.train()
     t_train = time.perf_counter() - t_train
@@ -118,34 +132,45 @@ def run_demo(
     log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
         f"(diversity {after['diversity']:.4f}); paired gain {gain:+.4f} +- {gain_se:.4f}")
 
-    # --- pictures ---
-    n_show = min(16, len(held.prompts))
-    show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
-    labels_b = [f"{before['scores'][i]:.2f}" for i in show]
-    labels_a = [f"{after['scores'][i]:.2f}" for i in show]
-    grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=2)
-    grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=2)
-    save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png")
-    (out / "before_after_prompts.txt").write_text(
-        "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n")
-    hist = trainer.history
-    save_png(line_plot(
-        {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
-         "held-out alignment": ([c[0] for c in curve], [c[1] for c in curve])},
-        bands={"held-out alignment": [c[2] for c in curve]},
-        title="FDFO on the toy model: toy alignment reward", xlabel="epoch", ylabel="alignment (0-1)",
-    ), out / "reward_curve.png")
+    # --- pictures and summary (training is done: a failure here loses only these files) ---
+    def write_results() -> dict[str, Any]:
+        n_show = min(16, len(held.prompts))
+        show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
+        labels_b = [f"{before['scores'][i]:.2f}" for i in show]
+        labels_a = [f"{after['scores'][i]:.2f}" for i in show]
+        grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=2)
+        grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=2)
+        save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
+                 "before/after grid")
+        storage.write_text(out / "before_after_prompts.txt",
+                           "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n", "caption list")
+        hist = trainer.history
+        save_png(line_plot(
+            {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
+             "held-out alignment": ([c[0] for c in curve], [c[1] for c in curve])},
+            bands={"held-out alignment": [c[2] for c in curve]},
+            title="FDFO on the toy model: toy alignment reward", xlabel="epoch", ylabel="alignment (0-1)",
+        ), out / "reward_curve.png", "reward curve")
 
-    summary = {
-        "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
-        "alignment_before": [before["alignment_mean"], before["alignment_se"]],
-        "alignment_after": [after["alignment_mean"], after["alignment_se"]],
-        "paired_gain": [gain, gain_se],
-        "diversity_before": before["diversity"], "diversity_after": after["diversity"],
-        "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
-        "lora": str(out / "lora.safetensors"),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary = {
+            "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
+            "alignment_before": [before["alignment_mean"], before["alignment_se"]],
+            "alignment_after": [after["alignment_mean"], after["alignment_se"]],
+            "paired_gain": [gain, gain_se],
+            "diversity_before": before["diversity"], "diversity_after": after["diversity"],
+            "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
+            "lora": str(out / "lora.safetensors"),
+        }
+        storage.write_json(out / "summary.json", summary, "demo summary")
+        return summary
+
+    try:
+        summary = write_results()
+    except storage.StorageError as e:
+        raise storage.StorageError(
+            f"{e}\nTraining itself finished: the LoRA is {out / 'lora.safetensors'} and the last checkpoint "
+            f"{trainer.last_checkpoint}; only the demo's figures and summary are missing.",
+            path=e.path, reason=e.reason, errno_=e.errno) from None
     log(f"wrote {out / 'before_after.png'}, {out / 'reward_curve.png'}, {out / 'lora.safetensors'} "
         f"in {summary['total_seconds']:.0f} s")
     return summary

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backend import FlowBackend
+from .image_size import check_backend_size
 from .sampler import guided, sample_euler
 
 
@@ -33,6 +34,7 @@ def generate_latents(
 ) -> torch.Tensor:
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt")
+    check_backend_size(backend, height, width)  # ImageSizeError with the nearest sizes that work
     device = torch.device(backend.device)
     shape = backend.latent_shape(height, width)
     sigmas = backend.sigmas(num_steps, height, width).float().cpu()

@@ -160,10 +160,12 @@ def line_plot(
     return img
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    from .checkpoint import atomic_write
+def save_png(image: Image.Image, path: str | Path, what: str = "image", make_folder: bool = False) -> Path:
+    """Write a PNG atomically (storage: a failed write raises StorageError, nothing is left
+    behind). make_folder: create the file's folder when its parent exists (a run's samples/)."""
+    from .storage import atomic_write
 
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"), what, make_folder=make_folder)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

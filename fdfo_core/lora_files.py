@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import atomic_write
+from . import storage
 
 PREFIX = "diffusion_model."
 METADATA_PREFIX = "fdfo."
@@ -222,12 +222,13 @@ def lora_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.T
 def save_lora(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Write a .safetensors LoRA atomically. Metadata values are stored as JSON strings under `fdfo.`."""
+    """Write a .safetensors LoRA atomically (storage: a failed write raises StorageError and leaves
+    nothing behind). Metadata values are stored as JSON strings under `fdfo.`."""
     meta = {"format": "pt"}
     for k, v in metadata.items():
         meta[METADATA_PREFIX + k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     data = {k: (v.to(dtype) if v.ndim else v.float()).contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+    return storage.write_bytes(path, safetensors_bytes(data, metadata=meta), "LoRA file")
 
 
 def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -240,6 +241,24 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raw = f.metadata() or {}
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
+    return tensors, _decode_metadata(raw)
+
+
+def read_lora_metadata(path: str | Path) -> dict[str, Any]:
+    """The fdfo metadata of a LoRA file (JSON values decoded) without reading its tensors; {} for
+    a LoRA written by another tool."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a file that is not one
+        raise LoraFileError(f"{path} is not a .safetensors LoRA file ({e})") from e
+    return _decode_metadata(raw)
+
+
+def _decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for k, v in raw.items():
         if not k.startswith(METADATA_PREFIX):
@@ -248,7 +267,7 @@ def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             meta[k[len(METADATA_PREFIX):]] = json.loads(v)
         except json.JSONDecodeError:
             meta[k[len(METADATA_PREFIX):]] = v
-    return tensors, meta
+    return meta
 
 
 def check_family(meta: Mapping[str, Any], family: str, path: str | Path) -> None:

@@ -2,7 +2,8 @@
 
 One epoch:
   1. sample `pairs_per_epoch` pairs (each rank its contiguous share), recording x_t and v per step;
-  2. decode both branches and score them; pairs with a non-finite reward are dropped and counted;
+  2. decode both branches and score them; pairs with a non-finite or missing reward are dropped
+     and counted, and the run stops when too many are (fdfo_core/bad_rewards.py: the policy);
   3. turn every (sample, step) into a training item, shuffle all items of all ranks with one
      permutation, and split them into `optimizer_steps_per_epoch` updates (gradient accumulation,
      clipping, AdamW).
@@ -16,26 +17,32 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .backend import FlowBackend
-from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from . import faults, storage
+from .backend import BackendError, FlowBackend
+from .bad_rewards import RewardFailures, dropped_line, score_call, too_many_bad
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import checkpoint_name, definition_of, latest_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import Cond, cond_select, cond_to
 from .config import FDFOConfig
 from .distributed import DistContext, shard_range
+from .image_size import check_backend_size
 from .lora_files import save_lora
 from .objective import fdfo_loss, pair_deltas
+from .prompts import clean_prompt
 from .rewards.base import Reward, RewardError
+from .run_definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
+from .run_definition import FrontEnd, RunDefinition, RunRecords, differences, refusal_message, reward_fields
 from .sampler import ChurnSettings, guided, sample_pairs
-
-#: Config fields a resumed run may change without breaking the replay.
-RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "train_batch_size",
-                               "decode_batch_size", "sample_batch_size", "gradient_checkpointing"})
+from .storage import StorageError
 
 
 class TrainingInterrupted(RuntimeError):
@@ -171,12 +178,19 @@ class FDFOTrainer:
         dist: DistContext | None = None,
         reward_spec: str | None = None,
         lora_name: str = "lora",
+        definition: Mapping[str, Any] | None = None,
+        front_end: FrontEnd | None = None,
     ):
+        """definition: RunDefinition fields only the front end knows (preview_prompts,
+        model_settings, model_source, a canonical reward spec, later features' settings); the
+        trainer fills in the model fingerprint, prompts, reward and config itself.
+        front_end: the words, session record and extra output folders of the front end."""
         config.validate()
-        prompts = [p.strip() for p in prompts]
+        prompts = [clean_prompt(p) for p in prompts]  # stray byte-order marks never reach the encoder
         prompts = [p for p in prompts if p]
         if not prompts:
             raise TrainingError("the prompt list is empty: give at least one non-empty prompt (one per line)")
+        check_backend_size(backend, config.height, config.width)  # before any model work
         self.backend = backend
         self.reward = reward
         self.reward_spec = reward_spec or reward.describe()
@@ -204,6 +218,20 @@ class FDFOTrainer:
         self.epoch = 0  # completed epochs
         self.images_seen = 0
         self.history: list[dict[str, Any]] = []
+        # Until the reward has scored one image, a failing call is a setup problem and stops the run.
+        self._reward_worked = False
+        self._failures = RewardFailures()
+        self.front_end = front_end or FrontEnd()
+        self.definition = RunDefinition(
+            model=dict(backend.fingerprint()), prompts=list(prompts), config=config.to_dict(),
+            **reward_fields(reward),
+        ).replace(**dict(definition or {}))
+        self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
+        self.rescued_lora: Path | None = None  # where the LoRA went after a failure or interrupt
+        self._rescue_errors: list[str] = []
+        self._resumed_from: Path | None = None
+        self._branch: dict[str, Any] | None = None
+        self._started = False
 
     # --- small helpers ---------------------------------------------------------------------------
 
@@ -271,6 +299,7 @@ class FDFOTrainer:
             states["va"][start:stop], states["vb"][start:stop] = roll.velocities[:b], roll.velocities[b:]
             final_a[start:stop], final_b[start:stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
             steps_done += cfg.num_steps
+            faults.kill_point("sample", epoch + 1)  # crash tests only (fdfo_core.faults)
         return EpochRollouts(
             pair_ids=torch.arange(lo, hi), prompt_ids=prompt_idx, prompt_rows=rows, cond=cond,
             states=torch.cat([states.pop("sa"), states.pop("sb")]),
@@ -280,40 +309,51 @@ class FDFOTrainer:
 
     # --- phase 2: decode and score ---------------------------------------------------------------
 
+    def _score_call(self, scorer, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """One reward call under the bad-reward policy (fdfo_core/bad_rewards.py): float64 [N],
+        NaN for images without a usable reward, recorded in this epoch's `self._failures`."""
+        scores = score_call(scorer, images, prompts, self._failures, self.reward_spec, strict=not self._reward_worked)
+        self._reward_worked = self._reward_worked or bool(torch.isfinite(scores).any())
+        return scores
+
+    def _check_bad_share(self, bad: int, total: int, unit: str, certain: bool = False) -> None:
+        """Stop the run when more than max_bad_pair_fraction of the epoch's `unit`s are lost."""
+        limit = self.config.max_bad_pair_fraction
+        if bad > limit * total:
+            raise TrainingError(too_many_bad(self.epoch + 1, bad, total, unit, limit, self.reward_spec,
+                                             self._failures, certain=certain))
+
     @torch.no_grad()
     def score(self, roll: EpochRollouts) -> torch.Tensor:
+        """Decode and score both branches: float64 [2n] (rows a..., b...), NaN where an image has
+        no usable reward (missing, non-finite, or its reward call failed)."""
         n = roll.pair_ids.numel()
         prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
         # A per-prompt normalising reward must see all of a prompt's images at once: score raw
         # chunks with the inner reward, normalise once at the end.
         normalizer = self.reward if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner") else None
         scorer = normalizer.inner if normalizer is not None else self.reward
+        self._failures = RewardFailures()
         rewards = []
         total = roll.final.shape[0]
+        bad_rows = torch.zeros(total, dtype=torch.bool)
         for start in range(0, total, self.config.decode_batch_size):
             self._cancel_point()
             stop = min(total, start + self.config.decode_batch_size)
             with self._autocast():
                 images = self.backend.decode(roll.final[start:stop].to(self.device)).float()
-            try:
-                r = scorer(images, prompts[start:stop])
-            except RewardError:
-                raise
-            except Exception as e:  # a scorer's own failure: say which reward and why
-                raise RewardError(f"reward {self.reward_spec!r} failed: {type(e).__name__}: {e}") from e
-            rewards.append(r.double())
+            r = self._score_call(scorer, images, prompts[start:stop])
+            rewards.append(r)
+            bad_rows[start:stop] = ~torch.isfinite(r)
             self._progress("reward", stop, total)
+            if not self.dist.active:  # (ranks decide together, after the gather)
+                self._check_bad_share(int((bad_rows[:n] | bad_rows[n:]).sum()), n, "pairs", certain=stop < total)
         raw = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
         if raw.shape[0] != 2 * n:
             raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
         roll.raw_rewards = raw
-        if normalizer is not None:
-            finite = torch.isfinite(raw)
-            normed = torch.full_like(raw, float("nan"))
-            keep = finite.nonzero().flatten().tolist()
-            if keep:
-                normed[keep] = normalizer.normalize(raw[keep].float(), [prompts[i] for i in keep]).double()
-            raw = normed
+        if normalizer is not None:  # NaN stays NaN and is left out of the statistics
+            raw = normalizer.normalize(raw.float(), prompts).double()
         roll.rewards = raw
         return roll.rewards
 
@@ -376,6 +416,7 @@ class FDFOTrainer:
                 done += mb.shape[0]
                 self._progress("train", done, mine_total)
             stats.grad_norms.append(self._optimizer_step())
+            faults.kill_point("train", epoch + 1)  # crash tests only (fdfo_core.faults)
         return stats
 
     def _optimizer_step(self) -> float:
@@ -408,17 +449,22 @@ class FDFOTrainer:
         gathered = self.dist.all_gather_object(
             (roll.pair_ids[valid_local].tolist(), rewards[both].tolist(), roll.raw_rewards[both].tolist())
         )
+        self._failures = RewardFailures.merged(self.dist.all_gather_object(self._failures.state()))
         valid_global = torch.tensor(sorted(p for ids, _, _ in gathered for p in ids), dtype=torch.long)
         all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
         raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
         dropped = cfg.pairs_per_epoch - valid_global.numel()
         if valid_global.numel() == 0:
+            detail = self._failures.summary()
             raise TrainingError(
                 f"every one of the {cfg.pairs_per_epoch} pairs of epoch {epoch + 1} got a NaN or infinite reward "
-                f"from {self.reward_spec!r}; check the reward (weights loaded? images in [0, 1]?) before training"
+                f"(or none) from {self.reward_spec!r}" + (f" ({detail})" if detail else "")
+                + "; check the reward (weights loaded? server up? images in [0, 1]?) before training"
             )
+        self._check_bad_share(dropped, cfg.pairs_per_epoch, "pairs")
         if dropped:
-            self._log(f"epoch {epoch + 1}: dropped {dropped} pair(s) with a non-finite reward")
+            self._log(dropped_line(epoch + 1, dropped, cfg.pairs_per_epoch, "pairs", cfg.max_bad_pair_fraction,
+                                   self._failures))
         self._reward_std = max(float(all_rewards.std()) if all_rewards.numel() > 1 else 1.0, 1e-8)
         # Non-finite rewards would poison the finite differences of their own pair only; zero
         # them so the arithmetic stays finite (those pairs are not among the training items).
@@ -439,6 +485,7 @@ class FDFOTrainer:
         """
         t0, t1, t2, t3 = times
         rewards = rewards.double()
+        total = pairs + dropped
         self.epoch += 1
         self.images_seen += rewards.numel()
         metrics = {
@@ -451,6 +498,9 @@ class FDFOTrainer:
             "mean_abs_dR": mean_abs_dr,
             "pairs": pairs,
             "pairs_dropped": dropped,
+            # images without a usable reward (NaN, infinite, missing, or a failed reward call), failed calls
+            **self._failures.metrics(),
+            "bad_pair_fraction": dropped / total if total else 0.0,
             **stats.metrics(with_kl),
             "time_sample": t1 - t0,
             "time_reward": t2 - t1,
@@ -473,34 +523,128 @@ class FDFOTrainer:
     # --- the loop, checkpoints and LoRA files ----------------------------------------------------
 
     def train(self) -> list[dict[str, Any]]:
-        """Run until `config.epochs` epochs are complete. On any interruption or error the LoRA
-        trained so far is written to the run folder (as `<name>-interrupted.safetensors`) before
-        the exception propagates; completed checkpoints are never touched."""
+        """Run until `config.epochs` epochs are complete.
+
+        Before the first epoch the run folder is checked and the run recorded (`start_run`).
+        On any interruption or error the LoRA trained so far is written to the run folder (as
+        `<name>-interrupted.safetensors`; to a fallback folder when the run folder cannot take
+        it) before the exception propagates; completed checkpoints are never touched. A failed
+        write stops training with one StorageError that says what could not be written and why,
+        the last complete checkpoint, where the LoRA went and how to resume.
+        """
         cfg = self.config
-        if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.config.to_json())
+        writes = self.run_dir is not None and self.dist.is_main
+        self.start_run()
         try:
             while self.epoch < cfg.epochs:
                 metrics = self.train_epoch()
                 self._log(format_metrics(metrics, cfg.epochs))
-                if self.run_dir is not None and self.dist.is_main:
-                    with open(self.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
+                if writes:
+                    storage.append_line(self.run_dir / "metrics.jsonl", json.dumps(metrics), "metrics log")
                 if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.callbacks.on_epoch_end is not None:
                     self.callbacks.on_epoch_end(self, metrics)
-        except BaseException:
-            if self.run_dir is not None and self.dist.is_main and self.has_trained():
-                path = self.save_lora(self.run_dir / f"{self.lora_name}-interrupted.safetensors")
-                self._log(f"interrupted: the LoRA trained so far is in {path}")
+            if writes:
+                if not cfg.checkpoint_every or self.epoch % cfg.checkpoint_every:
+                    self.save_checkpoint()
+                self.save_lora(self.run_dir / f"{self.lora_name}.safetensors")
+        except BaseException as exc:
+            if writes and self.has_trained():
+                self._rescue_lora(finished=self.epoch >= cfg.epochs)
+            if isinstance(exc, StorageError):
+                raise self._storage_failure(exc) from None
             raise
-        if self.run_dir is not None and self.dist.is_main:
-            if not cfg.checkpoint_every or self.epoch % cfg.checkpoint_every:
-                self.save_checkpoint()
-            self.save_lora(self.run_dir / f"{self.lora_name}.safetensors")
         return self.history
+
+    def start_run(self) -> None:
+        """Check the run folder and record the run before the first epoch; idempotent (train()
+        calls it; a front end calls it earlier when it writes files before training).
+
+        Checks: the run folder (and the front end's other output folders) can be created and
+        written; free space against the checkpoints and LoRA files the run will write (a warning
+        in the log when they will not fit); a new run does not reuse another run's folder.
+        Records: run.json (the definition, plus this session and any branch), prompts.json,
+        config.json; metrics.jsonl is rewritten to the epochs the run resumes from (a killed run
+        may have logged epochs after its last checkpoint). Only rank 0 writes.
+        """
+        if self._started:
+            return
+        self._started = True
+        if self.run_dir is None or not self.dist.is_main:
+            return
+        for what, folder in self.front_end.output_dirs.items():  # first: a failed check leaves no run folder
+            storage.check_writable(folder, what)
+        storage.check_writable(self.run_dir, "run folder")
+        if self._resumed_from is None:
+            self._check_new_run_folder()
+        storage.remove_stale_temps(self.run_dir)  # left by a killed process
+        for warning in self._space_warnings():
+            self._log(warning)
+        session = {"frontend": self.front_end.name, "start_epoch": self.epoch,
+                   "resumed_from": str(self._resumed_from) if self._resumed_from is not None else None,
+                   **self.front_end.session}
+        RunRecords(self.run_dir).write(self.definition, self.config.to_json(), session, branch=self._branch)
+        storage.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history),
+                           "metrics log")
+
+    def _check_new_run_folder(self) -> None:
+        """A new run must not write into a folder that holds another run (or this run's checkpoints)."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (its newest checkpoint is {ckpt.name}); a new run there would mix "
+                f"the two. To continue that run: {self.front_end.resume_hint}. Otherwise: {self.front_end.new_run_hint}."
+            )
+        try:
+            recorded = RunRecords(self.run_dir).definition()
+        except FileNotFoundError:
+            recorded = None
+        diffs = differences(recorded, self.definition) if recorded is not None else []
+        if diffs:
+            raise TrainingError(
+                f"{self.run_dir} holds the record of another run (run.json, no checkpoint yet) that differs in "
+                + ", ".join(d.name for d in diffs) + f"; {self.front_end.new_run_hint}."
+            )
+
+    def expected_bytes(self) -> dict[str, int]:
+        """What the rest of the run will write: checkpoint and LoRA file sizes (from the adapter
+        parameters) and how many checkpoints remain."""
+        cfg = self.config
+        adapter = sum(p.numel() * p.element_size() for p in self.params)
+        # adapter + two AdamW moments, the definition (prompts included) and the metrics so far
+        checkpoint = 3 * adapter + len(json.dumps(self.definition.to_dict())) + 2048 * cfg.epochs + 64 * 1024
+        lora = sum(t.numel() * 4 for t in self.backend.lora_file_tensors().values()) + 64 * 1024
+        every = cfg.checkpoint_every
+        remaining = range(self.epoch + 1, cfg.epochs + 1)
+        checkpoints = sum(1 for e in remaining if every and e % every == 0)
+        if cfg.epochs > self.epoch and (not every or cfg.epochs % every):
+            checkpoints += 1  # the final one
+        return {"checkpoint": checkpoint, "checkpoints": checkpoints, "lora": lora,
+                "metrics": 2048 * len(remaining), "extra": self.front_end.extra_bytes}
+
+    def _space_warnings(self) -> list[str]:
+        size = self.expected_bytes()
+        h = storage.human_bytes
+        need = size["checkpoints"] * size["checkpoint"] + 2 * size["lora"] + size["metrics"] + size["extra"]
+        items = (f"{size['checkpoints']} checkpoint(s) of {h(size['checkpoint'])}, the LoRA of {h(size['lora'])} "
+                 f"and a spare copy, logs and previews")
+        out = []
+        run_dev = _device_of(self.run_dir)
+        others = []
+        for what, folder in self.front_end.output_dirs.items():
+            if run_dev is not None and _device_of(folder) == run_dev:
+                need += size["lora"]
+            else:
+                others.append(folder)
+        warning = storage.space_warning(self.run_dir, need, items)
+        if warning:
+            out.append(warning)
+        for folder in others:
+            warning = storage.space_warning(folder, 2 * size["lora"], f"the LoRA of {h(size['lora'])} and a spare copy")
+            if warning:
+                out.append(warning)
+        return out
 
     def has_trained(self) -> bool:
         """True once at least one optimizer step has changed the adapter."""
@@ -508,13 +652,14 @@ class FDFOTrainer:
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
-            "format": "fdfo-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "images_seen": self.images_seen,
             "adapter": {k: v.detach().cpu().clone() for k, v in self.backend.adapter_state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
+            "definition": json.dumps(self.definition.to_dict()),
             "config": json.loads(self.config.to_json()),
             "fingerprint": dict(self.backend.fingerprint()),
             "reward": self.reward_spec,
@@ -529,32 +674,43 @@ class FDFOTrainer:
             if self.run_dir is None:
                 return None
             path = self.run_dir / "checkpoints" / checkpoint_name(self.epoch)
-        return save_checkpoint(path, self.checkpoint_state())
+        saved = save_checkpoint(path, self.checkpoint_state())
+        self.last_checkpoint = saved
+        return saved
 
-    def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint file or from the newest checkpoint of a run folder."""
-        state = load_checkpoint(path)
-        if state.get("format") != "fdfo-checkpoint-1":
-            raise TrainingError(f"{path} is not an FDFO checkpoint")
-        mine = dict(self.backend.fingerprint())
-        theirs = dict(state["fingerprint"])
-        if mine != theirs:
-            diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+    def resume(self, path: str | Path, allow_change: bool = False) -> None:
+        """Continue from a checkpoint file or from the newest checkpoint of a run folder.
+
+        The trainer's definition (model, prompts, reward, options, normalisation, preview
+        prompts, seed and every hyperparameter) is compared with the checkpoint's: a difference
+        outside RESUMABLE_CHANGES raises RunChangeRefused listing each one, unless
+        `allow_change`, which records the changes as a new branch in run.json. A run folder
+        with a run record but no checkpoint yet (stopped during its first epochs) starts again
+        from epoch 0 under the same rule.
+        """
+        path = Path(path)
+        ckpt = latest_checkpoint(path) if path.is_dir() else path
+        if ckpt is None:
+            recorded = RunRecords(path).definition()
+            if recorded is None:
+                raise FileNotFoundError(f"no checkpoint-*.pt and no run record (run.json) in {path}; "
+                                        "pass a checkpoint file or a run folder")
+            self._check_definition(recorded, f"run folder {path}", allow_change, epoch=0, checkpoint=None)
+            self._resumed_from = path
+            self._log(f"{path} has no checkpoint yet: the run starts again from epoch 0")
+            return
+        state = load_checkpoint(ckpt)
+        recorded = definition_of(state)
+        if recorded is None:
+            raise TrainingError(f"{ckpt} is not an FDFO checkpoint")
+        self._check_definition(recorded, f"checkpoint {ckpt}", allow_change, epoch=int(state["epoch"]), checkpoint=ckpt)
+        try:
+            self.backend.load_adapter_state_dict(state["adapter"])
+        except BackendError as e:
             raise TrainingError(
-                f"checkpoint {path} was trained on another model or adapter layout: "
-                + "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-                + ". Resume with the same model and LoRA settings, or start a new run."
-            )
-        now = json.loads(self.config.to_json())
-        changed = {k for k in set(now) | set(state["config"]) if now.get(k) != state["config"].get(k)} - RESUMABLE_CHANGES
-        if changed:
-            raise TrainingError(
-                f"checkpoint {path} was trained with a different config: "
-                + ", ".join(f"{k}={state['config'].get(k)!r} (now {now.get(k)!r})" for k in sorted(changed))
-                + ". Resume with the run's own config.json (only "
-                + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change)."
-            )
-        self.backend.load_adapter_state_dict(state["adapter"])
+                f"checkpoint {ckpt} cannot be loaded into this model: {e}. Its LoRA has another layout (another model "
+                f"size, LoRA rank or targets), which no change can continue; {self.front_end.new_run_hint}."
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -563,7 +719,63 @@ class FDFOTrainer:
         self.epoch = int(state["epoch"])
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))
-        self._log(f"resumed from {path} at epoch {self.epoch}")
+        self.last_checkpoint = self._resumed_from = ckpt
+        self._log(f"resumed from {ckpt} at epoch {self.epoch}")
+
+    def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
+                          checkpoint: Path | None) -> None:
+        diffs = differences(recorded, self.definition)
+        if not diffs:
+            return
+        record = self.run_dir / "run.json" if self.run_dir is not None else None
+        if not allow_change:
+            raise RunChangeRefused(refusal_message(source, diffs, self.front_end, record), diffs)
+        self._branch = {"epoch": epoch, "checkpoint": str(checkpoint) if checkpoint else None,
+                        "changes": [d.to_dict() for d in diffs]}
+        self._log(f"continuing {source} with changes, recorded as a new branch of the run"
+                  + (f" in {record}" if record else "") + ": " + "; ".join(d.describe() for d in diffs))
+
+    # --- failures: rescue the LoRA, say what happened ---------------------------------------------
+
+    def _rescue_lora(self, finished: bool) -> None:
+        """Write the LoRA trained so far: the run folder first, then fallback folders. Never raises."""
+        name = f"{self.lora_name}.safetensors" if finished else f"{self.lora_name}-interrupted.safetensors"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        targets = [self.run_dir / name] + [folder / f"{self.run_dir.name}-{stamp}-{name}" for folder in fallback_dirs()]
+        self._rescue_errors = []
+        for target in targets:
+            try:
+                if target.parent != self.run_dir:
+                    storage.ensure_dir(target.parent, "fallback folder", parents=True)
+                self.rescued_lora = self.save_lora(target)
+            except StorageError as e:
+                self._rescue_errors.append(f"{target.parent}: {e.reason}")
+                continue
+            except Exception as e:  # the adapter itself cannot be read out: no place will help
+                self._rescue_errors.append(f"{type(e).__name__}: {e}")
+                return
+            where = "" if target.parent == self.run_dir else " (the run folder could not take it)"
+            self._log(f"interrupted: the LoRA trained so far is in {self.rescued_lora}{where}")
+            return
+
+    def _storage_failure(self, exc: StorageError) -> StorageError:
+        """One message for a write that failed mid-run: what and why, the last complete
+        checkpoint, where the LoRA trained so far went, and how to resume."""
+        cfg = self.config
+        lines = [str(exc), f"Training stopped after epoch {self.epoch} of {cfg.epochs}."]
+        last = self.last_checkpoint if self.last_checkpoint is not None and self.last_checkpoint.exists() else None
+        if last is not None:
+            lines.append(f"Last complete checkpoint: {last}.")
+        else:
+            lines.append("No checkpoint was written yet, so resuming starts the run again from epoch 0.")
+        if self.rescued_lora is not None:
+            lines.append(f"The LoRA trained so far (epoch {self.epoch}) is in {self.rescued_lora}.")
+        elif self.has_trained():
+            why = "; ".join(self._rescue_errors) or "unknown reason"
+            kept = "; the last checkpoint holds the LoRA of its epoch" if last is not None else ""
+            lines.append(f"The LoRA trained so far could not be written anywhere ({why}): it is lost{kept}.")
+        lines.append(f"To continue once that is fixed: {self.front_end.resume_hint}.")
+        return StorageError("\n".join(lines), path=exc.path, reason=exc.reason, errno_=exc.errno)
 
     def lora_metadata(self) -> dict[str, Any]:
         cfg = self.config
@@ -576,12 +788,37 @@ class FDFOTrainer:
             "lora_rank": cfg.lora_rank,
             "lora_alpha": cfg.lora_alpha,
             "config": cfg.to_dict(),
+            # What `fdfo sample --lora` needs beyond the config to sample as the LoRA was trained.
+            **{k: getattr(self.backend, k) for k in ("max_sequence_length", "flux_guidance")
+               if getattr(self.backend, k, None) is not None and (k != "flux_guidance" or self.backend.family == "flux")},
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
         }
 
     def save_lora(self, path: str | Path) -> Path:
         return save_lora(path, self.backend.lora_file_tensors(), self.lora_metadata())
+
+
+class RunChangeRefused(TrainingError):
+    """A resume would change what defines the run; the message lists each difference and how to
+    proceed. `diffs`: the `run_definition.Difference` list."""
+
+    def __init__(self, message: str, diffs: Sequence[Any]):
+        super().__init__(message)
+        self.diffs = list(diffs)
+
+
+def fallback_dirs() -> list[Path]:
+    """Where a LoRA goes when its usual folder cannot be written: the temp folder, then home."""
+    return [Path(tempfile.gettempdir()) / "fdfo-rescue", Path.home() / "fdfo-rescue"]
+
+
+def _device_of(path: Path) -> int | None:
+    folder = storage._existing_ancestor(Path(path))
+    try:
+        return os.stat(folder).st_dev if folder is not None else None
+    except OSError:
+        return None
 
 
 def format_metrics(m: dict[str, Any], total_epochs: int) -> str:

@@ -47,6 +47,7 @@ import comfy.samplers
 
 from ..fdfo_core.backend import BackendError, NamedAdapterParams
 from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
 from ..fdfo_core.trainer import derive_seed
 
@@ -68,6 +69,23 @@ _LOAD_KEYS = {"dtype", "device", "operations", "image_model_dtype"}
 
 
 # --- checks --------------------------------------------------------------------------------------
+
+
+def _hash_patch_value(digest, value: Any) -> None:
+    """Feed a ModelPatcher patch value (a tensor, a ("lora", (up, down, alpha, ...)) tuple, a
+    weight adapter object with .weights, ...) into `digest`, tensors by their contents."""
+    if isinstance(value, torch.Tensor):
+        digest.update(repr((tuple(value.shape), str(value.dtype))).encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _hash_patch_value(digest, item)
+    elif isinstance(value, (str, int, float, bool)) or value is None:
+        digest.update(repr(value).encode())
+    else:
+        digest.update(type(value).__name__.encode())
+        if hasattr(value, "weights"):
+            _hash_patch_value(digest, value.weights)
 
 
 def model_name(model) -> str:
@@ -484,17 +502,21 @@ class ComfyBackend(NamedAdapterParams):
         weights = "none"
         if last is not None:
             weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-        # Upstream patches (a LoRA loaded before FDFO) change the model being trained.
-        ours = {f"diffusion_model.{n}.weight" for n in self.adapters}
-        patches = sorted(
-            (k, [(float(p[0]), float(p[2])) for p in v]) for k, v in self.patcher.patches.items() if k not in ours
-        )
+        # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
+        # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
+        digest = hashlib.sha256()
+        for key in sorted(self.patcher.patches):
+            digest.update(key.encode())
+            for patch in self.patcher.patches[key]:
+                digest.update(repr((float(patch[0]), float(patch[2]), patch[3])).encode())
+                _hash_patch_value(digest, patch[1])
+        patches = bool(self.patcher.patches)
         return {
             "family": self.family,
             "model": model_name(self.source_model),
             "unet_config": hashlib.sha256(json.dumps(unet, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights": weights,
-            "patches": hashlib.sha256(json.dumps(patches).encode()).hexdigest()[:16] if patches else "none",
+            "patches": digest.hexdigest()[:16] if patches else "none",
             "lora": f"rank={cfg.lora_rank} alpha={cfg.lora_alpha:g} targets={','.join(cfg.lora_targets)}",
             "backend": "comfyui",
         }
@@ -506,6 +528,20 @@ class ComfyBackend(NamedAdapterParams):
         if height % f or width % f:
             raise BackendError(f"image size {width}x{height} is not a multiple of the VAE's {f}x downscaling")
         return (int(self.base.latent_format.latent_channels), height // f, width // f)
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes (fdfo_core.image_size): multiples of the VAE's downscale x the
+        transformer's patch, at least one patch, and for an MMDiT with a stored position table
+        (SD3) at most `pos_embed_max_size` patches per side (ComfyUI asserts on larger ones)."""
+        f = int(self.vae.spacial_compression_decode())
+        dm = self.base.diffusion_model
+        patch = getattr(dm, "patch_size", 1)
+        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch or 1)
+        patch = max(patch, 2 if self.family == "flux" else 1)  # Flux packs 2x2 latents into one token
+        max_patches = getattr(dm, "pos_embed_max_size", None) if getattr(dm, "pos_embed", None) is not None else None
+        return SizeRule(multiple=f * patch, minimum=f * patch,
+                        maximum=int(max_patches) * f * patch if max_patches else None,
+                        why=f"the VAE downscales by {f} and the model takes {patch}x{patch} latent patches")
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         sampling = self.patcher.get_model_object("model_sampling")

@@ -54,6 +54,9 @@ def resolve_prompt_file(name: str, root: Path | None = None) -> Path:
 
 
 def collect_prompts(text: str, file: str, root: Path | None = None) -> PromptList:
+    """Typed prompts, then the file's. Both follow fdfo_core.textfiles: a byte-order mark (also one
+    pasted into the text box) is dropped, any line ends work, and a file that is not UTF-8 raises
+    a TextFileError naming the file, line and column."""
     prompts = parse_prompt_text(text or "")
     if file and file != NO_FILE:
         prompts += read_prompts(resolve_prompt_file(file, root))

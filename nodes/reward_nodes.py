@@ -8,12 +8,14 @@ reward, the missing folder and where to get it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ..fdfo_core.rewards import RewardError, WeightedSum, build_reward, list_reward_folders
-from .common import CATEGORY, PROMPTS, REWARD, image_to_nchw, nchw_to_image, pil_to_image, reward_report, split_prompts_for_images, torch_device
+from ..fdfo_core.rewards.base import PartialRewardError, as_scores
+from .common import CATEGORY, log, PROMPTS, REWARD, image_to_nchw, nchw_to_image, pil_to_image, reward_report, split_prompts_for_images, torch_device
 
 AUTO = "auto"
 OUTPUT_TOOLTIP = "The reward: scores images in [0, 1] with their prompts (higher is better). Connect it to FDFO Trainer, Paired Sampler, Score Images or Combine Rewards."
@@ -258,18 +260,31 @@ class FDFOCombineRewards:
 
 
 def score_images(reward, images_nchw: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """Scores [N] (float32); any failure becomes a RewardError naming the reward."""
+    """Scores [N] (float32), NaN for images the reward could not score (see `score_images_noted`)."""
+    return score_images_noted(reward, images_nchw, prompts)[0]
+
+
+def score_images_noted(reward, images_nchw: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, str]:
+    """(scores [N] float32, note). Images the reward could not score are NaN (fdfo_core's policy
+    for partial failures) and `note` says how many and why; a reward that fails for every image
+    raises a RewardError naming the reward."""
     name = reward.describe() if hasattr(reward, "describe") else type(reward).__name__
+    note = ""
     try:
         scores = reward(images_nchw, prompts)
+    except PartialRewardError as e:
+        scores, note = e.scores, str(e)
     except RewardError:
         raise
     except Exception as e:
         raise RewardError(f"reward {name!r} failed: {type(e).__name__}: {e}") from e
-    scores = torch.as_tensor(scores).float().reshape(-1)
-    if scores.shape[0] != images_nchw.shape[0]:
-        raise RewardError(f"reward {name!r} returned {scores.shape[0]} scores for {images_nchw.shape[0]} images")
-    return scores
+    scores = as_scores(scores, images_nchw.shape[0], f"reward {name!r}")
+    missing = int((~torch.isfinite(scores)).sum())
+    if missing and not note:
+        note = f"{missing} of {scores.shape[0]} images got no finite score (NaN, infinite or missing)"
+    if note:
+        log.warning("FDFO: %s", note)
+    return scores, note
 
 
 def thumbnails(images: torch.Tensor, max_side: int = 256) -> torch.Tensor:
@@ -311,14 +326,18 @@ class FDFOScoreImages:
 
         x = image_to_nchw(images)
         per_image = split_prompts_for_images(prompts, x.shape[0])
-        scores = score_images(reward, x, per_image)
+        scores, note = score_images_noted(reward, x, per_image)
         order = list(range(x.shape[0]))
-        if sort != "none":
-            order = sorted(order, key=lambda i: float(scores[i]), reverse=(sort == "best first"))
+        if sort != "none":  # images without a score go last either way
+            finite = [i for i in order if math.isfinite(float(scores[i]))]
+            order = sorted(finite, key=lambda i: float(scores[i]), reverse=(sort == "best first"))
+            order += [i for i in range(x.shape[0]) if i not in set(finite)]
         labels = [f"{'#' + str(r + 1) + ' ' if sort != 'none' else ''}{float(scores[i]):.4g}" for r, i in enumerate(order)]
         grid = image_grid(thumbnails(x[order]), ncol=columns, labels=labels, label_height=14)
         report = reward_report([float(scores[i]) for i in order], [per_image[i] for i in order],
                                [f"#{r + 1} image {i}" for r, i in enumerate(order)])
+        if note:
+            report += f"\n{note}"
         return ([float(scores[i]) for i in order], report, pil_to_image(grid), nchw_to_image(x[order]))
 
 

@@ -63,9 +63,11 @@ def optional_sampling_inputs() -> dict[str, tuple]:
 
 
 def clean_prompts(prompts) -> list[str]:
+    from ..fdfo_core.prompts import clean_prompt
     from ..fdfo_core.trainer import TrainingError
 
-    cleaned = [p.strip() for p in (prompts or []) if isinstance(p, str) and p.strip()]
+    cleaned = [clean_prompt(p) for p in (prompts or []) if isinstance(p, str)]
+    cleaned = [p for p in cleaned if p]
     if not cleaned:
         raise TrainingError("the prompt list is empty: give at least one non-empty prompt (FDFO Prompt List, one per line)")
     return cleaned

@@ -12,12 +12,12 @@ Only torch, transformers and safetensors are needed (no diffusers), as in any Co
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
 import torch
 
+from ..fdfo_core.textfiles import read_json_file
 from ..fdfo_core.toy.comfy_export import comfyui_state_dicts
 from ..fdfo_core.toy.model import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, encode_toy_prompts
 
@@ -109,7 +109,7 @@ class ToyTextEncoder(torch.nn.Module):
 def load_toy_clip(folder: Path):
     import comfy.sd
 
-    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config = read_json_file(folder / "transformer" / "config.json", "transformer config")
     target = SimpleNamespace(
         params={"model_dir": str(folder), "joint_attention_dim": int(config["joint_attention_dim"])},
         clip=ToyTextEncoder,

@@ -5,23 +5,29 @@ The node is thin: it checks its inputs, plans the run folder, and hands off to
 previews and Cancel reach the loop through its callbacks. Files:
 - `ComfyUI/models/loras/<name>.safetensors`: the LoRA (ComfyUI keys, alpha, FDFO metadata), listed by
   the stock LoRA loaders; `<name>-interrupted.safetensors` after a Cancel or an error;
-- `ComfyUI/output/fdfo/<name>/`: config.json, run.json, metrics.jsonl, checkpoints/, samples/,
-  reward_curve.png. A run with resume on continues from its newest checkpoint.
+- `ComfyUI/output/fdfo/<name>/`: run.json (what defines the run), prompts.json, config.json,
+  metrics.jsonl, checkpoints/, samples/, reward_curve.png. A run with resume on continues from its
+  newest checkpoint when the run is defined the same way (fdfo_core.run_definition): a changed
+  setting other than epochs and memory settings is refused with the list of differences, unless
+  allow_run_changes is on (then the change is recorded as a branch in run.json).
+Every file goes through fdfo_core.storage: a full or read-only folder stops the run with one
+message (what failed, the last checkpoint, where the LoRA went, how to resume) as the node's error.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..fdfo_core.checkpoint import atomic_write, latest_checkpoint
+from ..fdfo_core import storage
+from ..fdfo_core.checkpoint import latest_checkpoint
 from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.run_definition import FrontEnd, recorded_definition
+from ..fdfo_core.storage import StorageError
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
 from .sampler_nodes import DEFAULTS, clean_prompts, optional_sampling_inputs, sampling_inputs
@@ -174,6 +180,14 @@ def optional_training_inputs() -> dict[str, tuple]:
             "Where the recorded states of an epoch live. cpu saves VRAM (SD3.5/Flux at the published size need it on 24 GB cards).")}),
         "full_load": ("BOOLEAN", {"default": False, "tooltip": (
             "Load the whole model onto the GPU for training. Off: ComfyUI decides (partial loading when VRAM is short).")}),
+        "allow_run_changes": ("BOOLEAN", {"default": False, "tooltip": (
+            "With resume on: continue the run even though prompts, reward, seed or other settings that define it "
+            "changed, and record the change as a new branch in its run.json. Off: such a change is refused with the "
+            "list of differences (epochs and memory settings may always change).")}),
+        "max_bad_pair_fraction": ("FLOAT", {"default": d.max_bad_pair_fraction, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+            "Pairs whose reward is missing, NaN or failed (a scoring server's error for some images) are dropped and "
+            "counted; the run stops when more than this share of an epoch's pairs is lost (0: stop at the first; "
+            "1: never while any pair is left).")}),
     }
 
 
@@ -193,6 +207,7 @@ def config_from_inputs(values: dict[str, Any]) -> FDFOConfig:
         decode_batch_size=v.get("decode_batch_size", DEFAULTS.decode_batch_size),
         gradient_checkpointing=v.get("gradient_checkpointing", DEFAULTS.gradient_checkpointing),
         precision=v.get("precision", DEFAULTS.precision), storage_device=v.get("storage_device", DEFAULTS.storage_device),
+        max_bad_pair_fraction=v.get("max_bad_pair_fraction", DEFAULTS.max_bad_pair_fraction),
         extra={"frontend": "comfyui", "scheduler": v.get("scheduler", "simple"), "flux_guidance": v.get("flux_guidance", 3.5)},
     ).validate()
 
@@ -206,9 +221,8 @@ def _comfy_dirs() -> tuple[Path, Path]:
 
 
 def publish_lora(src: Path, loras_dir: Path) -> Path:
-    dst = loras_dir / src.name
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-    return dst
+    """Copy a LoRA file into ComfyUI's LoRA folder (atomic; StorageError when it cannot)."""
+    return storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
 
 
 class FDFOTrainerNode:
@@ -298,12 +312,12 @@ class FDFOTrainerNode:
 
         def on_epoch_end(trainer, metrics):
             epoch = metrics["epoch"]
-            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png")
+            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png", "reward curve")
             grid = None
             if preview_every and (epoch % preview_every == 0 or epoch == cfg.epochs):
                 grid = preview(trainer, use_adapter=True)
                 grids["trained"] = grid
-                save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png")
+                save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
             state["progress"].epoch_done(epoch, preview=grid)
 
         def log_line(message: str) -> None:
@@ -312,24 +326,31 @@ class FDFOTrainerNode:
             else:
                 log.info("FDFO: %s", message)
 
+        recorded = recorded_definition(run_dir) if resuming else None
+        if recorded is not None and recorded.preview_prompts and values.get("preview_prompts") is None:
+            preview_prompts = list(recorded.preview_prompts)  # not connected: the run's own previews
+        resume_hint = f"queue the FDFO Trainer again with resume on and lora_name '{name}'"
+        front_end = FrontEnd(
+            name="comfyui", resume_hint=resume_hint,
+            new_run_hint=f"turn 'resume' off to start a new run ({name}-2, ...)",
+            restore_hint="set those inputs back to the run's values",
+            allow_change_hint="turn on the Trainer's 'allow_run_changes'",
+            session={"lora": f"{run_name}.safetensors", "preview_every": preview_every},
+            output_dirs={"ComfyUI LoRA folder": loras_dir},
+            extra_bytes=(cfg.epochs // max(preview_every, 1) + 2) * 1_000_000 if preview_every else cfg.epochs * 100_000,
+        )
+
         with backend.session(train=True):
             trainer = FDFOTrainer(
                 backend, reward, prompts, cfg, run_dir=run_dir, reward_spec=reward_spec, lora_name=run_name,
                 callbacks=Callbacks(on_epoch_end=on_epoch_end, check_cancel=check_interrupt, log=log_line),
+                definition={"preview_prompts": preview_prompts}, front_end=front_end,
             )
             if resuming:
-                try:
-                    trainer.resume(run_dir)
-                except (TrainingError, ValueError) as e:
-                    raise TrainingError(f"{e} Or turn 'resume' off to start a new run ({name}-2, ...).") from e
+                trainer.resume(run_dir, allow_change=bool(values.get("allow_run_changes", False)))
             state["progress"] = progress = EpochProgress(cfg, trainer.epoch, unique_id, preview_every, len(preview_prompts))
             trainer.callbacks.on_progress = progress.phase
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "run.json").write_text(json.dumps({
-                "frontend": "comfyui", "model": backend.fingerprint(), "reward": reward_spec,
-                "num_prompts": len(prompts), "preview_prompts": preview_prompts, "lora": f"{run_name}.safetensors",
-                "resumed_from_epoch": trainer.epoch,
-            }, indent=2))
+            trainer.start_run()  # the run and LoRA folders writable, space enough, the run recorded
             progress.bar.text(
                 f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
                 f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch"
@@ -339,19 +360,23 @@ class FDFOTrainerNode:
                 progress.epoch_done(trainer.epoch, preview=grids["base"])
             try:
                 trainer.train()
-            except BaseException:
-                # The trainer saved the LoRA trained so far in the run folder (when any step was
-                # taken); put a copy where the LoRA loaders find it. Checkpoints stay as they are.
-                interrupted = run_dir / f"{run_name}-interrupted.safetensors"
-                if interrupted.exists():
-                    try:
-                        path = publish_lora(interrupted, loras_dir)
-                        log.warning("FDFO: stopped at epoch %d; the LoRA trained so far is %s", trainer.epoch, path)
-                    except OSError as e:  # never hide the original error
-                        log.warning("FDFO: could not copy %s to the LoRA folder: %s", interrupted, e)
+            except BaseException as exc:
+                # The trainer saved the LoRA trained so far (the run folder, or a fallback folder
+                # when that failed); put a copy where the LoRA loaders find it.
+                note = self._publish_interrupted(trainer, run_dir, loras_dir)
+                if isinstance(exc, StorageError) and note:
+                    raise StorageError(f"{exc}\n{note}", path=exc.path, reason=exc.reason, errno_=exc.errno) from None
                 raise
             lora_sd = backend.lora_file_tensors()
-            lora_path = trainer.save_lora(loras_dir / f"{run_name}.safetensors")
+            done = run_dir / f"{run_name}.safetensors"
+            try:
+                lora_path = trainer.save_lora(loras_dir / f"{run_name}.safetensors")
+            except StorageError as e:
+                raise StorageError(
+                    f"{e}\nTraining finished ({trainer.epoch}/{cfg.epochs} epochs): the LoRA is complete in {done} and "
+                    f"in the last checkpoint {trainer.last_checkpoint}. Copy {done.name} into {loras_dir} yourself, or "
+                    f"fix the folder and {resume_hint} (nothing is trained again).",
+                    path=e.path, reason=e.reason, errno_=e.errno) from None
             if preview_every and "trained" not in grids:
                 grids["trained"] = preview(trainer, use_adapter=True)
             history = list(trainer.history)
@@ -369,6 +394,24 @@ class FDFOTrainerNode:
         log.info("FDFO: %s", summary)
         return {"ui": {"text": [summary]},
                 "result": (model_out, lora_sd, curve, preview_image, lora_path.name)}
+
+
+    @staticmethod
+    def _publish_interrupted(trainer: FDFOTrainer, run_dir: Path, loras_dir: Path) -> str:
+        """Copy the LoRA the trainer saved on the way out into ComfyUI's LoRA folder; what to add
+        to the error message when that fails ("" when it worked or there was nothing to copy)."""
+        rescued = trainer.rescued_lora
+        if rescued is None or not rescued.exists():
+            return ""
+        if rescued.parent != run_dir:  # already in a fallback folder: its message says where
+            return f"Copy it into {loras_dir} to load it with the LoRA loaders."
+        try:
+            path = publish_lora(rescued, loras_dir)
+        except StorageError as e:
+            log.warning("FDFO: %s", e)
+            return f"It could not be copied into ComfyUI's LoRA folder either ({e.reason}); use the file in {run_dir}."
+        log.warning("FDFO: stopped at epoch %d; the LoRA trained so far is %s", trainer.epoch, path)
+        return f"A copy for the LoRA loaders is {path}."
 
 
 NODES = {"FDFOTrainer": (FDFOTrainerNode, "FDFO Trainer")}

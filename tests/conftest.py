@@ -28,3 +28,55 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def disk_faults(monkeypatch):
+    """Simulated full / read-only / vanished targets for every fdfo_core.storage write (the
+    library's and the node pack's copy of it, when loaded)."""
+    from storage_faults import DiskFaults
+
+    faults = DiskFaults()
+    for name in ("fdfo_core.storage", "comfyui_fdfo_nodepack.fdfo_core.storage"):
+        module = sys.modules.get(name)
+        if module is None and name == "fdfo_core.storage":
+            import fdfo_core.storage as module
+        if module is not None:
+            monkeypatch.setattr(module, "fault_hook", faults)
+    return faults
+
+
+@pytest.fixture
+def rescue_dirs(monkeypatch, tmp_path):
+    """Fallback folders for rescued LoRAs inside the test's tmp folder (never the real /tmp or home)."""
+    dirs = [tmp_path / "rescue-tmp", tmp_path / "rescue-home"]
+    for name in ("fdfo_core.trainer", "comfyui_fdfo_nodepack.fdfo_core.trainer"):
+        module = sys.modules.get(name)
+        if module is None and name == "fdfo_core.trainer":
+            import fdfo_core.trainer as module
+        if module is not None:
+            monkeypatch.setattr(module, "fallback_dirs", lambda: list(dirs))
+    return dirs
+
+
+def _saved_tiny_sd3(folder: Path, seed: int) -> Path:
+    import json
+
+    from tiny_pipelines import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(folder, seed=seed)
+    pipe.save_pretrained(folder / "sd3")
+    (folder / "sd3" / "fdfo.json").write_text(json.dumps({"max_sequence_length": 8, "height": 64}))
+    return folder / "sd3"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A tiny SD3 pipeline saved as a diffusers folder (what `fdfo --model` takes), built once."""
+    return _saved_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_sd3_dir(tmp_path_factory):
+    """The same architecture with other weights: another model to a run."""
+    return _saved_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3_other"), seed=1)

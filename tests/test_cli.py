@@ -5,16 +5,11 @@ import torch
 
 from fdfo_core.cli import main, parse_reward_options, CLIError
 
-from tiny_pipelines import tiny_sd3_pipeline
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
-    pipe = tiny_sd3_pipeline(tmp)
-    pipe.save_pretrained(tmp / "sd3")
-    (tmp / "sd3" / "fdfo.json").write_text(json.dumps({"max_sequence_length": 8, "height": 64}))
-    return tmp / "sd3"
+def model_dir(tiny_sd3_dir):
+    return tiny_sd3_dir
 
 
 @pytest.fixture
@@ -36,7 +31,8 @@ def test_train_writes_a_complete_run_folder_and_resumes(model_dir, prompts_file,
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["pairs_per_epoch"] == 4 and cfg["lora_rank"] == 4 and cfg["epochs"] == 2
     info = json.loads((run / "run.json").read_text())
-    assert info["reward"] == "brightness" and info["num_prompts"] == 3
+    assert info["definition"]["reward"] == "brightness" and info["definition"]["prompts"]["count"] == 3
+    assert json.loads((run / "prompts.json").read_text()) == ["a red circle", "two blue squares", "a green triangle"]
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert {"reward_mean", "reward_std", "clip_fraction", "ratio_mean", "grad_norm"} <= set(lines[0])

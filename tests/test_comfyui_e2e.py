@@ -11,8 +11,9 @@ as it was (checked). Then, over HTTP as the frontend does it:
   from the base model's;
 - POST /interrupt during training stops within a step and leaves a checkpoint and a LoRA that the
   stock loader uses;
-- a non-flow model, a mismatched VAE, an empty prompt list and a failing reward give clear errors,
-  never crash the server and never touch a finished checkpoint;
+- a non-flow model, a mismatched VAE, an empty prompt list, a failing reward, a resume with another
+  seed and a runs folder that is a file give clear errors, never crash the server and never touch a
+  finished checkpoint;
 - the SD3.5 and Flux workflows validate except for the model files that are not installed here.
 
 FDFO_E2E_EPOCHS (default: the toy preset's 20) shortens the toy run.
@@ -245,8 +246,26 @@ def test_bad_inputs_give_clear_errors(server, toy_env, toy_run):
     node_of(prompt, "FDFOTrainer")["inputs"]["prompts"] = ["92", 0]
     print(expect_error(server, prompt, "prompt list is empty"))
 
-    # A reward that fails, while resuming the finished toy run: its checkpoints stay untouched.
-    prompt = toy_prompt(toy_env, epochs=node_of(toy_run["prompt"], "FDFOTrainer")["inputs"]["epochs"] + 1, preview_every=0)
+    # Resuming the finished toy run with another seed is refused, naming the seed.
+    more = node_of(toy_run["prompt"], "FDFOTrainer")["inputs"]["epochs"] + 1
+    print(expect_error(server, toy_prompt(toy_env, epochs=more, preview_every=0, seed=12345), "  - seed:",
+                       "allow_run_changes"))
+
+    # A runs folder that is a file: one clear message before any training.
+    runs = server.base / "output" / "fdfo"
+    moved = runs.with_name("fdfo.moved")
+    runs.rename(moved)
+    runs.write_text("in the way")
+    try:
+        print(expect_error(server, minimal_training(toy_env, lora_name="blocked"), "could not create the run folder",
+                           "is a file, not a folder"))
+    finally:
+        runs.unlink()
+        moved.rename(runs)
+
+    # A reward that fails, while resuming the finished toy run (its reward change allowed): its
+    # checkpoints stay untouched.
+    prompt = toy_prompt(toy_env, epochs=more, preview_every=0, allow_run_changes=True)
     reward_id = next(k for k, n in prompt.items() if n["class_type"] in ("FDFOToyAlignmentReward", "FDFOSimpleReward"))
     from comfy_scripts.server import free_port
 

@@ -9,8 +9,12 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
   loader with the velocity of the live adapter, and into diffusers with the same velocity;
 - a model loaded with fp8 weights trains (fp32 LoRA);
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
-  is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself;
-- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages.
+  is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself; a reward
+  failing for one micro-batch costs only its pairs; a size the model cannot make is refused;
+- SD1.5-style (EPS) models and 4-channel VAEs are refused with clear messages;
+- a resumed run with another seed, reward or upstream LoRA is refused by name (allow_run_changes
+  records a branch); a full disk during a checkpoint reaches the node's error with the last
+  checkpoint and the LoRA kept, and the next queue resumes.
 """
 
 import json
@@ -30,7 +34,8 @@ CHECKS = [
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
-    "fp8_weights_train", "cfg_training_runs",
+    "fp8_weights_train", "cfg_training_runs", "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
+    "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
 ]
 
 pytestmark = [

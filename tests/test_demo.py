@@ -31,3 +31,22 @@ def test_short_demo_writes_grid_curve_lora_and_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert main(["demo", "--out", str(tmp_path / "x"), "--seeds-per-prompt", "1"]) == 2
     assert "held-out alignment before" in printed and "held-out alignment after" in printed
+
+
+@pytest.mark.slow
+def test_demo_output_that_cannot_be_written_says_what_is_kept(tmp_path, capsys, disk_faults):
+    from storage_faults import ENOSPC, leftovers
+
+    out = tmp_path / "demo"
+    disk_faults.fail("write", "*/summary.json", ENOSPC)
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--pairs-per-epoch", "4", "--heldout-prompts", "2",
+                 "--seeds-per-prompt", "2", "--eval-every", "0"]) == 2
+    err = capsys.readouterr().err
+    err = err[err.index("fdfo demo: error: "):]  # (library logging before it is not ours)
+    assert err.startswith(f"fdfo demo: error: could not write the demo summary {out / 'summary.json'}: no space left")
+    assert f"Training itself finished: the LoRA is {out / 'lora.safetensors'}" in err and "Traceback" not in err
+    assert (out / "lora.safetensors").exists() and (out / "before_after.png").exists()
+    assert not (out / "summary.json").exists() and leftovers(out) == []
+    # The demo's run folder is a regular run: a second demo into it is refused, not mixed in.
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--pairs-per-epoch", "4"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

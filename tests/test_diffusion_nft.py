@@ -6,7 +6,7 @@ import torch
 from fdfo_core.baselines import build_trainer, implicit_policies, nft_loss, optimality_probability, soft_update_
 from fdfo_core.baselines.diffusion_nft import soft_update_eta
 from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.trainer import Callbacks
+from fdfo_core.trainer import Callbacks, TrainingError
 
 from flow2d import MinusDistance, PointBackend, pretrain
 
@@ -219,8 +219,11 @@ def test_resuming_a_checkpoint_of_another_method_is_refused(base, tmp_path):
                          callbacks=Callbacks(log=None))
     path = fdfo.save_checkpoint(tmp_path / "ckpt.pt")
     nft = build_trainer(PointBackend(base), MinusDistance(), ["x"], _cfg(), callbacks=Callbacks(log=None))
-    with pytest.raises(Exception, match="config|DiffusionNFT"):
+    with pytest.raises(Exception, match="method: 'fdfo' in the run, 'diffusion_nft' now"):
         nft.resume(path)
+    # Even when the change is allowed, a checkpoint without a sampling policy cannot continue NFT.
+    with pytest.raises(TrainingError, match="no DiffusionNFT sampling policy"):
+        nft.resume(path, allow_change=True)
 
 
 def test_config_is_validated():

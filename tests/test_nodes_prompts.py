@@ -64,6 +64,30 @@ def test_empty_list_is_an_error_naming_the_fix(input_dir):
         pn.FDFOPromptList().build("  \n# only a comment\n", pn.NO_FILE)
 
 
+def test_bom_crlf_files_and_pasted_text_with_a_bom(input_dir):
+    """Issue 10: files from Notepad (BOM, CRLF), old Macs (CR) and text pasted with a BOM."""
+    (input_dir / "win.txt").write_bytes(b"\xef\xbb\xbfa red square\r\n# c\r\nb\r\n")
+    (input_dir / "mac.txt").write_bytes(b"one\rtwo\r")
+    (input_dir / "w.json").write_bytes(b'\xef\xbb\xbf["x",\r\n "y"]')
+    assert pn.FDFOPromptList().build("\ufefftyped\r\n", "win.txt")[0] == ["typed", "a red square", "b"]
+    assert pn.FDFOPromptList().build("", "mac.txt")[0] == ["one", "two"]
+    assert pn.FDFOPromptList().build("", "w.json")[0] == ["x", "y"]
+
+
+def test_latin1_file_gives_a_message_naming_file_and_position(input_dir):
+    TextFileError = submodule("fdfo_core.textfiles").TextFileError
+    (input_dir / "old.txt").write_bytes("un caf\xe9\n".encode("latin-1"))
+    with pytest.raises(TextFileError) as info:
+        pn.FDFOPromptList().build("", "old.txt")
+    msg = str(info.value)
+    assert "old.txt" in msg and "line 1, column 7" in msg and "\\xe9" in msg and "UTF-8" in msg
+
+
+def test_trainer_and_sampler_prompts_lose_stray_boms():
+    clean_prompts = submodule("nodes.sampler_nodes").clean_prompts
+    assert clean_prompts(["\ufeffa red square ", "\ufeff", "b"]) == ["a red square", "b"]
+
+
 def test_is_changed_follows_the_file_content(input_dir):
     before = pn.FDFOPromptList.IS_CHANGED("x", "a.txt")
     assert pn.FDFOPromptList.IS_CHANGED("x", "a.txt") == before

@@ -127,3 +127,27 @@ def test_a_failing_reward_says_which_and_why():
 
     with pytest.raises(RewardError, match="broken_scorer.*ConnectionError.*server down"):
         rn.FDFOScoreImages().score(images([0.5]), ["p"], Broken(), "none", 4)
+
+
+def test_score_images_shows_partial_scores_last_with_the_reason():
+    """Issue 10: a reward that fails for one micro-batch gives NaN for its images, not an error."""
+    base = submodule("fdfo_core.rewards.base")
+
+    class OneBadRequest(base.Reward):
+        name = "one_bad_request"
+
+        def __init__(self):
+            super().__init__(micro_batch=2)
+            self.calls = 0
+
+        def _score(self, x, prompts):
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("timed out")
+            return x.mean(dim=(1, 2, 3))
+
+    scores, report, _, ordered = rn.FDFOScoreImages().score(images([0.5, 0.9, 0.1, 0.7]), ["p"], OneBadRequest(),
+                                                             "best first", 2)
+    assert scores[:2] == pytest.approx([0.7, 0.1], abs=1e-6) and all(s != s for s in scores[2:])  # NaN last
+    assert torch.allclose(ordered[:2, 0, 0, 0], torch.tensor([0.7, 0.1]))
+    assert "2 of 4 images could not be scored" in report and "ConnectionError: timed out" in report

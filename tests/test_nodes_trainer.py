@@ -120,3 +120,125 @@ def test_progress_text_counts_pairs_images_and_items(fake_progress):
     assert p.describe("sample", 39, 40) == "sampling pairs, 16/32 done"
     assert p.describe("reward", 64, 64) == "scoring images, 64/64 done"
     assert p.describe("train", 10, 1280) == "training on (image, step) items, 10/1280 done"
+
+
+# --- the node's run logic, in-process with a fake ComfyUI (tests/fake_comfy.py) ----------------
+
+import json  # noqa: E402
+
+import torch  # noqa: E402
+from fake_comfy import install as install_fake_comfy  # noqa: E402
+from storage_faults import EACCES, ENOSPC, EROFS, leftovers  # noqa: E402
+
+StorageError = submodule("fdfo_core.storage").StorageError
+RunChangeRefused = submodule("fdfo_core.trainer").RunChangeRefused
+
+
+@pytest.fixture
+def comfy(monkeypatch, tmp_path, one_thread):
+    return install_fake_comfy(monkeypatch, tmp_path / "comfy")
+
+
+def lora_file(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_node_resume_continues_the_same_run(comfy):
+    comfy.train(epochs=2, lora_name="straight")
+    comfy.train(epochs=1)
+    comfy.train(epochs=2)  # resume on (default): the same run, one more epoch
+    a, b = lora_file(comfy.loras / "straight.safetensors"), lora_file(comfy.loras / "art.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((comfy.run_dir() / "run.json").read_text())
+    assert len(record["sessions"]) == 2 and record["sessions"][1]["start_epoch"] == 1
+    assert record["definition"]["reward"] == "brightness"
+    assert all(be.open_sessions == 0 for be in comfy.backends)
+
+
+NODE_CHANGES = {
+    "training prompts": dict(prompts=("a red circle", "a yellow star")),
+    "reward": dict(reward="saturation"),
+    "reward options": dict(reward=("jpeg_compressibility", 50)),
+    "reward normalisation": dict(reward_normalization="per_prompt"),
+    "reward_normalization": dict(reward_normalization="std"),
+    "seed": dict(seed=7),
+    "model": dict(model_seed=1),
+    "extra.scheduler": dict(scheduler="karras"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NODE_CHANGES))
+def test_node_refuses_each_change_of_a_resumed_run_by_name(comfy, name):
+    change = dict(NODE_CHANGES[name])
+    base_reward = comfy.reward("jpeg_compressibility", 95) if name == "reward options" else comfy.reward()
+    comfy.train(epochs=1, reward=base_reward)
+    if "reward" in change:
+        r = change.pop("reward")
+        change["reward"] = comfy.reward(*r) if isinstance(r, tuple) else comfy.reward(r)
+    with pytest.raises(RunChangeRefused) as e:
+        comfy.train(epochs=2, **change)
+    msg = str(e.value)
+    assert f"  - {name}" in msg and len(e.value.diffs) == 1, msg
+    assert "turn 'resume' off to start a new run (art-2, ...)" in msg and "allow_run_changes" in msg
+    assert all(be.open_sessions == 0 for be in comfy.backends)  # the model was released
+    # Opting in continues the run and records the change as a branch.
+    comfy.train(epochs=2, allow_run_changes=True, **change)
+    (branch,) = json.loads((comfy.run_dir() / "run.json").read_text())["branches"]
+    assert branch["epoch"] == 1 and [c["field"] for c in branch["changes"]] == [e.value.diffs[0].field]
+
+
+def test_node_restores_the_preview_prompts_when_not_connected(comfy):
+    comfy.train(epochs=1, preview_prompts=["a green triangle"], preview_count=1)
+    comfy.train(epochs=2, preview_count=3)  # preview_prompts not connected: the run's own
+    record = json.loads((comfy.run_dir() / "run.json").read_text())
+    assert record["definition"]["preview_prompts"] == ["a green triangle"]
+    with pytest.raises(RunChangeRefused, match="preview prompts"):
+        comfy.train(epochs=3, preview_prompts=["something else"], preview_count=1)
+
+
+NODE_WRITERS = {
+    # what the message names -> (operations, path pattern, errno, let through first)
+    "run folder": (("mkdir", "probe"), "*/output/fdfo/art", EROFS, 0),
+    "ComfyUI LoRA folder": ("probe", "*/models/loras", EACCES, 0),
+    "checkpoint": ("write", "*/checkpoint-00002.pt", ENOSPC, 0),
+    "metrics log": ("append", "*/metrics.jsonl", ENOSPC, 1),
+    "reward curve": ("sync", "*/reward_curve.png", ENOSPC, 1),
+    "preview grid": ("create", "*/samples/epoch-00002.png", EROFS, 0),
+    "LoRA file in ComfyUI's LoRA folder": ("create", "*/models/loras/art-interrupted.safetensors", EROFS, 0),
+    "LoRA file": ("create", "*/models/loras/art.safetensors", ENOSPC, 0),
+}
+
+
+@pytest.mark.parametrize("what", sorted(NODE_WRITERS))
+def test_node_storage_faults_reach_the_node_error_and_lose_nothing(comfy, disk_faults, rescue_dirs, what):
+    ops, pattern, code, after = NODE_WRITERS[what]
+    disk_faults.fail(ops, pattern, code, after)
+    if what == "LoRA file in ComfyUI's LoRA folder":  # a run stopped by a full disk, whose LoRA copy fails too
+        disk_faults.fail("write", "*/checkpoint-00002.pt", ENOSPC)
+    with pytest.raises(StorageError) as e:
+        comfy.train(epochs=3)
+    msg = str(e.value)
+    assert "Traceback" not in msg and all(be.open_sessions == 0 for be in comfy.backends)
+    run = comfy.run_dir()
+    if what in ("run folder", "ComfyUI LoRA folder"):  # refused before any model work
+        assert msg.startswith(f"could not create the {what}") or msg.startswith(f"could not write the {what}")
+        assert not (run / "checkpoints").exists()
+    else:
+        assert str(run / "checkpoints" / "checkpoint-0000") in msg
+        assert "queue the FDFO Trainer again with resume on and lora_name 'art'" in msg
+    if what == "LoRA file":  # training finished; only the copy into the LoRA folder failed
+        assert f"the LoRA is complete in {run / 'art.safetensors'}" in msg and "nothing is trained again" in msg
+    if what in ("checkpoint", "metrics log", "reward curve", "preview grid"):
+        assert f"The LoRA trained so far (epoch 2) is in {run / 'art-interrupted.safetensors'}" in msg
+        assert f"A copy for the LoRA loaders is {comfy.loras / 'art-interrupted.safetensors'}" in msg
+    if what == "LoRA file in ComfyUI's LoRA folder":
+        assert "could not be copied into ComfyUI's LoRA folder either (the file system is read-only)" in msg
+    assert leftovers(comfy.output) == [] and leftovers(comfy.loras) == []
+    # ComfyUI keeps running: fixed, the same queue resumes and finishes the run.
+    disk_faults.clear()
+    res = comfy.train(epochs=3)
+    assert res["result"][4] == "art.safetensors" and (comfy.loras / "art.safetensors").exists()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]

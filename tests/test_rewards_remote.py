@@ -146,7 +146,6 @@ def test_client_errors_are_not_retried(scripted):
         (b'[1, 2]', "'scores' list"),
         (b'{"scores": [1]}', "sent 2 images but got 1 scores"),
         (b'{"scores": [1, "2"]}', "score 1 is '2'"),
-        (b'{"scores": [1, NaN]}', "not a finite number"),
         (b'{"scores": [true, 1]}', "score 0 is True"),
         (b'{"scores": 3}', "must be a list"),
     ],
@@ -157,6 +156,30 @@ def test_malformed_replies(scripted, payload, message):
     with pytest.raises(RewardError, match=message):
         RemoteReward(url, retries=2, backoff=0)(rf.sample_images(2, 8, 8), ["a", "b"])
     assert len(handler.requests) == 1  # a malformed reply is not retried
+
+
+def test_null_and_nan_scores_mark_only_their_image(scripted):
+    """Issue 10's example: a server answering null for one image used to stop the whole run
+    ("remote: score 0 is None, not a finite number"); now that image alone has no score (NaN)."""
+    url, handler = scripted
+    handler.script = [(200, b'{"scores": [null, 0.5, NaN, Infinity]}', 0)]
+    scores = RemoteReward(url, retries=0)(rf.sample_images(4, 8, 8), ["a"] * 4)
+    assert torch.isnan(scores[0]) and scores[1] == 0.5 and torch.isnan(scores[2]) and torch.isinf(scores[3])
+
+
+def test_a_failed_request_costs_only_its_images(scripted):
+    """micro_batch 2 over 5 images: the second request fails for good (HTTP 400); the other
+    requests' scores come back inside a PartialRewardError, the failed images as NaN."""
+    from fdfo_core.rewards.base import PartialRewardError
+
+    url, handler = scripted
+    handler.script = [_ok([1, 2]), (400, b'{"error": "image too dark"}', 0), _ok([5])]
+    r = RemoteReward(url, retries=2, backoff=0, micro_batch=2)
+    with pytest.raises(PartialRewardError, match=r"2 of 5 images could not be scored.*HTTP 400.*image too dark") as info:
+        r(rf.sample_images(5, 8, 8), ["a"] * 5)
+    s = info.value.scores
+    assert s[:2].tolist() == [1, 2] and torch.isnan(s[2:4]).all() and s[4] == 5
+    assert [k for k, _ in info.value.errors] == [2]
 
 
 def test_timeout(scripted):

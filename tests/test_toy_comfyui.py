@@ -2,7 +2,7 @@
 
 Runs only when COMFYUI_ROOT points at a ComfyUI checkout; COMFYUI_PYTHON is the interpreter with
 ComfyUI's dependencies plus diffusers/transformers (default: this interpreter). The check runs in
-a subprocess (`python -m fdfo_core.toy.comfyui_check`) so ComfyUI's imports stay out of pytest.
+a subprocess (tests/comfy_scripts/toy_check.py) so ComfyUI's imports stay out of pytest.
 """
 
 import json
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.comfyui
 @pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT (and COMFYUI_PYTHON) to run the ComfyUI loading test")
 def test_comfyui_loads_and_matches_diffusers():
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     proc = subprocess.run(
-        [python, "-m", "fdfo_core.toy.comfyui_check", "--comfyui-root", COMFYUI_ROOT]
+        [python, str(ROOT / "tests" / "comfy_scripts" / "toy_check.py"), "--comfyui-root", COMFYUI_ROOT]
         + (["--model", os.environ["FDFO_TOY_MODEL"]] if os.environ.get("FDFO_TOY_MODEL") else []),
         cwd=str(ROOT),
         env=env,

@@ -17,6 +17,7 @@ import torch
 
 from ..backend import BackendError, NamedAdapterParams
 from ..conditioning import Cond
+from ..image_size import SizeRule
 from ..config import FDFOConfig
 from ..lora_files import (
     LoraFileError,
@@ -25,6 +26,7 @@ from ..lora_files import (
     fuse_lora,
     load_lora,
 )
+from ..textfiles import read_json_file
 from ..trainer import derive_seed
 
 #: diffusers pipeline class -> model family.
@@ -52,7 +54,7 @@ def pipeline_class_name(model: str | Path) -> str:
                     "diffusers' from_single_file(...).save_pretrained(folder)."
                 )
             raise BackendError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
-        return json.loads(index.read_text())["_class_name"]
+        return read_json_file(index, "pipeline index")["_class_name"]
     from diffusers import DiffusionPipeline
 
     try:
@@ -89,7 +91,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
     kwargs: dict[str, Any] = {"torch_dtype": dtype}  # "dtype" in diffusers >= 0.36; this spelling works on both
     path = Path(model)
     if path.exists():
-        index = json.loads((path / "model_index.json").read_text())
+        index = read_json_file(path / "model_index.json", "pipeline index")
         # Components saved as [null, null] (SD3 without T5) must be passed explicitly as None.
         for name, value in index.items():
             if not name.startswith("_") and isinstance(value, list) and value[0] is None:
@@ -99,7 +101,7 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
 
 def model_settings(model: str | Path) -> dict[str, Any]:
     path = Path(model) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json_file(path, "model settings file") if path.exists() else {}
 
 
 def pipeline_family(pipe) -> str:
@@ -235,6 +237,18 @@ class DiffusersBackend(NamedAdapterParams):
             c = self.transformer.config.in_channels // 4
             return (c, 2 * (height // (f * 2)), 2 * (width // (f * 2)))
         return (self.transformer.config.in_channels, height // f, width // f)
+
+    def image_size_rule(self) -> SizeRule:
+        """Sizes this model makes: multiples of the VAE's downscale x the transformer's patch (2x2
+        latent packing for Flux), at least one patch, at most `pos_embed_max_size` patches (SD3)."""
+        f = int(self.pipe.vae_scale_factor)
+        config = self.transformer.config
+        patch = 2 if self.family == "flux" else int(config.get("patch_size", 1) or 1)
+        max_patches = config.get("pos_embed_max_size")
+        return SizeRule(
+            multiple=f * patch, minimum=f * patch, maximum=int(max_patches) * f * patch if max_patches else None,
+            why=f"the VAE downscales by {f} and the transformer takes {patch}x{patch} latent patches",
+        )
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)

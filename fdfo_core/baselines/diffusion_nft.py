@@ -42,7 +42,7 @@ from ..checkpoint import load_checkpoint
 from ..conditioning import cond_select, cond_to
 from ..sampler import sample_euler
 from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
-from .common import score_latents
+from .common import finite_groups, score_latents
 
 #: Floor of the adaptive weight (mean absolute x0 error), so a perfect prediction cannot divide by 0.
 ADAPTIVE_WEIGHT_FLOOR = 1e-5
@@ -192,11 +192,9 @@ class DiffusionNFTTrainer(FDFOTrainer):
 
         # 2. Rewards -> optimality probabilities; a group with a non-finite reward is dropped.
         prompts = [self.prompts[i] for i in prompt_idx.repeat_interleave(G).tolist()]
-        rewards = score_latents(self, x0, prompts)
+        rewards = score_latents(self, x0, prompts, G)
         t2 = time.perf_counter()
-        finite_group = torch.isfinite(rewards).reshape(-1, G).all(dim=1)
-        if not bool(finite_group.any()):
-            raise TrainingError(f"every group of epoch {epoch + 1} got a NaN or infinite reward from {self.reward_spec!r}")
+        finite_group = finite_groups(self, rewards, G, epoch)
         keep_groups = finite_group.nonzero().flatten()
         keep_images = (keep_groups[:, None] * G + torch.arange(G)).reshape(-1)
         r_opt = torch.full((n,), 0.5)
@@ -266,8 +264,8 @@ class DiffusionNFTTrainer(FDFOTrainer):
         state["nft_old_policy"] = [o.cpu().clone() for o in self._ensure_old()]
         return state
 
-    def resume(self, path) -> None:
-        super().resume(path)
+    def resume(self, path, allow_change: bool = False) -> None:
+        super().resume(path, allow_change=allow_change)
         old = load_checkpoint(path).get("nft_old_policy")
         if old is None or len(old) != len(self.params):
             raise TrainingError(f"checkpoint {path} has no DiffusionNFT sampling policy; it was not written by "

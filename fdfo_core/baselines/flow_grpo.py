@@ -22,7 +22,7 @@ import torch
 from ..conditioning import cond_select, cond_to
 from ..distributed import shard_range
 from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
-from .common import score_latents
+from .common import finite_groups, score_latents
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -145,11 +145,9 @@ class FlowGRPOTrainer(FDFOTrainer):
         roll = self._sample(epoch)
         t1 = time.perf_counter()
         prompts = [self.prompts[i] for i in roll["prompt_idx"].repeat_interleave(G).tolist()]
-        rewards = score_latents(self, roll["final"], prompts)
+        rewards = score_latents(self, roll["final"], prompts, G)
         t2 = time.perf_counter()
-        finite = torch.isfinite(rewards).reshape(-1, G).all(dim=1)
-        if not bool(finite.any()):
-            raise TrainingError(f"every group of epoch {epoch + 1} got a NaN or infinite reward from {self.reward_spec!r}")
+        finite = finite_groups(self, rewards, G, epoch)
         safe = torch.where(torch.isfinite(rewards), rewards, torch.zeros_like(rewards))
         adv = group_advantages(safe, G, cfg.grpo_global_std)
 

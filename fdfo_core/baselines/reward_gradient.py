@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from ..bad_rewards import RewardFailures, dropped_line
 from ..conditioning import cond_select, cond_to
 from ..objective import fdfo_loss
+from ..rewards.base import RewardError, error_text, is_fatal
 from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
 
 
@@ -50,6 +52,32 @@ class _DifferentiableRewardTrainer(FDFOTrainer):
         (grad,) = torch.autograd.grad(r.sum(), z)
         return r.detach().double().cpu(), grad.float().cpu()
 
+    def _failed_call(self, error: Exception, n: int) -> torch.Tensor:
+        """The shared bad-reward policy (fdfo_core/bad_rewards.py) for a differentiable reward call
+        that raised: fatal errors and a reward that never worked stop the run; otherwise the call's
+        images get NaN (recorded in this epoch's failures)."""
+        if is_fatal(error):
+            raise error
+        if not self._reward_worked:
+            if isinstance(error, RewardError):
+                raise error
+            raise RewardError(f"reward {self.reward_spec!r} failed: {error_text(error)}") from error
+        r = torch.full((n,), float("nan"), dtype=torch.float64)
+        self._failures.add_call(r, [(n, error_text(error))])
+        return r
+
+    def _record(self, r: torch.Tensor) -> None:
+        self._failures.add_call(r)
+        self._reward_worked = self._reward_worked or bool(torch.isfinite(r).any())
+
+    def _finish_with_drops(self, times, rewards: torch.Tensor, stats: ItemStats, dropped_samples: int,
+                           mean_abs_dr: float) -> dict[str, Any]:
+        """Metrics in pair units like FDFO's (2 samples = 1 pair of reward evaluations)."""
+        n = rewards.numel()
+        pairs = (n - dropped_samples) // 2
+        return self._finish_epoch(times, rewards[torch.isfinite(rewards)], stats, pairs=pairs, dropped=n // 2 - pairs,
+                                  mean_abs_dr=mean_abs_dr, with_kl=False)
+
 
 class GradCopyTrainer(_DifferentiableRewardTrainer):
     """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
@@ -80,12 +108,30 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                 self._progress("sample", stop, n)
         t.append(time.perf_counter())
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        self._failures = RewardFailures()
         rewards, grads = [], []
         for start in range(0, n, cfg.decode_batch_size):
-            r, g = self._reward_grad(final[start : start + cfg.decode_batch_size], prompts[start : start + cfg.decode_batch_size])
+            chunk = final[start : start + cfg.decode_batch_size]
+            try:
+                r, g = self._reward_grad(chunk, prompts[start : start + cfg.decode_batch_size])
+            except Exception as e:
+                r, g = self._failed_call(e, chunk.shape[0]), torch.zeros_like(chunk)
+            else:
+                # A sample whose gradient is not finite cannot be used either: it counts as no reward.
+                r = torch.where(torch.isfinite(g).flatten(1).all(dim=1), r, torch.full_like(r, float("nan")))
+                self._record(r)
             rewards.append(r)
             grads.append(g)
         rewards, grad = torch.cat(rewards), torch.cat(grads)
+        valid = torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        if bad == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or gradient) from "
+                                f"{self.reward_spec!r}: {self._failures.summary()}")
+        self._check_bad_share(bad, n, "samples")
+        if bad:
+            self._log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, self._failures))
+        grad = torch.where(valid.reshape(-1, *([1] * (grad.ndim - 1))), grad, torch.zeros_like(grad))
         t.append(time.perf_counter())
 
         # A virtual pair per sample: dx = delta * G / rms(G), so mean(dx^2) = delta^2 and the
@@ -97,6 +143,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         dr = (cfg.grad_copy_delta * numel * rms).reshape(-1)
         items = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(cfg.num_steps), indexing="ij"), -1).reshape(-1, 2)
         items = items[torch.randperm(items.shape[0], generator=generator(cfg.seed, "copy-items", epoch))]
+        items = items[valid[items[:, 0]]]  # samples without a reward are not trained on
         stats = ItemStats()
         for chunk in torch.tensor_split(items, cfg.optimizer_steps_per_epoch):
             for start in range(0, chunk.shape[0], cfg.train_batch_size):
@@ -110,8 +157,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                 stats.add(out.loss, out.ratio, out.clipped, t=sigmas[step])
             stats.grad_norms.append(self._optimizer_step())
         t.append(time.perf_counter())
-        return self._finish_epoch(t, rewards, stats, pairs=n // 2, dropped=0,
-                                  mean_abs_dr=float(dr.abs().mean()), with_kl=False)
+        return self._finish_with_drops(t, rewards, stats, bad, mean_abs_dr=float(dr[valid].abs().mean()))
 
 
 class BackpropChainTrainer(_DifferentiableRewardTrainer):
@@ -129,6 +175,8 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
         starts = list(range(0, n, batch))
         groups = [starts[i::cfg.optimizer_steps_per_epoch] for i in range(min(cfg.optimizer_steps_per_epoch, len(starts)))]
         rewards = torch.empty(n, dtype=torch.float64)
+        self._failures = RewardFailures()
+        dropped = 0
         stats = ItemStats()
         for group in groups:
             for start in group:
@@ -140,16 +188,32 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                     tt = sigmas[i].expand(stop - start).to(self.device)
                     s = sigmas[i + 1].expand(stop - start).to(self.device)
                     x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
-                with self._autocast():
-                    images = self.backend.decode(x).float()
-                r = self.reward.score_differentiable(images.clamp(0, 1), prompts[start:stop])
+                try:
+                    with self._autocast():
+                        images = self.backend.decode(x).float()
+                    r = self.reward.score_differentiable(images.clamp(0, 1), prompts[start:stop])
+                except Exception as e:
+                    rewards[start:stop] = self._failed_call(e, stop - start)
+                    dropped += stop - start
+                    continue
+                rewards[start:stop] = r.detach().double().cpu()
+                self._record(rewards[start:stop])
+                if not bool(torch.isfinite(rewards[start:stop]).all()):
+                    # A NaN anywhere in the batch would poison the shared LoRA gradient through the
+                    # backward pass (0 * NaN): the whole batch sits this update out.
+                    dropped += stop - start
+                    continue
                 loss = -r.sum() / n * len(groups)  # mean reward over the images of this update
                 self.scaler.scale(loss).backward()
-                rewards[start:stop] = r.detach().double().cpu()
                 # No ratio in this method: record minus the reward as the loss, with a neutral ratio of 1.
                 stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
                 self._progress("train", stats.items, n)
             stats.grad_norms.append(self._optimizer_step())
+        if dropped == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
+                                f"{self.reward_spec!r}: {self._failures.summary()}")
+        self._check_bad_share(dropped, n, "samples")
+        if dropped:
+            self._log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, self._failures))
         # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
-        return self._finish_epoch((t[0], t[0], t[0], time.perf_counter()), rewards, stats, pairs=n // 2, dropped=0,
-                                  mean_abs_dr=0.0, with_kl=False)
+        return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0)

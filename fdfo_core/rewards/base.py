@@ -19,6 +19,76 @@ class RewardError(RuntimeError):
     """A reward could not be computed; the message names the reward and says what to do."""
 
 
+class PartialRewardError(RewardError):
+    """Some images of a call could not be scored, the others were.
+
+    `scores`: float32 [N], NaN for every image that has no score; `errors`: one
+    ``(images, message)`` per failed micro-batch. The trainer uses the scores (an image without a
+    score loses its pair, see `FDFOConfig.max_bad_pair_fraction`); other callers see an error
+    that says how many images failed and why.
+    """
+
+    def __init__(self, message: str, scores: torch.Tensor, errors: Sequence[tuple[int, str]]):
+        super().__init__(message)
+        self.scores = scores
+        self.errors = list(errors)
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Errors that must stop at once instead of costing only the images being scored: the user's
+    Cancel (ComfyUI raises an Exception subclass for it) and out-of-memory (the fix is a setting,
+    a smaller decode_batch_size or micro_batch; retrying the next batch would fail the same way)."""
+    if not isinstance(error, Exception):
+        return True
+    oom = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                if isinstance(t, type))
+    return isinstance(error, (MemoryError, *oom)) or type(error).__name__ in (
+        "InterruptProcessingException", "TrainingInterrupted")
+
+
+def error_text(error: BaseException) -> str:
+    """'Type: message' on one line (RewardErrors by their message alone), for logs and summaries."""
+    msg = " ".join(str(error).split())
+    return msg if isinstance(error, RewardError) else f"{type(error).__name__}: {msg}"
+
+
+def as_scores(values, n: int, name: str = "reward") -> torch.Tensor:
+    """A reward's output as float32 [n] on the CPU; None (a missing score, JSON null) becomes NaN.
+
+    Raises RewardError when the count is wrong or a value is not a number.
+    """
+    if isinstance(values, torch.Tensor):
+        scores = values.detach().float().reshape(-1).cpu()
+    else:
+        try:
+            scores = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            flat = []
+            for v in values:
+                if v is None:
+                    flat.append(float("nan"))
+                    continue
+                try:
+                    flat.append(float(v))
+                except (TypeError, ValueError) as e:
+                    raise RewardError(f"{name}: score {len(flat)} is {v!r}, not a number") from e
+            scores = torch.tensor(flat, dtype=torch.float32)
+    if scores.shape[0] != n:
+        raise RewardError(f"{name}: returned {scores.shape[0]} scores for {n} images")
+    return scores
+
+
+def summarize_errors(errors: Sequence[tuple[int, str]]) -> str:
+    """'2 calls (24 images): <message>; 1 call (8 images): <other message>' (same messages merged)."""
+    merged: dict[str, list[int]] = {}
+    for images, message in errors:
+        calls_images = merged.setdefault(message, [0, 0])
+        calls_images[0] += 1
+        calls_images[1] += images
+    return "; ".join(f"{c} call{'s' if c != 1 else ''} ({k} image{'s' if k != 1 else ''}): {m}"
+                     for m, (c, k) in merged.items())
+
+
 def to_nchw(images: torch.Tensor, layout: Layout = "auto") -> torch.Tensor:
     """Return `images` as float32 NCHW. Accepts NCHW or NHWC (ComfyUI's IMAGE) with 1, 3 or 4 channels.
 
@@ -98,15 +168,28 @@ class Reward:
                 "decode latents to [0, 1] (x / 2 + 0.5 for a [-1, 1] VAE output) before scoring"
             )
         images = images.clamp(0, 1)
-        out = []
+        out, errors, first_error, calls = [], [], None, 0
         with torch.no_grad():
             for i in range(0, n, self.micro_batch):
+                calls += 1
                 chunk = images[i : i + self.micro_batch].to(self.device)
-                scores = self._score(chunk, prompts[i : i + self.micro_batch])
-                out.append(torch.as_tensor(scores).detach().float().reshape(-1).cpu())
+                k = chunk.shape[0]
+                try:
+                    out.append(as_scores(self._score(chunk, prompts[i : i + self.micro_batch]), k, self.name))
+                except Exception as e:
+                    # One micro-batch failing (a server error, a bad image) costs only its images.
+                    if is_fatal(e):
+                        raise
+                    first_error = first_error or e
+                    errors.append((k, error_text(e)))
+                    out.append(torch.full((k,), float("nan")))
         scores = torch.cat(out)
-        if scores.shape[0] != n:
-            raise RewardError(f"{self.name}: returned {scores.shape[0]} scores for {n} images")
+        if errors:
+            if len(errors) == calls:  # nothing was scored: raise the error itself
+                raise first_error
+            failed = sum(k for k, _ in errors)
+            raise PartialRewardError(
+                f"{self.name}: {failed} of {n} images could not be scored ({summarize_errors(errors)})", scores, errors)
         return scores
 
     def score_differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

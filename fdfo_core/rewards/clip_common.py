@@ -11,7 +11,6 @@ of 8-bit rounding, which move scores by far less than the differences between im
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..textfiles import read_json_file
 from .base import Reward, RewardError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,7 +73,7 @@ class ImageTransform:
         """Read a transformers `preprocessor_config.json` (CLIP: shortest edge + crop; SigLIP: fixed size)."""
         cfg: dict = {}
         if path is not None and Path(path).is_file():
-            cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+            cfg = read_json_file(path, "preprocessor config")
         size = cfg.get("size", default_size)
         shortest = not (isinstance(size, dict) and "height" in size)
         if cfg.get("do_resize", True) is False:

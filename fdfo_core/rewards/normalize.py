@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Reward, RewardError
+from .base import PartialRewardError, Reward, RewardError
 
 NORMALIZE_MODES = ("none", "per_prompt")
 
@@ -87,8 +87,20 @@ class PerPromptNormalized(Reward):
         return float(t.mean()), std
 
     def normalize(self, scores: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalise raw `scores` (one per prompt) and update the running statistics."""
-        raw = scores.detach().double().cpu()
+        """Normalise raw `scores` (one per prompt) and update the running statistics.
+
+        Missing scores (NaN, +-inf) stay NaN and are left out of every statistic and of the
+        history, so one failed image never shifts the other images' normalisation.
+        """
+        raw = scores.detach().double().cpu().reshape(-1)
+        finite = torch.isfinite(raw)
+        out = torch.full_like(raw, float("nan"))
+        keep = finite.nonzero().flatten().tolist()
+        if keep:
+            out[keep] = self._normalize_finite(raw[keep], [prompts[i] for i in keep])
+        return out.float()
+
+    def _normalize_finite(self, raw: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         groups: OrderedDict[str, list[int]] = OrderedDict()
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
@@ -113,14 +125,18 @@ class PerPromptNormalized(Reward):
             else:
                 mean, std = float(raw[idx].mean()), 1.0
             out[idx] = (raw[idx] - mean) / (std + self.eps)
-        return out.float()
+        return out
 
     def __call__(self, images, prompts, layout="auto"):
         if isinstance(prompts, str):
             n = images.shape[0] if images.ndim == 4 else 1
             prompts = [prompts] * n
         prompts = list(prompts)
-        raw = self.inner(images, prompts, layout=layout)
+        try:
+            raw = self.inner(images, prompts, layout=layout)
+        except PartialRewardError as e:  # normalise what was scored, keep the failures NaN
+            self.last_raw = e.scores
+            raise PartialRewardError(str(e), self.normalize(e.scores, prompts), e.errors) from e
         self.last_raw = raw
         return self.normalize(raw, prompts)
 

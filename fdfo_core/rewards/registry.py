@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .base import Reward, RewardError
+from .base import PartialRewardError, Reward, RewardError, summarize_errors
 
 RewardFactory = Callable[..., Reward]
 _REGISTRY: dict[str, RewardFactory] = {}
@@ -105,12 +105,24 @@ class WeightedSum(Reward):
         return super().to(device)
 
     def __call__(self, images, prompts, layout="auto"):
+        """The weighted sum per image. An image that one term could not score (NaN, or a failed
+        micro-batch of that term) is NaN in the sum: the other images keep their sums, and the
+        call raises a PartialRewardError holding them when a term failed for only some images."""
         total = None
+        errors = []
         self.last_components = {}
         for w, r in self.terms:
-            s = r(images, prompts, layout=layout)
+            try:
+                s = r(images, prompts, layout=layout)
+            except PartialRewardError as e:
+                s, errors = e.scores, errors + [(k, f"{r.name}: {m}") for k, m in e.errors]
             self.last_components[r.name] = s
+            # 0 * NaN is NaN: a missing score stays missing even under a zero weight.
             total = w * s if total is None else total + w * s
+        if errors:
+            bad = int((~torch.isfinite(total)).sum())
+            raise PartialRewardError(f"{self.name}: {bad} of {total.shape[0]} images could not be scored "
+                                     f"({summarize_errors(errors)})", total, errors)
         return total
 
     def score_differentiable(self, images, prompts):
@@ -198,6 +210,27 @@ def reward_options(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
+#: Options that change where or in what chunks a reward runs, never its scores.
+_PLACEMENT_OPTIONS = ("device", "micro_batch")
+
+
+def _record_build(reward: Reward, name: str, factory: RewardFactory, kwargs: Mapping[str, Any]) -> None:
+    """Note on the reward how it was built (registry name, every option with defaults filled in),
+    so a training run can record, restore and compare it (fdfo_core.run_definition)."""
+    try:
+        params = inspect.signature(factory).parameters
+        resolved = {k: p.default for k, p in params.items()
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty}
+    except (TypeError, ValueError):
+        resolved = {}
+    resolved.update(kwargs)
+    try:
+        reward.spec_name = name
+        reward.spec_options = {k: v for k, v in resolved.items() if k not in _PLACEMENT_OPTIONS}
+    except AttributeError:  # a factory returning an object that takes no attributes
+        pass
+
+
 def build_reward(
     spec: str,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -238,6 +271,7 @@ def build_reward(
             kwargs.setdefault("device", device)
         kwargs = coerce_options(factory, kwargs, name)
         reward = factory(**kwargs)
+        _record_build(reward, name, factory, kwargs)
         if device is not None:
             reward.to(device)
         built.append((weight, reward))

@@ -17,14 +17,17 @@ Request: ``POST <url>`` with ``Content-Type: application/json`` and the body::
 Images are 8-bit RGB, rounded from the [0, 1] floats. One request carries at most ``micro_batch``
 images (default 8); a larger batch is sent as several requests, in order.
 
-Reply: status 200 with a JSON object ``{"scores": [0.73, 0.12]}``: exactly one finite number
-per image, in the order of the request (higher is better). Other keys are ignored (put anything
+Reply: status 200 with a JSON object ``{"scores": [0.73, 0.12]}``: exactly one number per image,
+in the order of the request (higher is better). ``null`` (or NaN) marks an image the server could
+not score: training drops that image's pair, counts it and goes on (the run stops only when more
+than ``max_bad_pair_fraction`` of an epoch's pairs are lost). Other keys are ignored (put anything
 you like to log there).
 
 Errors: HTTP 429 and 5xx replies, timeouts and connection failures are retried ``retries`` times
 (default 3) after ``backoff``, ``2*backoff``, ``4*backoff``... seconds (default 1 s, capped at 60 s).
-Other 4xx replies and malformed replies (not JSON, no "scores", wrong count, non-numbers, NaN or
-infinite values) raise a `RewardError` at once, quoting the start of the reply.
+Other 4xx replies and malformed replies (not JSON, no "scores", wrong count, values that are not
+numbers or null) raise a `RewardError` at once, quoting the start of the reply. A request that
+fails costs only its own images (they score NaN) when other requests of the same call succeed.
 
 Authentication: ``api_key_env`` names an environment variable whose value is sent as
 ``Authorization: Bearer <value>`` (so secrets stay off the command line); ``headers`` adds any
@@ -50,6 +53,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..textfiles import TextFileError, decode_text
 from .base import Reward, RewardError
 from .registry import register_reward
 
@@ -167,9 +171,9 @@ class RemoteReward(Reward):
 
     def parse_reply(self, raw: bytes, n: int) -> list[float]:
         shown = raw[:200].decode("utf-8", "replace")
-        try:
-            reply = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        try:  # UTF-8, a byte-order mark allowed (some servers send one)
+            reply = json.loads(decode_text(raw, "the reply"))
+        except (TextFileError, json.JSONDecodeError) as e:
             raise RewardError(f"remote: {self._where()} did not reply with JSON ({e}): {shown!r}") from e
         if not isinstance(reply, dict) or "scores" not in reply:
             raise RewardError(f"remote: the reply must be a JSON object with a 'scores' list, got {shown!r}")
@@ -180,9 +184,12 @@ class RemoteReward(Reward):
             raise RewardError(f"remote: sent {n} images but got {len(scores)} scores back")
         out = []
         for i, s in enumerate(scores):
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise RewardError(f"remote: score {i} is {s!r}, not a finite number")
-            out.append(float(s))
+            if s is None:  # the server could not score this image: it loses its pair, training goes on
+                out.append(math.nan)
+            elif isinstance(s, bool) or not isinstance(s, (int, float)):
+                raise RewardError(f"remote: score {i} is {s!r}, not a number (or null for an image it could not score)")
+            else:
+                out.append(float(s))  # NaN / Infinity are kept: the trainer drops such pairs
         return out
 
 

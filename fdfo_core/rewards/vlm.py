@@ -32,7 +32,6 @@ on the other images in the batch, whatever the model's handling of padding and p
 from __future__ import annotations
 
 import inspect
-import json
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..textfiles import read_json_file, read_text_file
 from .base import RewardError
 from .clip_common import ModelReward
 from .registry import register_reward
@@ -76,13 +76,25 @@ def answer_token_id(tokenizer, word: str, after_space: bool = True) -> int:
     )
 
 
+def read_question_file(path: str | Path) -> str:
+    """The question template in a text file (fdfo_core.textfiles rules: UTF-8 with or without a
+    byte-order mark, any line ends), without surrounding whitespace. Raises RewardError."""
+    try:
+        question = read_text_file(path, "VLM question file").strip()
+    except ValueError as e:
+        raise RewardError(f"vlm: {e}") from None
+    if not question:
+        raise RewardError(f"vlm: the question file {path} is empty; write a yes/no question (use {{prompt}} for the prompt)")
+    return question
+
+
 def _read_chat_template(folder: Path, tokenizer) -> str | None:
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        return read_text_file(folder / "chat_template.jinja", "chat template")
     for name in ("chat_template.json", "processor_config.json"):
         f = folder / name
         if f.is_file():
-            value = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+            value = read_json_file(f, "processor file").get("chat_template")
             if value:
                 return value
     return getattr(tokenizer, "chat_template", None)
@@ -102,7 +114,7 @@ def _processor_without_video(folder: Path, error: Exception):
     for name in ("processor_config.json", "preprocessor_config.json"):
         f = folder / name
         if f.is_file():
-            cls_name = json.loads(f.read_text(encoding="utf-8")).get("processor_class")
+            cls_name = read_json_file(f, "processor file").get("processor_class")
             if cls_name and hasattr(transformers, cls_name):
                 cls = getattr(transformers, cls_name)
                 break
@@ -131,7 +143,7 @@ def _processor_without_video(folder: Path, error: Exception):
     kwargs["image_processor"] = image_processor
     params = inspect.signature(cls.__init__).parameters
     if (folder / "processor_config.json").is_file():
-        extra = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+        extra = read_json_file(folder / "processor_config.json", "processor file")
         kwargs.update({k: v for k, v in extra.items() if k in params and k not in kwargs and k != "chat_template"})
     return _ImageOnly(**kwargs, chat_template=_read_chat_template(folder, tokenizer))
 
@@ -232,8 +244,11 @@ class VLMYesNo(ModelReward):
 @register_reward("vlm", "VLM yes/no: 100 * sigmoid(logit(Yes) - logit(No)) for a question about each image")
 def _vlm(path: str | None = None, model: str = DEFAULT_VLM, question: str = DEFAULT_QUESTION, target: str = "Yes",
          contrast: str = "No", image_size: int | None = 504, scale: float = 100.0, dtype: str = "auto",
-         micro_batch: int = 4, device=None) -> VLMYesNo:
-    """path: a transformers VLM folder; model: the Hugging Face id looked up in the offline cache."""
+         micro_batch: int = 4, device=None, question_file: str | None = None) -> VLMYesNo:
+    """path: a transformers VLM folder; model: the Hugging Face id looked up in the offline cache;
+    question_file: a UTF-8 text file holding the question (replaces `question`; for long templates)."""
+    if question_file:
+        question = read_question_file(question_file)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     dt = resolve_dtype(dtype, dev, gpu_default=torch.bfloat16)
     source = WeightSource(

@@ -64,7 +64,7 @@ from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
@@ -459,13 +459,68 @@ def failing_reward_names_itself_and_keeps_checkpoint():
         with torch.inference_mode():
             M["FDFOTrainer"]().train(model, clip, vae, FailAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
-    except RewardError as e:
+    except (RewardError, TrainingError) as e:  # every pair of epoch 2 lost: more than max_bad_pair_fraction
         msg = str(e)
     ck = work / "output" / "fdfo" / "flaky" / "checkpoints" / "checkpoint-00001.pt"
     loadable = ck.exists() and torch.load(ck, weights_only=True)["epoch"] == 1
     report("failing_reward_names_itself_and_keeps_checkpoint",
            msg is not None and "flaky_scorer" in msg and "scoring server went away" in msg and loadable,
            message=msg, checkpoint_loadable=loadable)
+
+
+class FailOnce(Reward):
+    """Brightness whose 2nd micro-batch of 4 images raises (a scoring server's one bad request)."""
+
+    name = "once_flaky"
+
+    def __init__(self):
+        super().__init__(micro_batch=4)
+        self.calls = 0
+
+    def _score(self, images, prompts):
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("one request timed out")
+        return images.mean(dim=(1, 2, 3))
+
+
+@check
+def partial_reward_failure_drops_pairs_and_trains_on():
+    """Issue 10: the Trainer node loses only the failed micro-batch's pairs, counts them in
+    metrics.jsonl, and the max_bad_pair_fraction input decides when to stop."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+                                 **trainer_inputs(lora_name="once_flaky", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                                  decode_batch_size=16))
+    metrics = [json.loads(line) for line in (work / "output" / "fdfo" / "once_flaky" / "metrics.jsonl").read_text().splitlines()]
+    m = metrics[-1]
+    stopped = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+                                     **trainer_inputs(lora_name="once_strict", epochs=1, preview_every=0, pairs_per_epoch=8,
+                                                      decode_batch_size=16, max_bad_pair_fraction=0.0))
+    except TrainingError as e:
+        stopped = str(e)
+    ok = (m["images_without_reward"] == 4 and m["reward_errors"] == 1 and 1 <= m["pairs_dropped"] <= 4
+          and stopped is not None and "max_bad_pair_fraction = 0" in stopped and "one request timed out" in stopped)
+    report("partial_reward_failure_drops_pairs_and_trains_on", ok, metrics=m, stopped=stopped)
+
+
+@check
+def impossible_size_is_refused_with_sizes_that_work():
+    model, clip, vae = toy()
+    msg = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                     **trainer_inputs(lora_name="too_big", width=1024, height=512, preview_every=0))
+    except ValueError as e:  # ImageSizeError (a ConfigError, a ValueError)
+        msg = str(e)
+    ok = (msg is not None and "512x1024" in msg and "to 256 px" in msg and "Nearest sizes that work: 256x256" in msg
+          and not (work / "output" / "fdfo" / "too_big" / "checkpoints").exists())
+    report("impossible_size_is_refused_with_sizes_that_work", ok, message=msg)
 
 
 @check
@@ -511,6 +566,67 @@ def fp8_weights_train():
     figures = {"weight_dtype": dtype, "lora_dtype": str(next(iter(lora.values())).dtype),
                "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max())}
     report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
+
+
+@check
+def resume_refuses_a_changed_run():
+    """Queueing a resumed run with another seed, another reward or an upstream LoRA on the model is
+    refused with the difference named; allow_run_changes continues it and records a branch."""
+    model, clip, vae = toy()
+
+    class Saturation(Brightness):
+        name = "test_saturation"
+
+    messages = {}
+    with torch.inference_mode():
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="refuse", epochs=1, preview_every=0))
+        patched = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "refuse.safetensors", 0.5)[0]
+        for key, (m, reward, changes) in {"seed": (model, Brightness(), {"seed": 9}), "reward": (model, Saturation(), {}),
+                                          "model": (patched, Brightness(), {})}.items():
+            try:
+                M["FDFOTrainer"]().train(m, clip, vae, reward, PROMPTS, **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, **changes))
+            except Exception as e:  # noqa: BLE001 (the message is what is checked)
+                messages[key] = f"{type(e).__name__}: {e}"
+        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                 **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, seed=9, allow_run_changes=True))
+    record = json.loads((work / "output" / "fdfo" / "refuse" / "run.json").read_text())
+    ok = (all(f"  - {k}" in messages.get(k, "") and "allow_run_changes" in messages.get(k, "") for k in ("seed", "reward", "model"))
+          and len(record["branches"]) == 1 and record["definition"]["config"]["seed"] == 9)
+    report("resume_refuses_a_changed_run", ok, messages=messages, branches=record["branches"])
+
+
+@check
+def full_disk_reaches_the_node_error():
+    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.storage's fault hook)
+    stops the node with one message; the LoRA trained so far is in models/loras; fixed, the next
+    queue resumes and finishes."""
+    import errno
+
+    storage = sys.modules[f"{PKG}.fdfo_core.storage"]
+    model, clip, vae = toy()
+
+    def full(operation, path):
+        if operation == "write" and path.name == "checkpoint-00002.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    storage.fault_hook = full
+    msg = None
+    try:
+        with torch.inference_mode():
+            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+    except storage.StorageError as e:
+        msg = str(e)
+    finally:
+        storage.fault_hook = None
+    run = work / "output" / "fdfo" / "full"
+    published = (work / "models" / "loras" / "full-interrupted.safetensors").exists()
+    leftovers = [str(p) for p in run.rglob("*.fdfo-tmp")]
+    with torch.inference_mode():
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+    ok = (msg is not None and "no space left on the device" in msg and "checkpoint-00001.pt" in msg
+          and "queue the FDFO Trainer again with resume on and lora_name 'full'" in msg and published and not leftovers
+          and res["result"][4] == "full.safetensors")
+    report("full_disk_reaches_the_node_error", ok, message=msg, published=published, leftovers=leftovers)
 
 
 @check

@@ -1,8 +1,10 @@
-"""Check that ComfyUI loads the toy model and samples it exactly like diffusers.
+"""Run with ComfyUI's python: ComfyUI loads the toy model and samples it exactly like diffusers.
 
-    <comfyui python> -m fdfo_core.toy.comfyui_check --comfyui-root /path/to/ComfyUI [--model DIR]
+    <comfyui python> tests/comfy_scripts/toy_check.py --comfyui-root /path/to/ComfyUI [--model DIR]
 
-Run with ComfyUI's interpreter (it needs ComfyUI's dependencies plus diffusers and transformers).
+It lives on the ComfyUI side of the project (fdfo_core never imports ComfyUI; tests/test_layering.py
+keeps it so). Run with ComfyUI's interpreter (it needs ComfyUI's dependencies plus diffusers and
+transformers); the pytest wrapper is tests/test_toy_comfyui.py.
 Exports the ComfyUI files, loads them with `comfy.sd.load_diffusion_model` (what UNETLoader calls)
 and `comfy.sd.VAE` (what VAELoader calls), samples the same noise and conditioning with ComfyUI's
 Euler sampler and with the diffusers pipeline on the same sigmas, and prints one JSON line with
@@ -16,6 +18,10 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _import_comfy(root: Path):
@@ -39,8 +45,8 @@ def run_check(comfyui_root: Path, model_path: Path | None, steps: int, guidance:
     import torch
 
     comfy = _import_comfy(comfyui_root)
-    from .comfy_export import export_comfyui_files
-    from .model import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR, encode_toy_prompts, load_toy_pipeline
+    from fdfo_core.toy.comfy_export import export_comfyui_files
+    from fdfo_core.toy.model import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR, encode_toy_prompts, load_toy_pipeline
 
     torch.manual_seed(0)
     prompts = ["two red circles above a blue square on a yellow background", "three green triangles on a white background"]
