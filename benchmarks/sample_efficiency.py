@@ -46,7 +46,7 @@ from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, ratio_s
 from fdfo_core.textfiles import read_json_file  # noqa: E402
 
 IMAGES_PER_EPOCH = 64
-EPOCHS = 5  # 320 reward evaluations per run: see README (the budget that fits 2 shared cores)
+EPOCHS = 4  # 256 reward evaluations per run: see README (the budget that fits 2 shared cores)
 GROUP = 8  # images per prompt for the group methods (24 in their SD3.5 configs)
 
 # Per-method settings on the toy: the toy preset plus what each method needs, scaled from its
@@ -351,9 +351,11 @@ def report(results: list[dict], out: Path, seconds: float, methods: list[str], n
             save_png(line_plot(series, bands=bands, xlabel=label, ylabel=f"held-out {spec['label']}",
                                title=f"toy, {spec['label']}: held-out ({n_seeds} seeds, mean, 95% bootstrap band)"),
                      out / name)
-    table = {"tables": tables, "seconds": seconds, "methods": methods}
+    cpu = float(sum(r.get("cpu_seconds", 0.0) for r in results))
+    table = {"tables": tables, "seconds": seconds, "run_cpu_seconds": cpu, "runs": len(results), "methods": methods}
     (out / "table.json").write_text(json.dumps(table, indent=1))
-    print(f"\nplots and data in {out} ({seconds:.0f} s of runs)")
+    print(f"\nplots and data in {out} ({seconds:.0f} s of runs; {len(results)} runs took {cpu:.0f} CPU s in all, "
+          "counted whole for runs reused from longer ones)")
     return table
 
 
@@ -446,7 +448,8 @@ def main() -> None:
                                  (args.heldout_prompts, args.heldout_seeds), args.extra)
                 jobs.append((s, run_path(out, s, args.tag)))
     if args.replot:
-        results = [read_json_file(p, "benchmark run") for _, p in jobs if p.exists()]
+        # The same reuse rules as a run (a sweep's file, a longer run's first epochs); missing runs are left out.
+        results = [r for r in (find_run(s, p) for s, p in jobs) if r is not None]
         seconds = read_json_file(out / "table.json", "benchmark table").get("seconds", 0.0) if (out / "table.json").exists() else 0.0
         report(results, out, seconds, args.methods, args.n_boot)
         return

@@ -23,8 +23,8 @@ METHODS = {"fdfo", "flow_grpo", "diffusion_nft"}
 REWARDS = {"alignment", "colourfulness"}
 
 
-def _run(out, cwd, mode="--smoke", timeout=1800):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_efficiency.py"), mode,
+def _run(out, cwd, mode="--smoke", timeout=1800, extra=()):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_efficiency.py"), mode, *extra,
                            "--out", str(out), "--workers", "2", "--threads", "1"],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
@@ -39,6 +39,14 @@ def test_smoke_benchmark_writes_paired_runs_table_and_plots(tmp_path):
     again = _run(out, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "12 runs reused, 0 to run" in again.stdout
+    table = (out / "table.json").read_text()
+
+    # --replot rebuilds the same table from the run files alone (seeded bootstrap).
+    (out / "table.json").unlink()
+    (out / "runs.json").unlink()
+    replot = _run(out, tmp_path, "--replot", extra=["--smoke"])
+    assert replot.returncode == 0, replot.stderr[-3000:]
+    assert json.loads((out / "table.json").read_text())["tables"] == json.loads(table)["tables"]
 
 
 @pytest.mark.slow
