@@ -406,6 +406,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2 seeds x 2 epochs of 16 images, 4 held-out prompts x 2 seeds (tests)")
     ap.add_argument("--sweep", action="store_true", help="learning-rate sweep of --methods on the first reward")
     ap.add_argument("--seeds", type=int, default=None, help="default 5 (sweep: 1)")
+    ap.add_argument("--only-seeds", type=int, nargs="+", metavar="K",
+                    help="run only these of the seeds (spread one benchmark over several invocations or machines "
+                         "sharing OUT; the table covers the files present)")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--images-per-epoch", type=int, default=IMAGES_PER_EPOCH)
     ap.add_argument("--heldout-prompts", type=int, default=32)
@@ -441,7 +444,7 @@ def main() -> None:
         return
 
     jobs = []
-    for seed in range(args.seeds):
+    for seed in (args.only_seeds if args.only_seeds is not None and not args.replot else range(args.seeds)):
         for reward in args.rewards:
             for m in args.methods:
                 s = run_settings(m, reward, seed, args.epochs, args.images_per_epoch,
