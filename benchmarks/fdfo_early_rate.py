@@ -4,8 +4,9 @@ Every variant trains FDFO on the toy alignment reward for EARLY_EVALS reward eva
 64 images unless the variant changes the pairs per epoch) and is compared with the plain toy preset
 on the same seeds: area under the held-out curve over the budget (the mean held-out alignment over
 it), final held-out alignment, and the paired difference to the preset with a 95% bootstrap
-interval over seeds. The preset's runs are the first 16 epochs of the sample-efficiency benchmark's
-FDFO alignment runs (training does not depend on the run's length): run that benchmark first.
+interval over seeds. The preset's runs are the sample-efficiency benchmark's FDFO alignment runs at
+this budget (a longer benchmark run's first 16 epochs are reused: training does not depend on the
+run's length); missing ones run here.
 
     python benchmarks/fdfo_early_rate.py                  # the default variants, 2 seeds
     python benchmarks/fdfo_early_rate.py --ties           # only the tie diagnostic (seconds)
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from efficiency_stats import bootstrap, curve_auc, fmt_interval  # noqa: E402
-from sample_efficiency import EPOCHS, IMAGES_PER_EPOCH, find_run, run_all, run_path, run_settings  # noqa: E402
+from sample_efficiency import IMAGES_PER_EPOCH, find_run, run_all, run_path, run_settings  # noqa: E402
 
 EARLY_EVALS = 16 * IMAGES_PER_EPOCH
 
@@ -54,12 +55,13 @@ TIE_STRENGTHS = (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4)
 
 def variant_jobs(name: str, seeds: int, out: Path) -> list[tuple[dict, Path]]:
     """(settings, result file) of a variant's runs. The preset's runs are the sample-efficiency
-    benchmark's FDFO runs (run that first); this script never runs them itself."""
+    benchmark's FDFO alignment runs at this budget: its files are reused (a longer run's first
+    epochs too) and the missing ones run here, into the benchmark's folder."""
     extra, ipe, _ = VARIANTS[name]
-    if name == "preset":
-        runs = [run_settings("fdfo", "alignment", seed, EPOCHS, IMAGES_PER_EPOCH, (32, 2)) for seed in range(seeds)]
-        return [(s, run_path(out.parent / "sample_efficiency", s)) for s in runs]
     epochs = EARLY_EVALS // ipe
+    if name == "preset":
+        runs = [run_settings("fdfo", "alignment", seed, epochs, IMAGES_PER_EPOCH, (32, 2)) for seed in range(seeds)]
+        return [(s, run_path(out.parent / "sample_efficiency", s)) for s in runs]
     runs = [run_settings("fdfo", "alignment", seed, epochs, ipe, (32, 2), extra) for seed in range(seeds)]
     return [(s, run_path(out, s, f"-{name}")) for s in runs]
 
@@ -74,7 +76,6 @@ def ties(out: Path, n_pairs: int = 64) -> dict:
 
     from fdfo_core.config import load_config
     from fdfo_core.conditioning import cond_select
-    from fdfo_core.objective import pair_deltas
     from fdfo_core.rewards import build_reward
     from fdfo_core.sampler import ChurnSettings, sample_pairs
     from fdfo_core.toy import toy_prompt_sets
@@ -128,11 +129,10 @@ def main() -> None:
     names = list(dict.fromkeys(["preset", *args.variants]))
     jobs = {n: variant_jobs(n, args.seeds, out) for n in names}
     if not args.replot:
-        run_all([j for n in names if n != "preset" for j in jobs[n]], args.workers, args.threads)
+        run_all([j for n in names for j in jobs[n]], args.workers, args.threads)
     results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
     if len(results["preset"]) < args.seeds:
-        print(f"only {len(results['preset'])} of {args.seeds} preset runs exist: run benchmarks/sample_efficiency.py "
-              "(its FDFO alignment runs are the preset) for the paired comparison")
+        print(f"only {len(results['preset'])} of {args.seeds} preset runs exist (--replot runs nothing)")
     base = {r["seed"]: truncate(r["curve"], EARLY_EVALS) for r in results["preset"]}
     rows = {}
     print(f"\nFDFO early rate, toy alignment, {EARLY_EVALS} reward evaluations, paired with the preset on the same seeds")
