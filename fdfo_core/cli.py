@@ -151,14 +151,15 @@ class _Progress:
             self._bar.close()
 
 
-def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training"):
+def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward during training",
+                       size: tuple[int, int] = (640, 400)):
     from .images import line_plot
 
     xs = [m["epoch"] for m in history]
     return line_plot(
         {"reward (train pairs)": (xs, [m["reward_mean"] for m in history])},
         bands={"reward (train pairs)": [m["reward_std"] / max(1, 2 * m["pairs"]) ** 0.5 for m in history]},
-        title=title, xlabel="epoch", ylabel="reward",
+        title=title, xlabel="epoch", ylabel="reward", size=size,
     )
 
 

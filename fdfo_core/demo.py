@@ -2,7 +2,8 @@
 
 It takes exactly the path a real model takes (diffusers pipeline folder -> DiffusersBackend ->
 FDFOTrainer -> ComfyUI-format LoRA file) and writes to the run folder:
-  before_after.png   the same held-out prompts and seeds, base model left, LoRA right
+  before_after.png   the same held-out prompts and seeds, base model left, LoRA right; each image's
+                     caption (shortened if needed) and alignment score under it
   reward_curve.png   training reward per epoch and held-out alignment (mean +- s.e.)
   lora.safetensors   the LoRA (loads in ComfyUI and, via fdfo convert-lora, in diffusers)
   summary.json       held-out alignment and diversity before / after, timings
@@ -21,7 +22,7 @@ import torch
 from . import storage
 from .config import ConfigError, load_config
 from .generation import generate_images
-from .images import image_grid, line_plot, save_png, side_by_side
+from .images import caption_label, image_grid, line_plot, save_png, side_by_side
 from .trainer import Callbacks, FDFOTrainer, FrontEnd
 
 
@@ -136,10 +137,13 @@ def run_demo(
     def write_results() -> dict[str, Any]:
         n_show = min(16, len(held.prompts))
         show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
-        labels_b = [f"{before['scores'][i]:.2f}" for i in show]
-        labels_a = [f"{after['scores'][i]:.2f}" for i in show]
-        grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=2)
-        grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=2)
+        scale = 2
+        tile = scale * cfg.width
+        # Under each image: its caption (wrapped, shortened if needed) and its score, so the picture reads alone.
+        labels_b = [caption_label(held.prompts[i], f"score {before['scores'][i]:.2f}", tile) for i in show]
+        labels_a = [caption_label(held.prompts[i], f"score {after['scores'][i]:.2f}", tile) for i in show]
+        grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=scale)
+        grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=scale)
         save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
                  "before/after grid")
         storage.write_text(out / "before_after_prompts.txt",

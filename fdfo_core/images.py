@@ -26,23 +26,68 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def text_width(text: str, font: ImageFont.ImageFont) -> float:
+    if hasattr(font, "getlength"):  # Pillow >= 9.2
+        return font.getlength(text)
+    return font.getsize(text)[0]  # pragma: no cover
+
+
+def fit_text(text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """`text` shortened with an ellipsis so it fits `width` pixels in `font`."""
+    text = str(text)
+    if text_width(text, font) <= width:
+        return text
+    while text and text_width(text + "...", font) > width:
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
+def wrap_text(text: str, width: int, max_lines: int, font: ImageFont.ImageFont | None = None) -> list[str]:
+    """`text` broken at spaces into at most `max_lines` lines of at most `width` pixels; when it
+    does not fit, the last line ends with an ellipsis (a word longer than a line is cut too)."""
+    font = font or _font()
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and text_width(f"{lines[-1]} {word}", font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:]) + " ..."]
+    return [fit_text(line, width, font) for line in lines]
+
+
+def caption_label(caption: str, value: str, tile_width: int, caption_lines: int = 3) -> str:
+    """A grid label: the caption wrapped to the tile's width (shortened if needed), then `value`."""
+    return "\n".join(wrap_text(caption, tile_width - 2, caption_lines) + [value])
+
+
+LINE_HEIGHT = 13
+
+
 def image_grid(
     images: torch.Tensor,
     ncol: int,
     labels: Sequence[str] | None = None,
     scale: int = 1,
     pad: int = 2,
-    label_height: int = 14,
+    label_height: int | None = None,
 ) -> Image.Image:
-    """Tile [N, 3, H, W] images row by row; optional one-line label under each tile."""
+    """Tile [N, 3, H, W] images row by row, with an optional label under each tile.
+
+    A label may have several lines ("\n"); each line is shortened with an ellipsis to the tile's
+    width. The label area is as tall as the longest label needs unless `label_height` is given."""
     n, _, h, w = images.shape
     ncol = max(1, min(ncol, n))
     nrow = math.ceil(n / ncol)
     th, tw = h * scale, w * scale
+    font = _font()
+    lines = [str(label).split("\n") for label in labels] if labels else []
+    if label_height is None:
+        label_height = (LINE_HEIGHT * max(len(x) for x in lines) + 2) if lines else 0
     lh = label_height if labels else 0
     grid = Image.new("RGB", (ncol * (tw + pad) + pad, nrow * (th + lh + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    font = _font()
     for i in range(n):
         r, c = divmod(i, ncol)
         x, y = pad + c * (tw + pad), pad + r * (th + lh + pad)
@@ -50,21 +95,42 @@ def image_grid(
         if scale != 1:
             tile = tile.resize((tw, th), Image.NEAREST)
         grid.paste(tile, (x, y))
-        if labels:
-            draw.text((x + 1, y + th + 1), str(labels[i])[: max(4, tw // 6)], fill=(0, 0, 0), font=font)
+        for k, line in enumerate(lines[i] if lines else []):
+            draw.text((x + 1, y + th + 1 + LINE_HEIGHT * k), fit_text(line, tw - 2, font), fill=(0, 0, 0), font=font)
     return grid
 
 
-def side_by_side(left: Image.Image, right: Image.Image, titles: tuple[str, str] = ("base", "LoRA"), gap: int = 12) -> Image.Image:
-    """Two images next to each other with a title above each."""
+def with_header(image: Image.Image, lines: Sequence[str], size: int = 14, pad: int = 4) -> Image.Image:
+    """`image` with lines of text in a strip above it (at least as wide as the longest line)."""
+    font = _font(size)
+    width = max([image.width] + [int(text_width(line, font)) + 2 * pad for line in lines])
+    top = len(lines) * (size + 4) + pad
+    out = Image.new("RGB", (width, image.height + top), (255, 255, 255))
+    out.paste(image, (0, top))
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(lines):
+        draw.text((pad, pad + k * (size + 4)), line, fill=(0, 0, 0), font=font)
+    return out
+
+
+def side_by_side(left: Image.Image, right: Image.Image, titles: tuple[str, str] = ("base", "LoRA"), gap: int = 12,
+                 vertical: bool = False) -> Image.Image:
+    """Two images next to each other (or the first above the second) with a title above each."""
     th = 18
-    out = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height) + th), (255, 255, 255))
-    out.paste(left, (0, th))
-    out.paste(right, (left.width + gap, th))
+    if vertical:
+        out = Image.new("RGB", (max(left.width, right.width), left.height + right.height + 2 * th + gap), (255, 255, 255))
+        out.paste(left, (0, th))
+        out.paste(right, (0, left.height + gap + 2 * th))
+        spots = [(4, 2), (4, left.height + gap + th + 2)]
+    else:
+        out = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height) + th), (255, 255, 255))
+        out.paste(left, (0, th))
+        out.paste(right, (left.width + gap, th))
+        spots = [(4, 2), (left.width + gap + 4, 2)]
     draw = ImageDraw.Draw(out)
     font = _font(13)
-    draw.text((4, 2), titles[0], fill=(0, 0, 0), font=font)
-    draw.text((left.width + gap + 4, 2), titles[1], fill=(0, 0, 0), font=font)
+    for spot, title in zip(spots, titles):
+        draw.text(spot, title, fill=(0, 0, 0), font=font)
     return out
 
 

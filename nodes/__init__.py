@@ -4,10 +4,10 @@ Importing this package imports no ComfyUI module: node code imports ComfyUI when
 classes can be inspected and unit-tested without ComfyUI.
 """
 
-from . import prompt_nodes, reward_nodes, sampler_nodes, toy_nodes, trainer_nodes
+from . import prompt_nodes, reward_nodes, sampler_nodes, toy_nodes, trainer_nodes, training_options
 from ..fdfo_core.rewards import register_comfy_folder
 
-_MODULES = (toy_nodes, prompt_nodes, reward_nodes, sampler_nodes, trainer_nodes)
+_MODULES = (toy_nodes, prompt_nodes, reward_nodes, sampler_nodes, trainer_nodes, training_options)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

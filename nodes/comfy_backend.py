@@ -15,10 +15,12 @@ Conventions, checked against ComfyUI's code:
   (raw - 0.0609) * 1.5305). Pure noise at t = 1 is N(0, 1) in that space (ComfyUI adds noise after
   process_latent_in), and decode(x) = VAE.decode(process_latent_out(x)).
 - Conditioning. Each prompt goes through CLIP.tokenize / encode_from_tokens_scheduled (what
-  CLIPTextEncode does) and the model's `extra_conds` (what the samplers do), once, and is cached.
-  The Cond handed to the core is only a row of prompt ids, so prompts whose token counts differ
-  can share a batch: `velocity` runs rows with equally shaped conditioning together (exact; no
-  padding or token repetition).
+  CLIPTextEncode does) and the model's `extra_conds` (what the samplers do), and is cached on the
+  CPU in an LRU cache bounded by bytes (`fdfo_core.prompt_cache`, 2 GB by default); a prompt
+  dropped from it is encoded again when it is next needed (same result: the encoders are
+  deterministic). The Cond handed to the core is only a row of prompt ids, so prompts whose token
+  counts differ can share a batch: `velocity` runs rows with equally shaped conditioning together
+  (exact; no padding or token repetition).
 - LoRA layout. For SD3/SD3.5 and Flux the adapter is the diffusers backend's: rank r on every
   targeted diffusers projection (to_q, to_k, to_v, ...), i.e. block slices of ComfyUI's fused
   qkv / linear1 modules, so both backends train the same function class and write the same file
@@ -49,6 +51,7 @@ from ..fdfo_core.backend import BackendError, NamedAdapterParams
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module, fuse_lora
+from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.trainer import derive_seed
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -232,7 +235,7 @@ class ComfyBackend(NamedAdapterParams):
         flux_guidance: float = 3.5,
         full_load: bool = False,
         check_cancel: Callable[[], None] | None = None,
-        prompt_cache_size: int = 8192,
+        prompt_cache_bytes: int | None = DEFAULT_PROMPT_CACHE_BYTES,
     ):
         # Validate everything before any model is loaded or anything is allocated.
         self.family = check_flow_model(model)
@@ -256,8 +259,9 @@ class ComfyBackend(NamedAdapterParams):
         self._params: dict[str, torch.nn.Parameter] = {}
         self._prompt_ids: dict[str, int] = {}
         self._texts: list[str] = []
-        self._cache: OrderedDict[int, _PromptConds] = OrderedDict()
-        self._cache_size = prompt_cache_size
+        self.prompt_cache: PromptCache[int, _PromptConds] = PromptCache(prompt_cache_bytes)
+        self._cond_dtype = self._cond_storage_dtype()
+        self._warned_thrash = False
         self._needs_reload = False
         self._fingerprint: dict[str, str] | None = None
         self._transformer_options: dict[str, Any] | None = None
@@ -561,21 +565,59 @@ class ComfyBackend(NamedAdapterParams):
                 self._prompt_ids[p] = len(self._texts)
                 self._texts.append(p)
             ids.append(self._prompt_ids[p])
-        for i in dict.fromkeys(ids):
+        unique = list(dict.fromkeys(ids))
+        for i in unique:
             self._entry(i)
+        self._warn_if_cache_too_small(unique)
         return {"prompt_id": torch.tensor(ids, dtype=torch.long)}
 
     def _entry(self, i: int) -> _PromptConds:
-        entry = self._cache.get(i)
+        entry = self.prompt_cache.get(i)
         if entry is None:
             if self.check_cancel is not None:
                 self.check_cancel()
-            entry = self._encode(self._texts[i])
-            self._cache[i] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(i)
+            entry = self.prompt_cache.put(i, self._encode(self._texts[i]))
         return entry
+
+    def _warn_if_cache_too_small(self, ids: list[int]) -> None:
+        """Once: the bound cannot hold the prompts of one call (one epoch's), so they are
+        re-encoded during the epoch, which is slow (the text encoder moves back on every miss)."""
+        if self._warned_thrash or all(i in self.prompt_cache for i in ids):
+            return
+        self._warned_thrash = True
+        cache = self.prompt_cache
+        per_prompt = cache.bytes / max(1, len(cache))
+        need = per_prompt * len(ids) / MB
+        log.warning(
+            "FDFO: the prompt cache bound (%.0f MB) is smaller than the %d prompts of one epoch (about %.0f MB): "
+            "prompts are encoded again during the epoch, which is slow. Raise prompt_cache_mb (FDFO Training "
+            "Options) to at least %.0f.", (cache.max_bytes or 0) / MB, len(ids), need, need * 1.25 + 1)
+
+    def _cond_storage_dtype(self) -> torch.dtype | None:
+        """The dtype cached conditioning is stored in: the model's compute dtype when that is
+        exact, else None (keep what the encoder returned).
+
+        `BaseModel._apply_model` casts the context and every floating extra conditioning tensor
+        to the model's compute dtype (`manual_cast_dtype`, else the weights' dtype) before the
+        network sees them. Rounding once when caching instead of on every call gives the same
+        values bit for bit, and halves the cache for bf16 / fp16 models (ComfyUI's text encoders
+        return float32). Not exact, and so not done, when something sees the conditioning before
+        that cast: a model that overrides `_apply_model`, or an apply-model wrapper from another
+        node."""
+        import comfy.patcher_extension
+
+        base = self.base
+        if type(base)._apply_model is not comfy.model_base.BaseModel._apply_model:
+            return None
+        if self.patcher.model_options.get("model_function_wrapper") is not None:
+            return None
+        apply_wrappers = comfy.patcher_extension.get_all_wrappers(
+            comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.patcher.model_options, is_model_options=True)
+        patcher_wrappers = self.patcher.wrappers.get(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
+        if apply_wrappers or any(patcher_wrappers.values()):
+            return None
+        dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
 
     @torch.no_grad()
     def _encode(self, text: str) -> _PromptConds:
@@ -604,7 +646,7 @@ class ComfyBackend(NamedAdapterParams):
                     f"the conditioning input {key!r} ({type(c).__name__}) is not supported for training; "
                     "use plain text conditioning (no reference images / lists)"
                 )
-            tensors[key] = processed.cond.detach().cpu()
+            tensors[key] = compact(processed.cond, self._cond_dtype)
         signature = (
             tuple((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in sorted(tensors.items())),
             tuple(sorted((k, repr(v)) for k, v in constants.items())),
@@ -617,16 +659,17 @@ class ComfyBackend(NamedAdapterParams):
             raise RuntimeError("ComfyBackend.velocity must run inside `with backend.session(...)`")
         if bool((t <= 0).any()):
             raise ValueError("the velocity of a flow model is only defined for t > 0")
+        # Fetch (and, after an eviction, re-encode) the conditioning first: encoding may move the
+        # diffusion model off the GPU, and it must be back before the forward pass.
+        entries = [self._entry(i) for i in cond["prompt_id"].tolist()]
         self._ensure_loaded()
         if not self._params:  # nothing to train: never record a graph (weights may be inference tensors)
             with torch.no_grad():
-                return self._velocity(x, t, cond)
-        return self._velocity(x, t, cond)
+                return self._velocity(x, t, entries)
+        return self._velocity(x, t, entries)
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = cond["prompt_id"].tolist()
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, entries: list[_PromptConds]) -> torch.Tensor:
         groups: OrderedDict[tuple, list[int]] = OrderedDict()
-        entries = [self._entry(i) for i in ids]
         for row, e in enumerate(entries):
             groups.setdefault(e.signature, []).append(row)
         outs, order = [], []

@@ -83,6 +83,10 @@ def split_prompts_for_images(prompts: Sequence[str], n_images: int) -> list[str]
     )
 
 
+#: The largest side of a node's progress preview image.
+PREVIEW_MAX_SIZE = 768
+
+
 class NodeProgress:
     """ComfyUI progress bar (with JPEG previews) plus a status text under the node.
 
@@ -104,17 +108,23 @@ class NodeProgress:
         self._last = 0.0
         self.value = 0
 
-    def update(self, value: float, preview=None, force: bool = False) -> None:
+    def update(self, value: float, preview=None, force: bool = False, max_size: int | None = None) -> None:
+        """`preview` (a PIL image) is sent as the node's image, reduced to `max_size` px (default:
+        its own size up to 768; ComfyUI would otherwise enlarge a smaller image to the bound)."""
         value = int(min(max(value, 0), self.total))
         now = time.monotonic()
         if not force and preview is None and now - self._last < self.min_interval:
             return
         self._last = now
         self.value = value
-        self.bar.update_absolute(value, self.total, ("JPEG", preview, 512) if preview is not None else None)
+        if preview is not None and max_size is None:
+            max_size = min(PREVIEW_MAX_SIZE, max(preview.size)) if hasattr(preview, "size") else PREVIEW_MAX_SIZE
+        self.bar.update_absolute(value, self.total, ("JPEG", preview, max_size) if preview is not None else None)
 
-    def text(self, message: str) -> None:
-        log.info("FDFO: %s", message)
+    def text(self, message: str, log_it: bool = True) -> None:
+        """Show `message` under the node (it may have several lines); also log it unless told not to."""
+        if log_it:
+            log.info("FDFO: %s", message)
         if self.node_id is None:
             return
         try:

@@ -203,7 +203,9 @@ class FDFOPairedSampler:
         rewards = score_images(reward, images, pair_prompts * 2) if reward is not None else None
         a, b = images[:pairs], images[pairs:]
         grid = comparison_grid(a, b, rewards)
-        progress.update(progress.total, preview=grid, force=True)
+        # No node preview: the comparison output is what a preview node shows (a preview here would
+        # grow the node by an image area the workflow layout does not reserve).
+        progress.update(progress.total, force=True)
         interleaved = torch.stack([a, b], dim=1).flatten(0, 1)
         lines, reward_list = [], []
         for i, p in enumerate(pair_prompts):

@@ -26,11 +26,15 @@ import torch
 from ..fdfo_core import storage
 from ..fdfo_core.checkpoint import latest_checkpoint
 from ..fdfo_core.config import FDFOConfig
+from ..fdfo_core.prompt_cache import MB
 from ..fdfo_core.run_definition import FrontEnd, recorded_definition
 from ..fdfo_core.storage import StorageError
 from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, log, pil_to_image
-from .sampler_nodes import DEFAULTS, clean_prompts, optional_sampling_inputs, sampling_inputs
+from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
+from .sampler_nodes import clean_prompts
+from .training_options import (TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec, resolve_settings,
+                               setting)
 
 RUNS_SUBFOLDER = "fdfo"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -97,6 +101,8 @@ class EpochProgress:
         self.bar = NodeProgress(max(1, remaining * self.epoch_units), node_id=node_id)
         self.epoch = start_epoch
         self._text_time = 0.0
+        #: The last epoch line, kept above the current phase in the node's text.
+        self.line = ""
 
     def _offset(self) -> int:
         return (self.epoch - self.start) * self.epoch_units
@@ -111,7 +117,8 @@ class EpochProgress:
         now = time.monotonic()
         if now - self._text_time > 1.0 or done == total:
             self._text_time = now
-            self.bar.text(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {self.describe(name, done, total)}")
+            now_doing = f"now: epoch {self.epoch + 1}/{self.cfg.epochs}, {self.describe(name, done, total)}"
+            self.bar.text(f"{self.line}\n{now_doing}" if self.line else now_doing, log_it=False)
 
     def describe(self, phase: str, done: int, total: int) -> str:
         cfg = self.cfg
@@ -124,92 +131,75 @@ class EpochProgress:
             return f"training on (image, step) items, {done}/{total} done"
         return f"{phase} {done}/{total}"
 
-    def epoch_done(self, epoch: int, preview=None) -> None:
+    def epoch_done(self, epoch: int, preview=None, text: str | None = None) -> None:
+        """After an epoch (or before the first): the bar, the node's live image and its epoch line."""
         self.epoch = epoch
         self.bar.update(self._offset(), preview=preview, force=True)
+        if text is not None:
+            self.line = text
+            self.bar.text(text)
 
 
-def training_inputs() -> dict[str, tuple]:
-    d = DEFAULTS
-    return {
-        "epochs": ("INT", {"default": d.epochs, "min": 0, "max": 100000, "tooltip": (
-            "Total epochs of the run (about 100 for good results on SD3.5). Raising it and queueing again with resume "
-            "continues the run.")}),
-        "pairs_per_epoch": ("INT", {"default": d.pairs_per_epoch, "min": 1, "max": 1000000, "tooltip": (
-            "Pairs sampled per epoch (432 published = 864 images).")}),
-        **sampling_inputs(),
-        "learning_rate": ("FLOAT", {"default": d.lr, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": 1e-8, "tooltip": "AdamW learning rate (3e-5 published)."}),
-        "lora_rank": ("INT", {"default": d.lora_rank, "min": 1, "max": 1024, "tooltip": "LoRA rank on every attention projection (32 published)."}),
-        "lora_alpha": ("FLOAT", {"default": d.lora_alpha, "min": 0.01, "max": 4096.0, "step": 0.5, "tooltip": "LoRA alpha; the update is scaled by alpha / rank (64 published)."}),
-        "clip_range": ("FLOAT", {"default": d.clip_range, "min": 1e-5, "max": 10.0, "step": 0.001, "round": 1e-5, "tooltip": (
-            "Trust region of the surrogate objective (0.03 published): how far one epoch may move the model.")}),
-        "optimizer_steps_per_epoch": ("INT", {"default": d.optimizer_steps_per_epoch, "min": 1, "max": 10000, "tooltip": (
-            "Optimizer updates per epoch; every (image, step) item of the epoch is used once (4 published).")}),
-        "checkpoint_every": ("INT", {"default": d.checkpoint_every, "min": 0, "max": 100000, "tooltip": (
-            "Save a resumable checkpoint every N epochs (5 published; 0 = only at the end). Cancel keeps the last one.")}),
-        "lora_name": ("STRING", {"default": "fdfo_lora", "tooltip": (
-            "File name of the LoRA in ComfyUI/models/loras/ and of the run folder in output/fdfo/. A new run never "
-            "overwrites an earlier LoRA: it gets a -2, -3, ... suffix.")}),
-        "resume": ("BOOLEAN", {"default": True, "tooltip": (
-            "Continue the newest run of this name from its last checkpoint (with the same settings; epochs may grow). "
-            "Off: start a new run.")}),
-    }
+#: The widgets and optional inputs of the Trainer before the FDFO Training Options node existed
+#: (saved workflows list widget values by position): the deprecated `FDFOTrainer` keeps exactly them.
+LEGACY_REQUIRED = ("epochs", "pairs_per_epoch", "seed", "steps", "cfg", "churn", "churn_strength", "width", "height",
+                   "learning_rate", "lora_rank", "lora_alpha", "clip_range", "optimizer_steps_per_epoch",
+                   "checkpoint_every", "lora_name", "resume")
+LEGACY_OPTIONAL = ("negative_prompt", "scheduler", "flux_guidance", "preview_prompts", "preview_count", "preview_every",
+                   "reward_normalization", "kl_weight", "steps_per_sample", "sample_batch_size", "train_batch_size",
+                   "decode_batch_size", "gradient_checkpointing", "precision", "storage_device", "full_load",
+                   "allow_run_changes", "max_bad_pair_fraction")
 
 
-def optional_training_inputs() -> dict[str, tuple]:
-    d = DEFAULTS
-    return {
-        **optional_sampling_inputs(),
-        "preview_prompts": (PROMPTS, {"tooltip": "Prompts of the preview grid (default: the first training prompts)."}),
-        "preview_count": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images in the preview grid (fixed prompts and seeds)."}),
-        "preview_every": ("INT", {"default": 1, "min": 0, "max": 10000, "tooltip": "Show and save a preview grid every N epochs (0 = never)."}),
-        "reward_normalization": (["none", "std", "per_prompt"], {"default": "none", "tooltip": (
-            "none: raw reward differences (published); std: divided by the epoch's reward spread; per_prompt: each "
-            "score standardised against its prompt's scores (for rewards whose scale varies by prompt).")}),
-        "kl_weight": ("FLOAT", {"default": d.kl_weight, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip": (
-            "Pull toward the base model's velocity (0 published; costs one more model pass per item).")}),
-        "steps_per_sample": ("INT", {"default": d.steps_per_sample, "min": 0, "max": 1000, "tooltip": (
-            "Train on k random solver steps per image instead of all (0 = all, published). Faster epochs.")}),
-        "sample_batch_size": ("INT", {"default": d.sample_batch_size, "min": 1, "max": 4096, "tooltip": "Pairs per sampling batch (memory only)."}),
-        "train_batch_size": ("INT", {"default": d.train_batch_size, "min": 1, "max": 4096, "tooltip": "Items per forward/backward pass (memory only)."}),
-        "decode_batch_size": ("INT", {"default": d.decode_batch_size, "min": 1, "max": 4096, "tooltip": "Images per VAE decode and reward call (memory only)."}),
-        "gradient_checkpointing": ("BOOLEAN", {"default": d.gradient_checkpointing, "tooltip": "Recompute activations in the backward pass: less VRAM, about 30 % slower."}),
-        "precision": (["auto", "bf16", "fp16", "fp32"], {"default": d.precision, "tooltip": (
-            "Autocast for the model passes (the LoRA itself is always fp32). auto: bf16 on a GPU, fp32 on the CPU.")}),
-        "storage_device": (["auto", "cpu"], {"default": d.storage_device, "tooltip": (
-            "Where the recorded states of an epoch live. cpu saves VRAM (SD3.5/Flux at the published size need it on 24 GB cards).")}),
-        "full_load": ("BOOLEAN", {"default": False, "tooltip": (
-            "Load the whole model onto the GPU for training. Off: ComfyUI decides (partial loading when VRAM is short).")}),
-        "allow_run_changes": ("BOOLEAN", {"default": False, "tooltip": (
-            "With resume on: continue the run even though prompts, reward, seed or other settings that define it "
-            "changed, and record the change as a new branch in its run.json. Off: such a change is refused with the "
-            "list of differences (epochs and memory settings may always change).")}),
-        "max_bad_pair_fraction": ("FLOAT", {"default": d.max_bad_pair_fraction, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
-            "Pairs whose reward is missing, NaN or failed (a scoring server's error for some images) are dropped and "
-            "counted; the run stops when more than this share of an epoch's pairs is lost (0: stop at the first; "
-            "1: never while any pair is left).")}),
-    }
+#: Tiles of the displayed preview grids: small images are enlarged (nearest) to about PREVIEW_TILE
+#: px; large ones reduced to at most COMPARISON_TILE_MAX px in the `preview` output and
+#: PANEL_TILE_MAX px in the node's live image. The full-size grid is saved in the run folder.
+PREVIEW_TILE = 128
+COMPARISON_TILE_MAX = 192
+PANEL_TILE_MAX = 128
+#: The reward curve as the node shows it (the run folder's reward_curve.png too).
+REWARD_CURVE_SIZE = (520, 320)
+#: A long epoch line, for sizing the node's live image before a run (workflows/build_workflows.py).
+LONGEST_EPOCH_LINE = "epoch 100/100 · reward 22.1234 ± 1.2345 · about 11 h 59 min left"
+def preview_columns(n: int) -> int:
+    """Columns of a preview grid: 4 per row, a square for 4 images, one row for fewer."""
+    return 2 if n == 4 else min(4, n)
+
+
+def display_grid(images: torch.Tensor, tile_max: int = COMPARISON_TILE_MAX):
+    """The preview grid as shown in ComfyUI: tiles of about PREVIEW_TILE px, at most `tile_max`."""
+    from ..fdfo_core.images import image_grid
+    from .reward_nodes import thumbnails
+
+    side = max(images.shape[-2:])
+    scale = max(1, PREVIEW_TILE // side)
+    if side * scale > tile_max:
+        images, scale = thumbnails(images, tile_max), 1
+    return image_grid(images, ncol=preview_columns(images.shape[0]), scale=scale)
+
+
+def live_panel(grid, line: str):
+    """The Trainer's live image: the epoch line above the latest preview grid."""
+    from ..fdfo_core.images import with_header
+
+    return with_header(grid, [line])
+
+
+#: Wider than this side by side, the base and trained grids of the `preview` output are stacked.
+COMPARISON_MAX_WIDTH = 800
+
+
+def comparison_image(base, trained, title: str):
+    """The `preview` output: the base model's grid and the trained one, side by side (stacked
+    when side by side would be wider than COMPARISON_MAX_WIDTH)."""
+    from ..fdfo_core.images import side_by_side
+
+    return side_by_side(base, trained, titles=("base model", title), vertical=base.width * 2 + 12 > COMPARISON_MAX_WIDTH)
 
 
 def config_from_inputs(values: dict[str, Any]) -> FDFOConfig:
-    """An FDFOConfig from the node's widget values (validated: errors name the field)."""
-    v = values
-    return FDFOConfig(
-        epochs=v["epochs"], pairs_per_epoch=v["pairs_per_epoch"], num_steps=v["steps"], cfg_scale=v["cfg"],
-        churn=v["churn"], churn_strength=v["churn_strength"], width=v["width"], height=v["height"], seed=v["seed"],
-        lr=v["learning_rate"], lora_rank=v["lora_rank"], lora_alpha=v["lora_alpha"], clip_range=v["clip_range"],
-        optimizer_steps_per_epoch=v["optimizer_steps_per_epoch"], checkpoint_every=v["checkpoint_every"],
-        negative_prompt=v.get("negative_prompt", DEFAULTS.negative_prompt),
-        reward_normalization="std" if v.get("reward_normalization") == "std" else "none",
-        kl_weight=v.get("kl_weight", DEFAULTS.kl_weight), steps_per_sample=v.get("steps_per_sample", DEFAULTS.steps_per_sample),
-        sample_batch_size=v.get("sample_batch_size", DEFAULTS.sample_batch_size),
-        train_batch_size=v.get("train_batch_size", DEFAULTS.train_batch_size),
-        decode_batch_size=v.get("decode_batch_size", DEFAULTS.decode_batch_size),
-        gradient_checkpointing=v.get("gradient_checkpointing", DEFAULTS.gradient_checkpointing),
-        precision=v.get("precision", DEFAULTS.precision), storage_device=v.get("storage_device", DEFAULTS.storage_device),
-        max_bad_pair_fraction=v.get("max_bad_pair_fraction", DEFAULTS.max_bad_pair_fraction),
-        extra={"frontend": "comfyui", "scheduler": v.get("scheduler", "simple"), "flux_guidance": v.get("flux_guidance", 3.5)},
-    ).validate()
+    """An FDFOConfig from the trainer's settings (any subset; the rest take their defaults)."""
+    return config_from_settings(resolve_settings(values))
 
 
 def _comfy_dirs() -> tuple[Path, Path]:
@@ -248,32 +238,38 @@ class FDFOTrainerNode:
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def _sockets(cls) -> dict[str, tuple]:
         return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The flow-matching model to train (SD3, SD3.5, Flux, the FDFO toy, ...). It is cloned, never changed."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder(s); prompts are encoded once and cached."}),
-                "vae": ("VAE", {"tooltip": "Its VAE, to decode the images the reward scores."}),
-                "reward": (REWARD, {"tooltip": "What to maximise (an FDFO reward loader, or Combine Rewards)."}),
-                "prompts": (PROMPTS, {"tooltip": "Training prompts; each epoch walks through them in a random order."}),
-                **training_inputs(),
-            },
-            "optional": optional_training_inputs(),
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "model": ("MODEL", {"tooltip": "The flow-matching model to train (SD3, SD3.5, Flux, the FDFO toy, ...). It is cloned, never changed."}),
+            "clip": ("CLIP", {"tooltip": "Its text encoder(s); prompts are encoded once and cached."}),
+            "vae": ("VAE", {"tooltip": "Its VAE, to decode the images the reward scores."}),
+            "reward": (REWARD, {"tooltip": "What to maximise (an FDFO reward loader, or Combine Rewards)."}),
+            "prompts": (PROMPTS, {"tooltip": "Training prompts; each epoch walks through them in a random order."}),
         }
 
-    def train(self, model, clip, vae, reward, prompts, unique_id=None, **values):
-        with torch.inference_mode(False):
-            return self._train(model, clip, vae, reward, prompts, unique_id, values)
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {**cls._sockets(), **input_spec(TRAINER_SETTINGS)},
+            "optional": {"options": (TRAINING_OPTIONS, {"tooltip": (
+                "FDFO Training Options: seed, churn schedule, clip range, optimizer steps, checkpoints, previews, "
+                "reward normalisation, KL, batch sizes, precision, memory. Not connected: the published defaults.")})},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+        }
 
-    def _train(self, model, clip, vae, reward, prompts, unique_id, values):
+    def train(self, model, clip, vae, reward, prompts, options=None, unique_id=None, prompt=None, **values):
+        settings = resolve_settings(values, options)
+        with torch.inference_mode(False):
+            return self._train(model, clip, vae, reward, prompts, unique_id, settings, prompt)
+
+    def _train(self, model, clip, vae, reward, prompts, unique_id, values, graph=None):
         # --- validate everything before any model is loaded ---------------------------------
-        cfg = config_from_inputs(values)
+        cfg = config_from_settings(values)
         prompts = clean_prompts(prompts)
         name = check_lora_name(values["lora_name"])
         preview_prompts = clean_prompts(values.get("preview_prompts") or prompts)
-        preview_every = int(values.get("preview_every", 1))
-        preview_count = int(values.get("preview_count", 4))
+        preview_every = int(values["preview_every"])
+        preview_count = int(values["preview_count"])
         preview_prompts = (preview_prompts * preview_count)[:preview_count]
         if reward is None or not callable(reward):
             raise TrainingError("connect a reward (an FDFO reward loader or Combine Rewards)")
@@ -282,49 +278,64 @@ class FDFOTrainerNode:
 
         from ..fdfo_core.cli import reward_curve_image
         from ..fdfo_core.generation import generate_images
-        from ..fdfo_core.images import image_grid, save_png, side_by_side
+        from ..fdfo_core.images import image_grid, save_png
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.trainer import format_metrics
         from .comfy_backend import ComfyBackend
 
         backend = ComfyBackend(
-            model, clip, vae, cfg, scheduler=values.get("scheduler", "simple"),
-            flux_guidance=values.get("flux_guidance", 3.5), full_load=values.get("full_load", False),
-            check_cancel=check_interrupt,
+            model, clip, vae, cfg, scheduler=values["scheduler"], flux_guidance=values["flux_guidance"],
+            full_load=values["full_load"], check_cancel=check_interrupt,
+            prompt_cache_bytes=int(values["prompt_cache_mb"]) * MB,
         )
         runs_root, loras_dir = _comfy_dirs()
         run_dir, resuming = plan_run(runs_root, loras_dir, name, bool(values["resume"]))
         run_name = run_dir.name
-        if values.get("reward_normalization") == "per_prompt":
+        if values["reward_normalization"] == "per_prompt":
             reward = wrap_normalization(reward, "per_prompt")
         reward_spec = reward.describe() if hasattr(reward, "describe") else type(reward).__name__
 
         grids: dict[str, Any] = {}
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"line": None}
+        push_curve = LivePush(graph, unique_id, self.RETURN_NAMES.index("reward_curve"), "reward_curve")
+        push_preview = LivePush(graph, unique_id, self.RETURN_NAMES.index("preview"), "preview")
 
-        def preview(trainer, use_adapter: bool):
+        def preview(trainer, use_adapter: bool, save_as: Path | None = None):
             images = generate_images(
                 backend, preview_prompts, list(range(len(preview_prompts))), cfg.num_steps, cfg.height, cfg.width,
                 cfg.cfg_scale, cfg.negative_prompt, batch_size=cfg.sample_batch_size, amp=trainer.amp,
                 use_adapter=use_adapter, check_cancel=check_interrupt,
             )
-            return image_grid(images, ncol=min(4, len(preview_prompts)), scale=max(1, 256 // max(cfg.width, cfg.height)))
+            if save_as is not None:  # full size in the run folder
+                save_png(image_grid(images, ncol=preview_columns(len(preview_prompts))), save_as, "preview grid",
+                         make_folder=True)
+            return display_grid(images), display_grid(images, PANEL_TILE_MAX)
+
+        def comparison(epoch: int):
+            base = grids.get("base") or grids["trained"]
+            trained = grids.get("trained") or base
+            return comparison_image(base[0], trained[0], f"{run_name} (epoch {epoch})")
 
         def on_epoch_end(trainer, metrics):
             epoch = metrics["epoch"]
-            save_png(reward_curve_image(trainer.history), run_dir / "reward_curve.png", "reward curve")
+            cache = getattr(backend, "prompt_cache", None)
+            note = cache.first_eviction_note() if cache is not None else None
+            if note:  # once, right after the epoch line that first dropped a prompt
+                log_line(note)
+            curve = reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE)
+            save_png(curve, run_dir / "reward_curve.png", "reward curve")
+            push_curve(curve)
             grid = None
             if preview_every and (epoch % preview_every == 0 or epoch == cfg.epochs):
-                grid = preview(trainer, use_adapter=True)
+                grid = preview(trainer, use_adapter=True, save_as=run_dir / "samples" / f"epoch-{epoch:05d}.png")
                 grids["trained"] = grid
-                save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
-            state["progress"].epoch_done(epoch, preview=grid)
+                push_preview(comparison(epoch))
+            state["line"] = line = epoch_line(metrics, cfg.epochs, clock.seconds_left(epoch))
+            shown = grids.get("trained", grids.get("base"))
+            progress.epoch_done(epoch, preview=live_panel(shown[1], line) if shown is not None else None, text=line)
 
-        def log_line(message: str) -> None:
-            if "progress" in state:
-                state["progress"].bar.text(message)
-            else:
-                log.info("FDFO: %s", message)
+        def log_line(message: str) -> None:  # the trainer's full epoch metrics and notes: the console
+            log.info("FDFO: %s", message)
 
         recorded = recorded_definition(run_dir) if resuming else None
         if recorded is not None and recorded.preview_prompts and values.get("preview_prompts") is None:
@@ -334,7 +345,7 @@ class FDFOTrainerNode:
             name="comfyui", resume_hint=resume_hint,
             new_run_hint=f"turn 'resume' off to start a new run ({name}-2, ...)",
             restore_hint="set those inputs back to the run's values",
-            allow_change_hint="turn on the Trainer's 'allow_run_changes'",
+            allow_change_hint="turn on 'allow_run_changes' (in FDFO Training Options; an input of the old one-node Trainer)",
             session={"lora": f"{run_name}.safetensors", "preview_every": preview_every},
             output_dirs={"ComfyUI LoRA folder": loras_dir},
             extra_bytes=(cfg.epochs // max(preview_every, 1) + 2) * 1_000_000 if preview_every else cfg.epochs * 100_000,
@@ -349,15 +360,22 @@ class FDFOTrainerNode:
             if resuming:
                 trainer.resume(run_dir, allow_change=bool(values.get("allow_run_changes", False)))
             state["progress"] = progress = EpochProgress(cfg, trainer.epoch, unique_id, preview_every, len(preview_prompts))
+            clock = EpochClock(trainer.epoch, cfg.epochs)
             trainer.callbacks.on_progress = progress.phase
             trainer.start_run()  # the run and LoRA folders writable, space enough, the run recorded
-            progress.bar.text(
-                f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
-                f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch"
-            )
+            start = (f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
+                     f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch")
+            progress.bar.text(start)
             if preview_every:
                 grids["base"] = preview(trainer, use_adapter=False)
-                progress.epoch_done(trainer.epoch, preview=grids["base"])
+                if trainer.history:  # resumed: the grid of the epoch reached so far
+                    grids["trained"] = preview(trainer, use_adapter=True)
+                    push_preview(comparison(trainer.epoch))
+                label = f"epoch {trainer.epoch}/{cfg.epochs} · {'resumed' if trainer.history else 'base model, before training'}"
+                progress.epoch_done(trainer.epoch, preview=live_panel((grids.get("trained") or grids["base"])[1], label), text=start)
+            if trainer.history:
+                push_curve(reward_curve_image(trainer.history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE))
+            clock.start()
             try:
                 trainer.train()
             except BaseException as exc:
@@ -383,18 +401,17 @@ class FDFOTrainerNode:
             last = format_metrics(history[-1], cfg.epochs) if history else "no epochs run"
 
         model_out, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
-        curve = pil_to_image(reward_curve_image(history, title=f"{run_name}: reward during training"))
-        if grids:
-            base = grids.get("base", grids.get("trained"))
-            both = side_by_side(base, grids.get("trained", base), titles=("base model", f"{run_name} (epoch {trainer.epoch})"))
-            preview_image = pil_to_image(both)
-        else:
-            preview_image = torch.zeros(1, 64, 64, 3)
+        curve = pil_to_image(reward_curve_image(history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE))
+        preview_image = pil_to_image(comparison(trainer.epoch)) if grids else torch.zeros(1, 64, 64, 3)
         summary = f"LoRA {lora_path.name} ({trainer.epoch}/{cfg.epochs} epochs) in {lora_path.parent}; run folder {run_dir}. Last epoch: {last}"
         log.info("FDFO: %s", summary)
-        return {"ui": {"text": [summary]},
-                "result": (model_out, lora_sd, curve, preview_image, lora_path.name)}
-
+        ui: dict[str, Any] = {"text": [summary]}
+        line = state["line"] or (epoch_line(history[-1], cfg.epochs, 0.0) if history else f"{run_name}: no epochs run")
+        progress.bar.text(f"{line}\nLoRA: {lora_path.name} (models/loras)")
+        record = save_temp_png(live_panel(grids["trained"][1], line), "trainer") if "trained" in grids else None
+        if record is not None:  # the node keeps showing the last epoch line and grid
+            ui["images"] = [record]
+        return {"ui": ui, "result": (model_out, lora_sd, curve, preview_image, lora_path.name)}
 
     @staticmethod
     def _publish_interrupted(trainer: FDFOTrainer, run_dir: Path, loras_dir: Path) -> str:
@@ -414,4 +431,31 @@ class FDFOTrainerNode:
         return f"A copy for the LoRA loaders is {path}."
 
 
-NODES = {"FDFOTrainer": (FDFOTrainerNode, "FDFO Trainer")}
+class FDFOTrainerLegacyNode(FDFOTrainerNode):
+    """The Trainer with every setting as a widget (before FDFO Training Options existed), kept
+    under its old name so workflows saved with it load and run unchanged."""
+
+    DEPRECATED = True
+    DESCRIPTION = (
+        "Deprecated: the FDFO Trainer with all its settings on one node, kept so older workflows still load and run "
+        "exactly as before. New workflows: use FDFO Trainer (+ FDFO Training Options for the less common settings)."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {**cls._sockets(), **{n: setting(n).spec for n in LEGACY_REQUIRED}},
+            "optional": {n: setting(n).spec for n in LEGACY_OPTIONAL},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+        }
+
+    def train(self, model, clip, vae, reward, prompts, unique_id=None, prompt=None, **values):
+        settings = resolve_settings(values)
+        with torch.inference_mode(False):
+            return self._train(model, clip, vae, reward, prompts, unique_id, settings, prompt)
+
+
+NODES = {
+    "FDFOTrainerV2": (FDFOTrainerNode, "FDFO Trainer"),
+    "FDFOTrainer": (FDFOTrainerLegacyNode, "FDFO Trainer (old layout, deprecated)"),
+}

@@ -27,9 +27,8 @@ class Comfy:
         self.tn = submodule("nodes.trainer_nodes")
 
     def values(self, **changes):
-        spec = self.tn.FDFOTrainerNode.INPUT_TYPES()
-        values = {k: v[1]["default"] for s in ("required", "optional") for k, v in spec[s].items()
-                  if len(v) > 1 and "default" in v[1]}
+        """Every Trainer setting (flat); `train` splits them between the Trainer and its options node."""
+        values = {}
         values.update(epochs=2, pairs_per_epoch=4, steps=4, width=16, height=16, learning_rate=5e-2, lora_rank=2,
                       lora_alpha=2.0, churn_strength=0.05, optimizer_steps_per_epoch=2, checkpoint_every=1,
                       sample_batch_size=4, train_batch_size=32, decode_batch_size=8, preview_count=2,
@@ -41,9 +40,15 @@ class Comfy:
         return submodule("nodes.reward_nodes").FDFOSimpleReward().load(metric, quality)[0]
 
     def train(self, reward=None, prompts=("a red circle", "two blue squares"), model_seed: int = 0, **changes):
+        """The FDFO Trainer as the templates wire it: its own widgets, the rest on FDFO Training Options."""
+        opts = submodule("nodes.training_options")
+        values = self.values(**changes)
+        own = {o.name: o.default for o in opts.TRAINER_SETTINGS}
+        trainer = {**own, **{k: v for k, v in values.items() if k in own}}
+        options = opts.FDFOTrainingOptionsNode().build(**{k: v for k, v in values.items() if k not in own})[0]
         node = self.tn.FDFOTrainerNode()
         return node.train({"seed": model_seed}, None, None, reward if reward is not None else self.reward(),
-                          list(prompts), unique_id="7", **self.values(**changes))
+                          list(prompts), options=options, unique_id="7", **trainer)
 
     def run_dir(self, name: str = "art") -> Path:
         return self.output / "fdfo" / name
@@ -69,8 +74,9 @@ def install(monkeypatch, root: Path) -> Comfy:
     sd = module("comfy.sd", load_lora_for_models=lambda model, clip, lora, s1, s2: ({**model, "lora": lora}, clip))
     mm = module("comfy.model_management", throw_exception_if_processing_interrupted=lambda: None)
     module("comfy", utils=utils, sd=sd, model_management=mm)
+    (root / "temp").mkdir(parents=True, exist_ok=True)
     module("folder_paths", get_output_directory=lambda: str(comfy.output),
-           get_folder_paths=lambda kind: [str(comfy.loras)])
+           get_folder_paths=lambda kind: [str(comfy.loras)], get_temp_directory=lambda: str(root / "temp"))
 
     def make_backend(model, clip, vae, config, **kwargs):
         backend = ImageFlowBackend(model, clip, vae, config, **kwargs)

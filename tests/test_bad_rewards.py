@@ -169,7 +169,9 @@ def test_trainer_node_has_the_optional_input():
     from comfy_scripts.nodepack import submodule
 
     tn = submodule("nodes.trainer_nodes")
-    spec = tn.FDFOTrainerNode.INPUT_TYPES()["optional"]["max_bad_pair_fraction"]
+    options = submodule("nodes.training_options").FDFOTrainingOptionsNode
+    spec = options.INPUT_TYPES()["optional"]["max_bad_pair_fraction"]  # on FDFO Training Options
+    assert tn.FDFOTrainerLegacyNode.INPUT_TYPES()["optional"]["max_bad_pair_fraction"] == spec  # and the old one-node Trainer
     assert spec[0] == "FLOAT" and spec[1]["default"] == 0.5 and spec[1]["min"] == 0.0 and spec[1]["max"] == 1.0
     values = {"epochs": 1, "pairs_per_epoch": 4, "steps": 4, "cfg": 1.0, "churn": "raw", "churn_strength": 0.01,
               "width": 64, "height": 64, "seed": 0, "learning_rate": 1e-4, "lora_rank": 4, "lora_alpha": 4.0,

@@ -86,6 +86,20 @@ def server(tmp_path_factory, toy_env):
     assert not added, f"the test left files in the ComfyUI checkout: {sorted(added)[:10]}"
 
 
+TRAINER = "FDFOTrainerV2"
+
+
+def set_training(prompt: dict, **changes) -> None:
+    """Set Trainer settings where the workflow keeps them: on the Trainer node, or on the FDFO
+    Training Options node wired to it."""
+    trainer = node_of(prompt, TRAINER)["inputs"]
+    options = prompt[trainer["options"][0]]["inputs"]
+    for key, value in changes.items():
+        target = trainer if key in trainer else options
+        assert key in target, f"no Trainer setting {key!r}"
+        target[key] = value
+
+
 def toy_prompt(toy_env, **trainer_changes) -> dict:
     """The toy example workflow; with a randomly initialised toy (no weights in the checkout yet)
     the caption-alignment reward is flat, so brightness stands in for it, with a learning rate large
@@ -94,8 +108,8 @@ def toy_prompt(toy_env, **trainer_changes) -> dict:
     if is_random_toy(toy_env):
         reward = node_of(prompt, "FDFOToyAlignmentReward")
         reward["class_type"], reward["inputs"] = "FDFOSimpleReward", {"metric": "brightness", "jpeg_quality": 95}
-        node_of(prompt, "FDFOTrainer")["inputs"]["learning_rate"] = 1e-3
-    node_of(prompt, "FDFOTrainer")["inputs"].update(trainer_changes)
+        node_of(prompt, TRAINER)["inputs"]["learning_rate"] = 1e-3
+    set_training(prompt, **trainer_changes)
     return prompt
 
 
@@ -117,7 +131,7 @@ def test_object_info_lists_every_node_with_its_inputs(server):
         assert entry["output_tooltips"] == list(cls.OUTPUT_TOOLTIPS)
         assert entry["category"].startswith("FDFO")
         assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[key]
-    assert "LORA_MODEL" in info["FDFOTrainer"]["output"] and "SaveLoRANode" in info and "LoraModelLoader" in info
+    assert "LORA_MODEL" in info[TRAINER]["output"] and info["FDFOTrainer"].get("deprecated") is True and "SaveLoRANode" in info and "LoraModelLoader" in info
 
 
 def test_example_workflows_are_served_as_templates(server):
@@ -138,7 +152,7 @@ def toy_run(server, toy_env):
     t0 = time.monotonic()
     entry = server.run(prompt, timeout=3600)
     seconds = time.monotonic() - t0
-    print(f"\ntoy workflow: {seconds:.1f} s on CPU ({node_of(prompt, 'FDFOTrainer')['inputs']['epochs']} epochs, "
+    print(f"\ntoy workflow: {seconds:.1f} s on CPU ({node_of(prompt, TRAINER)['inputs']['epochs']} epochs, "
           f"{'randomly initialised' if is_random_toy(toy_env) else 'pretrained'} toy weights)")
     return {"entry": entry, "seconds": seconds, "prompt": prompt}
 
@@ -154,7 +168,7 @@ def test_toy_workflow_trains_and_saves_the_lora(server, toy_run):
         meta, keys = f.metadata(), list(f.keys())
     assert meta["fdfo.base_model_family"] == "sd3" and meta["fdfo.trainer"] == "fdfo"
     assert any(k.endswith(".alpha") for k in keys) and all(k.startswith("diffusion_model.") for k in keys)
-    epochs = node_of(toy_run["prompt"], "FDFOTrainer")["inputs"]["epochs"]
+    epochs = node_of(toy_run["prompt"], TRAINER)["inputs"]["epochs"]
     run = server.base / "output" / "fdfo" / "fdfo_toy"
     assert (run / "checkpoints" / f"checkpoint-{epochs:05d}.pt").exists()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
@@ -207,7 +221,7 @@ def test_cancel_mid_training_leaves_a_usable_lora(server, toy_env, toy_run):
 
 def minimal_training(toy_env, **trainer_changes) -> dict:
     prompt = toy_prompt(toy_env, epochs=1, pairs_per_epoch=4, resume=False, preview_every=0, **trainer_changes)
-    keep = {node_id(prompt, c) for c in ("FDFOToyModelLoader", "FDFOToyPrompts", "FDFOTrainer")}
+    keep = {node_id(prompt, c) for c in ("FDFOToyModelLoader", "FDFOToyPrompts", TRAINER, "FDFOTrainingOptions")}
     keep.add(next(k for k, n in prompt.items() if n["class_type"] in ("FDFOToyAlignmentReward", "FDFOSimpleReward")))
     return {k: v for k, v in prompt.items() if k in keep}
 
@@ -228,7 +242,7 @@ def test_bad_inputs_give_clear_errors(server, toy_env, toy_run):
 
     # SD1.5 / SDXL style (EPS) model.
     prompt = minimal_training(toy_env)
-    trainer = node_of(prompt, "FDFOTrainer")
+    trainer = node_of(prompt, TRAINER)
     prompt["90"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": trainer["inputs"]["model"], "sampling": "eps", "zsnr": False}}
     trainer["inputs"]["model"] = ["90", 0]
     print("\n" + expect_error(server, prompt, "not a flow model", "SD1.5", "SD3", "Flux"))
@@ -237,17 +251,17 @@ def test_bad_inputs_give_clear_errors(server, toy_env, toy_run):
     write_taesd(server.base / "models" / "vae" / "taesd_4ch.safetensors", channels=4)
     prompt = minimal_training(toy_env)
     prompt["91"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd_4ch.safetensors"}}
-    node_of(prompt, "FDFOTrainer")["inputs"]["vae"] = ["91", 0]
+    node_of(prompt, TRAINER)["inputs"]["vae"] = ["91", 0]
     print(expect_error(server, prompt, "mismatched VAE", "4-channel", "16-channel"))
 
     # An empty prompt list.
     prompt = minimal_training(toy_env)
     prompt["92"] = {"class_type": "FDFOPromptList", "inputs": {"text": "\n  \n# nothing\n", "file": "(none)"}}
-    node_of(prompt, "FDFOTrainer")["inputs"]["prompts"] = ["92", 0]
+    node_of(prompt, TRAINER)["inputs"]["prompts"] = ["92", 0]
     print(expect_error(server, prompt, "prompt list is empty"))
 
     # Resuming the finished toy run with another seed is refused, naming the seed.
-    more = node_of(toy_run["prompt"], "FDFOTrainer")["inputs"]["epochs"] + 1
+    more = node_of(toy_run["prompt"], TRAINER)["inputs"]["epochs"] + 1
     print(expect_error(server, toy_prompt(toy_env, epochs=more, preview_every=0, seed=12345), "  - seed:",
                        "allow_run_changes"))
 
@@ -302,3 +316,21 @@ def test_big_model_workflows_validate_except_missing_model_files(server, name):
     for node, err in errors.items():
         for item in err["errors"]:
             assert item["type"] == "value_not_in_list" and item["extra_info"]["input_name"] in MODEL_FILE_INPUTS, (node, item)
+
+
+def test_prompts_saved_before_the_options_node_still_run(server, toy_env):
+    """An API prompt saved with the old one-node Trainer (its node type is kept, deprecated) and an
+    options node saved before one of its options existed both validate and train."""
+    old = json.loads((REPO / "tests" / "data" / "legacy_workflows" / "fdfo_toy_before_options.api.json").read_text())
+    trainer = node_of(old, "FDFOTrainer")["inputs"]
+    trainer.update(epochs=1, pairs_per_epoch=4, preview_every=0, resume=False, lora_name="old_layout")
+    keep = {node_id(old, c) for c in ("FDFOToyModelLoader", "FDFOToyPrompts", "FDFOTrainer", "FDFOToyAlignmentReward")}
+    entry = server.run({k: v for k, v in old.items() if k in keep}, timeout=600)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert (server.base / "models" / "loras" / "old_layout.safetensors").exists()
+
+    prompt = minimal_training(toy_env, lora_name="older_options")
+    options = node_of(prompt, "FDFOTrainingOptions")["inputs"]
+    del options["prompt_cache_mb"], options["interval_width"]
+    entry = server.run(prompt, timeout=600)
+    assert entry["status"]["status_str"] == "success", error_message(entry)

@@ -15,6 +15,12 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
 - a resumed run with another seed, reward or upstream LoRA is refused by name (allow_run_changes
   records a branch); a full disk during a checkpoint reaches the node's error with the last
   checkpoint and the LoRA kept, and the next queue resumes.
+- the prompt cache stays under its byte bound with the true SD3 / Flux conditioning shapes, a
+  bound smaller than an epoch's prompts trains the same LoRA as an unbounded cache, and a bf16
+  model's conditioning is stored in bf16 with a bit-identical velocity; the node logs the cache's
+  first eviction once, after the epoch line;
+- the deprecated one-node Trainer (old saved workflows) trains the same LoRA as FDFO Trainer +
+  FDFO Training Options.
 """
 
 import json
@@ -34,7 +40,9 @@ CHECKS = [
     "lora_file_equals_hot_adapter_sd3", "flux_lora_layout_and_file", "comfy_lora_loads_in_diffusers",
     "gradient_checkpointing_same_gradients", "training_node_end_to_end", "cancel_keeps_checkpoint_and_lora",
     "failing_reward_names_itself_and_keeps_checkpoint", "non_flow_model_is_refused", "mismatched_vae_is_refused",
-    "fp8_weights_train", "cfg_training_runs", "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
+    "fp8_weights_train", "cfg_training_runs", "prompt_cache_bounded_true_shapes", "prompt_cache_bound_same_training",
+    "prompt_cache_stores_bf16_exactly", "legacy_trainer_node_trains_the_same_lora", "prompt_cache_note_logged_with_the_epoch_line",
+    "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
 ]
 

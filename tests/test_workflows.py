@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from comfy_scripts.nodepack import REPO, import_builder, import_nodepack
+from comfy_scripts.nodepack import REPO, import_builder, import_nodepack, submodule
 from comfy_scripts.workflow_convert import FRONTEND_ONLY, ui_to_api
 
 NAMES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
@@ -81,9 +81,19 @@ def test_graph_is_well_formed(name, object_info):
 def test_every_fdfo_node_type_appears_in_some_workflow():
     pack = import_nodepack()
     used = {n["class_type"] for name in NAMES for n in load("workflows/api", name).values()}
-    # The weight-free, HPSv2, CLIP-score and remote loaders are alternatives of the ones shown.
-    alternatives = {"FDFOSimpleReward", "FDFOHPSv2Reward", "FDFOClipScoreReward", "FDFORemoteReward"}
+    # The weight-free, HPSv2, CLIP-score and remote loaders are alternatives of the ones shown; the
+    # old one-node Trainer is only there for workflows saved before FDFO Training Options.
+    alternatives = {"FDFOSimpleReward", "FDFOHPSv2Reward", "FDFOClipScoreReward", "FDFORemoteReward", "FDFOTrainer"}
     assert set(pack.NODE_CLASS_MAPPINGS) - used == alternatives
+
+
+def trainer_settings(api: dict) -> dict:
+    """The Trainer's settings in an API-format workflow: its own inputs and its options node's."""
+    trainer = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOTrainerV2")
+    settings = {k: v for k, v in trainer.items() if not isinstance(v, list)}
+    if "options" in trainer:
+        settings.update({k: v for k, v in api[trainer["options"][0]]["inputs"].items() if not isinstance(v, list)})
+    return settings
 
 
 def test_toy_workflow_uses_the_toy_preset():
@@ -91,7 +101,7 @@ def test_toy_workflow_uses_the_toy_preset():
 
     toy = PRESETS["toy"]
     api = load("workflows/api", "fdfo_toy")
-    trainer = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOTrainer")
+    trainer = trainer_settings(api)
     mapping = {"epochs": "epochs", "pairs_per_epoch": "pairs_per_epoch", "num_steps": "steps", "lr": "learning_rate",
                "lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "churn_strength": "churn_strength",
                "height": "height", "width": "width", "checkpoint_every": "checkpoint_every",
@@ -105,7 +115,7 @@ def test_toy_workflow_uses_the_toy_preset():
     compare = load("workflows/api", "fdfo_base_vs_lora")
     for prompt in (api, compare):
         for node in prompt.values():
-            if node["class_type"] in ("FDFOTrainer", "FDFOPairedSampler", "KSampler"):
+            if node["class_type"] in ("FDFOTrainerV2", "FDFOPairedSampler", "KSampler"):
                 assert node["inputs"]["cfg"] == cfg, node["_meta"]["title"]
     lora = next(n["inputs"] for n in compare.values() if n["class_type"] == "LoraLoaderModelOnly")
     assert lora["lora_name"] == "fdfo_toy.safetensors"
@@ -116,8 +126,81 @@ def test_published_defaults_in_the_sd35_workflow():
 
     d = FDFOConfig()
     api = load("workflows/api", "fdfo_sd35_pickscore")
-    t = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOTrainer")
+    t = trainer_settings(api)
     assert (t["epochs"], t["pairs_per_epoch"], t["steps"], t["cfg"], t["learning_rate"], t["lora_rank"], t["lora_alpha"],
             t["clip_range"], t["churn"], t["churn_strength"], t["width"]) == (
         d.epochs, d.pairs_per_epoch, d.num_steps, d.cfg_scale, d.lr, d.lora_rank, d.lora_alpha, d.clip_range,
         d.churn, d.churn_strength, d.width)
+
+
+# --- layout: what a person sees after a run (the browser test checks the same in the front end) ---
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_fits_the_window_without_overlaps(name, builder, object_info):
+    g = builder.WORKFLOWS[name](object_info)
+    assert g.fits_view(), f"{name}: the graph does not fit the window at zoom {g.zoom}"
+    boxes = [(n.title or n.type, n.pos[0], n.pos[1] - builder.TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1])
+             for n in g.nodes]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert min(a[3], b[3]) <= max(a[1], b[1]) or min(a[4], b[4]) <= max(a[2], b[2]), (name, a[0], b[0])
+    ui = load("workflows/ui", name)
+    assert ui["extra"]["ds"]["scale"] == g.zoom and ui["extra"]["fdfo_layout"] == g.layout_record()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_image_nodes_reserve_room_for_their_images(name, builder, object_info):
+    g = builder.WORKFLOWS[name](object_info)
+    shown = [n for n in g.nodes if n.images]
+    assert shown, name
+    for n in shown:
+        w, h = builder.images_box(n.images, n.min_scale)
+        top = g.image_area_top(n)
+        assert n.size[0] >= w and n.size[1] - top - builder.IMAGE_SIZE_TEXT >= h, (name, n.title, n.size, (w, h), top)
+    if any(n.type == "FDFOTrainerV2" for n in g.nodes):
+        trainer = next(n for n in g.nodes if n.type == "FDFOTrainerV2")
+        assert trainer.images and trainer.progress_text  # the live image and epoch line have their room
+
+
+def test_declared_image_sizes_are_what_the_nodes_draw(builder):
+    """The sizes the layout reserves come from the nodes' own drawing code (checked here against
+    images drawn for real; the browser test checks them against a real run)."""
+    import torch
+
+    tn = submodule("nodes.trainer_nodes")
+    sizes = builder.trainer_image_sizes(8, 64, 64)
+    images = torch.rand(8, 3, 64, 64)
+    grid = tn.display_grid(images)
+    assert tn.comparison_image(grid, grid, "fdfo_toy (epoch 40)").size == sizes["comparison"]
+    assert tn.live_panel(tn.display_grid(images, tn.PANEL_TILE_MAX), "epoch 40/40 · reward 0.7000 ± 0.1000 · done").size \
+        == sizes["panel"]
+    from fdfo_core.cli import reward_curve_image
+
+    history = [{"epoch": e, "reward_mean": 0.5, "reward_std": 0.1, "pairs": 32} for e in range(1, 4)]
+    assert reward_curve_image(history, size=tn.REWARD_CURVE_SIZE).size == sizes["curve"]
+
+
+LEGACY = sorted(p.stem for p in (REPO / "tests" / "data" / "legacy_workflows").glob("*.json") if not p.name.endswith(".api.json"))
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_a_workflow_saved_before_the_options_node_still_loads(name):
+    """The toy workflow as saved with the one-node Trainer (before FDFO Training Options; with and
+    without the allow_run_changes / max_bad_pair_fraction inputs that were added to it later): its
+    node type still exists (deprecated, same inputs in the same order, later ones appended), so its
+    widget values convert to the same API prompt as before and it runs unchanged."""
+    folder = REPO / "tests" / "data" / "legacy_workflows"
+    ui = json.loads((folder / f"{name}.json").read_text())
+    api = json.loads((folder / f"{name}.api.json").read_text())
+    info = import_builder().combined_object_info()
+    got = ui_to_api(ui, info, fill_defaults=True)
+    assert set(got) == set(api)
+    for key, node in api.items():
+        assert got[key]["class_type"] == node["class_type"]
+        added = {k: v for k, v in got[key]["inputs"].items() if k not in node["inputs"]}
+        assert {k: got[key]["inputs"][k] for k in node["inputs"]} == node["inputs"], key
+        # Only inputs appended to the node after the file was saved, at their defaults.
+        assert added in ({}, {"allow_run_changes": False, "max_bad_pair_fraction": 0.5}), (key, added)
+    trainer = next(n for n in ui["nodes"] if n["type"] == "FDFOTrainer")
+    assert len(trainer["widgets_values"]) >= 32

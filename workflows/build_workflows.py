@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import urllib.request
 from dataclasses import dataclass, field
@@ -93,7 +94,12 @@ class Node:
     pos: tuple[float, float] | None = None
     size: tuple[float, float] | None = None
     text: str | None = None  # Note nodes
-    col: int | None = None  # layout column (default: longest path from the sources)
+    #: Natural sizes (w, h) of the images the node shows after a run, and the smallest scale at
+    #: which they must show (the front end never enlarges an image; 1.0 = pixel for pixel).
+    images: list[tuple[int, int]] = field(default_factory=list)
+    min_scale: float = 1.0
+    progress_text: bool = False  # the node shows a progress text during and after a run
+    collapsed: bool = False
 
     outputs: list[tuple[str, str]] = field(default_factory=list)
 
@@ -104,13 +110,57 @@ class Node:
         raise KeyError(f"{self.type} has no output {name!r}; outputs: {[n for n, _ in self.outputs]}")
 
 
+# The front end's geometry (ComfyUI front end 1.27, LiteGraph): node bodies are measured below the
+# title bar; the image preview widget is at least 220 high, with a "w × h" line under the image.
+TITLE_HEIGHT = 30
+SLOT_HEIGHT = 20
+WIDGET_ROW = 24
+MULTILINE_HEIGHT = 54
+WIDGET_MARGIN = 8
+PROGRESS_TEXT_HEIGHT = 58
+IMAGE_MIN_HEIGHT = 220
+IMAGE_SIZE_TEXT = 15
+IMAGE_SLACK = 6
+MIN_WIDTH = 300
+GAP = 20
+#: The browser test's window (1700 x 1000) minus the front end's menu bar and side bar: the part
+#: of the canvas a person sees; each template's zoom and offset fit its graph into it.
+VIEW = (1636, 922)
+
+
+def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float, float]:
+    """Width and height that show `images` at `scale`: one image as it is, several images of one
+    size in a near-square grid (the front end's layout for a batch)."""
+    if not images:
+        return (0.0, 0.0)
+    if len(images) == 1:
+        return (images[0][0] * scale, images[0][1] * scale)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = max(i[0] for i in images), max(i[1] for i in images)
+    return (cols * w * scale, rows * h * scale)
+
+
 class Graph:
-    def __init__(self, name: str, object_info: dict[str, Any]):
+    def __init__(self, name: str, object_info: dict[str, Any], zoom: float = 0.75, offset=(10.0, 20.0)):
         self.name = name
         self.info = object_info
         self.nodes: list[Node] = []
+        self.zoom = zoom
+        self.offset = offset
 
-    def add(self, type_: str, title: str | None = None, pos=None, col: int | None = None, **values) -> Node:
+    def bounds(self) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1 of all node boxes, title bars included."""
+        boxes = [(n.pos[0], n.pos[1] - TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + (0 if n.collapsed else n.size[1]))
+                 for n in self.nodes]
+        return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+    def fits_view(self) -> bool:
+        x0, y0, x1, y1 = self.bounds()
+        ox, oy = self.offset
+        return (x0 + ox) >= 0 and (y0 + oy) >= 0 and (x1 + ox) * self.zoom <= VIEW[0] and (y1 + oy) * self.zoom <= VIEW[1]
+
+    def add(self, type_: str, title: str | None = None, **values) -> Node:
         info = self.info.get(type_)
         if info is None:
             raise KeyError(f"node type {type_!r} is not in the object info")
@@ -118,15 +168,84 @@ class Graph:
         unknown = set(values) - set(specs)
         if unknown:
             raise KeyError(f"{type_} has no input(s) {sorted(unknown)}; inputs: {list(specs)}")
-        node = Node(len(self.nodes) + 1, type_, title, values, pos, col=col)
+        node = Node(len(self.nodes) + 1, type_, title, values)
         node.outputs = list(zip(info.get("output_name") or info["output"], [str(t) for t in info["output"]]))
         self.nodes.append(node)
         return node
 
-    def note(self, text: str, pos=None, size=(420, 200), col: int = 0) -> Node:
-        node = Node(len(self.nodes) + 1, "Note", None, {}, pos, size, text=text, col=col)
+    def note(self, text: str, height: float = 200) -> Node:
+        node = Node(len(self.nodes) + 1, "Note", None, {}, size=(0, height), text=text)
         self.nodes.append(node)
         return node
+
+    # --- layout ------------------------------------------------------------------------------------
+
+    def shows(self, node: Node, images: list[tuple[int, int]], min_scale: float = 1.0, progress_text: bool = False) -> Node:
+        """Declare the images `node` shows after a run (natural sizes), so the layout reserves room."""
+        node.images, node.min_scale, node.progress_text = [tuple(map(int, i)) for i in images], min_scale, progress_text
+        return node
+
+    def column(self, x: float, width: float, nodes: list, y: float = 0.0) -> float:
+        """Stack nodes top-down from `y` (the top of the first title bar) at `x`, each `width` wide
+        (or wider when its images need it) and as tall as its widgets and images need; an item
+        may be (node, body height) to make a node taller. Returns the bottom of the column."""
+        for item in nodes:
+            node, height = item if isinstance(item, tuple) else (item, None)
+            w, h = self.body_size(node)
+            node.pos = (x, y + TITLE_HEIGHT)
+            node.size = (max(width, w), max(height or 0, h))
+            y += (0 if node.collapsed else node.size[1]) + TITLE_HEIGHT + GAP
+        return y
+
+    def body_size(self, node: Node) -> tuple[float, float]:
+        """The smallest body (below the title) that holds the node's widgets and its images at
+        `min_scale`, as the front end lays them out: LiteGraph's computeSize for the widgets, then
+        the widgets a run adds (the progress text, at least 58 high, and the image preview, at
+        least 220 high); any height beyond their minimums is split evenly between those two."""
+        if node.type == "Note":
+            return (MIN_WIDTH, node.size[1])
+        top = self._dynamic_top(node)
+        if not node.images:
+            return (MIN_WIDTH, top + (PROGRESS_TEXT_HEIGHT if node.progress_text else 0))
+        w_img, h_img = images_box(node.images, node.min_scale)
+        image = max(IMAGE_MIN_HEIGHT, h_img + IMAGE_SIZE_TEXT + IMAGE_SLACK)
+        extra = image - IMAGE_MIN_HEIGHT
+        text = PROGRESS_TEXT_HEIGHT + extra if node.progress_text else 0  # the even split
+        return (max(MIN_WIDTH, w_img), top + text + image)
+
+    def image_area_top(self, node: Node) -> float:
+        """Where the image preview starts in a body laid out by `body_size`."""
+        if not node.progress_text:
+            return self._dynamic_top(node)
+        return self._dynamic_top(node) + (self.body_size(node)[1] - self._dynamic_top(node)) / 2 - (IMAGE_MIN_HEIGHT - PROGRESS_TEXT_HEIGHT) / 2
+
+    def _dynamic_top(self, node: Node) -> float:
+        """Where the widgets a run adds begin: below the last widget (or the socket rows)."""
+        h = self._widgets_height(node)
+        return h - WIDGET_MARGIN if self._has_widgets(node) else h
+
+    def _has_widgets(self, node: Node) -> bool:
+        return any(is_widget(t, o) and not isinstance(node.values.get(n), Out) for n, t, o in input_specs(self.info[node.type]))
+
+    def _widgets_height(self, node: Node) -> float:
+        """LiteGraph's computeSize height: socket rows, then widget rows (multiline text boxes taller)."""
+        n_in, height, any_widget = 0, 0.0, False
+        for name, typ, opts in input_specs(self.info[node.type]):
+            if isinstance(node.values.get(name), Out) or not is_widget(typ, opts):
+                n_in += 1
+                continue
+            any_widget = True
+            height += MULTILINE_HEIGHT if opts.get("multiline") else WIDGET_ROW
+            if has_control_widget(name, typ, opts):
+                height += WIDGET_ROW
+        rows = max(n_in, len(node.outputs))
+        return SLOT_HEIGHT * rows + height + (WIDGET_MARGIN + 6 if any_widget else 6)
+
+    def layout_record(self) -> dict[str, Any]:
+        """What the browser test checks after a run: per node, the images it shows and at what scale."""
+        return {str(n.id): {"images": [list(i) for i in n.images], "min_scale": n.min_scale,
+                            "image_top": self.image_area_top(n)}
+                for n in self.nodes if n.images}
 
     # --- API format ----------------------------------------------------------------------------
 
@@ -151,14 +270,16 @@ class Graph:
 
     def to_ui(self) -> dict[str, Any]:
         order = self._topological_order()
-        positions = self._layout(order)
+        unplaced = [n.id for n in self.nodes if n.pos is None]
+        if unplaced:
+            raise ValueError(f"workflow {self.name}: nodes {unplaced} have no place (use Graph.column)")
         links = []
         out_links: dict[tuple[int, int], list[int]] = {}
         ui_nodes = []
         for node in self.nodes:
             if node.type == "Note":
                 ui_nodes.append({
-                    "id": node.id, "type": "Note", "pos": list(node.pos or positions[node.id]), "size": list(node.size),
+                    "id": node.id, "type": "Note", "pos": list(node.pos), "size": list(node.size),
                     "flags": {}, "order": order.index(node.id), "mode": 0, "inputs": [], "outputs": [],
                     "properties": {}, "widgets_values": [node.text], "color": "#432", "bgcolor": "#653",
                 })
@@ -181,8 +302,8 @@ class Graph:
                 else:
                     inputs.append({"name": name, "type": socket_type(typ), "link": None})
             ui_nodes.append({
-                "id": node.id, "type": node.type, "pos": list(node.pos or positions[node.id]),
-                "size": list(node.size or self._size(node, len(inputs), len(widgets))), "flags": {},
+                "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size),
+                "flags": {"collapsed": True} if node.collapsed else {},
                 "order": order.index(node.id), "mode": 0, "inputs": inputs,
                 "outputs": [{"name": n, "type": t, "links": []} for n, t in node.outputs],
                 "properties": {"Node name for S&R": node.type}, "widgets_values": widgets,
@@ -195,7 +316,9 @@ class Graph:
                 out["slot_index"] = slot
         return {
             "last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "fdfo_workflow": self.name},
+            "groups": [], "config": {},
+            "extra": {"ds": {"scale": self.zoom, "offset": list(self.offset)}, "fdfo_workflow": self.name,
+                      "fdfo_layout": self.layout_record()},
             "version": 0.4,
         }
 
@@ -210,34 +333,6 @@ class Graph:
                 order.append(i)
                 done.add(i)
         return order
-
-    def _layout(self, order: list[int]) -> dict[int, tuple[float, float]]:
-        """Columns given by `col` (else the longest path from the sources); nodes stacked in each
-        column in the order they were added."""
-        depth: dict[int, int] = {}
-        by_id = {n.id: n for n in self.nodes}
-        for i in order:
-            parents = [v.node for v in by_id[i].values.values() if isinstance(v, Out)]
-            depth[i] = 1 + max((depth[p] for p in parents), default=-1)
-            if by_id[i].col is not None:
-                depth[i] = by_id[i].col
-        pos, heights = {}, {}
-        for i in sorted(by_id):
-            col = depth[i]
-            y = heights.get(col, 0.0)
-            node = by_id[i]
-            specs = input_specs(self.info[node.type]) if node.type not in VIRTUAL_NODES else []
-            n_widgets = sum(1 for n, t, o in specs if is_widget(t, o) and not isinstance(node.values.get(n), Out))
-            n_sockets = len(specs) - n_widgets
-            h = node.size[1] if node.size else self._size(node, n_sockets, n_widgets)[1]
-            pos[i] = (40.0 + 440.0 * col, 40.0 + y)
-            heights[col] = y + h + 60.0
-        return pos
-
-    def _size(self, node: Node, n_inputs: int, n_widgets: int) -> tuple[float, float]:
-        multiline = sum(1 for n, t, o in input_specs(self.info[node.type]) if o.get("multiline") and not isinstance(node.values.get(n), Out))
-        rows = max(n_inputs, len(node.outputs))
-        return (380.0, 46.0 + 24.0 * rows + 24.0 * n_widgets + 110.0 * multiline)
 
 
 def default_value(typ: Any, opts: dict) -> Any:
@@ -275,67 +370,146 @@ def toy_cfg(preset: dict[str, Any]) -> float:
     return float(preset.get("cfg_scale", FDFOConfig().cfg_scale))
 
 
-def toy_trainer_values(preset: dict[str, Any]) -> dict[str, Any]:
-    """The FDFO Trainer widgets of the toy workflow: the library's "toy" preset."""
+def toy_trainer_values(preset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The FDFO Trainer widgets and FDFO Training Options of the toy workflow: the library's "toy" preset."""
     p = preset
-    return dict(
-        epochs=p["epochs"], pairs_per_epoch=p["pairs_per_epoch"], steps=p["num_steps"], cfg=toy_cfg(p), churn="raw",
-        churn_strength=p["churn_strength"], width=p["width"], height=p["height"], seed=0, learning_rate=p["lr"],
-        lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"], clip_range=0.03,
-        optimizer_steps_per_epoch=p["optimizer_steps_per_epoch"], checkpoint_every=p["checkpoint_every"],
-        lora_name="fdfo_toy", resume=True, sample_batch_size=p["sample_batch_size"],
+    trainer = dict(
+        epochs=p["epochs"], pairs_per_epoch=p["pairs_per_epoch"], steps=p["num_steps"], cfg=toy_cfg(p), width=p["width"],
+        height=p["height"], learning_rate=p["lr"], lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"],
+        lora_name="fdfo_toy", resume=True,
+    )
+    options = dict(
+        seed=0, churn="raw", churn_strength=p["churn_strength"], optimizer_steps_per_epoch=p["optimizer_steps_per_epoch"],
+        checkpoint_every=p["checkpoint_every"], sample_batch_size=p["sample_batch_size"],
         train_batch_size=p["train_batch_size"], decode_batch_size=p["decode_batch_size"], preview_count=8,
     )
+    return trainer, options
+
+
+@dataclass
+class Sampling:
+    """The stock sampling chain: prompt, negative prompt, (Flux guidance,) empty latent, KSampler,
+    VAE Decode, Save Image."""
+
+    prompt: Node
+    negative: Node
+    guidance: Node | None
+    latent: Node
+    sampler: Node
+    decode: Node
+    save: Node
 
 
 def sample_with(g: Graph, model: Out, clip: Out, vae: Out, prompt: str, width: int, height: int, steps: int,
-                cfg: float, prefix: str, batch: int = 4, guidance: float | None = None, col: int = 2) -> Node:
-    """Prompt, empty latent, KSampler, VAE Decode, Save Image: sampling with the stock nodes."""
-    pos = g.add("CLIPTextEncode", "prompt", col=col, text=prompt, clip=clip)
-    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", col=col, text="", clip=clip)
-    positive = pos["CONDITIONING"]
+                cfg: float, prefix: str, batch: int = 4, guidance: float | None = None, min_scale: float = 1.0) -> Sampling:
+    pos = g.add("CLIPTextEncode", "prompt", text=prompt, clip=clip)
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=clip)
+    positive, flux = pos["CONDITIONING"], None
     if guidance is not None:
-        positive = g.add("FluxGuidance", col=col, guidance=guidance, conditioning=positive)["CONDITIONING"]
-    latent = g.add("EmptySD3LatentImage", col=col, width=width, height=height, batch_size=batch)
-    ks = g.add("KSampler", col=col + 1, model=model, seed=0, steps=steps, cfg=cfg, sampler_name="euler",
+        flux = g.add("FluxGuidance", guidance=guidance, conditioning=positive)
+        positive = flux["CONDITIONING"]
+    latent = g.add("EmptySD3LatentImage", width=width, height=height, batch_size=batch)
+    ks = g.add("KSampler", model=model, seed=0, steps=steps, cfg=cfg, sampler_name="euler",
                scheduler="simple", positive=positive, negative=neg["CONDITIONING"], latent_image=latent["LATENT"], denoise=1.0)
-    images = g.add("VAEDecode", col=col + 2, samples=ks["LATENT"], vae=vae)
-    return g.add("SaveImage", col=col + 2, filename_prefix=prefix, images=images["IMAGE"])
+    images = g.add("VAEDecode", samples=ks["LATENT"], vae=vae)
+    save = g.add("SaveImage", filename_prefix=prefix, images=images["IMAGE"])
+    g.shows(save, [(width, height)] * batch, min_scale=min_scale)
+    return Sampling(pos, neg, flux, latent, ks, images, save)
+
+
+# --- what the nodes will show: natural image sizes, from the nodes' own drawing code ---------------
+
+
+def _nodes_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"{import_nodepack().__name__}.nodes.{name}")
+
+
+def trainer_image_sizes(preview_count: int, width: int, height: int) -> dict[str, tuple[int, int]]:
+    """The Trainer's live image (epoch line + preview grid), its `preview` output (base vs trained)
+    and its `reward_curve` output, for these settings."""
+    import torch
+
+    tn = _nodes_module("trainer_nodes")
+    images = torch.zeros(preview_count, 3, height, width)
+    grid, panel = tn.display_grid(images), tn.display_grid(images, tn.PANEL_TILE_MAX)
+    return {"panel": tn.live_panel(panel, tn.LONGEST_EPOCH_LINE).size,
+            "comparison": tn.comparison_image(grid, grid, "name (epoch 100)").size, "curve": tuple(tn.REWARD_CURVE_SIZE)}
+
+
+def pairs_grid_size(pairs: int, width: int, height: int) -> tuple[int, int]:
+    """The Paired Sampler's `comparison` output."""
+    import torch
+
+    sn = _nodes_module("sampler_nodes")
+    x = torch.zeros(pairs, 3, height, width)
+    return sn.comparison_grid(x, x, torch.zeros(2 * pairs)).size
+
+
+def score_grid_size(n: int, width: int, height: int, columns: int) -> tuple[int, int]:
+    """FDFO Score Images' `grid` output."""
+    from fdfo_core.images import image_grid
+
+    import torch
+
+    rn = _nodes_module("reward_nodes")
+    return image_grid(rn.thumbnails(torch.zeros(n, 3, height, width)), ncol=columns, labels=["0"] * n, label_height=14).size
+
+
+def trainer_with_views(g: Graph, trainer: Node, preview_count: int, width: int, height: int, prefix: str) -> tuple[Node, Node]:
+    """The Trainer's live image, and preview nodes for its reward curve and base-vs-trained outputs."""
+    sizes = trainer_image_sizes(preview_count, width, height)
+    g.shows(trainer, [sizes["panel"]], progress_text=True)
+    curve = g.shows(g.add("PreviewImage", "reward curve (updates every epoch)", images=trainer["reward_curve"]), [sizes["curve"]])
+    compare = g.shows(g.add("SaveImage", "base vs trained (updates every epoch)", filename_prefix=prefix,
+                            images=trainer["preview"]), [sizes["comparison"]])
+    return curve, compare
 
 
 def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph("fdfo_toy", info)
-    g.note(
-        "FDFO on the bundled toy model: runs on a CPU in a few minutes.\n\n"
-        "1. FDFO Paired Sampler shows what the trainer sees: pairs of similar images and their reward difference.\n"
-        "2. FDFO Trainer trains a LoRA toward the toy alignment reward (the library's 'toy' preset) and saves it as "
-        "models/loras/fdfo_toy.safetensors; run files go to output/fdfo/fdfo_toy/.\n"
-        "3. The trained model goes straight into a KSampler.\n\n"
-        "Queue again with more epochs to continue the run (resume on). Cancel keeps the LoRA trained so far.",
-        size=(400, 260),
-    )
-    loader = g.add("FDFOToyModelLoader", col=0)
-    prompts = g.add("FDFOToyPrompts", col=0, count=256, split="train", seed=0)
-    reward = g.add("FDFOToyAlignmentReward", col=0)
     toy = PRESETS["toy"]
-    pairs = g.add("FDFOPairedSampler", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+    g = Graph("fdfo_toy", info, zoom=0.75)
+    note = g.note(
+        "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
+        "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
+        "- FDFO Trainer (toy preset; the rest of its settings are in FDFO Training Options): the epoch line, time "
+        "left and the latest preview grid show on the node; the reward curve and base vs trained update every "
+        "epoch. The LoRA goes to models/loras/fdfo_toy.safetensors, the run to output/fdfo/fdfo_toy/.\n"
+        "- The trained model samples straight away (right).\n\n"
+        "Queue again with more epochs to continue the run (resume on). Cancel keeps the LoRA trained so far.",
+        height=250,
+    )
+    loader = g.add("FDFOToyModelLoader")
+    prompts = g.add("FDFOToyPrompts", count=256, split="train", seed=0)
+    reward = g.add("FDFOToyAlignmentReward")
+    pairs = g.add("FDFOPairedSampler", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
                   prompts=prompts["prompts"], reward=reward["reward"], pairs=4, seed=0, steps=toy["num_steps"], cfg=toy_cfg(toy),
                   churn="raw", churn_strength=toy["churn_strength"], width=toy["width"], height=toy["height"])
-    trainer = g.add("FDFOTrainer", col=1, model=loader["model"], clip=loader["clip"], vae=loader["vae"],
-                    reward=reward["reward"], prompts=prompts["prompts"], **toy_trainer_values(toy))
-    g.add("PreviewImage", "pairs and their reward difference", col=2, images=pairs["comparison"])
-    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_toy/preview", images=trainer["preview"])
-    sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
-                toy["num_steps"], toy_cfg(toy), "fdfo_toy/trained")
+    trainer_values, option_values = toy_trainer_values(toy)
+    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
+    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"], **trainer_values)
+    pairs_view = g.shows(g.add("PreviewImage", "pairs and their reward difference", images=pairs["comparison"]),
+                         [pairs_grid_size(4, toy["width"], toy["height"])])
+    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"], "fdfo_toy/preview")
+    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                    toy["num_steps"], toy_cfg(toy), "fdfo_toy/trained")
+    s.save.title = "trained model: sampled images"
+    g.column(0, 300, [loader, prompts, reward, options])
+    g.column(320, 540, [trainer, note])
+    g.column(880, 300, [pairs, pairs_view, (s.prompt, 100), s.negative])
+    g.column(1200, 540, [curve, compare])
+    # The sampled images top right: the front end's minimap and zoom buttons sit in the bottom-right corner.
+    g.column(1760, 300, [s.sampler, s.decode, s.save, s.latent])
     return g
 
 
 def _sd35_loaders(g: Graph) -> tuple[Node, Node]:
-    ckpt = g.add("CheckpointLoaderSimple", col=0, ckpt_name=SD35_CKPT)
-    clip = g.add("TripleCLIPLoader", col=0, clip_name1=SD35_CLIPS[0], clip_name2=SD35_CLIPS[1], clip_name3=SD35_CLIPS[2])
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD35_CKPT)
+    clip = g.add("TripleCLIPLoader", clip_name1=SD35_CLIPS[0], clip_name2=SD35_CLIPS[1], clip_name3=SD35_CLIPS[2])
     return ckpt, clip
 
 
@@ -344,91 +518,108 @@ def _published_trainer(lora_name: str, **changes) -> dict[str, Any]:
 
     d = FDFOConfig()
     values = dict(
-        epochs=d.epochs, pairs_per_epoch=d.pairs_per_epoch, steps=d.num_steps, cfg=d.cfg_scale, churn=d.churn,
-        churn_strength=d.churn_strength, width=d.width, height=d.height, seed=d.seed, learning_rate=d.lr,
-        lora_rank=d.lora_rank, lora_alpha=d.lora_alpha, clip_range=d.clip_range,
-        optimizer_steps_per_epoch=d.optimizer_steps_per_epoch, checkpoint_every=d.checkpoint_every,
-        lora_name=lora_name, resume=True,
+        epochs=d.epochs, pairs_per_epoch=d.pairs_per_epoch, steps=d.num_steps, cfg=d.cfg_scale, width=d.width,
+        height=d.height, learning_rate=d.lr, lora_rank=d.lora_rank, lora_alpha=d.lora_alpha, lora_name=lora_name, resume=True,
     )
     values.update(changes)
     return values
 
 
+#: Images sampled at the end of the big-model workflows show at half size at least (512 px -> 256).
+SAMPLE_MIN_SCALE = 0.5
+
+
 def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_pickscore", info)
-    g.note(
+    g = Graph("fdfo_sd35_pickscore", info, zoom=0.7)
+    note = g.note(
         "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
         "LoRA rank 32 / alpha 64, lr 3e-5). About 12 h on 4 H200 in the paper; lower epochs / pairs_per_epoch to try it.\n\n"
         f"Files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}; PickScore weights in "
         "models/fdfo_rewards/pickscore/ and the CLIP-H tokenizer in models/fdfo_rewards/CLIP-ViT-H-14-laion2B-s32B-b79K/ "
-        "(see docs/rewards.md). 24 GB: set storage_device to cpu and gradient_checkpointing on.",
-        size=(400, 300),
+        "(see docs/rewards.md). 24 GB: in FDFO Training Options set storage_device to cpu (done here) and "
+        "gradient_checkpointing on.",
+        height=250,
     )
     ckpt, clip = _sd35_loaders(g)
-    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
-    reward = g.add("FDFOPickScoreReward", col=0)
-    trainer = g.add("FDFOTrainer", col=1, model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
-                    prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore"), storage_device="cpu")
-    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_sd35/preview", images=trainer["preview"])
-    sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a photo of a red fox curled up in fresh snow, morning light",
-                512, 512, 40, 1.0, "fdfo_sd35/pickscore", batch=1)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = g.add("FDFOPickScoreReward")
+    options = g.add("FDFOTrainingOptions", storage_device="cpu")
+    values = _published_trainer("sd35m_pickscore")
+    trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a photo of a red fox curled up in fresh snow, morning light",
+                    512, 512, 40, 1.0, "fdfo_sd35/pickscore", batch=1, min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [ckpt, clip, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
+
+
+def _big_model_layout(g: Graph, inputs: list, options: Node, trainer: Node, note: Node, curve: Node, compare: Node,
+                      s: Sampling, extra: list | None = None) -> None:
+    """Loaders, prompts and rewards on the left, then the options, the trainer (its note under it),
+    its outputs next to it, and the sampling chain of the trained model on the right."""
+    g.column(0, 300, inputs)
+    g.column(320, 300, [options] + (extra or []) + ([s.guidance] if s.guidance else []))
+    g.column(640, 440, [trainer, note])
+    right = max(g.column(1100, 540, [curve, compare]) and n.pos[0] + n.size[0] for n in (curve, compare))
+    g.column(right + GAP, 300, [(s.prompt, 100), s.negative, s.latent, s.sampler, s.decode, s.save])
 
 
 def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
     from fdfo_core.rewards.vlm import DEFAULT_QUESTION
 
-    g = Graph("fdfo_sd35_vlm", info)
-    g.note(
+    g = Graph("fdfo_sd35_vlm", info, zoom=0.7)
+    note = g.note(
         "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
         "PickScore + 0.1 x VLM alignment (Qwen2.5-VL-7B asked whether the image matches the caption).\n\n"
         "Edit the question (use {prompt} for the image's prompt), e.g. 'Is this image of professional quality? "
         "Answer with Yes or No.'. VLM weights: models/fdfo_rewards/vlm/ (about 17 GB in bf16; the 3B model needs ~8 GB; "
         "set the VLM's device to cpu to keep VRAM for training, at a large cost in speed).",
-        size=(400, 300),
+        height=250,
     )
     ckpt, clip = _sd35_loaders(g)
-    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
-    pick = g.add("FDFOPickScoreReward", col=0)
-    vlm = g.add("FDFOVLMReward", col=0, question=DEFAULT_QUESTION)
-    combined = g.add("FDFOCombineRewards", col=1, reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
-    trainer = g.add("FDFOTrainer", col=1, model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
-                    prompts=prompts["prompts"], **_published_trainer("sd35m_pickscore_vlm"), storage_device="cpu")
-    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_sd35_vlm/preview", images=trainer["preview"])
-    sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
-                512, 512, 40, 1.0, "fdfo_sd35_vlm/trained", batch=1)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    pick = g.add("FDFOPickScoreReward")
+    vlm = g.add("FDFOVLMReward", question=DEFAULT_QUESTION)
+    combined = g.add("FDFOCombineRewards", reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu")
+    values = _published_trainer("sd35m_pickscore_vlm")
+    trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35_vlm/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
+                    512, 512, 40, 1.0, "fdfo_sd35_vlm/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [ckpt, clip, (prompts, 200), pick, vlm], options, trainer, note, curve, compare, s, extra=[combined])
     return g
 
 
 def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph("fdfo_flux_aesthetic", info)
+    g = Graph("fdfo_flux_aesthetic", info, zoom=0.7)
     flux = PRESETS["flux"]
-    g.note(
+    note = g.note(
         "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
         f"itself is fp32) at 512 px with {flux['num_steps']} steps, gradient checkpointing and CPU storage of the "
-        "recorded states, to fit 24 GB; use 1024 px (Flux's native size) with 48 GB or more.\n\n"
+        "recorded states (FDFO Training Options), to fit 24 GB; use 1024 px (Flux's native size) with 48 GB or more.\n\n"
         "Files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and t5xxl_fp16.safetensors, "
         "models/vae/ae.safetensors; aesthetic head in models/fdfo_rewards/aesthetic/ and CLIP ViT-L/14 in "
         "models/fdfo_rewards/clip-vit-large-patch14/. Flux dev needs no CFG: guidance 3.5 goes in as flux_guidance.",
-        size=(400, 300),
+        height=250,
     )
-    unet = g.add("UNETLoader", col=0, unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
-    clip = g.add("DualCLIPLoader", col=0, clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
-    vae = g.add("VAELoader", col=0, vae_name="ae.safetensors")
-    prompts = g.add("FDFOPromptList", col=0, text=SD35_PROMPTS)
-    reward = g.add("FDFOAestheticReward", col=0)
-    trainer = g.add("FDFOTrainer", col=1, model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
-                    prompts=prompts["prompts"],
-                    **_published_trainer("flux_aesthetic", steps=flux["num_steps"], width=512, height=512),
-                    storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
-    g.add("PreviewImage", "reward curve", col=2, images=trainer["reward_curve"])
-    g.add("SaveImage", "base vs trained", col=2, filename_prefix="fdfo_flux/preview", images=trainer["preview"])
-    sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
-                512, 512, flux["num_steps"], 1.0, "fdfo_flux/trained", batch=1, guidance=3.5)
+    unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
+    clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = g.add("VAELoader", vae_name="ae.safetensors")
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = g.add("FDFOAestheticReward")
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
+    values = _published_trainer("flux_aesthetic", steps=flux["num_steps"], width=512, height=512)
+    trainer = g.add("FDFOTrainerV2", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_flux/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
+                    512, 512, flux["num_steps"], 1.0, "fdfo_flux/trained", batch=1, guidance=3.5, min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [unet, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
 
 
@@ -436,32 +627,42 @@ def wf_compare(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_base_vs_lora", info)
-    g.note(
+    g = Graph("fdfo_base_vs_lora", info, zoom=0.75)
+    note = g.note(
         "Base model vs trained LoRA, same prompt and seeds, scored with the reward. Run the toy workflow first: it "
         "saves models/loras/fdfo_toy.safetensors. For your own models swap the loader, the LoRA file and the reward; "
         "sample with the settings you trained with (steps, cfg, scheduler).",
-        size=(400, 220),
+        height=150,
     )
-    loader = g.add("FDFOToyModelLoader", col=0)
-    lora = g.add("LoraLoaderModelOnly", col=1, model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
-    pos = g.add("CLIPTextEncode", "prompt", col=1, text=TOY_PROMPT, clip=loader["clip"])
-    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", col=1, text="", clip=loader["clip"])
-    latent = g.add("EmptySD3LatentImage", col=1, width=toy["width"], height=toy["height"], batch_size=4)
-    outs = {}
+    loader = g.add("FDFOToyModelLoader")
+    lora = g.add("LoraLoaderModelOnly", model=loader["model"], lora_name="fdfo_toy.safetensors", strength_model=1.0)
+    pos = g.add("CLIPTextEncode", "prompt", text=TOY_PROMPT, clip=loader["clip"])
+    neg = g.add("CLIPTextEncode", "negative prompt (unused at cfg 1)", text="", clip=loader["clip"])
+    latent = g.add("EmptySD3LatentImage", width=toy["width"], height=toy["height"], batch_size=4)
+    samplers, decodes, saves, outs = [], [], [], {}
     for label, model in (("base", loader["model"]), ("lora", lora["MODEL"])):
-        ks = g.add("KSampler", f"KSampler ({label})", col=2, model=model, seed=0, steps=toy["num_steps"], cfg=toy_cfg(toy),
+        ks = g.add("KSampler", f"KSampler ({label})", model=model, seed=0, steps=toy["num_steps"], cfg=toy_cfg(toy),
                    sampler_name="euler", scheduler="simple", positive=pos["CONDITIONING"], negative=neg["CONDITIONING"],
                    latent_image=latent["LATENT"], denoise=1.0)
-        img = g.add("VAEDecode", col=3, samples=ks["LATENT"], vae=loader["vae"])
-        g.add("SaveImage", f"{label} images", col=4, filename_prefix=f"fdfo_compare/{label}", images=img["IMAGE"])
+        img = g.add("VAEDecode", samples=ks["LATENT"], vae=loader["vae"])
+        save = g.add("SaveImage", f"{label} images", filename_prefix=f"fdfo_compare/{label}", images=img["IMAGE"])
+        g.shows(save, [(toy["width"], toy["height"])] * 4)
+        samplers.append(ks)
+        decodes.append(img)
+        saves.append(save)
         outs[label] = img["IMAGE"]
-    both = g.add("ImageBatch", col=3, image1=outs["base"], image2=outs["lora"])
-    prompt_list = g.add("FDFOPromptList", col=0, text=TOY_PROMPT)
-    reward = g.add("FDFOToyAlignmentReward", col=0)
-    scored = g.add("FDFOScoreImages", col=4, images=both["IMAGE"], prompts=prompt_list["prompts"], reward=reward["reward"],
+    both = g.add("ImageBatch", image1=outs["base"], image2=outs["lora"])
+    prompt_list = g.add("FDFOPromptList", text=TOY_PROMPT)
+    reward = g.add("FDFOToyAlignmentReward")
+    scored = g.add("FDFOScoreImages", images=both["IMAGE"], prompts=prompt_list["prompts"], reward=reward["reward"],
                    sort="none", columns=4)
-    g.add("SaveImage", "top row base, bottom row LoRA, with rewards", col=5, filename_prefix="fdfo_compare/grid", images=scored["grid"])
+    grid = g.add("SaveImage", "top row base, bottom row LoRA, with rewards", filename_prefix="fdfo_compare/grid", images=scored["grid"])
+    g.shows(grid, [score_grid_size(8, toy["width"], toy["height"], 4)])
+    g.column(0, 300, [note, loader, prompt_list, reward])
+    g.column(320, 300, [lora, (pos, 100), neg, latent])
+    g.column(640, 300, samplers)
+    g.column(960, 300, decodes + [both, scored])
+    g.column(1280, 300, saves + [grid])
     return g
 
 
@@ -527,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     info = combined_object_info(a.object_info)
     graphs = build_all(info)
+    for name, g in graphs.items():
+        if not g.fits_view():
+            raise SystemExit(f"{name}: the layout does not fit the window at zoom {g.zoom}: bounds {g.bounds()}")
     pack = import_nodepack()
     used = sorted({n.type for g in graphs.values() for n in g.nodes
                    if n.type not in VIRTUAL_NODES and n.type not in pack.NODE_CLASS_MAPPINGS})

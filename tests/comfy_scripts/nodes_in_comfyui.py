@@ -68,6 +68,7 @@ from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, Trai
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
 
 CHECKS = {}
 
@@ -112,13 +113,22 @@ def toy_config(**changes) -> FDFOConfig:
 
 
 def trainer_inputs(**changes):
-    spec = M["FDFOTrainer"].INPUT_TYPES()
-    values = {k: v[1]["default"] for s in ("required", "optional") for k, v in spec[s].items() if len(v) > 1 and "default" in v[1]}
-    values.update(epochs=2, pairs_per_epoch=4, steps=6, width=64, height=64, learning_rate=2e-3, lora_rank=4, lora_alpha=8.0,
+    """Every Trainer setting for a small run (flat: what the old one-node Trainer took)."""
+    values = dict(epochs=2, pairs_per_epoch=4, steps=6, width=64, height=64, learning_rate=2e-3, lora_rank=4, lora_alpha=8.0,
                   churn_strength=0.05, optimizer_steps_per_epoch=2, checkpoint_every=1, sample_batch_size=4,
                   train_batch_size=16, decode_batch_size=8, preview_count=2)
     values.update(changes)
     return values
+
+
+def train_node(model, clip, vae, reward, prompts, **settings):
+    """The FDFO Trainer node as the templates wire it: its own widgets, the rest through an FDFO
+    Training Options node."""
+    own = {o.name for o in TRAINER_SETTINGS}
+    trainer = {k: v for k, v in settings.items() if k in own}
+    defaults = {o.name: o.default for o in TRAINER_SETTINGS}
+    options = M["FDFOTrainingOptions"]().build(**{k: v for k, v in settings.items() if k not in own})[0]
+    return M["FDFOTrainerV2"]().train(model, clip, vae, reward, prompts, options=options, **{**defaults, **trainer})
 
 
 def ksample(model, clip, prompt, steps=6, seed=0):
@@ -307,6 +317,8 @@ def comfy_lora_loads_in_diffusers():
     """A LoRA written by the ComfyUI backend, loaded into the toy diffusers pipeline, gives the same
     velocity as in ComfyUI (one LoRA file format for both backends)."""
     try:
+        import diffusers  # noqa: F401  (ComfyUI's own environment need not have it)
+
         from comfyui_fdfo_nodepack.fdfo_core.backends.diffusers_backend import load_lora_into_pipeline
         from comfyui_fdfo_nodepack.fdfo_core.lora_files import save_lora
         from comfyui_fdfo_nodepack.fdfo_core.toy import encode_toy_prompts, load_toy_pipeline
@@ -360,7 +372,7 @@ def training_node_end_to_end():
     with torch.inference_mode():
         before = ksample(model, clip, PROMPTS[0])
         patches_before = dict(model.patches)
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="e2e"))
+        res = train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="e2e"))
         hot_model, lora, curve, preview, name = res["result"]
         after = ksample(model, clip, PROMPTS[0])
         hot = ksample(hot_model, clip, PROMPTS[0])
@@ -374,8 +386,8 @@ def training_node_end_to_end():
         saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
         via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
         # resume
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
         straight = comfy.utils.load_torch_file(str(work / "models" / "loras" / "e2e.safetensors"))
         resumed = comfy.utils.load_torch_file(str(work / "models" / "loras" / "resumed.safetensors"))
     run = work / "output" / "fdfo" / "e2e"
@@ -420,7 +432,7 @@ def cancel_keeps_checkpoint_and_lora():
     err = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, CancelAfter(at=2), PROMPTS,
+            train_node(model, clip, vae, CancelAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="cancelled", epochs=4, preview_every=0, decode_batch_size=64))
     except mm.InterruptProcessingException as e:
         err = e
@@ -457,7 +469,7 @@ def failing_reward_names_itself_and_keeps_checkpoint():
     msg = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, FailAfter(at=2), PROMPTS,
+            train_node(model, clip, vae, FailAfter(at=2), PROMPTS,
                                      **trainer_inputs(lora_name="flaky", epochs=3, preview_every=0, decode_batch_size=64))
     except (RewardError, TrainingError) as e:  # every pair of epoch 2 lost: more than max_bad_pair_fraction
         msg = str(e)
@@ -490,7 +502,7 @@ def partial_reward_failure_drops_pairs_and_trains_on():
     metrics.jsonl, and the max_bad_pair_fraction input decides when to stop."""
     model, clip, vae = toy()
     with torch.inference_mode():
-        M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+        train_node(model, clip, vae, FailOnce(), PROMPTS,
                                  **trainer_inputs(lora_name="once_flaky", epochs=1, preview_every=0, pairs_per_epoch=8,
                                                   decode_batch_size=16))
     metrics = [json.loads(line) for line in (work / "output" / "fdfo" / "once_flaky" / "metrics.jsonl").read_text().splitlines()]
@@ -498,7 +510,7 @@ def partial_reward_failure_drops_pairs_and_trains_on():
     stopped = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, FailOnce(), PROMPTS,
+            train_node(model, clip, vae, FailOnce(), PROMPTS,
                                      **trainer_inputs(lora_name="once_strict", epochs=1, preview_every=0, pairs_per_epoch=8,
                                                       decode_batch_size=16, max_bad_pair_fraction=0.0))
     except TrainingError as e:
@@ -514,7 +526,7 @@ def impossible_size_is_refused_with_sizes_that_work():
     msg = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+            train_node(model, clip, vae, Brightness(), PROMPTS,
                                      **trainer_inputs(lora_name="too_big", width=1024, height=512, preview_every=0))
     except ValueError as e:  # ImageSizeError (a ConfigError, a ValueError)
         msg = str(e)
@@ -558,7 +570,7 @@ def fp8_weights_train():
     with torch.inference_mode():
         model = comfy.sd.load_diffusion_model_state_dict(transformer_sd, model_options={"dtype": torch.float8_e4m3fn})
         dtype = str(model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight.dtype)
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8", epochs=1))
+        res = train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8", epochs=1))
         hot_model, lora, _, _, name = res["result"]
         hot = ksample(hot_model, clip, PROMPTS[0])
         base = ksample(model, clip, PROMPTS[0])
@@ -579,15 +591,15 @@ def resume_refuses_a_changed_run():
 
     messages = {}
     with torch.inference_mode():
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="refuse", epochs=1, preview_every=0))
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="refuse", epochs=1, preview_every=0))
         patched = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "refuse.safetensors", 0.5)[0]
         for key, (m, reward, changes) in {"seed": (model, Brightness(), {"seed": 9}), "reward": (model, Saturation(), {}),
                                           "model": (patched, Brightness(), {})}.items():
             try:
-                M["FDFOTrainer"]().train(m, clip, vae, reward, PROMPTS, **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, **changes))
+                train_node(m, clip, vae, reward, PROMPTS, **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, **changes))
             except Exception as e:  # noqa: BLE001 (the message is what is checked)
                 messages[key] = f"{type(e).__name__}: {e}"
-        M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+        train_node(model, clip, vae, Brightness(), PROMPTS,
                                  **trainer_inputs(lora_name="refuse", epochs=2, preview_every=0, seed=9, allow_run_changes=True))
     record = json.loads((work / "output" / "fdfo" / "refuse" / "run.json").read_text())
     ok = (all(f"  - {k}" in messages.get(k, "") and "allow_run_changes" in messages.get(k, "") for k in ("seed", "reward", "model"))
@@ -613,7 +625,7 @@ def full_disk_reaches_the_node_error():
     msg = None
     try:
         with torch.inference_mode():
-            M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+            train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
     except storage.StorageError as e:
         msg = str(e)
     finally:
@@ -622,7 +634,7 @@ def full_disk_reaches_the_node_error():
     published = (work / "models" / "loras" / "full-interrupted.safetensors").exists()
     leftovers = [str(p) for p in run.rglob("*.fdfo-tmp")]
     with torch.inference_mode():
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
+        res = train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="full", epochs=3, preview_every=0))
     ok = (msg is not None and "no space left on the device" in msg and "checkpoint-00001.pt" in msg
           and "queue the FDFO Trainer again with resume on and lora_name 'full'" in msg and published and not leftovers
           and res["result"][4] == "full.safetensors")
@@ -633,9 +645,167 @@ def full_disk_reaches_the_node_error():
 def cfg_training_runs():
     model, clip, vae = toy()
     with torch.inference_mode():
-        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+        res = train_node(model, clip, vae, Brightness(), PROMPTS,
                                        **trainer_inputs(lora_name="cfg", epochs=1, cfg=2.0, negative_prompt="a white background"))
     report("cfg_training_runs", res["result"][4] == "cfg.safetensors")
+
+
+@check
+def legacy_trainer_node_trains_the_same_lora():
+    """A workflow saved with the old one-node Trainer (flat settings) trains exactly the LoRA of
+    the FDFO Trainer + FDFO Training Options with the same settings."""
+    model, clip, vae = toy()
+    with torch.inference_mode():
+        train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="new_layout", epochs=1, seed=3))
+        res = M["FDFOTrainer"]().train(model, clip, vae, Brightness(), PROMPTS,
+                                       **trainer_inputs(lora_name="old_layout", epochs=1, seed=3))
+    new = comfy.utils.load_torch_file(str(work / "models" / "loras" / "new_layout.safetensors"))
+    old = comfy.utils.load_torch_file(str(work / "models" / "loras" / "old_layout.safetensors"))
+    diff = max(float((new[k] - old[k]).abs().max()) for k in new)
+    report("legacy_trainer_node_trains_the_same_lora", set(new) == set(old) and diff == 0.0 and res["result"][4] == "old_layout.safetensors",
+           max_diff=diff, keys=len(new))
+
+
+@check
+def prompt_cache_note_logged_with_the_epoch_line():
+    """When the cache first drops a prompt, the node logs once what it holds, right after the
+    epoch line (the bound is made tiny by counting prompt_cache_mb in KB here)."""
+    import logging
+
+    import comfyui_fdfo_nodepack.nodes.trainer_nodes as tn
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("fdfo")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    mb = tn.MB
+    tn.MB = 1024  # prompt_cache_mb=16 -> 16 KB: about two toy prompts
+    try:
+        model, clip, vae = toy()
+        with torch.inference_mode():
+            train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="cache_note", epochs=2, prompt_cache_mb=16,
+                                                                                  preview_every=0))
+    finally:
+        tn.MB = mb
+        logger.removeHandler(handler)
+    notes = [i for i, m in enumerate(records) if "prompt cache full" in m]
+    after_epoch_line = bool(notes) and "epoch 1/2" in records[notes[0] - 1] and "|dR|" in records[notes[0] - 1]
+    report("prompt_cache_note_logged_with_the_epoch_line", len(notes) == 1 and after_epoch_line,
+           note=records[notes[0]] if notes else None, before=records[notes[0] - 1][:80] if notes else None, count=len(notes))
+
+
+class TrueShapeCLIP:
+    """A CLIP stand-in returning conditioning of a real family's shapes, in float32 as ComfyUI's
+    text encoders do: SD3 / SD3.5 [1, 154, 4096] + pooled [1, 2048] (CLIP-L+G 77 tokens, T5 77);
+    Flux [1, 256, 4096] + pooled [1, 768] (T5 padded to 256)."""
+
+    SHAPES = {"sd3": ((1, 154, 4096), (1, 2048)), "flux": ((1, 256, 4096), (1, 768))}
+
+    def __init__(self, family):
+        self.cond_shape, self.pooled_shape = self.SHAPES[family]
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        g = torch.Generator().manual_seed(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
+        return [[torch.randn(self.cond_shape, generator=g), {"pooled_output": torch.randn(self.pooled_shape, generator=g)}]]
+
+
+@check
+def prompt_cache_bounded_true_shapes():
+    """Many distinct prompts with the true SD3 and Flux conditioning shapes, an epoch of 8 prompts
+    at a time: the cache never holds more than its byte bound, and holds what fits."""
+    bound = 40 * 1024**2
+    figures = {}
+    ok = True
+    for family, model in (("sd3", toy()[0]), ("flux", tiny_flux())):
+        backend = ComfyBackend(model, TrueShapeCLIP(family), random_vae(16), toy_config(), prompt_cache_bytes=bound)
+        peak = 0
+        with torch.inference_mode():
+            for epoch in range(12):
+                backend.encode_prompts([f"{family} prompt {epoch} {i}" for i in range(8)])
+                peak = max(peak, backend.prompt_cache.bytes)
+        cache = backend.prompt_cache
+        per_entry = cache.bytes / len(cache)
+        note = cache.first_eviction_note()
+        figures[family] = {"entry_bytes": per_entry, "entries": len(cache), "cache_mb": cache.bytes / 2**20,
+                           "peak_mb": peak / 2**20, "evictions": cache.evictions, "note": note,
+                           "unbounded_mb": 96 * per_entry / 2**20}
+        shapes = TrueShapeCLIP.SHAPES[family]
+        expected = 4 * (torch.Size(shapes[0]).numel() + torch.Size(shapes[1]).numel())
+        ok = ok and peak <= bound and per_entry >= expected and len(cache) == bound // int(per_entry) \
+            and cache.evictions == 96 - len(cache) and note is not None
+    report("prompt_cache_bounded_true_shapes", ok, **figures)
+
+
+def train_adapter(backend, epochs=2):
+    cfg = backend.config
+    with torch.inference_mode(), backend.session(train=True):
+        trainer = FDFOTrainer(backend, Brightness(), PROMPTS, cfg, callbacks=Callbacks(log=None))
+        trainer.train()
+        return {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}, trainer.history
+
+
+@check
+def prompt_cache_bound_same_training():
+    """A bound that holds fewer prompts than one epoch uses (prompts are dropped and encoded again
+    mid-epoch) trains exactly the LoRA an unbounded cache trains."""
+    model, clip, vae = toy()
+    cfg = toy_config(pairs_per_epoch=6, sample_batch_size=3, epochs=2, checkpoint_every=0)
+    probe = ComfyBackend(model, clip, vae, cfg)
+    with torch.inference_mode():
+        probe.encode_prompts(PROMPTS[:1])
+    one = probe.prompt_cache.bytes
+    unbounded = ComfyBackend(model, clip, vae, cfg, prompt_cache_bytes=None)
+    bounded = ComfyBackend(model, clip, vae, cfg, prompt_cache_bytes=2 * one)
+    calls = {"n": 0}
+    encode = bounded._encode
+
+    def counting(text):
+        calls["n"] += 1
+        return encode(text)
+
+    bounded._encode = counting
+    a, hist_a = train_adapter(unbounded)
+    b, hist_b = train_adapter(bounded)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    rewards_same = [m["reward_mean"] for m in hist_a] == [m["reward_mean"] for m in hist_b]
+    report("prompt_cache_bound_same_training", same and rewards_same and bounded.prompt_cache.evictions > 0
+           and calls["n"] > len(PROMPTS), max_diff=diff, entry_bytes=one, evictions=bounded.prompt_cache.evictions,
+           encodes_bounded=calls["n"], encodes_unbounded=len(unbounded.prompt_cache), peak_bytes=bounded.prompt_cache.peak_bytes)
+
+
+@check
+def prompt_cache_stores_bf16_exactly():
+    """A bf16 diffusion model: cached conditioning is stored in bf16 (half the bytes) and the
+    velocity is bit for bit the one from float32 storage (the model casts to bf16 anyway)."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(transformer_sd, model_options={"dtype": torch.bfloat16})
+    # On the CPU ComfyUI computes in float32 (manual cast); compute in bf16 as on a GPU.
+    model.model.manual_cast_dtype = torch.bfloat16
+    compute = model.model.manual_cast_dtype or model.model.get_dtype()
+    low = ComfyBackend(model, clip, vae, toy_config())
+    full = ComfyBackend(model, clip, vae, toy_config())
+    full._cond_dtype = None  # keep what the text encoder returned (float32)
+    x = torch.randn(3, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.9, 0.5, 0.2])
+    out = []
+    for backend in (low, full):
+        with torch.inference_mode(), backend.session(train=False):
+            out.append(backend.velocity(x, t, backend.encode_prompts(PROMPTS[:3])))
+    dtypes = sorted({str(v.dtype) for i in range(3) for v in low._entry(i).tensors.values() if v.is_floating_point()})
+    ratio = full.prompt_cache.bytes / low.prompt_cache.bytes
+    report("prompt_cache_stores_bf16_exactly", torch.equal(out[0], out[1]) and dtypes == ["torch.bfloat16"] and ratio > 1.9,
+           compute_dtype=str(compute), stored=dtypes, bytes_fp32=full.prompt_cache.bytes, bytes_bf16=low.prompt_cache.bytes,
+           max_diff=float((out[0] - out[1]).abs().max()))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ def _has_control(name, typ, opts) -> bool:
     return bool(flag)
 
 
-def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any], fill_defaults: bool = False) -> dict[str, Any]:
+    """API format of a UI workflow. fill_defaults: a workflow saved before a node gained widgets at
+    the end has fewer values; like the front end, give those widgets their defaults (otherwise
+    missing values are an error)."""
     links = {link[0]: link for link in workflow.get("links", [])}
     nodes = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
@@ -67,10 +70,13 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str
             if not _is_widget(typ, opts):
                 continue
             if i >= len(values):
+                if fill_defaults and "default" in opts:
+                    inputs[name] = opts["default"]
+                    continue
                 raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
             inputs[name] = values[i]
             i += 1 + (1 if _has_control(name, typ, opts) else 0)
-        if i != len(values):
+        if i != len(values) and not (fill_defaults and i > len(values)):
             raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, {i} expected")
         title = node.get("title") or info.get("display_name") or node["type"]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
