@@ -18,9 +18,10 @@ from .textfiles import TextFileError, read_toml_file
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 #: "fdfo" is this project's method; the others are baselines sharing models, rewards and loop
-#: (fdfo_core/baselines): Flow-GRPO and its Fast variant, reward-gradient copy, backprop through the chain.
-Method = Literal["fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_chain"]
-METHODS: tuple[str, ...] = ("fdfo", "flow_grpo", "flow_grpo_fast", "grad_copy", "backprop_chain")
+#: (fdfo_core/baselines): Flow-GRPO and its Fast variant, DiffusionNFT, reward-gradient copy, backprop
+#: through the chain.
+Method = Literal["fdfo", "flow_grpo", "flow_grpo_fast", "diffusion_nft", "grad_copy", "backprop_chain"]
+METHODS: tuple[str, ...] = ("fdfo", "flow_grpo", "flow_grpo_fast", "diffusion_nft", "grad_copy", "backprop_chain")
 RewardNormalization = Literal["none", "std"]
 
 #: The attention projections of every MMDiT / Flux / Qwen-Image block (diffusers names); a family
@@ -105,6 +106,18 @@ class FDFOConfig:
     grpo_timestep_fraction: float = 0.99  # fraction of each sample's SDE steps trained on
     grpo_window: int = 2  # Flow-GRPO-Fast: number of consecutive SDE steps per sample
     grpo_window_range: int = 0  # Fast: window start drawn from [0, range); 0 = the first half
+    # DiffusionNFT (Zheng et al. 2025, arXiv 2509.16117; its published SD3.5-Medium settings)
+    nft_group_size: int = 24  # images per prompt
+    nft_groups_per_epoch: int = 48
+    nft_beta: float = 1.0  # strength of the implicit policies v+- = v_old +- beta (v - v_old) (0.1: OCR, multi-reward)
+    nft_reward_clip: float = 5.0  # r = 1/2 + 1/2 clip(A / clip, -1, 1), A = (R - group mean) / std
+    nft_global_std: bool = True  # A uses the epoch's global reward std (False: the group's own)
+    nft_timestep_fraction: float = 0.99  # each image trains at int(fraction * num_steps) times of the grid
+    nft_adaptive_weighting: bool = True  # x0 error / its detached mean |error| instead of a fixed w(t)
+    nft_decay_rate: float = 0.001  # soft update of the sampling policy: eta = min(rate * (step - delay), max)
+    nft_decay_max: float = 0.5  # ... per optimizer step; 0.0075 / 0.999 / delay 75 is the OCR schedule
+    nft_decay_delay: int = 0
+    nft_kl_beta: float = 1e-4  # mean((v - v_base)^2) pull to the base model
     grad_copy_delta: float = 0.05  # grad_copy: length of the virtual pair along the reward gradient
 
     def validate(self) -> "FDFOConfig":
@@ -165,6 +178,22 @@ class FDFOConfig:
             need(self.grpo_clip_range > 0, f"grpo_clip_range must be > 0, got {self.grpo_clip_range}")
             need(0 < self.grpo_timestep_fraction <= 1, "grpo_timestep_fraction must be in (0, 1]")
             need(1 <= self.grpo_window <= self.num_steps, f"grpo_window must be in [1, num_steps], got {self.grpo_window}")
+        if self.method == "diffusion_nft":
+            need(self.nft_group_size >= 2, f"nft_group_size must be >= 2, got {self.nft_group_size}")
+            need(self.nft_groups_per_epoch >= 1, f"nft_groups_per_epoch must be >= 1, got {self.nft_groups_per_epoch}")
+            need(self.nft_beta > 0, f"nft_beta must be > 0, got {self.nft_beta}")
+            need(self.nft_reward_clip > 0, f"nft_reward_clip must be > 0, got {self.nft_reward_clip}")
+            need(0 < self.nft_timestep_fraction <= 1, f"nft_timestep_fraction must be in (0, 1], got {self.nft_timestep_fraction}")
+            need(self.nft_decay_rate >= 0 and 0 <= self.nft_decay_max <= 1 and self.nft_decay_delay >= 0,
+                 "the soft update needs nft_decay_rate >= 0, 0 <= nft_decay_max <= 1 and nft_decay_delay >= 0, got "
+                 f"{self.nft_decay_rate}, {self.nft_decay_max}, {self.nft_decay_delay}")
+            need(self.nft_kl_beta >= 0, f"nft_kl_beta must be >= 0, got {self.nft_kl_beta}")
+            need(self.cfg_scale == 1.0, f"diffusion_nft is CFG-free (its paper samples and trains without CFG); "
+                 f"set cfg_scale to 1, got {self.cfg_scale}")
+            n_nft = self.nft_group_size * self.nft_groups_per_epoch * max(1, int(self.num_steps * self.nft_timestep_fraction))
+            need(n_nft >= self.optimizer_steps_per_epoch,
+                 f"{n_nft} DiffusionNFT training items per epoch cannot fill {self.optimizer_steps_per_epoch} optimizer "
+                 "steps; raise nft_groups_per_epoch or lower optimizer_steps_per_epoch")
         n_items = 2 * self.pairs_per_epoch * (self.steps_per_sample or self.num_steps)
         need(n_items >= self.optimizer_steps_per_epoch,
              f"{n_items} training items per epoch cannot fill {self.optimizer_steps_per_epoch} optimizer steps; "

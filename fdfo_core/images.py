@@ -149,22 +149,29 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
+def _band_limits(y: float, b: float | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(b, (tuple, list)):
+        return float(b[0]), float(b[1])
+    return float(y) - float(b), float(y) + float(b)
+
+
 def line_plot(
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     title: str = "",
     xlabel: str = "",
     ylabel: str = "",
-    bands: Mapping[str, Sequence[float]] | None = None,
+    bands: Mapping[str, Sequence[float | tuple[float, float]]] | None = None,
     size: tuple[int, int] = (640, 400),
     xlim: tuple[float, float] | None = None,
     vlines: Mapping[str, float] | None = None,
     hlines: Mapping[str, float] | None = None,
 ) -> Image.Image:
-    """Lines (x, y) per named series, optional +- band per series, axes with ticks and a legend.
+    """Lines (x, y) per named series, optional band per series, axes with ticks and a legend.
 
-    `xlim` fixes the x range (to align stacked panels); `vlines` / `hlines` draw labelled dashed
-    grey marks at x = value / y = value (a chosen epoch, a threshold). None values in a series are
-    gaps (the point is skipped)."""
+    A band entry is a half-width b (the band is y +- b) or a (low, high) pair of y values (an
+    asymmetric interval such as a bootstrap one). `xlim` fixes the x range (to align stacked
+    panels); `vlines` / `hlines` draw labelled dashed grey marks at x = value / y = value (a chosen
+    epoch, a threshold). None values in a series are gaps (the point is skipped)."""
     keep = {k: [y is not None and math.isfinite(float(y)) for y in v[1]] for k, v in series.items()}
     series = {k: ([x for x, ok in zip(v[0], keep[k]) if ok], [y for y, ok in zip(v[1], keep[k]) if ok])
               for k, v in series.items()}
@@ -177,8 +184,8 @@ def line_plot(
     xs = [float(x) for xv, _ in series.values() for x in xv]
     ys = [float(y) for _, yv in series.values() for y in yv]
     for name, band in (bands or {}).items():
-        ys += [float(y) + float(b) for y, b in zip(series[name][1], band)]
-        ys += [float(y) - float(b) for y, b in zip(series[name][1], band)]
+        for y, b in zip(series[name][1], band):
+            ys += list(_band_limits(y, b))
     ys += [float(v) for v in (hlines or {}).values()]
     if xlim is not None:
         xs = xs + [float(xlim[0]), float(xlim[1])]
@@ -211,8 +218,9 @@ def line_plot(
     # Every band first, translucent, then every line: no series hides another.
     for i, (name, (xv, yv)) in enumerate(series.items()):
         if bands and name in bands and len(xv) > 1:
-            upper = [px(float(x), float(y) + float(b)) for x, y, b in zip(xv, yv, bands[name])]
-            lower = [px(float(x), float(y) - float(b)) for x, y, b in zip(xv, yv, bands[name])]
+            limits = [_band_limits(y, b) for y, b in zip(yv, bands[name])]
+            upper = [px(float(x), hi) for x, (_, hi) in zip(xv, limits)]
+            lower = [px(float(x), lo) for x, (lo, _) in zip(xv, limits)]
             layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
             ImageDraw.Draw(layer).polygon(upper + lower[::-1], fill=(*PALETTE[i % len(PALETTE)], 56))
             img.paste(Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB"))

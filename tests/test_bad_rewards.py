@@ -303,18 +303,21 @@ def test_the_issue_example_remote_null_trains_on():
 
 
 GRPO = dict(method="flow_grpo", grpo_group_size=4, grpo_groups_per_epoch=8, grpo_kl_beta=0.0)
+NFT = dict(method="diffusion_nft", nft_group_size=4, nft_groups_per_epoch=8, nft_kl_beta=0.0)
 
 
-def test_flow_grpo_drops_groups_and_stops_on_the_same_threshold():
+@pytest.mark.parametrize("group", [GRPO, NFT], ids=["flow_grpo", "diffusion_nft"])
+def test_group_baselines_drop_groups_and_stop_on_the_same_threshold(group):
     reward = Calls(missing_every=16)  # one missing image per call of 16: 2 of 8 groups
-    _, m, logs = run_epoch(reward, cfg(**GRPO))
+    tr, m, logs = run_epoch(reward, cfg(**group))
     assert m["images_without_reward"] == 2 and m["pairs_dropped"] == 2 * 4 // 2
     assert any("dropped 2 of 8 groups" in entry for entry in logs)
+    assert all(torch.isfinite(p).all() for p in tr.params)  # the NaN never reached the LoRA
     reward = Calls(fail_on={2})  # 2nd of 2 calls raises: 4 of 8 groups lost (50 %): goes on
-    _, m, _ = run_epoch(reward, cfg(**GRPO))
+    _, m, _ = run_epoch(reward, cfg(**group))
     assert m["reward_errors"] == 1 and m["images_without_reward"] == 16
     with pytest.raises(TrainingError, match="4 of 8 groups.*max_bad_pair_fraction = 0.25"):
-        run_epoch(Calls(fail_on={2}), cfg(**GRPO, max_bad_pair_fraction=0.25))
+        run_epoch(Calls(fail_on={2}), cfg(**group, max_bad_pair_fraction=0.25))
 
 
 @pytest.mark.parametrize("method", ["grad_copy", "backprop_chain"])

@@ -52,6 +52,7 @@ def test_logprob_and_advantages():
 @pytest.mark.parametrize("method,kw", [
     ("flow_grpo", dict(lr=3e-4, grpo_group_size=8, grpo_groups_per_epoch=64, optimizer_steps_per_epoch=2)),
     ("flow_grpo_fast", dict(lr=3e-4, grpo_group_size=8, grpo_groups_per_epoch=64, optimizer_steps_per_epoch=2)),
+    ("diffusion_nft", dict(lr=1e-3, nft_group_size=8, nft_groups_per_epoch=64, optimizer_steps_per_epoch=2)),
     ("grad_copy", dict(lr=1e-4)),
     ("backprop_chain", dict(lr=1e-4)),
 ])

@@ -94,6 +94,27 @@ def test_judge_and_early_stop_flags(model_dir, prompts_file, tmp_path, capsys):
     assert "judge needs the held-out evaluation" in capsys.readouterr().err
 
 
+def test_train_diffusion_nft_from_the_cli_and_resume(model_dir, prompts_file, tmp_path):
+    """The DiffusionNFT baseline through the real diffusers+peft backend: the sampling policy is
+    swapped in and out of the LoRA, checkpointed, and restored on resume."""
+    run = tmp_path / "run"
+    nft = ["--method", "diffusion_nft", "--nft-group-size", "2", "--nft-groups-per-epoch", "2",
+           "--nft-decay-rate", "0.25", "--optimizer-steps-per-epoch", "1"]
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+               "--run-dir", str(run), "--epochs", "2", *TRAIN, *nft])
+    assert rc == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["images_seen"] for m in lines] == [4, 8]
+    assert [m["nft_eta"] for m in lines] == [0.25, 0.5]
+    state = torch.load(run / "checkpoints" / "checkpoint-00002.pt", weights_only=True)
+    assert len(state["nft_old_policy"]) == len(state["adapter"])
+    rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+               "--resume", str(run), "--epochs", "3", "--no-progress"])
+    assert rc == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3] and lines[-1]["nft_eta"] == 0.5
+
+
 def test_toml_config_and_flags(model_dir, prompts_file, tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("[fdfo]\nepochs = 1\nclip_range = 0.05\nchurn = 'interval'\n")

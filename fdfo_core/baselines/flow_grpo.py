@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..bad_rewards import RewardFailures, dropped_line
 from ..conditioning import cond_select, cond_to
 from ..distributed import shard_range
 from ..trainer import FDFOTrainer, ItemStats, TrainingError, epoch_prompt_indices, generator
+from .common import finite_groups, score_latents
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -135,27 +135,6 @@ class FlowGRPOTrainer(FDFOTrainer):
                     t_second=t_second, items=items, slot=slot, states=states, nexts=nexts, old_logp=old_logp,
                     final=final, lo=lo, hi=hi)
 
-    @torch.no_grad()
-    def _score_images(self, final: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Rewards [N] (group by group) under the shared bad-reward policy (fdfo_core/bad_rewards.py):
-        NaN for an image without a usable reward; its whole group is dropped."""
-        G = self.config.grpo_group_size
-        self._failures = RewardFailures()
-        out = []
-        bad = torch.zeros(final.shape[0], dtype=torch.bool)
-        for start in range(0, final.shape[0], self.config.decode_batch_size):
-            self._cancel_point()
-            stop = min(final.shape[0], start + self.config.decode_batch_size)
-            with self._autocast():
-                images = self.backend.decode(final[start:stop].to(self.device)).float()
-            r = self._score_call(self.reward, images, prompts[start:stop])
-            out.append(r)
-            bad[start:stop] = ~torch.isfinite(r)
-            self._progress("reward", stop, final.shape[0])
-            self._check_bad_share(int(bad.reshape(-1, G).any(dim=1).sum()), final.shape[0] // G, "groups",
-                                  certain=stop < final.shape[0])
-        return torch.cat(out)
-
     def train_epoch(self) -> dict[str, Any]:
         cfg = self.config
         if self.dist.active:
@@ -166,16 +145,9 @@ class FlowGRPOTrainer(FDFOTrainer):
         roll = self._sample(epoch)
         t1 = time.perf_counter()
         prompts = [self.prompts[i] for i in roll["prompt_idx"].repeat_interleave(G).tolist()]
-        rewards = self._score_images(roll["final"], prompts)
+        rewards = score_latents(self, roll["final"], prompts, G)
         t2 = time.perf_counter()
-        finite = torch.isfinite(rewards).reshape(-1, G).all(dim=1)
-        if not bool(finite.any()):
-            raise TrainingError(f"every group of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
-                                f"{self.reward_spec!r}: {self._failures.summary()}")
-        bad_groups = int((~finite).sum())
-        if bad_groups:
-            self._log(dropped_line(epoch + 1, bad_groups, finite.numel(), "groups", cfg.max_bad_pair_fraction,
-                                   self._failures))
+        finite = finite_groups(self, rewards, G, epoch)
         safe = torch.where(torch.isfinite(rewards), rewards, torch.zeros_like(rewards))
         adv = group_advantages(safe, G, cfg.grpo_global_std)
 

@@ -17,7 +17,6 @@ Scores:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch

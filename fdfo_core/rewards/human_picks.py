@@ -27,7 +27,6 @@ preference model's encoder and head); the timeout is a session setting and may c
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
