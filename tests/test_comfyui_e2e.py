@@ -42,7 +42,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT (and COMFYUI_PYTHON) to run ComfyUI end to end"),
 ]
-MODEL_FILE_INPUTS = {"ckpt_name", "clip_name1", "clip_name2", "clip_name3", "unet_name", "vae_name"}
+MODEL_FILE_INPUTS = {"ckpt_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "unet_name", "vae_name"}
 
 
 def api(name: str) -> dict:
@@ -311,7 +311,8 @@ def write_taesd(path: Path, channels: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["fdfo_sd35_pickscore", "fdfo_sd35_vlm", "fdfo_flux_aesthetic",
-                                  "fdfo_sd35_style_reference", "fdfo_flux_style_reference"])
+                                  "fdfo_sd35_style_reference", "fdfo_flux_style_reference",
+                                  "fdfo_qwen_image_style_reference"])
 def test_big_model_workflows_validate_except_missing_model_files(server, name):
     with pytest.raises(PromptRejected) as e:
         server.queue(api(name))

@@ -31,9 +31,9 @@ def load(folder: str, name: str) -> dict:
 
 
 def test_the_workflows_exist_in_both_formats():
-    assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_flux_style_reference", "fdfo_sd35_pickscore",
-                     "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy", "fdfo_toy_picks",
-                     "fdfo_toy_style_reference"]
+    assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_flux_style_reference",
+                     "fdfo_qwen_image_style_reference", "fdfo_sd35_pickscore", "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy",
+                     "fdfo_toy_picks", "fdfo_toy_style_reference"]
     assert sorted(p.stem for p in (REPO / "workflows" / "ui").glob("*.json")) == NAMES
     assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == NAMES
 
@@ -149,11 +149,28 @@ def test_toy_style_workflow_makes_its_own_references():
     assert trainer["lora_name"] == "fdfo_toy_style" and api[trainer["reward"][0]] is reward
 
 
-@pytest.mark.parametrize("name", ["fdfo_sd35_style_reference", "fdfo_flux_style_reference"])
+@pytest.mark.parametrize("name", ["fdfo_sd35_style_reference", "fdfo_flux_style_reference",
+                                  "fdfo_qwen_image_style_reference"])
 def test_big_model_style_workflows_read_a_reference_folder(name):
     api = load("workflows/api", name)
     reward = next(n["inputs"] for n in api.values() if n["class_type"] == "FDFOReferenceStyleReward")
     assert reward["folder"] == "my_style" and reward["encoder"] == "csd" and reward["prompt_weight"] == 0.5
+
+
+def test_the_qwen_image_workflow_trains_and_samples_as_comfyuis_template():
+    """Qwen-Image: the text encoder loads as type qwen_image, the shift node feeds the Trainer (so
+    training and the trained model's sampling share the flow-time schedule) and the Trainer trains
+    at the sampling's steps and CFG."""
+    api = load("workflows/api", "fdfo_qwen_image_style_reference")
+    by_type = {}
+    for key, n in api.items():
+        by_type.setdefault(n["class_type"], []).append((key, n["inputs"]))
+    assert by_type["CLIPLoader"][0][1]["type"] == "qwen_image"
+    (shift_id, shift), = by_type["ModelSamplingAuraFlow"]
+    (_, trainer), = by_type["FDFOTrainerV2"]
+    (_, ks), = by_type["KSampler"]
+    assert trainer["model"] == [shift_id, 0] and shift["shift"] == 3.1
+    assert (trainer["steps"], trainer["cfg"]) == (ks["steps"], ks["cfg"]) == (20, 2.5)
 
 
 # --- layout: what a person sees after a run (the browser test checks the same in the front end) ---

@@ -787,6 +787,40 @@ def wf_flux_style(info: dict[str, Any]) -> Graph:
     return g
 
 
+#: Qwen-Image as ComfyUI's own Qwen-Image template loads it (file names of Comfy-Org/Qwen-Image_ComfyUI),
+#: with that template's sampling: AuraFlow-style shift 3.1, 20 steps, CFG 2.5.
+QWEN_UNET, QWEN_TEXT_ENCODER, QWEN_VAE = ("qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                          "qwen_image_vae.safetensors")
+QWEN_SHIFT, QWEN_STEPS, QWEN_CFG = 3.1, 20, 2.5
+
+
+def wf_qwen_style(info: dict[str, Any]) -> Graph:
+    g = Graph("fdfo_qwen_image_style_reference", info, zoom=0.66)
+    note = g.note("Qwen-Image (20 B) learns a style from reference images: fp8 weights, 512 px, CPU storage and "
+                  "gradient checkpointing in FDFO Training Options, about 40 GB of VRAM (see docs/memory.md; "
+                  "set vram_gb there to let FDFO choose for your card). Sampling as ComfyUI's Qwen-Image template: "
+                  f"shift {QWEN_SHIFT}, {QWEN_STEPS} steps, CFG {QWEN_CFG} (CFG doubles the passes; cfg 1 halves the "
+                  "time at some cost in quality).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
+                  + f"\n\nModel files: models/diffusion_models/{QWEN_UNET}, models/text_encoders/{QWEN_TEXT_ENCODER}, "
+                  f"models/vae/{QWEN_VAE}.", height=360)
+    unet = g.add("UNETLoader", unet_name=QWEN_UNET, weight_dtype="default")
+    shift = g.add("ModelSamplingAuraFlow", "shift (as ComfyUI's Qwen-Image template)", model=unet["MODEL"],
+                  shift=QWEN_SHIFT)
+    clip = g.add("CLIPLoader", clip_name=QWEN_TEXT_ENCODER, type="qwen_image")
+    vae = g.add("VAELoader", vae_name=QWEN_VAE)
+    prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
+    reward = _style_reward(g)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True)
+    values = _published_trainer("qwen_image_style", steps=QWEN_STEPS, cfg=QWEN_CFG, width=512, height=512)
+    trainer = g.add("FDFOTrainerV2", model=shift["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
+                    prompts=prompts["prompts"], options=options["options"], **values)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_qwen_image_style/preview")
+    s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
+                    512, 512, QWEN_STEPS, QWEN_CFG, "fdfo_qwen_image_style/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+    _big_model_layout(g, [unet, shift, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
+    return g
+
+
 def wf_compare(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
@@ -840,6 +874,7 @@ WORKFLOWS = {
     "fdfo_toy_picks": wf_toy_picks,
     "fdfo_sd35_style_reference": wf_sd35_style,
     "fdfo_flux_style_reference": wf_flux_style,
+    "fdfo_qwen_image_style_reference": wf_qwen_style,
 }
 
 
