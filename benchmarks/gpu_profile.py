@@ -137,7 +137,7 @@ def profile_model(key: str, args, device: torch.device) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = args.resolution or (64 if small else model.resolution)
     steps = args.steps or (4 if small else PUBLISHED_STEPS)
-    text = args.max_sequence_length or (16 if small else family.max_sequence_length)
+    text = args.max_sequence_length if args.max_sequence_length is not None else (16 if small else family.max_sequence_length)
     overrides = dict(
         pairs_per_epoch=args.pairs, num_steps=steps, height=size, width=size, epochs=1, checkpoint_every=0,
         sample_batch_size=args.sample_batch_size, train_batch_size=args.train_batch_size,

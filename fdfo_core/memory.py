@@ -338,8 +338,9 @@ def measure_published(model: PublishedModel, family: Family, height: int | None 
     transformer = build_model(model.transformer, model.config(small))
     vae = build_model(model.vae, model.vae_config_for(small))
     h = height or (64 if small else model.resolution)
+    length = family.max_sequence_length if max_sequence_length is None else max_sequence_length
     return measure_model(
-        family, transformer, h, width or h, max_sequence_length or family.max_sequence_length, lora_rank,
+        family, transformer, h, width or h, length, lora_rank,
         family.resolve_lora_targets(lora_targets) if lora_targets else family.lora_targets, vae=vae,
         text_encoder_params=0 if small else int(model.text_encoders_b * 1e9),
         vae_scale_factor=model.vae_scale_factor, name=model.key, fp8_skip=FP8_SKIP_PATTERNS)

@@ -40,7 +40,7 @@ def make_backend(case, tmp: Path, seed: int = 0, add_adapter: bool = True, pipel
                  max_sequence_length: int | None = None, **over) -> DiffusersBackend:
     pipe = (pipeline or case.pipeline)(tmp, seed)
     return DiffusersBackend(pipe, tiny_config(case, **over), add_adapter=add_adapter,
-                            max_sequence_length=max_sequence_length or case.max_sequence_length)
+                            max_sequence_length=case.max_sequence_length if max_sequence_length is None else max_sequence_length)
 
 
 def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:

@@ -55,6 +55,22 @@ def test_encode_toy_prompts_equals_pipeline(pipe):
         assert torch.equal(emb, ref) and torch.equal(pooled, ref_pooled)
 
 
+def test_the_backends_encode_the_toy_with_no_t5_tokens(pipe):
+    """max_sequence_length 0 is a length, not "unset": the family's default (256 zero tokens the toy
+    never saw: other images, about 7x slower) must not replace it, in the diffusers backend or the
+    memory estimate."""
+    from fdfo_core.backends.diffusers_backend import DiffusersBackend
+    from fdfo_core.config import load_config
+    from fdfo_core.families import get_family
+    from fdfo_core.families.base import FamilyOptions
+
+    assert get_family("sd3").options(FamilyOptions(max_sequence_length=0)).max_sequence_length == 0
+    assert get_family("sd3").options(FamilyOptions()).max_sequence_length == 256
+    backend = DiffusersBackend(pipe, load_config("toy"), add_adapter=False, max_sequence_length=TOY_MAX_SEQUENCE_LENGTH)
+    cond = backend.encode_prompts(PROMPTS)
+    assert cond["prompt_embeds"].shape == (2, 16 + TOY_MAX_SEQUENCE_LENGTH, pipe.transformer.config.joint_attention_dim)
+
+
 def test_weights_conventions_and_size():
     import json
 

@@ -126,7 +126,9 @@ class Family:
         """`options` with the family's defaults filled in."""
         options = options or FamilyOptions()
         return FamilyOptions(
-            max_sequence_length=options.max_sequence_length or self.max_sequence_length,
+            # 0 is a valid length (the bundled toy appends no "T5" tokens): only None means unset.
+            max_sequence_length=(self.max_sequence_length if options.max_sequence_length is None
+                                 else int(options.max_sequence_length)),
             guidance=self.guidance if options.guidance is None else float(options.guidance),
         )
 
