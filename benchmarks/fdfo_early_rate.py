@@ -1,16 +1,22 @@
 """What limits FDFO's early rate on the toy? FDFO variants at a fixed early budget, paired by seed.
 
-Every variant trains FDFO on the toy alignment reward for EARLY_EVALS reward evaluations (16 epochs of
-64 images unless the variant changes the pairs per epoch) and is compared with the plain toy preset
-on the same seeds: area under the held-out curve over the budget (the mean held-out alignment over
-it), final held-out alignment, and the paired difference to the preset with a 95% bootstrap
-interval over seeds. The preset's runs are the sample-efficiency benchmark's FDFO alignment runs at
-this budget (a longer benchmark run's first 16 epochs are reused: training does not depend on the
-run's length); missing ones run here.
+Every variant trains FDFO on one toy reward (--reward: alignment, the default, or colourfulness)
+for a budget of --epochs epochs of 64 reward evaluations (default 16 = 1024 evaluations; a variant
+that changes the pairs per epoch runs as many epochs as keep the same evaluations) and is compared
+on the same seeds with the plain toy preset and with Flow-GRPO: area under the held-out curve over
+the budget (AUC, the mean held-out reward over it) and the final held-out reward, each with a 95%
+bootstrap interval over seeds, and the paired (same-seed) differences to the preset and to
+Flow-GRPO with their intervals. The preset's runs are the sample-efficiency benchmark's FDFO runs of
+that reward at this budget (OUT/../sample_efficiency; a longer benchmark run's first epochs are
+reused: training does not depend on the run's length); missing ones run here. Flow-GRPO's runs are
+only looked up there (run benchmarks/sample_efficiency.py for them).
 
-    python benchmarks/fdfo_early_rate.py                  # the default variants, 2 seeds
+    python benchmarks/fdfo_early_rate.py                  # the default variants, alignment, 16 epochs, 2 seeds
     python benchmarks/fdfo_early_rate.py --ties           # only the tie diagnostic (seconds)
-    python benchmarks/fdfo_early_rate.py --variants churn_0.2 std_norm --seeds 2
+    python benchmarks/fdfo_early_rate.py --reward colourfulness --epochs 4 --seeds 5 --variants lr_1e-3 lr_3e-3
+
+Results: OUT/early_rate.json and .png for the default (alignment, 16 epochs), else
+OUT/early_rate_<reward>_<N>ep.json and .png; run files under OUT/runs.
 
 The tie diagnostic samples pairs from the untrained model at several churn strengths and counts
 pairs whose two branches get exactly the same alignment (dR = 0: no signal at all), with the mean
@@ -30,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from efficiency_stats import bootstrap, curve_auc, fmt_interval  # noqa: E402
-from sample_efficiency import IMAGES_PER_EPOCH, find_run, run_all, run_path, run_settings  # noqa: E402
+from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval  # noqa: E402
+from sample_efficiency import IMAGES_PER_EPOCH, LABELS, REWARDS, find_run, run_all, run_path, run_settings  # noqa: E402
 
-EARLY_EVALS = 16 * IMAGES_PER_EPOCH
+EARLY_EPOCHS = 16  # the default budget: 16 epochs of IMAGES_PER_EPOCH reward evaluations
+EARLY_EVALS = EARLY_EPOCHS * IMAGES_PER_EPOCH
+HELDOUT = (32, 2)  # held-out prompts x seeds, as in the sample-efficiency benchmark
+BASELINE = "flow_grpo"  # every variant is also compared with this method's benchmark runs
 
 #: name -> (config overrides, images per epoch, what it tests)
 VARIANTS: dict[str, tuple[dict, int, str]] = {
@@ -43,31 +52,103 @@ VARIANTS: dict[str, tuple[dict, int, str]] = {
     "prior_0.2": ({"churn": "prior", "churn_strength": 0.2}, IMAGES_PER_EPOCH, "churn only at t = 1"),
     "interval_0.3": ({"churn": "interval", "churn_strength": 0.3}, IMAGES_PER_EPOCH,
                      "churn around one logit-normal time"),
-    "pairs_16": ({}, IMAGES_PER_EPOCH // 2, "16 pairs x 32 epochs (same evaluations)"),
-    "pairs_64": ({}, IMAGES_PER_EPOCH * 2, "64 pairs x 8 epochs (same evaluations)"),
+    "pairs_16": ({}, IMAGES_PER_EPOCH // 2, "16 pairs/epoch, twice the epochs (same evaluations)"),
+    "pairs_64": ({}, IMAGES_PER_EPOCH * 2, "64 pairs/epoch, half the epochs (same evaluations)"),
     "steps_5": ({"steps_per_sample": 5}, IMAGES_PER_EPOCH, "train on 5 random steps of 20 per sample"),
     "std_norm": ({"reward_normalization": "std"}, IMAGES_PER_EPOCH, "dR divided by the epoch's reward std"),
-    "lr_1e-3": ({"lr": 1e-3}, IMAGES_PER_EPOCH, "larger learning rate"),
+    "lr_1e-3": ({"lr": 1e-3}, IMAGES_PER_EPOCH, "learning rate 1e-3 (3.3x the preset)"),
+    "lr_3e-3": ({"lr": 3e-3}, IMAGES_PER_EPOCH, "learning rate 3e-3 (10x the preset; Flow-GRPO's)"),
 }
-DEFAULT_VARIANTS = ["churn_0.02", "churn_0.2", "prior_0.2", "pairs_16", "pairs_64", "steps_5", "std_norm", "lr_1e-3"]
+DEFAULT_VARIANTS = ["churn_0.02", "churn_0.2", "prior_0.2", "pairs_16", "pairs_64", "steps_5", "std_norm", "lr_1e-3",
+                    "lr_3e-3"]
 TIE_STRENGTHS = (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4)
 
 
-def variant_jobs(name: str, seeds: int, out: Path) -> list[tuple[dict, Path]]:
-    """(settings, result file) of a variant's runs. The preset's runs are the sample-efficiency
-    benchmark's FDFO alignment runs at this budget: its files are reused (a longer run's first
-    epochs too) and the missing ones run here, into the benchmark's folder."""
+def variant_jobs(name: str, seeds: int, out: Path, reward: str = "alignment",
+                 epochs: int = EARLY_EPOCHS) -> list[tuple[dict, Path]]:
+    """(settings, result file) of a variant's runs on `reward` for a budget of `epochs` epochs of
+    IMAGES_PER_EPOCH reward evaluations (a variant with other pairs per epoch runs as many epochs as
+    keep that number of evaluations). The preset's runs are the sample-efficiency benchmark's FDFO
+    runs of that reward: its files are reused (a longer run's first epochs too) and the missing
+    ones run here, into the benchmark's folder (`out`'s sibling sample_efficiency).
+
+    Raises ValueError when the budget is not a whole number of the variant's epochs."""
     extra, ipe, _ = VARIANTS[name]
-    epochs = EARLY_EVALS // ipe
+    budget = epochs * IMAGES_PER_EPOCH
+    if budget % ipe:
+        raise ValueError(f"variant {name} scores {ipe} images per epoch, which does not divide the budget of "
+                         f"{budget} evaluations ({epochs} epochs of {IMAGES_PER_EPOCH}): choose another --epochs")
     if name == "preset":
-        runs = [run_settings("fdfo", "alignment", seed, epochs, IMAGES_PER_EPOCH, (32, 2)) for seed in range(seeds)]
+        runs = [run_settings("fdfo", reward, seed, epochs, IMAGES_PER_EPOCH, HELDOUT) for seed in range(seeds)]
         return [(s, run_path(out.parent / "sample_efficiency", s)) for s in runs]
-    runs = [run_settings("fdfo", "alignment", seed, epochs, ipe, (32, 2), extra) for seed in range(seeds)]
+    runs = [run_settings("fdfo", reward, seed, budget // ipe, ipe, HELDOUT, extra) for seed in range(seeds)]
     return [(s, run_path(out, s, f"-{name}")) for s in runs]
+
+
+def baseline_runs(seeds: int, out: Path, reward: str, epochs: int, method: str = BASELINE) -> list[dict]:
+    """The sample-efficiency benchmark's finished runs of `method` on `reward` at this budget (from
+    `out`'s sibling sample_efficiency; a longer run's first epochs too). Looked up, never run here."""
+    runs = [run_settings(method, reward, seed, epochs, IMAGES_PER_EPOCH, HELDOUT) for seed in range(seeds)]
+    found = (find_run(s, run_path(out.parent / "sample_efficiency", s)) for s in runs)
+    return [r for r in found if r is not None]
 
 
 def truncate(curve: list[dict], budget: float) -> list[dict]:
     return [p for p in curve if p["evals"] <= budget]
+
+
+def _auc(curve: list[dict]) -> float:
+    return curve_auc([p["evals"] for p in curve], [p["heldout"] for p in curve])
+
+
+def paired_diff(runs: list[dict], others: dict[int, list[dict]], budget: float, n_boot: int = N_BOOT) -> dict | None:
+    """Paired (same seed) AUC and final held-out differences `runs` minus `others` (seed -> curve)
+    over `budget` evaluations, with 95% bootstrap intervals over the shared seeds; None if none."""
+    rs = [r for r in runs if r["seed"] in others]
+    if not rs:
+        return None
+    curves = [truncate(r["curve"], budget) for r in rs]
+    d_auc = np.array([_auc(c) - _auc(others[r["seed"]]) for r, c in zip(rs, curves)])
+    d_fin = np.array([c[-1]["heldout"] - others[r["seed"]][-1]["heldout"] for r, c in zip(rs, curves)])
+    return {"seeds": [r["seed"] for r in rs],
+            "auc_diff": bootstrap(lambda i: float(d_auc[i].mean()), len(rs), n_boot=n_boot),
+            "final_diff": bootstrap(lambda i: float(d_fin[i].mean()), len(rs), n_boot=n_boot),
+            "higher_auc_seeds": int((d_auc > 0).sum())}
+
+
+def summarise_variants(results: dict[str, list[dict]], baseline: list[dict], budget: float,
+                       n_boot: int = N_BOOT) -> dict[str, dict]:
+    """Per variant (its finished runs in `results`, the preset's under "preset"): AUC and final
+    held-out over `budget` evaluations with 95% bootstrap intervals over seeds, the paired
+    differences to the preset and to the `baseline` method's runs (same seeds only), training CPU s."""
+    preset = {r["seed"]: truncate(r["curve"], budget) for r in results.get("preset", [])}
+    base = {r["seed"]: truncate(r["curve"], budget) for r in baseline}
+    rows = {}
+    for name, runs in results.items():
+        rs = sorted(runs, key=lambda r: r["seed"])
+        if not rs:
+            continue
+        curves = [truncate(r["curve"], budget) for r in rs]
+        if curves[0][-1]["evals"] != budget:
+            raise ValueError(f"{name}: run of {curves[0][-1]['evals']} evaluations where {budget} were asked for")
+        auc = np.array([_auc(c) for c in curves])
+        fin = np.array([c[-1]["heldout"] for c in curves])
+        rows[name] = {"what": VARIANTS[name][2], "seeds": [r["seed"] for r in rs], "lr": rs[0].get("lr"),
+                      "auc": bootstrap(lambda i, v=auc: float(v[i].mean()), len(rs), n_boot=n_boot),
+                      "final": bootstrap(lambda i, v=fin: float(v[i].mean()), len(rs), n_boot=n_boot),
+                      "auc_per_seed": auc.tolist(), "final_per_seed": fin.tolist(),
+                      "vs_preset": paired_diff(rs, preset, budget, n_boot) if name != "preset" else None,
+                      "vs_baseline": paired_diff(rs, base, budget, n_boot),
+                      "train_cpu_seconds": float(np.mean([c[-1].get("cpu_seconds", 0.0) for c in curves])),
+                      "run_cpu_seconds": float(np.mean([r.get("cpu_seconds", 0.0) for r in rs]))}
+    return rows
+
+
+def seed_mean_curve(runs: list[dict], budget: float) -> tuple[list[float], list[float]]:
+    curves = [truncate(r["curve"], budget) for r in runs]
+    xs = sorted({p["evals"] for c in curves for p in c})
+    ys = [float(np.mean([p["heldout"] for c in curves for p in c if p["evals"] == x])) for x in xs]
+    return xs, ys
 
 
 def ties(out: Path, n_pairs: int = 64) -> dict:
@@ -108,65 +189,89 @@ def ties(out: Path, n_pairs: int = 64) -> dict:
     return rows
 
 
+def report_name(reward: str, epochs: int) -> str:
+    """File stem of a report: early_rate (the default: alignment, 16 epochs) or early_rate_<reward>_<N>ep."""
+    return "early_rate" if (reward, epochs) == ("alignment", EARLY_EPOCHS) else f"early_rate_{reward}_{epochs}ep"
+
+
+def report(rows: dict[str, dict], reward: str, budget: int) -> list[str]:
+    """The markdown table of `summarise_variants`' rows."""
+    base = LABELS[BASELINE]
+    lines = [(f"FDFO early rate, toy {REWARDS[reward]['label']}, {budget} reward evaluations; 95% bootstrap "
+              "intervals over seeds; differences paired by seed"),
+             f"| variant | what | seeds | AUC | final | AUC - preset | final - preset | AUC - {base} | train CPU s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        def diff(d, key):
+            if d is None:
+                return "n/a"
+            return f"{fmt_interval(*d[key], digits=4)} ({d['higher_auc_seeds']}/{len(d['seeds'])} higher)" \
+                if key == "auc_diff" else fmt_interval(*d[key], digits=4)
+        lines.append(f"| {name} | {row['what']} | {len(row['seeds'])} | {fmt_interval(*row['auc'], digits=4)} | "
+                     f"{fmt_interval(*row['final'], digits=4)} | {diff(row['vs_preset'], 'auc_diff')} | "
+                     f"{diff(row['vs_preset'], 'final_diff')} | {diff(row['vs_baseline'], 'auc_diff')} | "
+                     f"{row['train_cpu_seconds']:.0f} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
+    ap.add_argument("--reward", choices=list(REWARDS), default="alignment")
+    ap.add_argument("--epochs", type=int, default=EARLY_EPOCHS,
+                    help=f"budget: this many epochs of {IMAGES_PER_EPOCH} reward evaluations (default {EARLY_EPOCHS})")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--ties", action="store_true", help="only the tie diagnostic")
+    ap.add_argument("--ties", action="store_true", help="only the tie diagnostic (alignment)")
     ap.add_argument("--out", default="runs/fdfo_early_rate")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--replot", action="store_true", help="table and plot from the finished run files only")
+    ap.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     args = ap.parse_args()
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary: dict = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     if args.ties:
+        summary: dict = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         summary["ties"] = ties(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         return
+    budget = args.epochs * IMAGES_PER_EPOCH
     names = list(dict.fromkeys(["preset", *args.variants]))
-    jobs = {n: variant_jobs(n, args.seeds, out) for n in names}
+    try:
+        jobs = {n: variant_jobs(n, args.seeds, out, args.reward, args.epochs) for n in names}
+    except ValueError as e:
+        ap.error(str(e))
     if not args.replot:
         run_all([j for n in names for j in jobs[n]], args.workers, args.threads)
     results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
-    if len(results["preset"]) < args.seeds:
-        print(f"only {len(results['preset'])} of {args.seeds} preset runs exist (--replot runs nothing)")
-    base = {r["seed"]: truncate(r["curve"], EARLY_EVALS) for r in results["preset"]}
-    rows = {}
-    print(f"\nFDFO early rate, toy alignment, {EARLY_EVALS} reward evaluations, paired with the preset on the same seeds")
-    print("| variant | what | AUC | final | AUC - preset [95% CI] | final - preset | seeds higher |")
-    print("|---|---|---|---|---|---|---|")
-    series = {}
-    for n in names:
-        rs = sorted((r for r in results[n] if r["seed"] in base), key=lambda r: r["seed"])
-        if not rs:
-            continue
-        curves = [truncate(r["curve"], EARLY_EVALS) for r in rs]
-        auc = np.array([curve_auc([p["evals"] for p in c], [p["heldout"] for p in c]) for c in curves])
-        fin = np.array([c[-1]["heldout"] for c in curves])
-        bauc = np.array([curve_auc([p["evals"] for p in base[r["seed"]]], [p["heldout"] for p in base[r["seed"]]])
-                         for r in rs])
-        bfin = np.array([base[r["seed"]][-1]["heldout"] for r in rs])
-        d_auc, d_fin = auc - bauc, fin - bfin
-        rows[n] = {"what": VARIANTS[n][2], "seeds": [r["seed"] for r in rs], "auc": auc.tolist(), "final": fin.tolist(),
-                   "auc_diff": bootstrap(lambda i: float(d_auc[i].mean()), len(rs)),
-                   "final_diff": bootstrap(lambda i: float(d_fin[i].mean()), len(rs)),
-                   "train_cpu_seconds": float(np.mean([c[-1].get("cpu_seconds", 0.0) for c in curves]))}
-        print(f"| {n} | {VARIANTS[n][2]} | {auc.mean():.4f} | {fin.mean():.4f} | {fmt_interval(*rows[n]['auc_diff'], digits=4)} | "
-              f"{fmt_interval(*rows[n]['final_diff'], digits=4)} | {int((d_auc > 0).sum())}/{len(rs)} |")
-        xs = sorted({p["evals"] for c in curves for p in c})
-        series[n] = (xs, [float(np.mean([next(p["heldout"] for p in c if p["evals"] == x) for c in curves
-                                         if any(p["evals"] == x for p in c)])) for x in xs])
-    summary["variants"] = rows
-    summary["early_evals"] = EARLY_EVALS
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for n, rs in results.items():
+        if len(rs) < args.seeds:
+            print(f"{n}: only {len(rs)} of {args.seeds} runs exist (--replot runs nothing)")
+    baseline = baseline_runs(args.seeds, out, args.reward, args.epochs)
+    if len(baseline) < args.seeds:
+        print(f"{LABELS[BASELINE]}: {len(baseline)} of {args.seeds} runs found in {out.parent / 'sample_efficiency'} "
+              f"(to add them: python benchmarks/sample_efficiency.py --methods {BASELINE} --rewards {args.reward} "
+              f"--epochs {args.epochs} --seeds {args.seeds})")
+    rows = summarise_variants(results, baseline, budget, args.n_boot)
+    print()
+    print("\n".join(report(rows, args.reward, budget)))
+    stem = report_name(args.reward, args.epochs)
+    series = {n: seed_mean_curve(results[n], budget) for n in rows}
+    if baseline:
+        series[LABELS[BASELINE]] = seed_mean_curve(baseline, budget)
+    record = {"reward": args.reward, "epochs": args.epochs, "evals": budget, "seeds": args.seeds,
+              "baseline": BASELINE, "variants": rows, "curves": series,
+              "cpu_seconds_all_runs": float(sum(r.get("cpu_seconds", 0.0) for rs in results.values() for r in rs))}
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
     from fdfo_core.images import line_plot, save_png
 
-    save_png(line_plot(series, xlabel="reward evaluations", ylabel="held-out toy alignment", size=(760, 460),
-                       title=f"FDFO early-rate variants (seed means over {args.seeds} seeds)"), out / "early_rate.png")
-    print(f"\n{out / 'early_rate.png'} ({time.perf_counter() - t0:.0f} s)")
+    save_png(line_plot(series, xlabel="reward evaluations", ylabel=f"held-out {REWARDS[args.reward]['label']}",
+                       size=(760, 460), title=f"FDFO early-rate variants, toy {REWARDS[args.reward]['label']} "
+                                              f"(seed means over {args.seeds} seeds)"), out / f"{stem}.png")
+    print(f"\n{out / stem}.json, .png ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
