@@ -197,7 +197,7 @@ def report_name(reward: str, epochs: int) -> str:
 def report(rows: dict[str, dict], reward: str, budget: int) -> list[str]:
     """The markdown table of `summarise_variants`' rows."""
     base = LABELS[BASELINE]
-    lines = [(f"FDFO early rate, toy {REWARDS[reward]['label']}, {budget} reward evaluations; 95% bootstrap "
+    lines = [(f"FDFO early rate on the toy model, {REWARDS[reward]['label']}, {budget} reward evaluations; 95% bootstrap "
               "intervals over seeds; differences paired by seed"),
              f"| variant | what | seeds | AUC | final | AUC - preset | final - preset | AUC - {base} | train CPU s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -269,7 +269,7 @@ def main() -> None:
     from fdfo_core.images import line_plot, save_png
 
     save_png(line_plot(series, xlabel="reward evaluations", ylabel=f"held-out {REWARDS[args.reward]['label']}",
-                       size=(760, 460), title=f"FDFO early-rate variants, toy {REWARDS[args.reward]['label']} "
+                       size=(760, 460), title=f"FDFO early-rate variants on the toy model, {REWARDS[args.reward]['label']} "
                                               f"(seed means over {args.seeds} seeds)"), out / f"{stem}.png")
     print(f"\n{out / stem}.json, .png ({time.perf_counter() - t0:.0f} s)")
 

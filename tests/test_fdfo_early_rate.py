@@ -119,7 +119,7 @@ def test_replot_writes_the_table_json_and_plot_from_run_files(tmp_path):
     proc = _script("--reward", "colourfulness", "--epochs", "2", "--seeds", "3", "--variants", "lr_3e-3",
                    "--replot", "--n-boot", "200", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "toy colourfulness / 100, 128 reward evaluations" in proc.stdout
+    assert "colourfulness / 100, 128 reward evaluations" in proc.stdout
     assert "| lr_3e-3 |" in proc.stdout and "AUC - Flow-GRPO" in proc.stdout
     record = json.loads((out / "early_rate_colourfulness_2ep.json").read_text())
     assert record["evals"] == 128 and set(record["variants"]) == {"preset", "lr_3e-3"}
