@@ -48,7 +48,8 @@ BASELINE = "flow_grpo"  # every variant is also compared with this method's benc
 VARIANTS: dict[str, tuple[dict, int, str]] = {
     "preset": ({}, IMAGES_PER_EPOCH, "toy preset: raw churn 0.05, 32 pairs/epoch, all 20 steps, raw dR, lr 3e-4"),
     "churn_0.02": ({"churn_strength": 0.02}, IMAGES_PER_EPOCH, "weaker churn (closer pairs)"),
-    "churn_0.2": ({"churn_strength": 0.2}, IMAGES_PER_EPOCH, "stronger churn"),
+    "churn_0.2": ({"churn_strength": 0.2}, IMAGES_PER_EPOCH, "stronger churn (4x)"),
+    "churn_0.4": ({"churn_strength": 0.4}, IMAGES_PER_EPOCH, "much stronger churn (8x)"),
     "prior_0.2": ({"churn": "prior", "churn_strength": 0.2}, IMAGES_PER_EPOCH, "churn only at t = 1"),
     "interval_0.3": ({"churn": "interval", "churn_strength": 0.3}, IMAGES_PER_EPOCH,
                      "churn around one logit-normal time"),
