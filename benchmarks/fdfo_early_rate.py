@@ -57,6 +57,7 @@ VARIANTS: dict[str, tuple[dict, int, str]] = {
     "pairs_64": ({}, IMAGES_PER_EPOCH * 2, "64 pairs/epoch, half the epochs (same evaluations)"),
     "steps_5": ({"steps_per_sample": 5}, IMAGES_PER_EPOCH, "train on 5 random steps of 20 per sample"),
     "std_norm": ({"reward_normalization": "std"}, IMAGES_PER_EPOCH, "dR divided by the epoch's reward std"),
+    "lr_1e-4": ({"lr": 1e-4}, IMAGES_PER_EPOCH, "learning rate 1e-4 (a third of the preset)"),
     "lr_1e-3": ({"lr": 1e-3}, IMAGES_PER_EPOCH, "learning rate 1e-3 (3.3x the preset)"),
     "lr_3e-3": ({"lr": 3e-3}, IMAGES_PER_EPOCH, "learning rate 3e-3 (10x the preset; Flow-GRPO's)"),
 }
