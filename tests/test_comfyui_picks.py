@@ -88,11 +88,16 @@ def training_prompts() -> list[str]:
     return toy_prompt_sets()[0][:4]
 
 
-def picks_graph(lora_name: str, **trainer) -> dict:
-    """The "train by picking" example workflow (4 toy prompts), with the trainer settings given."""
+def picks_graph(lora_name: str, **settings) -> dict:
+    """The "train by picking" example workflow (4 toy prompts), with the settings given: the
+    Trainer's own on the Trainer, the rest on its FDFO Training Options node."""
     prompt = api("fdfo_toy_picks")
     assert node_of(prompt, "FDFOToyPrompts")["inputs"]["count"] == len(training_prompts())
-    node_of(prompt, "FDFOTrainer")["inputs"].update({"lora_name": lora_name, "resume": False, **trainer})
+    trainer = node_of(prompt, "FDFOTrainerV2")["inputs"]
+    options = node_of(prompt, "FDFOTrainingOptions")["inputs"]
+    trainer.update(lora_name=lora_name, resume=False)
+    for key, value in settings.items():
+        (trainer if key in trainer else options)[key] = value
     return prompt
 
 
@@ -134,7 +139,7 @@ def held_out_graph(lora_file: str, seed: int = 900_000, batch: int = 16) -> tupl
 @pytest.fixture(scope="module")
 def picking_run(server, tmp_path_factory):
     prompt = picks_graph("picks_red")  # the example's settings as they are
-    trainer = node_of(prompt, "FDFOTrainer")["inputs"]
+    trainer = node_of(prompt, "FDFOTrainerV2")["inputs"]
     assert (trainer["epochs"], trainer["pairs_per_epoch"]) == (EPOCHS, PAIRS)
     out = tmp_path_factory.mktemp("picks_browser")
     ui = json.loads((REPO / "example_workflows" / "fdfo_toy_picks.json").read_text())
