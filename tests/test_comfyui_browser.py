@@ -24,32 +24,21 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer
 from comfy_scripts.toy_fixture import toy_model_env
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
-PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
-CHROMIUM = "/usr/bin/chromium"
 RUN = os.environ.get("FDFO_BROWSER_RUN", "1") != "0"
-
-
-def _playwright_missing() -> bool:
-    if not COMFYUI_ROOT:
-        return True
-    return subprocess.run([PYTHON, "-c", "import playwright.sync_api"], capture_output=True).returncode != 0
 
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT (and COMFYUI_PYTHON) to test the workflows in the front end"),
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)"),
-    pytest.mark.skipif(_playwright_missing(), reason="the playwright package is not installed in COMFYUI_PYTHON"),
+    *browser_skips("test the workflows in the front end"),
 ]
 WORKFLOWS = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
 LEGACY = sorted(p.stem for p in (REPO / "tests" / "data" / "legacy_workflows").glob("*.json") if not p.name.endswith(".api.json"))

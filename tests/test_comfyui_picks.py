@@ -16,7 +16,6 @@ Screenshots of the panel go to docs/images/picking_panel*.png.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,28 +24,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer, error_message, output_files, was_interrupted
 from comfy_scripts.toy_fixture import is_random_toy, toy_model_env
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
-PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
-CHROMIUM = "/usr/bin/chromium"
 EPOCHS, PAIRS = 8, 16
-
-
-def _playwright_missing() -> bool:
-    if not COMFYUI_ROOT:
-        return True
-    return subprocess.run([PYTHON, "-c", "import playwright.sync_api"], capture_output=True).returncode != 0
 
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT (and COMFYUI_PYTHON) to test picking in the front end"),
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)"),
-    pytest.mark.skipif(_playwright_missing(), reason="the playwright package is not installed in COMFYUI_PYTHON"),
+    *browser_skips("test picking in the front end"),
 ]
 
 

@@ -467,6 +467,25 @@ def trainer_with_views(g: Graph, trainer: Node, preview_count: int, width: int, 
     return curve, compare
 
 
+def toy_training(g: Graph, toy: dict[str, Any], loader: Node, prompts: Node, reward: Node, name: str,
+                 **changes) -> tuple[Node, Node, Node, Node, Sampling]:
+    """The toy templates' training block: FDFO Training Options (toy preset) and the Trainer (a
+    change goes to the Trainer when it is one of its widgets, else to the options), the Trainer's
+    views, and the trained model's sampling chain. `name` is the output prefix."""
+    trainer_values, option_values = toy_trainer_values(toy)
+    for key, value in changes.items():
+        (trainer_values if key in trainer_values else option_values)[key] = value
+    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
+    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
+                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"], **trainer_values)
+    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"],
+                                        f"{name}/preview")
+    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
+                    toy["num_steps"], toy_cfg(toy), f"{name}/trained")
+    s.save.title = "trained model: sampled images"
+    return options, trainer, curve, compare, s
+
+
 def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
@@ -667,16 +686,8 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
                  blend_factor=1.0, blend_mode="multiply")
     refs_view = g.shows(g.add("PreviewImage", "the references", images=refs["IMAGE"]), [(toy["width"], toy["height"])] * 8)
     reward = g.add("FDFOReferenceStyleReward", images=refs["IMAGE"], encoder="clip", aggregation="mean_embedding")
-    trainer_values, option_values = toy_trainer_values(toy)
-    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
-    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
-                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"],
-                    **{**trainer_values, "lora_name": "fdfo_toy_style"})
-    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"],
-                                        "fdfo_toy_style/preview")
-    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
-                    toy["num_steps"], toy_cfg(toy), "fdfo_toy_style/trained")
-    s.save.title = "trained model: sampled images"
+    options, trainer, curve, compare, s = toy_training(g, toy, loader, prompts, reward, "fdfo_toy_style",
+                                                       lora_name="fdfo_toy_style")
     g.column(0, 300, [loader, prompts, (ref_prompt, 100), ref_neg, ref_latent])
     g.column(320, 300, [ref_ks, scenes, orange, refs, refs_view])
     g.column(640, 300, [reward, options])
@@ -716,17 +727,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
     loader = g.add("FDFOToyModelLoader")
     prompts = g.add("FDFOToyPrompts", count=TOY_PICKS_PROMPTS, split="train", seed=0)
     reward = g.add("FDFOHumanPicksReward")
-    trainer_values, option_values = toy_trainer_values(toy)
-    trainer_values.update({k: v for k, v in TOY_PICKS.items() if k in trainer_values})
-    option_values.update({k: v for k, v in TOY_PICKS.items() if k not in trainer_values})
-    options = g.add("FDFOTrainingOptions", "FDFO Training Options (toy preset)", **option_values)
-    trainer = g.add("FDFOTrainerV2", model=loader["model"], clip=loader["clip"], vae=loader["vae"],
-                    reward=reward["reward"], prompts=prompts["prompts"], options=options["options"], **trainer_values)
-    curve, compare = trainer_with_views(g, trainer, option_values["preview_count"], toy["width"], toy["height"],
-                                        "fdfo_toy_picks/preview")
-    s = sample_with(g, trainer["model"], loader["clip"], loader["vae"], TOY_PROMPT, toy["width"], toy["height"],
-                    toy["num_steps"], toy_cfg(toy), "fdfo_toy_picks/trained")
-    s.save.title = "trained model: sampled images"
+    options, trainer, curve, compare, s = toy_training(g, toy, loader, prompts, reward, "fdfo_toy_picks", **TOY_PICKS)
     g.column(0, 300, [loader, prompts, options])
     g.column(320, 540, [trainer, note])
     g.column(880, 540, [reward, curve, compare])
