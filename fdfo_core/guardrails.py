@@ -266,9 +266,9 @@ class Guardrails:
     def _line(self, ev: Evaluation, share: float | None) -> str:
         base = self.base if ev.epoch else None
         ref = (lambda v: f" (base {_fmt(v)})") if base else (lambda v: "")
-        parts = [f"held-out {'base model' if ev.epoch == 0 else f'epoch {ev.epoch}'}:"]
-        if ev.heldout_reward is not None:
-            parts[0] += (f" reward {_fmt(ev.heldout_reward)} +- {_fmt(ev.heldout_reward_se)}"
+        parts = []
+        if ev.heldout_reward is not None:  # None: a pairwise reward (human picks)
+            parts.append(f"reward {_fmt(ev.heldout_reward)} +- {_fmt(ev.heldout_reward_se)}"
                          f"{ref(base.heldout_reward if base else None)}")
         if ev.judge is not None:
             parts.append(f"judge {_fmt(ev.judge)} +- {_fmt(ev.judge_se)}{ref(base.judge if base else None)}")
@@ -279,7 +279,8 @@ class Guardrails:
             if self.best_lora_epoch is not None:
                 parts.append(f"best epoch {self.best_lora_epoch}")
         cost = f"{ev.seconds:.1f} s" + (f" = {100 * share:.0f}% of an epoch" if share is not None else "")
-        return ", ".join(parts).replace(":,", ":") + f" [{self.space.name}; {cost}]"
+        head = f"held-out {'base model' if ev.epoch == 0 else f'epoch {ev.epoch}'}: "
+        return head + ", ".join(parts) + f" [{self.space.name}; {cost}]"
 
     def cost(self, history: Sequence[dict[str, Any]]) -> dict[str, float]:
         """Seconds per evaluation and the evaluations' share of the run's time (base model included)."""
