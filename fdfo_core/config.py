@@ -82,7 +82,7 @@ class FDFOConfig:
     # torch.compile the transformer for sampling and training (diffusers backend).
     compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
-    # --- guardrails against reward hacking (not part of the published recipe; guardrails.py) ----
+    # --- guardrails against reward hacking (not part of the published recipe; run/guardrails.py) -
     # Held-out evaluation every N epochs, at the last epoch and once for the base model: fixed
     # prompts x fixed seeds, plain sampling at the training settings. 4 x 4 images are 16 of the 864
     # a published-size epoch samples (and trains on): about 0.5 % of an epoch each time. 0 = off.
