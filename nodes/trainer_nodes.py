@@ -1,7 +1,7 @@
 """FDFO Trainer: RL post-training of the connected flow model toward a reward, as one node.
 
 The node is thin: it checks its inputs, plans the run folder, and hands off to
-`fdfo_core.run.trainer.FDFOTrainer` with the ComfyUI backend (`comfy_backend.ComfyBackend`). Progress,
+`fdfo_core.methods.FDFOTrainer` with the ComfyUI backend (`comfy_backend.ComfyBackend`). Progress,
 previews and Cancel reach the loop through its callbacks. Files:
 - `ComfyUI/models/loras/<name>.safetensors`: the LoRA (ComfyUI keys, alpha, FDFO metadata), listed by
   the stock LoRA loaders; `<name>-best.safetensors`: the LoRA of the epoch with the best held-out
@@ -30,7 +30,8 @@ from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.backends.prompt_cache import MB
 from ..fdfo_core.run.definition import FrontEnd, recorded_definition
 from ..fdfo_core.files.storage import StorageError
-from ..fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError
+from ..fdfo_core.run.trainer import Callbacks, TrainingError
+from ..fdfo_core.methods import FDFOTrainer
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, describe, log, pil_to_image
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
 from .memory_choice import choose_comfy_memory

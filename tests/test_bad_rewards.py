@@ -14,7 +14,8 @@ from fdfo_core.methods import build_trainer
 from fdfo_core.config import ConfigError, FDFOConfig
 from fdfo_core.rewards import PerPromptNormalized, RewardError, WeightedSum
 from fdfo_core.rewards.base import PartialRewardError, Reward
-from fdfo_core.run.trainer import RESUMABLE_CHANGES, Callbacks, FDFOTrainer, TrainingError
+from fdfo_core.run.trainer import RESUMABLE_CHANGES, Callbacks, TrainingError
+from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, VelocityMLP
 

@@ -23,7 +23,8 @@ from fdfo_core.run.evaluation import (
 from fdfo_core.run.guardrails import EVAL_COLUMNS
 from fdfo_core.backends.lora_files import load_lora
 from fdfo_core.rewards import PerPromptNormalized, Reward, RewardError, WeightedSum
-from fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError
+from fdfo_core.run.trainer import Callbacks, TrainingError
+from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, pretrain
 

@@ -17,7 +17,8 @@ from fdfo_core.rewards.pairwise import PairContext, PickError, PickingHub, PickI
 from fdfo_core.rewards.pick_records import read_picks
 from fdfo_core.rewards.base import RewardError
 from fdfo_core.rewards.human_picks import HumanPicksReward
-from fdfo_core.run.trainer import FDFOTrainer, TrainingError, TrainingInterrupted
+from fdfo_core.run.trainer import TrainingError, TrainingInterrupted
+from fdfo_core.methods import FDFOTrainer
 from image_flow import ImageFlowBackend, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -232,7 +232,8 @@ def test_the_trainer_never_passes_a_bom_to_the_encoder():
     import torch
 
     from fdfo_core.config import FDFOConfig
-    from fdfo_core.run.trainer import Callbacks, FDFOTrainer
+    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.methods import FDFOTrainer
 
     from flow2d import MinusDistance, PointBackend, VelocityMLP
 

@@ -6,7 +6,8 @@ import torch
 
 from fdfo_core.run.checkpoints import latest_checkpoint
 from fdfo_core.config import FDFOConfig, load_config
-from fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError, TrainingInterrupted
+from fdfo_core.run.trainer import Callbacks, TrainingError, TrainingInterrupted
+from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
 from tiny_pipelines import tiny_sd3_pipeline

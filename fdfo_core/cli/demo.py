@@ -24,7 +24,8 @@ from ..files import storage
 from ..config import ConfigError, load_config
 from ..backends.generation import generate_images
 from ..files.drawing import caption_label, image_grid, line_plot, save_png, side_by_side
-from ..run.trainer import Callbacks, FDFOTrainer, FrontEnd
+from ..run.trainer import Callbacks, FrontEnd
+from ..methods import FDFOTrainer
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""Baselines that share FDFO's models, prompts, rewards and loop; chosen by `FDFOConfig.method`."""
+"""Training methods on the run loop (`run.trainer.RunLoop`), one module each: FDFO and the baselines that
+share its models, prompts, rewards and loop; `build_trainer` picks one by `FDFOConfig.method`."""
 
 from __future__ import annotations
 
-from ..run.trainer import FDFOTrainer
+from ..run.trainer import RunLoop
+from .fdfo import FDFOTrainer
 from .diffusion_nft import DiffusionNFTTrainer, implicit_policies, nft_loss, optimality_probability, soft_update_
 from .flow_grpo import FlowGRPOTrainer, group_advantages, sde_mean, sde_step_std
 from .reward_gradient import BackpropChainTrainer, GradCopyTrainer
 
-TRAINERS: dict[str, type[FDFOTrainer]] = {
+TRAINERS: dict[str, type[RunLoop]] = {
     "fdfo": FDFOTrainer,
     "flow_grpo": FlowGRPOTrainer,
     "flow_grpo_fast": FlowGRPOTrainer,
@@ -17,11 +19,11 @@ TRAINERS: dict[str, type[FDFOTrainer]] = {
 }
 
 
-def build_trainer(backend, reward, prompts, config, **kwargs) -> FDFOTrainer:
+def build_trainer(backend, reward, prompts, config, **kwargs) -> RunLoop:
     """The trainer class for `config.method`, with the shared constructor arguments."""
     return TRAINERS[config.method](backend, reward, prompts, config, **kwargs)
 
 
-__all__ = ["TRAINERS", "BackpropChainTrainer", "DiffusionNFTTrainer", "FlowGRPOTrainer", "GradCopyTrainer",
+__all__ = ["TRAINERS", "BackpropChainTrainer", "DiffusionNFTTrainer", "FDFOTrainer", "FlowGRPOTrainer", "GradCopyTrainer",
            "build_trainer", "group_advantages", "implicit_policies", "nft_loss", "optimality_probability", "sde_mean",
            "sde_step_std", "soft_update_"]

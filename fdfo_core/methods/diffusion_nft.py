@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 
-from ..run.checkpoints import load_checkpoint
 from ..flow.conditioning import cond_select, cond_to
 from ..flow.paired_sampler import sample_euler
 from ..flow.seeds import epoch_prompt_indices, generator
-from ..run.trainer import FDFOTrainer, ItemStats, TrainingError
+from ..run.stats import ItemStats
+from ..run.trainer import RunLoop, TrainingError
 from .common import finite_groups, score_latents
 
 #: Floor of the adaptive weight (mean absolute x0 error), so a perfect prediction cannot divide by 0.
@@ -128,11 +129,14 @@ def soft_update_(old: list[torch.Tensor], new: list[torch.Tensor], eta: float) -
         o.mul_(eta).add_(n.detach().to(o), alpha=1.0 - eta)
 
 
-class DiffusionNFTTrainer(FDFOTrainer):
+class DiffusionNFTTrainer(RunLoop):
     """DiffusionNFT (`method="diffusion_nft"`): flow matching on the forward process with implicit
     positive and negative policies; the sampling policy is a soft (EMA) copy of the trained one."""
 
-    _old: list[torch.Tensor] | None = None  # the sampling policy's adapter tensors, aligned with self.params
+    def __init__(self, *args: Any, **kwargs: Any):
+        """The run loop's arguments (`RunLoop.__init__`)."""
+        super().__init__(*args, **kwargs)
+        self._old: list[torch.Tensor] | None = None  # the sampling policy's adapter tensors, aligned with self.params
 
     # --- the sampling policy -----------------------------------------------------------------
 
@@ -179,7 +183,7 @@ class DiffusionNFTTrainer(FDFOTrainer):
         image_rows = rows.repeat_interleave(G)  # cond row of each image
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
-        velocity = self._velocity_fn(None)
+        velocity = self.velocity_fn(None)
         x0 = torch.empty((n, *shape), device=self.storage)
         batch = 2 * cfg.sample_batch_size
         with torch.no_grad(), self._sampling_policy():
@@ -188,14 +192,14 @@ class DiffusionNFTTrainer(FDFOTrainer):
                 gens = [generator(cfg.seed, "nft", epoch, i) for i in range(start, stop)]
                 c = cond_to(cond_select(cond, image_rows[start:stop]), self.device)
                 x0[start:stop] = sample_euler(velocity, c, gens, shape, sigmas, device=self.device).to(self.storage)
-                self._progress("sample", stop, n)
+                self.progress("sample", stop, n)
         t1 = time.perf_counter()
 
         # 2. Rewards -> optimality probabilities; a group with a non-finite reward is dropped.
         prompts = [self.prompts[i] for i in prompt_idx.repeat_interleave(G).tolist()]
-        rewards = score_latents(self, x0, prompts, G)
+        rewards, failures = score_latents(self, x0, prompts, G)
         t2 = time.perf_counter()
-        finite_group = finite_groups(self, rewards, G, epoch)
+        finite_group = finite_groups(self, rewards, G, epoch, failures)
         keep_groups = finite_group.nonzero().flatten()
         keep_images = (keep_groups[:, None] * G + torch.arange(G)).reshape(-1)
         r_opt = torch.full((n,), 0.5)
@@ -240,8 +244,8 @@ class DiffusionNFTTrainer(FDFOTrainer):
                 # No likelihood ratio in this method: the ratio slot records a neutral 1.
                 stats.add(loss, torch.ones(mb.shape[0]), torch.zeros(mb.shape[0], dtype=torch.bool),
                           None if kl is None else kl.detach(), t=t)
-                self._progress("train", stats.items, items.shape[0])
-            stats.grad_norms.append(self._optimizer_step())
+                self.progress("train", stats.items, items.shape[0])
+            stats.grad_norms.append(self.optimizer_step())
         t3 = time.perf_counter()
 
         # 4. The sampling policy trails the trained one.
@@ -250,25 +254,23 @@ class DiffusionNFTTrainer(FDFOTrainer):
         soft_update_(self._ensure_old(), self.params, eta)
 
         finite = torch.isfinite(rewards)
-        metrics = self._finish_epoch((t0, t1, t2, t3), rewards[finite], stats,
-                                     pairs=int(finite_group.sum()) * G // 2, dropped=int((~finite_group).sum()) * G // 2,
-                                     mean_abs_dr=float((2 * r_opt[keep_images] - 1).abs().mean()),
-                                     with_kl=cfg.nft_kl_beta > 0)
+        metrics = self.finish_epoch((t0, t1, t2, t3), rewards[finite], stats,
+                                    pairs=int(finite_group.sum()) * G // 2, dropped=int((~finite_group).sum()) * G // 2,
+                                    mean_abs_dr=float((2 * r_opt[keep_images] - 1).abs().mean()),
+                                    with_kl=cfg.nft_kl_beta > 0, failures=failures)
         metrics["nft_eta"] = eta
         metrics["nft_old_deviation"] = deviation / max(1, stats.items)  # mean((v_theta - v_old)^2) while training
         return metrics
 
     # --- checkpoints: the sampling policy is part of the state --------------------------------
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        state = super().checkpoint_state()
-        state["nft_old_policy"] = [o.cpu().clone() for o in self._ensure_old()]
-        return state
+    def method_state(self) -> dict[str, Any]:
+        """The checkpoint part `nft_old_policy`: the sampling policy's adapter tensors."""
+        return {"nft_old_policy": [o.cpu().clone() for o in self._ensure_old()]}
 
-    def resume(self, path, allow_change: bool = False) -> None:
-        super().resume(path, allow_change=allow_change)
-        old = load_checkpoint(path).get("nft_old_policy")
+    def load_method_state(self, state: Mapping[str, Any], where: Path) -> None:
+        old = state.get("nft_old_policy")
         if old is None or len(old) != len(self.params):
-            raise TrainingError(f"checkpoint {path} has no DiffusionNFT sampling policy; it was not written by "
+            raise TrainingError(f"checkpoint {where} has no DiffusionNFT sampling policy; it was not written by "
                                 "method diffusion_nft. Resume with the method that wrote it, or start a new run.")
         self._old = [o.to(p.device, p.dtype).clone() for o, p in zip(old, self.params)]

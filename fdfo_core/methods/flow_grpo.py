@@ -22,7 +22,8 @@ import torch
 from ..flow.conditioning import cond_select, cond_to
 from ..run.distributed import shard_range
 from ..flow.seeds import epoch_prompt_indices, generator
-from ..run.trainer import FDFOTrainer, ItemStats, TrainingError
+from ..run.stats import ItemStats
+from ..run.trainer import RunLoop, TrainingError
 from .common import finite_groups, score_latents
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -55,7 +56,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, global_std: bool = 
     return ((r - mean) / (std + 1e-4)).clamp(-clip, clip).reshape(-1).float()
 
 
-class FlowGRPOTrainer(FDFOTrainer):
+class FlowGRPOTrainer(RunLoop):
     """Flow-GRPO (`method="flow_grpo"`) and Flow-GRPO-Fast (`method="flow_grpo_fast"`)."""
 
     def _sde_steps(self, epoch: int, group: int) -> list[int]:
@@ -78,9 +79,8 @@ class FlowGRPOTrainer(FDFOTrainer):
         prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), cfg.grpo_groups_per_epoch)[lo:hi]
         unique, rows = torch.unique(prompt_idx, return_inverse=True)
         cond = cond_to(self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()]), self.storage)
-        uncond = self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
-        self._uncond = uncond
-        velocity = self._velocity_fn(uncond)
+        uncond = self.negative_cond()
+        velocity = self.velocity_fn(uncond)
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
         t_second = float(sigmas[1])
@@ -130,10 +130,10 @@ class FlowGRPOTrainer(FDFOTrainer):
                         nexts[img, k_slot] = x_sde[k].to(self.storage)
                         old_logp[img, k_slot] = lp[k]
                 x = x_next
-                self._progress("sample", min(n_img, start + batch), n_img)
+                self.progress("sample", min(n_img, start + batch), n_img)
             final[start:stop] = x.cpu()
         return dict(prompt_idx=prompt_idx, rows=rows, cond=cond, image_rows=image_rows, sigmas=sigmas,
-                    t_second=t_second, items=items, slot=slot, states=states, nexts=nexts, old_logp=old_logp,
+                    t_second=t_second, uncond=uncond, items=items, slot=slot, states=states, nexts=nexts, old_logp=old_logp,
                     final=final, lo=lo, hi=hi)
 
     def train_epoch(self) -> dict[str, Any]:
@@ -146,9 +146,9 @@ class FlowGRPOTrainer(FDFOTrainer):
         roll = self._sample(epoch)
         t1 = time.perf_counter()
         prompts = [self.prompts[i] for i in roll["prompt_idx"].repeat_interleave(G).tolist()]
-        rewards = score_latents(self, roll["final"], prompts, G)
+        rewards, failures = score_latents(self, roll["final"], prompts, G)
         t2 = time.perf_counter()
-        finite = finite_groups(self, rewards, G, epoch)
+        finite = finite_groups(self, rewards, G, epoch, failures)
         safe = torch.where(torch.isfinite(rewards), rewards, torch.zeros_like(rewards))
         adv = group_advantages(safe, G, cfg.grpo_global_std)
 
@@ -170,7 +170,7 @@ class FlowGRPOTrainer(FDFOTrainer):
         keep_t = torch.tensor(keep, dtype=torch.long)
         keep_t = keep_t[torch.randperm(len(keep), generator=g_items)]
         chunks = torch.tensor_split(keep_t, cfg.optimizer_steps_per_epoch)
-        velocity = self._velocity_fn(self._uncond)
+        velocity = self.velocity_fn(roll["uncond"])
         stats = ItemStats()
         sig = roll["sigmas"]
         for chunk in chunks:
@@ -203,10 +203,10 @@ class FlowGRPOTrainer(FDFOTrainer):
                 self.scaler.scale(loss.sum() / chunk.shape[0]).backward()
                 r = ratio.detach()
                 stats.add(loss, r, (r - 1).abs() > cfg.grpo_clip_range, None if kl is None else kl.detach(), t=t)
-                self._progress("train", stats.items, keep_t.shape[0])
-            stats.grad_norms.append(self._optimizer_step())
+                self.progress("train", stats.items, keep_t.shape[0])
+            stats.grad_norms.append(self.optimizer_step())
         t3 = time.perf_counter()
 
-        return self._finish_epoch((t0, t1, t2, t3), rewards[torch.isfinite(rewards)], stats,
-                                  pairs=int(finite.sum()) * G // 2, dropped=int((~finite).sum()) * G // 2,
-                                  mean_abs_dr=float(adv.abs().mean()), with_kl=cfg.grpo_kl_beta > 0)
+        return self.finish_epoch((t0, t1, t2, t3), rewards[torch.isfinite(rewards)], stats,
+                                 pairs=int(finite.sum()) * G // 2, dropped=int((~finite).sum()) * G // 2,
+                                 mean_abs_dr=float(adv.abs().mean()), with_kl=cfg.grpo_kl_beta > 0, failures=failures)

@@ -17,13 +17,13 @@ import torch
 
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..flow.conditioning import cond_select, cond_to
-from ..flow.objective import fdfo_loss
-from ..rewards.base import RewardError, error_text, is_fatal
+from .fdfo_objective import fdfo_loss
 from ..flow.seeds import epoch_prompt_indices, generator
-from ..run.trainer import FDFOTrainer, ItemStats, TrainingError
+from ..run.stats import ItemStats
+from ..run.trainer import RunLoop, TrainingError
 
 
-class _DifferentiableRewardTrainer(FDFOTrainer):
+class _DifferentiableRewardTrainer(RunLoop):
     def _check(self) -> None:
         if self.dist.active:
             raise TrainingError(f"the {self.config.method} baseline runs single-process; launch it without torchrun")
@@ -39,45 +39,27 @@ class _DifferentiableRewardTrainer(FDFOTrainer):
         prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), n)
         unique, rows = torch.unique(prompt_idx, return_inverse=True)
         cond = self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()])
-        self._uncond = self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
+        uncond = self.negative_cond()
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
-        return n, prompt_idx, rows, cond, shape, sigmas
+        return n, prompt_idx, rows, cond, uncond, shape, sigmas
 
     def _reward_grad(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards [B], d reward / d latents [B, C, h, w]) through the VAE decoder."""
         z = latents.detach().to(self.device).requires_grad_(True)
-        with torch.enable_grad(), self._autocast():
+        with torch.enable_grad(), self.autocast():
             images = self.backend.decode(z).float()
             r = self.reward.score_differentiable(images.clamp(0, 1), prompts)
         (grad,) = torch.autograd.grad(r.sum(), z)
         return r.detach().double().cpu(), grad.float().cpu()
 
-    def _failed_call(self, error: Exception, n: int) -> torch.Tensor:
-        """The shared bad-reward policy (fdfo_core/rewards/failure_policy.py) for a differentiable reward call
-        that raised: fatal errors and a reward that never worked stop the run; otherwise the call's
-        images get NaN (recorded in this epoch's failures)."""
-        if is_fatal(error):
-            raise error
-        if not self._reward_worked:
-            if isinstance(error, RewardError):
-                raise error
-            raise RewardError(f"reward {self.reward_spec!r} failed: {error_text(error)}") from error
-        r = torch.full((n,), float("nan"), dtype=torch.float64)
-        self._failures.add_call(r, [(n, error_text(error))])
-        return r
-
-    def _record(self, r: torch.Tensor) -> None:
-        self._failures.add_call(r)
-        self._reward_worked = self._reward_worked or bool(torch.isfinite(r).any())
-
     def _finish_with_drops(self, times, rewards: torch.Tensor, stats: ItemStats, dropped_samples: int,
-                           mean_abs_dr: float) -> dict[str, Any]:
+                           mean_abs_dr: float, failures: RewardFailures) -> dict[str, Any]:
         """Metrics in pair units like FDFO's (2 samples = 1 pair of reward evaluations)."""
         n = rewards.numel()
         pairs = (n - dropped_samples) // 2
-        return self._finish_epoch(times, rewards[torch.isfinite(rewards)], stats, pairs=pairs, dropped=n // 2 - pairs,
-                                  mean_abs_dr=mean_abs_dr, with_kl=False)
+        return self.finish_epoch(times, rewards[torch.isfinite(rewards)], stats, pairs=pairs, dropped=n // 2 - pairs,
+                                 mean_abs_dr=mean_abs_dr, with_kl=False, failures=failures)
 
 
 class GradCopyTrainer(_DifferentiableRewardTrainer):
@@ -88,8 +70,8 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self._velocity_fn(self._uncond)
+        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self.velocity_fn(uncond)
         states = torch.empty((n, cfg.num_steps, *shape), device=self.storage)
         vels = torch.empty_like(states)
         final = torch.empty((n, *shape))
@@ -106,21 +88,21 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                     states[start:stop, i], vels[start:stop, i] = x.to(self.storage), v.to(self.storage)
                     x = x + (s - tt).reshape(-1, 1, 1, 1) * v
                 final[start:stop] = x.cpu()
-                self._progress("sample", stop, n)
+                self.progress("sample", stop, n)
         t.append(time.perf_counter())
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
-        self._failures = RewardFailures()
+        failures = RewardFailures()
         rewards, grads = [], []
         for start in range(0, n, cfg.decode_batch_size):
             chunk = final[start : start + cfg.decode_batch_size]
             try:
                 r, g = self._reward_grad(chunk, prompts[start : start + cfg.decode_batch_size])
             except Exception as e:
-                r, g = self._failed_call(e, chunk.shape[0]), torch.zeros_like(chunk)
+                r, g = self.failed_call(e, chunk.shape[0], failures), torch.zeros_like(chunk)
             else:
                 # A sample whose gradient is not finite cannot be used either: it counts as no reward.
                 r = torch.where(torch.isfinite(g).flatten(1).all(dim=1), r, torch.full_like(r, float("nan")))
-                self._record(r)
+                self.record_scores(r, failures)
             rewards.append(r)
             grads.append(g)
         rewards, grad = torch.cat(rewards), torch.cat(grads)
@@ -128,10 +110,10 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         bad = int((~valid).sum())
         if bad == n:
             raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or gradient) from "
-                                f"{self.reward_spec!r}: {self._failures.summary()}")
-        self._check_bad_share(bad, n, "samples")
+                                f"{self.reward_spec!r}: {failures.summary()}")
+        self.check_bad_share(bad, n, "samples", failures)
         if bad:
-            self._log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, self._failures))
+            self.log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, failures))
         grad = torch.where(valid.reshape(-1, *([1] * (grad.ndim - 1))), grad, torch.zeros_like(grad))
         t.append(time.perf_counter())
 
@@ -156,9 +138,10 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
                                 clip_range=cfg.clip_range)
                 self.scaler.scale(out.loss.sum() / chunk.shape[0]).backward()
                 stats.add(out.loss, out.ratio, out.clipped, t=sigmas[step])
-            stats.grad_norms.append(self._optimizer_step())
+            stats.grad_norms.append(self.optimizer_step())
         t.append(time.perf_counter())
-        return self._finish_with_drops(t, rewards, stats, bad, mean_abs_dr=float(dr[valid].abs().mean()))
+        return self._finish_with_drops(t, rewards, stats, bad, mean_abs_dr=float(dr[valid].abs().mean()),
+                                       failures=failures)
 
 
 class BackpropChainTrainer(_DifferentiableRewardTrainer):
@@ -169,14 +152,14 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self._velocity_fn(self._uncond)
+        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self.velocity_fn(uncond)
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
         batch = 2 * cfg.sample_batch_size
         starts = list(range(0, n, batch))
         groups = [starts[i::cfg.optimizer_steps_per_epoch] for i in range(min(cfg.optimizer_steps_per_epoch, len(starts)))]
         rewards = torch.empty(n, dtype=torch.float64)
-        self._failures = RewardFailures()
+        failures = RewardFailures()
         dropped = 0
         stats = ItemStats()
         for group in groups:
@@ -190,15 +173,15 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                     s = sigmas[i + 1].expand(stop - start).to(self.device)
                     x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
                 try:
-                    with self._autocast():
+                    with self.autocast():
                         images = self.backend.decode(x).float()
                     r = self.reward.score_differentiable(images.clamp(0, 1), prompts[start:stop])
                 except Exception as e:
-                    rewards[start:stop] = self._failed_call(e, stop - start)
+                    rewards[start:stop] = self.failed_call(e, stop - start, failures)
                     dropped += stop - start
                     continue
                 rewards[start:stop] = r.detach().double().cpu()
-                self._record(rewards[start:stop])
+                self.record_scores(rewards[start:stop], failures)
                 if not bool(torch.isfinite(rewards[start:stop]).all()):
                     # A NaN anywhere in the batch would poison the shared LoRA gradient through the
                     # backward pass (0 * NaN): the whole batch sits this update out.
@@ -208,13 +191,14 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                 self.scaler.scale(loss).backward()
                 # No ratio in this method: record minus the reward as the loss, with a neutral ratio of 1.
                 stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
-                self._progress("train", stats.items, n)
-            stats.grad_norms.append(self._optimizer_step())
+                self.progress("train", stats.items, n)
+            stats.grad_norms.append(self.optimizer_step())
         if dropped == n:
             raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
-                                f"{self.reward_spec!r}: {self._failures.summary()}")
-        self._check_bad_share(dropped, n, "samples")
+                                f"{self.reward_spec!r}: {failures.summary()}")
+        self.check_bad_share(dropped, n, "samples", failures)
         if dropped:
-            self._log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, self._failures))
+            self.log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, failures))
         # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
-        return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0)
+        return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0,
+                                       failures=failures)

@@ -5,10 +5,10 @@ trains: the model (its fingerprint), the training prompts themselves, the reward
 and normalisation, the preview prompts, the model settings of the front end (text length, Flux
 guidance), and the seed and every hyperparameter (the resolved FDFOConfig).
 
-- `FDFOTrainer` records it when a run starts (run folder: run.json, prompts.json, config.json) and
+- the run loop (`run.trainer.RunLoop`) records it when a run starts (run folder: run.json, prompts.json, config.json) and
   in every checkpoint (so a checkpoint file alone says what it was trained on).
 - On resume, a front end first fills in whatever the user omitted from the recorded definition
-  (`restore`): `fdfo train --resume R` alone continues the same run. Then `FDFOTrainer.resume`
+  (`restore`): `fdfo train --resume R` alone continues the same run. Then `RunLoop.resume`
   compares the definition it was built with against the checkpoint's (`differences`); any
   difference outside RESUMABLE_CHANGES (epochs, checkpoint cadence, memory and batch settings) is
   refused with one message listing each difference and how to proceed (`refusal_message`), unless

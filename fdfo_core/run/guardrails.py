@@ -2,7 +2,7 @@
 
 The trainer calls three hooks (`start` before the first epoch, `after_epoch` after each one, and
 `state_dict` / `load_state_dict` with its checkpoints); everything else lives here, so the loop
-stays readable and the baselines (which share `FDFOTrainer.train`) get the same guardrails.
+stays readable and the baselines (which share `RunLoop.train`) get the same guardrails.
 
 - Every `eval_every` epochs, at the last epoch, and once for the base model (epoch 0, adapter
   disabled; its images are kept, also in checkpoints, for the drift figure), a `HeldOutSet` is
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import FDFOConfig
 
 class RunView(Protocol):
-    """What the guardrails see of a run (an `FDFOTrainer` is one): its public state and the two
+    """What the guardrails see of a run (a `run.trainer.RunLoop` is one): its public state and the two
     reporting calls. Declared here so that the guardrails need not import the trainer."""
 
     epoch: int

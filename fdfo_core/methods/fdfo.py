@@ -1,0 +1,319 @@
+"""FDFO (ALGORITHM.md, "The epoch loop") on the run loop (`run.trainer.RunLoop`).
+
+One epoch:
+  1. sample `pairs_per_epoch` pairs (each rank its contiguous share), recording x_t and v per step;
+  2. decode both branches and score them; pairs with a non-finite or missing reward are dropped
+     and counted, and the run stops when too many are (fdfo_core/rewards/failure_policy.py: the policy);
+  3. turn every (sample, step) into a training item, shuffle all items of all ranks with one
+     permutation, and split them into `optimizer_steps_per_epoch` updates (gradient accumulation,
+     clipping, AdamW) on the FDFO objective (`methods.fdfo_objective`).
+Every random draw is seeded from (seed, epoch, global pair index), never from a running RNG, so
+a resumed run replays exactly and a 2-rank run samples the same pairs as a 1-process run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..files import faults
+from ..flow.conditioning import Cond, cond_select, cond_to
+from ..flow.paired_sampler import ChurnSettings, sample_pairs
+from ..flow.seeds import derive_seed, epoch_prompt_indices, generator
+from ..rewards.base import RewardError
+from ..rewards.failure_policy import RewardFailures, dropped_line
+from ..rewards.pairwise import PairContext, is_pairwise
+from ..run.distributed import shard_range
+from ..run.stats import ItemStats
+from ..run.trainer import RunLoop, TrainingError
+from .fdfo_objective import fdfo_loss, pair_deltas
+
+
+@dataclass
+class EpochRollouts:
+    """What one rank recorded in the sampling phase of an epoch."""
+
+    pair_ids: torch.Tensor  # [n] global pair indices owned by this rank
+    prompt_ids: torch.Tensor  # [n] index into the prompt list of each pair
+    prompt_rows: torch.Tensor  # [n] row of each pair in `cond`
+    cond: Cond
+    states: torch.Tensor  # [2n, S, C, h, w] rows: a of pair 0..n-1, then b of pair 0..n-1
+    velocities: torch.Tensor
+    final: torch.Tensor  # [2n, C, h, w]
+    sigmas: torch.Tensor
+    uncond: Cond | None = None  # the negative prompt's conditioning (CFG), None without CFG
+    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] what training uses
+    raw_rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] before normalisation
+
+
+@dataclass
+class EpochScores:
+    """What the scoring phase of an epoch found (`FDFOTrainer.score`)."""
+
+    rewards: torch.Tensor  # [2n] float64 (rows a..., b...), NaN where an image has no usable reward
+    failures: RewardFailures  # this rank's images without a usable reward
+    declined: int = 0  # pairs a pairwise reward skipped or left unpicked on purpose (not failures)
+    pair_metrics: dict[str, Any] = field(default_factory=dict)  # a pairwise reward's own metrics
+
+
+class FDFOTrainer(RunLoop):
+    """FDFO (`method="fdfo"`) on the run loop: paired sampling, finite differences of the pair's
+    rewards and endpoints, the SPO-style surrogate (`fdfo_objective.fdfo_loss`) at every recorded step."""
+
+    # --- phase 1: paired sampling ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_epoch(self, epoch: int) -> EpochRollouts:
+        cfg = self.config
+        lo, hi = shard_range(cfg.pairs_per_epoch, self.dist.rank, self.dist.world_size)
+        prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), cfg.pairs_per_epoch)[lo:hi]
+        unique, rows = torch.unique(prompt_idx, return_inverse=True)
+        cond = self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()])
+        uncond = self.negative_cond()
+        cond = cond_to(cond, self.storage)
+        latent_shape = self.backend.latent_shape(cfg.height, cfg.width)
+        sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
+        churn = ChurnSettings(cfg.churn, cfg.churn_strength, cfg.interval_mean, cfg.interval_std, cfg.interval_width)
+        velocity = self.velocity_fn(uncond)
+
+        n = hi - lo
+        # One buffer each for states and velocities, rows [a..., b...]: written in place per batch
+        # (no concatenation at the end, which would hold them twice). Pinned host memory when
+        # they are kept off an accelerator, so the per-step copies do not wait on pageable memory.
+        shape = (2 * n, cfg.num_steps, *latent_shape)
+        pin = self.storage.type == "cpu" and self.device.type == "cuda"
+        all_states = torch.empty(shape, device=self.storage, pin_memory=pin)
+        all_velocities = torch.empty(shape, device=self.storage, pin_memory=pin)
+        final = torch.empty((2 * n, *latent_shape))
+        steps_done, steps_total = 0, math.ceil(n / cfg.sample_batch_size) * cfg.num_steps
+        for start in range(0, n, cfg.sample_batch_size):
+            stop = min(n, start + cfg.sample_batch_size)
+            gens = [generator(cfg.seed, "pair", epoch, lo + j) for j in range(start, stop)]
+
+            def on_step(i, total, _base=steps_done):
+                self.progress("sample", _base + i, steps_total)
+
+            roll = sample_pairs(
+                velocity, cond_to(cond_select(cond, rows[start:stop]), self.device), gens, latent_shape, sigmas,
+                churn, device=self.device, storage_device=self.storage, on_step=on_step,
+            )
+            b = stop - start
+            all_states[start:stop], all_states[n + start:n + stop] = roll.states[:b], roll.states[b:]
+            all_velocities[start:stop], all_velocities[n + start:n + stop] = roll.velocities[:b], roll.velocities[b:]
+            final[start:stop], final[n + start:n + stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
+            del roll
+            steps_done += cfg.num_steps
+            faults.kill_point("sample", epoch + 1)  # crash tests only (fdfo_core.files.faults)
+        return EpochRollouts(
+            pair_ids=torch.arange(lo, hi), prompt_ids=prompt_idx, prompt_rows=rows, cond=cond,
+            states=all_states, velocities=all_velocities, final=final, sigmas=sigmas, uncond=uncond,
+        )
+
+    # --- phase 2: decode and score ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, roll: EpochRollouts) -> EpochScores:
+        """Decode and score both branches: rewards float64 [2n] (rows a..., b...), NaN where an image has
+        no usable reward (missing, non-finite, or its reward call failed); also set on `roll`."""
+        if is_pairwise(self.reward) or is_pairwise(getattr(self.reward, "inner", None)):
+            return self.score_pairs(roll)
+        n = roll.pair_ids.numel()
+        prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
+        # A per-prompt normalising reward must see all of a prompt's images at once: score raw
+        # chunks with the inner reward, normalise once at the end.
+        normalizer = self.reward if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner") else None
+        scorer = normalizer.inner if normalizer is not None else self.reward
+        failures = RewardFailures()
+        rewards = []
+        total = roll.final.shape[0]
+        bad_rows = torch.zeros(total, dtype=torch.bool)
+        for start in range(0, total, self.config.decode_batch_size):
+            self.cancel_point()
+            stop = min(total, start + self.config.decode_batch_size)
+            with self.autocast():
+                images = self.backend.decode(roll.final[start:stop].to(self.device)).float()
+            r = self.score_call(scorer, images, prompts[start:stop], failures)
+            rewards.append(r)
+            bad_rows[start:stop] = ~torch.isfinite(r)
+            self.progress("reward", stop, total)
+            if not self.dist.active:  # (ranks decide together, after the gather)
+                self.check_bad_share(int((bad_rows[:n] | bad_rows[n:]).sum()), n, "pairs", failures,
+                                     certain=stop < total)
+        raw = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
+        if raw.shape[0] != 2 * n:
+            raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
+        roll.raw_rewards = raw
+        if normalizer is not None:  # NaN stays NaN and is left out of the statistics
+            raw = normalizer.normalize(raw.float(), prompts).double()
+        roll.rewards = raw
+        return EpochScores(roll.rewards, failures)
+
+    @torch.no_grad()
+    def score_pairs(self, roll: EpochRollouts) -> EpochScores:
+        """Decode every pair and hand them to a pairwise reward (`fdfo_core.rewards.pairwise`), which gives
+        R_left - R_right per pair; image rewards are +delta / 2 and -delta / 2 (rows a..., b...),
+        NaN for a pair without a score. Pairs it declined (skipped, unpicked) are counted apart
+        from failures."""
+        if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner"):
+            raise TrainingError(f"{self.reward.inner.describe()} gives each pair's reward difference itself (+1 / -1 / 0 "
+                                "for a pick): per-prompt normalisation does not apply; set reward_normalization to none")
+        if self.dist.active:
+            raise TrainingError(f"{self.reward_spec} waits for one artist's picks: run it in one process, not "
+                                f"{self.dist.world_size} ranks")
+        cfg = self.config
+        n = roll.pair_ids.numel()
+        total = roll.final.shape[0]
+        images = []
+        for start in range(0, total, cfg.decode_batch_size):
+            self.cancel_point()
+            stop = min(total, start + cfg.decode_batch_size)
+            with self.autocast():
+                images.append(self.backend.decode(roll.final[start:stop].to(self.device)).float().clamp(0, 1).cpu())
+            self.progress("reward", stop, total)
+        images = torch.cat(images)
+        pair_ids = roll.pair_ids.tolist()
+        context = PairContext(
+            epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
+            run_dir=self.run_dir, check_cancel=self.callbacks.check_cancel, log=self.log)
+        failures = RewardFailures()
+        out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)
+        delta = torch.as_tensor(out.delta, dtype=torch.float64).reshape(-1)
+        if delta.shape[0] != n:
+            raise RewardError(f"reward {self.reward_spec!r} returned {delta.shape[0]} pair scores for {n} pairs")
+        roll.raw_rewards = roll.rewards = torch.cat([delta / 2, -delta / 2])
+        return EpochScores(roll.rewards, failures, declined=int(torch.as_tensor(out.declined).sum()),
+                           pair_metrics=dict(out.metrics))
+
+    # --- phase 3: train on all (sample, step) items -----------------------------------------------
+
+    def global_items(self, epoch: int, valid_pairs: torch.Tensor) -> torch.Tensor:
+        """All training items of the epoch as rows (global pair, branch, step), shuffled with the
+        permutation every rank computes identically."""
+        cfg = self.config
+        items = []
+        for gp in valid_pairs.tolist():
+            for branch in (0, 1):
+                if cfg.steps_per_sample:
+                    g = generator(cfg.seed, "steps", epoch, gp, branch)
+                    steps = torch.randperm(cfg.num_steps, generator=g)[: cfg.steps_per_sample].sort().values
+                else:
+                    steps = torch.arange(cfg.num_steps)
+                items.append(torch.stack([torch.full_like(steps, gp), torch.full_like(steps, branch), steps], 1))
+        items = torch.cat(items)
+        perm = torch.randperm(items.shape[0], generator=generator(cfg.seed, "items", epoch))
+        return items[perm]
+
+    def train_on(self, roll: EpochRollouts, epoch: int, valid_global: torch.Tensor, reward_std: float = 1.0) -> ItemStats:
+        """The epoch's optimizer steps on every (pair, branch, step) item of `valid_global` (the pairs
+        of all ranks with a reward); `reward_std`: the epoch's reward std (`reward_normalization="std"`)."""
+        cfg = self.config
+        n = roll.pair_ids.numel()
+        lo = int(roll.pair_ids[0]) if n else 0
+        # Finite differences of every local pair (dropped pairs are never indexed).
+        dr, dxn = pair_deltas(roll.rewards.float(), roll.final)
+        if cfg.reward_normalization == "std":
+            dr = dr / reward_std
+        items = self.global_items(epoch, valid_global)
+        chunks = torch.tensor_split(items, cfg.optimizer_steps_per_epoch)
+        stats = ItemStats()
+        velocity = self.velocity_fn(roll.uncond)
+        mine_total = int(((items[:, 0] >= lo) & (items[:, 0] < lo + n)).sum())
+        done = 0
+        for chunk in chunks:
+            chunk_size = chunk.shape[0]  # global count: every rank divides by the same number
+            mine = chunk[(chunk[:, 0] >= lo) & (chunk[:, 0] < lo + n)]
+            for start in range(0, mine.shape[0], cfg.train_batch_size):
+                mb = mine[start : start + cfg.train_batch_size]
+                local_pair = mb[:, 0] - lo
+                row = local_pair + mb[:, 1] * n  # row in the [a..., b...] layout
+                step = mb[:, 2]
+                x = self.to_device(roll.states[row, step])
+                v_rec = self.to_device(roll.velocities[row, step])
+                t = self.to_device(roll.sigmas[step])
+                cond = cond_to(cond_select(roll.cond, roll.prompt_rows[local_pair]), self.device)
+                v_base = None
+                if cfg.kl_weight > 0:
+                    with torch.no_grad(), self.backend.adapter_disabled():
+                        v_base = velocity(x, t, cond)
+                v = velocity(x, t, cond)
+                out = fdfo_loss(v, v_rec, dxn[row].to(self.device), dr[row].to(self.device),
+                                clip_range=cfg.clip_range, v_base=v_base, kl_weight=cfg.kl_weight)
+                loss = out.loss.sum() / chunk_size
+                self.scaler.scale(loss).backward()
+                stats.add(out.loss, out.ratio, out.clipped, out.kl, t=t)
+                done += mb.shape[0]
+                self.progress("train", done, mine_total)
+            stats.grad_norms.append(self.optimizer_step())
+            faults.kill_point("train", epoch + 1)  # crash tests only (fdfo_core.files.faults)
+        return stats
+
+    # --- one epoch, end to end -------------------------------------------------------------------
+
+    def train_epoch(self) -> dict[str, Any]:
+        cfg = self.config
+        epoch = self.epoch
+        t0 = time.perf_counter()
+        roll = self.sample_epoch(epoch)
+        t1 = time.perf_counter()
+        scores = self.score(roll)
+        rewards = scores.rewards
+        t2 = time.perf_counter()
+
+        n = roll.pair_ids.numel()
+        finite = torch.isfinite(rewards)
+        valid_local = finite[:n] & finite[n:]
+        both = torch.cat([valid_local, valid_local])
+        gathered = self.dist.all_gather_object(
+            (roll.pair_ids[valid_local].tolist(), rewards[both].tolist(), roll.raw_rewards[both].tolist())
+        )
+        failures = RewardFailures.merged(self.dist.all_gather_object(scores.failures.state()))
+        valid_global = torch.tensor(sorted(p for ids, _, _ in gathered for p in ids), dtype=torch.long)
+        all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
+        raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
+        dropped = cfg.pairs_per_epoch - valid_global.numel()
+        declined = scores.declined  # skipped or unpicked on purpose (a pairwise reward): not failures
+        if valid_global.numel() == 0 and declined >= dropped:
+            self.log(f"epoch {epoch + 1}: no pair has a reward difference (all {dropped} skipped or unpicked); the "
+                      "model is unchanged this epoch")
+            t3 = time.perf_counter()
+            return self.finish_epoch((t0, t1, t2, t3), raw_rewards, ItemStats(), pairs=0, dropped=dropped,
+                                     mean_abs_dr=0.0, with_kl=cfg.kl_weight > 0, failures=failures,
+                                     declined=declined, pair_metrics=scores.pair_metrics)
+        if valid_global.numel() == 0:
+            detail = failures.summary()
+            raise TrainingError(
+                f"every one of the {cfg.pairs_per_epoch} pairs of epoch {epoch + 1} got a NaN or infinite reward "
+                f"(or none) from {self.reward_spec!r}" + (f" ({detail})" if detail else "")
+                + "; check the reward (weights loaded? server up? images in [0, 1]?) before training"
+            )
+        self.check_bad_share(dropped - declined, cfg.pairs_per_epoch - declined, "pairs", failures)
+        if dropped > declined:
+            self.log(dropped_line(epoch + 1, dropped, cfg.pairs_per_epoch, "pairs", cfg.max_bad_pair_fraction,
+                                  failures))
+        reward_std = max(float(all_rewards.std()) if all_rewards.numel() > 1 else 1.0, 1e-8)
+        # Non-finite rewards would poison the finite differences of their own pair only; zero
+        # them so the arithmetic stays finite (those pairs are not among the training items).
+        roll.rewards = torch.where(torch.isfinite(roll.rewards), roll.rewards, torch.zeros_like(roll.rewards))
+
+        stats = self.train_on(roll, epoch, valid_global, reward_std)
+        t3 = time.perf_counter()
+        stats.reduce(self.dist)
+        return self.finish_epoch((t0, t1, t2, t3), raw_rewards, stats, pairs=valid_global.numel(), dropped=dropped,
+                                 mean_abs_dr=mean_abs_dr(gathered), with_kl=cfg.kl_weight > 0, failures=failures,
+                                 declined=declined, pair_metrics=scores.pair_metrics)
+
+
+def mean_abs_dr(gathered) -> float:
+    """Mean |dR| over the pairs of `gathered` (per rank: pair ids, rewards a... b..., raw rewards)."""
+    total, count = 0.0, 0
+    for ids, rs, _ in gathered:
+        k = len(ids)
+        for i in range(k):
+            total += abs(rs[i] - rs[k + i]) / 2
+            count += 1
+    return total / max(count, 1)
+
