@@ -40,7 +40,7 @@ def test_a_checkpoint_of_the_pre_relayout_code_resumes_and_trains_on(tmp_path, m
         resume(self, path, allow_change=allow_change)
         loaded.update(epoch=self.epoch, images_seen=self.images_seen, history=list(self.history),
                       adapter={k: v.detach().cpu().clone() for k, v in self.backend.adapter_state_dict().items()},
-                      optimizer_steps=[s["step"] for s in self.optimizer.state_dict()["state"].values()])
+                      optimizer_steps=[s["step"].clone() for s in self.optimizer.state_dict()["state"].values()])
 
     monkeypatch.setattr(RunLoop, "resume", spy)
     weights = Path(fdfo_core.toy.__file__).parent / "weights"  # the run recorded e65a639's checkout as its source
