@@ -1,0 +1,22 @@
+"""Family cases of the 2026 families, part a (issue 26): Krea 2, ERNIE-Image, Kandinsky 5 (image),
+LongCat-Image, Qwen-Image 2.1. Registered into the shared harness by one line in
+tests/family_cases.py; the family quirks the shared checks cannot see are pinned in
+tests/test_families_2026a.py.
+
+None has a ComfyUI half: the ComfyUI versions FDFO is tested against (v0.3.64, v0.8.0) cannot load
+these models in the form tested here.
+"""
+
+from __future__ import annotations
+
+from family_cases import FamilyCase
+from tiny_pipelines_2026a import tiny_krea2_pipeline
+
+CASES = [
+    # Krea 2 guides whenever g > 0 (v_c + g (v_c - v_u)): "no CFG" is g = 0 and FDFO's cfg_scale is 1 + g.
+    # 8 text tokens: each test prompt is 3 word tokens, so the in-template padding is exercised.
+    FamilyCase("krea2", "krea2", lambda tmp, seed: tiny_krea2_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 0.0},
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},
+               train=True, train_overrides={"epochs": 6}),
+]

@@ -1,0 +1,118 @@
+"""Tiny diffusers pipelines of the 2026 families, part a (issue 26): Krea 2, ERNIE-Image,
+Kandinsky 5 (image), LongCat-Image, Qwen-Image 2.1. Random weights, built from configs, CPU.
+
+Their text encoders read a Qwen-style chat template whose system prefix the pipelines drop by a
+hard-coded token count (Krea 2: 34 prefix and 5 suffix tokens, Kandinsky 5: 40): the tokenizer here
+is a byte-level BPE trained on the templates' words, so each word is one token as in Qwen's own
+tokenizer and those counts hold without patching the pipelines (the pipelines then save and load
+as they are). Any other text still tokenizes (one token per byte).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from tiny_pipelines import _reinit, tiny_clip, tiny_clip_tokenizer, tiny_flux2_vae, tiny_vae
+
+#: The chat templates the pipelines wrap prompts in, and the test prompts: their words become tokens.
+TEMPLATE_TEXTS = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n",
+    "<|im_start|>system\nYou are a prompt engineer. Describe the image by detailing the color, shape, size, texture, "
+    "quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n",
+    "<|im_start|>system\nAs an image captioning expert, generate a descriptive text prompt based on an image content, "
+    "suitable for input to a text-to-image model.<|im_end|>\n<|im_start|>user\n",
+    "<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>system\nComprehend and analyze the provided prompt.<|im_end|>\n",
+    "a red circle", "two blue squares", "a green triangle",
+)
+
+#: Qwen's special tokens (single tokens in Qwen's tokenizers).
+QWEN_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def tiny_word_qwen_tokenizer():
+    """A Qwen2 byte-level BPE tokenizer whose merges make every word of `TEMPLATE_TEXTS` one token
+    (with its leading space, as Qwen's does): the templates' token counts equal those of Qwen's own
+    tokenizer (Krea 2's prefix 34, suffix 5; Kandinsky 5's prefix 40)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    words = sorted({w for text in TEMPLATE_TEXTS for w in re.findall(r" ?[A-Za-z]+", text)})
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(words, trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab["<|endoftext|>"] = len(vocab)
+    for special in QWEN_SPECIAL:
+        vocab[special] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL)})
+    return tok
+
+
+def tiny_qwen_image_vae(seed: int):
+    """AutoencoderKLQwenImage (Wan 2.1 layout, 16 channels, 8x), 8 channels wide, with latents_mean /
+    latents_std of the published model (the pipelines de-normalise with them)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    torch.manual_seed(seed)
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True]).eval()
+
+
+# --- Krea 2 -----------------------------------------------------------------------------------------
+
+
+def tiny_qwen3_vl_model(seed: int, vocab_size: int, pad_token_id: int, num_layers: int, hidden: int = 16,
+                        for_generation: bool = False):
+    """Qwen3VLModel (or ...ForConditionalGeneration), text hidden `hidden`, one tiny vision block."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLModel
+
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=hidden // 2, max_position_embeddings=4096, pad_token_id=pad_token_id,
+                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default",
+                                          "mrope_section": [1, 1, 2], "mrope_interleaved": True}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
+                           deepstack_visual_indexes=[]),
+    )
+    return (Qwen3VLForConditionalGeneration if for_generation else Qwen3VLModel)(config).eval()
+
+
+def tiny_krea2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, is_distilled: bool = False):
+    """Krea2Pipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): a 3-layer Qwen3-VL text
+    encoder whose hidden states 1, 2, 3 are stacked per token (4-D text features), one text-fusion
+    block of each kind, `num_layers` single-stream blocks with grouped-query attention."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
+
+    tok = tiny_word_qwen_tokenizer()
+    text_encoder = tiny_qwen3_vl_model(seed + 2, len(tok), tok.pad_token_id, num_layers=3)
+    torch.manual_seed(seed)
+    transformer = Krea2Transformer2DModel(
+        in_channels=64, num_layers=num_layers, attention_head_dim=16, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, timestep_embed_dim=32, text_hidden_dim=16, num_text_layers=3,
+        text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32,
+        num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6),
+    )
+    _reinit(transformer, seed)
+    # Krea 2's scheduler: the resolution-aware exponential time shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=6400, time_shift_type="exponential",
+    )
+    return Krea2Pipeline(scheduler=scheduler, vae=tiny_qwen_image_vae(seed + 1), text_encoder=text_encoder,
+                         tokenizer=tok, transformer=transformer.eval(), text_encoder_select_layers=(1, 2, 3),
+                         is_distilled=is_distilled)
