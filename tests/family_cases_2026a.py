@@ -10,7 +10,7 @@ these models in the form tested here.
 from __future__ import annotations
 
 from family_cases import FamilyCase
-from tiny_pipelines_2026a import tiny_krea2_pipeline
+from tiny_pipelines_2026a import tiny_krea2_pipeline, tiny_longcat_image_pipeline
 
 CASES = [
     # Krea 2 guides whenever g > 0 (v_c + g (v_c - v_u)): "no CFG" is g = 0 and FDFO's cfg_scale is 1 + g.
@@ -18,5 +18,11 @@ CASES = [
     FamilyCase("krea2", "krea2", lambda tmp, seed: tiny_krea2_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 0.0},
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},
+               train=True, train_overrides={"epochs": 6}),
+    # LongCat: the pipeline's prompt rewriting and CFG renormalisation off (FDFO does neither); its 512 text
+    # tokens are fixed (the harness's max_sequence_length does not apply).
+    FamilyCase("longcat-image", "longcat_image", lambda tmp, seed: tiny_longcat_image_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "enable_prompt_rewrite": False},
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg, "enable_cfg_renorm": False},
                train=True, train_overrides={"epochs": 6}),
 ]

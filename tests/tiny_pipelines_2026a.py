@@ -116,3 +116,75 @@ def tiny_krea2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, is_distil
     return Krea2Pipeline(scheduler=scheduler, vae=tiny_qwen_image_vae(seed + 1), text_encoder=text_encoder,
                          tokenizer=tok, transformer=transformer.eval(), text_encoder_select_layers=(1, 2, 3),
                          is_distilled=is_distilled)
+
+
+# --- LongCat-Image -----------------------------------------------------------------------------------
+
+
+def _identity(x):
+    return x
+
+
+def tiny_kl_vae(seed: int, scaling_factor: float, shift_factor: float | None, latent_channels: int = 16):
+    """diffusers AutoencoderKL (8x, `latent_channels`), 8 channels wide (pipelines that read its
+    `block_out_channels`), its decoder calibrated like `tiny_pipelines.tiny_vae`: the last GroupNorm,
+    which makes every random image equally bright, is skipped and the output scaled to a spread
+    of about 0.3 around mid-grey."""
+    from diffusers import AutoencoderKL
+
+    from fdfo_core.families.published import SMALL_KL_VAE_CONFIG
+
+    torch.manual_seed(seed)
+    config = {**SMALL_KL_VAE_CONFIG, "latent_channels": latent_channels, "scaling_factor": scaling_factor,
+              "shift_factor": shift_factor}
+    vae = AutoencoderKL(**config)
+    _reinit(vae, seed, gain=1.2)
+    # (skipped, not removed: its parameters stay, so the VAE saves and loads; a loaded copy normalises again)
+    vae.decoder.conv_norm_out.forward = _identity
+    with torch.no_grad():
+        out = vae.decoder.conv_out
+        out.bias.zero_()
+        z = torch.randn(8, latent_channels, 8, 8, generator=torch.Generator().manual_seed(seed))
+        out.weight.mul_(0.6 / vae.decode(z).sample.std())
+    return vae.eval()
+
+
+def tiny_qwen25_vl(seed: int, vocab_size: int, eos_token_id: int, pad_token_id: int, hidden: int = 32,
+                   num_layers: int = 1):
+    """Qwen2_5_VLForConditionalGeneration, text hidden `hidden`, one tiny vision block."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+                         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=pad_token_id),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, fullatt_block_indexes=[0]),
+    )).eval()
+
+
+def tiny_longcat_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """LongCatImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): a 1-layer Qwen2.5-VL
+    text encoder (hidden 32) reading the pipeline's fixed 512 text tokens, a Flux-layout transformer
+    (one double and one single block, 16 wide), the 16-channel KL VAE. No `text_processor`: it only
+    serves the prompt rewriting, which FDFO never runs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LongCatImagePipeline, LongCatImageTransformer2DModel
+
+    tok = tiny_word_qwen_tokenizer()
+    text_encoder = tiny_qwen25_vl(seed + 2, len(tok), tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(seed)
+    transformer = LongCatImageTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4),
+    )
+    _reinit(transformer, seed)
+    # LongCat-Image's scheduler: Flux's resolution-dependent shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return LongCatImagePipeline(scheduler=scheduler, vae=tiny_kl_vae(seed + 1, 0.3611, 0.1159),
+                                text_encoder=text_encoder, tokenizer=tok, text_processor=None,
+                                transformer=transformer.eval())
