@@ -10,7 +10,7 @@ these models in the form tested here.
 from __future__ import annotations
 
 from family_cases import FamilyCase
-from tiny_pipelines_2026a import tiny_krea2_pipeline, tiny_longcat_image_pipeline
+from tiny_pipelines_2026a import tiny_ernie_image_pipeline, tiny_krea2_pipeline, tiny_longcat_image_pipeline
 
 CASES = [
     # Krea 2 guides whenever g > 0 (v_c + g (v_c - v_u)): "no CFG" is g = 0 and FDFO's cfg_scale is 1 + g.
@@ -24,5 +24,10 @@ CASES = [
     FamilyCase("longcat-image", "longcat_image", lambda tmp, seed: tiny_longcat_image_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "enable_prompt_rewrite": False},
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg, "enable_cfg_renorm": False},
+               train=True, train_overrides={"epochs": 6}),
+    # ERNIE-Image: 16 px latent cells (Flux.2's VAE), no prompt enhancer; CFG g > 1 as usual.
+    FamilyCase("ernie-image", "ernie_image", lambda tmp, seed: tiny_ernie_image_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "use_pe": False},
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg}, latent_cell=16,
                train=True, train_overrides={"epochs": 6}),
 ]

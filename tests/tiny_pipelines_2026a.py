@@ -188,3 +188,40 @@ def tiny_longcat_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, n
     return LongCatImagePipeline(scheduler=scheduler, vae=tiny_kl_vae(seed + 1, 0.3611, 0.1159),
                                 text_encoder=text_encoder, tokenizer=tok, text_processor=None,
                                 transformer=transformer.eval())
+
+
+# --- ERNIE-Image -------------------------------------------------------------------------------------
+
+
+def tiny_mistral3_model(seed: int, vocab_size: int, pad_token_id: int, num_layers: int = 2, hidden: int = 16):
+    """Mistral3Model (ERNIE-Image's text encoder: the hidden states, no LM head), text hidden `hidden`."""
+    from transformers import Mistral3Config, Mistral3Model
+
+    torch.manual_seed(seed)
+    return Mistral3Model(Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=hidden // 2, max_position_embeddings=4096, pad_token_id=pad_token_id),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, patch_size=4, image_size=32),
+        spatial_merge_size=1,
+    )).eval()
+
+
+def tiny_ernie_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
+    """ErnieImagePipeline at 64x64 px (4x4 tokens of 2x2-patched 32-channel latents, 16 px cells): a
+    2-layer Mistral3 text encoder (the pipeline reads the second-to-last hidden state), one shared-AdaLN
+    block 32 wide, the Flux.2 VAE (batch-norm statistics away from (0, 1)); no prompt enhancer."""
+    from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    tok = tiny_word_qwen_tokenizer()
+    text_encoder = tiny_mistral3_model(seed + 2, len(tok), tok.pad_token_id)
+    torch.manual_seed(seed)
+    transformer = ErnieImageTransformer2DModel(
+        hidden_size=32, num_attention_heads=2, num_layers=num_layers, ffn_hidden_size=64, in_channels=128,
+        out_channels=128, patch_size=1, text_in_dim=16, rope_axes_dim=(4, 6, 6),
+    )
+    _reinit(transformer, seed)  # (also the AdaLN and output layers, which the library zero-initialises)
+    return ErnieImagePipeline(transformer=transformer.eval(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
+                              tokenizer=tok, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pe=None,
+                              pe_tokenizer=None)
