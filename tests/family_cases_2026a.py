@@ -10,7 +10,12 @@ these models in the form tested here.
 from __future__ import annotations
 
 from family_cases import FamilyCase
-from tiny_pipelines_2026a import tiny_ernie_image_pipeline, tiny_krea2_pipeline, tiny_longcat_image_pipeline
+from tiny_pipelines_2026a import (
+    tiny_ernie_image_pipeline,
+    tiny_kandinsky5_t2i_pipeline,
+    tiny_krea2_pipeline,
+    tiny_longcat_image_pipeline,
+)
 
 CASES = [
     # Krea 2 guides whenever g > 0 (v_c + g (v_c - v_u)): "no CFG" is g = 0 and FDFO's cfg_scale is 1 + g.
@@ -29,5 +34,12 @@ CASES = [
     FamilyCase("ernie-image", "ernie_image", lambda tmp, seed: tiny_ernie_image_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "use_pe": False},
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg}, latent_cell=16,
+               train=True, train_overrides={"epochs": 6}),
+    # Kandinsky 5: channel-last latents, decode without the VAE's shift; the test prompts are 3 word tokens each,
+    # so the pipeline's batch (padded, unmasked) equals each prompt alone (tests/test_families_2026a.py: other lengths).
+    FamilyCase("kandinsky5-image", "kandinsky5_image", lambda tmp, seed: tiny_kandinsky5_t2i_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"guidance_scale": 1.0},
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               pipeline_images=lambda output: output.image,
                train=True, train_overrides={"epochs": 6}),
 ]

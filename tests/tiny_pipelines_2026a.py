@@ -11,6 +11,7 @@ as they are). Any other text still tokenizes (one token per byte).
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import torch
@@ -225,3 +226,51 @@ def tiny_ernie_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
     return ErnieImagePipeline(transformer=transformer.eval(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
                               tokenizer=tok, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pe=None,
                               pe_tokenizer=None)
+
+
+# --- Kandinsky 5 (image) -----------------------------------------------------------------------------
+
+
+def tiny_kandinsky5_t2i_pipeline(tmp: Path, seed: int = 0, num_visual_blocks: int = 1):
+    """Kandinsky5T2IPipeline at 64x64 px (8x8 channel-last latents, 16 tokens of 2x2 patches): a 1-layer
+    Qwen2.5-VL (hidden 32; its tokenizer stands in for the Qwen2-VL processor, which text-to-image
+    calls with text only) and a CLIP text model (pooled, 77 positions), one text and `num_visual_blocks`
+    visual blocks 32 wide, the KL VAE with Flux's scaling and a shift factor the pipeline ignores.
+    The pipeline replaces any size outside its list `resolutions` (1024 px class): the list is set
+    to 64 px sizes here (an attribute, not saved)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2IPipeline, Kandinsky5Transformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = tiny_word_qwen_tokenizer()
+    text_encoder = tiny_qwen25_vl(seed + 2, len(tok), tok.eos_token_id, tok.pad_token_id)
+    clip_tok = tiny_clip_tokenizer(tmp / "clip_tok")
+    torch.manual_seed(seed + 3)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    torch.manual_seed(seed)
+    transformer = Kandinsky5Transformer3DModel(
+        in_visual_dim=16, in_text_dim=32, in_text_dim2=16, time_dim=32, out_visual_dim=16, patch_size=(1, 2, 2),
+        model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=num_visual_blocks, axes_dims=(4, 6, 6),
+    )
+    _reinit(transformer, seed)  # (also the modulations, which the library zero-initialises)
+    pipe = Kandinsky5T2IPipeline(
+        transformer=transformer.eval(), vae=tiny_kl_vae(seed + 1, 0.3611, 0.1159), text_encoder=text_encoder,
+        tokenizer=tok, text_encoder_2=clip, tokenizer_2=clip_tok, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+    pipe.resolutions = [(64, 64), (96, 64), (64, 96)]
+    pipe.prepare_latents = types.MethodType(_channel_first_noise, pipe)
+    return pipe
+
+
+def _channel_first_noise(pipe, batch_size, num_channels_latents=16, height=1024, width=1024, dtype=None, device=None,
+                         generator=None, latents=None):
+    """Kandinsky5T2IPipeline.prepare_latents drawing each image's noise as [C, h, w], as FDFO's sampler
+    does, then laying it out channel-last as the pipeline's own: the same seed then gives both the same
+    starting noise, so their denoising can be compared (the pipeline draws [1, h, w, C] directly)."""
+    if latents is not None:
+        return latents.to(device=device, dtype=dtype)
+    f = pipe.vae_scale_factor_spatial
+    gens = generator if isinstance(generator, list) else [generator] * batch_size
+    noise = torch.stack([torch.randn(num_channels_latents, height // f, width // f, generator=g) for g in gens])
+    return noise.permute(0, 2, 3, 1).unsqueeze(1).to(device=device, dtype=dtype)
