@@ -10,11 +10,13 @@ these models in the form tested here.
 from __future__ import annotations
 
 from family_cases import FamilyCase
+from tiny_pipelines_2026a import composite_over_white
 from tiny_pipelines_2026a import (
     tiny_ernie_image_pipeline,
     tiny_kandinsky5_t2i_pipeline,
     tiny_krea2_pipeline,
     tiny_longcat_image_pipeline,
+    tiny_qwen_image21_pipeline,
 )
 
 CASES = [
@@ -42,4 +44,13 @@ CASES = [
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
                pipeline_images=lambda output: output.image,
                train=True, train_overrides={"epochs": 6}),
+    # Qwen-Image 2.1: RGBA images (compared composited over white), 16x latents without packing (32 px sizes),
+    # true CFG only with a negative prompt. Its Qwen3VLProcessor needs torchvision: skipped without it.
+    FamilyCase("qwen-image21", "qwen_image21", lambda tmp, seed: tiny_qwen_image21_pipeline(tmp, seed),
+               pipeline_kwargs=lambda options: {"true_cfg_scale": 1.0},
+               # (its pipeline does not repeat a single negative prompt for the harness's batch of 2)
+               cfg_kwargs=lambda cfg: {"true_cfg_scale": cfg, "negative_prompt": ["", ""]},
+               pipeline_images=lambda output: composite_over_white(output.images),
+               max_sequence_length=48,  # (the chat template's user and assistant markers count: 8 tokens)
+               latent_cell=16, size_multiple=32, train=True, train_overrides={"epochs": 6}),
 ]

@@ -274,3 +274,67 @@ def _channel_first_noise(pipe, batch_size, num_channels_latents=16, height=1024,
     gens = generator if isinstance(generator, list) else [generator] * batch_size
     noise = torch.stack([torch.randn(num_channels_latents, height // f, width // f, generator=g) for g in gens])
     return noise.permute(0, 2, 3, 1).unsqueeze(1).to(device=device, dtype=dtype)
+
+
+# --- Qwen-Image 2.1 ----------------------------------------------------------------------------------
+
+#: A Qwen3-VL-style chat template over content lists (the pipeline tokenizes its system message
+#: through the processor's template to count the tokens it drops).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_image21_vae(seed: int, z_dim: int = 16):
+    """AutoencoderKLQwenImage21 (16x, RGBA in and out), 8 channels wide, `z_dim` latent channels with
+    latents_mean / latents_std away from (0, 1); the decoder's output is scaled so that colour and
+    alpha vary without saturating."""
+    from diffusers import AutoencoderKLQwenImage21
+
+    g = torch.Generator().manual_seed(seed)
+    mean = (torch.randn(z_dim, generator=g) * 0.3).tolist()
+    std = (torch.rand(z_dim, generator=g) + 0.5).tolist()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLQwenImage21(base_dim=8, decoder_base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1, 1],
+                                   num_res_blocks=1, temperal_downsample=[False, True, True, True],
+                                   latents_mean=mean, latents_std=std).eval()
+    with torch.no_grad():
+        conv = vae.decoder.conv_out
+        z = torch.randn(4, z_dim, 1, 4, 4, generator=g)
+        conv.weight.mul_(0.5 / vae.decode(z).sample.std())
+    return vae
+
+
+def tiny_qwen_image21_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
+    """QwenImage21Pipeline at 64x64 px (4x4 latent cells of the 16x VAE, one token each): a 2-layer
+    Qwen3-VL text encoder (hidden 16) behind a real Qwen3VLProcessor, which needs torchvision (its
+    video processor): the test is skipped without it. One block-causal single-stream block."""
+    import pytest
+
+    pytest.importorskip("torchvision", reason="needs torchvision (Qwen-Image 2.1's Qwen3VLProcessor)")
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline, QwenImage21Transformer2DModel
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tok = tiny_word_qwen_tokenizer()
+    processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                                 video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    text_encoder = tiny_qwen3_vl_model(seed + 2, len(tok), tok.pad_token_id, num_layers=2, for_generation=True)
+    torch.manual_seed(seed)
+    transformer = QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=16, out_channels=16, num_layers=num_layers, attention_head_dim=16,
+        num_attention_heads=2, context_in_dim=16, mlp_ratio=2, axes_dims_rope=(4, 6, 6),
+    )
+    _reinit(transformer, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
+    return QwenImage21Pipeline(scheduler=scheduler, vae=tiny_qwen_image21_vae(seed + 1), text_encoder=text_encoder,
+                               processor=processor, transformer=transformer.eval())
+
+
+def composite_over_white(rgba: torch.Tensor) -> torch.Tensor:
+    """[B, 4, H, W] RGBA in [0, 1] -> [B, 3, H, W] RGB over a white background."""
+    return rgba[:, :3] * rgba[:, 3:4] + (1 - rgba[:, 3:4])
