@@ -44,8 +44,9 @@ class ErnieImage(Family):
     preset_name = "ernie-image"
     # The pipeline's defaults: 1024 px, 50 steps, CFG 4.
     preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 4.0}
-    vram = ("~8 B transformer (hidden 3072... see the checkpoint's config; 16 GB in bf16) plus the Mistral3 text "
-            "encoder while prompts are encoded: 48 GB at 1024 px with gradient checkpointing (estimates, not measured)")
+    vram = ("2.8 B transformer (counted from diffusers' default config: 5.6 GB in bf16) plus the Mistral3 text encoder "
+            "while prompts are encoded: 24 GB at 1024 px with gradient checkpointing (estimates, not measured; a "
+            "checkpoint with a larger config needs more)")
 
     def diffusers_distilled(self, pipe) -> str | None:
         """A sentence when the checkpoint's name says it is a few-step distilled "Turbo" model, else None."""

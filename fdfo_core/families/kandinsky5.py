@@ -50,9 +50,9 @@ class Kandinsky5Image(Family):
     preset_name = "kandinsky5-image"
     # The pipeline's defaults: 1024 px (one of its listed sizes), 50 steps, CFG 3.5.
     preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 3.5}
-    vram = ("6 B transformer (12 GB in bf16) plus Qwen2.5-VL-7B (16 GB) while prompts are encoded: 24 GB at 1024 px "
-            "with gradient checkpointing and storage_device cpu (tight), 48 GB comfortable (estimates from the "
-            "parameter count, not measured)")
+    vram = ("T2I Lite: diffusers' default config counts 2.2 B (4.3 GB in bf16), the published checkpoint's config "
+            "decides; plus Qwen2.5-VL-7B (16 GB) and CLIP-L while prompts are encoded: 24 GB at 1024 px with gradient "
+            "checkpointing, 48 GB comfortable (estimates, not measured)")
 
     def diffusers_distilled(self, pipe) -> str | None:
         """A sentence when the checkpoint's name says it is distilled (Kandinsky's "distilled" /

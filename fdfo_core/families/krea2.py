@@ -51,9 +51,9 @@ class Krea2(Family):
     preset_name = "krea2"
     # The pipeline's defaults: 1024 px, 28 steps, g = 4.5 (cfg_scale 5.5).
     preset = {"height": 1024, "width": 1024, "num_steps": 28, "cfg_scale": 5.5}
-    vram = ("transformer of ~12 B (hidden 6144, 28 blocks: 24 GB in bf16) plus Qwen3-VL-4B (8 GB) while prompts are "
-            "encoded: 48 GB at 1024 px with gradient checkpointing, 80 GB comfortable (estimates from the default "
-            "config, not measured)")
+    vram = ("12.8 B transformer (counted from diffusers' default config: 26 GB in bf16) plus Qwen3-VL-4B (8 GB) while "
+            "prompts are encoded: 48 GB at 1024 px with gradient checkpointing and storage_device cpu, 80 GB "
+            "comfortable (estimates, not measured)")
 
     #: Few-step distilled checkpoints: online RL blurs them (issue 26 item 4); train the base model.
     distilled_note = ("Krea 2 Turbo is a few-step distilled (TDM) checkpoint (`is_distilled` in its pipeline "

@@ -47,9 +47,9 @@ class LongCatImage(Family):
     preset_name = "longcat-image"
     # The pipeline's defaults: 1024 px, 50 steps, CFG 4.5 (without the pipeline's renormalisation).
     preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 4.5}
-    vram = ("6 B transformer (12 GB in bf16) plus Qwen2.5-VL-7B (16 GB) while prompts are encoded: 24 GB at 1024 px "
-            "with gradient checkpointing and storage_device cpu (tight), 48 GB comfortable (estimates from the "
-            "parameter count, not measured)")
+    vram = ("6 B transformer (the model card's size; 12 GB in bf16) plus Qwen2.5-VL-7B (16 GB) while prompts are "
+            "encoded: 24 GB at 1024 px with gradient checkpointing and storage_device cpu (tight), 48 GB comfortable "
+            "(estimates, not measured)")
 
     def diffusers_distilled(self, pipe) -> str | None:
         """LongCat-Image and LongCat-Image-Dev are not distilled: None."""

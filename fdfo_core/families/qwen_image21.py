@@ -59,9 +59,9 @@ class QwenImage21(Family):
     preset_name = "qwen-image21"
     # The pipeline's defaults: 1024 px, 40 steps, no CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 40}
-    vram = ("transformer of ~17 B (hidden 4096, 32 blocks: 34 GB in bf16) plus the Qwen3-VL text encoder while "
-            "prompts are encoded: 80 GB at 1024 px with gradient checkpointing and storage_device cpu (estimates "
-            "from the default config, not measured)")
+    vram = ("7.1 B transformer (counted from diffusers' default config: 14 GB in bf16) plus the Qwen3-VL text encoder "
+            "while prompts are encoded: 48 GB at 1024 px with gradient checkpointing, 80 GB comfortable (estimates, "
+            "not measured)")
 
     def diffusers_distilled(self, pipe) -> str | None:
         """A sentence when the checkpoint is the few-step distilled Turbo (its name says so, or its
