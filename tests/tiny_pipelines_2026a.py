@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipelines import _reinit, tiny_clip, tiny_clip_tokenizer, tiny_flux2_vae, tiny_vae
+from tiny_pipelines import _reinit, tiny_clip_tokenizer, tiny_flux2_vae
 
 #: The chat templates the pipelines wrap prompts in, and the test prompts: their words become tokens.
 TEMPLATE_TEXTS = (
