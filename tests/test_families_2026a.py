@@ -183,7 +183,7 @@ def test_longcat_cfg_is_plain_cfg_not_the_pipelines_renormalised_one(tmp_path, o
 def test_longcat_image_edit_pipeline_is_refused_with_what_it_needs(tmp_path):
     import json
 
-    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.interface import BackendError
     from fdfo_core.backends.diffusers_backend import check_supported
 
     folder = tmp_path / "model"
