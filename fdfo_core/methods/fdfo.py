@@ -278,7 +278,7 @@ class FDFOTrainer(RunLoop):
         declined = scores.declined  # skipped or unpicked on purpose (a pairwise reward): not failures
         if valid_global.numel() == 0 and declined >= dropped:
             self.log(f"epoch {epoch + 1}: no pair has a reward difference (all {dropped} skipped or unpicked); the "
-                      "model is unchanged this epoch")
+                     "model is unchanged this epoch")
             t3 = time.perf_counter()
             return self.finish_epoch((t0, t1, t2, t3), raw_rewards, ItemStats(), pairs=0, dropped=dropped,
                                      mean_abs_dr=0.0, with_kl=cfg.kl_weight > 0, failures=failures,

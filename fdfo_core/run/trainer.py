@@ -531,7 +531,7 @@ class RunLoop:
                 if not allow_change:
                     raise TrainingError(str(e)) from e
                 self.log(f"{e}; with the change allowed, the held-out evaluation starts again from here "
-                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
+                         "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
         self.load_method_state(state, ckpt)
         self.last_checkpoint = self._resumed_from = ckpt
         self.log(f"resumed from {ckpt} at epoch {self.epoch}")
