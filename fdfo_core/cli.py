@@ -181,7 +181,8 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
     Without held-out evaluation: the training pairs' mean reward per epoch (+- standard error).
     With `guardrails` (`fdfo_core.guardrails.Guardrails`), stacked panels sharing the epoch axis:
     training and held-out reward; the judge (when set); diversity across seeds and drift from the
-    base model. Epoch 0 is the base model; dashed lines mark the best LoRA's epoch, an early stop,
+    base model; the held-out images' statistics (image_stats.py, each over its range). Epoch 0 is
+    the base model; dashed lines mark the best LoRA's epoch, an early stop,
     and the diversity floor of early stop.
 
     `size` (width, height px) is the whole figure's (the panels share its height: the ComfyUI node
@@ -204,7 +205,8 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
         marks[f"best {guardrails.best_lora_epoch}"] = guardrails.best_lora_epoch
     if guardrails.stop_epoch is not None and guardrails.stop_epoch > 0:
         marks[f"stop {guardrails.stop_epoch}"] = guardrails.stop_epoch
-    n_panels = 3 if guardrails.judge is not None else 2
+    with_stats = any(ev.image_stats for ev in evs)
+    n_panels = (3 if guardrails.judge is not None else 2) + with_stats
     size = (size[0], size[1] // n_panels) if size is not None else (640, 300)
     held = {}, {}
     if any(ev.heldout_reward is not None for ev in evs):  # None: a pairwise reward (human picks)
@@ -230,6 +232,18 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
         title=f"held-out diversity and drift ({guardrails.space.name} distance)", xlabel="epoch", ylabel="distance",
         size=size, xlim=xlim, vlines=marks, hlines=floor,
     ))
+    if with_stats:
+        from .image_stats import STAT_NAMES, STAT_RANGES
+
+        labels = {"near_black": "near-black share", "near_white": "near-white share", "saturation": "saturation",
+                  "colour_entropy": f"colour entropy / {STAT_RANGES['colour_entropy']:g} bits",
+                  "edge_density": "edge density"}
+        panels.append(line_plot(
+            {labels[k]: (ex, [(ev.image_stats or {}).get(k) / STAT_RANGES[k] if (ev.image_stats or {}).get(k) is not None
+                              else None for ev in evs]) for k in STAT_NAMES},
+            title="held-out image statistics (epoch 0: the base model)", xlabel="epoch", ylabel="share",
+            size=size, xlim=xlim, vlines=marks,
+        ))
     return stack_vertical(panels)
 
 
@@ -286,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .baselines import build_trainer
     from .distributed import init_distributed
     from .generation import generate_images
-    from .images import image_grid, save_png
+    from .images import image_grid, save_png, to_pil
     from .rewards import build_reward
     from .run_definition import FrontEnd, RunDefinition, recorded_definition, restore
     from .trainer import Callbacks, amp_dtype
@@ -378,11 +392,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     amp = amp_dtype(cfg.precision, torch.device(device))
     preview_every = args.preview_every
 
-    def preview(epoch: int) -> None:
+    def preview(trainer, epoch: int) -> None:
         if not (dist.is_main and preview_every):
             return
         images = generate_images(backend, preview_prompts, preview_seeds, cfg.num_steps, cfg.height, cfg.width,
                                  cfg.cfg_scale, cfg.negative_prompt, amp=amp)
+        if images.ndim == 4 and images.shape[1] == 3:  # the first preview becomes <lora>.preview.png
+            trainer.preview_image = to_pil(images[0])
         grid = image_grid(images, ncol=min(8, len(preview_prompts)), scale=max(1, 256 // cfg.width))
         save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
 
@@ -392,7 +408,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             save_png(reward_curve_image(trainer.history, guardrails=trainer.guardrails), run_dir / "reward_curve.png",
                      "reward curve")
             if preview_every and metrics["epoch"] % preview_every == 0:
-                preview(metrics["epoch"])
+                preview(trainer, metrics["epoch"])
 
     previews = (cfg.epochs // preview_every + 1) if preview_every else 0
     grid_side = max(256, cfg.width) * min(8, len(preview_prompts))
@@ -607,12 +623,32 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
 def cmd_rewards(args: argparse.Namespace) -> int:
     from .rewards import available_rewards, ensure_registered, reward_options
 
+    if getattr(args, "rewards_command", None) == "fetch":
+        return cmd_rewards_fetch(args)
     ensure_registered()
     for name, desc in available_rewards().items():
         print(f"{name:24s} {desc}")
         if args.verbose:
             for opt, default in reward_options(name).items():
                 print(f"    {name}.{opt} = {default!r}")
+    return 0
+
+
+def cmd_rewards_fetch(args: argparse.Namespace) -> int:
+    """`fdfo rewards fetch NAME...`: download what each reward needs into the reward folder."""
+    from .rewards.fetch import fetch_weights
+
+    options = parse_reward_options(args.reward_opt)
+    for name in args.names:
+        try:
+            result = fetch_weights(name, options.get(name, {}), dest=args.dest, log=print)
+        except KeyboardInterrupt:
+            print(f"fdfo rewards fetch: interrupted; the files fetched so far are kept: run the same command again "
+                  "to continue", file=sys.stderr)
+            return 130
+        if result.folders:
+            print(f"{name}: fetched {result.bytes_downloaded / 1e6:.1f} MB")
+        print(f"{name}: ready (train with --reward {name})")
     return 0
 
 
@@ -734,9 +770,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     f.set_defaults(func=cmd_fit_preference)
 
-    r = sub.add_parser("rewards", help="list the available rewards")
+    r = sub.add_parser("rewards", help="list the available rewards; `fdfo rewards fetch NAME...` downloads their weights")
     r.add_argument("-v", "--verbose", action="store_true", help="also list each reward's options")
     r.set_defaults(func=cmd_rewards)
+    rsub = r.add_subparsers(dest="rewards_command")
+    rf = rsub.add_parser("fetch", help="download the files a reward needs from the Hugging Face Hub into the reward "
+                         "folder (resumable; honours HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE)")
+    rf.add_argument("names", nargs="+", help="rewards or encoders: pickscore, hpsv2, aesthetic, clipscore, vlm, "
+                    "reference, preference, clip, siglip, dinov2, csd")
+    rf.add_argument("--dest", help="the reward folder to fetch into (default: the first folder of $FDFO_REWARDS_DIR, "
+                    "or ComfyUI/models/fdfo_rewards when installed in ComfyUI)")
+    rf.add_argument("--reward-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                    help="reward options that choose files: hpsv2.version=2.0, clipscore.model=ID, vlm.model=ID, "
+                    "reference.encoder=csd")
     return p
 
 

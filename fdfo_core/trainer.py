@@ -37,6 +37,7 @@ from .distributed import DistContext, shard_range
 from .guardrails import Guardrails
 from .image_size import check_backend_size
 from .lora_files import save_lora
+from .modelspec import prompts_summary
 from .objective import fdfo_loss, pair_deltas
 from .picking import PairContext, is_pairwise
 from .prompts import clean_prompt
@@ -239,6 +240,9 @@ class FDFOTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch = 0  # completed epochs
         self.images_seen = 0
+        #: The latest preview of the trained model (a PIL image; the front end sets it), saved as
+        #: `<name>.preview.png` beside each LoRA file.
+        self.preview_image: Any = None
         self.history: list[dict[str, Any]] = []
         # Until the reward has scored one image, a failing call is a setup problem and stops the run.
         self._reward_worked = False
@@ -914,11 +918,35 @@ class FDFOTrainer:
             **(self.backend.sampling_options() if hasattr(self.backend, "sampling_options") else {}),
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
+            "prompts_summary": prompts_summary(self.prompts),
         }
 
-    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file") -> Path:
-        return save_lora(path, self.backend.lora_file_tensors(), {**self.lora_metadata(), **(extra_metadata or {})},
-                         what=what)
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file",
+                  preview: Any = None) -> Path:
+        """Write the LoRA with its `fdfo.*` and SAI model-spec metadata (fdfo_core/modelspec.py), and
+        `<name>.preview.png` beside it from `preview` (a PIL image), else the front end's latest
+        preview (`self.preview_image`); both atomically."""
+        from .images import save_png
+        from .modelspec import backend_variant, modelspec_metadata, preview_path
+
+        extra = dict(extra_metadata or {})
+        image = preview if preview is not None else self.preview_image
+        family = getattr(self.backend, "model_family", None)
+        selected = (f"the best held-out {extra['selected_by']} ({extra.get('criterion_value')}) at epoch "
+                    f"{extra.get('best_epoch')}" if "selected_by" in extra else None)
+
+        def spec(tensors):
+            return modelspec_metadata(
+                title=Path(path).stem, family=self.backend.family, variant=backend_variant(self.backend),
+                family_title=getattr(family, "title", self.backend.family), reward=self.reward_spec,
+                prompts=self.prompts, config=self.config, epochs=extra.get("best_epoch", self.epoch),
+                images_seen=self.images_seen, tensors=tensors, preview=image, selected=selected)
+
+        meta = {**self.lora_metadata(), **extra}
+        out = save_lora(path, self.backend.lora_file_tensors(), meta, what=what, standard_metadata=spec)
+        if image is not None:
+            save_png(image, preview_path(out), f"preview image of {Path(out).name}")
+        return out
 
 
 class RunChangeRefused(TrainingError):
