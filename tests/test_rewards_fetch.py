@@ -81,6 +81,11 @@ def test_fetch_pickscore_takes_only_what_the_loader_reads(repos, online, monkeyp
 
 
 def test_interrupted_download_is_continued_and_never_half_visible(repos, online, monkeypatch):
+    import huggingface_hub.constants
+
+    # huggingface_hub writes what it receives in chunks (10 MB); small ones here, so that the tiny
+    # file has a part written before the drop (a real interrupt loses at most the chunk in flight).
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 8192)
     weights = repos[PICK_REPO]["model.safetensors"]
     half = len(weights) // 2
     with FakeHub(repos) as hub:
@@ -96,7 +101,8 @@ def test_interrupted_download_is_continued_and_never_half_visible(repos, online,
         hub.heal()
         fetch_weights("pickscore", log=None)
         assert hub.gets("model.safetensors")[0] is None
-        assert hub.gets("model.safetensors")[-1] == f"bytes={half}-"  # continued, not started again
+        resumed = hub.gets("model.safetensors")[-1]  # continued, not started again
+        assert resumed is not None and 0 < int(resumed[len("bytes="):-1]) <= half, resumed
         assert (online / "pickscore" / "model.safetensors").read_bytes() == weights
         _pickscore_is_usable()
 

@@ -15,11 +15,13 @@ which puts exactly the files a reward's loader reads into the reward folder wher
   the part passes the loader's own check is the folder renamed into place (or, when the folder
   already exists with some files, each missing file renamed in, the files the check looks for
   last). A half-downloaded folder is therefore never mistaken for a model.
-- **Resumable.** `huggingface_hub.hf_hub_download(local_dir=...)` keeps a partial file as
-  `.incomplete` in the staging folder and continues it with an HTTP range request; an interrupted
-  fetch (Ctrl-C, a dropped connection, Cancel in ComfyUI) continues where it stopped when run again.
-  A file whose size differs from what the Hub announced is deleted with its partial download, so
-  the next run fetches it cleanly.
+- **Resumable and checked.** Each file is streamed by huggingface_hub's own HTTP download
+  (`file_download.http_get`: its session, headers, proxies and retries) into `<file>.part` in the
+  staging folder, which a later fetch continues with an HTTP range request as long as the Hub still
+  serves the same file (same ETag); an interrupted fetch (Ctrl-C, a dropped connection, Cancel in
+  ComfyUI) goes on where it stopped when run again. A complete file is checked against the size and
+  the content hash the Hub announced (its ETag: SHA-256 for large files, the git blob SHA-1 for
+  small ones); a file that differs is deleted, so the next fetch starts it cleanly.
 - **The Hub's settings.** `HF_ENDPOINT` (a mirror), `HF_TOKEN` (gated or private repositories) and
   the offline switches `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE` are read when a fetch starts (not
   only when huggingface_hub was imported); offline, a fetch is refused with a message saying how to
@@ -32,6 +34,7 @@ into its progress bar); without it huggingface_hub's tqdm bars show (the command
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import os
@@ -366,44 +369,87 @@ class _Bytes:
         return _Reporting
 
 
-def _download(hub: Any, part: FetchPart, filename: str, staging: Path, endpoint: str, token: str | None,
+def _verify(path: Path, meta: Any) -> str | None:
+    """None when `path` matches the Hub's metadata (size; content hash when the ETag is one: the
+    SHA-256 of an LFS file, the git blob SHA-1 of a small file), else what differs."""
+    size = path.stat().st_size
+    if meta.size is not None and size != meta.size:
+        return f"{size} bytes where the Hub announced {meta.size}"
+    etag = (meta.etag or "").strip('"').lower()
+    if len(etag) in (40, 64) and all(c in "0123456789abcdef" for c in etag):
+        h = hashlib.sha256() if len(etag) == 64 else hashlib.sha1(f"blob {size}\0".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != etag:
+            return f"content hash {h.hexdigest()[:12]}... where the Hub announced {etag[:12]}..."
+    return None
+
+
+def _download(hub: Any, part: FetchPart, filename: str, meta: Any, staging: Path, token: str | None,
               counter: _Bytes) -> Path:
-    kwargs: dict[str, Any] = {"repo_id": part.repo, "filename": filename, "revision": part.revision,
-                              "local_dir": str(staging), "endpoint": endpoint, "token": token}
-    if "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters:
+    """One file into `staging`, continuing `<file>.part` from an earlier, interrupted fetch when the
+    Hub still serves the same file (same ETag); the complete file is checked against the Hub's size
+    and hash, then renamed from `.part` to its name."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    final = staging / filename
+    if final.is_file() and _verify(final, meta) is None:  # completed by an earlier fetch
+        counter.add(final.stat().st_size)
+        return final
+    partial = staging / (filename + ".part")
+    tag = staging / (filename + ".part.etag")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists() and (not tag.exists() or tag.read_text(encoding="utf-8") != str(meta.etag)):
+        partial.unlink()  # the Hub's file changed since: start again
+    tag.write_text(str(meta.etag), encoding="utf-8")
+    resume = partial.stat().st_size if partial.exists() else 0
+    if meta.size is not None and resume > meta.size:
+        partial.unlink()
+        resume = 0
+    counter.add(resume)
+    kwargs: dict[str, Any] = {"resume_size": resume, "headers": build_hf_headers(token=token),
+                              "expected_size": meta.size, "displayed_filename": filename}
+    if "tqdm_class" in inspect.signature(http_get).parameters:
         kwargs["tqdm_class"] = counter.tqdm_class()
     try:
-        return Path(hub.hf_hub_download(**kwargs))
+        with open(partial, "ab") as f:
+            http_get(meta.location, f, **kwargs)
     except Exception as e:
         if "Consistency check failed" in str(e):
             _drop_partial(staging, filename)
-        raise _explain(e, part, filename, endpoint) from e
+        raise _explain(e, part, filename, hub_endpoint()) from e
+    problem = _verify(partial, meta)
+    if problem:
+        _drop_partial(staging, filename)
+        raise FetchError(f"{part.repo}/{filename} arrived with a different size or content than the Hub announced "
+                         f"({problem}); the file was deleted: run the fetch again (a mirror set in HF_ENDPOINT may serve "
+                         "a different file)")
+    os.replace(partial, final)
+    tag.unlink(missing_ok=True)
+    return final
 
 
 def _drop_partial(staging: Path, filename: str) -> None:
-    """Delete the partial download of `filename` (its `.incomplete` files) and any copy of it."""
-    (staging / filename).unlink(missing_ok=True)
-    cache = staging / ".cache" / "huggingface" / "download"
-    if cache.is_dir():
-        stem = Path(filename)
-        for p in (cache / stem.parent).glob(f"{stem.name}*"):
-            if p.is_file():
-                p.unlink(missing_ok=True)
+    """Delete a file's partial download (and any copy of it) so the next fetch starts it cleanly."""
+    for p in (staging / filename, staging / (filename + ".part"), staging / (filename + ".part.etag")):
+        p.unlink(missing_ok=True)
 
 
 def _resolve_files(hub: Any, part: FetchPart, staging: Path, endpoint: str, token: str | None,
-                   counter: _Bytes) -> list[tuple[str, int | None]]:
-    """(filename, size) of every file to download, alternatives resolved; a sharded checkpoint's
-    index is downloaded here to learn its shards."""
-    chosen: list[tuple[str, int | None]] = []
+                   counter: _Bytes) -> list[tuple[str, Any]]:
+    """(filename, the Hub's metadata) of every file to download, alternatives resolved; a sharded
+    checkpoint's index is downloaded here to learn its shards."""
+    chosen: list[tuple[str, Any]] = []
     for f in part.files:
         for name in f.names:
             meta = _metadata(hub, part, name, endpoint, token)
             if meta is None:
                 continue
-            chosen.append((name, meta.size))
+            chosen.append((name, meta))
             if name.endswith(".index.json"):
-                index = _download(hub, part, name, staging, endpoint, token, counter)
+                index = _download(hub, part, name, meta, staging, token, counter)
                 try:
                     shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
                 except (OSError, ValueError, KeyError, AttributeError) as e:
@@ -414,7 +460,7 @@ def _resolve_files(hub: Any, part: FetchPart, staging: Path, endpoint: str, toke
                     if sm is None:
                         raise FetchError(f"{part.repo} lists the shard {shard} in {name} but does not have it; "
                                          f"download {part.link} by hand")
-                    chosen.append((shard, sm.size))
+                    chosen.append((shard, sm))
             break
         else:
             if f.required:
@@ -434,7 +480,6 @@ def _check_space(folder: Path, needed: int) -> None:
 
 def _publish(staging: Path, target: Path, files: Sequence[str], markers: Sequence[str]) -> None:
     """Move the complete files from `staging` into `target` atomically (see the module docstring)."""
-    shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
     if not target.exists():
         os.replace(staging, target)
         return
@@ -494,20 +539,15 @@ def _fetch_parts(hub: Any, todo: Sequence[FetchPart], root: Path, result: FetchR
         staging.mkdir(parents=True, exist_ok=True)
         files = _resolve_files(hub, part, staging, endpoint, token, counter)
         plans.append((part, staging, files))
-    total = sum(size or 0 for _, _, files in plans for _, size in files)
+    total = sum(meta.size or 0 for _, _, files in plans for _, meta in files)
     _check_space(root, total - sum(_staged_bytes(s) for _, s, _ in plans))
     counter.total, counter.done = total, 0
     for part, staging, files in plans:
         say(f"{part.what}: fetching {len(files)} file(s) from {endpoint}/{part.repo} into {root / part.folder}")
-        for filename, size in files:
+        for filename, meta in files:
             before = counter.done
-            path = _download(hub, part, filename, staging, endpoint, token, counter)
-            actual = path.stat().st_size
-            if size is not None and actual != size:
-                _drop_partial(staging, filename)
-                raise FetchError(f"{part.repo}/{filename} has {actual} bytes, the Hub announced {size}: the file was "
-                                 "deleted; run the fetch again (check HF_ENDPOINT if you use a mirror)")
-            counter.done = before + (size if size is not None else actual)  # files already complete count too
+            path = _download(hub, part, filename, meta, staging, token, counter)
+            counter.done = before + path.stat().st_size  # a file counts once, whole, however it arrived
             if progress is not None:
                 progress(min(counter.done, counter.total), counter.total)
         problem = part.check(staging)
