@@ -169,3 +169,23 @@ def test_plans_name_only_the_loaders_files():
         "csd", "clip-vit-large-patch14"]
     with pytest.raises(FetchError, match="fetchable names"):
         fetch_plan("brightness")
+
+
+def test_node_switch_fetches_only_when_on(repos, online, monkeypatch):
+    from comfy_scripts.nodepack import submodule
+
+    rn = submodule("nodes.reward_nodes")
+    node = rn.FDFOPickScoreReward()
+    assert node.INPUT_TYPES()["optional"]["fetch_missing_weights"][1]["default"] is False
+    with FakeHub(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(Exception, match="(?i)pickscore_v1 not found"):
+            node.load("auto", "auto", "auto", 16, "cpu")  # off (the default): nothing is downloaded
+        assert hub.requests == []
+        reward, = node.load("auto", "auto", "auto", 16, "cpu", fetch_missing_weights=True)
+        assert (online / "pickscore" / "model.safetensors").is_file()
+        scores = reward(rf.sample_images(2), ["a", "b"])
+        assert torch.isfinite(scores).all()
+        before = len(hub.requests)
+        node.load("auto", "auto", "auto", 16, "cpu", fetch_missing_weights=True)  # present now: no request
+        assert len(hub.requests) == before
