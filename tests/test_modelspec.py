@@ -148,6 +148,8 @@ def test_comfyui_lora_loader_reads_the_file(trained, tmp_path):
     script.write_text(
         "import sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
+        "import comfy.cli_args\n"
+        "comfy.cli_args.args.cpu = True\n"
         "import comfy.utils, comfy.lora\n"
         "sd, meta = comfy.utils.load_torch_file(sys.argv[2], return_metadata=True)\n"
         "assert meta.get('modelspec.architecture') == 'stable-diffusion-3/lora', meta.get('modelspec.architecture')\n"
