@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .run_time import transformer_module
+
 SPEC_VERSION = "1.0.0"
 KEY_PREFIX = "modelspec."
 #: FDFO LoRA files use ComfyUI's native key names (`diffusion_model.<module>.lora_up.weight`).
@@ -65,16 +67,6 @@ def lora_architecture(family: str, variant: str | None = None) -> str:
     return f"{base_architecture(family, variant)}/{ADAPTER}"
 
 
-def _transformer(backend: Any) -> torch.nn.Module | None:
-    """The diffusion transformer of a backend (diffusers: `.transformer`; ComfyUI: the MODEL's)."""
-    module = getattr(backend, "transformer", None)
-    if isinstance(module, torch.nn.Module):
-        return module
-    base = getattr(backend, "base", None)
-    module = getattr(base, "diffusion_model", None)
-    return module if isinstance(module, torch.nn.Module) else None
-
-
 def published_variant(family: Any, params: int, guidance: bool | None = None) -> str | None:
     """The key of the family's published model whose size matches `params` (within
     VARIANT_SIZE_RATIO); among equal sizes (Flux dev / schnell) the one whose guidance embedding
@@ -96,7 +88,7 @@ def published_variant(family: Any, params: int, guidance: bool | None = None) ->
 def backend_variant(backend: Any) -> str | None:
     """The published variant of the model a backend trains, from its size (and guidance embedding)."""
     family = getattr(backend, "model_family", None)
-    module = _transformer(backend)
+    module = transformer_module(backend)
     if family is None or module is None:
         return None
     params = sum(p.numel() for n, p in module.named_parameters() if "lora_" not in n)

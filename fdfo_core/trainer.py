@@ -41,6 +41,7 @@ from .modelspec import prompts_summary
 from .objective import fdfo_loss, pair_deltas
 from .picking import PairContext, is_pairwise
 from .prompts import clean_prompt
+from .run_time import RunTimeEstimate, estimate_run, format_duration, probe_forward_seconds, tokens_per_image, transformer_module
 from .rewards.base import Reward, RewardError
 from .run_definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
 from .run_definition import FrontEnd, RunDefinition, RunRecords, differences, refusal_message, reward_fields
@@ -243,6 +244,8 @@ class FDFOTrainer:
         #: The latest preview of the trained model (a PIL image; the front end sets it), saved as
         #: `<name>.preview.png` beside each LoRA file.
         self.preview_image: Any = None
+        self.time_estimate: RunTimeEstimate | None = None  # `estimate_time`, once per session
+        self._estimated = False
         self.history: list[dict[str, Any]] = []
         # Until the reward has scored one image, a failing call is a setup problem and stops the run.
         self._reward_worked = False
@@ -289,6 +292,40 @@ class FDFOTrainer:
     def _progress(self, phase: str, done: int, total: int) -> None:
         if self.callbacks.on_progress is not None:
             self.callbacks.on_progress(phase, done, total)
+
+    def estimate_time(self) -> RunTimeEstimate | None:
+        """The remaining run's expected time (fdfo_core/run_time.py: the passes the settings make,
+        priced by timing one velocity call of this model on this device), computed once per
+        session; None when there is nothing left to run or the timing call failed (logged)."""
+        if self._estimated:
+            return self.time_estimate
+        self._estimated = True
+        cfg = self.config
+        if self.epoch >= cfg.epochs:
+            return None
+        from .memory import parameter_count
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # training's random state stays as it was
+                cond = self.backend.encode_prompts([self.prompts[0]])
+                shape = tuple(self.backend.latent_shape(cfg.height, cfg.width))
+
+                def velocity(x, t, c):
+                    with self._autocast():
+                        return self.backend.velocity(x, t, c)
+
+                seconds = probe_forward_seconds(velocity, cond, shape, max(1, cfg.sample_batch_size), self.device,
+                                                cond_select)
+            module = transformer_module(self.backend)
+            params = parameter_count(module) if module is not None else None
+            tokens = tokens_per_image(self.backend, shape, cond)
+        except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # no estimate; training goes on
+            self._log(f"no time estimate ({type(e).__name__}: {e})")
+            return None
+        base_done = self.guardrails is not None and self.guardrails.base is not None
+        self.time_estimate = estimate_run(cfg, seconds, self.epoch, base_done, params, tokens)
+        return self.time_estimate
 
     def _autocast(self):
         if self.amp is None:
@@ -643,11 +680,17 @@ class FDFOTrainer:
         self.start_run()
         guard = self.guardrails
         try:
+            estimate = self.estimate_time()
+            if estimate is not None:
+                self._log(estimate.line())
             if guard is not None and self.epoch < cfg.epochs:
                 guard.start(self)
+            first_epoch, started = self.epoch, time.perf_counter()
             while self.epoch < cfg.epochs and not (guard is not None and guard.stop_reason):
                 metrics = self.train_epoch()
-                self._log(format_metrics(metrics, cfg.epochs))
+                pace = (time.perf_counter() - started) / max(1, self.epoch - first_epoch)
+                left = f"  about {format_duration(pace * (cfg.epochs - self.epoch))} left" if self.epoch < cfg.epochs else ""
+                self._log(format_metrics(metrics, cfg.epochs) + left)
                 if guard is not None:
                     guard.after_epoch(self, metrics)
                 if writes:

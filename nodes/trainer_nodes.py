@@ -403,6 +403,9 @@ class FDFOTrainerNode:
             trainer.start_run()  # the run and LoRA folders writable, space enough, the run recorded
             start = (f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
                      f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch")
+            estimate = trainer.estimate_time()  # before the first epoch: the expected time (an estimate)
+            if estimate is not None:
+                start += "\n" + estimate.line()
             progress.bar.text(start)
             if preview_every:
                 grids["base"] = preview(trainer, use_adapter=False)
