@@ -397,7 +397,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return
         images = generate_images(backend, preview_prompts, preview_seeds, cfg.num_steps, cfg.height, cfg.width,
                                  cfg.cfg_scale, cfg.negative_prompt, amp=amp)
-        if images.ndim == 4 and images.shape[1] == 3:  # the first preview becomes <lora>.preview.png
+        if trainer is not None and images.ndim == 4 and images.shape[1] == 3:  # the first one: <lora>.preview.png
             trainer.preview_image = to_pil(images[0])
         grid = image_grid(images, ncol=min(8, len(preview_prompts)), scale=max(1, 256 // cfg.width))
         save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
@@ -435,7 +435,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer.start_run()  # checks the run folder and records the run before anything is written
     if dist.is_main:
         if trainer.epoch == 0:
-            preview(0)
+            preview(None, 0)  # the base model: not a LoRA's preview
         progress.write(f"run folder: {run_dir}  ({len(prompts)} prompts, reward {reward.describe()}, device {device})")
     try:
         trainer.train()
