@@ -1,4 +1,4 @@
-"""Hacking statistics of the held-out images (fdfo_core/image_stats.py) on images built to have
+"""Hacking statistics of the held-out images (fdfo_core/files/image_stats.py) on images built to have
 known values, and the early-stop bound on them (guardrails.py)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fdfo_core.config import FDFOConfig, load_config
-from fdfo_core.evaluation import Evaluation
-from fdfo_core.guardrails import EVAL_COLUMNS, Guardrails
-from fdfo_core.image_stats import STAT_NAMES, image_statistics, largest_shift, per_image_statistics, shift_from_base
+from fdfo_core.run.evaluation import Evaluation
+from fdfo_core.run.guardrails import EVAL_COLUMNS, Guardrails
+from fdfo_core.files.image_stats import STAT_NAMES, image_statistics, largest_shift, per_image_statistics, shift_from_base
 from fdfo_core.rewards import build_reward
 
 
@@ -89,8 +89,8 @@ def test_training_logs_plots_and_stops_on_the_statistics(tmp_path):
     """A tiny SD3 run trained on brightness: every evaluation logs the statistics beside the base
     model's, the curve gets its panel, and a tight bound stops the run at the first evaluation."""
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
-    from fdfo_core.cli import reward_curve_image
-    from fdfo_core.trainer import Callbacks, FDFOTrainer
+    from fdfo_core.files.drawing import reward_curve_image
+    from fdfo_core.run.trainer import Callbacks, FDFOTrainer
     from tiny_pipelines import tiny_sd3_pipeline
 
     lines = []

@@ -19,14 +19,14 @@ from PIL import Image
 from safetensors import safe_open
 
 from fdfo_core.config import load_config
-from fdfo_core.modelspec import (
+from fdfo_core.backends.modelspec import (
     ARCHITECTURES,
     base_architecture,
     preview_path,
     prompts_summary,
     published_variant,
 )
-from fdfo_core.trainer import Callbacks, FDFOTrainer
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer
 from tiny_pipelines import tiny_sd3_pipeline
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]

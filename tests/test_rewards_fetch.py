@@ -145,7 +145,7 @@ def test_unreachable_hub_names_the_endpoint(online, monkeypatch):
 
 
 def test_cli_fetch_into_a_folder(repos, online, monkeypatch, tmp_path, capsys):
-    from fdfo_core.cli import main
+    from fdfo_core.cli.main import main
 
     dest = tmp_path / "elsewhere"
     with FakeHub(repos) as hub:

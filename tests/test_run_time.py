@@ -1,4 +1,4 @@
-"""The run-time estimate (fdfo_core/run_time.py): its formula on known inputs, and the lines a run
+"""The run-time estimate (fdfo_core/run/run_time.py): its formula on known inputs, and the lines a run
 prints before the first epoch (the estimate) and after each (the measured time left)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fdfo_core.config import FDFOConfig, load_config
-from fdfo_core.run_time import (
+from fdfo_core.run.run_time import (
     estimate_run,
     evaluations_left,
     format_duration,
@@ -72,7 +72,7 @@ def test_probe_times_the_second_call_and_leaves_the_rng_alone():
 def test_a_run_prints_the_estimate_first_and_the_time_left_after_each_epoch(tmp_path):
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
     from fdfo_core.rewards import build_reward
-    from fdfo_core.trainer import Callbacks, FDFOTrainer
+    from fdfo_core.run.trainer import Callbacks, FDFOTrainer
     from tiny_pipelines import tiny_sd3_pipeline
 
     lines = []
