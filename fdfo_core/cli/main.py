@@ -562,7 +562,7 @@ def cmd_rewards(args: argparse.Namespace) -> int:
 
 def cmd_rewards_fetch(args: argparse.Namespace) -> int:
     """`fdfo rewards fetch NAME...`: download what each reward needs into the reward folder."""
-    from .rewards.fetch import fetch_weights
+    from ..rewards.fetch import fetch_weights
 
     options = parse_reward_options(args.reward_opt)
     for name in args.names:
