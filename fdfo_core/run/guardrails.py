@@ -13,7 +13,7 @@ stays readable and the baselines (which share `FDFOTrainer.train`) get the same 
 - Early stop (off by default): when the criterion has not improved on its best (the base model's
   included) for `early_stop_patience` evaluations, when diversity falls below
   `early_stop_min_diversity` x the base model's, or when an image statistic of the held-out images
-  (image_stats.py: near-black / near-white share, saturation, colour entropy, edge density) moves
+  (files/image_stats.py: near-black / near-white share, saturation, colour entropy, edge density) moves
   more than `early_stop_max_image_shift` of its range from the base model's.
 
 Only rank 0 samples and writes; the figures and the stop decision are broadcast to every rank.
@@ -64,7 +64,8 @@ class RunView(Protocol):
 
     def progress(self, phase: str, done: int, total: int) -> None: ...
 
-    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path: ...
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file",
+                  preview: Any = None) -> Path: ...
 
 
 #: Columns every epoch line of metrics.jsonl gets while evaluation is on (None where not measured),
