@@ -132,9 +132,9 @@ def test_architecture_ids_and_variants():
     from fdfo_core.families import all_families
 
     for fam in all_families():
-        assert fam.name in ARCHITECTURES, fam.name
-        for arch in ARCHITECTURES[fam.name].values():
-            assert "/" not in arch and arch == arch.lower() and " " not in arch
+        ids = list(ARCHITECTURES.get(fam.name, {}).values()) + [base_architecture(fam.name)]
+        for arch in ids:
+            assert "/" not in arch and "_" not in arch and arch == arch.lower() and " " not in arch, (fam.name, arch)
     assert prompts_summary(["a", "b", "a", "c", "d"], shown=2) == '4 prompt(s): "a"; "b" and 2 more'
 
 

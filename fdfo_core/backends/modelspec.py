@@ -52,11 +52,17 @@ ARCHITECTURES: Mapping[str, Mapping[str | None, str]] = {
     "lumina2": {None: "lumina-2"},
     "wan": {None: "wan-2.1-t2v"},
     "hunyuan_image": {None: "hunyuan-image-2.1"},
+    "krea2": {None: "krea-2"},
+    "longcat_image": {None: "longcat-image"},
+    "ernie_image": {None: "ernie-image"},
+    "kandinsky5_image": {None: "kandinsky-5-image"},
+    "qwen_image21": {None: "qwen-image-2.1"},
 }
 
 
 def base_architecture(family: str, variant: str | None = None) -> str:
-    """The model-spec id of a base model (family name as in `fdfo_core.families`, published key)."""
+    """The model-spec id of a base model (family name as in `fdfo_core.families`, published key); a
+    family missing from ARCHITECTURES gets its name with hyphens."""
     table = ARCHITECTURES.get(family)
     if table is None:
         return family.replace("_", "-")
