@@ -1,0 +1,28 @@
+"""Harness cases of the 2026 families, part b (issue 26: Sana, CogView4, Ovis-Image, Bria FIBO).
+
+Registered into `family_cases.CASES` by one line there. No ComfyUI builders: ComfyUI up to v0.8.0
+has none of these models as its own class (Ovis-Image runs as a Flux variant there, see
+docs/families.md). Only torch at module level (ComfyUI's python imports family_cases).
+"""
+
+from __future__ import annotations
+
+from family_cases import FamilyCase
+
+
+def _sana(tmp, seed):
+    from tiny_pipelines_2026b import tiny_sana_pipeline
+
+    return tiny_sana_pipeline(tmp, seed)
+
+
+CASES = [
+    # 128 px: 4x4 latents of the 32x DC-AE. The pipeline's resolution binning is off (it would replace
+    # the size); its default complex human instruction is on, on both sides.
+    FamilyCase("sana", "sana", _sana, pipeline_kwargs=lambda options: {"guidance_scale": 1.0,
+                                                                       "use_resolution_binning": False},
+               cfg_kwargs=lambda cfg: {"guidance_scale": cfg, "use_resolution_binning": False},
+               max_sequence_length=24, size=128, latent_cell=32, size_multiple=32,
+               train=True,
+               train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
+]

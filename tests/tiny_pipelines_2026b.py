@@ -1,0 +1,79 @@
+"""Tiny pipelines of the 2026 families (part b: Sana, CogView4, Ovis-Image, Bria FIBO), built from
+configs with random weights (nothing downloaded); see tests/tiny_pipelines.py for the shared parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tiny_pipelines import _reinit, tiny_qwen3, tiny_qwen3_tokenizer, tiny_qwen_tokenizer, tiny_vae
+
+
+def calibrate_decoder(decode, last_conv: torch.nn.Conv2d, latent_shape: tuple[int, ...], seed: int,
+                      spread: float = 0.3) -> None:
+    """Scale a random decoder's last convolution so that decoded images have about `spread` std
+    around mid-grey (pixels are rarely clipped and the image depends smoothly on the latent)."""
+    with torch.no_grad():
+        if last_conv.bias is not None:
+            last_conv.bias.zero_()
+        z = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        last_conv.weight.mul_(spread / decode(z).std())
+
+
+# --- Sana ---------------------------------------------------------------------------------------------
+
+
+def tiny_dc_ae(seed: int, blocks: int = 6):
+    """AutoencoderDC (Sana's deep-compression VAE), 32 latent channels, 2^(blocks - 1) x compression
+    (6 blocks: the true 32x), 8 channels wide (the deepest stage 32), one ResBlock per stage, no attention."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(seed)
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=32, attention_head_dim=8,
+        encoder_block_types="ResBlock", decoder_block_types="ResBlock",
+        # (the last stage as wide as the latent: the shortcuts repeat / average latent channels)
+        encoder_block_out_channels=(8,) * (blocks - 1) + (32,), decoder_block_out_channels=(8,) * (blocks - 1) + (32,),
+        encoder_layers_per_block=(1,) * blocks, decoder_layers_per_block=(1,) * blocks,
+        encoder_qkv_multiscales=((),) * blocks, decoder_qkv_multiscales=((),) * blocks,
+        scaling_factor=0.41407,
+    )
+    _reinit(vae, seed, gain=1.2)
+    calibrate_decoder(lambda z: vae.decode(z).sample, vae.decoder.conv_out.conv if hasattr(vae.decoder.conv_out, "conv")
+                      else vae.decoder.conv_out, (4, 32, 2, 2), seed)
+    return vae.eval()
+
+
+def tiny_gemma2(seed: int, vocab_size: int, pad_token_id: int, hidden: int = 32):
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    return Gemma2Model(Gemma2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096,
+        pad_token_id=pad_token_id, bos_token_id=None, eos_token_id=None,
+    )).eval()
+
+
+def tiny_sana_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, solver_order: int = 1):
+    """SanaPipeline at 128x128 px (4x4 latents of the 32x DC-AE, 32 channels): a 2-layer Gemma-2
+    (hidden 32) with a byte-level tokenizer (the pipeline's complex human instruction is ~700
+    tokens), a Sana transformer of width 32 (2 heads of 16; cross-attention 2 heads of 16), the
+    DPM-Solver++ flow scheduler Sana ships (flow_shift 3) at `solver_order` (1: the pipeline
+    samples as FDFO's Euler solver does; Sana ships 2)."""
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        in_channels=32, out_channels=32, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
+        num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
+        mlp_ratio=2.5, sample_size=4, patch_size=1,
+    )
+    _reinit(transformer, seed)
+    scheduler = DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, solver_order=solver_order,
+    )
+    return SanaPipeline(tokenizer=tok, text_encoder=tiny_gemma2(seed + 2, len(tok), tok.pad_token_id),
+                        vae=tiny_dc_ae(seed + 1), transformer=transformer.eval(), scheduler=scheduler)
