@@ -26,3 +26,17 @@ CASES = [
                train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
+
+
+def _cogview4(tmp, seed):
+    from tiny_pipelines_2026b import tiny_cogview4_pipeline
+
+    return tiny_cogview4_pipeline(tmp, seed)
+
+
+CASES += [
+    # Both prompts are 16 tokens after GLM's left padding, so the pipeline's batch padding equals
+    # FDFO's per-prompt padding here (test_cogview4_* pins the difference for unequal prompts).
+    FamilyCase("cogview4", "cogview4", _cogview4, cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               max_sequence_length=32, train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
+]

@@ -77,3 +77,51 @@ def tiny_sana_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, solver_ord
     )
     return SanaPipeline(tokenizer=tok, text_encoder=tiny_gemma2(seed + 2, len(tok), tok.pad_token_id),
                         vae=tiny_dc_ae(seed + 1), transformer=transformer.eval(), scheduler=scheduler)
+
+
+# --- CogView4 -------------------------------------------------------------------------------------------
+
+
+def tiny_glm_tokenizer():
+    """The byte-level tokenizer with GLM-4's conventions: "[gMASK]<sop>" before every text (so the
+    empty prompt is two tokens) and left padding; the harness prompts' words are single tokens (so
+    that each is at most 16 tokens and a pipeline batch pads none of them further)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tiny_qwen_tokenizer()
+    tok.add_tokens(["red", "circle", "two", "blue", "squares", "green", "triangle"])
+    tok.add_special_tokens({"additional_special_tokens": ["[gMASK]", "<sop>"]})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("[gMASK]", "<sop>")}
+    tok._tokenizer.post_processor = TemplateProcessing(single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B",
+                                                       special_tokens=list(ids.items()))
+    tok.padding_side = "left"
+    return tok
+
+
+def tiny_cogview4_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
+    """CogView4Pipeline at 64x64 px (8x8 latents, 2x2 patches in the transformer): a 3-layer GLM
+    (hidden 32; the pipeline reads the second-to-last hidden state), a transformer of width 32
+    (2 heads of 16), the tiny 16-channel VAE, CogView4's scheduler (linear time shift with its
+    square-root mu)."""
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    tok = tiny_glm_tokenizer()
+    torch.manual_seed(seed)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers, attention_head_dim=16,
+        num_attention_heads=2, text_embed_dim=32, time_embed_dim=32, condition_dim=16, pos_embed_max_size=16,
+        sample_size=8, rope_axes_dim=(16, 16),
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = GlmModel(GlmConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+    )).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.25, max_image_seq_len=4096, max_shift=0.75, shift=1.0,
+        time_shift_type="linear", use_dynamic_shifting=True,
+    )
+    return CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=tiny_vae(1.0, 0.0, seed + 1),
+                            transformer=transformer.eval(), scheduler=scheduler)
