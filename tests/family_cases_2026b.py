@@ -40,3 +40,17 @@ CASES += [
     FamilyCase("cogview4", "cogview4", _cogview4, cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
                max_sequence_length=32, train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
 ]
+
+
+def _ovis_image(tmp, seed):
+    from tiny_pipelines_2026b import tiny_ovis_image_pipeline
+
+    return tiny_ovis_image_pipeline(tmp, seed)
+
+
+CASES += [
+    FamilyCase("ovis-image", "ovis_image", _ovis_image, cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               max_sequence_length=24,
+               # (its builder sets the number of template tokens dropped for the byte tokenizer; not saved)
+               folder_round_trip=False, train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
+]

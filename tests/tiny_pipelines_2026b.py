@@ -125,3 +125,41 @@ def tiny_cogview4_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
     )
     return CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=tiny_vae(1.0, 0.0, seed + 1),
                             transformer=transformer.eval(), scheduler=scheduler)
+
+
+# --- Ovis-Image -----------------------------------------------------------------------------------------
+
+
+def tiny_ovis_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
+    """OvisImagePipeline at 64x64 px (8x8 latents, 16 packed tokens): a 2-layer Qwen3 (hidden 32) with
+    the byte-level tokenizer and a Qwen3 chat template, a transformer of width 32 (2 heads of 16)
+    with one double and one single block, the tiny 16-channel VAE, Flux's dynamic shift. The
+    pipeline drops a hard-coded 28 tokens (chat header + system prompt in Qwen's tokenizer): here
+    one token per byte, so the builder sets `user_prompt_begin_id` to that prefix's length (not
+    saved with the folder)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, OvisImagePipeline, OvisImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    tok = tiny_qwen3_tokenizer()
+    torch.manual_seed(seed)
+    transformer = OvisImageTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen3Model(Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+    )).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = OvisImagePipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder,
+                             tokenizer=tok, transformer=transformer.eval())
+    marker = "\x00"
+    text = tok.apply_chat_template([{"role": "user", "content": pipe.system_prompt + marker}], tokenize=False,
+                                   add_generation_prompt=True, enable_thinking=False)
+    pipe.user_prompt_begin_id = len(tok(text.split(marker)[0], add_special_tokens=False).input_ids)
+    return pipe
