@@ -54,3 +54,17 @@ CASES += [
                # (its builder sets the number of template tokens dropped for the byte tokenizer; not saved)
                folder_round_trip=False, train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
 ]
+
+
+def _bria_fibo(tmp, seed):
+    from tiny_pipelines_2026b import tiny_bria_fibo_pipeline
+
+    return tiny_bria_fibo_pipeline(tmp, seed)
+
+
+CASES += [
+    # (plain-text prompts: the JSON-caption warning is expected; its own test checks it)
+    FamilyCase("bria-fibo", "bria_fibo", _bria_fibo, cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
+               max_sequence_length=24, latent_cell=16, size_multiple=16,
+               train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
+]

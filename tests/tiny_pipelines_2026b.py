@@ -163,3 +163,49 @@ def tiny_ovis_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_
                                    add_generation_prompt=True, enable_thinking=False)
     pipe.user_prompt_begin_id = len(tok(text.split(marker)[0], add_special_tokens=False).input_ids)
     return pipe
+
+
+# --- Bria FIBO ------------------------------------------------------------------------------------------
+
+
+def tiny_wan22_vae(seed: int):
+    """The Wan 2.2 VAE layout (48 channels, residual, 16x with its 2x2 patching), 8 channels wide, with
+    per-channel statistics away from (0, 1) so that a missed de-normalisation shows."""
+    from diffusers import AutoencoderKLWan
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                            out_channels=12, patch_size=2, scale_factor_spatial=16,
+                            latents_mean=(torch.randn(48, generator=g) * 0.1).tolist(),
+                            latents_std=(torch.rand(48, generator=g) + 0.5).tolist()).eval()
+
+
+def tiny_bria_fibo_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_single_layers: int = 2):
+    """BriaFiboPipeline at 64x64 px (4x4 cells of the 16x Wan 2.2 VAE, 48 channels, one token each): a
+    1-layer SmolLM3 (hidden 16; its vocabulary reaches the BOS id 128000 the pipeline hard-codes for
+    the empty prompt) with the byte-level tokenizer, a transformer of width 32 (2 heads of 16) with one
+    double and two single blocks: three blocks for two hidden states, so the last is repeated as in
+    FIBO (37 hidden states, 46 blocks)."""
+    from diffusers import BriaFiboPipeline, BriaFiboTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    tok = tiny_qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = BriaFiboTransformer2DModel(
+        patch_size=1, in_channels=48, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=[4, 6, 6], text_encoder_dim=16,
+    )
+    _reinit(transformer, seed)
+    torch.manual_seed(seed + 2)
+    text_encoder = SmolLM3ForCausalLM(SmolLM3Config(
+        vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=128000,
+        eos_token_id=tok.eos_token_id,
+    )).eval()
+    # FIBO's scheduler: Flux's dynamic shift (mu from the latent cells).
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return BriaFiboPipeline(transformer=transformer.eval(), scheduler=scheduler, vae=tiny_wan22_vae(seed + 1),
+                            text_encoder=text_encoder, tokenizer=tok)

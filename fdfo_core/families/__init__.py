@@ -22,7 +22,7 @@ from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart,
 #: Family modules, in the order they are listed to users.
 _FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan", "hunyuan_image")
 #: The 2026 families, part b (issue 26).
-_FAMILY_MODULES += ("sana", "cogview4", "ovis_image")
+_FAMILY_MODULES += ("sana", "cogview4", "ovis_image", "bria_fibo")
 
 _REGISTRY: dict[str, Family] = {}
 
