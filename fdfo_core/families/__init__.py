@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyError, FamilyOptions
+from .base import MMDIT_ATTENTION_TARGETS, DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart, fused, same_names
 
 #: Family modules, in the order they are listed to users.
@@ -128,7 +128,7 @@ def family_presets() -> dict[str, dict[str, Any]]:
 
 
 __all__ = [
-    "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
+    "DistilledCheckpoint", "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
     "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "comfy_refusal", "family_for_comfy_model", "family_for_pipeline",
     "family_names", "family_presets", "fused", "get_family", "needs_input", "register", "same_names",
     "supported_families_text",

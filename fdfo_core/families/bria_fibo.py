@@ -64,8 +64,9 @@ class BriaFibo(Family):
     # The pipeline allows 3000 (JSON captions run to ~1000 tokens); every token is kept per layer.
     max_sequence_length = 1024
     preset_name = "bria-fibo"
-    # The pipeline's defaults: 1024 px, 50 steps, CFG 5 with the empty negative prompt.
-    preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 5.0}
+    # The pipeline's 1024 px and 50 steps; FDFO trains without CFG (the published default; the pipeline
+    # samples with CFG 5: `--cfg-scale 5`).
+    preset = {"height": 1024, "width": 1024, "num_steps": 50}
     vram = ("8 B transformer (16 GB in bf16) plus SmolLM3-3B (6 GB) while prompts are encoded; every prompt keeps "
             "all 37 hidden states of its text (~75 MB per 1000 tokens in bf16): 48 GB at 1024 px with gradient "
             "checkpointing (estimates from the parameter count, not measured)")

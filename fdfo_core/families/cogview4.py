@@ -56,8 +56,9 @@ class CogView4(Family):
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     max_sequence_length = 1024  # the pipeline's default (tokens before padding to a multiple of 16)
     preset_name = "cogview4"
-    # The pipeline's defaults: 1024 px, 50 steps, CFG 5 with the empty negative prompt.
-    preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 5.0}
+    # The pipeline's 1024 px and 50 steps; FDFO trains without CFG (the published default; the pipeline
+    # samples with CFG 5: `--cfg-scale 5`).
+    preset = {"height": 1024, "width": 1024, "num_steps": 50}
     vram = ("6.4 B transformer (13 GB in bf16) plus GLM-4 9B (19 GB) while prompts are encoded: 32-48 GB at 1024 px "
             "with gradient checkpointing (estimates from the parameter count, not measured)")
 

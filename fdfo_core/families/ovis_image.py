@@ -35,8 +35,9 @@ class OvisImage(Family):
     lora_map = flux_lora_map()
     max_sequence_length = 256  # the pipeline's default (after the dropped template tokens)
     preset_name = "ovis-image"
-    # The pipeline's defaults: 1024 px, 50 steps, CFG 5 with the empty negative prompt.
-    preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 5.0}
+    # The pipeline's 1024 px and 50 steps; FDFO trains without CFG (the published default; the pipeline
+    # samples with CFG 5: `--cfg-scale 5`).
+    preset = {"height": 1024, "width": 1024, "num_steps": 50}
     vram = ("7.4 B transformer (15 GB in bf16) plus its Qwen3 2B text encoder (4 GB) while prompts are encoded: "
             "32-48 GB at 1024 px with gradient checkpointing (estimates from the parameter count, not measured)")
 

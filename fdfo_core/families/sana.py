@@ -71,8 +71,9 @@ class Sana(Family):
     fingerprint_module = "proj_out"
     max_sequence_length = 300  # the pipeline's default (after the instruction)
     preset_name = "sana"
-    # Sana 1.0 / 1.5 1600M at 1024 px: the pipeline's 20 steps, CFG 4.5 with the empty negative prompt.
-    preset = {"height": 1024, "width": 1024, "num_steps": 20, "cfg_scale": 4.5}
+    # Sana 1.0 / 1.5 1600M at 1024 px, the pipeline's 20 steps; FDFO trains without CFG (the published
+    # default; the pipeline samples with CFG 4.5: `--cfg-scale 4.5`).
+    preset = {"height": 1024, "width": 1024, "num_steps": 20}
     vram = ("1.6 B transformer (3.2 GB in bf16; Sana 1.5 4.8B: 9.6 GB) plus Gemma-2 2B (5 GB) while prompts are "
             "encoded: 16-24 GB at 1024 px with gradient checkpointing (estimates from the parameter count, "
             "not measured)")
