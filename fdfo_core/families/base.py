@@ -102,6 +102,12 @@ class DistilledCheckpoint:
                 return True
         return comfy_config is not None and comfy_config in self.comfy_configs
 
+    def adapted(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings to change for a run with these config `values` where the front end's
+        `defaults` are what the user left alone: each of `settings` whose value is still the default
+        (a value the user chose is kept; the warning names it)."""
+        return {k: v for k, v in self.settings.items() if k in values and values[k] == defaults.get(k) and values[k] != v}
+
     def warning(self, family_title: str, given: Mapping[str, Any] | None = None) -> str:
         """The message both front ends show: what it is, why not to train it, what to train instead,
         and the settings FDFO samples it with if the user goes on (`given`: the run's values of those
