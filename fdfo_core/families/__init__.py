@@ -85,6 +85,14 @@ def needs_input(class_name: str) -> tuple[Family, str] | None:
     return None
 
 
+def pipeline_refusal(class_name: str) -> str | None:
+    """Why FDFO refuses diffusers pipeline class `class_name` (one no family covers: not a plain
+    text-to-image flow, or no module yet; `refused.REFUSED_PIPELINES`), or None."""
+    from .refused import REFUSED_PIPELINES
+
+    return REFUSED_PIPELINES.get(class_name)
+
+
 def family_for_comfy_model(base: Any) -> Family | None:
     """The family of a ComfyUI model (`MODEL.model`, matched by its exact class name), or None."""
     name = type(base).__name__
@@ -130,6 +138,6 @@ def family_presets() -> dict[str, dict[str, Any]]:
 __all__ = [
     "DistilledCheckpoint", "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
     "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "comfy_refusal", "family_for_comfy_model", "family_for_pipeline",
-    "family_names", "family_presets", "fused", "get_family", "needs_input", "register", "same_names",
+    "family_names", "family_presets", "fused", "get_family", "needs_input", "pipeline_refusal", "register", "same_names",
     "supported_families_text",
 ]

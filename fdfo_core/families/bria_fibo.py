@@ -27,6 +27,7 @@ import json
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyOptions
 from .lora_map import LoraMap, same_names
@@ -93,14 +94,25 @@ class BriaFibo(Family):
                           f"(e.g. {plain[0][:60]!r}). Write them as JSON (Bria's FIBO-VLM prompt-to-JSON model "
                           "does it) for the model's intended behaviour.", stacklevel=2)
         length = options.max_sequence_length
-        emb, layers, mask = pipe.get_prompt_embeds(list(prompts), max_sequence_length=length, device=device)
-        used = [layers[i] for i in block_layers(len(layers), self._num_blocks(pipe))]
-        stacked = torch.stack(used, dim=1)  # [B, blocks, L, D]
-        n = emb.shape[1]
-        pad = length - n
-        return {"prompt_embeds": torch.nn.functional.pad(emb, (0, 0, 0, pad)),
-                "prompt_layers": torch.nn.functional.pad(stacked, (0, 0, 0, pad)).to(emb.dtype),
-                "prompt_mask": torch.nn.functional.pad(mask.long(), (0, pad))}
+        out: dict[str, torch.Tensor] = {}
+        # Empty prompts apart: in a batch with others the pipeline would fill a whole padded row with BOS
+        # tokens, all attended; alone (how it encodes its negative prompt) "" is one BOS token.
+        for empty in (False, True):
+            rows = [i for i, p in enumerate(prompts) if (p == "") == empty]
+            if not rows:
+                continue
+            emb, layers, mask = pipe.get_prompt_embeds([prompts[i] for i in rows], max_sequence_length=length,
+                                                       device=device)
+            used = [layers[i] for i in block_layers(len(layers), self._num_blocks(pipe))]
+            pad = length - emb.shape[1]
+            part = {"prompt_embeds": F.pad(emb, (0, 0, 0, pad)),
+                    "prompt_layers": F.pad(torch.stack(used, dim=1), (0, 0, 0, pad)).to(emb.dtype),  # [B, blocks, L, D]
+                    "prompt_mask": F.pad(mask.long(), (0, pad))}
+            for key, value in part.items():
+                if key not in out:
+                    out[key] = value.new_zeros(len(prompts), *value.shape[1:])
+                out[key][rows] = value
+        return out
 
     def diffusers_velocity(self, pipe, x, t, cond, options):
         b, c, h, w = x.shape

@@ -63,7 +63,6 @@ class Sana(Family):
     diffusers_needs_input = {
         "SanaControlNetPipeline": "a control image",
         "SanaSprintImg2ImgPipeline": "an input image",
-        "SanaPAGPipeline": "no input, but perturbed-attention guidance FDFO does not apply (load SanaPipeline)",
     }
     latent_patch = 1  # the DC-AE's 32x latents, one token per cell
     lora_map = _sana_map()
