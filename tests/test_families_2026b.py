@@ -80,16 +80,16 @@ def test_sana_prompts_carry_the_complex_human_instruction_and_the_empty_prompt_d
     assert torch.equal(cond["prompt_embeds"][1:], negative[0]) and torch.equal(cond["prompt_mask"][1:], negative[1])
 
 
-def test_sana_grid_is_the_dpm_solvers_and_the_model_sees_integer_steps(sana, tmp_path):
+def test_sana_grid_is_the_dpm_solvers_and_the_model_sees_integer_steps(sana):
     """The time grid is DPM-Solver's flow grid (Sana ships order 2; FDFO integrates the grid with its
     own solver); the transformer gets floor(1000 t), as the scheduler's int64 timesteps give it."""
+    from types import SimpleNamespace
+
     from diffusers import DPMSolverMultistepScheduler
 
-    from tiny_pipelines_2026b import tiny_sana_pipeline
-
-    pipe2 = tiny_sana_pipeline(tmp_path, 0, solver_order=2)
-    sigmas = sana.model_family.diffusers_sigmas(pipe2, 6, 128, 128)
-    fresh = DPMSolverMultistepScheduler.from_config(pipe2.scheduler.config)
+    shipped = DPMSolverMultistepScheduler.from_config(sana.pipe.scheduler.config, solver_order=2)
+    sigmas = sana.model_family.diffusers_sigmas(SimpleNamespace(scheduler=shipped), 6, 128, 128)
+    fresh = DPMSolverMultistepScheduler.from_config(shipped.config)
     fresh.set_timesteps(6)
     assert torch.allclose(sigmas, fresh.sigmas.float()) and 0.99 < float(sigmas[0]) < 1.0 and float(sigmas[-1]) == 0
     assert fresh.timesteps.dtype == torch.int64 and torch.equal(fresh.timesteps, (fresh.sigmas[:-1] * 1000).long())
