@@ -38,7 +38,7 @@ CASES += [
     # Both prompts are 16 tokens after GLM's left padding, so the pipeline's batch padding equals
     # FDFO's per-prompt padding here (test_cogview4_* pins the difference for unequal prompts).
     FamilyCase("cogview4", "cogview4", _cogview4, cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
-               max_sequence_length=32, train=True, train_overrides={"epochs": 4, "churn_strength": 0.1}),
+               max_sequence_length=32, train=True, train_overrides={"epochs": 8, "churn_strength": 0.1}),
 ]
 
 
