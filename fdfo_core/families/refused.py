@@ -39,7 +39,10 @@ REFUSED_PIPELINES: dict[str, str] = {
         "(FDFO batches prompts)"
     ),
     "PRXPipeline": (
-        "PRX (Photoroom; T5Gemma text encoder, an 8x KL or 32x DC-AE VAE) has no family module yet"
+        "PRX (Photoroom) cannot be trained by FDFO's diffusers backend with diffusers 0.42: its transformer "
+        "(PRXTransformer2DModel) has no peft adapter support (no add_adapter / load_lora_adapter), through which "
+        "the backend adds and loads LoRAs, and its text encoder class (T5GemmaEncoder) is not one transformers "
+        "exports, so a saved PRX folder does not load with from_pretrained"
     ),
     "PRXPixelPipeline": (
         "PRX Pixel denoises RGB pixels directly with x-prediction from noise of scale 2 (`noise_scale`): FDFO's "
