@@ -41,7 +41,7 @@ def test_refused_pipelines_are_real_classes_no_family_claims():
     ("DiffusionGemmaPipeline", "not an image model"),
 ])
 def test_refused_pipelines_name_the_reason(cls_name, reason, tmp_path):
-    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.interface import BackendError
     from fdfo_core.backends.diffusers_backend import check_supported
 
     (tmp_path / "model_index.json").write_text(json.dumps(
