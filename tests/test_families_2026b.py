@@ -195,6 +195,24 @@ def test_ovis_image_drops_the_template_and_system_prompt_tokens(tmp_path):
     assert float(cond["prompt_embeds"][0, n:].abs().max()) == 0.0  # zeroed, not masked
 
 
+def test_ovis_image_in_comfyui_is_refused_by_the_flux_family():
+    """ComfyUI v0.8.0 loads Ovis-Image as its Flux model (text norm, yak MLPs): the Flux family must
+    not train it as Flux.1; the refusal says to use `fdfo train`. (Duck-typed ComfyUI model.)"""
+    from types import SimpleNamespace
+
+    from fdfo_core.families import FamilyError
+
+    def base(txt_norm):
+        dm = SimpleNamespace(patch_size=2, img_in=SimpleNamespace(weight=torch.zeros(8, 64)), out_channels=64,
+                             txt_norm=txt_norm)
+        return SimpleNamespace(diffusion_model=dm)
+
+    flux = get_family("flux")
+    flux.comfy_check(base(None))  # Flux.1 itself
+    with pytest.raises(FamilyError, match="Ovis-Image.*fdfo train"):
+        flux.comfy_check(base(torch.nn.Identity()))
+
+
 # --- Bria FIBO ----------------------------------------------------------------------------------------------------
 
 

@@ -123,6 +123,12 @@ class Flux(Family):
 
     def comfy_check(self, base) -> None:
         dm = base.diffusion_model
+        if getattr(dm, "txt_norm", None) is not None:  # ComfyUI's marker of Ovis-Image (with its yak MLPs)
+            raise FamilyError(
+                "this Flux-class model has a text norm: it is Ovis-Image, which ComfyUI (from v0.8) runs as a Flux "
+                "variant. FDFO's nodes do not train it (untested there): train it with `fdfo train` on the diffusers "
+                "model (OvisImagePipeline); the LoRA file uses Flux.1's ComfyUI key names."
+            )
         patch = getattr(dm, "patch_size", 2)
         channels = dm.img_in.weight.shape[1] // (patch * patch)
         out_channels = int(dm.out_channels) // (patch * patch)  # ComfyUI stores both per patch
