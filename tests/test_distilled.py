@@ -21,6 +21,8 @@ RECOGNISED = [
     ("flux", dict(name="black-forest-labs/FLUX.1-schnell"), dict(name="black-forest-labs/FLUX.1-dev")),
     ("flux", dict(transformer_config={"guidance_embeds": False}), dict(transformer_config={"guidance_embeds": True})),
     ("flux", dict(comfy_config="FluxSchnell"), dict(comfy_config="Flux")),
+    ("hidream", dict(name="HiDream-ai/HiDream-I1-Fast"), dict(name="HiDream-ai/HiDream-I1-Full")),
+    ("hidream", dict(name="hidream_i1_dev_bf16.safetensors"), dict(name="hidream_i1_full_fp8.safetensors")),
     ("flux2_klein", dict(pipeline_config={"_class_name": "Flux2KleinPipeline", "is_distilled": True}),
      dict(name="black-forest-labs/FLUX.2-klein-base-4B",
           pipeline_config={"_class_name": "Flux2KleinPipeline", "is_distilled": False})),
@@ -40,12 +42,13 @@ def test_the_warning_names_the_reason_the_base_model_and_the_settings(family):
     f = get_family(family)
     for d in f.distilled:
         assert isinstance(d, DistilledCheckpoint) and d.base_model and d.settings
-        text = d.warning(f.title, {"num_steps": 28, "cfg_scale": 1.0})
-        assert d.title in text and d.base_model in text and DISTILLED_WHY in text and f.title in text
         steps = d.settings["num_steps"]
-        assert f"num_steps {steps}" in text and "this run has num_steps 28" in text
+        text = d.warning(f.title, {"num_steps": steps + 1, "cfg_scale": 1.0})
+        assert d.title in text and d.base_model in text and DISTILLED_WHY in text and f.title in text
+        assert f"num_steps {steps}" in text and f"this run has num_steps {steps + 1}" in text
+        assert d.warning(f.title, dict(d.settings)).endswith("this run does.")
         assert d.settings.get("cfg_scale", 1.0) == 1.0  # distilled models sample without CFG
-        assert steps < (f.preset.get("num_steps") or 40)  # the family's preset is the base model's
+        assert steps <= (f.preset.get("num_steps") or 40)  # the family's preset is the base model's
 
 
 def test_what_the_user_chose_is_kept_and_the_rest_follows_the_model():
@@ -55,7 +58,7 @@ def test_what_the_user_chose_is_kept_and_the_rest_follows_the_model():
     assert d.adapted({"num_steps": 12, "cfg_scale": 1.0}, defaults) == {}  # chosen: kept (and named in the warning)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "flux2_klein", "z_image"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "flux2_klein", "z_image", "hidream"])
 def test_existing_families_declare_their_distilled_checkpoints(family):
     assert get_family(family).distilled
 
