@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipelines import _reinit, tiny_qwen3, tiny_qwen3_tokenizer, tiny_qwen_tokenizer, tiny_vae
+from tiny_pipelines import _reinit, tiny_qwen3_tokenizer, tiny_qwen_tokenizer, tiny_vae
 
 
 def calibrate_decoder(decode, last_conv: torch.nn.Conv2d, latent_shape: tuple[int, ...], seed: int,

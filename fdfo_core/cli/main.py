@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..files import storage
-from ..config import PRESETS, ConfigError, FDFOConfig, config_values, load_config
+from ..config import PRESETS, ConfigError, FDFOConfig, config_values
 from ..backends.memory import MemoryBudgetError
 
 
