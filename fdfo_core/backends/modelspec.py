@@ -196,3 +196,32 @@ def preview_path(lora_path: Any) -> Any:
 __all__ = ["ARCHITECTURES", "IMPLEMENTATION", "KEY_PREFIX", "SPEC_VERSION", "backend_variant", "base_architecture",
            "lora_architecture", "modelspec_metadata", "preview_path", "prompts_summary", "published_variant",
            "tensor_hash", "thumbnail"]
+
+
+def save_lora_with_spec(path: Any, backend: Any, meta: Mapping[str, Any], reward: str, prompts: Sequence[str],
+                        config: Any, epoch: int, images_seen: int, preview: Any = None, what: str = "LoRA file") -> Any:
+    """Write `backend`'s LoRA file to `path` with the `fdfo.*` metadata `meta` and the SAI model-spec
+    metadata, and `<name>.preview.png` beside it from `preview` (a PIL image, or None); both
+    atomically. `meta["best_epoch"]` / `meta["selected_by"]`: a best LoRA (its epoch and criterion).
+    Returns the LoRA file's path; a failed write raises StorageError."""
+    from pathlib import Path
+
+    from ..files.drawing import save_png
+    from .lora_files import save_lora
+
+    extra = dict(meta)
+    family = getattr(backend, "model_family", None)
+    selected = (f"the best held-out {extra['selected_by']} ({extra.get('criterion_value')}) at epoch "
+                f"{extra.get('best_epoch')}" if "selected_by" in extra else None)
+
+    def spec(tensors):
+        return modelspec_metadata(
+            title=Path(path).stem, family=backend.family, variant=backend_variant(backend),
+            family_title=getattr(family, "title", backend.family), reward=reward,
+            prompts=prompts, config=config, epochs=extra.get("best_epoch", epoch),
+            images_seen=images_seen, tensors=tensors, preview=preview, selected=selected)
+
+    out = save_lora(path, backend.lora_file_tensors(), extra, what=what, standard_metadata=spec)
+    if preview is not None:
+        save_png(preview, preview_path(out), f"preview image of {Path(out).name}")
+    return out

@@ -142,3 +142,28 @@ def seconds_left(epoch_seconds: list[float], remaining: int) -> float:
 
 __all__ = ["RunTimeEstimate", "estimate_run", "evaluations_left", "format_duration", "probe_forward_seconds",
            "seconds_left", "training_passes_per_item"]
+
+
+def measure_run_time(backend: Any, prompt: str, config: Any, device: torch.device, autocast: Callable[[], Any],
+                     epoch: int, base_done: bool) -> RunTimeEstimate:
+    """`estimate_run` priced by timing one velocity call of `backend` on `device` (under `autocast()`)
+    for `prompt` at the config's size and sample batch; the random state stays as it was. Raises
+    what the model call raises (RuntimeError, ValueError, TypeError, AttributeError)."""
+    from ..backends.memory import parameter_count, tokens_per_image, transformer_module
+    from ..flow.conditioning import cond_select
+
+    cfg = config
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # training's random state stays as it was
+        cond = backend.encode_prompts([prompt])
+        shape = tuple(backend.latent_shape(cfg.height, cfg.width))
+
+        def velocity(x, t, c):
+            with autocast():
+                return backend.velocity(x, t, c)
+
+        seconds = probe_forward_seconds(velocity, cond, shape, max(1, cfg.sample_batch_size), device, cond_select)
+    module = transformer_module(backend)
+    params = parameter_count(module) if module is not None else None
+    tokens = tokens_per_image(backend, shape, cond)
+    return estimate_run(cfg, seconds, epoch, base_done, params, tokens)

@@ -17,9 +17,8 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -28,14 +27,13 @@ from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
 from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..flow.conditioning import Cond, cond_select
+from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
 from .guardrails import Guardrails
 from .preflight import expected_bytes, space_warnings
 from ..flow.image_sizes import check_backend_size
-from ..backends.lora_files import save_lora
-from ..backends.modelspec import prompts_summary
+from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
 from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
@@ -46,15 +44,8 @@ from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
 from ..flow.seeds import generator as generator
 from .stats import ItemStats as ItemStats  # re-exported: the methods' per-item diagnostics
 from ..files.storage import StorageError
-from .run_time import RunTimeEstimate, estimate_run, format_duration, probe_forward_seconds
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised through the loop when the user cancels (Ctrl-C, ComfyUI's Cancel)."""
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to do."""
+from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
+from .run_time import RunTimeEstimate, format_duration, measure_run_time
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -66,20 +57,6 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16":
         return torch.float16
     raise ValueError(f"unknown precision {precision!r}")
-
-
-@dataclass
-class Callbacks:
-    """Hooks for front ends. All optional; the ComfyUI nodes and the CLI use the same loop."""
-
-    #: (phase, done, total) with phase in {"sample", "reward", "train"}; called often, keep it cheap.
-    on_progress: Callable[[str, int, int], None] | None = None
-    #: Called after every epoch with its metrics (rank 0 and others alike).
-    on_epoch_end: Callable[["RunLoop", dict[str, Any]], None] | None = None
-    #: Raise (e.g. TrainingInterrupted) to stop; called at least once per model call.
-    check_cancel: Callable[[], None] | None = None
-    #: Log lines (one per epoch and for notable events).
-    log: Callable[[str], None] | None = print
 
 
 class RunLoop:
@@ -108,9 +85,8 @@ class RunLoop:
       `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
     - `finish_epoch(times, rewards, stats, pairs, dropped, mean_abs_dr, with_kl, failures, ...)`.
 
-    Phases pass what they compute on as return values (no attribute set outside `__init__`).
-    Front ends call `train()`, `resume()`, `start_run()`, `save_lora()`, `expected_bytes()`;
-    guardrails see the run through `run.guardrails.RunView`.
+    Phases pass what they compute on as return values (no attribute set outside `__init__`). Front
+    ends call `train`, `resume`, `start_run`, `save_lora`; guardrails see `run.guardrails.RunView`.
     """
 
     def __init__(
@@ -230,28 +206,13 @@ class RunLoop:
         cfg = self.config
         if self.epoch >= cfg.epochs:
             return None
-        from ..backends.memory import parameter_count, tokens_per_image, transformer_module
-
-        devices = [self.device] if self.device.type == "cuda" else []
+        base_done = self.guardrails is not None and self.guardrails.base is not None
         try:
-            with torch.random.fork_rng(devices=devices):  # training's random state stays as it was
-                cond = self.backend.encode_prompts([self.prompts[0]])
-                shape = tuple(self.backend.latent_shape(cfg.height, cfg.width))
-
-                def velocity(x, t, c):
-                    with self.autocast():
-                        return self.backend.velocity(x, t, c)
-
-                seconds = probe_forward_seconds(velocity, cond, shape, max(1, cfg.sample_batch_size), self.device,
-                                                cond_select)
-            module = transformer_module(self.backend)
-            params = parameter_count(module) if module is not None else None
-            tokens = tokens_per_image(self.backend, shape, cond)
+            self.time_estimate = measure_run_time(self.backend, self.prompts[0], cfg, self.device, self.autocast,
+                                                  self.epoch, base_done)
         except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # no estimate; training goes on
             self.log(f"no time estimate ({type(e).__name__}: {e})")
             return None
-        base_done = self.guardrails is not None and self.guardrails.base is not None
-        self.time_estimate = estimate_run(cfg, seconds, self.epoch, base_done, params, tokens)
         return self.time_estimate
 
     # --- the protected API of the methods: model calls ------------------------------------------------
@@ -665,36 +626,10 @@ class RunLoop:
         """Write the LoRA with its `fdfo.*` and SAI model-spec metadata (fdfo_core/backends/modelspec.py), and
         `<name>.preview.png` beside it from `preview` (a PIL image), else the front end's latest
         preview (`self.preview_image`); both atomically."""
-        from ..backends.modelspec import backend_variant, modelspec_metadata, preview_path
-        from ..files.drawing import save_png
-
-        extra = dict(extra_metadata or {})
         image = preview if preview is not None else self.preview_image
-        family = getattr(self.backend, "model_family", None)
-        selected = (f"the best held-out {extra['selected_by']} ({extra.get('criterion_value')}) at epoch "
-                    f"{extra.get('best_epoch')}" if "selected_by" in extra else None)
-
-        def spec(tensors):
-            return modelspec_metadata(
-                title=Path(path).stem, family=self.backend.family, variant=backend_variant(self.backend),
-                family_title=getattr(family, "title", self.backend.family), reward=self.reward_spec,
-                prompts=self.prompts, config=self.config, epochs=extra.get("best_epoch", self.epoch),
-                images_seen=self.images_seen, tensors=tensors, preview=image, selected=selected)
-
-        meta = {**self.lora_metadata(), **extra}
-        out = save_lora(path, self.backend.lora_file_tensors(), meta, what=what, standard_metadata=spec)
-        if image is not None:
-            save_png(image, preview_path(out), f"preview image of {Path(out).name}")
-        return out
-
-
-class RunChangeRefused(TrainingError):
-    """A resume would change what defines the run; the message lists each difference and how to
-    proceed. `diffs`: the `definition.Difference` list."""
-
-    def __init__(self, message: str, diffs: Sequence[Any]):
-        super().__init__(message)
-        self.diffs = list(diffs)
+        return save_lora_with_spec(path, self.backend, {**self.lora_metadata(), **(extra_metadata or {})},
+                                   reward=self.reward_spec, prompts=self.prompts, config=self.config,
+                                   epoch=self.epoch, images_seen=self.images_seen, preview=image, what=what)
 
 
 def fallback_dirs() -> list[Path]:
