@@ -67,6 +67,7 @@ from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import fuse_parts
 from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.trainer import derive_seed
+from .comfy_layers import linear_features, post_function_scale, weight_bytes_for_hash
 from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -201,12 +202,19 @@ class FDFOLoRA(_AdapterBase):
     as the diffusers backend), so training starts from the base model. Parameters are fp32; the
     update is computed in fp32 outside autocast and added in the weight's own dtype, as ComfyUI's
     LoRA adapters do.
+
+    weight_scale: the factor s a scaled-fp8 layer multiplies the weight functions' output by
+    (`comfy_layers.post_function_scale`); the update is added as dW / s there, so the layer acts as
+    s W_raw + dW, which is what the saved file does in ComfyUI's LoRA loaders.
     """
 
     def __init__(self, module: str, out_features: int, in_features: int, parts: list[PlannedPart], rank: int,
-                 alpha: float, generator: torch.Generator, device: torch.device):
+                 alpha: float, generator: torch.Generator, device: torch.device,
+                 weight_scale: torch.Tensor | None = None):
         super().__init__()
         self.module = module
+        # A normal float32 copy: the layer's own may be an inference tensor (loaded under inference mode).
+        self.weight_scale = None if weight_scale is None else weight_scale.detach().float().clone()
         self.parts = list(parts)
         self.out_features = out_features
         self.scale = float(alpha) / rank
@@ -230,6 +238,8 @@ class FDFOLoRA(_AdapterBase):
             return w
         with torch.autocast(w.device.type, enabled=False):
             d = self.delta().to(w.device)
+            if self.weight_scale is not None:
+                d = d / self.weight_scale.to(w.device)
         return (w + d.reshape(w.shape)).to(w.dtype)
 
     def passive_memory_usage(self) -> int:
@@ -380,7 +390,8 @@ class ComfyBackend(NamedAdapterParams):
         """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`,
         from the family's LoRA layout (`Family.comfy_lora_plan`)."""
         modules = dict(self.base.diffusion_model.named_modules())
-        linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
+        # By what a layer does, not its class: quantized layers (MixedPrecisionOps) are no nn.Linear.
+        linears = {n: f for n, f in ((n, linear_features(m)) for n, m in modules.items()) if f is not None}
         plan: dict[str, list[PlannedPart]] = OrderedDict()
         for part in self.model_family.comfy_lora_plan(linears, self.model_family.resolve_lora_targets(self.config.lora_targets)):
             plan.setdefault(part.comfy_module, []).append(part)
@@ -401,7 +412,8 @@ class ComfyBackend(NamedAdapterParams):
             )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         for name, module, parts in plan:
-            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device)
+            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device,
+                               weight_scale=post_function_scale(module))
             self.patcher.add_weight_wrapper(f"diffusion_model.{name}.weight", adapter)
             self.adapters[name] = adapter
             for part, a, b in zip(parts, adapter.lora_A, adapter.lora_B):
@@ -531,11 +543,11 @@ class ComfyBackend(NamedAdapterParams):
         unet = {k: v for k, v in (getattr(config, "unet_config", None) or {}).items() if k not in _LOAD_KEYS}
         last = None
         for name, module in self.base.diffusion_model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name not in self.adapters:
+            if linear_features(module) is not None and name not in self.adapters:
                 last = module
         weights = "none"
         if last is not None:
-            weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+            weights = hashlib.sha256(weight_bytes_for_hash(last)).hexdigest()[:16]
         # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
         # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
         digest = hashlib.sha256()

@@ -631,6 +631,92 @@ def fp8_weights_train():
     report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
 
 
+def scaled_fp8_state_dict(transformer_sd, linear_names):
+    """The toy transformer as a scaled-fp8 checkpoint, the format Wan 2.x, Chroma and many Flux /
+    SD3.5 files are distributed in for ComfyUI: each linear weight W stored as fp8 W_raw with a
+    float32 `scale_weight` s (W ~ s W_raw), and the `scaled_fp8` marker key ComfyUI's loaders
+    detect. Returns (state dict, {layer: (W_raw, s)})."""
+    sd, quantized = dict(transformer_sd), {}
+    for name in linear_names:
+        w = sd[f"{name}.weight"].float()
+        s = (w.abs().max() / 224.0).clamp_min(1e-12).reshape(())  # headroom: a LoRA may grow a weight
+        raw = (w / s).to(torch.float8_e4m3fn)
+        sd[f"{name}.weight"], sd[f"{name}.scale_weight"] = raw, s
+        quantized[name] = (raw, s)
+    sd["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return sd, quantized
+
+
+@check
+def scaled_fp8_lora_acts_as_the_file():
+    """A scaled-fp8 checkpoint (through ComfyUI's own loader: v0.3.64 builds scaled-fp8 layers,
+    v0.8.0 converts them to quantized MixedPrecisionOps layers, which are no torch.nn.Linear): the
+    LoRA finds its targets, and the hot MODEL, the saved file through LoraLoaderModelOnly and a
+    hand merge s W_raw + dW agree. (The bug this guards: the adapter added dW to W_raw, so the hot
+    model ran s W_raw + s dW, about 1 / s times weaker than the file.) The file goes through the
+    loader's fp8 re-rounding, so it agrees to fp8 precision; the hot model agrees to float rounding."""
+    from comfyui_fdfo_nodepack.fdfo_core.lora_files import lora_modules
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+    from comfyui_fdfo_nodepack.nodes.comfy_layers import linear_features
+
+    _, clip, vae = toy()
+    with torch.inference_mode():
+        plain = comfy.sd.load_diffusion_model_state_dict(comfyui_state_dicts(toy_model_dir())[0],
+                                                         model_options={"dtype": torch.float32})
+        transformer_sd = {k: v.clone() for k, v in plain.model.diffusion_model.state_dict().items()}  # ComfyUI's names
+    names = [n for n, m in plain.model.diffusion_model.named_modules()
+             if linear_features(m) is not None and f"{n}.weight" in transformer_sd]
+    sd, quantized = scaled_fp8_state_dict(transformer_sd, names)
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(sd)
+    layer = model.model.diffusion_model.get_submodule(names[0])
+    kinds = sorted({type(m).__qualname__ for n, m in model.model.diffusion_model.named_modules() if n in quantized})
+    cfg = toy_config(lora_rank=4, lora_alpha=8.0)
+    wanted = len(ComfyBackend(plain, clip, vae, cfg).lora_plan())
+    backend = ComfyBackend(model, clip, vae, cfg)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.8, 0.4])
+    with torch.inference_mode(), backend.session(train=True):
+        randomise_adapter(backend, std=0.1)
+        cond = backend.encode_prompts(PROMPTS[:2])
+        hot = backend.velocity(x, t, cond).detach()
+        with backend.adapter_disabled():
+            base = backend.velocity(x, t, cond).detach()
+        tensors = backend.lora_file_tensors()
+        targets = len(backend.adapters)
+    comfy.utils.save_torch_file(tensors, str(work / "models" / "loras" / "scaled_fp8.safetensors"))
+
+    def velocity_of(m):
+        b = ComfyBackend(m, clip, vae, cfg)
+        with torch.inference_mode(), b.session(train=False):
+            return b.velocity(x, t, b.encode_prompts(PROMPTS[:2])).detach()
+
+    with torch.inference_mode():
+        from_file = velocity_of(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "scaled_fp8.safetensors", 1.0)[0])
+        merged = {k: v for k, v in transformer_sd.items()}
+        for name, (raw, s) in quantized.items():
+            merged[f"{name}.weight"] = raw.float() * s  # W = s W_raw
+        hand_base = velocity_of(comfy.sd.load_diffusion_model_state_dict(dict(merged), model_options={"dtype": torch.float32}))
+        for module, (down, up, alpha) in lora_modules(tensors).items():
+            key = f"{module}.weight"
+            merged[key] = merged[key] + (float(alpha) / down.shape[0]) * (up.float() @ down.float()).reshape(merged[key].shape)
+        hand = velocity_of(comfy.sd.load_diffusion_model_state_dict(merged, model_options={"dtype": torch.float32}))
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    # The LoRA's effect on the velocity, each against its own base (the fp32 hand merge and ComfyUI's
+    # scaled-fp8 forward differ by float rounding already without a LoRA).
+    effect = hand - hand_base
+    hot_vs_hand, file_vs_hand = rel(hot - base, effect), rel(from_file - base, effect)
+    report("scaled_fp8_lora_acts_as_the_file",
+           targets == wanted and rel(hand, hand_base) > 0.05 and hot_vs_hand < 0.02 and file_vs_hand < 0.25,
+           layer_classes=kinds, is_nn_linear=isinstance(layer, torch.nn.Linear), lora_targets=targets,
+           lora_targets_unquantized=wanted, quantized_layers=len(quantized), scale=float(next(iter(quantized.values()))[1]),
+           lora_effect=rel(hand, hand_base), base_vs_hand_base=rel(base, hand_base), hot_effect_vs_hand=hot_vs_hand,
+           file_effect_vs_hand=file_vs_hand)
+
+
 class Declining(Reward):
     """A judge whose every evaluation scores lower than the one before (the base model's first):
     the best LoRA is epoch 1's, and patience 2 stops the run at epoch 2, whatever training does."""
