@@ -67,7 +67,7 @@ from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import fuse_parts
 from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.trainer import derive_seed
-from .comfy_layers import linear_features, post_function_scale, weight_bytes_for_hash
+from .comfy_layers import is_quantized, linear_features, post_function_scale, weight_bytes_for_hash
 from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -191,6 +191,15 @@ def check_clip(clip) -> None:
         raise BackendError(f"expected a ComfyUI CLIP, got {type(clip).__name__}")
 
 
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    """The address of a tensor's storage, or None for tensors without one (wrapper subclasses
+    such as ComfyUI's QuantizedTensor, whose data lives in inner tensors)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 # --- the adapter ---------------------------------------------------------------------------------
 
 
@@ -246,7 +255,8 @@ class FDFOLoRA(_AdapterBase):
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
     def move_to(self, device) -> int:
-        self.to(device)
+        with torch.inference_mode(False):  # ComfyUI may load models under inference mode: stay trainable
+            self.to(device)
         return self.passive_memory_usage()
 
 
@@ -340,6 +350,7 @@ class ComfyBackend(NamedAdapterParams):
                 self._in_session = False
                 self._unwrap_blocks()
                 self._detach_adapters()
+                self._repair_quantized_weights()
 
     def _memory_required(self) -> int:
         cfg = self.config
@@ -369,11 +380,29 @@ class ComfyBackend(NamedAdapterParams):
         with torch.no_grad():
             for module in self.base.diffusion_model.modules():
                 for name, p in list(module._parameters.items()):
-                    if p is not None and p.is_inference():
+                    # Quantized weights are never saved for backward (ComfyUI dequantizes them into
+                    # new tensors first); a clone of one would break ComfyUI's own use of it.
+                    if p is not None and p.is_inference() and not is_quantized(p):
                         module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
                 for name, b in list(module._buffers.items()):
                     if b is not None and b.is_inference():
                         module._buffers[name] = b.clone()
+
+    def _repair_quantized_weights(self) -> None:
+        """ComfyUI runs its nodes under inference mode. A quantized weight (ComfyUI >= 0.8's
+        QuantizedTensor) that ComfyUI moved or cast while this session ran (outside inference
+        mode) comes back as a normal tensor around inference-mode data, which ComfyUI's next use
+        under inference mode refuses ("Cannot set version_counter for inference tensor", e.g. in
+        LoraLoaderModelOnly). Such weights get an inference-mode copy with the same values."""
+        with torch.inference_mode():
+            for module in self.base.diffusion_model.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is None or not is_quantized(p) or p.is_inference():
+                        continue
+                    try:
+                        p.detach()
+                    except RuntimeError:
+                        module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
 
     def _base_transformer_options(self) -> dict[str, Any]:
         import comfy.model_patcher
@@ -481,10 +510,10 @@ class ComfyBackend(NamedAdapterParams):
                         return _original(*args, **kwargs)
                     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]
                     versions = [v._version for v in tensors]
-                    inputs = {v.untyped_storage().data_ptr() for v in tensors}
+                    inputs = {_storage_ptr(v) for v in tensors} - {None}
 
                     def pack(t):
-                        return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
+                        return t.clone() if t.numel() and _storage_ptr(t) in inputs else t
 
                     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                         out = _original(*args, **kwargs)
