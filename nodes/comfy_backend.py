@@ -136,6 +136,9 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    problem = _not_a_velocity_flow(sampling)
+    if problem:
+        raise BackendError(f"this MODEL is {name}: {problem} FDFO trains {supported_text()}.")
     refused = comfy_refusal(base)
     if refused is not None:
         raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
@@ -152,6 +155,32 @@ def model_family(model) -> Family:
     except FamilyError as e:
         raise BackendError(f"{name}: {e} FDFO trains {supported_text()}.") from e
     return family
+
+
+def _not_a_velocity_flow(sampling) -> str | None:
+    """Why a CONST model sampling is not the flow FDFO assumes, or None.
+
+    FDFO needs x_t = (1 - t) x0 + t eps with eps ~ N(0, 1) and a network output that is the
+    velocity, denoised = x - t v: CONST's own `calculate_denoised` and `noise_scaling`, with a
+    noise scale of 1. Newer ComfyUI has CONST subclasses that change these (read in its
+    `comfy/model_sampling.py`: `IMG_TO_IMG_FLOW`, `IMG_TO_IMG_VELOCITY` return something else than
+    x - t v; a `noise_scale` attribute, 8 for HiDream-O1, scales the noise)."""
+    const = comfy.model_sampling.CONST
+    kind = type(sampling)
+    for method in ("calculate_denoised", "noise_scaling"):
+        own = getattr(kind, method, None)
+        if own is not getattr(const, method):
+            where = next((c.__name__ for c in kind.__mro__ if method in vars(c)), kind.__name__)
+            return (f"its model sampling ({where}) overrides {method}, so its output is not the plain flow velocity "
+                    f"(denoised = x - t v, x_t = (1 - t) x0 + t noise) that FDFO trains.")
+    scale = getattr(sampling, "noise_scale", 1.0)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        return f"its model sampling has a noise scale {scale!r}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    if scale != 1.0:
+        return f"its model sampling scales the noise by {scale:g}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    return None
 
 
 def check_flow_model(model) -> str:

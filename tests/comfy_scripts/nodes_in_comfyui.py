@@ -66,6 +66,7 @@ from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa:
 from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
+from detected_models import patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_wan21_config  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
@@ -246,19 +247,8 @@ def lora_file_equals_hot_adapter_sd3():
 
 
 def tiny_flux():
-    """A tiny Flux built with ComfyUI's own Flux class (UNETLoader cannot detect one this small)."""
-    config = comfy.supported_models.Flux({
-        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 128, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
-        "axes_dim": [16, 24, 24], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    })
-    config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in base.diffusion_model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02))
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    """A tiny Flux.1 dev, built as ComfyUI's loaders build one (tests/comfy_scripts/detected_models.py)."""
+    return patcher(tiny_flux_config(), seed=0)
 
 
 class HashCLIP:
@@ -529,31 +519,14 @@ def refusal(model, vae=None):
     return None
 
 
-def tiny_patcher(model_class, unet_config):
-    config = getattr(comfy.supported_models, model_class)(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 @check
 def image_conditioned_and_video_models_are_refused():
     """Flux.1 Fill (image + mask channels) and a video model without a family module (HunyuanVideo):
     refused by name, with the supported families listed. Wan 2.1 has a family (one frame of its video
     latents): not refused as a video model."""
-    fill = tiny_patcher("FluxInpaint", {
-        "image_model": "flux", "in_channels": 96, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    })
-    video = tiny_patcher("HunyuanVideo", {
-        "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True,
-        "byt5": False, "meanflow": False,
-    })
-    wan = tiny_patcher("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64,
-                                     "num_heads": 2, "num_layers": 1, "text_dim": 32, "in_dim": 16, "out_dim": 16})
+    fill = patcher(tiny_flux_config(hidden=64, in_channels=96, depth=1, single=1, axes=(8, 12, 12)))
+    video = patcher(tiny_hunyuan_video_config())
+    wan = patcher(tiny_wan21_config())
     fill_msg, video_msg, wan_msg = refusal(fill), refusal(video), refusal(wan)
     listed = lambda m: m is not None and "SD3" in m and "Flux.1" in m  # noqa: E731
     ok = (listed(fill_msg) and "Fill" in fill_msg and "input image" in fill_msg
@@ -597,6 +570,41 @@ def flux2_and_z_image_are_refused_with_a_clear_message():
     ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
     report("flux2_and_z_image_are_refused_with_a_clear_message", ok, flux2=flux2_msg, z_image=z_msg,
            lumina2=lumina_msg)
+
+
+@check
+def flows_that_are_not_a_plain_velocity_are_refused():
+    """STAND-INS for newer ComfyUI's model sampling (read in its comfy/model_sampling.py, absent in
+    v0.8.0): a CONST subclass whose calculate_denoised is not x - t v (as IMG_TO_IMG_FLOW /
+    IMG_TO_IMG_VELOCITY), and a CONST with a noise scale of 8 (as HiDream-O1's). Both are refused
+    by name with what FDFO needs; the toy's own CONST sampling is not."""
+    import comfy.model_sampling
+
+    model, _, vae = toy()
+    sampling = model.get_model_object("model_sampling")
+
+    class ImgToImgFlowStandIn(type(sampling)):
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_output  # the network predicts the image, not a velocity
+
+    class NoiseScaledStandIn(type(sampling)):
+        noise_scale = 8.0
+
+    def with_sampling(cls):
+        import copy
+
+        m = model.clone()
+        patched = copy.copy(sampling)
+        patched.__class__ = cls  # the same sampling (shift, sigmas), the stand-in's behaviour
+        m.add_object_patch("model_sampling", patched)
+        return m
+
+    img2img, scaled = refusal(with_sampling(ImgToImgFlowStandIn), vae), refusal(with_sampling(NoiseScaledStandIn), vae)
+    plain = refusal(model, vae)
+    ok = (img2img is not None and "calculate_denoised" in img2img and "ImgToImgFlowStandIn" in img2img
+          and scaled is not None and "noise" in scaled and "8" in scaled and plain is None
+          and isinstance(sampling, comfy.model_sampling.CONST))
+    report("flows_that_are_not_a_plain_velocity_are_refused", ok, img_to_img=img2img, noise_scaled=scaled, toy=plain)
 
 
 @check
