@@ -111,6 +111,31 @@ def _hash_patch_value(digest, value: Any) -> None:
             _hash_patch_value(digest, value.weights)
 
 
+def _hash_injection(digest, injection: Any) -> None:
+    """Feed a ModelPatcher injection (a `PatcherInjection(inject, eject)`) into `digest`: the
+    kind of object that injects, and every tensor it holds (its adapters' weights and
+    strengths), one level of attributes deep and through modules' state dicts."""
+    owner = getattr(getattr(injection, "inject", None), "__self__", None) or injection
+    digest.update(type(owner).__qualname__.encode())
+    values = owner.state_dict().items() if isinstance(owner, torch.nn.Module) else sorted(vars(owner).items()) \
+        if hasattr(owner, "__dict__") else []
+    for name, value in values:
+        if callable(value) and not isinstance(value, torch.nn.Module):
+            continue
+        digest.update(str(name).encode())
+        if isinstance(value, torch.nn.Module):
+            for key, tensor in value.state_dict().items():
+                digest.update(key.encode())
+                _hash_patch_value(digest, tensor)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(str(key).encode())
+                item = value[key]
+                _hash_patch_value(digest, list(item.state_dict().values()) if isinstance(item, torch.nn.Module) else item)
+        else:
+            _hash_patch_value(digest, value)
+
+
 def model_name(model) -> str:
     base = model.model
     config = getattr(base, "model_config", None)
@@ -614,7 +639,14 @@ class ComfyBackend(NamedAdapterParams):
             for patch in self.patcher.patches[key]:
                 digest.update(repr((float(patch[0]), float(patch[2]), patch[3])).encode())
                 _hash_patch_value(digest, patch[1])
-        patches = bool(self.patcher.patches)
+        # ComfyUI >= 0.8: patches that enter the forward pass as injections (newer ComfyUI loads
+        # bypass LoRAs this way, `load_bypass_lora_for_models`) change the model as much.
+        injections = getattr(self.patcher, "injections", None) or {}
+        for key in sorted(injections):
+            digest.update(f"injection:{key}".encode())
+            for injection in injections[key]:
+                _hash_injection(digest, injection)
+        patches = bool(self.patcher.patches) or any(injections.values())
         return {
             "family": self.family,
             "model": model_name(self.source_model),

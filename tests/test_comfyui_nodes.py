@@ -51,7 +51,7 @@ CHECKS = [
     "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
     "guardrails_in_the_trainer_node", "scaled_fp8_lora_acts_as_the_file",
-    "flows_that_are_not_a_plain_velocity_are_refused",
+    "flows_that_are_not_a_plain_velocity_are_refused", "fingerprint_sees_injected_patches",
 ]
 
 pytestmark = [

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
 
 comfy_root, work = sys.argv[1], Path(sys.argv[2])
@@ -605,6 +606,53 @@ def flows_that_are_not_a_plain_velocity_are_refused():
           and scaled is not None and "noise" in scaled and "8" in scaled and plain is None
           and isinstance(sampling, comfy.model_sampling.CONST))
     report("flows_that_are_not_a_plain_velocity_are_refused", ok, img_to_img=img2img, noise_scaled=scaled, toy=plain)
+
+
+@check
+def fingerprint_sees_injected_patches():
+    """An upstream LoRA that enters the forward pass as an injection (newer ComfyUI's bypass LoRAs,
+    `load_bypass_lora_for_models`, read in its comfy/sd.py and comfy/weight_adapter/bypass.py; not in
+    v0.8.0) changes the model being trained, so the run's model fingerprint must change with it and
+    with its weights. STAND-IN: an injection manager holding one adapter tensor, attached with
+    ModelPatcher.set_injections where this ComfyUI has it (v0.8.0), else as the attribute newer
+    ComfyUI reads."""
+
+    class BypassInjectionStandIn:
+        def __init__(self, weight):
+            self.adapters = {"diffusion_model.joint_blocks.0.x_block.attn.qkv": weight}
+            self.strength = 1.0
+
+        def inject(self, model_patcher):
+            pass
+
+        def eject(self, model_patcher):
+            pass
+
+    def fingerprint(weight):
+        model, clip, vae = toy()
+        m = model.clone()
+        if weight is not None:
+            manager = BypassInjectionStandIn(weight)
+            try:
+                from comfy.patcher_extension import PatcherInjection
+                injection = PatcherInjection(manager.inject, manager.eject)
+            except ImportError:  # v0.3.64: no injections at all
+                injection = types.SimpleNamespace(inject=manager.inject, eject=manager.eject)
+            if hasattr(m, "set_injections"):
+                m.set_injections("bypass_lora", [injection])
+            else:
+                m.injections = {"bypass_lora": [injection]}
+        backend = ComfyBackend(m, clip, vae, toy_config())
+        if weight is not None and not getattr(backend.patcher, "injections", None):
+            backend.patcher.injections = m.injections  # v0.3.64's clone() does not know the attribute
+        return backend._compute_fingerprint()["patches"]
+
+    plain = fingerprint(None)
+    one = fingerprint(torch.ones(4, 4))
+    other = fingerprint(torch.ones(4, 4) * 2)
+    again = fingerprint(torch.ones(4, 4))
+    report("fingerprint_sees_injected_patches", plain == "none" and one != plain and other != one and again == one,
+           plain=plain, injected=one, other_weights=other, again=again)
 
 
 @check
