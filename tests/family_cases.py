@@ -83,7 +83,7 @@ class FamilyCase:
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
 
 
-def comfy_model(state_dict: dict, **full_size_only):
+def comfy_model(state_dict: dict, optional: tuple[str, ...] = (), **full_size_only):
     """A ComfyUI MODEL from ComfyUI-native weights, fp32 on the CPU, built as UNETLoader builds
     one: ComfyUI's own detector reads the architecture from the weights
     (`comfy.model_detection.detect_unet_config`) and picks the family class
@@ -91,7 +91,8 @@ def comfy_model(state_dict: dict, **full_size_only):
     models (e.g. Flux's 24 heads, Lumina 2's width) is replaced, by `full_size_only`, the tiny
     model's true values. Whatever a newer ComfyUI adds to a family's configuration comes from its
     own detector, so the fixture follows it (v0.8.0 added `txt_ids_dims` to Flux, three keys to
-    HunyuanVideo, ...)."""
+    HunyuanVideo, ...). `optional`: weights some ComfyUI versions' models have and others not
+    (loaded where the model has them)."""
     import comfy.model_detection
     import comfy.model_patcher
 
@@ -104,6 +105,8 @@ def comfy_model(state_dict: dict, **full_size_only):
         raise RuntimeError(f"ComfyUI has no model class for {unet.get('image_model')!r} with this configuration")
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
+    own = base.diffusion_model.state_dict()
+    state_dict = {k: v for k, v in state_dict.items() if k in own or k not in optional}
     missing, unexpected = base.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"ComfyUI {type(config).__name__}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -245,7 +248,8 @@ _LUMINA2_TO_COMFY = (
 
 def lumina2_diffusers_to_comfy(state_dict: dict) -> dict:
     """A diffusers Lumina2Transformer2DModel state dict in ComfyUI's key names: q, k, v fused into
-    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it) as ones."""
+    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it; ComfyUI
+    v0.8.0's NextDiT no longer has it) as ones."""
     out = {}
     for key, value in state_dict.items():
         if ".attn.to_k." in key or ".attn.to_v." in key:
@@ -272,10 +276,16 @@ def comfy_lumina2(config: dict, state_dict: dict):
     """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys (the inverse of diffusers' is
     above); its detector hard-codes the heads (24 / 8), RoPE axes and FFN size of the published
     model (v0.3.64 also the width, 2304)."""
-    return comfy_model(lumina2_diffusers_to_comfy(state_dict), patch_size=config["patch_size"],
+    native = lumina2_diffusers_to_comfy(state_dict)
+    # The FFN width is read from the weights: ComfyUI rounds its FFN width up to a multiple of
+    # `multiple_of` from a base that changed between versions (v0.3.64: 4 x dim x multiplier,
+    # v0.8.0: dim x multiplier), so with no multiplier and `multiple_of` = the true width, every
+    # version builds the true width.
+    ffn = native["layers.0.feed_forward.w1.weight"].shape[0]
+    return comfy_model(native, optional=("norm_final.weight",), patch_size=config["patch_size"],
                        in_channels=config["in_channels"], dim=config["hidden_size"], n_refiner_layers=config["num_refiner_layers"],
                        n_heads=config["num_attention_heads"], n_kv_heads=config["num_kv_heads"],
-                       multiple_of=config["multiple_of"], ffn_dim_multiplier=config["ffn_dim_multiplier"],
+                       multiple_of=ffn, ffn_dim_multiplier=None,
                        norm_eps=config["norm_eps"], axes_dims=list(config["axes_dim_rope"]),
                        axes_lens=list(config["axes_lens"]))
 
