@@ -656,6 +656,51 @@ def fingerprint_sees_injected_patches():
 
 
 @check
+def dynamic_vram_weights_are_not_copied():
+    """STAND-IN for newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, read in its
+    comfy/model_patcher.py; not in v0.8.0): a ModelPatcher whose is_dynamic() is True. Its weights
+    are memory-mapped there, so a training session must not copy them (the forward pass sees cast
+    copies), and full_load says it has no effect. The same session on the ordinary patcher does
+    make autograd-safe copies of inference-mode weights (the check can fail)."""
+    import logging
+
+    model, clip, vae = toy()
+
+    class DynamicStandIn(type(model)):
+        def is_dynamic(self):
+            return True
+
+    def weight_pointers(m):
+        return {n: p.data_ptr() for n, p in m.model.diffusion_model.named_parameters()}
+
+    def session_copies(m, **kw):
+        before = weight_pointers(m)
+        backend = ComfyBackend(m, clip, vae, toy_config(), **kw)
+        with torch.inference_mode(), backend.session(train=True):
+            pass
+        after = weight_pointers(m)
+        return sum(before[n] != after[n] for n in before)
+
+    with torch.inference_mode():
+        fresh = comfy.sd.load_diffusion_model_state_dict(
+            __import__("comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export", fromlist=["x"]).comfyui_state_dicts(toy_model_dir())[0])
+    ordinary = session_copies(fresh.clone())
+    dynamic = fresh.clone()
+    dynamic.__class__ = DynamicStandIn
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("fdfo").addHandler(handler)
+    try:
+        copied = session_copies(dynamic, full_load=True)
+    finally:
+        logging.getLogger("fdfo").removeHandler(handler)
+    said = any("full_load has no effect" in m for m in messages)
+    report("dynamic_vram_weights_are_not_copied", copied == 0 and said and ordinary > 0, copied_dynamic=copied,
+           copied_ordinary=ordinary, full_load_message=said)
+
+
+@check
 def mismatched_vae_is_refused():
     model, clip, _ = toy()
     try:
