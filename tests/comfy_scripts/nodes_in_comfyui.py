@@ -61,11 +61,11 @@ sys.modules[PKG] = pack
 spec.loader.exec_module(pack)
 M = pack.NODE_CLASS_MAPPINGS
 
-from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from detected_models import patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_wan21_config  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
@@ -756,7 +756,7 @@ def scaled_fp8_lora_acts_as_the_file():
     hand merge s W_raw + dW agree. (The bug this guards: the adapter added dW to W_raw, so the hot
     model ran s W_raw + s dW, about 1 / s times weaker than the file.) The file goes through the
     loader's fp8 re-rounding, so it agrees to fp8 precision; the hot model agrees to float rounding."""
-    from comfyui_fdfo_nodepack.fdfo_core.lora_files import lora_modules
+    from comfyui_fdfo_nodepack.fdfo_core.backends.lora_files import lora_modules
     from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
     from comfyui_fdfo_nodepack.nodes.comfy_layers import linear_features
 
@@ -901,12 +901,12 @@ def resume_refuses_a_changed_run():
 
 @check
 def full_disk_reaches_the_node_error():
-    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.storage's fault hook)
+    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.files.storage's fault hook)
     stops the node with one message; the LoRA trained so far is in models/loras; fixed, the next
     queue resumes and finishes."""
     import errno
 
-    storage = sys.modules[f"{PKG}.fdfo_core.storage"]
+    storage = sys.modules[f"{PKG}.fdfo_core.files.storage"]
     model, clip, vae = toy()
 
     def full(operation, path):
