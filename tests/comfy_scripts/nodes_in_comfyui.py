@@ -148,6 +148,24 @@ def randomise_adapter(backend, seed=0, std=0.2):
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def core_node(node_ids, module):
+    """A ComfyUI core node by its node id (what saved workflows name; several when ComfyUI renamed
+    it: v0.3.64's SaveLoRANode is v0.8.0's SaveLoRA), whichever node API the version writes it in:
+    V1 (a class in NODE_CLASS_MAPPINGS with FUNCTION; v0.3.64's training nodes) or V3 (an
+    io.ComfyNode whose schema has that node_id; v0.8.0's). Returns a function of the node's inputs
+    (by name) that returns its outputs as a tuple."""
+    ids = (node_ids,) if isinstance(node_ids, str) else tuple(node_ids)
+    for node_id in ids:
+        v1 = getattr(module, "NODE_CLASS_MAPPINGS", {}).get(node_id)
+        if v1 is not None and isinstance(getattr(v1, "FUNCTION", None), str):
+            return lambda **inputs: getattr(v1(), v1.FUNCTION)(**inputs)
+    for value in vars(module).values():
+        schema = getattr(value, "define_schema", None)
+        if isinstance(value, type) and callable(schema) and getattr(schema(), "node_id", None) in ids:
+            return lambda **inputs: tuple(value.execute(**inputs).args)
+    raise LookupError(f"ComfyUI has no core node {' / '.join(ids)} in {module.__name__}")
+
+
 # --- checks ---------------------------------------------------------------------------------------
 
 
@@ -341,11 +359,13 @@ def training_node_end_to_end():
         from_file = ksample(from_file_model, clip, PROMPTS[0])
         left = sum(len(getattr(m, "weight_function", [])) for m in model.model.diffusion_model.modules())
         # ComfyUI's own LORA_MODEL nodes: Save LoRA Weights writes it, Load LoRA Model applies it.
-        from comfy_extras.nodes_train import LoraModelLoader, SaveLoRA
+        import comfy_extras.nodes_train as train_nodes
 
-        SaveLoRA().save(lora, "loras/fdfo_saved")
+        core_node(("SaveLoRANode", "SaveLoRA"), train_nodes)(lora=lora, prefix="loras/fdfo_saved")
         saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
-        via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
+        loaded = core_node("LoraModelLoader", train_nodes)(model=model, lora=comfy.utils.load_torch_file(str(saved)),
+                                                            strength_model=1.0)[0]
+        via_nodes = ksample(loaded, clip, PROMPTS[0])
         # resume
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
