@@ -67,7 +67,8 @@ from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa:
 from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
-from detected_models import patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_wan21_config  # noqa: E402
+from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_lumina2_config,  # noqa: E402
+                             tiny_wan21_config)
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
@@ -569,23 +570,13 @@ def flux2_and_z_image_are_refused_with_a_clear_message():
     class ZImage(comfy.supported_models.Lumina2):
         pass
 
-    def patcher(config_class, unet_config):
-        config = config_class(unet_config)
-        config.set_inference_dtype(torch.float32, None)
-        return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
-                                                offload_device=torch.device("cpu"))
+    def as_class(config, config_class):
+        config.__class__ = config_class  # the detected configuration, the newer class's name
+        return patcher(config)
 
-    flux_config = {
-        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    }
-    lumina_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "n_layers": 1,
-                     "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True, "cap_feat_dim": 32,
-                     "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64]}
-    flux2_msg = refusal(patcher(Flux2, flux_config))
-    z_msg = refusal(patcher(ZImage, lumina_config))
-    lumina_msg = refusal(patcher(comfy.supported_models.Lumina2, lumina_config))
+    flux2_msg = refusal(as_class(tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12)), Flux2))
+    z_msg = refusal(as_class(tiny_lumina2_config(), ZImage))
+    lumina_msg = refusal(patcher(tiny_lumina2_config()))
     said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "fdfo train" in m  # noqa: E731
                             and "SD3" in m and "Flux.1" in m)
     ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
