@@ -49,7 +49,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backend import BackendError, NamedAdapterParams
+from ..fdfo_core.backend import BackendError, NamedAdapterParams, weights_digest
 from ..fdfo_core.checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
@@ -530,9 +530,8 @@ class ComfyBackend(NamedAdapterParams):
         for name, module in self.base.diffusion_model.named_modules():
             if isinstance(module, torch.nn.Linear) and name not in self.adapters:
                 last = module
-        weights = "none"
-        if last is not None:
-            weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        # rounded to e4m3 first: the same whether the loader's weight dtype is default or fp8_e4m3fn
+        weights = "none" if last is None else weights_digest(last.weight)
         # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
         # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
         digest = hashlib.sha256()

@@ -246,6 +246,59 @@ def check_gradient_checkpointing(case, tmp: Path) -> dict[str, float]:
     return {"diff": relative(checkpointed, plain), "norm": float(plain.norm())}
 
 
+def check_memory_modes(case, tmp: Path) -> dict[str, Any]:
+    """Every memory mode of the diffusers backend on this family, one velocity and one LoRA
+    gradient each, against the default mode (same pipeline seed, same LoRA):
+
+    - offload (text encoders / VAE leave the device between phases; on a CPU the code path only)
+      and recorded states on the CPU: the same numbers (exact);
+    - fp8 base weights (`base_weights fp8`): runs (a module the model declares precision-sensitive
+      cast to fp8 fails here with a dtype mismatch), stores the LoRA targets in fp8 and every
+      module the model class lists in `_skip_layerwise_casting_patterns` in its own dtype, and
+      moves the velocity by fp8 rounding only (`fp8_diff`);
+    - fp8 under gradient checkpointing: the same gradients as fp8 alone (`fp8_ckpt_diff`).
+    """
+    import re
+
+    from fdfo_core.backends.fp8 import FP8_DTYPE
+
+    def run(backend):
+        perturb_lora(backend)
+        x, t, cond = probe(backend)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        v = backend.velocity(x, t, cond)
+        v.mul(w).sum().backward()
+        grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
+                          for p in backend.trainable_parameters()])
+        for p in backend.trainable_parameters():
+            p.grad = None
+        return v.detach(), grad
+
+    v0, g0 = run(make_backend(case, tmp / "default"))
+    v_off, g_off = run(DiffusersBackend(case.pipeline(tmp / "offload", 0), tiny_config(case, storage_device="cpu"),
+                                        max_sequence_length=case.max_sequence_length, offload=True))
+    fp8 = DiffusersBackend(case.pipeline(tmp / "fp8", 0), tiny_config(case, base_weights="fp8"),
+                           max_sequence_length=case.max_sequence_length, offload=True)
+    v8, g8 = run(fp8)
+    fp8.transformer.enable_gradient_checkpointing()
+    fp8.transformer.train()
+    _, g8c = run(fp8)
+    declared = tuple(getattr(fp8.transformer, "_skip_layerwise_casting_patterns", None) or ())
+    stored = {n: m.weight.dtype for n, m in fp8.transformer.named_modules()
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and "lora_" not in n}
+    lora_bases = [n for n, _ in fp8.lora_layers()]
+    return {
+        "offload_diff": max(relative(v_off, v0), relative(g_off, g0)),
+        "fp8_diff": relative(v8, v0), "fp8_finite": bool(torch.isfinite(v8).all() and torch.isfinite(g8).all()),
+        "fp8_grad_norm": float(g8.norm()), "fp8_ckpt_diff": relative(g8c, g8),
+        "declared": declared,
+        "declared_in_fp8": sorted(n for n, d in stored.items() if d == FP8_DTYPE
+                                  and any(re.search(p, n) for p in declared)),
+        "lora_targets_in_fp8": all(fp8.transformer.get_submodule(n).base_layer.weight.dtype == FP8_DTYPE
+                                   for n in lora_bases),
+    }
+
+
 def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:
     """The velocity call with the transformer in bf16 (as on CUDA) agrees with fp32 to bf16 accuracy."""
     backend = make_backend(case, tmp, add_adapter=False)

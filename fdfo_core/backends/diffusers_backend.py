@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 import torch.utils.checkpoint
 
-from ..backend import BackendError, NamedAdapterParams
+from ..backend import BackendError, NamedAdapterParams, weights_digest
 from ..conditioning import Cond
 from ..image_size import SizeRule
 from ..config import FDFOConfig
@@ -309,12 +309,12 @@ class DiffusersBackend(NamedAdapterParams):
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
         ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
         ident = getattr(ident, "base_layer", ident)
-        weights = ident.weight.detach().float().cpu().numpy().tobytes()
         return {
             "family": self.family,
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-            "weights": hashlib.sha256(weights).hexdigest()[:16],
+            # the same with fp8 / bf16 / fp32 storage: base_weights may change on resume
+            "weights": weights_digest(ident.weight),
             "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
@@ -432,7 +432,7 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
     """fdfo_core.memory.ModelMemory of a loaded pipeline at the config's resolution and LoRA
     (a meta-device copy of its transformer and VAE is measured; the pipeline is not touched)."""
     from ..memory import measure_model
-    from .fp8 import FP8_SKIP_PATTERNS
+    from .fp8 import fp8_skip_patterns
 
     family = pipeline_family(pipe)
     vae = pipe.vae
@@ -447,7 +447,7 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
         family, pipe.transformer, config.height, config.width, options.max_sequence_length, config.lora_rank,
         family.resolve_lora_targets(config.lora_targets), vae=vae, text_encoder_params=text_params,
         reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(scale),
-        name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS, pipe=pipe, cond_example=example)
+        name=type(pipe.transformer).__name__, fp8_skip=fp8_skip_patterns(pipe.transformer), pipe=pipe, cond_example=example)
 
 
 def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, world_size: int = 1,
