@@ -10,6 +10,8 @@ dtype is). `backend.weights_digest` hashes a weight rounded to e4m3, whatever it
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -72,6 +74,8 @@ HOLDING = {
     "compile": dict(compile=True),
     "offload": dict(),
 }
+#: torch.compile's first use imports inductor (~25 s on CI's CPUs): with FDFO_SLOW=1 only.
+SLOW = os.environ.get("FDFO_SLOW") == "1"
 
 
 def test_every_resumable_holding_setting_is_covered():
@@ -79,12 +83,14 @@ def test_every_resumable_holding_setting_is_covered():
     assert set(HOLDING) - {"offload"} <= RESUMABLE_CHANGES
 
 
-@pytest.mark.parametrize("case_id", ["hidream", "sd3", "wan21", "z-image", "lumina2"])
+@pytest.mark.parametrize("case_id", ["hidream", "wan21", "z-image"])
 def test_fingerprint_is_the_same_under_every_resumable_setting(case_id, tmp_path):
     case = CASES_BY_ID[case_id]
     base = DiffusersBackend(case.pipeline(tmp_path / "base", 0), tiny(case), max_sequence_length=case.max_sequence_length)
     expected = base.fingerprint()
     for name, over in HOLDING.items():
+        if name == "compile" and not SLOW:
+            continue
         backend = DiffusersBackend(case.pipeline(tmp_path / name, 0), tiny(case, **over),
                                    max_sequence_length=case.max_sequence_length, offload=name == "offload")
         assert backend.fingerprint() == expected, name
@@ -98,7 +104,8 @@ def trainer(case, tmp, run_dir, seed=0, **over):
                        callbacks=Callbacks(log=None))
 
 
-@pytest.mark.parametrize("setting", ["base_weights", "gradient_checkpointing"])
+@pytest.mark.parametrize("setting", ["base_weights", pytest.param("gradient_checkpointing", marks=pytest.mark.skipif(
+    not SLOW, reason="the fingerprint test covers it; the full resume with FDFO_SLOW=1"))])
 def test_a_hidream_run_resumes_with_a_resumable_setting_changed(setting, tmp_path):
     """The issue's example: a tiny HiDream run resumed with fp8 base weights (and, alike, with
     gradient checkpointing) continues; another model (other weights, same architecture) is refused."""

@@ -206,6 +206,10 @@ class DiffusersBackend(NamedAdapterParams):
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
+        # The weights' digest before any storage cast: fp8 storage may change on resume (and an fp32
+        # checkpoint cast to fp8 directly is not what its bf16 rounding would give).
+        ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
+        self._weights_digest = weights_digest(getattr(ident, "base_layer", ident).weight)
         if config.base_weights == "fp8":
             from .fp8 import enable_fp8_storage, fp8_available
 
@@ -307,14 +311,13 @@ class DiffusersBackend(NamedAdapterParams):
     def fingerprint(self) -> dict[str, str]:
         cfg = dict(self.transformer.config)
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
-        ident = getattr(ident, "base_layer", ident)
         return {
             "family": self.family,
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-            # the same with fp8 / bf16 / fp32 storage: base_weights may change on resume
-            "weights": weights_digest(ident.weight),
+            # taken before the fp8 cast and rounded to e4m3 (backend.weights_digest): the same with
+            # fp8 / bf16 / fp32 storage, which may change on resume
+            "weights": self._weights_digest,
             "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
