@@ -220,8 +220,10 @@ class PicksFile:
 
     def summary(self) -> str:
         c = self.counts()
-        text = (f"{len(self.records)} picks from {len(self.files)} file(s) of {self.runs()} run(s): {c['left']} left, "
-                f"{c['right']} right, {c['equal']} equal, {c['skip']} skipped")
+        runs = self.runs()
+        where = f"{len(self.files)} file(s)" + (f" of {runs} run(s)" if len(self.files) > 1 or runs > 1 else "")
+        text = (f"{len(self.records)} picks from {where}: {c['left']} left, {c['right']} right, {c['equal']} equal, "
+                f"{c['skip']} skipped")
         if self.corrected:
             text += f"; {self.corrected} earlier pick(s) replaced by a later pick of the same pair"
         if self.duplicates:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WARM = torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1)
 TIE = 0.1  # the simulated artist calls pairs whose warmth differs by less than this "equal"
+STRONG_BIAS = 0.15  # |P(left between alike images) - 0.5| reported as a strong position bias
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +97,12 @@ def test_recovers_a_hidden_rule_from_simulated_picks(picks_file, clip_dir, tmp_p
     assert r.heldout_accuracy > 0.8 and r.heldout_pairs >= 40
     assert fresh > 0.75
     assert any("held-out accuracy" in line for line in logged) and logged[0].startswith("400 picks from 1 file(s)")
+    # It says what it knows: the always-left baseline next to the accuracy (issue 27); this artist
+    # has no position habit, so no warning.
+    assert r.heldout_always_left is not None and 0.2 < r.heldout_always_left < 0.8
+    assert r.beats_baseline and r.heldout_accuracy > r.heldout_baseline and r.reliability > 0.5
+    assert f"(always-left baseline {100 * r.heldout_always_left:.1f} %; the image score alone" in logged[-1]
+    assert abs(r.position_bias - 0.5) < STRONG_BIAS and "warning" not in logged[-1]
 
 
 def test_mlp_head_also_learns_the_rule(picks_file, clip_dir):
@@ -118,6 +125,8 @@ def test_save_load_round_trip_and_reward(picks_file, clip_dir, tmp_path):
     assert json.loads(meta["picks_files"]) == [str(picks_file)]
 
     loaded = load_preference_model(out)
+    assert loaded.report.heldout_always_left == pytest.approx(model.report.heldout_always_left, abs=1e-6)
+    assert loaded.report.position_bias == pytest.approx(model.report.position_bias, abs=1e-6)
     x = rf.sample_images(6, 40, 48, seed=3)
     assert torch.allclose(loaded.score(x, "p"), model.score(x, "p"), atol=1e-5)
     reward = build_reward("preference", {"preference": {"path": str(out), "scale": "2"}})
@@ -358,17 +367,6 @@ def test_only_same_picks_are_refused_not_fitted_into_a_constant_reward(tmp_path,
         fit_preference(picks, encoder="clip", encoder_path=str(clip_dir))
 
 
-def test_the_always_left_baseline_is_reported_next_to_held_out_accuracy(picks_file, clip_dir):
-    logged = []
-    model = fit_preference(picks_file, encoder="clip", encoder_path=str(clip_dir), log=logged.append)
-    r = model.report
-    assert r.heldout_always_left is not None and 0.2 < r.heldout_always_left < 0.8
-    assert r.beats_baseline and r.heldout_accuracy > r.heldout_baseline
-    assert f"(always-left baseline {100 * r.heldout_always_left:.1f} %)" in logged[-1]
-    assert abs(r.position_bias - 0.5) < STRONG_BIAS and "warning" not in logged[-1]  # this artist has no habit
-
-
-STRONG_BIAS = 0.15
 
 
 def test_a_left_habit_is_absorbed_and_reported(tmp_path, clip_dir):
@@ -376,13 +374,13 @@ def test_a_left_habit_is_absorbed_and_reported(tmp_path, clip_dir):
     rest: the fit reports the habit (P(left) between alike images) and the image score still ranks
     fresh pairs by the taste, as well as a fit on the same artist without the habit does."""
     g = torch.Generator().manual_seed(11)
-    habit = torch.rand(600, generator=g) < 0.6
+    habit = torch.rand(300, generator=g) < 0.6
     count = iter(range(10 ** 6))
 
     def biased(a, b, p):
         return "left" if bool(habit[next(count)]) else artist(a, b)
 
-    picks = write_picks(tmp_path / "run", n=600, seed=21, every_skip=0, rule=biased)
+    picks = write_picks(tmp_path / "run", n=300, seed=21, every_skip=0, rule=biased)
     logged = []
     model = fit_preference(picks, encoder="clip", encoder_path=str(clip_dir), log=logged.append)
     r = model.report
@@ -391,6 +389,9 @@ def test_a_left_habit_is_absorbed_and_reported(tmp_path, clip_dir):
     assert r.position_bias > 0.5 + STRONG_BIAS and r.left_share > 0.7
     assert "strong position bias: the left image was chosen" in logged[-1]
     assert fresh_pair_accuracy(model.score) > 0.75  # the score learned the taste, not the habit
+    # predicting the picks cannot beat always "left" by much (the habit decides most of them), but
+    # the image score alone ranks the held-out picks clearly above chance: it is worth using
+    assert r.heldout_accuracy >= r.heldout_always_left - 0.05 and r.reliability > 0, r
 
 
 def test_a_one_sided_or_unmeasured_fit_warns(tmp_path, clip_dir):
@@ -399,13 +400,5 @@ def test_a_one_sided_or_unmeasured_fit_warns(tmp_path, clip_dir):
     assert any("every one of the 40 decisive picks chose the left image" in w for w in r.warnings), r.warnings
     few = write_picks(tmp_path / "few", n=8, seed=4, every_skip=0)
     r = fit_preference(few, encoder="clip", encoder_path=str(clip_dir)).report
-    assert r.heldout_accuracy is None and not r.beats_baseline
+    assert r.heldout_accuracy is None and not r.beats_baseline and r.reliability == 0.0
     assert any("held-out accuracy not measured" in w for w in r.warnings), r.warnings
-
-
-def test_the_baseline_and_bias_survive_save_and_load(picks_file, clip_dir, tmp_path):
-    model = fit_preference(picks_file, encoder="clip", encoder_path=str(clip_dir))
-    out = model.save(tmp_path / "m.safetensors")
-    loaded = load_preference_model(out).report
-    assert loaded.heldout_always_left == pytest.approx(model.report.heldout_always_left, abs=1e-6)
-    assert loaded.position_bias == pytest.approx(model.report.position_bias, abs=1e-6)

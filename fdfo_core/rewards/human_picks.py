@@ -19,8 +19,10 @@ Per epoch (`HumanPicksReward.score_pairs`):
    every human pick of the run so far (``unpicked="preference"``; `rewards.preference`): its
    reward difference is 2 P(left preferred) - 1, on the picks' scale. Until the model has at
    least ``min_picks`` picks, and (``require_accuracy``, the default) until its held-out
-   accuracy is measured and beats always answering the same side, they are dropped: a model
-   fitted on 8 picks guesses, and its saturated guesses would count like the artist's picks.
+   accuracy is measured and its image score ranks the held-out picks clearly above chance, they
+   are dropped: a model fitted on 8 picks guesses, and its saturated guesses would count like
+   the artist's picks. Then its differences are weighted by that reliability, 2 a - 1 for a
+   held-out score accuracy a (`FitReport.reliability`).
    Model-scored pairs are recorded in picks.jsonl with ``"source": "model"`` (never learned from).
 
 The reward records, as a run's definition, its mode (human_pairs, unpicked, min_picks and the
@@ -74,6 +76,7 @@ class HumanPicksReward(PairwiseReward):
         self._run_dir: Path | None = None
         self._picked: dict[tuple[int, int], PickRecord] = {}  # this run's human picks by (epoch, pair_id)
         self._run_id: str | None = None
+        self._weight = 1.0  # the preference model's guesses, relative to a pick (mixed mode)
         self._lock = threading.Lock()
         self.spec_name = "human_picks"
         self.spec_options = self.record_options()
@@ -196,7 +199,8 @@ class HumanPicksReward(PairwiseReward):
         rest = [i for i in range(n) if not source[i]]
         model_ready, fit_note = self._refit() if rest and self.unpicked == "preference" else (False, "")
         if rest and model_ready:
-            d = self.preference.pair_reward_delta(left[rest], right[rest], [prompts[i] for i in rest]).double()
+            # weighted by the model's measured reliability: a guess counts less than a pick
+            d = self._weight * self.preference.pair_reward_delta(left[rest], right[rest], [prompts[i] for i in rest]).double()
             for k, i in enumerate(rest):
                 model_delta[i] = float(d[k])
                 source[i] = "model"
@@ -282,12 +286,18 @@ class HumanPicksReward(PairwiseReward):
             report = pm.refit() if pm.fitted else pm.fit()
         except RewardError as e:  # e.g. only "same" picks so far: nothing to learn yet
             return False, f"preference model not used: {e}"
-        if self.require_accuracy and not report.beats_baseline:
-            why = ("its held-out accuracy is not measured yet" if report.heldout_accuracy is None else
-                   f"its held-out accuracy {100 * report.heldout_accuracy:.0f} % does not beat always answering one "
-                   f"side ({100 * (report.heldout_baseline or 0.5):.0f} %)")
-            return False, f"preference model waits: {why} ({n} picks); unpicked pairs are dropped"
-        return True, report.summary().replace("\n", "; ")
+        self._weight = 1.0
+        if self.require_accuracy:
+            if report.reliability == 0.0:
+                why = ("its held-out accuracy is not measured yet" if report.heldout_score_accuracy is None else
+                       f"its image score ranks {100 * report.heldout_score_accuracy:.0f} % of the held-out picks right, "
+                       f"not clearly above chance on {report.heldout_pairs} pairs")
+                return False, f"preference model waits: {why} ({n} picks); unpicked pairs are dropped"
+            self._weight = report.reliability
+        note = report.summary().replace("\n", "; ")
+        if self.require_accuracy:
+            note += f"; its guesses count {self._weight:.2f} of a pick (2 x held-out score accuracy - 1)"
+        return True, note
 
     def state_dict(self) -> dict:
         return {"format": "human_picks/1"}  # the picks themselves live in picks.jsonl

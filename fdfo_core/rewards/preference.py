@@ -30,8 +30,8 @@ that is not part of the score (so the reward does not learn the habit), and repo
 sigmoid(b), the chance of "left" between two images the model scores alike.
 
 Held-out accuracy: a fixed share of the pairs (``holdout``, 20 %) is left out, the model is fitted
-on the rest and scored on the held-out pairs that were not "equal"; it is reported next to the
-always-left baseline (the share of those pairs picked left), which a model must beat to know
+on the rest and predicts the held-out picks that were not "equal" (with the position bias: the
+person's picks, habit included); it is reported next to the always-left baseline (the share of those pairs picked left), which a model must beat to know
 anything. The saved model is then fitted on every pair. Picks with no decisive pair (only "same"
 or skipped) are refused: they would fit a zero model, a constant reward.
 """
@@ -169,14 +169,17 @@ def left_share(target: torch.Tensor) -> float | None:
     return float((target[decisive] > 0.5).float().mean()) if bool(decisive.any()) else None
 
 
-def pair_accuracy(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, target: torch.Tensor) -> tuple[float | None, int]:
-    """Share of decisive pairs (target 0 or 1) whose preferred image the head scores higher, and their count."""
+def pair_accuracy(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, target: torch.Tensor,
+                  position_bias: float = 0.0) -> tuple[float | None, int]:
+    """Share of decisive pairs (target 0 or 1) whose pick the model predicts, and their count: the
+    left image when s_left - s_right + position_bias > 0 (the logit b of `fit_head`; 0: the
+    preferred image is the one the head scores higher)."""
     decisive = (target - 0.5).abs() > 0.25
     n = int(decisive.sum())
     if n == 0:
         return None, 0
     with torch.no_grad():
-        d = head(left[decisive]) - head(right[decisive])
+        d = head(left[decisive]) - head(right[decisive]) + position_bias
     correct = (d > 0) == (target[decisive] > 0.5)
     return float(correct.float().mean()), n
 
@@ -201,6 +204,9 @@ class FitReport:
     left_share: float | None = None  # share of the decisive picks that chose left
     #: always-left baseline on the held-out pairs the accuracy is measured on (always-right: 1 - it)
     heldout_always_left: float | None = None
+    #: held-out pairs whose preferred image the image score alone ranks higher (what the reward
+    #: uses; chance: 50 % whatever the position habit)
+    heldout_score_accuracy: float | None = None
     position_bias: float = 0.5  # P(left) between two images the model scores alike: sigmoid(b)
     warnings: list[str] = field(default_factory=list)
 
@@ -212,15 +218,29 @@ class FitReport:
 
     @property
     def beats_baseline(self) -> bool:
-        """Measured held-out accuracy above always-left and always-right: the model knows something."""
+        """Measured held-out accuracy above always-left and always-right: the picks are predicted
+        better than by position alone."""
         return self.heldout_accuracy is not None and self.heldout_accuracy > (self.heldout_baseline or 0.5)
+
+    @property
+    def reliability(self) -> float:
+        """How much the image score's guesses are worth next to real picks: 2 a - 1 for a held-out
+        score accuracy a above chance (0.5 -> 0, 1 -> 1), 0 when it is not measured or not above
+        chance by two standard errors (0.5 + 1 / sqrt(n) on n held-out pairs)."""
+        a, n = self.heldout_score_accuracy, self.heldout_pairs
+        if a is None or n < MIN_HELDOUT or a <= 0.5 + 1.0 / math.sqrt(n):
+            return 0.0
+        return 2.0 * a - 1.0
 
     def summary(self) -> str:
         acc = (f"held-out accuracy {100 * self.heldout_accuracy:.1f} % on {self.heldout_pairs} pairs"
                if self.heldout_accuracy is not None
                else f"held-out accuracy not measured (fewer than {MIN_HELDOUT} decisive held-out pairs)")
         if self.heldout_accuracy is not None and self.heldout_always_left is not None:
-            acc += f" (always-left baseline {100 * self.heldout_always_left:.1f} %)"
+            acc += f" (always-left baseline {100 * self.heldout_always_left:.1f} %"
+            if self.heldout_score_accuracy is not None:
+                acc += f"; the image score alone {100 * self.heldout_score_accuracy:.1f} %"
+            acc += ")"
         text = f"preference model fitted on {self.pairs} picks: {acc}"
         if self.train_accuracy is not None:
             text += f", training accuracy {100 * self.train_accuracy:.1f} %"
@@ -256,9 +276,9 @@ def fit_warnings(r: FitReport) -> list[str]:
         side = "left" if r.position_bias > 0.5 else "right"
         out.append(f"strong position bias: the {side} image was chosen {100 * max(r.position_bias, 1 - r.position_bias):.0f} % "
                    "of the time between images the model scores alike (absorbed by the fit, not part of the reward)")
-    if r.heldout_accuracy is not None and not r.beats_baseline:
-        out.append(f"held-out accuracy {100 * r.heldout_accuracy:.1f} % does not beat always answering the same side "
-                   f"({100 * (r.heldout_baseline or 0.5):.1f} %): the model has not learned the taste yet; pick more pairs")
+    if r.heldout_accuracy is not None and r.reliability == 0.0:
+        out.append(f"the image score ranks only {100 * (r.heldout_score_accuracy or 0):.1f} % of the held-out picks right "
+                   f"(chance 50 %; {r.heldout_pairs} pairs): the model has not learned the taste yet; pick more pairs")
     elif r.heldout_accuracy is None:
         out.append(f"held-out accuracy not measured ({r.pairs} picks, {r.heldout_pairs} decisive held out; needs "
                    f"{MIN_HELDOUT}): nothing shows yet that the model predicts the picks")
@@ -270,10 +290,20 @@ def pair_key(epoch: int, pair_id: int, seed: int | None, prompt: str, run: str =
     "file:<picks file>" for a file written before run ids) and its place in that run. Runs made
     with the same seed repeat epoch, pair, seed and prompt, so without the run one run's picks
     would replace another's. The held-out split (a hash of the key) is the same on any machine
-    for picks with run ids; a pick read twice (the same file given twice, or a copy) is one pair;
+    (`split_key`); a pick read twice (the same file given twice, or a copy) is one pair;
     a pick added from memory (`PreferenceModel.add_pair`) with this key is the same pair as its
     line in picks.jsonl."""
-    return f"{run}/{epoch}/{pair_id}/{seed}/{prompt}" if run else f"{epoch}/{pair_id}/{seed}/{prompt}"
+    return f"{epoch}/{pair_id}/{seed}/{prompt}" + (f"{_RUN_SEP}{run}" if run else "")
+
+
+_RUN_SEP = "\x1f"  # (a control character: never in a prompt)
+
+
+def split_key(key: str) -> str:
+    """The part of a pair key the held-out split hashes: all of it for picks with a run id, the
+    pair without its file for older picks (so the split does not depend on where a file lies)."""
+    pair, _, run = key.partition(_RUN_SEP)
+    return key if run.startswith("run:") else pair
 
 
 @dataclass
@@ -416,7 +446,7 @@ class PreferenceModel:
 
         train, held = [], []
         for i, p in enumerate(self.pairs):
-            u = zlib.crc32(f"{self.seed}:{p.key}".encode()) / 2**32
+            u = zlib.crc32(f"{self.seed}:{split_key(p.key)}".encode()) / 2**32
             (held if u < self.holdout else train).append(i)
         return train, held
 
@@ -452,26 +482,29 @@ class PreferenceModel:
                 "image alike, a constant reward that trains nothing. Pick left or right where you prefer one image.")
         warm = warm_start and self.fitted
         train, held = self.split()
-        acc, n_held, always_left = None, 0, None
+        acc, n_held, always_left, score_acc = None, 0, None, None
         if held and train:
             probe = fresh(self._probe if warm else None)
-            fit_head(probe, *self._arrays(train), weight_decay=self.weight_decay, max_iter=max_iter)
+            _, probe_bias = fit_head(probe, *self._arrays(train), weight_decay=self.weight_decay, max_iter=max_iter)
             self._probe = probe
             held_arrays = self._arrays(held)
-            acc, n_held = pair_accuracy(probe, *held_arrays)
+            # the person's picks predicted with their position habit, against always-left / -right
+            acc, n_held = pair_accuracy(probe, *held_arrays, position_bias=probe_bias)
+            score_acc, _ = pair_accuracy(probe, *held_arrays)
             always_left = left_share(held_arrays[2])
             if n_held < MIN_HELDOUT:
-                acc, always_left = None, None
+                acc, always_left, score_acc = None, None, None
         left, right, target = self._arrays(range(n))
         head = fresh(self.head if warm else None)
         loss, bias = fit_head(head, left, right, target, weight_decay=self.weight_decay, max_iter=max_iter)
         self.head = head  # swapped in whole: a reward scoring with this model never sees a half-fitted head
-        train_acc, _ = pair_accuracy(head, left, right, target)
+        train_acc, _ = pair_accuracy(head, left, right, target, position_bias=bias)
         self.fitted = True
         self._update_counts()
         r = self.report
         r.pairs, r.heldout_pairs, r.heldout_accuracy, r.train_accuracy, r.loss = n, n_held, acc, train_acc, loss
         r.decisive_pairs, r.left_share, r.heldout_always_left = decisive, left_share(target), always_left
+        r.heldout_score_accuracy = score_acc
         r.position_bias = 1.0 / (1.0 + math.exp(-bias))
         r.warnings = fit_warnings(r)
         r.seconds = time.perf_counter() - t0
@@ -516,6 +549,7 @@ class PreferenceModel:
             "heldout_accuracy": "none" if r.heldout_accuracy is None else f"{r.heldout_accuracy:.6f}",
             "train_accuracy": "none" if r.train_accuracy is None else f"{r.train_accuracy:.6f}",
             "heldout_always_left": "none" if r.heldout_always_left is None else f"{r.heldout_always_left:.6f}",
+            "heldout_score_accuracy": "none" if r.heldout_score_accuracy is None else f"{r.heldout_score_accuracy:.6f}",
             "position_bias": f"{r.position_bias:.6f}",
             "picks_files": json.dumps(self.sources), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -685,6 +719,8 @@ def load_preference_model(path: str | os.PathLike, encoder_path: str | None = No
     base = meta.get("heldout_always_left", "none")  # (files fitted before the baseline was recorded: none)
     r.heldout_always_left = None if base == "none" else float(base)
     r.position_bias = float(meta.get("position_bias", 0.5))
+    sacc = meta.get("heldout_score_accuracy", "none")
+    r.heldout_score_accuracy = None if sacc == "none" else float(sacc)
     model.sources = json.loads(meta.get("picks_files", "[]"))
     model.fitted = True
     return model
