@@ -1,7 +1,7 @@
 """The "human picks" reward: an artist picks the better image of each FDFO pair while training runs.
 
 For each pair the artist answers left, right, equal or skip; the pair's reward difference
-R_left - R_right is +1, -1 or 0, and a skipped pair is dropped (`fdfo_core.picks`). This is
+R_left - R_right is +1, -1 or 0, and a skipped pair is dropped (`fdfo_core.rewards.pick_records`). This is
 the finite difference FDFO trains on (ALGORITHM.md, "finite differences"), given by a person.
 
 Per epoch (`HumanPicksReward.score_pairs`):
@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..picking import PairContext, PairScores, PairwiseReward, PickingHub, PickItem, PickRound, PickSession
-from ..picks import PickRecord, append_pick, now_timestamp, read_picks
+from .pairwise import PairContext, PairScores, PairwiseReward, PickingHub, PickItem, PickRound, PickSession
+from .pick_records import PickRecord, append_pick, now_timestamp, read_picks
 from .base import RewardError
 
 UNPICKED = ("drop", "preference")
@@ -100,12 +100,10 @@ class HumanPicksReward(PairwiseReward):
 
     # --- a run's files ---------------------------------------------------------------------------
 
-    def _start_run(self, run_dir: Path, log) -> None:
+    def _start_run(self, run_dir: Path, log, run_id: str | None = None) -> None:
         """First call of a run: read the picks already made there (a resumed run) and teach them to the model."""
-        from ..run_definition import RunRecords
-
         self._run_dir = run_dir
-        self._run_id = RunRecords(run_dir).run_id()  # written into every pick: its identity across runs
+        self._run_id = run_id  # written into every pick: its identity across runs
         self._picked = {}
         if self.preference is not None:  # a new run learns from its own picks only
             self.preference = fresh_preference_model(self.preference)
@@ -129,8 +127,8 @@ class HumanPicksReward(PairwiseReward):
         return folder / f"{stem}-left.png", folder / f"{stem}-right.png"
 
     def _save_images(self, left: torch.Tensor, right: torch.Tensor, epoch: int, pair_id: int) -> tuple[Path, Path]:
-        from ..images import save_png, to_pil
-        from ..storage import ensure_dir
+        from ..files.drawing import save_png, to_pil
+        from ..files.storage import ensure_dir
 
         paths = self._image_paths(epoch, pair_id)
         ensure_dir(paths[0].parent, "picked images folder")
@@ -161,7 +159,7 @@ class HumanPicksReward(PairwiseReward):
             raise RewardError("human_picks needs a run folder (picks.jsonl and the picked images are written there)")
         run_dir = Path(context.run_dir)
         if self._run_dir != run_dir:
-            self._start_run(run_dir, context.log)
+            self._start_run(run_dir, context.log, context.run_id)
         n = left.shape[0]
         epoch = context.epoch
         choices: list[str | None] = [None] * n  # left / right / equal / skip
