@@ -254,9 +254,9 @@ def test_a_changed_criterion_starts_the_evaluation_again_and_keeps_the_old_best(
     """After an allowed change of the reward (criterion: held-out reward) or of the judge, the new
     values are not compared with the old criterion's best: the base model is evaluated anew, the
     best is chosen among the epochs to come, and the old best LoRA keeps its own name (issue 27)."""
-    import fdfo_core.guardrails as guardrails_module
-    from fdfo_core.guardrails import retired_best_lora_name
-    from fdfo_core.trainer import RunChangeRefused
+    import fdfo_core.run.guardrails as guardrails_module
+    from fdfo_core.run.guardrails import retired_best_lora_name
+    from fdfo_core.run.trainer import RunChangeRefused
 
     def trainer(epochs, reward, judge):
         return FDFOTrainer(PointBackend(flow2d_base), reward, ["x"], cfg2d(epochs=epochs, checkpoint_every=1),

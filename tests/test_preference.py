@@ -316,7 +316,7 @@ def test_picks_of_two_runs_made_with_the_same_seed_are_all_kept(tmp_path, clip_d
 def test_old_picks_files_without_run_ids_are_each_their_own_run(tmp_path, clip_dir):
     """Files written before run ids: their picks are identified within their own file, so two such
     files of two runs are both kept (and a pick corrected later in one file still replaces it)."""
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     a = write_picks(tmp_path / "A", n=40, seed=1, every_skip=0)
     b = write_picks(tmp_path / "B", n=40, seed=2, every_skip=0)
@@ -335,7 +335,7 @@ def test_old_picks_files_without_run_ids_are_each_their_own_run(tmp_path, clip_d
 def test_a_copied_picks_file_counts_once_and_its_later_corrections_win(tmp_path):
     """The same run's picks in two files (a copy taken mid-run, then the live file): true
     duplicates count once and say so; a pick corrected after the copy wins whatever the order."""
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     live = write_picks(tmp_path / "run", n=10, seed=1, every_skip=0, run_id="r1")
     copy = tmp_path / "copy" / "picks.jsonl"

@@ -15,12 +15,12 @@ import os
 import pytest
 import torch
 
-from fdfo_core.backend import weights_digest
+from fdfo_core.backends.interface import weights_digest
 from fdfo_core.backends.diffusers_backend import DiffusersBackend
 from fdfo_core.config import load_config
 from fdfo_core.rewards import build_reward
-from fdfo_core.run_definition import RESUMABLE_CHANGES, RunDefinition, differences
-from fdfo_core.trainer import Callbacks, FDFOTrainer, RunChangeRefused
+from fdfo_core.run.definition import RESUMABLE_CHANGES, RunDefinition, differences
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer, RunChangeRefused
 
 from family_cases import CASES_BY_ID
 
