@@ -259,8 +259,10 @@ def test_a_changed_criterion_starts_the_evaluation_again_and_keeps_the_old_best(
     from fdfo_core.run.trainer import RunChangeRefused
 
     def trainer(epochs, reward, judge):
-        return FDFOTrainer(PointBackend(flow2d_base), reward, ["x"], cfg2d(epochs=epochs, checkpoint_every=1),
-                           run_dir=tmp_path / "run", judge=judge, callbacks=Callbacks(log=None))
+        # (front ends record the judge by its spec in the config, as --judge does)
+        cfg = cfg2d(epochs=epochs, checkpoint_every=1, judge=judge.name if judge else "")
+        return FDFOTrainer(PointBackend(flow2d_base), reward, ["x"], cfg, run_dir=tmp_path / "run", judge=judge,
+                           callbacks=Callbacks(log=None))
 
     first = (MinusDistance(), None) if changed == "reward" else (MinusDistance(), Opposite())
     then = (Opposite(), None) if changed == "reward" else (MinusDistance(), MinusDistance())
