@@ -167,6 +167,28 @@ def pipeline_family(pipe) -> Family:
     return family
 
 
+#: The oldest diffusers release the backend runs on (pyproject.toml states the same), and the
+#: features that need it.
+DIFFUSERS_FLOOR = ("0.33", "gradient checkpointing with our checkpoint function "
+                           "(enable_gradient_checkpointing(fn)) and fp8 base weights (diffusers.hooks.apply_layerwise_casting)")
+
+
+def check_diffusers_version(family: Family, version: str | None = None) -> None:
+    """Raise BackendError when the installed diffusers (or `version`) is older than the package's
+    floor or the family's `min_diffusers`, naming the feature that needs the newer release."""
+    from packaging.version import Version
+
+    if version is None:
+        import diffusers
+
+        version = diffusers.__version__
+    needs = [DIFFUSERS_FLOOR] + ([family.min_diffusers] if family.min_diffusers else [])
+    for floor, why in needs:
+        if Version(version) < Version(floor):
+            raise BackendError(f"{family.title} on diffusers {version}: diffusers >= {floor} is needed ({why}). "
+                               f"Upgrade it: pip install -U 'diffusers>={floor}'")
+
+
 class DiffusersBackend(NamedAdapterParams):
     """FlowBackend over a diffusers flow-matching pipeline with a peft LoRA on the transformer.
 
@@ -187,6 +209,7 @@ class DiffusersBackend(NamedAdapterParams):
     ):
         self.pipe = pipe
         self.model_family = pipeline_family(pipe)
+        check_diffusers_version(self.model_family)
         self.family = self.model_family.name
         self.device = torch.device(device)
         self.transformer = pipe.transformer

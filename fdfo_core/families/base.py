@@ -116,6 +116,9 @@ class Family:
     preset_name: ClassVar[str | None] = None
     #: One line of VRAM guidance for docs and messages.
     vram: ClassVar[str] = ""
+    #: The oldest diffusers release that runs this family correctly, and why (the backend refuses
+    #: older ones with this reason; the package's own floor, DIFFUSERS_FLOOR, is the default).
+    min_diffusers: ClassVar[tuple[str, str] | None] = None
     #: The family's published models (transformer / VAE configs and sizes, `published.py`): what
     #: the memory estimator and the GPU profile build on the meta device.
     published_models: ClassVar[tuple[PublishedModel, ...]] = ()
