@@ -657,7 +657,8 @@ class ComfyBackend(NamedAdapterParams):
         import comfy.sampler_helpers
 
         self._needs_reload = True  # the text encoder may push the diffusion model off the GPU
-        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        # The family's text for the prompt (Lumina 2: its system prompt first), as its pipeline encodes it.
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(self.model_family.comfy_prompt(text)))
         if len(conditioning) != 1:
             log.warning("FDFO: the CLIP returned %d scheduled conditionings; training uses the first", len(conditioning))
         cond, extras = conditioning[0][0], dict(conditioning[0][1])
