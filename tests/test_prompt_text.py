@@ -66,8 +66,11 @@ def test_both_backends_encode_the_familys_text(family_name, tmp_path, monkeypatc
         # ... ComfyUI: the pipeline's default one, CLIPTextEncodeLumina2's "superior"
         assert comfy == with_system_prompt(PROMPT, SYSTEM_PROMPT) != PROMPT
     else:
+        # the bare prompt, inside the pipeline's template (some pipelines tokenize the template's
+        # parts apart; a tiny case's text length may cut the prompt's end)
         assert comfy == PROMPT
-        assert all(PROMPT in t for t in texts), texts
+        assert PROMPT[:16] in "".join(texts), texts
+        assert "<Prompt Start>" not in "".join(texts)
 
 
 def test_lumina2_system_prompt_is_the_pipelines_default():
