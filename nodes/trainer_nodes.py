@@ -17,6 +17,7 @@ message (what failed, the last checkpoint, where the LoRA went, how to resume) a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -35,8 +36,8 @@ from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, de
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
 from .memory_choice import choose_comfy_memory
 from .sampler_nodes import clean_prompts
-from .training_options import (TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec, resolve_settings,
-                               setting)
+from .training_options import (ALL_SETTINGS, TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec,
+                               resolve_settings, setting)
 
 RUNS_SUBFOLDER = "fdfo"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -304,8 +305,13 @@ class FDFOTrainerNode:
         from ..fdfo_core.files.drawing import image_grid, save_png
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
-        from .comfy_backend import ComfyBackend
+        from .comfy_backend import ComfyBackend, distilled_checkpoint
 
+        family, distilled = distilled_checkpoint(model, graph, unique_id)
+        if distilled is not None:  # warn; the steps / CFG the user left at their defaults follow the model
+            defaults = {o.config: o.to_config(o.default) if o.to_config else o.default for o in ALL_SETTINGS if o.config}
+            cfg = cfg.replace(**distilled.adapted(dataclasses.asdict(cfg), defaults)).validate()
+            log.warning("FDFO: %s", distilled.warning(family.title, dataclasses.asdict(cfg)))
         if float(values["vram_gb"] or 0) > 0:
             cfg, message = choose_comfy_memory(model, cfg, float(values["vram_gb"]))
             log.info("FDFO: %s", message)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..files import storage
-from ..config import PRESETS, ConfigError, FDFOConfig, config_values, load_config
+from ..config import PRESETS, ConfigError, FDFOConfig, config_values
 from ..backends.memory import MemoryBudgetError
 
 
@@ -116,6 +116,32 @@ def _default_eval_prompts(model: str) -> list[str] | None:
 
         return toy_prompt_sets()[1]
     return None
+
+
+def new_run_config(preset: str | None, toml_path, overrides, distilled=None) -> FDFOConfig:
+    """A new run's config: defaults <- preset <- a distilled checkpoint's sampling settings (steps, no
+    CFG; `Family.distilled`) <- TOML file <- flags."""
+    values = config_values(preset)
+    if distilled is not None:
+        values.update(distilled.settings)
+    values.update(config_values(None, toml_path, overrides))
+    return FDFOConfig.from_dict(values).validate()
+
+
+def distilled_checkpoint(model: str | Path, family):
+    """The family's distilled checkpoint (`Family.distilled`) that `model` (a diffusers folder or hub
+    id) is, by its name, model_index.json and transformer config (read from a local folder), or None."""
+    from ..backends.diffusers_backend import pipeline_index
+    from ..files.text_files import read_json_file
+
+    path = Path(model)
+    config_file = path / "transformer" / "config.json"
+    transformer = read_json_file(config_file, "transformer config") if config_file.exists() else None
+    name = str(model)
+    if path.exists():  # the folder's own name (a hub cache snapshot: its repository's), not its parents'
+        path = path.resolve()
+        name = path.parent.parent.name if path.parent.name == "snapshots" else path.name
+    return family.distilled_checkpoint(name, pipeline_index(model), transformer)
 
 
 def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Namespace, reward=None):
@@ -269,11 +295,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..families import get_family
 
     family = get_family(check_supported(model))  # cheap: before any reward or weight is loaded
+    distilled = distilled_checkpoint(model, family)
     if recorded is not None and recorded.config is not None:
         cfg = FDFOConfig.from_dict(run.config).validate()
     else:  # a new run: defaults <- preset (the toy's for the toy model, else the family's) <- TOML <- flags
         preset = args.preset or ("toy" if _is_toy(model) else (family.preset_name or family.name))
-        cfg = load_config(preset, args.config, _overrides(args))
+        cfg = new_run_config(preset, args.config, _overrides(args), distilled)
+    if distilled is not None and dist.is_main:
+        print(f"warning: {distilled.warning(family.title, dataclasses.asdict(cfg))}", file=sys.stderr)
     settings = dict(run.model_settings or {})
     if _is_toy(model) and settings.get("max_sequence_length") is None:
         from ..toy import TOY_MAX_SEQUENCE_LENGTH
