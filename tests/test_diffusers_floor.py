@@ -3,9 +3,11 @@ runs on, and the backend refuses an older one, or one too old for a family, nami
 
 The floors were read from the diffusers releases themselves: `enable_gradient_checkpointing`
 takes a function and `diffusers.hooks.apply_layerwise_casting` exists from 0.33; ChromaPipeline
-and HiDreamImagePipeline ship in 0.34, ZImagePipeline, HunyuanImagePipeline and Flux2Pipeline in
-0.36, Flux2KleinPipeline in 0.37; the Qwen-Image transformer builds its joint attention mask from
-the text mask from 0.37.
+and HiDreamImagePipeline ship in 0.34; ZImagePipeline, HunyuanImagePipeline, Flux2Pipeline,
+Kandinsky5T2IPipeline, BriaFiboPipeline and OvisImagePipeline in 0.36; Flux2KleinPipeline and
+LongCatImagePipeline in 0.37; ErnieImagePipeline in 0.38, Krea2Pipeline in 0.39,
+QwenImage21Pipeline in 0.41; the Qwen-Image transformer builds its joint attention mask from the
+text mask from 0.37 (read from the release wheels' `diffusers/__init__.py` and transformer code).
 """
 
 from __future__ import annotations
