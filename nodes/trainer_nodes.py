@@ -217,8 +217,14 @@ def _comfy_dirs() -> tuple[Path, Path]:
 
 
 def publish_lora(src: Path, loras_dir: Path) -> Path:
-    """Copy a LoRA file into ComfyUI's LoRA folder (atomic; StorageError when it cannot)."""
-    return storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
+    """Copy a LoRA file, and its `<name>.preview.png` when there is one, into ComfyUI's LoRA folder
+    (atomic; StorageError when it cannot)."""
+    from ..fdfo_core.backends.modelspec import preview_path
+
+    out = storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
+    if preview_path(src).exists():
+        storage.copy_file(preview_path(src), preview_path(out), "LoRA preview image in ComfyUI's LoRA folder")
+    return out
 
 
 class FDFOTrainerNode:
@@ -302,7 +308,7 @@ class FDFOTrainerNode:
         from ..fdfo_core.files.drawing import reward_curve_image
         from ..fdfo_core.backends.generation import generate_images
         from ..fdfo_core.run.guardrails import best_lora_name
-        from ..fdfo_core.files.drawing import image_grid, save_png
+        from ..fdfo_core.files.drawing import image_grid, save_png, to_pil
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
         from .comfy_backend import ComfyBackend, distilled_checkpoint
@@ -338,6 +344,8 @@ class FDFOTrainerNode:
                 cfg.cfg_scale, cfg.negative_prompt, batch_size=cfg.sample_batch_size, amp=trainer.amp,
                 use_adapter=use_adapter, check_cancel=check_interrupt,
             )
+            if use_adapter and images.ndim == 4 and images.shape[1] == 3:  # becomes <lora>.preview.png
+                trainer.preview_image = to_pil(images[0])
             if save_as is not None:  # full size in the run folder
                 save_png(image_grid(images, ncol=preview_columns(len(preview_prompts))), save_as, "preview grid",
                          make_folder=True)
@@ -401,6 +409,9 @@ class FDFOTrainerNode:
             trainer.start_run()  # the run and LoRA folders writable, space enough, the run recorded
             start = (f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
                      f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch")
+            estimate = trainer.estimate_time()  # before the first epoch: the expected time (an estimate)
+            if estimate is not None:
+                start += "\n" + estimate.line()
             progress.bar.text(start)
             if preview_every:
                 grids["base"] = preview(trainer, use_adapter=False)
