@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import calculate_shift
 from .lora_map import LoraMap, same_names
 
@@ -50,6 +50,7 @@ def composite_over_white(rgba: torch.Tensor) -> torch.Tensor:
 class QwenImage21(Family):
     name = "qwen_image21"
     title = "Qwen-Image 2.1 (base, Turbo)"
+    min_diffusers = ("0.41", "QwenImage21Pipeline first shipped in diffusers 0.41")
     diffusers_pipelines = ("QwenImage21Pipeline",)
     diffusers_transformers = ("QwenImage21Transformer2DModel",)
     latent_patch = 2  # cells are tokens, but the joint sequence's slots stand for 2x2 groups: 32 px
@@ -59,6 +60,11 @@ class QwenImage21(Family):
     preset_name = "qwen-image21"
     # The pipeline's defaults: 1024 px, 40 steps, no CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 40}
+    #: Recognised by name before loading (`Family.distilled`; `diffusers_distilled` also reads the loaded
+    #: grid). Its step count is its own `sample_sigmas` grid, so only CFG is adapted.
+    distilled = (DistilledCheckpoint(
+        title="Qwen-Image 2.1 Turbo", kind="few-step distilled", base_model="Qwen-Image 2.1 (the base checkpoint)",
+        settings={"cfg_scale": 1.0}, names=("turbo",)),)
     vram = ("7.1 B transformer (counted from diffusers' default config: 14 GB in bf16) plus the Qwen3-VL text encoder "
             "while prompts are encoded: 48 GB at 1024 px with gradient checkpointing, 80 GB comfortable (estimates, "
             "not measured)")
