@@ -87,6 +87,11 @@ def needs_input(class_name: str) -> tuple[Family, str] | None:
     return None
 
 
+def _class_names(obj: Any) -> list[str]:
+    """The names of obj's class and its base classes, nearest first."""
+    return [c.__name__ for c in type(obj).__mro__ if c is not object]
+
+
 def pipeline_refusal(class_name: str) -> str | None:
     """Why FDFO refuses diffusers pipeline class `class_name` (one no family covers: not a plain
     text-to-image flow, or no module yet; `refused.REFUSED_PIPELINES`), or None."""
@@ -96,22 +101,31 @@ def pipeline_refusal(class_name: str) -> str | None:
 
 
 def family_for_comfy_model(base: Any) -> Family | None:
-    """The family of a ComfyUI model (`MODEL.model`, matched by its exact class name), or None."""
-    name = type(base).__name__
-    return next((f for f in all_families() if name in f.comfy_models), None)
+    """The family of a ComfyUI model (`MODEL.model`), matched by its class name or, for a class no
+    family names, its nearest base class's: a variant class that a newer ComfyUI derives from a
+    family's class (e.g. `QwenImage21(QwenImage)`) is handled as its parent. None when no class
+    in its hierarchy is a family's. (Refusals are checked first: `comfy_refusal`.)"""
+    for name in _class_names(base):
+        family = next((f for f in all_families() if name in f.comfy_models), None)
+        if family is not None:
+            return family
+    return None
 
 
 def comfy_refusal(base: Any) -> tuple[Family, str] | None:
     """(family, why) when a ComfyUI model (`MODEL.model`) is a family's model that the ComfyUI
-    backend refuses (`Family.comfy_refused`, matched by the exact class name of its
-    `model_config` or of the model itself), else None."""
+    backend refuses (`Family.comfy_refused`), matched by the class name of its `model_config` or
+    of the model itself, or of a base class of either that is nearer than any supported class:
+    a subclass of a refused class (ZImagePixelSpace(ZImage)) is refused as its parent, a subclass
+    of a supported class is not refused for a refused ancestor further up. Else None."""
     config = getattr(base, "model_config", None)
-    names = [type(config).__name__] if config is not None else []
-    names.append(type(base).__name__)
-    for f in all_families():
-        for n in names:
-            if n in f.comfy_refused:
-                return f, f.comfy_refused[n]
+    for obj in ([config] if config is not None else []) + [base]:
+        for name in _class_names(obj):
+            for f in all_families():
+                if name in f.comfy_refused:
+                    return f, f.comfy_refused[name]
+            if any(name in f.comfy_models for f in all_families()):
+                break  # a supported class is nearer than any refused one
     return None
 
 

@@ -27,6 +27,7 @@ from ..flow.seeds import derive_seed, epoch_prompt_indices, generator
 from ..rewards.base import RewardError
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..rewards.pairwise import PairContext, is_pairwise
+from ..run.definition import RunRecords
 from ..run.distributed import shard_range
 from ..run.stats import ItemStats
 from ..run.trainer import RunLoop, TrainingError
@@ -178,7 +179,8 @@ class FDFOTrainer(RunLoop):
         pair_ids = roll.pair_ids.tolist()
         context = PairContext(
             epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
-            run_dir=self.run_dir, check_cancel=self.callbacks.check_cancel, log=self.log)
+            run_dir=self.run_dir, run_id=RunRecords(self.run_dir).run_id() if self.run_dir is not None else None,
+            check_cancel=self.callbacks.check_cancel, log=self.log)
         failures = RewardFailures()
         out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)
         delta = torch.as_tensor(out.delta, dtype=torch.float64).reshape(-1)
@@ -299,11 +301,18 @@ class FDFOTrainer(RunLoop):
         # them so the arithmetic stays finite (those pairs are not among the training items).
         roll.rewards = torch.where(torch.isfinite(roll.rewards), roll.rewards, torch.zeros_like(roll.rewards))
 
+        abs_dr = mean_abs_dr(gathered)
+        if abs_dr == 0.0:
+            # FDFO learns from R_left - R_right only: equal rewards give no update (ALGORITHM.md).
+            self.log(f"warning: epoch {epoch + 1}: every one of the {valid_global.numel()} pairs has a zero reward "
+                     f"difference (both images of each pair scored alike by {self.reward_spec!r}), so this epoch "
+                     "does not change the LoRA. A constant or saturated reward, a reward that ignores the image, "
+                     "or only 'same' picks? Check the reward before training on.")
         stats = self.train_on(roll, epoch, valid_global, reward_std)
         t3 = time.perf_counter()
         stats.reduce(self.dist)
         return self.finish_epoch((t0, t1, t2, t3), raw_rewards, stats, pairs=valid_global.numel(), dropped=dropped,
-                                 mean_abs_dr=mean_abs_dr(gathered), with_kl=cfg.kl_weight > 0, failures=failures,
+                                 mean_abs_dr=abs_dr, with_kl=cfg.kl_weight > 0, failures=failures,
                                  declined=declined, pair_metrics=scores.pair_metrics)
 
 

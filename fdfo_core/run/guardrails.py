@@ -40,6 +40,7 @@ from .evaluation import (
     score_heldout,
     unpack_images,
 )
+from ..files import storage
 from ..files.drawing import to_pil
 from ..files.image_stats import STAT_NAMES, largest_shift
 from ..rewards.pairwise import is_pairwise
@@ -85,6 +86,13 @@ def _is_image(images: torch.Tensor | None) -> bool:
 
 def best_lora_name(lora_name: str) -> str:
     return f"{lora_name}-best.safetensors"
+
+
+def retired_best_lora_name(lora_name: str, epoch: int) -> str:
+    """The name the best LoRA keeps when a resumed run changes its criterion (reward or judge,
+    allowed as a branch at `epoch`): the evaluation starts again, and the new best gets
+    `best_lora_name`."""
+    return f"{lora_name}-best-until-epoch{epoch}.safetensors"
 
 
 def _describe(reward: Any) -> str:
@@ -413,3 +421,32 @@ class Guardrails:
         self.base_features = self.space.features(self.base_images) if self.base_images is not None else None
         if self.base_images is None:  # a state saved by a rank that never sampled: evaluate the base again
             self.evaluations = [ev for ev in self.evaluations if ev.epoch > 0]
+
+
+def criterion_changes(guard: Guardrails, branch: dict[str, Any] | None) -> str:
+    """The recorded changes of a resume (an allowed branch: `{"changes": [...]}`) that change what
+    the held-out criterion measures: the reward (spec, options, normalisation) when the criterion
+    is the held-out reward, the judge when it is the judge; "" when none."""
+    if guard is None or not branch:
+        return ""
+    if guard.criterion == "judge":
+        hits = [c for c in branch["changes"]
+                if c["field"] == "judge_options" or (c["field"] == "config" and c["key"] == "judge")]
+    elif guard.criterion == "heldout_reward":
+        hits = [c for c in branch["changes"] if c["field"] in ("reward", "reward_options", "reward_normalization")]
+    else:
+        hits = []
+    return ", ".join(sorted({c["field"] + (f".{c['key']}" if c.get("key") else "") for c in hits}))
+
+
+def retire_best_lora(run_dir: Path, lora_name: str, epoch: int) -> Path | None:
+    """Keep the best LoRA of a criterion that no longer holds under its own name
+    (`retired_best_lora_name`), so the next best under the new criterion cannot overwrite it.
+    Returns the kept file, or None when there was none."""
+    best = run_dir / best_lora_name(lora_name)
+    if not best.exists():
+        return None
+    kept = run_dir / retired_best_lora_name(lora_name, epoch)
+    storage.copy_file(best, kept, what="best LoRA of the earlier criterion")
+    best.unlink()
+    return kept

@@ -83,3 +83,12 @@ class ItemStats:
             "clip_fraction_by_t": [float(c / i) if i else None for c, i in zip(bins[1].tolist(), bins[0].tolist())],
         }
 
+
+def format_metrics(m: dict[str, Any], total_epochs: int) -> str:
+    return (
+        f"epoch {m['epoch']}/{total_epochs}  reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}  "
+        f"|dR| {m['mean_abs_dR']:.4f}  clip {m['clip_fraction']:.3f}  ratio {m['ratio_mean']:.4f} "
+        f"[{m['ratio_min']:.3f}, {m['ratio_max']:.3f}]  grad {m['grad_norm']:.3g}  "
+        f"pairs {m['pairs']}{' (dropped ' + str(m['pairs_dropped']) + ')' if m['pairs_dropped'] else ''}  "
+        f"{m['time_epoch']:.1f}s"
+    )

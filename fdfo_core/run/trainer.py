@@ -30,7 +30,7 @@ from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, sa
 from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
-from .guardrails import Guardrails
+from .guardrails import Guardrails, criterion_changes, retire_best_lora
 from .preflight import expected_bytes, space_warnings
 from ..flow.image_sizes import check_backend_size
 from ..backends.modelspec import prompts_summary, save_lora_with_spec
@@ -42,7 +42,7 @@ from ..flow.paired_sampler import guided
 from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
 from ..flow.seeds import generator as generator
-from .stats import ItemStats as ItemStats  # re-exported: the methods' per-item diagnostics
+from .stats import ItemStats, format_metrics  # (also imported from here)
 from ..files.storage import StorageError
 from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
@@ -533,13 +533,20 @@ class RunLoop:
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))
         if self.guardrails is not None and state.get("guardrails") is not None:
+            changed = criterion_changes(self.guardrails, self._branch)
             try:
+                if changed:
+                    raise ValueError(f"the best LoRA of {ckpt} was chosen by another {self.guardrails.criterion_label} "
+                                     f"({changed})")
                 self.guardrails.load_state_dict(state["guardrails"], where=ckpt)
             except ValueError as e:
                 if not allow_change:
                     raise TrainingError(str(e)) from e
+                kept = (retire_best_lora(self.run_dir, self.lora_name, self.epoch)
+                        if self.run_dir is not None and self.dist.is_main else None)
                 self.log(f"{e}; with the change allowed, the held-out evaluation starts again from here "
-                         "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
+                         "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come"
+                         + (f"; the best LoRA so far is kept as {kept.name})" if kept else ")"))
         self.load_method_state(state, ckpt)
         self.last_checkpoint = self._resumed_from = ckpt
         self.log(f"resumed from {ckpt} at epoch {self.epoch}")
@@ -635,16 +642,6 @@ class RunLoop:
 def fallback_dirs() -> list[Path]:
     """Where a LoRA goes when its usual folder cannot be written: the temp folder, then home."""
     return [Path(tempfile.gettempdir()) / "fdfo-rescue", Path.home() / "fdfo-rescue"]
-
-
-def format_metrics(m: dict[str, Any], total_epochs: int) -> str:
-    return (
-        f"epoch {m['epoch']}/{total_epochs}  reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}  "
-        f"|dR| {m['mean_abs_dR']:.4f}  clip {m['clip_fraction']:.3f}  ratio {m['ratio_mean']:.4f} "
-        f"[{m['ratio_min']:.3f}, {m['ratio_max']:.3f}]  grad {m['grad_norm']:.3g}  "
-        f"pairs {m['pairs']}{' (dropped ' + str(m['pairs_dropped']) + ')' if m['pairs_dropped'] else ''}  "
-        f"{m['time_epoch']:.1f}s"
-    )
 
 
 def resume_point(run_dir: str | Path) -> Path | None:
