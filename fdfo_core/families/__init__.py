@@ -83,23 +83,98 @@ def needs_input(class_name: str) -> tuple[Family, str] | None:
     return None
 
 
-def family_for_comfy_model(base: Any) -> Family | None:
-    """The family of a ComfyUI model (`MODEL.model`, matched by its exact class name), or None."""
-    name = type(base).__name__
+def _comfy_classes(base: Any) -> tuple[list[str], list[str]]:
+    """(exact, ancestors): the class names of a ComfyUI model's `model_config` and of the model
+    itself (`MODEL.model`), config first, and the names of their base classes, nearest first."""
+    config = getattr(base, "model_config", None)
+    chains = ([type(config).__mro__] if config is not None else []) + [type(base).__mro__]
+    exact = [c[0].__name__ for c in chains]
+    ancestors = [k.__name__ for c in chains for k in c[1:] if k is not object]
+    return exact, ancestors
+
+
+def _claimed(name: str) -> Family | None:
     return next((f for f in all_families() if name in f.comfy_models), None)
 
 
-def comfy_refusal(base: Any) -> tuple[Family, str] | None:
-    """(family, why) when a ComfyUI model (`MODEL.model`) is a family's model that the ComfyUI
-    backend refuses (`Family.comfy_refused`, matched by the exact class name of its
-    `model_config` or of the model itself), else None."""
-    config = getattr(base, "model_config", None)
-    names = [type(config).__name__] if config is not None else []
-    names.append(type(base).__name__)
+def _refused(name: str) -> tuple[Family | None, str] | None:
+    from .newer_comfy import NEWER_COMFY_MODELS
+
     for f in all_families():
-        for n in names:
-            if n in f.comfy_refused:
-                return f, f.comfy_refused[n]
+        if name in f.comfy_refused:
+            return f, f.comfy_refused[name]
+    if name in NEWER_COMFY_MODELS:
+        return None, NEWER_COMFY_MODELS[name].refusal(name)
+    return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).lstrip("v").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def family_for_comfy_model(base: Any) -> Family | None:
+    """The family of a ComfyUI model (`MODEL.model`): the family that names the exact class of its
+    `model_config` (`comfy.supported_models`) or, failing that, of the model (`comfy.model_base`)
+    in `comfy_models`, then that family's `comfy_variant`. None for a model no family names (a
+    subclass of a family's class included: `comfy_refusal` refuses those by name)."""
+    exact, _ = _comfy_classes(base)
+    for name in exact:
+        family = _claimed(name)
+        if family is not None:
+            return family.comfy_variant(base)
+    return None
+
+
+def comfy_refusal(base: Any, comfyui_version: str | None = None) -> tuple[Family | None, str] | None:
+    """(family or None, why) when the ComfyUI backend refuses a ComfyUI model (`MODEL.model`),
+    else None. Recognition goes by class, along the class hierarchy (config class first):
+
+    - an exact class named in a family's `comfy_refused` or in `newer_comfy.NEWER_COMFY_MODELS`
+      (families only newer ComfyUI loads) is refused with that reason;
+    - an exact class a family trains is refused only when `comfyui_version` (ComfyUI's
+      `comfyui_version.__version__`; None: unknown, not checked) is older than the family's
+      `comfy_since` ("this ComfyUI (v0.3.64) predates Flux.2 ...");
+    - a class no family or table names, but whose base class one does (a subclass of a supported or
+      refused class: a variant that may take other inputs), is refused by name, with its parent's
+      reason when the parent is refused;
+    - anything else (a flow model no family knows) is not refused here.
+    """
+    exact, ancestors = _comfy_classes(base)
+    for name in exact:
+        refused = _refused(name)
+        if refused is not None:
+            return refused
+        family = _claimed(name)
+        if family is not None:
+            family = family.comfy_variant(base)
+            since = family.comfy_since
+            if since and comfyui_version and _version(comfyui_version) < _version(since):
+                return family, (
+                    f"this ComfyUI (v{str(comfyui_version).lstrip('v')}) predates {family.title} as FDFO's nodes "
+                    f"train it: FDFO trains {family.title} in ComfyUI v{since} and later. Update ComfyUI, or train "
+                    "it with `fdfo train` on the diffusers folder (" + " / ".join(family.diffusers_pipelines) + ")."
+                )
+            return None
+    for parent in ancestors:
+        refused = _refused(parent)
+        family = _claimed(parent)
+        if refused is None and family is None:
+            continue
+        variant = f"a subclass of ComfyUI's {parent}"
+        if refused is not None:
+            return refused[0], f"{variant}, which FDFO refuses: {refused[1]}"
+        return family, (
+            f"{variant} ({family.title}), a variant that FDFO's {family.name} family was not written or tested for "
+            "(variants often take inputs, such as reference images, that FDFO does not give), so FDFO does not "
+            "train it in ComfyUI. Load the family's own model, or train it with `fdfo train` on the diffusers folder"
+            + (f" ({' / '.join(family.diffusers_pipelines)})." if family.diffusers_pipelines else ".")
+        )
     return None
 
 

@@ -116,6 +116,13 @@ class Flux(Family):
 
     def comfy_check(self, base) -> None:
         dm = base.diffusion_model
+        params = getattr(dm, "params", None)
+        if getattr(params, "yak_mlp", False) or getattr(params, "txt_norm", False):
+            # ComfyUI (v0.8.0) loads Ovis-Image as a Flux model with these two flags.
+            raise FamilyError(
+                "this Flux-type model has a gated MLP and a text-token norm: it is Ovis-Image, not Flux.1, and FDFO's "
+                "nodes do not train it. Train it with `fdfo train` on the diffusers folder (OvisImagePipeline)."
+            )
         patch = getattr(dm, "patch_size", 2)
         channels = dm.img_in.weight.shape[1] // (patch * patch)
         out_channels = int(dm.out_channels) // (patch * patch)  # ComfyUI stores both per patch
