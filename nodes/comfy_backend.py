@@ -67,6 +67,7 @@ from ..fdfo_core.image_size import SizeRule
 from ..fdfo_core.lora_files import fuse_parts
 from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.trainer import derive_seed
+from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
     from comfy.weight_adapter import WeightAdapterTrainBase as _AdapterBase
@@ -320,8 +321,10 @@ class ComfyBackend(NamedAdapterParams):
     @contextlib.contextmanager
     def session(self, train: bool) -> Iterator["ComfyBackend"]:
         """Attach the adapter (when training), load the model through ComfyUI's model management,
-        and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)."""
-        with torch.inference_mode(False):
+        and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)
+        and ComfyUI in training mode (`training_mode`: differentiable code instead of fused
+        inference kernels, for sampling too, so recorded and trained velocities agree)."""
+        with torch.inference_mode(False), training_mode():
             self._in_session = True
             try:
                 if train:
