@@ -44,7 +44,7 @@ sys.modules[PKG] = pack
 spec.loader.exec_module(pack)
 
 import comfyui_fdfo_nodepack.nodes.comfy_backend as backend_module  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # noqa: E402
 
 META = torch.device("meta")
 
