@@ -67,6 +67,7 @@ from ..fdfo_core.flow.image_sizes import SizeRule
 from ..fdfo_core.backends.lora_files import fuse_parts
 from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.flow.seeds import derive_seed
+from .comfy_layers import is_quantized, linear_features, post_function_scale, weight_bytes_for_hash
 from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -110,6 +111,31 @@ def _hash_patch_value(digest, value: Any) -> None:
             _hash_patch_value(digest, value.weights)
 
 
+def _hash_injection(digest, injection: Any) -> None:
+    """Feed a ModelPatcher injection (a `PatcherInjection(inject, eject)`) into `digest`: the
+    kind of object that injects, and every tensor it holds (its adapters' weights and
+    strengths), one level of attributes deep and through modules' state dicts."""
+    owner = getattr(getattr(injection, "inject", None), "__self__", None) or injection
+    digest.update(type(owner).__qualname__.encode())
+    values = owner.state_dict().items() if isinstance(owner, torch.nn.Module) else sorted(vars(owner).items()) \
+        if hasattr(owner, "__dict__") else []
+    for name, value in values:
+        if callable(value) and not isinstance(value, torch.nn.Module):
+            continue
+        digest.update(str(name).encode())
+        if isinstance(value, torch.nn.Module):
+            for key, tensor in value.state_dict().items():
+                digest.update(key.encode())
+                _hash_patch_value(digest, tensor)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(str(key).encode())
+                item = value[key]
+                _hash_patch_value(digest, list(item.state_dict().values()) if isinstance(item, torch.nn.Module) else item)
+        else:
+            _hash_patch_value(digest, value)
+
+
 def model_name(model) -> str:
     base = model.model
     config = getattr(base, "model_config", None)
@@ -145,6 +171,9 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
+    problem = _not_a_velocity_flow(sampling)
+    if problem:
+        raise BackendError(f"this MODEL is {name}: {problem} FDFO trains {supported_text()}.")
     refused = comfy_refusal(base, comfyui_version())
     if refused is not None:
         raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
@@ -161,6 +190,32 @@ def model_family(model) -> Family:
     except FamilyError as e:
         raise BackendError(f"{name}: {e} FDFO trains {supported_text()}.") from e
     return family
+
+
+def _not_a_velocity_flow(sampling) -> str | None:
+    """Why a CONST model sampling is not the flow FDFO assumes, or None.
+
+    FDFO needs x_t = (1 - t) x0 + t eps with eps ~ N(0, 1) and a network output that is the
+    velocity, denoised = x - t v: CONST's own `calculate_denoised` and `noise_scaling`, with a
+    noise scale of 1. Newer ComfyUI has CONST subclasses that change these (read in its
+    `comfy/model_sampling.py`: `IMG_TO_IMG_FLOW`, `IMG_TO_IMG_VELOCITY` return something else than
+    x - t v; a `noise_scale` attribute, 8 for HiDream-O1, scales the noise)."""
+    const = comfy.model_sampling.CONST
+    kind = type(sampling)
+    for method in ("calculate_denoised", "noise_scaling"):
+        own = getattr(kind, method, None)
+        if own is not getattr(const, method):
+            where = next((c.__name__ for c in kind.__mro__ if method in vars(c)), kind.__name__)
+            return (f"its model sampling ({where}) overrides {method}, so its output is not the plain flow velocity "
+                    f"(denoised = x - t v, x_t = (1 - t) x0 + t noise) that FDFO trains.")
+    scale = getattr(sampling, "noise_scale", 1.0)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        return f"its model sampling has a noise scale {scale!r}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    if scale != 1.0:
+        return f"its model sampling scales the noise by {scale:g}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    return None
 
 
 def check_flow_model(model) -> str:
@@ -200,6 +255,15 @@ def check_clip(clip) -> None:
         raise BackendError(f"expected a ComfyUI CLIP, got {type(clip).__name__}")
 
 
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    """The address of a tensor's storage, or None for tensors without one (wrapper subclasses
+    such as ComfyUI's QuantizedTensor, whose data lives in inner tensors)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 # --- the adapter ---------------------------------------------------------------------------------
 
 
@@ -211,12 +275,19 @@ class FDFOLoRA(_AdapterBase):
     as the diffusers backend), so training starts from the base model. Parameters are fp32; the
     update is computed in fp32 outside autocast and added in the weight's own dtype, as ComfyUI's
     LoRA adapters do.
+
+    weight_scale: the factor s a scaled-fp8 layer multiplies the weight functions' output by
+    (`comfy_layers.post_function_scale`); the update is added as dW / s there, so the layer acts as
+    s W_raw + dW, which is what the saved file does in ComfyUI's LoRA loaders.
     """
 
     def __init__(self, module: str, out_features: int, in_features: int, parts: list[PlannedPart], rank: int,
-                 alpha: float, generator: torch.Generator, device: torch.device):
+                 alpha: float, generator: torch.Generator, device: torch.device,
+                 weight_scale: torch.Tensor | None = None):
         super().__init__()
         self.module = module
+        # A normal float32 copy: the layer's own may be an inference tensor (loaded under inference mode).
+        self.weight_scale = None if weight_scale is None else weight_scale.detach().float().clone()
         self.parts = list(parts)
         self.out_features = out_features
         self.scale = float(alpha) / rank
@@ -240,13 +311,16 @@ class FDFOLoRA(_AdapterBase):
             return w
         with torch.autocast(w.device.type, enabled=False):
             d = self.delta().to(w.device)
+            if self.weight_scale is not None:
+                d = d / self.weight_scale.to(w.device)
         return (w + d.reshape(w.shape)).to(w.dtype)
 
     def passive_memory_usage(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
     def move_to(self, device) -> int:
-        self.to(device)
+        with torch.inference_mode(False):  # ComfyUI may load models under inference mode: stay trainable
+            self.to(device)
         return self.passive_memory_usage()
 
 
@@ -340,6 +414,7 @@ class ComfyBackend(NamedAdapterParams):
                 self._in_session = False
                 self._unwrap_blocks()
                 self._detach_adapters()
+                self._repair_quantized_weights()
 
     def _memory_required(self) -> int:
         cfg = self.config
@@ -369,11 +444,29 @@ class ComfyBackend(NamedAdapterParams):
         with torch.no_grad():
             for module in self.base.diffusion_model.modules():
                 for name, p in list(module._parameters.items()):
-                    if p is not None and p.is_inference():
+                    # Quantized weights are never saved for backward (ComfyUI dequantizes them into
+                    # new tensors first); a clone of one would break ComfyUI's own use of it.
+                    if p is not None and p.is_inference() and not is_quantized(p):
                         module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
                 for name, b in list(module._buffers.items()):
                     if b is not None and b.is_inference():
                         module._buffers[name] = b.clone()
+
+    def _repair_quantized_weights(self) -> None:
+        """ComfyUI runs its nodes under inference mode. A quantized weight (ComfyUI >= 0.8's
+        QuantizedTensor) that ComfyUI moved or cast while this session ran (outside inference
+        mode) comes back as a normal tensor around inference-mode data, which ComfyUI's next use
+        under inference mode refuses ("Cannot set version_counter for inference tensor", e.g. in
+        LoraLoaderModelOnly). Such weights get an inference-mode copy with the same values."""
+        with torch.inference_mode():
+            for module in self.base.diffusion_model.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is None or not is_quantized(p) or p.is_inference():
+                        continue
+                    try:
+                        p.detach()
+                    except RuntimeError:
+                        module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
 
     def _base_transformer_options(self) -> dict[str, Any]:
         import comfy.model_patcher
@@ -390,7 +483,8 @@ class ComfyBackend(NamedAdapterParams):
         """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`,
         from the family's LoRA layout (`Family.comfy_lora_plan`)."""
         modules = dict(self.base.diffusion_model.named_modules())
-        linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
+        # By what a layer does, not its class: quantized layers (MixedPrecisionOps) are no nn.Linear.
+        linears = {n: f for n, f in ((n, linear_features(m)) for n, m in modules.items()) if f is not None}
         plan: dict[str, list[PlannedPart]] = OrderedDict()
         for part in self.model_family.comfy_lora_plan(linears, self.model_family.resolve_lora_targets(self.config.lora_targets)):
             plan.setdefault(part.comfy_module, []).append(part)
@@ -411,7 +505,8 @@ class ComfyBackend(NamedAdapterParams):
             )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         for name, module, parts in plan:
-            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device)
+            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device,
+                               weight_scale=post_function_scale(module))
             self.patcher.add_weight_wrapper(f"diffusion_model.{name}.weight", adapter)
             self.adapters[name] = adapter
             for part, a, b in zip(parts, adapter.lora_A, adapter.lora_B):
@@ -479,10 +574,10 @@ class ComfyBackend(NamedAdapterParams):
                         return _original(*args, **kwargs)
                     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]
                     versions = [v._version for v in tensors]
-                    inputs = {v.untyped_storage().data_ptr() for v in tensors}
+                    inputs = {_storage_ptr(v) for v in tensors} - {None}
 
                     def pack(t):
-                        return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
+                        return t.clone() if t.numel() and _storage_ptr(t) in inputs else t
 
                     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                         out = _original(*args, **kwargs)
@@ -541,11 +636,11 @@ class ComfyBackend(NamedAdapterParams):
         unet = {k: v for k, v in (getattr(config, "unet_config", None) or {}).items() if k not in _LOAD_KEYS}
         last = None
         for name, module in self.base.diffusion_model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name not in self.adapters:
+            if linear_features(module) is not None and name not in self.adapters:
                 last = module
         weights = "none"
         if last is not None:
-            weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+            weights = hashlib.sha256(weight_bytes_for_hash(last)).hexdigest()[:16]
         # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
         # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
         digest = hashlib.sha256()
@@ -554,7 +649,14 @@ class ComfyBackend(NamedAdapterParams):
             for patch in self.patcher.patches[key]:
                 digest.update(repr((float(patch[0]), float(patch[2]), patch[3])).encode())
                 _hash_patch_value(digest, patch[1])
-        patches = bool(self.patcher.patches)
+        # ComfyUI >= 0.8: patches that enter the forward pass as injections (newer ComfyUI loads
+        # bypass LoRAs this way, `load_bypass_lora_for_models`) change the model as much.
+        injections = getattr(self.patcher, "injections", None) or {}
+        for key in sorted(injections):
+            digest.update(f"injection:{key}".encode())
+            for injection in injections[key]:
+                _hash_injection(digest, injection)
+        patches = bool(self.patcher.patches) or any(injections.values())
         return {
             "family": self.family,
             "model": model_name(self.source_model),

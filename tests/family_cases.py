@@ -92,18 +92,33 @@ class FamilyCase:
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
 
 
-def comfy_model(model_class: str, unet_config: dict, state_dict: dict):
-    """A ComfyUI MODEL of `comfy.supported_models.<model_class>` with this unet_config and
-    ComfyUI-native weights, fp32 on the CPU (for models whose loader hard-codes widths)."""
+def comfy_model(state_dict: dict, optional: tuple[str, ...] = (), **full_size_only):
+    """A ComfyUI MODEL from ComfyUI-native weights, fp32 on the CPU, built as UNETLoader builds
+    one: ComfyUI's own detector reads the architecture from the weights
+    (`comfy.model_detection.detect_unet_config`) and picks the family class
+    (`model_config_from_unet_config`). Only what the detector hard-codes for the published full-size
+    models (e.g. Flux's 24 heads, Lumina 2's width) is replaced, by `full_size_only`, the tiny
+    model's true values. Whatever a newer ComfyUI adds to a family's configuration comes from its
+    own detector, so the fixture follows it (v0.8.0 added `txt_ids_dims` to Flux, three keys to
+    HunyuanVideo, ...). `optional`: weights some ComfyUI versions' models have and others not
+    (loaded where the model has them)."""
+    import comfy.model_detection
     import comfy.model_patcher
-    import comfy.supported_models
 
-    config = getattr(comfy.supported_models, model_class)(unet_config)
+    unet = comfy.model_detection.detect_unet_config(state_dict, "")
+    if unet is None:
+        raise RuntimeError("ComfyUI's detector does not recognise these weights")
+    unet.update(full_size_only)
+    config = comfy.model_detection.model_config_from_unet_config(unet, state_dict)
+    if config is None:
+        raise RuntimeError(f"ComfyUI has no model class for {unet.get('image_model')!r} with this configuration")
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
+    own = base.diffusion_model.state_dict()
+    state_dict = {k: v for k, v in state_dict.items() if k in own or k not in optional}
     missing, unexpected = base.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"ComfyUI {model_class}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(f"ComfyUI {type(config).__name__}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
@@ -115,21 +130,14 @@ def comfy_sd3(config: dict, state_dict: dict):
 
 
 def comfy_flux(config: dict, state_dict: dict):
-    """Flux.1: ComfyUI's converter of diffusers Flux keys, the Flux (dev / Kontext) or FluxSchnell
-    class with the tiny config (UNETLoader's detector hard-codes hidden 3072)."""
+    """Flux.1: ComfyUI's converter of diffusers Flux keys, then its detector (dev / Kontext or
+    schnell from the guidance keys); hidden size, heads and RoPE axes are the tiny model's."""
     from comfy.model_detection import convert_diffusers_mmdit
 
     native = convert_diffusers_mmdit(dict(state_dict), "")
-    unet = {
-        "image_model": "flux", "in_channels": config["in_channels"] // 4,
-        "out_channels": (config["out_channels"] or config["in_channels"]) // 4,
-        "vec_in_dim": config["pooled_projection_dim"], "context_in_dim": config["joint_attention_dim"],
-        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": 4.0,
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
-        "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": config["guidance_embeds"],
-    }
-    return comfy_model("Flux" if config["guidance_embeds"] else "FluxSchnell", unet, native)
+    return comfy_model(native, hidden_size=config["num_attention_heads"] * config["attention_head_dim"],
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["axes_dims_rope"]),
+                       context_in_dim=config["joint_attention_dim"])
 
 
 def qwen_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -138,14 +146,11 @@ def qwen_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[
 
 
 def comfy_qwen_image(config: dict, state_dict: dict):
-    """Qwen-Image: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
-    unet = {
-        "image_model": "qwen_image", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
-        "out_channels": config["out_channels"], "num_layers": config["num_layers"],
-        "attention_head_dim": config["attention_head_dim"], "num_attention_heads": config["num_attention_heads"],
-        "joint_attention_dim": config["joint_attention_dim"], "axes_dims_rope": list(config["axes_dims_rope"]),
-    }
-    return comfy_model("QwenImage", unet, state_dict)
+    """Qwen-Image: ComfyUI names its modules as diffusers does; its detector hard-codes the width
+    (heads, head size, text width, RoPE axes)."""
+    return comfy_model(dict(state_dict), patch_size=config["patch_size"], out_channels=config["out_channels"],
+                       attention_head_dim=config["attention_head_dim"], num_attention_heads=config["num_attention_heads"],
+                       joint_attention_dim=config["joint_attention_dim"], axes_dims_rope=list(config["axes_dims_rope"]))
 
 
 def chroma_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -168,15 +173,10 @@ def comfy_chroma(config: dict, state_dict: dict):
                .replace(".weight", ".scale") if ".norms." in k else
                k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")] = v
     hidden = config["num_attention_heads"] * config["attention_head_dim"]
-    unet = {
-        "image_model": "chroma", "in_channels": config["in_channels"], "out_channels": config["in_channels"],
-        "context_in_dim": config["joint_attention_dim"], "hidden_size": hidden, "mlp_ratio": 4.0,
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
-        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": config["approximator_num_channels"],
-        "out_dim": hidden, "hidden_dim": config["approximator_hidden_dim"], "n_layers": config["approximator_layers"],
-    }
-    return comfy_model("Chroma", unet, native)
+    return comfy_model(native, in_channels=config["in_channels"], out_channels=config["in_channels"], hidden_size=hidden,
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["axes_dims_rope"]),
+                       context_in_dim=config["joint_attention_dim"], in_dim=config["approximator_num_channels"],
+                       out_dim=hidden, hidden_dim=config["approximator_hidden_dim"], n_layers=config["approximator_layers"])
 
 
 def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -186,12 +186,11 @@ def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
 
 
 def comfy_hidream(config: dict, state_dict: dict):
-    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the sizes."""
     keys = ("patch_size", "in_channels", "out_channels", "num_layers", "num_single_layers", "attention_head_dim",
             "num_attention_heads", "caption_channels", "text_emb_dim", "num_routed_experts", "num_activated_experts",
             "axes_dims_rope", "max_resolution", "llama_layers")
-    unet = {"image_model": "hidream", **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys}}
-    return comfy_model("HiDream", unet, state_dict)
+    return comfy_model(dict(state_dict), **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys})
 
 
 # Wan: diffusers names -> ComfyUI's (the original Wan checkpoint names). The inverse of diffusers'
@@ -232,17 +231,11 @@ def wan_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[s
 
 def comfy_wan(config: dict, state_dict: dict):
     """Wan 2.1 (WAN21_T2V) / Wan 2.2 TI2V-5B (WAN22_T2V, 48 channels): ComfyUI has no converter of
-    diffusers Wan keys; its detector hard-codes 128-wide heads, so the class gets the tiny config."""
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    unet = {
-        "image_model": "wan2.1", "model_type": "t2v", "patch_size": tuple(config["patch_size"]),
-        "in_dim": config["in_channels"], "out_dim": config["out_channels"], "dim": dim, "ffn_dim": config["ffn_dim"],
-        "freq_dim": config["freq_dim"], "text_dim": config["text_dim"], "num_heads": config["num_attention_heads"],
-        "num_layers": config["num_layers"], "window_size": (-1, -1), "qk_norm": True,
-        "cross_attn_norm": config["cross_attn_norm"], "eps": config["eps"],
-    }
-    model_class = "WAN22_T2V" if config["out_channels"] == 48 else "WAN21_T2V"
-    return comfy_model(model_class, unet, wan_diffusers_to_comfy(state_dict))
+    diffusers Wan keys (the inverse of diffusers' is above); its detector hard-codes 128-wide heads
+    and the text width."""
+    return comfy_model(wan_diffusers_to_comfy(state_dict), num_heads=config["num_attention_heads"],
+                       patch_size=tuple(config["patch_size"]), freq_dim=config["freq_dim"], text_dim=config["text_dim"],
+                       cross_attn_norm=config["cross_attn_norm"], eps=config["eps"])
 
 
 # Lumina 2: diffusers names -> ComfyUI's (NextDiT, the original checkpoint names); the inverse of
@@ -264,7 +257,8 @@ _LUMINA2_TO_COMFY = (
 
 def lumina2_diffusers_to_comfy(state_dict: dict) -> dict:
     """A diffusers Lumina2Transformer2DModel state dict in ComfyUI's key names: q, k, v fused into
-    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it) as ones."""
+    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it; ComfyUI
+    v0.8.0's NextDiT no longer has it) as ones."""
     out = {}
     for key, value in state_dict.items():
         if ".attn.to_k." in key or ".attn.to_v." in key:
@@ -288,17 +282,21 @@ def lumina2_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
 
 
 def comfy_lumina2(config: dict, state_dict: dict):
-    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys, and its detector hard-codes the
-    width (2304) and heads (24 / 8): the Lumina2 class with the tiny config."""
-    unet = {
-        "image_model": "lumina2", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
-        "dim": config["hidden_size"], "n_layers": config["num_layers"], "n_refiner_layers": config["num_refiner_layers"],
-        "n_heads": config["num_attention_heads"], "n_kv_heads": config["num_kv_heads"],
-        "multiple_of": config["multiple_of"], "ffn_dim_multiplier": config["ffn_dim_multiplier"],
-        "norm_eps": config["norm_eps"], "qk_norm": True, "cap_feat_dim": config["cap_feat_dim"],
-        "axes_dims": list(config["axes_dim_rope"]), "axes_lens": list(config["axes_lens"]),
-    }
-    return comfy_model("Lumina2", unet, lumina2_diffusers_to_comfy(state_dict))
+    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys (the inverse of diffusers' is
+    above); its detector hard-codes the heads (24 / 8), RoPE axes and FFN size of the published
+    model (v0.3.64 also the width, 2304)."""
+    native = lumina2_diffusers_to_comfy(state_dict)
+    # The FFN width is read from the weights: ComfyUI rounds its FFN width up to a multiple of
+    # `multiple_of` from a base that changed between versions (v0.3.64: 4 x dim x multiplier,
+    # v0.8.0: dim x multiplier), so with no multiplier and `multiple_of` = the true width, every
+    # version builds the true width.
+    ffn = native["layers.0.feed_forward.w1.weight"].shape[0]
+    return comfy_model(native, optional=("norm_final.weight",), patch_size=config["patch_size"],
+                       in_channels=config["in_channels"], dim=config["hidden_size"], n_refiner_layers=config["num_refiner_layers"],
+                       n_heads=config["num_attention_heads"], n_kv_heads=config["num_kv_heads"],
+                       multiple_of=ffn, ffn_dim_multiplier=None,
+                       norm_eps=config["norm_eps"], axes_dims=list(config["axes_dim_rope"]),
+                       axes_lens=list(config["axes_lens"]))
 
 
 # HunyuanImage 2.1: diffusers names -> ComfyUI's (its HunyuanVideo DiT), applied in order; fused
@@ -391,18 +389,10 @@ def hunyuan_image_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 def comfy_hunyuan_image(config: dict, state_dict: dict):
     """HunyuanImage 2.1: no converter of diffusers keys in ComfyUI; its detector hard-codes 128-wide
-    heads, so the HunyuanImage21 class gets the tiny config."""
-    unet = {
-        "image_model": "hunyuan_video", "in_channels": config["in_channels"], "out_channels": config["out_channels"],
-        "vec_in_dim": None, "context_in_dim": config["text_embed_dim"],
-        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": config["mlp_ratio"],
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["rope_axes_dim"]),
-        "theta": int(config["rope_theta"]), "patch_size": list(config["patch_size"]), "qkv_bias": True,
-        "guidance_embed": config["guidance_embeds"], "byt5": config["text_embed_2_dim"] is not None,
-        "meanflow": config["use_meanflow"],
-    }
-    return comfy_model("HunyuanImage21", unet, hunyuan_image_diffusers_to_comfy(state_dict))
+    heads, the RoPE axes and theta."""
+    return comfy_model(hunyuan_image_diffusers_to_comfy(state_dict), mlp_ratio=config["mlp_ratio"],
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["rope_axes_dim"]),
+                       theta=int(config["rope_theta"]))
 
 
 def video_frame(output) -> torch.Tensor:
@@ -514,28 +504,27 @@ CASES += [
 CASES_BY_ID = {c.id: c for c in CASES}
 
 
-# --- ComfyUI v0.8.0 and later: models built through ComfyUI's own detection --------------------------
+# --- ComfyUI v0.8.0 and later: Flux.2 and Z-Image ----------------------------------------------------
 #
-# ComfyUI's detector (`comfy.model_detection.model_config_from_unet`) reads a model's class and most
-# of its settings from the state dict, but hard-codes some widths (Flux.2: 48 heads of 128; Z-Image:
-# its settings only at width 3840). `comfy_detected_model` asks the detector about the tiny model's
-# weights (at the true width where the detector branches on it: shapes only, on the meta device), then
-# replaces only those widths and builds the detected `comfy.supported_models` class: every setting a
-# newer ComfyUI adds comes from ComfyUI itself, not from arguments written here.
+# Built as `comfy_model` builds every ComfyUI fixture (ComfyUI's own detector, only the widths it
+# hard-codes replaced). Z-Image needs one more step: the detector sets Z-Image's settings (time scale,
+# modulation, pad tokens) and picks the `ZImage` class only at its true width, 3840, so it is asked at
+# that width (shapes only, on the meta device) and the picked class is then built at the tiny width
+# (`comfy_model_picked_at`).
 
 
-def comfy_detected_model(native: dict, widths: dict, true_shapes: dict | None = None):
-    """A ComfyUI MODEL (fp32, CPU) of the class ComfyUI's detector finds for the ComfyUI-named state
-    dict `native`, with the detected unet_config's `widths` replaced; `true_shapes` {key: shape}
-    stand in for the tiny shapes while detecting."""
+def comfy_model_picked_at(native: dict, true_shapes: dict, **widths):
+    """A ComfyUI MODEL (fp32, CPU) of the `comfy.supported_models` class ComfyUI's detector picks
+    for `native` with `true_shapes` {key: shape} in place of the tiny shapes, with the detected
+    unet_config's `widths` replaced after the pick."""
     import comfy.model_detection
     import comfy.model_patcher
 
-    probe = {k: torch.empty((true_shapes or {}).get(k, tuple(v.shape)), device="meta") for k, v in native.items()}
-    detected = comfy.model_detection.model_config_from_unet(probe, "")
-    if detected is None:
+    probe = {k: torch.empty(true_shapes.get(k, tuple(v.shape)), device="meta") for k, v in native.items()}
+    picked = comfy.model_detection.model_config_from_unet(probe, "")
+    if picked is None:
         raise RuntimeError("ComfyUI's detector does not recognise the model")
-    config = type(detected)({**detected.unet_config, **widths})
+    config = type(picked)({**picked.unet_config, **widths})
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
     missing, unexpected = base.diffusion_model.load_state_dict(native, strict=False)
@@ -630,7 +619,7 @@ def comfy_flux2(config: dict, state_dict: dict):
     with the tiny heads and RoPE axes in place of the 48 heads of 128 it hard-codes."""
     widths = {"num_heads": config["num_attention_heads"], "axes_dim": list(config["axes_dims_rope"]),
               "theta": config["rope_theta"]}
-    return comfy_detected_model(flux2_diffusers_to_comfy(state_dict), widths)
+    return comfy_model(flux2_diffusers_to_comfy(state_dict), **widths)
 
 
 def z_image_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -651,4 +640,4 @@ def comfy_z_image(config: dict, state_dict: dict):
     widths = {"dim": config["dim"], "n_heads": config["n_heads"], "n_kv_heads": config["n_kv_heads"],
               "axes_dims": list(config["axes_dims"]), "axes_lens": list(config["axes_lens"]),
               "n_refiner_layers": config["n_refiner_layers"], "rope_theta": config["rope_theta"]}
-    return comfy_detected_model(native, widths, true_shapes={"cap_embedder.1.weight": (3840, config["cap_feat_dim"])})
+    return comfy_model_picked_at(native, {"cap_embedder.1.weight": (3840, config["cap_feat_dim"])}, **widths)

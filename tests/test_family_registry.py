@@ -264,6 +264,8 @@ def test_qwen_image_2_1_is_not_trained_as_qwen_image():
     (_named("LuminaNext2", C_LUMINA2), _named("LuminaNext2", M_LUMINA2), "Lumina2", "lumina2"),
     ("WAN21_Vace", M_VACE, "WAN21", "wan"),  # ComfyUI's VACE model: a WAN21 subclass
     (_named("ZImageFuture", C_ZIMAGE), _named("ZImageFuture", M_LUMINA2), "ZImage", "z_image"),
+    # a config derived from ZImage on ComfyUI's plain Lumina2 model: a Z-Image variant, not Lumina 2
+    (_named("ZImageFuture", C_ZIMAGE), M_LUMINA2, "ZImage", "z_image"),
 ])
 def test_subclass_of_a_supported_class_is_refused_by_name(config, model, parent, family):
     """A class no family names whose parent a family trains: refused by name (the model, its parent
