@@ -120,8 +120,10 @@ def family_for_comfy_model(base: Any) -> Family | None:
     """The family of a ComfyUI model (`MODEL.model`): the family that names the exact class of its
     `model_config` (`comfy.supported_models`) or, failing that, of the model (`comfy.model_base`)
     in `comfy_models`, then that family's `comfy_variant`. None for a model no family names (a
-    subclass of a family's class included). Ask `comfy_refusal` first: it refuses some models whose
-    class a family names (a config derived from another family's or a refused class)."""
+    subclass of a family's class included) and for one `comfy_refusal` refuses whatever the ComfyUI
+    version (e.g. a config derived from another family's class on a model class a family names)."""
+    if comfy_refusal(base) is not None:
+        return None
     for names in _comfy_classes(base):
         family = _claimed(names[0])
         if family is not None:
