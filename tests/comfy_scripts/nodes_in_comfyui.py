@@ -555,30 +555,24 @@ def flux2_and_z_image_are_refused_with_a_clear_message():
 
 
 def _flux2_and_z_image_stand_ins():
+    from detected_models import detected_config
 
-    class Flux2(comfy.supported_models.Flux):
-        pass
+    flux = tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12))
+    lumina = detected_config({"cap_embedder.1.weight": (64, 32), "layers.0.attention.qkv.weight": (192, 64)},
+                             dim=64, cap_feat_dim=32, n_heads=2, n_kv_heads=2, n_refiner_layers=1, axes_dims=[8, 12, 12],
+                             axes_lens=[64, 64, 64])  # (v0.3.64's detector hard-codes Lumina 2's width)
+    # Stand-ins named as newer ComfyUI's classes, derived from this version's Flux and Lumina 2 configs.
+    flux2_class = type("Flux2", (type(flux),), {})
+    z_image_class = type("ZImage", (type(lumina),), {})
 
-    class ZImage(comfy.supported_models.Lumina2):
-        pass
-
-    def patcher(config_class, unet_config):
-        config = config_class(unet_config)
+    def build(config_class, like):
+        config = config_class(dict(like.unet_config))
         config.set_inference_dtype(torch.float32, None)
-        return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
-                                                offload_device=torch.device("cpu"))
+        return patcher(config)
 
-    flux_config = {
-        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    }
-    lumina_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "n_layers": 1,
-                     "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True, "cap_feat_dim": 32,
-                     "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64]}
-    flux2_msg = refusal(patcher(Flux2, flux_config))
-    z_msg = refusal(patcher(ZImage, lumina_config))
-    lumina_msg = refusal(patcher(comfy.supported_models.Lumina2, lumina_config))
+    flux2_msg = refusal(build(flux2_class, flux))
+    z_msg = refusal(build(z_image_class, lumina))
+    lumina_msg = refusal(build(type(lumina), lumina))
     said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "predates" in m  # noqa: E731
                             and "fdfo train" in m and "SD3" in m and "Flux.1" in m)
     ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
