@@ -373,6 +373,13 @@ class ComfyBackend(NamedAdapterParams):
         # Never mutate the incoming MODEL: everything below patches a clone.
         self.patcher = model.clone()
         self.base = self.patcher.model
+        # Newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, the default on NVIDIA after
+        # v0.8.0, read in its model_patcher.py) keeps the weights memory-mapped and casts what each
+        # layer needs on the fly, applying weight functions (our LoRA) to the cast copies.
+        self.dynamic_vram = bool(getattr(self.patcher, "is_dynamic", lambda: False)())
+        if self.dynamic_vram and full_load:
+            log.warning("FDFO: full_load has no effect on this model: ComfyUI's dynamic VRAM manages its weights "
+                        "(start ComfyUI with --disable-dynamic-vram to load it whole)")
         self.device = torch.device(self.patcher.load_device)
         # ComfyUI runs some image models (Qwen-Image) on video latents [B, C, T, h, w]: T = 1.
         self._one_frame = getattr(self.base.latent_format, "latent_dimensions", 2) == 3
@@ -440,10 +447,13 @@ class ComfyBackend(NamedAdapterParams):
     def _make_tensors_autograd_safe(self) -> None:
         """Tensors created under inference mode (ComfyUI loads models there) cannot be saved for
         backward; replace such parameters and buffers of the diffusion model by identical normal
-        tensors. Values do not change, so other users of the model see no difference."""
+        tensors. Values do not change, so other users of the model see no difference.
+
+        Under dynamic VRAM the parameters stay as they are: they are memory-mapped (a copy would
+        load the whole model into RAM) and the forward pass only ever sees cast copies of them."""
         with torch.no_grad():
             for module in self.base.diffusion_model.modules():
-                for name, p in list(module._parameters.items()):
+                for name, p in ([] if self.dynamic_vram else list(module._parameters.items())):
                     # Quantized weights are never saved for backward (ComfyUI dequantizes them into
                     # new tensors first); a clone of one would break ComfyUI's own use of it.
                     if p is not None and p.is_inference() and not is_quantized(p):

@@ -86,3 +86,11 @@ def tiny_wan21_config(dim=32, ffn=64, heads=2, text_dim=32, channels=16):
     sk = {"head.modulation": (1, 2, dim), "head.head.weight": (channels * 4, dim), "blocks.0.ffn.0.weight": (ffn, dim),
           "patch_embedding.weight": (dim, channels, 1, 2, 2)}
     return detected_config(sk, num_heads=heads, text_dim=text_dim)
+
+
+def tiny_lumina2_config(dim=64, cap_feat=32, layers=1, heads=2, kv_heads=2, axes=(8, 12, 12), lens=(64, 64, 64)):
+    """Lumina 2 (NextDiT) with one layer and one refiner layer of each kind."""
+    sk = {"cap_embedder.1.weight": (dim, cap_feat)}
+    sk.update(_blocks("layers", layers))
+    return detected_config(sk, dim=dim, n_heads=heads, n_kv_heads=kv_heads, n_refiner_layers=1, axes_dims=list(axes),
+                           axes_lens=list(lens))

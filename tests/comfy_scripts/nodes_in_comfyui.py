@@ -67,7 +67,8 @@ from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa:
 from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
-from detected_models import patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_wan21_config  # noqa: E402
+from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_lumina2_config,  # noqa: E402
+                             tiny_wan21_config)
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
@@ -146,6 +147,24 @@ def randomise_adapter(backend, seed=0, std=0.2):
     with torch.no_grad():
         for p in backend.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def core_node(node_ids, module):
+    """A ComfyUI core node by its node id (what saved workflows name; several when ComfyUI renamed
+    it: v0.3.64's SaveLoRANode is v0.8.0's SaveLoRA), whichever node API the version writes it in:
+    V1 (a class in NODE_CLASS_MAPPINGS with FUNCTION; v0.3.64's training nodes) or V3 (an
+    io.ComfyNode whose schema has that node_id; v0.8.0's). Returns a function of the node's inputs
+    (by name) that returns its outputs as a tuple."""
+    ids = (node_ids,) if isinstance(node_ids, str) else tuple(node_ids)
+    for node_id in ids:
+        v1 = getattr(module, "NODE_CLASS_MAPPINGS", {}).get(node_id)
+        if v1 is not None and isinstance(getattr(v1, "FUNCTION", None), str):
+            return lambda **inputs: getattr(v1(), v1.FUNCTION)(**inputs)
+    for value in vars(module).values():
+        schema = getattr(value, "define_schema", None)
+        if isinstance(value, type) and callable(schema) and getattr(schema(), "node_id", None) in ids:
+            return lambda **inputs: tuple(value.execute(**inputs).args)
+    raise LookupError(f"ComfyUI has no core node {' / '.join(ids)} in {module.__name__}")
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -341,11 +360,13 @@ def training_node_end_to_end():
         from_file = ksample(from_file_model, clip, PROMPTS[0])
         left = sum(len(getattr(m, "weight_function", [])) for m in model.model.diffusion_model.modules())
         # ComfyUI's own LORA_MODEL nodes: Save LoRA Weights writes it, Load LoRA Model applies it.
-        from comfy_extras.nodes_train import LoraModelLoader, SaveLoRA
+        import comfy_extras.nodes_train as train_nodes
 
-        SaveLoRA().save(lora, "loras/fdfo_saved")
+        core_node(("SaveLoRANode", "SaveLoRA"), train_nodes)(lora=lora, prefix="loras/fdfo_saved")
         saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
-        via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
+        loaded = core_node("LoraModelLoader", train_nodes)(model=model, lora=comfy.utils.load_torch_file(str(saved)),
+                                                            strength_model=1.0)[0]
+        via_nodes = ksample(loaded, clip, PROMPTS[0])
         # resume
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
@@ -555,12 +576,8 @@ def flux2_and_z_image_are_refused_with_a_clear_message():
 
 
 def _flux2_and_z_image_stand_ins():
-    from detected_models import detected_config
-
     flux = tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12))
-    lumina = detected_config({"cap_embedder.1.weight": (64, 32), "layers.0.attention.qkv.weight": (192, 64)},
-                             dim=64, cap_feat_dim=32, n_heads=2, n_kv_heads=2, n_refiner_layers=1, axes_dims=[8, 12, 12],
-                             axes_lens=[64, 64, 64])  # (v0.3.64's detector hard-codes Lumina 2's width)
+    lumina = tiny_lumina2_config()
     # Stand-ins named as newer ComfyUI's classes, derived from this version's Flux and Lumina 2 configs.
     flux2_class = type("Flux2", (type(flux),), {})
     z_image_class = type("ZImage", (type(lumina),), {})
@@ -660,6 +677,51 @@ def fingerprint_sees_injected_patches():
     again = fingerprint(torch.ones(4, 4))
     report("fingerprint_sees_injected_patches", plain == "none" and one != plain and other != one and again == one,
            plain=plain, injected=one, other_weights=other, again=again)
+
+
+@check
+def dynamic_vram_weights_are_not_copied():
+    """STAND-IN for newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, read in its
+    comfy/model_patcher.py; not in v0.8.0): a ModelPatcher whose is_dynamic() is True. Its weights
+    are memory-mapped there, so a training session must not copy them (the forward pass sees cast
+    copies), and full_load says it has no effect. The same session on the ordinary patcher does
+    make autograd-safe copies of inference-mode weights (the check can fail)."""
+    import logging
+
+    model, clip, vae = toy()
+
+    class DynamicStandIn(type(model)):
+        def is_dynamic(self):
+            return True
+
+    def weight_pointers(m):
+        return {n: p.data_ptr() for n, p in m.model.diffusion_model.named_parameters()}
+
+    def session_copies(m, **kw):
+        before = weight_pointers(m)
+        backend = ComfyBackend(m, clip, vae, toy_config(), **kw)
+        with torch.inference_mode(), backend.session(train=True):
+            pass
+        after = weight_pointers(m)
+        return sum(before[n] != after[n] for n in before)
+
+    with torch.inference_mode():
+        fresh = comfy.sd.load_diffusion_model_state_dict(
+            __import__("comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export", fromlist=["x"]).comfyui_state_dicts(toy_model_dir())[0])
+    ordinary = session_copies(fresh.clone())
+    dynamic = fresh.clone()
+    dynamic.__class__ = DynamicStandIn
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("fdfo").addHandler(handler)
+    try:
+        copied = session_copies(dynamic, full_load=True)
+    finally:
+        logging.getLogger("fdfo").removeHandler(handler)
+    said = any("full_load has no effect" in m for m in messages)
+    report("dynamic_vram_weights_are_not_copied", copied == 0 and said and ordinary > 0, copied_dynamic=copied,
+           copied_ordinary=ordinary, full_load_message=said)
 
 
 @check
