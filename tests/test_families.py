@@ -342,9 +342,11 @@ def test_flux2_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
     (BFL / ComfyUI names -> diffusers) gives back every tensor under its own name."""
     from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
     from family_cases import flux2_diffusers_to_comfy
-    from tiny_pipelines import _flux2_transformer
+    from diffusers import Flux2Transformer2DModel
 
-    sd = _flux2_transformer(0, 48, guidance_embeds=True).state_dict()
+    sd = Flux2Transformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                 joint_attention_dim=48, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                 guidance_embeds=True).state_dict()
     comfy = flux2_diffusers_to_comfy(sd)
     assert {"double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "guidance_in.in_layer.weight",
             "double_stream_modulation_img.lin.weight", "final_layer.adaLN_modulation.1.weight"} <= set(comfy)
