@@ -501,6 +501,7 @@ CASES += [
                folder_round_trip=False, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
+CASES += __import__("family_cases_2026a").CASES  # the 2026 families, part a (issue 26)
 CASES_BY_ID = {c.id: c for c in CASES}
 
 

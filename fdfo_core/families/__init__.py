@@ -21,6 +21,8 @@ from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart,
 
 #: Family modules, in the order they are listed to users.
 _FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan", "hunyuan_image")
+#: The 2026 families, part a (issue 26).
+_FAMILY_MODULES += ("krea2", "longcat_image", "ernie_image", "kandinsky5", "qwen_image21")
 
 _REGISTRY: dict[str, Family] = {}
 

@@ -36,8 +36,7 @@ class NewerComfyModel:
         """The refusal message for a model of ComfyUI class `comfy_class` (whole sentences)."""
         head = f"FDFO's nodes do not train {self.title} (ComfyUI's {comfy_class}) yet: {self.why}."
         if self.pipelines:
-            return (f"{head} Train it with `fdfo train` on the diffusers folder ({' / '.join(self.pipelines)}); "
-                    "the LoRA file it writes uses ComfyUI's key names.")
+            return f"{head} Train it with `fdfo train` on the diffusers folder ({' / '.join(self.pipelines)})."
         return f"{head} No diffusers pipeline of it exists that `fdfo train` loads, so FDFO cannot train it yet."
 
 
