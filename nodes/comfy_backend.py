@@ -39,7 +39,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +216,34 @@ def _not_a_velocity_flow(sampling) -> str | None:
     if scale != 1.0:
         return f"its model sampling scales the noise by {scale:g}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
     return None
+
+
+#: Inputs of ComfyUI's loaders that name the model file (Load Checkpoint, Load Diffusion Model, ...).
+_MODEL_FILE_INPUTS = ("ckpt_name", "unet_name", "model_name")
+
+
+def model_file_name(graph: Mapping[str, Any] | None, node_id: Any, input_name: str = "model") -> str:
+    """The file name of the checkpoint a node's MODEL input was loaded from, read from the queued
+    workflow (the hidden PROMPT input): the MODEL is followed back through the nodes that pass it on
+    (LoRA loaders, patches: their own "model" input) to a loader; "" when the workflow does not say."""
+    graph = graph or {}
+    link = (graph.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    seen: set[str] = set()
+    while isinstance(link, (list, tuple)) and len(link) == 2 and str(link[0]) not in seen:
+        seen.add(str(link[0]))
+        inputs = (graph.get(str(link[0])) or {}).get("inputs", {})
+        name = next((inputs[k] for k in _MODEL_FILE_INPUTS if isinstance(inputs.get(k), str)), None)
+        if name is not None:
+            return name
+        link = inputs.get("model")
+    return ""
+
+
+def distilled_checkpoint(model, graph: Mapping[str, Any] | None = None, node_id: Any = None):
+    """(family, the family's distilled checkpoint this MODEL is) by its ComfyUI config class or its
+    file name in the workflow (`model_file_name`), else (family, None). Raises what `model_family` raises."""
+    family = model_family(model)
+    return family, family.distilled_checkpoint(model_file_name(graph, node_id), comfy_config=model_name(model))
 
 
 def check_flow_model(model) -> str:

@@ -502,6 +502,7 @@ CASES += [
                train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
 CASES += __import__("family_cases_2026a").CASES  # the 2026 families, part a (issue 26)
+CASES += __import__("family_cases_2026b").CASES  # the 2026 families, part b (issue 26)
 CASES_BY_ID = {c.id: c for c in CASES}
 
 

@@ -22,7 +22,15 @@ from .interface import BackendError, NamedAdapterParams
 from ..flow.conditioning import Cond
 from ..flow.image_sizes import SizeRule
 from ..config import FDFOConfig
-from ..families import Family, FamilyError, FamilyOptions, family_for_pipeline, needs_input, supported_families_text
+from ..families import (
+    Family,
+    FamilyError,
+    FamilyOptions,
+    family_for_pipeline,
+    needs_input,
+    pipeline_refusal,
+    supported_families_text,
+)
 from .lora_files import (
     LoraFileError,
     check_family,
@@ -97,6 +105,9 @@ def family_for_class(cls_name: str, scheduler: str | None, label: str) -> Family
                 "model's own scheduler)."
             )
         return family
+    refusal = pipeline_refusal(cls_name)
+    if refusal is not None:
+        raise BackendError(f"{label} is a {cls_name}: {refusal}. {_supported()}")
     need = needs_input(cls_name)
     if need is not None:
         fam, what = need

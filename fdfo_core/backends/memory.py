@@ -534,3 +534,34 @@ def choose_mode(mem: ModelMemory, budget_gb: float, pairs_per_rank: int, num_ste
         f"largest phase {max(smallest.phases.values()) / GIB:.1f} GiB). Use a GPU with more memory, train at a lower "
         "resolution (--height / --width), or a smaller model of the family"
         + ("" if allow_fp8 else "; fp8 base weights were not allowed") + ".")
+
+
+# --- the model a backend trains (for the run-time estimate and LoRA metadata) --------------------
+
+
+def transformer_module(backend: Any) -> torch.nn.Module | None:
+    """The diffusion transformer of a backend (diffusers: `.transformer`; ComfyUI: its MODEL's
+    `diffusion_model`), or None."""
+    module = getattr(backend, "transformer", None)
+    if isinstance(module, torch.nn.Module):
+        return module
+    module = getattr(getattr(backend, "base", None), "diffusion_model", None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
+def tokens_per_image(backend: Any, latent_shape: tuple[int, ...], cond: Any) -> int | None:
+    """Image tokens (latent cells over the family's patch) plus text tokens (the longest sequence in
+    the conditioning), or None when the conditioning is not a dict of tensors."""
+    family = getattr(backend, "model_family", None)
+    module = transformer_module(backend)
+    config = getattr(module, "config", None)
+    patch = getattr(family, "latent_patch", None) or (int(config.get("patch_size", 1) or 1)
+                                                     if isinstance(config, dict) or hasattr(config, "get") else 1)
+    cells = 1
+    for n in latent_shape[-2:]:
+        cells *= int(n)
+    image = cells // (patch * patch)
+    if not isinstance(cond, dict):
+        return None
+    text = max((int(v.shape[1]) for v in cond.values() if isinstance(v, torch.Tensor) and v.ndim == 3), default=0)
+    return image + text

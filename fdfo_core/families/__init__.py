@@ -16,13 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyError, FamilyOptions
+from .base import MMDIT_ATTENTION_TARGETS, DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .lora_map import FusedPart, LoraMap, LoraMapError, LoraModule, PlannedPart, fused, same_names
 
 #: Family modules, in the order they are listed to users.
 _FAMILY_MODULES = ("sd3", "flux", "qwen_image", "chroma", "hidream", "flux2", "z_image", "lumina2", "wan", "hunyuan_image")
 #: The 2026 families, part a (issue 26).
 _FAMILY_MODULES += ("krea2", "longcat_image", "ernie_image", "kandinsky5", "qwen_image21")
+#: The 2026 families, part b (issue 26).
+_FAMILY_MODULES += ("sana", "cogview4", "ovis_image", "bria_fibo")
 
 _REGISTRY: dict[str, Family] = {}
 
@@ -83,6 +85,14 @@ def needs_input(class_name: str) -> tuple[Family, str] | None:
         if class_name in f.diffusers_needs_input:
             return f, f.diffusers_needs_input[class_name]
     return None
+
+
+def pipeline_refusal(class_name: str) -> str | None:
+    """Why FDFO refuses diffusers pipeline class `class_name` (one no family covers: not a plain
+    text-to-image flow, or no module yet; `refused.REFUSED_PIPELINES`), or None."""
+    from .refused import REFUSED_PIPELINES
+
+    return REFUSED_PIPELINES.get(class_name)
 
 
 def _comfy_classes(base: Any) -> list[list[str]]:
@@ -220,8 +230,8 @@ def family_presets() -> dict[str, dict[str, Any]]:
 
 
 __all__ = [
-    "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
+    "DistilledCheckpoint", "Family", "FamilyError", "FamilyOptions", "FusedPart", "LoraMap", "LoraMapError", "LoraModule",
     "MMDIT_ATTENTION_TARGETS", "PlannedPart", "all_families", "comfy_refusal", "family_for_comfy_model", "family_for_pipeline",
-    "family_names", "family_presets", "fused", "get_family", "needs_input", "register", "same_names",
+    "family_names", "family_presets", "fused", "get_family", "needs_input", "pipeline_refusal", "register", "same_names",
     "supported_families_text",
 ]

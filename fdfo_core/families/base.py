@@ -24,7 +24,7 @@ Conventions shared by every hook (the core's, see `fdfo_core.backends.interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -54,6 +54,71 @@ class FamilyOptions:
 
     max_sequence_length: int | None = None
     guidance: float | None = None
+
+
+#: Why training a distilled checkpoint is discouraged (issue 26 item 4), with the public reports.
+DISTILLED_WHY = ("public reports agree that online RL on a few-step or guidance-distilled model blurs its images "
+                 "(Flow-Factory issues #192 and #225, TDM-R1 issue #3)")
+
+
+def _normalise_name(name: str) -> str:
+    return str(name).lower().replace("_", "-").replace(" ", "-")
+
+
+@dataclass(frozen=True)
+class DistilledCheckpoint:
+    """A few-step or guidance-distilled checkpoint of a family (`Family.distilled`): how to recognise
+    it, what to train instead, and how it samples (what FDFO adapts to when the user trains it anyway).
+
+    title: the checkpoint's name ("Z-Image-Turbo").
+    kind: what was distilled ("step-distilled to 8 steps, no CFG").
+    base_model: the model to train instead (a name and hub id, one phrase).
+    settings: FDFOConfig values it samples with ({"num_steps": 9, "cfg_scale": 1.0}).
+    names: lowercase substrings of a model id or folder name ("-" for "_" and spaces) that mark it.
+    pipeline_config / transformer_config: values of model_index.json / the transformer's config that
+        mark it (all must match), e.g. {"is_distilled": True} for Flux.2 Klein.
+    comfy_configs: ComfyUI `supported_models` classes (`MODEL.model.model_config`) that mark it.
+    Any one kind of hint suffices.
+    """
+
+    title: str
+    kind: str
+    base_model: str
+    settings: Mapping[str, Any]
+    names: tuple[str, ...] = ()
+    pipeline_config: Mapping[str, Any] = field(default_factory=dict)
+    transformer_config: Mapping[str, Any] = field(default_factory=dict)
+    comfy_configs: tuple[str, ...] = ()
+
+    def matches(self, name: str = "", pipeline_config: Mapping[str, Any] | None = None,
+                transformer_config: Mapping[str, Any] | None = None, comfy_config: str | None = None) -> bool:
+        """Whether a model with this id / folder / file name, model_index.json, transformer config or
+        ComfyUI config class is this checkpoint."""
+        key = _normalise_name(name)
+        if key and any(marker in key for marker in self.names):
+            return True
+        for wanted, have in ((self.pipeline_config, pipeline_config), (self.transformer_config, transformer_config)):
+            if wanted and have is not None and all(k in have and have[k] == v for k, v in wanted.items()):
+                return True
+        return comfy_config is not None and comfy_config in self.comfy_configs
+
+    def adapted(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings to change for a run with these config `values` where the front end's
+        `defaults` are what the user left alone: each of `settings` whose value is still the default
+        (a value the user chose is kept; the warning names it)."""
+        return {k: v for k, v in self.settings.items() if k in values and values[k] == defaults.get(k) and values[k] != v}
+
+    def warning(self, family_title: str, given: Mapping[str, Any] | None = None) -> str:
+        """The message both front ends show: what it is, why not to train it, what to train instead,
+        and the settings FDFO samples it with if the user goes on (`given`: the run's values of those
+        settings, to say which differ)."""
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        text = (f"this model is {self.title}, a {self.kind} checkpoint of {family_title}: {DISTILLED_WHY}. Train the "
+                f"base model instead: {self.base_model}. If you go on, sample it as it was distilled to ({settings})")
+        if given is not None:
+            differ = [f"{k} {given[k]}" for k, v in self.settings.items() if k in given and given[k] != v]
+            text += f"; this run has {', '.join(differ)}" if differ else "; this run does"
+        return text + "."
 
 
 class Family:
@@ -127,7 +192,20 @@ class Family:
     #: the memory estimator and the GPU profile build on the meta device.
     published_models: ClassVar[tuple[PublishedModel, ...]] = ()
 
+    #: Distilled checkpoints of the family (few-step or guidance-distilled): recognised by name or
+    #: config, warned about in both front ends, with the base model to train instead and the settings
+    #: they sample with (`DistilledCheckpoint`).
+    distilled: ClassVar[tuple[DistilledCheckpoint, ...]] = ()
+
     # --- derived ------------------------------------------------------------------------------
+
+    def distilled_checkpoint(self, name: str = "", pipeline_config: Mapping[str, Any] | None = None,
+                             transformer_config: Mapping[str, Any] | None = None,
+                             comfy_config: str | None = None) -> DistilledCheckpoint | None:
+        """The family's distilled checkpoint this model is (by its id / folder / file name,
+        model_index.json, transformer config or ComfyUI config class), or None."""
+        return next((d for d in self.distilled
+                     if d.matches(name, pipeline_config, transformer_config, comfy_config)), None)
 
     def options(self, options: FamilyOptions | None = None) -> FamilyOptions:
         """`options` with the family's defaults filled in."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyOptions
 from .common import scheduler_sigmas
 from .lora_map import LoraMap, same_names
 
@@ -44,6 +44,9 @@ class ErnieImage(Family):
     preset_name = "ernie-image"
     # The pipeline's defaults: 1024 px, 50 steps, CFG 4.
     preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 4.0}
+    distilled = (DistilledCheckpoint(
+        title="ERNIE-Image Turbo", kind="few-step distilled", base_model="ERNIE-Image (the base checkpoint)",
+        settings={"cfg_scale": 1.0}, names=("turbo",)),)
     vram = ("2.8 B transformer (counted from diffusers' default config: 5.6 GB in bf16) plus the Mistral3 text encoder "
             "while prompts are encoded: 24 GB at 1024 px with gradient checkpointing (estimates, not measured; a "
             "checkpoint with a larger config needs more)")

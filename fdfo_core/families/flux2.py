@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyOptions
+from .base import MMDIT_ATTENTION_TARGETS, DistilledCheckpoint, Family, FamilyOptions
 from .common import scheduler_sigmas
 from .lora_map import LoraMap, fused
 
@@ -154,6 +154,12 @@ class Flux2Klein(Flux2):
     guidance = None  # no guidance embedding: true CFG (cfg_scale), none for the step-distilled models
     preset_name = "flux2-klein"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
+    distilled = (DistilledCheckpoint(
+        title="FLUX.2 [klein] 4B / 9B (step-distilled)", kind="step-distilled (4 steps, no CFG)",
+        base_model="FLUX.2 [klein] Base 4B / 9B (black-forest-labs/FLUX.2-klein-base-4B, FLUX.2-klein-base-9B)",
+        settings={"num_steps": 4, "cfg_scale": 1.0},
+        # Flux2KleinPipeline's own flag (model_index.json); the base models have is_distilled false
+        pipeline_config={"is_distilled": True}),)
     vram = ("4B: 3.9 B transformer (8 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px "
             "with gradient checkpointing; 9B: 9.1 B (18 GB) plus Qwen3-8B (16 GB): 48 GB (estimates from the "
             "parameter count, not measured)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
 
@@ -50,6 +50,9 @@ class Kandinsky5Image(Family):
     preset_name = "kandinsky5-image"
     # The pipeline's defaults: 1024 px (one of its listed sizes), 50 steps, CFG 3.5.
     preset = {"height": 1024, "width": 1024, "num_steps": 50, "cfg_scale": 3.5}
+    distilled = (DistilledCheckpoint(
+        title="Kandinsky 5.0 Image distilled / no-CFG", kind="few-step or CFG-distilled",
+        base_model="Kandinsky-5.0-T2I-Lite-sft", settings={"cfg_scale": 1.0}, names=("distil", "nocfg")),)
     vram = ("T2I Lite: diffusers' default config counts 2.2 B (4.3 GB in bf16), the published checkpoint's config "
             "decides; plus Qwen2.5-VL-7B (16 GB) and CLIP-L while prompts are encoded: 24 GB at 1024 px with gradient "
             "checkpointing, 48 GB comfortable (estimates, not measured)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import calculate_shift, pack_2x2, scheduler_sigmas, unpack_2x2
 from .lora_map import LoraMap, same_names
 
@@ -60,6 +60,10 @@ class Krea2(Family):
                       "config): RL on it blurs its images; train the base Krea 2 checkpoint instead, or keep its "
                       "few-step sampling (--num-steps 8 --cfg-scale 1) if you go on")
     distilled_preset = {"num_steps": 8, "cfg_scale": 1.0}
+    #: The same, in the table both front ends read (`Family.distilled`).
+    distilled = (DistilledCheckpoint(
+        title="Krea 2 Turbo", kind="few-step distilled (TDM, 8 steps, no CFG)", base_model="Krea 2 (the base checkpoint)",
+        settings=distilled_preset, names=("krea-2-turbo", "krea2-turbo"), pipeline_config={"is_distilled": True}),)
 
     def diffusers_distilled(self, pipe) -> str | None:
         """Why this pipeline's checkpoint is distilled (a sentence naming the model to train instead),

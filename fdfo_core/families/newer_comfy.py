@@ -77,9 +77,9 @@ NEWER_COMFY_MODELS: Mapping[str, NewerComfyModel] = {
         "a Lumina 2 variant with direct context and reference frames that FDFO's Lumina 2 / Z-Image families do "
         "not cover"),
     "Ideogram4": NewerComfyModel(
-        "Ideogram 4", ("Ideogram4Pipeline",),
-        "a DiT that takes 1 - t and returns the negated output, with 13 text-encoder layers stacked per token, "
-        "untested with FDFO in ComfyUI"),
+        "Ideogram 4", (),
+        "a DiT that takes 1 - t and returns the negated output, guided asymmetrically with a second, unconditional "
+        "transformer (FDFO's diffusers backend refuses its pipeline for that)"),
     "JoyImage": NewerComfyModel(
         "JoyImage Edit", (),
         "an editing model that needs reference images (FDFO trains text-to-image)"),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import calculate_shift
 from .lora_map import LoraMap, same_names
 
@@ -59,6 +59,11 @@ class QwenImage21(Family):
     preset_name = "qwen-image21"
     # The pipeline's defaults: 1024 px, 40 steps, no CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 40}
+    #: Recognised by name before loading (`Family.distilled`; `diffusers_distilled` also reads the loaded
+    #: grid). Its step count is its own `sample_sigmas` grid, so only CFG is adapted.
+    distilled = (DistilledCheckpoint(
+        title="Qwen-Image 2.1 Turbo", kind="few-step distilled", base_model="Qwen-Image 2.1 (the base checkpoint)",
+        settings={"cfg_scale": 1.0}, names=("turbo",)),)
     vram = ("7.1 B transformer (counted from diffusers' default config: 14 GB in bf16) plus the Qwen3-VL text encoder "
             "while prompts are encoded: 48 GB at 1024 px with gradient checkpointing, 80 GB comfortable (estimates, "
             "not measured)")

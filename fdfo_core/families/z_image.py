@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyOptions
 from .lora_map import LoraMap, fused
 
 #: Block groups with attention: the main layers and the refiners of the image and text tokens.
@@ -60,8 +60,15 @@ class ZImage(Family):
     # in the velocity call; longer prompts are cut.
     max_sequence_length = 512
     preset_name = "z-image"
-    # Z-Image-Turbo: 1024 px, 9 steps (8 model evaluations with a nonzero step), no CFG.
-    preset = {"height": 1024, "width": 1024, "num_steps": 9}
+    # Z-Image (base): 1024 px, 50 steps; FDFO trains without CFG (the published default; the pipeline samples
+    # the base with guidance_scale 3-5, `--cfg-scale 4`-`6`). Z-Image-Turbo is recognised as distilled
+    # (9 steps: 8 model evaluations with a nonzero step, no CFG).
+    preset = {"height": 1024, "width": 1024, "num_steps": 50}
+    distilled = (DistilledCheckpoint(
+        title="Z-Image-Turbo", kind="step-distilled (Decoupled-DMD, 8 steps, no CFG)",
+        base_model="Z-Image (Tongyi-MAI/Z-Image, the undistilled base)",
+        settings={"num_steps": 9, "cfg_scale": 1.0},
+        names=("z-image-turbo", "zimage-turbo")),)
     vram = ("6.2 B transformer (12 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px with "
             "gradient checkpointing (tight), 32-48 GB comfortable (estimates from the parameter count, not measured)")
 

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "
                                "decode_batch_size", "sample_batch_size", "gradient_checkpointing",
                                "base_weights", "compile",
                                "eval_every", "early_stop_patience", "early_stop_min_diversity",
+                               "early_stop_max_image_shift",
                                "max_bad_pair_fraction"})  # raise it to continue a run that stopped on bad rewards
 
 RUN_RECORD = "run.json"

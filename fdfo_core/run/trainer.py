@@ -36,6 +36,7 @@ from .distributed import DistContext, shard_range
 from .guardrails import Guardrails
 from ..flow.image_sizes import check_backend_size
 from ..backends.lora_files import save_lora
+from ..backends.modelspec import prompts_summary
 from ..flow.objective import fdfo_loss, pair_deltas
 from ..rewards.pairwise import PairContext, is_pairwise
 from ..files.prompts import clean_prompt
@@ -47,6 +48,7 @@ from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's se
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
 from ..flow.seeds import generator as generator
 from ..files.storage import StorageError
+from .run_time import RunTimeEstimate, estimate_run, format_duration, probe_forward_seconds
 
 
 class TrainingInterrupted(RuntimeError):
@@ -224,6 +226,11 @@ class FDFOTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch = 0  # completed epochs
         self.images_seen = 0
+        #: The latest preview of the trained model (a PIL image; the front end sets it), saved as
+        #: `<name>.preview.png` beside each LoRA file.
+        self.preview_image: Any = None
+        self.time_estimate: RunTimeEstimate | None = None  # `estimate_time`, once per session
+        self._estimated = False
         self.history: list[dict[str, Any]] = []
         # Until the reward has scored one image, a failing call is a setup problem and stops the run.
         self._reward_worked = False
@@ -279,6 +286,40 @@ class FDFOTrainer:
     def _progress(self, phase: str, done: int, total: int) -> None:
         if self.callbacks.on_progress is not None:
             self.callbacks.on_progress(phase, done, total)
+
+    def estimate_time(self) -> RunTimeEstimate | None:
+        """The remaining run's expected time (fdfo_core/run/run_time.py: the passes the settings make,
+        priced by timing one velocity call of this model on this device), computed once per
+        session; None when there is nothing left to run or the timing call failed (logged)."""
+        if self._estimated:
+            return self.time_estimate
+        self._estimated = True
+        cfg = self.config
+        if self.epoch >= cfg.epochs:
+            return None
+        from ..backends.memory import parameter_count, tokens_per_image, transformer_module
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # training's random state stays as it was
+                cond = self.backend.encode_prompts([self.prompts[0]])
+                shape = tuple(self.backend.latent_shape(cfg.height, cfg.width))
+
+                def velocity(x, t, c):
+                    with self._autocast():
+                        return self.backend.velocity(x, t, c)
+
+                seconds = probe_forward_seconds(velocity, cond, shape, max(1, cfg.sample_batch_size), self.device,
+                                                cond_select)
+            module = transformer_module(self.backend)
+            params = parameter_count(module) if module is not None else None
+            tokens = tokens_per_image(self.backend, shape, cond)
+        except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # no estimate; training goes on
+            self._log(f"no time estimate ({type(e).__name__}: {e})")
+            return None
+        base_done = self.guardrails is not None and self.guardrails.base is not None
+        self.time_estimate = estimate_run(cfg, seconds, self.epoch, base_done, params, tokens)
+        return self.time_estimate
 
     def _autocast(self):
         if self.amp is None:
@@ -633,11 +674,17 @@ class FDFOTrainer:
         self.start_run()
         guard = self.guardrails
         try:
+            estimate = self.estimate_time()
+            if estimate is not None:
+                self._log(estimate.line())
             if guard is not None and self.epoch < cfg.epochs:
                 guard.start(self)
+            first_epoch, started = self.epoch, time.perf_counter()
             while self.epoch < cfg.epochs and not (guard is not None and guard.stop_reason):
                 metrics = self.train_epoch()
-                self._log(format_metrics(metrics, cfg.epochs))
+                pace = (time.perf_counter() - started) / max(1, self.epoch - first_epoch)
+                left = f"  about {format_duration(pace * (cfg.epochs - self.epoch))} left" if self.epoch < cfg.epochs else ""
+                self._log(format_metrics(metrics, cfg.epochs) + left)
                 if guard is not None:
                     guard.after_epoch(self, metrics)
                 if writes:
@@ -908,11 +955,35 @@ class FDFOTrainer:
             **(self.backend.sampling_options() if hasattr(self.backend, "sampling_options") else {}),
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
+            "prompts_summary": prompts_summary(self.prompts),
         }
 
-    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file") -> Path:
-        return save_lora(path, self.backend.lora_file_tensors(), {**self.lora_metadata(), **(extra_metadata or {})},
-                         what=what)
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file",
+                  preview: Any = None) -> Path:
+        """Write the LoRA with its `fdfo.*` and SAI model-spec metadata (fdfo_core/backends/modelspec.py), and
+        `<name>.preview.png` beside it from `preview` (a PIL image), else the front end's latest
+        preview (`self.preview_image`); both atomically."""
+        from ..backends.modelspec import backend_variant, modelspec_metadata, preview_path
+        from ..files.drawing import save_png
+
+        extra = dict(extra_metadata or {})
+        image = preview if preview is not None else self.preview_image
+        family = getattr(self.backend, "model_family", None)
+        selected = (f"the best held-out {extra['selected_by']} ({extra.get('criterion_value')}) at epoch "
+                    f"{extra.get('best_epoch')}" if "selected_by" in extra else None)
+
+        def spec(tensors):
+            return modelspec_metadata(
+                title=Path(path).stem, family=self.backend.family, variant=backend_variant(self.backend),
+                family_title=getattr(family, "title", self.backend.family), reward=self.reward_spec,
+                prompts=self.prompts, config=self.config, epochs=extra.get("best_epoch", self.epoch),
+                images_seen=self.images_seen, tensors=tensors, preview=image, selected=selected)
+
+        meta = {**self.lora_metadata(), **extra}
+        out = save_lora(path, self.backend.lora_file_tensors(), meta, what=what, standard_metadata=spec)
+        if image is not None:
+            save_png(image, preview_path(out), f"preview image of {Path(out).name}")
+        return out
 
 
 class RunChangeRefused(TrainingError):
