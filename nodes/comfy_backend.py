@@ -49,7 +49,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backends.interface import BackendError, NamedAdapterParams
+from ..fdfo_core.backends.interface import BackendError, NamedAdapterParams, weights_digest
 from ..fdfo_core.backends.gradient_checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
@@ -67,7 +67,7 @@ from ..fdfo_core.flow.image_sizes import SizeRule
 from ..fdfo_core.backends.lora_files import fuse_parts
 from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.flow.seeds import derive_seed
-from .comfy_layers import is_quantized, linear_features, post_function_scale, weight_bytes_for_hash
+from .comfy_layers import dequantized_weight, is_quantized, linear_features, post_function_scale
 from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -676,9 +676,9 @@ class ComfyBackend(NamedAdapterParams):
         for name, module in self.base.diffusion_model.named_modules():
             if linear_features(module) is not None and name not in self.adapters:
                 last = module
-        weights = "none"
-        if last is not None:
-            weights = hashlib.sha256(weight_bytes_for_hash(last)).hexdigest()[:16]
+        # rounded to e4m3 first: the same whether the loader's weight dtype is default or fp8_e4m3fn
+        # (quantized weights, ComfyUI >= 0.8, dequantized first)
+        weights = "none" if last is None else weights_digest(dequantized_weight(last))
         # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
         # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
         digest = hashlib.sha256()
@@ -811,7 +811,8 @@ class ComfyBackend(NamedAdapterParams):
         import comfy.sampler_helpers
 
         self._needs_reload = True  # the text encoder may push the diffusion model off the GPU
-        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        # The family's text for the prompt (Lumina 2: its system prompt first), as its pipeline encodes it.
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(self.model_family.comfy_prompt(text)))
         if len(conditioning) != 1:
             log.warning("FDFO: the CLIP returned %d scheduled conditionings; training uses the first", len(conditioning))
         cond, extras = conditioning[0][0], dict(conditioning[0][1])

@@ -64,10 +64,7 @@ def storage_dtype(module: torch.nn.Module) -> torch.dtype | None:
     return weight.dtype
 
 
-def weight_bytes_for_hash(module: torch.nn.Module) -> bytes:
-    """The layer's stored weight as float32 bytes (dequantized for quantized weights), for
-    fingerprints."""
+def dequantized_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The layer's stored weight as a plain tensor (dequantized for quantized weights), detached."""
     weight = module.weight.detach()
-    if is_quantized(weight):
-        weight = weight.dequantize()
-    return weight.float().cpu().contiguous().numpy().tobytes()
+    return weight.dequantize() if is_quantized(weight) else weight

@@ -344,6 +344,26 @@ def _fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def composite_over_white(images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] composited over white where a ComfyUI MASK ([B, H, W] or
+    [H, W], 1 = transparent: Load Image's mask is 1 - alpha) is set: what the folder input gives
+    for the same RGBA file (`files.image_files` composites over white). Load Image's placeholder
+    mask of an image without alpha (64 x 64 zeros) changes nothing. Raises RewardError when a
+    mask of another size or batch is not all zeros."""
+    if mask is None:
+        return images
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    if m.shape[-2:] != images.shape[-2:] or m.shape[0] not in (1, images.shape[0]):
+        if not bool(m.any()):
+            return images
+        raise RewardError(f"reference: the mask ({tuple(m.shape)}) does not fit the images ({tuple(images.shape)}); "
+                          "connect the MASK of the same Load Image")
+    alpha = (1.0 - m.clamp(0, 1)).to(images)[:, None]
+    return images * alpha + (1.0 - alpha)
+
+
 class FDFOReferenceStyleReward(_RewardLoader):
     DESCRIPTION = ("Style from reference images: how close each image is to your references in an image encoder's space "
                    "(CLIP, SigLIP, DINOv2 or the CSD style descriptor), 100 x cosine. Connect a batch of images (Load "
@@ -382,6 +402,9 @@ class FDFOReferenceStyleReward(_RewardLoader):
             **_common_learned(16),
         }, "optional": {
             "images": ("IMAGE", {"tooltip": "Reference images (a batch, e.g. from Load Image or a batch of several)."}),
+            "mask": ("MASK", {"tooltip": (
+                "Load Image's MASK for transparent references: the images are composited over white where the mask "
+                "is set (transparent), as the folder input does; without it the colour under transparent pixels counts.")}),
             **_fetch_input(),
         }}
 
@@ -397,15 +420,15 @@ class FDFOReferenceStyleReward(_RewardLoader):
             return f"error {e}"
 
     def load(self, folder, encoder, path, aggregation, top_k, content_captions, content_weight, prompt_weight, text_path,
-             scale, dtype, micro_batch, device, images=None, fetch_missing_weights=False):
-        from ..fdfo_core.files.image_files import ImageFileError, read_images
+             scale, dtype, micro_batch, device, images=None, mask=None, fetch_missing_weights=False):
+        from ..fdfo_core.files.image_files import ImageFileError, image_paths
 
         refs = []
         if images is not None:
-            refs += list(image_to_nchw(images).unbind(0))
+            refs += list(composite_over_white(image_to_nchw(images), mask).unbind(0))
         if folder and folder != NO_FOLDER:
-            try:
-                refs += read_images(resolve_reference_folder(folder))[0]
+            try:  # the files themselves: the reward reads them micro_batch at a time
+                refs += image_paths(resolve_reference_folder(folder))
             except ImageFileError as e:
                 raise RewardError(f"reference: {e}") from None
         if not refs:

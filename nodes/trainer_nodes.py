@@ -490,8 +490,17 @@ class FDFOTrainerNode:
         """Copy `<name>-best.safetensors` (the guardrails' best LoRA) into ComfyUI's LoRA folder;
         its path there, or None when there is none or it cannot be copied (logged; the run
         folder keeps it)."""
-        from ..fdfo_core.run.guardrails import best_lora_name
+        from ..fdfo_core.run.guardrails import best_lora_name, retired_best_lora_name
 
+        # The best LoRAs of earlier criteria (a reward or judge changed with allow_run_changes)
+        # keep their own names in ComfyUI's LoRA folder too: the new best does not overwrite them.
+        pattern = retired_best_lora_name(trainer.lora_name, 0).replace("epoch0", "epoch*")
+        for retired in sorted(run_dir.glob(pattern)):
+            if not (loras_dir / retired.name).exists():
+                try:
+                    publish_lora(retired, loras_dir)
+                except StorageError as e:
+                    log.warning("FDFO: the earlier best LoRA stays in %s: %s", retired, e)
         best = run_dir / best_lora_name(trainer.lora_name)
         if trainer.guardrails is None or not best.exists():
             return None

@@ -256,6 +256,63 @@ def check_gradient_checkpointing(case, tmp: Path) -> dict[str, float]:
     return {"diff": relative(checkpointed, plain), "norm": float(plain.norm())}
 
 
+def check_memory_modes(case, tmp: Path) -> dict[str, Any]:
+    """Every memory mode of the diffusers backend on this family, one velocity and one LoRA
+    gradient each, against the default mode (same pipeline seed, same LoRA):
+
+    - fp8 base weights, with offload (text encoders / VAE leave the device between phases; on a
+      CPU the code path only) and recorded states on the CPU (`base_weights fp8`): runs (a module the model declares precision-sensitive
+      cast to fp8 fails here with a dtype mismatch), stores the LoRA targets in fp8 and every
+      module the model class lists in `_skip_layerwise_casting_patterns` in its own dtype, and
+      moves the velocity by fp8 rounding only (`fp8_diff`);
+    - fp8 under gradient checkpointing: the same gradients as fp8 alone (`fp8_ckpt_diff`).
+    """
+    import re
+
+    from fdfo_core.backends.fp8 import FP8_DTYPE, fp8_skip_patterns
+
+    def run(backend, perturb=True):
+        if perturb:
+            perturb_lora(backend)
+        x, t, cond = probe(backend)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        v = backend.velocity(x, t, cond)
+        v.mul(w).sum().backward()
+        grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
+                          for p in backend.trainable_parameters()])
+        for p in backend.trainable_parameters():
+            p.grad = None
+        return v.detach(), grad
+
+    pipeline = case.train_pipeline or case.pipeline  # (the narrower one where a case has it: Chroma's 1 + 1 blocks)
+    v0, g0 = run(make_backend(case, tmp / "default", pipeline=pipeline))
+    fp8 = DiffusersBackend(pipeline(tmp / "fp8", 0), tiny_config(case, base_weights="fp8", storage_device="cpu"),
+                           max_sequence_length=case.max_sequence_length, offload=True)
+    v8, g8 = run(fp8)
+    fp8_ckpt = DiffusersBackend(pipeline(tmp / "fp8-ckpt", 0),
+                                tiny_config(case, base_weights="fp8", gradient_checkpointing=True),
+                                max_sequence_length=case.max_sequence_length)
+    _, g8c = run(fp8_ckpt)
+    declared = tuple(getattr(fp8.transformer, "_skip_layerwise_casting_patterns", None) or ())
+    stored = {n: m.weight.dtype for n, m in fp8.transformer.named_modules()
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and "lora_" not in n}
+    skip = fp8_skip_patterns(fp8.transformer)
+    lora_bases = [n for n, _ in fp8.lora_layers()]
+    return {
+        "checkpointing_on": bool(fp8_ckpt.transformer.is_gradient_checkpointing),
+        "fp8_diff": float((v8 - v0).norm() / v0.norm()), "fp8_finite": bool(torch.isfinite(v8).all() and torch.isfinite(g8).all()),
+        "fp8_grad_norm": float(g8.norm()), "fp8_ckpt_diff": relative(g8c, g8),
+        "declared": declared,
+        "declared_in_fp8": sorted(n for n, d in stored.items() if d == FP8_DTYPE
+                                  and any(re.search(p, n) for p in declared)),
+        # every LoRA target's frozen weight is fp8, except in modules the skip list keeps
+        "lora_targets_in_fp8": all((fp8.transformer.get_submodule(n).base_layer.weight.dtype == FP8_DTYPE)
+                                   != any(re.search(p, n) for p in skip) for n in lora_bases),
+        "lora_targets_fp8_count": sum(fp8.transformer.get_submodule(n).base_layer.weight.dtype == FP8_DTYPE
+                                      for n in lora_bases),
+    }
+
+
 def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:
     """The velocity call with the transformer in bf16 (as on CUDA) agrees with fp32 to bf16 accuracy."""
     backend = make_backend(case, tmp, add_adapter=False)

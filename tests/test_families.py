@@ -114,6 +114,27 @@ def test_velocity_runs_in_bf16(case_id, tmp_path, one_thread):
     assert r["finite"] and r["diff"] < 0.5, r
 
 
+#: One case per family in the default suite (the first), every case with FDFO_SLOW=1.
+ONE_PER_FAMILY = [c.id if c is next(d for d in CASES if d.family == c.family) else pytest.param(c.id, marks=SLOW)
+                  for c in CASES]
+
+
+@pytest.mark.parametrize("case_id", ONE_PER_FAMILY)
+def test_memory_modes_run_on_every_family(case_id, tmp_path, one_thread):
+    """fp8 base weights (what --vram picks by itself on a 24 GB card) with offload and states on
+    the CPU, and fp8 under gradient checkpointing, one velocity + LoRA gradient each (issue 27: fp8 crashed
+    on Wan 2.1 and Z-Image with "mat1 and mat2 must have the same dtype", their embedders cast to
+    fp8 against the model class's own skip list). fp8 rounds each weight by up to 2^-4: the
+    velocity of these random models (std 1 / sqrt(fan_in), deep for their width) moves by up to
+    ~15 % of its norm."""
+    r = H.check_memory_modes(CASES_BY_ID[case_id], tmp_path)
+    print(r)
+    assert r["fp8_finite"] and r["fp8_grad_norm"] > 0 and r["lora_targets_in_fp8"] and r["lora_targets_fp8_count"], r
+    assert 0.0 < r["fp8_diff"] < 0.3, r
+    assert r["declared_in_fp8"] == [], r
+    assert r["checkpointing_on"] and r["fp8_ckpt_diff"] < 1e-5, r
+
+
 @pytest.mark.parametrize("case_id", IDS)
 def test_image_size_rule_is_the_models_token_grid(case_id, tmp_path, one_thread):
     """Sizes are multiples of VAE downscale x latent patch (2x2 latent tokens for the 8x-VAE

@@ -333,7 +333,7 @@ def measure_published(model: PublishedModel, family: Family, height: int | None 
                       max_sequence_length: int | None = None, lora_rank: int = 32,
                       lora_targets: Sequence[str] | None = None, small: bool = False) -> ModelMemory:
     """`measure_model` for a published model of `family`, built from its config on the meta device."""
-    from .fp8 import FP8_SKIP_PATTERNS
+    from .fp8 import fp8_skip_patterns
 
     transformer = build_model(model.transformer, model.config(small))
     vae = build_model(model.vae, model.vae_config_for(small))
@@ -343,7 +343,7 @@ def measure_published(model: PublishedModel, family: Family, height: int | None 
         family, transformer, h, width or h, length, lora_rank,
         family.resolve_lora_targets(lora_targets) if lora_targets else family.lora_targets, vae=vae,
         text_encoder_params=0 if small else int(model.text_encoders_b * 1e9),
-        vae_scale_factor=model.vae_scale_factor, name=model.key, fp8_skip=FP8_SKIP_PATTERNS)
+        vae_scale_factor=model.vae_scale_factor, name=model.key, fp8_skip=fp8_skip_patterns(transformer))
 
 
 # --- what a run holds, per memory mode ----------------------------------------------------------

@@ -188,6 +188,9 @@ class Family:
     preset_name: ClassVar[str | None] = None
     #: One line of VRAM guidance for docs and messages.
     vram: ClassVar[str] = ""
+    #: The oldest diffusers release that runs this family correctly, and why (the backend refuses
+    #: older ones with this reason; the package's own floor, DIFFUSERS_FLOOR, is the default).
+    min_diffusers: ClassVar[tuple[str, str] | None] = None
     #: The family's published models (transformer / VAE configs and sizes, `published.py`): what
     #: the memory estimator and the GPU profile build on the meta device.
     published_models: ClassVar[tuple[PublishedModel, ...]] = ()
@@ -282,6 +285,14 @@ class Family:
 
         return scheduler_sigmas(pipe.scheduler, num_steps, self.diffusers_image_seq_len(pipe, height, width),
                                 explicit_linspace=True)
+
+    def comfy_prompt(self, prompt: str) -> str:
+        """The text the ComfyUI backend gives the CLIP's tokenizer for `prompt`, so that ComfyUI's
+        text encoder sees what the family's own pipeline encodes (the same prompt means the same
+        conditioning in both backends). The prompt itself for most families: ComfyUI's tokenizers
+        add the chat templates (Qwen-Image, HunyuanImage, Z-Image, Flux.2) themselves, as the
+        diffusers pipelines do. Lumina 2 adds its system prompt (below)."""
+        return prompt
 
     def diffusers_encode_prompts(self, pipe, prompts: list[str], device: torch.device,
                                  options: FamilyOptions) -> dict[str, torch.Tensor]:

@@ -54,6 +54,7 @@ def block_layers(num_hidden_states: int, num_blocks: int) -> list[int]:
 class BriaFibo(Family):
     name = "bria_fibo"
     title = "Bria FIBO"
+    min_diffusers = ("0.36", "BriaFiboPipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("BriaFiboPipeline",)
     diffusers_transformers = ("BriaFiboTransformer2DModel",)
     diffusers_needs_input = {"BriaFiboEditPipeline": "an input image (FIBO Edit)"}

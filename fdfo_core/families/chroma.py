@@ -29,6 +29,7 @@ from .flux import flux_lora_map
 class Chroma(Family):
     name = "chroma"
     title = "Chroma (Chroma1-Base, Chroma1-HD)"
+    min_diffusers = ("0.34", "ChromaPipeline first shipped in diffusers 0.34")
     diffusers_pipelines = ("ChromaPipeline",)
     diffusers_transformers = ("ChromaTransformer2DModel",)
     comfy_models = ("Chroma",)

@@ -34,6 +34,7 @@ LATENT_BN_EPS = 1e-5
 class ErnieImage(Family):
     name = "ernie_image"
     title = "ERNIE-Image"
+    min_diffusers = ("0.38", "ErnieImagePipeline first shipped in diffusers 0.38")
     diffusers_pipelines = ("ErnieImagePipeline",)
     diffusers_transformers = ("ErnieImageTransformer2DModel",)
     latent_patch = 1  # the VAE's 2x2 patches are the latent cells (16 px); the transformer's patch_size is 1

@@ -58,6 +58,7 @@ def _flux2_map() -> LoraMap:
 class Flux2(Family):
     name = "flux2"
     title = "Flux.2 (dev)"
+    min_diffusers = ("0.36", "Flux2Pipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("Flux2Pipeline",)
     diffusers_transformers = ("Flux2Transformer2DModel",)
     comfy_models = ("Flux2",)
@@ -145,6 +146,7 @@ class Flux2(Family):
 class Flux2Klein(Flux2):
     name = "flux2_klein"
     title = "Flux.2 Klein (4B, 9B; base and step-distilled)"
+    min_diffusers = ("0.37", "Flux2KleinPipeline first shipped in diffusers 0.37")
     diffusers_pipelines = ("Flux2KleinPipeline",)
     diffusers_needs_input = {
         "Flux2KleinInpaintPipeline": "an input image and a mask",

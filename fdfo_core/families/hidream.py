@@ -27,6 +27,7 @@ _SINGLE = ("to_q", "to_k", "to_v", "to_out")
 class HiDream(Family):
     name = "hidream"
     title = "HiDream-I1 (Full, Dev, Fast)"
+    min_diffusers = ("0.34", "HiDreamImagePipeline first shipped in diffusers 0.34")
     diffusers_pipelines = ("HiDreamImagePipeline",)
     diffusers_transformers = ("HiDreamImageTransformer2DModel",)
     diffusers_flow_schedulers = ("UniPCMultistepScheduler",)

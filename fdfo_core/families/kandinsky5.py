@@ -38,6 +38,7 @@ _ATTENTIONS = ("visual_transformer_blocks.{i}.self_attention.", "visual_transfor
 class Kandinsky5Image(Family):
     name = "kandinsky5_image"
     title = "Kandinsky 5.0 Image (T2I Lite)"
+    min_diffusers = ("0.36", "Kandinsky5T2IPipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("Kandinsky5T2IPipeline",)
     diffusers_transformers = ("Kandinsky5Transformer3DModel",)
     diffusers_needs_input = {"Kandinsky5I2IPipeline": "an input image (Kandinsky 5.0 image editing)"}

@@ -40,6 +40,7 @@ TURBO_MU = 1.15
 class Krea2(Family):
     name = "krea2"
     title = "Krea 2 (base, Turbo)"
+    min_diffusers = ("0.39", "Krea2Pipeline first shipped in diffusers 0.39")
     diffusers_pipelines = ("Krea2Pipeline",)
     diffusers_transformers = ("Krea2Transformer2DModel",)
     latent_patch = 2

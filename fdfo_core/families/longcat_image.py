@@ -38,6 +38,7 @@ TEXT_TOKENS = 512
 class LongCatImage(Family):
     name = "longcat_image"
     title = "LongCat-Image"
+    min_diffusers = ("0.37", "LongCatImagePipeline first shipped in diffusers 0.37")
     diffusers_pipelines = ("LongCatImagePipeline",)
     diffusers_transformers = ("LongCatImageTransformer2DModel",)
     diffusers_needs_input = {"LongCatImageEditPipeline": "an input image to edit (LongCat-Image-Edit)"}

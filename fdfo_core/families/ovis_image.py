@@ -29,6 +29,7 @@ from .flux import flux_lora_map
 class OvisImage(Family):
     name = "ovis_image"
     title = "Ovis-Image"
+    min_diffusers = ("0.36", "OvisImagePipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("OvisImagePipeline",)
     diffusers_transformers = ("OvisImageTransformer2DModel",)
     latent_patch = 2  # 2x2 latent packing (the config says patch_size 1)

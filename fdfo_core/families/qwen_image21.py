@@ -50,6 +50,7 @@ def composite_over_white(rgba: torch.Tensor) -> torch.Tensor:
 class QwenImage21(Family):
     name = "qwen_image21"
     title = "Qwen-Image 2.1 (base, Turbo)"
+    min_diffusers = ("0.41", "QwenImage21Pipeline first shipped in diffusers 0.41")
     diffusers_pipelines = ("QwenImage21Pipeline",)
     diffusers_transformers = ("QwenImage21Transformer2DModel",)
     latent_patch = 2  # cells are tokens, but the joint sequence's slots stand for 2x2 groups: 32 px

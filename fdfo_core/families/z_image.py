@@ -42,6 +42,7 @@ def _z_image_map() -> LoraMap:
 class ZImage(Family):
     name = "z_image"
     title = "Z-Image (Turbo, base)"
+    min_diffusers = ("0.36", "ZImagePipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("ZImagePipeline",)
     diffusers_transformers = ("ZImageTransformer2DModel",)
     diffusers_needs_input = {

@@ -87,6 +87,13 @@ def best_lora_name(lora_name: str) -> str:
     return f"{lora_name}-best.safetensors"
 
 
+def retired_best_lora_name(lora_name: str, epoch: int) -> str:
+    """The name the best LoRA keeps when a resumed run changes its criterion (reward or judge,
+    allowed as a branch at `epoch`): the evaluation starts again, and the new best gets
+    `best_lora_name`."""
+    return f"{lora_name}-best-until-epoch{epoch}.safetensors"
+
+
 def _describe(reward: Any) -> str:
     return reward.describe() if hasattr(reward, "describe") else type(reward).__name__
 

@@ -33,7 +33,7 @@ from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, sa
 from ..flow.conditioning import Cond, cond_select, cond_to
 from ..config import FDFOConfig
 from .distributed import DistContext, shard_range
-from .guardrails import Guardrails
+from .guardrails import Guardrails, best_lora_name, retired_best_lora_name
 from ..flow.image_sizes import check_backend_size
 from ..backends.lora_files import save_lora
 from ..backends.modelspec import prompts_summary
@@ -462,7 +462,8 @@ class FDFOTrainer:
         pair_ids = roll.pair_ids.tolist()
         context = PairContext(
             epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
-            run_dir=self.run_dir, check_cancel=self.callbacks.check_cancel, log=self._log)
+            run_dir=self.run_dir, run_id=RunRecords(self.run_dir).run_id() if self.run_dir is not None else None,
+            check_cancel=self.callbacks.check_cancel, log=self._log)
         self._failures = RewardFailures()
         out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)
         delta = torch.as_tensor(out.delta, dtype=torch.float64).reshape(-1)
@@ -601,11 +602,18 @@ class FDFOTrainer:
         # them so the arithmetic stays finite (those pairs are not among the training items).
         roll.rewards = torch.where(torch.isfinite(roll.rewards), roll.rewards, torch.zeros_like(roll.rewards))
 
+        mean_abs_dr = self._mean_abs_dr(gathered)
+        if mean_abs_dr == 0.0:
+            # FDFO learns from R_left - R_right only: equal rewards give no update (ALGORITHM.md).
+            self._log(f"warning: epoch {epoch + 1}: every one of the {valid_global.numel()} pairs has a zero reward "
+                      f"difference (both images of each pair scored alike by {self.reward_spec!r}), so this epoch "
+                      "does not change the LoRA. A constant or saturated reward, a reward that ignores the image, "
+                      "or only 'same' picks? Check the reward before training on.")
         stats = self.train_on(roll, epoch, valid_global)
         t3 = time.perf_counter()
         stats.reduce(self.dist)
         return self._finish_epoch((t0, t1, t2, t3), raw_rewards, stats, pairs=valid_global.numel(), dropped=dropped,
-                                  mean_abs_dr=self._mean_abs_dr(gathered), with_kl=cfg.kl_weight > 0)
+                                  mean_abs_dr=mean_abs_dr, with_kl=cfg.kl_weight > 0)
 
     def _finish_epoch(self, times, rewards: torch.Tensor, stats: ItemStats, pairs: int, dropped: int,
                       mean_abs_dr: float, with_kl: bool) -> dict[str, Any]:
@@ -871,15 +879,51 @@ class FDFOTrainer:
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))
         if self.guardrails is not None and state.get("guardrails") is not None:
+            changed = self._criterion_changes()
             try:
+                if changed:
+                    raise ValueError(f"the best LoRA of {ckpt} was chosen by another {self.guardrails.criterion_label} "
+                                     f"({changed})")
                 self.guardrails.load_state_dict(state["guardrails"], where=ckpt)
             except ValueError as e:
                 if not allow_change:
                     raise TrainingError(str(e)) from e
+                kept = self._retire_best_lora(self.epoch)
                 self._log(f"{e}; with the change allowed, the held-out evaluation starts again from here "
-                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
+                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come"
+                          + (f"; the best LoRA so far is kept as {kept.name})" if kept else ")"))
         self.last_checkpoint = self._resumed_from = ckpt
         self._log(f"resumed from {ckpt} at epoch {self.epoch}")
+
+    def _criterion_changes(self) -> str:
+        """The recorded changes of this resume (an allowed branch) that change what the held-out
+        criterion measures: the reward (spec, options, normalisation) when the criterion is the
+        held-out reward, the judge when it is the judge; "" when none."""
+        guard = self.guardrails
+        if guard is None or not self._branch:
+            return ""
+        if guard.criterion == "judge":
+            hits = [c for c in self._branch["changes"]
+                    if c["field"] == "judge_options" or (c["field"] == "config" and c["key"] == "judge")]
+        elif guard.criterion == "heldout_reward":
+            hits = [c for c in self._branch["changes"] if c["field"] in ("reward", "reward_options", "reward_normalization")]
+        else:
+            hits = []
+        return ", ".join(sorted({c["field"] + (f".{c['key']}" if c.get("key") else "") for c in hits}))
+
+    def _retire_best_lora(self, epoch: int) -> Path | None:
+        """Keep the best LoRA of a criterion that no longer holds under its own name
+        (`retired_best_lora_name`), so the next best under the new criterion cannot overwrite it.
+        Returns the kept file, or None when there was none (or this rank does not write)."""
+        if self.run_dir is None or not self.dist.is_main:
+            return None
+        best = self.run_dir / best_lora_name(self.lora_name)
+        if not best.exists():
+            return None
+        kept = self.run_dir / retired_best_lora_name(self.lora_name, epoch)
+        storage.copy_file(best, kept, what="best LoRA of the earlier criterion")
+        best.unlink()
+        return kept
 
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:

@@ -842,6 +842,41 @@ def scaled_fp8_lora_acts_as_the_file():
            file_effect_vs_hand=file_vs_hand)
 
 
+@check
+def fingerprint_same_with_fp8_weights():
+    """The run fingerprint does not change with the loader's weight dtype (default vs fp8_e4m3fn, a
+    setting a resumed run may change): the last Linear is hashed rounded to e4m3 (issue 27). The
+    toy's weights as a published checkpoint holds them (bf16); another model differs; and a run
+    trained on the default-dtype model resumes on the fp8 one."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in transformer_sd.items()}
+    prints = {}
+    with torch.inference_mode():
+        # (each load gets its own tensors: ComfyUI's key converter may change them in place)
+        models = {name: comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in bf16.items()},
+                                                                 model_options={"dtype": dtype})
+                  for name, dtype in (("default", torch.float32), ("fp8", torch.float8_e4m3fn))}
+        other_sd = {k: (v.float() * 1.5).to(torch.bfloat16) if v.is_floating_point() else v for k, v in bf16.items()}
+        models["other"] = comfy.sd.load_diffusion_model_state_dict(other_sd, model_options={"dtype": torch.float32})
+    for name, model in models.items():
+        prints[name] = ComfyBackend(model, clip, vae, toy_config()).fingerprint()
+    refused = None
+    try:
+        with torch.inference_mode():
+            train_node(models["default"], clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8resume", epochs=1))
+            train_node(models["fp8"], clip, vae, Brightness(), PROMPTS,
+                       **trainer_inputs(lora_name="fp8resume", epochs=2, resume=True))
+    except Exception as e:  # a refusal names the fingerprint
+        refused = f"{type(e).__name__}: {e}"
+    figures = {"default": prints["default"]["weights"], "fp8": prints["fp8"]["weights"],
+               "other": prints["other"]["weights"], "refused": refused}
+    report("fingerprint_same_with_fp8_weights", prints["default"] == prints["fp8"] and refused is None
+           and prints["other"]["weights"] != prints["default"]["weights"], **figures)
+
+
 class Declining(Reward):
     """A judge whose every evaluation scores lower than the one before (the base model's first):
     the best LoRA is epoch 1's, and patience 2 stops the run at epoch 2, whatever training does."""
