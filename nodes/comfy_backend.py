@@ -142,6 +142,16 @@ def model_name(model) -> str:
     return type(config).__name__ if config is not None else type(base).__name__
 
 
+def comfyui_version() -> str | None:
+    """The running ComfyUI's version (`comfyui_version.__version__` in its root), or None when it
+    cannot be read (then no family is refused for the version)."""
+    try:
+        import comfyui_version as version_module
+    except ImportError:
+        return None
+    return str(getattr(version_module, "__version__", "")) or None
+
+
 def model_family(model) -> Family:
     """The family of a ComfyUI MODEL, or a BackendError that names the model, says why it is
     refused and lists the supported families. Cheap: call it before loading anything."""
@@ -164,7 +174,7 @@ def model_family(model) -> Family:
     problem = _not_a_velocity_flow(sampling)
     if problem:
         raise BackendError(f"this MODEL is {name}: {problem} FDFO trains {supported_text()}.")
-    refused = comfy_refusal(base)
+    refused = comfy_refusal(base, comfyui_version())
     if refused is not None:
         raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)

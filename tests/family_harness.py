@@ -52,12 +52,14 @@ def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:
             p.add_(torch.randn(p.shape, generator=g) * std)
 
 
-def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Latents, flow times and conditioning for velocity comparisons (one row per prompt)."""
+def probe(backend, seed: int = 3, prompts=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Latents, flow times and conditioning for velocity comparisons (one row per prompt of
+    `prompts`, default PROMPTS; three)."""
+    prompts = list(prompts or PROMPTS)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(PROMPTS), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
+    x = torch.randn(len(prompts), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
     t = torch.tensor([0.9, 0.5, 0.1])
-    return x, t, backend.encode_prompts(PROMPTS)
+    return x, t, backend.encode_prompts(prompts)
 
 
 def flux_img_ids(h: int, w: int) -> torch.Tensor:
@@ -180,16 +182,23 @@ def corrupted_map(lora_map: LoraMap) -> LoraMap:
                          for i, m in enumerate(modules)))
 
 
+def make_comfy_side_backend(case, tmp: Path, add_adapter: bool = True) -> DiffusersBackend:
+    """The diffusers backend the ComfyUI half compares against: the case's `comfy_pipeline` and
+    `comfy_max_sequence_length` where it sets them."""
+    return make_backend(case, tmp, add_adapter=add_adapter, pipeline=case.comfy_pipeline,
+                        max_sequence_length=case.comfy_max_sequence_length)
+
+
 def prepare_comfy_inputs(case, folder: Path) -> None:
     """Write what the ComfyUI script needs for `case`: diffusers base weights and config, a LoRA
     file from the diffusers backend (and one written with a corrupted map), probe inputs, the
     ComfyUI conditioning of each prompt and the diffusers velocities."""
     folder.mkdir(parents=True, exist_ok=True)
-    backend = make_backend(case, folder, add_adapter=False)
+    backend = make_comfy_side_backend(case, folder, add_adapter=False)
     save_file({k: v.contiguous() for k, v in backend.transformer.state_dict().items()}, str(folder / "transformer.safetensors"))
     (folder / "config.json").write_text(json.dumps({k: v for k, v in dict(backend.transformer.config).items()
                                                     if not k.startswith("_")}, default=list))
-    backend = make_backend(case, folder)
+    backend = make_comfy_side_backend(case, folder)
     perturb_lora(backend)
     trainer = FDFOTrainer(backend, build_reward("brightness"), PROMPTS, backend.config, callbacks=Callbacks(log=None))
     trainer.save_lora(folder / "diffusers_lora.safetensors")
@@ -200,7 +209,8 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
     wrong.lora_map = corrupted_map(family.lora_map)
     save_lora(folder / "wrong_map_lora.safetensors", fuse_lora(wrong, factors, scale, backend._out_features),
               {"base_model_family": family.name})
-    x, t, cond = probe(backend)
+    prompts = list(case.comfy_prompts or PROMPTS)
+    x, t, cond = probe(backend, prompts=prompts)
     with torch.no_grad():
         v_hot = backend.velocity(x, t, cond)
         with backend.adapter_disabled():
@@ -211,8 +221,8 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
     # (a projection whose output is never used, e.g. the last block's text output, has no gradient: zero)
     grads = {n.replace(f".{ADAPTER}.weight", ""): torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
              for n, p in backend._params.items()}
-    rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(PROMPTS))]
-    torch.save({"prompts": PROMPTS, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
+    rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(prompts))]
+    torch.save({"prompts": prompts, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
                 "lora_rank": backend.config.lora_rank, "lora_alpha": backend.config.lora_alpha,
                 "size": case.size, "guidance": backend.options.guidance, "factors": factors, "w": w,
                 "grads": grads}, folder / "inputs.pt")
@@ -221,7 +231,7 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
 def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:
     """The LoRA the ComfyUI backend wrote (comfy_lora.safetensors, with its hot velocity in
     comfy_velocity.pt) gives the same velocity in a diffusers pipeline."""
-    backend = make_backend(case, folder, add_adapter=False)
+    backend = make_comfy_side_backend(case, folder, add_adapter=False)
     load_lora_into_pipeline(backend.pipe, folder / "comfy_lora.safetensors")
     data = torch.load(folder / "inputs.pt", weights_only=False)
     comfy = torch.load(folder / "comfy_velocity.pt", weights_only=False)

@@ -87,11 +87,6 @@ def needs_input(class_name: str) -> tuple[Family, str] | None:
     return None
 
 
-def _class_names(obj: Any) -> list[str]:
-    """The names of obj's class and its base classes, nearest first."""
-    return [c.__name__ for c in type(obj).__mro__ if c is not object]
-
-
 def pipeline_refusal(class_name: str) -> str | None:
     """Why FDFO refuses diffusers pipeline class `class_name` (one no family covers: not a plain
     text-to-image flow, or no module yet; `refused.REFUSED_PIPELINES`), or None."""
@@ -100,32 +95,115 @@ def pipeline_refusal(class_name: str) -> str | None:
     return REFUSED_PIPELINES.get(class_name)
 
 
-def family_for_comfy_model(base: Any) -> Family | None:
-    """The family of a ComfyUI model (`MODEL.model`), matched by its class name or, for a class no
-    family names, its nearest base class's: a variant class that a newer ComfyUI derives from a
-    family's class (e.g. `QwenImage21(QwenImage)`) is handled as its parent. None when no class
-    in its hierarchy is a family's. (Refusals are checked first: `comfy_refusal`.)"""
-    for name in _class_names(base):
-        family = next((f for f in all_families() if name in f.comfy_models), None)
-        if family is not None:
-            return family
+def _comfy_classes(base: Any) -> list[list[str]]:
+    """The class names of a ComfyUI model's `model_config` (when it has one) and of the model itself
+    (`MODEL.model`), config first, each with its base classes' names, nearest first."""
+    config = getattr(base, "model_config", None)
+    objects = ([config] if config is not None else []) + [base]
+    return [[k.__name__ for k in type(o).__mro__ if k is not object] for o in objects]
+
+
+def _claimed(name: str) -> Family | None:
+    return next((f for f in all_families() if name in f.comfy_models), None)
+
+
+def _refused(name: str) -> tuple[Family | None, str] | None:
+    from .newer_comfy import NEWER_COMFY_MODELS
+
+    for f in all_families():
+        if name in f.comfy_refused:
+            return f, f.comfy_refused[name]
+    if name in NEWER_COMFY_MODELS:
+        return None, NEWER_COMFY_MODELS[name].refusal(name)
     return None
 
 
-def comfy_refusal(base: Any) -> tuple[Family, str] | None:
-    """(family, why) when a ComfyUI model (`MODEL.model`) is a family's model that the ComfyUI
-    backend refuses (`Family.comfy_refused`), matched by the class name of its `model_config` or
-    of the model itself, or of a base class of either that is nearer than any supported class:
-    a subclass of a refused class (ZImagePixelSpace(ZImage)) is refused as its parent, a subclass
-    of a supported class is not refused for a refused ancestor further up. Else None."""
-    config = getattr(base, "model_config", None)
-    for obj in ([config] if config is not None else []) + [base]:
-        for name in _class_names(obj):
-            for f in all_families():
-                if name in f.comfy_refused:
-                    return f, f.comfy_refused[name]
-            if any(name in f.comfy_models for f in all_families()):
-                break  # a supported class is nearer than any refused one
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).lstrip("v").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def family_for_comfy_model(base: Any) -> Family | None:
+    """The family of a ComfyUI model (`MODEL.model`): the family that names the exact class of its
+    `model_config` (`comfy.supported_models`) or, failing that, of the model (`comfy.model_base`)
+    in `comfy_models`, then that family's `comfy_variant`. None for a model no family names (a
+    subclass of a family's class included) and for one `comfy_refusal` refuses whatever the ComfyUI
+    version (e.g. a config derived from another family's class on a model class a family names)."""
+    if comfy_refusal(base) is not None:
+        return None
+    for names in _comfy_classes(base):
+        family = _claimed(names[0])
+        if family is not None:
+            return family.comfy_variant(base)
+    return None
+
+
+def _as_variant(parent: str) -> tuple[Family | None, str] | None:
+    """The refusal of a class derived from ComfyUI's `parent` that no family or table names, or
+    None when `parent` is not named either."""
+    refused = _refused(parent)
+    if refused is not None:
+        return refused[0], f"a subclass of ComfyUI's {parent}, which FDFO refuses: {refused[1]}"
+    family = _claimed(parent)
+    if family is None:
+        return None
+    return family, (
+        f"a subclass of ComfyUI's {parent} ({family.title}), a variant that FDFO's {family.name} family was not "
+        "written or tested for (variants often take inputs, such as reference images, that FDFO does not give), so "
+        "FDFO does not train it in ComfyUI. Load the family's own model, or train it with `fdfo train` on the "
+        "diffusers folder" + (f" ({' / '.join(family.diffusers_pipelines)})." if family.diffusers_pipelines else ".")
+    )
+
+
+def comfy_refusal(base: Any, comfyui_version: str | None = None) -> tuple[Family | None, str] | None:
+    """(family or None, why) when the ComfyUI backend refuses a ComfyUI model (`MODEL.model`),
+    else None. Recognition goes by class, along the class hierarchy, the `model_config` class
+    (`comfy.supported_models`) before the model's (`comfy.model_base`):
+
+    - an exact class named in a family's `comfy_refused` or in `newer_comfy.NEWER_COMFY_MODELS`
+      (families only newer ComfyUI loads) is refused with that reason;
+    - an exact class a family trains is refused only when `comfyui_version` (ComfyUI's
+      `comfyui_version.__version__`; None: unknown, not checked) is older than the family's
+      `comfy_since` ("this ComfyUI (v0.3.64) predates Flux.2 ..."), or when the family comes from
+      the model class while the config class derives from a refused class or from another family's
+      (a config `ZImageFuture(ZImage)` on ComfyUI's plain `Lumina2` model is a Z-Image variant, not
+      Lumina 2; `FluxSchnell(Flux)` on `Flux` is Flux);
+    - a class no family or table names, but whose base class one does (a subclass of a supported or
+      refused class: a variant that may take other inputs), is refused by name, with its parent's
+      reason when the parent is refused;
+    - anything else (a flow model no family knows) is not refused here.
+    """
+    chains = _comfy_classes(base)
+    for i, names in enumerate(chains):
+        refused = _refused(names[0])
+        if refused is not None:
+            return refused
+        family = _claimed(names[0])
+        if family is None:
+            continue
+        if i > 0:  # named by its model class: the config's nearest named ancestor must agree
+            parent = next((n for n in chains[0][1:] if _refused(n) is not None or _claimed(n) is not None), None)
+            if parent is not None and (_refused(parent) is not None or _claimed(parent).name != family.name):
+                return _as_variant(parent)
+        family = family.comfy_variant(base)
+        since = family.comfy_since
+        if since and comfyui_version and _version(comfyui_version) < _version(since):
+            return family, (
+                f"this ComfyUI (v{str(comfyui_version).lstrip('v')}) predates {family.title} as FDFO's nodes "
+                f"train it: FDFO trains {family.title} in ComfyUI v{since} and later. Update ComfyUI, or train "
+                "it with `fdfo train` on the diffusers folder (" + " / ".join(family.diffusers_pipelines) + ")."
+            )
+        return None
+    for names in chains:
+        for parent in names[1:]:
+            refused = _as_variant(parent)
+            if refused is not None:
+                return refused
     return None
 
 

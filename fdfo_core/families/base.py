@@ -138,7 +138,10 @@ class Family:
     diffusers_pipelines: ClassVar[tuple[str, ...]] = ()
     #: diffusers transformer classes of this family (checked against `pipe.transformer`).
     diffusers_transformers: ClassVar[tuple[str, ...]] = ()
-    #: ComfyUI `comfy.model_base` classes (exact class name of `MODEL.model`).
+    #: ComfyUI classes of this family: `comfy.model_base` classes (of `MODEL.model`) or
+    #: `comfy.supported_models` classes (of `MODEL.model.model_config`, e.g. "ZImage", whose model
+    #: class is Lumina 2's), matched by exact name, the config's first. A subclass of one of them
+    #: that no family names is refused by name (`fdfo_core.families.comfy_refusal`).
     comfy_models: ClassVar[tuple[str, ...]] = ()
     #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
     #: class name -> what it needs. They are refused with this reason.
@@ -150,6 +153,10 @@ class Family:
     #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
     #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
     comfy_refused: ClassVar[Mapping[str, str]] = {}
+    #: The first ComfyUI version FDFO trains this family in ("0.8.0"), or None (every version FDFO
+    #: supports). In an older ComfyUI the backend refuses the family's models by name ("this ComfyUI
+    #: (v0.3.64) predates ..."): its model code there is not what FDFO was tested against.
+    comfy_since: ClassVar[str | None] = None
     #: Scheduler classes, besides diffusers' FlowMatch* ones, that this family's pipelines ship
     #: as flow samplers (Wan: UniPCMultistepScheduler in flow mode). FDFO only reads their time
     #: grid (`diffusers_sigmas`); `diffusers_check` may refuse a configuration that is not a flow one.
@@ -322,6 +329,11 @@ class Family:
     def comfy_check(self, base) -> None:
         """Raise FamilyError if this ComfyUI model (`MODEL.model`) cannot be trained text-to-image
         as this family (e.g. an inpainting variant). Default: nothing to check."""
+
+    def comfy_variant(self, base) -> "Family":
+        """The family that trains this ComfyUI model (`MODEL.model`) when several families share one
+        ComfyUI class (Flux.2 dev and Klein both run as ComfyUI's `Flux2`). Default: this family."""
+        return self
 
     def comfy_conditioning(self, extras: dict[str, Any], options: FamilyOptions) -> dict[str, Any]:
         """Conditioning extras (`[[cond, extras]]`) with defaults the family needs; default: as is."""

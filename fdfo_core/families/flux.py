@@ -123,7 +123,9 @@ class Flux(Family):
 
     def comfy_check(self, base) -> None:
         dm = base.diffusion_model
-        if getattr(dm, "txt_norm", None) is not None:  # ComfyUI's marker of Ovis-Image (with its yak MLPs)
+        params = getattr(dm, "params", None)
+        # ComfyUI's markers of Ovis-Image (v0.8.0 runs it as a Flux model with a text norm and yak MLPs)
+        if getattr(dm, "txt_norm", None) is not None or getattr(params, "yak_mlp", False) or getattr(params, "txt_norm", False):
             raise FamilyError(
                 "this Flux-class model has a text norm: it is Ovis-Image, which ComfyUI (from v0.8) runs as a Flux "
                 "variant. FDFO's nodes do not train it (untested there): train it with `fdfo train` on the diffusers "

@@ -11,10 +11,13 @@ dynamically). VAE: raw = latents / scaling_factor + shift_factor.
 CFG: the pipeline's guidance_scale g means v = v_c + g (v_c - v_u), i.e. FDFO's cfg_scale = 1 + g
 (Turbo samples with g = 0, cfg_scale 1; base with g = 3-5). The pipeline's cfg_truncation and
 cfg_normalization are not applied.
-ComfyUI (versions after v0.3.64): `supported_models.ZImage` (a Lumina 2 NextDiT), attention
-`qkv` fused and `out`, in the main layers and the noise / context refiners, from ComfyUI's own
-diffusers converter (`comfy/utils.py: z_image_to_diffusers`). The ComfyUI backend refuses it
-(untested there, see `comfy_refused`).
+ComfyUI (v0.8.0 and later; `comfy_since`): `supported_models.ZImage` (its model class is Lumina 2's
+NextDiT), attention `qkv` fused and `out`, in the main layers and the noise / context refiners,
+from ComfyUI's own diffusers converter (`comfy/utils.py: z_image_to_diffusers`). ComfyUI pads the
+prompt's tokens to a multiple of 32 with the learnt pad token as diffusers does, but places those
+pad tokens at increasing RoPE positions where diffusers puts them at position 0: the two agree
+exactly for prompts of 32k tokens and differ slightly otherwise (each backend trains the model it
+runs; the LoRA file is the same).
 """
 
 from __future__ import annotations
@@ -49,11 +52,8 @@ class ZImage(Family):
         "ZImageControlNetInpaintPipeline": "a control image and a mask",
         "ZImageOmniPipeline": "reference images (Z-Image-Omni, SigLIP-conditioned)",
     }
-    comfy_refused = {"ZImage": (
-        "FDFO's ComfyUI nodes do not train Z-Image yet: this FDFO version is tested against ComfyUI v0.3.64, which "
-        "predates Z-Image, so its ComfyUI side is untested. Train it with `fdfo train` on the diffusers model "
-        "(ZImagePipeline); the LoRA file uses ComfyUI's Z-Image key names."
-    )}
+    comfy_models = ("ZImage",)  # ComfyUI's config class; its model class is Lumina2
+    comfy_since = "0.8.0"
     latent_patch = 2  # the transformer's 2x2 patches (its config says all_patch_size)
     fingerprint_module = "cap_embedder.1"  # the text-feature projection (it has no proj_out)
     lora_map = _z_image_map()

@@ -560,26 +560,39 @@ def image_conditioned_and_video_models_are_refused():
 
 @check
 def flux2_and_z_image_are_refused_with_a_clear_message():
-    """ComfyUI v0.3.64 predates Flux.2 and Z-Image; newer versions load them as
+    """ComfyUI v0.3.64 predates Flux.2 and Z-Image; v0.8.0 and later load them as
     supported_models.Flux2 (a Flux subclass; dev and Klein) and supported_models.ZImage (a Lumina2
-    subclass whose model is model_base.Lumina2). Stand-ins with those names, built on this
-    version's Flux and Lumina 2: refused by name, saying what to do; Lumina 2 itself is not."""
+    subclass whose model is model_base.Lumina2), and FDFO trains them there. Stand-ins with those
+    names, built on this version's Flux and Lumina 2, in a ComfyUI that reports v0.3.64 (this one,
+    or a newer one told so): refused by name as predating them, saying what to do; Lumina 2 itself
+    is not."""
+    import comfyui_fdfo_nodepack.nodes.comfy_backend as backend_module
 
-    class Flux2(comfy.supported_models.Flux):
-        pass
+    real_version = backend_module.comfyui_version
+    backend_module.comfyui_version = lambda: "0.3.64"
+    try:
+        _flux2_and_z_image_stand_ins()
+    finally:
+        backend_module.comfyui_version = real_version
 
-    class ZImage(comfy.supported_models.Lumina2):
-        pass
 
-    def as_class(config, config_class):
-        config.__class__ = config_class  # the detected configuration, the newer class's name
+def _flux2_and_z_image_stand_ins():
+    flux = tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12))
+    lumina = tiny_lumina2_config()
+    # Stand-ins named as newer ComfyUI's classes, derived from this version's Flux and Lumina 2 configs.
+    flux2_class = type("Flux2", (type(flux),), {})
+    z_image_class = type("ZImage", (type(lumina),), {})
+
+    def build(config_class, like):
+        config = config_class(dict(like.unet_config))
+        config.set_inference_dtype(torch.float32, None)
         return patcher(config)
 
-    flux2_msg = refusal(as_class(tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12)), Flux2))
-    z_msg = refusal(as_class(tiny_lumina2_config(), ZImage))
-    lumina_msg = refusal(patcher(tiny_lumina2_config()))
-    said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "fdfo train" in m  # noqa: E731
-                            and "SD3" in m and "Flux.1" in m)
+    flux2_msg = refusal(build(flux2_class, flux))
+    z_msg = refusal(build(z_image_class, lumina))
+    lumina_msg = refusal(build(type(lumina), lumina))
+    said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "predates" in m  # noqa: E731
+                            and "fdfo train" in m and "SD3" in m and "Flux.1" in m)
     ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
     report("flux2_and_z_image_are_refused_with_a_clear_message", ok, flux2=flux2_msg, z_image=z_msg,
            lumina2=lumina_msg)
