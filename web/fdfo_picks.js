@@ -214,6 +214,7 @@ class PickPanel {
     this.panel.setAttribute("data-round", r.round);
     this.panel.setAttribute("data-index", String(this.index));
     this.panel.setAttribute("data-picked", String(r.picked));
+    this.panel.setAttribute("data-choice", pair.choice === null ? "" : pair.choice);
     this.finishButton.disabled = r.picked >= r.total;
     const elsewhere = pair.by && pair.by !== CLIENT ? " (picked in another window)" : "";
     if (pair.choice !== null && !this.statusIsError) {

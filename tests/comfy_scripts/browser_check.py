@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from page_errors import ErrorLog
 from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,8 +189,7 @@ def make_images(base: Path, sizes: set[tuple[int, int]]) -> dict[tuple[int, int]
 def open_page(pw, url: str):
     browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
     page = browser.new_page(viewport=WINDOW)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    errors = ErrorLog(page)
     page.goto(url)
     page.wait_for_function(READY, timeout=120000)
     time.sleep(2)
@@ -204,6 +204,12 @@ def open_page(pw, url: str):
     page.wait_for_function(READY, timeout=120000)
     time.sleep(2)
     return browser, page, errors
+
+
+def reported_errors(errors: ErrorLog) -> dict:
+    """Our uncaught exceptions and console errors (the tests want none), and the front end's own."""
+    return {"page_errors": errors.ours("exception")[:5], "console_errors": errors.ours("console")[:5],
+            "frontend_errors": errors.others()}
 
 
 def close_dialogs(page) -> None:
@@ -257,7 +263,7 @@ def check_template(page, errors, base: Path, shots: Path, wf_path: Path) -> dict
     shot = shots / f"comfyui_{name}.png"
     page.screenshot(path=str(shot))
     return {"kind": "template", "workflow": name, "missing": res["missing"], "dialogs": res["dialogs"], "links": res["links"],
-            "expected_links": len(wf["links"]), "api_diff": diff, "extra_nodes": extra, "page_errors": errors[:5],
+            "expected_links": len(wf["links"]), "api_diff": diff, "extra_nodes": extra, **reported_errors(errors),
             "nodes": len(res["nodes"]), "screenshot": str(shot), "images_loaded": loaded,
             "template_zoom": wf.get("extra", {}).get("ds", {}).get("scale"), **check_layout(geom, layout, exact_sizes=False)}
 
@@ -330,7 +336,7 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
     page.screenshot(path=str(shot))
     trainer = next((n for n in geom["nodes"] if str(n["id"]) == ids["trainer"]), {})
     return {"kind": "run", "workflow": name, "clicked": clicked, "finished": ran, "run_to_last_image_s": done_s,
-            "final_text": trainer.get("text"), "page_errors": errors[:5], "screenshot": str(shot),
+            "final_text": trainer.get("text"), **reported_errors(errors), "screenshot": str(shot),
             "mid_screenshot": str(mid_shot) if mid_shot.exists() else None, "seen": {**seen, "epoch_lines": seen["epoch_lines"][-4:],
                                                                                       "distinct_epoch_lines": len(seen["epoch_lines"])},
             **check_layout(geom, layout, exact_sizes=True)}
@@ -355,7 +361,7 @@ def check_legacy(page, errors, path: Path) -> dict:
             added[key] = extra
     return {"kind": "legacy", "workflow": path.stem, "missing": res["missing"], "dialogs": res["dialogs"],
             "links": res["links"], "expected_links": len(wf["links"]), "api_diff": diff, "added_inputs": added,
-            "extra_nodes": sorted(set(res["output"]) - set(api)), "page_errors": errors[:5]}
+            "extra_nodes": sorted(set(res["output"]) - set(api)), **reported_errors(errors)}
 
 
 def main(argv: list[str]) -> int:
