@@ -8,7 +8,8 @@
 // images are on screen (a pair whose images are still loading, or failed to load, takes none: the
 // old pair is hidden the moment the panel moves on, and a failed image says so); each shown pair
 // takes one answer (held keys' auto-repeat, the second click of a double click and the click a
-// focused button fires when Space is released are ignored); and every answer names the pick it
+// focused button fires when Space is released are ignored), and none in its first MIN_VIEW_MS (a
+// gesture that quick began before the pair could be seen); and every answer names the pick it
 // replaces (`expect`), so a pair answered meanwhile in another tab is refused by the server with
 // a message instead of being overwritten, and the tab whose pick another one changed says so.
 import { app } from "../../scripts/app.js";
@@ -16,6 +17,9 @@ import { api } from "../../scripts/api.js";
 
 const CHOICES = { "1": "left", "2": "right", " ": "equal", "s": "skip", "S": "skip" };
 const PANEL_KEYS = new Set([...Object.keys(CHOICES), "Backspace", "ArrowLeft", "ArrowRight", "Escape", "r", "R"]);
+// A pair takes no pick in its first quarter second on screen: no one judges two images faster, so
+// such a gesture was aimed at the pair before (a double click's second click, a key pressed twice).
+const MIN_VIEW_MS = 250;
 // This window's name in its answers (a page load is a new window).
 const CLIENT = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 36);
 const LABELS = { left: "left", right: "right", equal: "same", skip: "skipped" };
@@ -68,7 +72,7 @@ class PickPanel {
     this.busy = false;
     this.minimized = false;
     this.clockSkew = 0;
-    this.view = null; // {round, index}: the pair whose two images are on screen and not answered yet
+    this.view = null; // {round, index, at}: the pair whose two images are on screen (since `at`) and not answered yet
     this.loading = null; // {round, index, token}: the pair whose images are being fetched (or failed)
     this.loadToken = 0;
     this.failed = null; // the current pair's image errors, {left, right} (null when they showed)
@@ -93,7 +97,7 @@ class PickPanel {
       b.addEventListener("mousedown", (e) => e.preventDefault());
       b.addEventListener("click", (e) => {
         if (e.detail > 1 || this.swallowClick) return;
-        action();
+        action(e);
       });
       return b;
     };
@@ -101,7 +105,7 @@ class PickPanel {
     const button = (choice, key, label) => {
       const b = el("button", { "data-choice": choice, title: `${label} (key ${key})` }, [el("kbd", { text: key }), label]);
       this.choiceButtons.push(b);
-      return onClick(b, () => this.answer(choice));
+      return onClick(b, (e) => this.answer(choice, e.timeStamp));
     };
     const back = onClick(el("button", { id: "fdfo-picks-back", title: "Back to the previous pair (Backspace)" },
                             [el("kbd", { text: "⌫" }), "back"]), () => this.move(-1));
@@ -224,6 +228,14 @@ class PickPanel {
     this.tick();
   }
 
+  // The pair `view` is on screen: pickable from MIN_VIEW_MS after it appeared (data-ready says when).
+  arm(view) {
+    this.view = view;
+    const wait = Math.max(0, view.at + MIN_VIEW_MS - performance.now());
+    this.panel.setAttribute("data-ready", wait > 0 ? "0" : "1");
+    if (wait > 0) setTimeout(() => { if (this.view === view) this.panel.setAttribute("data-ready", "1"); }, wait);
+  }
+
   isShown(round, index) {
     return this.view !== null && this.view.round === round && this.view.index === index;
   }
@@ -237,6 +249,7 @@ class PickPanel {
     this.view = null;
     this.failed = null;
     this.panel.setAttribute("data-loaded", "0");
+    this.panel.setAttribute("data-ready", "0");
     this.panel.setAttribute("data-failed", "0");
     const sides = [["left", this.left, this.leftCap, "1: left"], ["right", this.right, this.rightCap, "2: right"]];
     for (const [, img, cap] of sides) {
@@ -284,7 +297,7 @@ class PickPanel {
     }
     for (const [, img] of sides) img.classList.toggle("fdfo-small", img.naturalWidth < 256);
     for (const [, img] of sides) img.classList.remove("fdfo-hidden");
-    this.view = { round: r.round, index };
+    this.arm({ round: r.round, index, at: performance.now() });
     this.panel.setAttribute("data-loaded", "1");
     this.render();
   }
@@ -326,7 +339,7 @@ class PickPanel {
     e.stopPropagation();
     this.keysHandled.add(e.code || e.key);
     if (e.repeat) return; // a held key: its auto-repeat is not another gesture
-    if (e.key in CHOICES) this.answer(CHOICES[e.key]);
+    if (e.key in CHOICES) this.answer(CHOICES[e.key], e.timeStamp);
     else if (e.key === "Backspace" || e.key === "ArrowLeft") this.move(-1);
     else if (e.key === "ArrowRight") this.move(1);
     else if (e.key === "Escape") this.setMinimized(true);
@@ -356,7 +369,7 @@ class PickPanel {
   }
 
   // One pick for the pair on screen: taken only while both its images show, once per showing.
-  async answer(choice) {
+  async answer(choice, when = performance.now()) {
     const r = this.round;
     if (!r) return;
     if (this.busy) return; // the previous pick is being saved: the next pair is not on screen yet
@@ -364,10 +377,16 @@ class PickPanel {
       if (!this.failed) this.setStatus("Wait for the pair's images: a pick is for the pair you see.");
       return;
     }
+    const shown = this.view;
+    if (when - shown.at < MIN_VIEW_MS) {
+      this.setStatus("Not taken: this pair had only just appeared (a pick is for the pair you looked at).");
+      return;
+    }
     const index = this.index;
     const key = `${r.round}:${index}`;
     const expect = r.pairs[index].choice;
     this.view = null; // this showing of the pair is answered
+    this.panel.setAttribute("data-ready", "0");
     this.busy = true;
     this.render();
     let moved = false;
@@ -389,7 +408,7 @@ class PickPanel {
       // Still on the same pair (not saved, or nothing left to pick): its images are still on screen.
       if (!moved && this.round && this.round.round === r.round && this.index === index && !this.failed &&
           this.loading && this.loading.index === index && this.panel.getAttribute("data-loaded") === "1") {
-        this.view = { round: r.round, index };
+        this.arm(shown);
       }
       this.render();
     }

@@ -32,6 +32,8 @@ READY = "() => window.app && window.app.graph && window.LiteGraph && window.app.
 LOOK = """() => {
     const panel = document.getElementById('fdfo-picks-panel');
     if (!panel || panel.hidden || panel.getAttribute('data-loaded') !== '1') return {visible: false};
+    // pickable once the pair has been on screen a moment (the panel's data-ready)
+    if (panel.hasAttribute('data-ready') && panel.getAttribute('data-ready') !== '1') return {visible: false};
     const mean = (img) => {
         const c = document.createElement('canvas');
         c.width = img.naturalWidth; c.height = img.naturalHeight;
