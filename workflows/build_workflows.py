@@ -123,9 +123,14 @@ IMAGE_SIZE_TEXT = 15
 IMAGE_SLACK = 6
 MIN_WIDTH = 300
 GAP = 20
-#: The browser test's window (1700 x 1000) minus the front end's menu bar and side bar: the part
-#: of the canvas a person sees; each template's zoom and offset fit its graph into it.
-VIEW = (1636, 922)
+#: The part of the canvas that every supported front end leaves in view in the browser test's
+#: window (1700 x 1000): left, top, right, bottom in screen pixels from the canvas's top-left corner.
+#: Front end 1.27 (ComfyUI v0.3.64) puts its menu bar (78 high) and side bar (64 wide) beside the
+#: canvas, whose visible part is then 1636 x 922; 1.35 (v0.8.0) and 1.58 draw the canvas under the
+#: whole window and lay over it their workflow tabs (36 high), the breadcrumb and the Run bar in
+#: the top corners (to 88 high) and the side bar (58 wide). Each template's offset puts its graph's
+#: top-left corner at (left, top) and its zoom fits the rest in.
+VIEW_BOX = (62, 92, 1636, 922)
 
 
 def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float, float]:
@@ -142,12 +147,17 @@ def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float
 
 
 class Graph:
-    def __init__(self, name: str, object_info: dict[str, Any], zoom: float = 0.75, offset=(10.0, 20.0)):
+    def __init__(self, name: str, object_info: dict[str, Any], zoom: float = 0.75):
         self.name = name
         self.info = object_info
         self.nodes: list[Node] = []
         self.zoom = zoom
-        self.offset = offset
+
+    @property
+    def offset(self) -> tuple[float, float]:
+        """The canvas offset (graph units) that puts the graph's top-left corner at VIEW_BOX's."""
+        x0, y0, _, _ = self.bounds()
+        return (round(VIEW_BOX[0] / self.zoom - x0, 1), round(VIEW_BOX[1] / self.zoom - y0, 1))
 
     def bounds(self) -> tuple[float, float, float, float]:
         """x0, y0, x1, y1 of all node boxes, title bars included."""
@@ -156,9 +166,13 @@ class Graph:
         return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
     def fits_view(self) -> bool:
+        """Every node box inside VIEW_BOX at the template's zoom and offset."""
         x0, y0, x1, y1 = self.bounds()
         ox, oy = self.offset
-        return (x0 + ox) >= 0 and (y0 + oy) >= 0 and (x1 + ox) * self.zoom <= VIEW[0] and (y1 + oy) * self.zoom <= VIEW[1]
+        left, top, right, bottom = VIEW_BOX
+        z = self.zoom
+        return ((x0 + ox) * z >= left - 0.5 and (y0 + oy) * z >= top - 0.5 and (x1 + ox) * z <= right
+                and (y1 + oy) * z <= bottom)
 
     def add(self, type_: str, title: str | None = None, **values) -> Node:
         info = self.info.get(type_)
@@ -490,7 +504,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.72)
+    g = Graph("fdfo_toy", info, zoom=0.66)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
@@ -549,7 +563,7 @@ SAMPLE_MIN_SCALE = 0.5
 
 
 def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_pickscore", info, zoom=0.7)
+    g = Graph("fdfo_sd35_pickscore", info, zoom=0.69)
     note = g.note(
         "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
         "LoRA rank 32 / alpha 64, lr 3e-5). About 12 h on 4 H200 in the paper; lower epochs / pairs_per_epoch to try it.\n\n"
@@ -587,7 +601,7 @@ def _big_model_layout(g: Graph, inputs: list, options: Node, trainer: Node, note
 def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
     from fdfo_core.rewards.vlm import DEFAULT_QUESTION
 
-    g = Graph("fdfo_sd35_vlm", info, zoom=0.7)
+    g = Graph("fdfo_sd35_vlm", info, zoom=0.69)
     note = g.note(
         "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
         "PickScore + 0.1 x VLM alignment (Qwen2.5-VL-7B asked whether the image matches the caption).\n\n"
@@ -615,7 +629,7 @@ def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
 def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph("fdfo_flux_aesthetic", info, zoom=0.7)
+    g = Graph("fdfo_flux_aesthetic", info, zoom=0.69)
     flux = PRESETS["flux"]
     note = g.note(
         "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
@@ -660,7 +674,7 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_style_reference", info, zoom=0.68)
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.63)
     note = g.note(
         "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
         "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
@@ -709,7 +723,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_picks", info, zoom=0.72)
+    g = Graph("fdfo_toy_picks", info, zoom=0.69)
     note = g.note(
         "Train by picking, on the toy model (CPU).\n\n"
         "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
@@ -742,7 +756,7 @@ def _style_reward(g: Graph) -> Node:
 
 
 def wf_sd35_style(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_style_reference", info, zoom=0.7)
+    g = Graph("fdfo_sd35_style_reference", info, zoom=0.65)
     note = g.note("SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
                   "pairs_per_epoch to try it).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
                   + f"\n\nModel files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}. 24 GB: "
@@ -765,7 +779,7 @@ def wf_flux_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     flux = PRESETS["flux"]
-    g = Graph("fdfo_flux_style_reference", info, zoom=0.7)
+    g = Graph("fdfo_flux_style_reference", info, zoom=0.65)
     note = g.note("Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
                   "checkpointing in FDFO Training Options to fit 24 GB, as in the Flux aesthetic workflow).\n\n"
                   + STYLE_NOTE.format(folder=STYLE_FOLDER)
@@ -796,7 +810,7 @@ QWEN_SHIFT, QWEN_STEPS, QWEN_CFG = 3.1, 20, 2.5
 
 
 def wf_qwen_style(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_qwen_image_style_reference", info, zoom=0.66)
+    g = Graph("fdfo_qwen_image_style_reference", info, zoom=0.63)
     note = g.note("Qwen-Image (20 B) learns a style from reference images: fp8 weights, 512 px, CPU storage and "
                   "gradient checkpointing in FDFO Training Options, about 40 GB of VRAM (see docs/memory.md; "
                   "set vram_gb there to let FDFO choose for your card). Sampling as ComfyUI's Qwen-Image template: "

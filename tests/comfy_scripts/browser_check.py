@@ -11,7 +11,8 @@ node type is registered, no "missing nodes" dialog opened, every link survived, 
 end's own `app.graphToPrompt` gives exactly the API-format copy in workflows/api/. Then the
 outputs a run would show arrive (an "executed" message per image node with images of the sizes
 the workflow declares in extra.fdfo_layout, and the Trainer's progress text), and at the
-template's own zoom: no two nodes overlap, every node is inside the window, and every image
+template's own zoom: no two nodes overlap, every node is inside the window and under none of the
+front end's bars and buttons (what is on screen at its corners, edges and centre), and every image
 shows whole at no less than its declared scale (1 = pixel for pixel). A screenshot of the
 window goes to SCREENSHOT_DIR/comfyui_<name>.png.
 
@@ -100,6 +101,18 @@ GEOMETRY = """() => {
         }
         const text = (n.widgets || []).find(w => w.name === '$$node-text-preview');
         if (text) out.text = String(text.value);
+        // What a person sees at the box's corners, edges and centre: the canvas (or the node's own
+        // DOM widgets), not the front end's bars, menus and buttons laid over the canvas.
+        const [sx, sy, sw, sh] = out.screen, covered = new Set();
+        for (const fx of [0, 0.5, 1]) for (const fy of [0, 0.5, 1]) {
+            const x = sx + 1 + fx * (sw - 2), y = sy + 1 + fy * (sh - 2);
+            const el = document.elementFromPoint(x, y);
+            if (el === app.canvas.canvas) continue;
+            if (el && el.closest('.dom-widget, .comfy-multiline-input, [data-node-id], .lg-node')) continue;
+            covered.add(el ? el.tagName.toLowerCase() + (typeof el.className === 'string' && el.className
+                ? '.' + el.className.trim().split(/\s+/).slice(0, 2).join('.') : '') : 'outside the window');
+        }
+        out.covered_by = [...covered];
         return out;
     });
     return {zoom: ds.scale, offset: [...ds.offset], canvas: [canvasRect.left, canvasRect.top, canvasRect.right, canvasRect.bottom], nodes};
@@ -148,9 +161,11 @@ def check_layout(geom: dict, layout: dict, exact_sizes: bool) -> dict:
             if w > 0.5 and h > 0.5:
                 overlaps.append([a["title"], b["title"], round(w), round(h)])
     cx0, cy0, cx1, cy1 = geom["canvas"]
-    outside = [n["title"] for n in nodes
+    # Outside the canvas, or under something the front end lays over it (menu bar, side bar, buttons).
+    outside = [[n["title"] or n["type"], *n["covered_by"]] for n in nodes
                if n["screen"][0] < cx0 - 0.5 or n["screen"][1] < cy0 - 0.5
-               or n["screen"][0] + n["screen"][2] > cx1 + 0.5 or n["screen"][1] + n["screen"][3] > cy1 + 0.5]
+               or n["screen"][0] + n["screen"][2] > cx1 + 0.5 or n["screen"][1] + n["screen"][3] > cy1 + 0.5
+               or n["covered_by"]]
     images, too_small, unexpected, wrong_size = {}, [], [], []
     for n in nodes:
         if "images" not in n:
