@@ -819,7 +819,7 @@ def wf_qwen_style(info: dict[str, Any]) -> Graph:
                   + f"\n\nModel files: models/diffusion_models/{QWEN_UNET}, models/text_encoders/{QWEN_TEXT_ENCODER}, "
                   f"models/vae/{QWEN_VAE}.", height=360)
     unet = g.add("UNETLoader", unet_name=QWEN_UNET, weight_dtype="default")
-    shift = g.add("ModelSamplingAuraFlow", "shift (as ComfyUI's Qwen-Image template)", model=unet["MODEL"],
+    shift = g.add("ModelSamplingAuraFlow", "shift (ComfyUI's Qwen-Image value)", model=unet["MODEL"],
                   shift=QWEN_SHIFT)
     clip = g.add("CLIPLoader", clip_name=QWEN_TEXT_ENCODER, type="qwen_image")
     vae = g.add("VAELoader", vae_name=QWEN_VAE)

@@ -147,6 +147,28 @@ WATCH = """(ids) => {
 }"""
 
 
+# Notices a person closes (front end 1.58: "fdfo_toy.safetensors is missing", "4 issues found" for
+# model files this test ComfyUI lacks): closed before the layout is measured, their texts reported.
+DISMISS_NOTICES = """() => {
+    const closed = [];
+    for (const box of document.querySelectorAll('[role=status], .p-toast-message')) {
+        const r = box.getBoundingClientRect();
+        if (!r.width || !r.height) continue;
+        const close = Array.from(box.querySelectorAll('button')).find(b => !b.textContent.trim()
+            || /close|dismiss/i.test(b.getAttribute('aria-label') || ''));
+        if (close) { closed.push(box.innerText.slice(0, 200)); close.click(); }
+    }
+    return closed;
+}"""
+
+
+def dismiss_notices(page) -> list[str]:
+    closed = page.evaluate(DISMISS_NOTICES)
+    if closed:
+        time.sleep(0.5)
+    return closed
+
+
 def check_layout(geom: dict, layout: dict, exact_sizes: bool) -> dict:
     """Overlaps, nodes outside the window, images shown below their declared scale (or of other
     sizes than declared, when the outputs are real)."""
@@ -274,12 +296,13 @@ def check_template(page, errors, base: Path, shots: Path, wf_path: Path) -> dict
         except Exception:
             time.sleep(1.0)
     time.sleep(1.0)
+    notices = dismiss_notices(page)
     geom = page.evaluate(GEOMETRY)
     shot = shots / f"comfyui_{name}.png"
     page.screenshot(path=str(shot))
     return {"kind": "template", "workflow": name, "missing": res["missing"], "dialogs": res["dialogs"], "links": res["links"],
             "expected_links": len(wf["links"]), "api_diff": diff, "extra_nodes": extra, **reported_errors(errors),
-            "nodes": len(res["nodes"]), "screenshot": str(shot), "images_loaded": loaded,
+            "nodes": len(res["nodes"]), "screenshot": str(shot), "images_loaded": loaded, "notices_closed": notices,
             "template_zoom": wf.get("extra", {}).get("ds", {}).get("scale"), **check_layout(geom, layout, exact_sizes=False)}
 
 
@@ -346,12 +369,13 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
     except Exception:
         done_s = None
     time.sleep(1.5)
+    notices = dismiss_notices(page)
     geom = page.evaluate(GEOMETRY)
     shot = shots / f"comfyui_{name}.png"
     page.screenshot(path=str(shot))
     trainer = next((n for n in geom["nodes"] if str(n["id"]) == ids["trainer"]), {})
     return {"kind": "run", "workflow": name, "clicked": clicked, "finished": ran, "run_to_last_image_s": done_s,
-            "final_text": trainer.get("text"), **reported_errors(errors), "screenshot": str(shot),
+            "final_text": trainer.get("text"), "notices_closed": notices, **reported_errors(errors), "screenshot": str(shot),
             "mid_screenshot": str(mid_shot) if mid_shot.exists() else None, "seen": {**seen, "epoch_lines": seen["epoch_lines"][-4:],
                                                                                       "distinct_epoch_lines": len(seen["epoch_lines"])},
             **check_layout(geom, layout, exact_sizes=True)}
