@@ -129,8 +129,12 @@ GAP = 20
 #: canvas, whose visible part is then 1636 x 922; 1.35 (v0.8.0) and 1.58 draw the canvas under the
 #: whole window and lay over it their workflow tabs (36 high), the breadcrumb and the Run bar in
 #: the top corners (to 88 high) and the side bar (58 wide). Each template's offset puts its graph's
-#: top-left corner at (left, top) and its zoom fits the rest in.
+#: top-left corner at (left, top) and its zoom fits the rest in, a little above the bottom.
 VIEW_BOX = (62, 92, 1636, 922)
+BOTTOM_MARGIN = 10
+#: The canvas's bottom-right corner (from these x, y on, in the same pixels) holds the zoom and view
+#: buttons (1.27: from 1316, 860; 1.58: from 1448, 950): no node reaches into it.
+BUTTONS_CORNER = (1310, 850)
 
 
 def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float, float]:
@@ -171,8 +175,12 @@ class Graph:
         ox, oy = self.offset
         left, top, right, bottom = VIEW_BOX
         z = self.zoom
-        return ((x0 + ox) * z >= left - 0.5 and (y0 + oy) * z >= top - 0.5 and (x1 + ox) * z <= right
-                and (y1 + oy) * z <= bottom)
+        if not ((x0 + ox) * z >= left - 0.5 and (y0 + oy) * z >= top - 0.5 and (x1 + ox) * z <= right
+                and (y1 + oy) * z <= bottom - BOTTOM_MARGIN):
+            return False
+        cx, cy = BUTTONS_CORNER
+        return not any((n.pos[0] + n.size[0] + ox) * z > cx and (n.pos[1] + (0 if n.collapsed else n.size[1]) + oy) * z > cy
+                       for n in self.nodes)
 
     def add(self, type_: str, title: str | None = None, **values) -> Node:
         info = self.info.get(type_)
@@ -504,7 +512,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.66)
+    g = Graph("fdfo_toy", info, zoom=0.65)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
@@ -563,7 +571,7 @@ SAMPLE_MIN_SCALE = 0.5
 
 
 def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_pickscore", info, zoom=0.69)
+    g = Graph("fdfo_sd35_pickscore", info, zoom=0.63)
     note = g.note(
         "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
         "LoRA rank 32 / alpha 64, lr 3e-5). About 12 h on 4 H200 in the paper; lower epochs / pairs_per_epoch to try it.\n\n"
@@ -601,7 +609,7 @@ def _big_model_layout(g: Graph, inputs: list, options: Node, trainer: Node, note
 def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
     from fdfo_core.rewards.vlm import DEFAULT_QUESTION
 
-    g = Graph("fdfo_sd35_vlm", info, zoom=0.69)
+    g = Graph("fdfo_sd35_vlm", info, zoom=0.63)
     note = g.note(
         "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
         "PickScore + 0.1 x VLM alignment (Qwen2.5-VL-7B asked whether the image matches the caption).\n\n"
@@ -629,7 +637,7 @@ def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
 def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph("fdfo_flux_aesthetic", info, zoom=0.69)
+    g = Graph("fdfo_flux_aesthetic", info, zoom=0.63)
     flux = PRESETS["flux"]
     note = g.note(
         "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
@@ -674,7 +682,7 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_style_reference", info, zoom=0.63)
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.62)
     note = g.note(
         "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
         "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
@@ -723,7 +731,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_picks", info, zoom=0.69)
+    g = Graph("fdfo_toy_picks", info, zoom=0.68)
     note = g.note(
         "Train by picking, on the toy model (CPU).\n\n"
         "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
@@ -756,7 +764,7 @@ def _style_reward(g: Graph) -> Node:
 
 
 def wf_sd35_style(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_style_reference", info, zoom=0.65)
+    g = Graph("fdfo_sd35_style_reference", info, zoom=0.63)
     note = g.note("SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
                   "pairs_per_epoch to try it).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
                   + f"\n\nModel files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}. 24 GB: "
@@ -779,7 +787,7 @@ def wf_flux_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     flux = PRESETS["flux"]
-    g = Graph("fdfo_flux_style_reference", info, zoom=0.65)
+    g = Graph("fdfo_flux_style_reference", info, zoom=0.63)
     note = g.note("Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
                   "checkpointing in FDFO Training Options to fit 24 GB, as in the Flux aesthetic workflow).\n\n"
                   + STYLE_NOTE.format(folder=STYLE_FOLDER)
