@@ -170,7 +170,8 @@ class Graph:
         return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
     def fits_view(self) -> bool:
-        """Every node box inside VIEW_BOX at the template's zoom and offset."""
+        """Every node box inside VIEW_BOX (BOTTOM_MARGIN above its bottom) at the template's zoom and
+        offset, and none reaching into BUTTONS_CORNER."""
         x0, y0, x1, y1 = self.bounds()
         ox, oy = self.offset
         left, top, right, bottom = VIEW_BOX
