@@ -158,11 +158,11 @@ def ties(out: Path, n_pairs: int = 64) -> dict:
     import torch
 
     from fdfo_core.config import load_config
-    from fdfo_core.conditioning import cond_select
+    from fdfo_core.flow.conditioning import cond_select
     from fdfo_core.rewards import build_reward
-    from fdfo_core.sampler import ChurnSettings, sample_pairs
+    from fdfo_core.flow.paired_sampler import ChurnSettings, sample_pairs
     from fdfo_core.toy import toy_prompt_sets
-    from fdfo_core.trainer import generator
+    from fdfo_core.flow.seeds import generator
     from sample_efficiency import load_toy
 
     torch.set_num_threads(2)
@@ -268,7 +268,7 @@ def main() -> None:
               "baseline": BASELINE, "variants": rows, "curves": series,
               "cpu_seconds_all_runs": float(sum(r.get("cpu_seconds", 0.0) for rs in results.values() for r in rs))}
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
-    from fdfo_core.images import line_plot, save_png
+    from fdfo_core.files.drawing import line_plot, save_png
 
     save_png(line_plot(series, xlabel="reward evaluations", ylabel=f"held-out {REWARDS[args.reward]['label']}",
                        size=(760, 460), title=f"FDFO early-rate variants on the toy model, {REWARDS[args.reward]['label']} "

@@ -9,7 +9,7 @@ shortened epoch (default 8 pairs) at the published steps and resolution then run
 real diffusers backend and FDFO trainer, with the memory settings you give (or those `--vram`
 chooses). It prints, per phase (sampling, decoding, reward stand-in, training): seconds per
 image (per image-step for sampling) or per training item, the peak device memory, the memory
-estimate of `fdfo_core/memory.py` for the same settings, and the time of one published epoch
+estimate of `fdfo_core/backends/memory.py` for the same settings, and the time of one published epoch
 (432 pairs x 40 steps) extrapolated from the per-item figures, next to the reference
 implementation's (100 epochs in about 12 h on 4 H200: about 29 GPU-minutes per epoch).
 
@@ -41,9 +41,9 @@ from fdfo_core.backends.diffusers_backend import DiffusersBackend  # noqa: E402
 from fdfo_core.config import load_config  # noqa: E402
 from fdfo_core.families import all_families  # noqa: E402
 from fdfo_core.families.published import PublishedModel  # noqa: E402
-from fdfo_core.memory import GIB, MemoryMode, estimate, measure_published  # noqa: E402
+from fdfo_core.backends.memory import GIB, MemoryMode, estimate, measure_published  # noqa: E402
 from fdfo_core.rewards.simple import Brightness  # noqa: E402
-from fdfo_core.trainer import Callbacks, FDFOTrainer  # noqa: E402
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer  # noqa: E402
 
 #: The reference implementation: 100 epochs in about 12 h on 4 H200 (ALGORITHM.md / the issue).
 REFERENCE_GPU_MINUTES_PER_EPOCH = 12 * 60 * 4 / 100
@@ -82,7 +82,7 @@ class StandInTextBackend(DiffusersBackend):
     shapes (`Family.conditioning_shapes`), seeded per prompt."""
 
     def encode_prompts(self, prompts):
-        from fdfo_core.memory import stand_in_conditioning
+        from fdfo_core.backends.memory import stand_in_conditioning
 
         rows = []
         for p in prompts:
@@ -151,7 +151,7 @@ def profile_model(key: str, args, device: torch.device) -> dict[str, Any]:
     estimate_seconds = time.perf_counter() - t0
     plan_text = None
     if args.vram is not None:
-        from fdfo_core.memory import choose_mode
+        from fdfo_core.backends.memory import choose_mode
 
         plan = choose_mode(mem, args.vram, cfg.pairs_per_epoch, cfg.num_steps, cfg.cfg_scale, cfg.sample_batch_size,
                            cfg.train_batch_size, cfg.decode_batch_size)

@@ -1,8 +1,8 @@
-"""VRAM table per published model and memory mode, from the estimates of fdfo_core/memory.py.
+"""VRAM table per published model and memory mode, from the estimates of fdfo_core/backends/memory.py.
 
 Builds each model's transformer and VAE from its published config on the meta device (no
 download, no memory), measures the activation peaks of sampling, decoding and training there
-(see fdfo_core/memory.py for the method), and prints the estimated peak device memory of an FDFO
+(see fdfo_core/backends/memory.py for the method), and prints the estimated peak device memory of an FDFO
 run (432 pairs, the family's steps and resolution) per memory mode, as a Markdown table and JSON,
 plus what `--vram` chooses for 24, 48 and 80 GB. These are estimates, not measurements:
 benchmarks/gpu_profile.py measures on a GPU.
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fdfo_core.families import all_families  # noqa: E402
-from fdfo_core.memory import GIB, MemoryBudgetError, MemoryMode, choose_mode, estimate, measure_published  # noqa: E402
+from fdfo_core.backends.memory import GIB, MemoryBudgetError, MemoryMode, choose_mode, estimate, measure_published  # noqa: E402
 
 MODES = {
     "bf16, all on the GPU": MemoryMode(),

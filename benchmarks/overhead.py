@@ -71,7 +71,7 @@ def main() -> None:
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
     from fdfo_core.config import load_config
     from fdfo_core.rewards import build_reward
-    from fdfo_core.trainer import Callbacks, FDFOTrainer
+    from fdfo_core.run.trainer import Callbacks, FDFOTrainer
 
     cfg = load_config("toy", overrides=dict(pairs_per_epoch=args.pairs, num_steps=args.steps, epochs=1,
                                             checkpoint_every=1, eval_every=0))  # the training epoch alone

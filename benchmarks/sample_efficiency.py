@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, ratio_stat, reach_stat  # noqa: E402
 
-from fdfo_core.textfiles import read_json_file  # noqa: E402
+from fdfo_core.files.text_files import read_json_file  # noqa: E402
 
 IMAGES_PER_EPOCH = 64
 EPOCHS = 4  # 256 reward evaluations per run: see README (the budget that fits 2 shared cores)
@@ -97,7 +97,7 @@ def load_toy(cfg):
 
 
 def held_out_eval(backend, reward, held, cfg) -> tuple[float, float]:
-    from fdfo_core.generation import generate_images
+    from fdfo_core.backends.generation import generate_images
     from fdfo_core.toy import prompt_diversity
 
     images = generate_images(backend, held.prompts, held.seeds, cfg.num_steps, cfg.height, cfg.width, batch_size=64)
@@ -126,12 +126,12 @@ def run_settings(method: str, reward: str, seed: int, epochs: int, images_per_ep
 
 def run_one(settings: dict[str, Any], log=print) -> dict[str, Any]:
     """Train one (method, reward, seed) and measure the held-out reward after every epoch."""
-    from fdfo_core.baselines import build_trainer
+    from fdfo_core.methods import build_trainer
     from fdfo_core.config import load_config
-    from fdfo_core.demo import held_out_set
+    from fdfo_core.cli.demo import held_out_set
     from fdfo_core.rewards import build_reward
     from fdfo_core.toy import toy_prompt_sets
-    from fdfo_core.trainer import Callbacks
+    from fdfo_core.run.trainer import Callbacks
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     # eval_every 0: this benchmark evaluates every epoch itself (the trainer's guardrails would repeat
@@ -180,7 +180,7 @@ def _worker(job) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     result = run_one(settings)
-    from fdfo_core.checkpoint import atomic_write
+    from fdfo_core.run.checkpoints import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return result
@@ -307,7 +307,7 @@ def summarise(runs: dict[str, list[dict]], thresholds: tuple[float, ...], n_boot
 
 def report(results: list[dict], out: Path, seconds: float, methods: list[str], n_boot: int = N_BOOT) -> dict[str, Any]:
     """Print the tables, write table.json and the plots; `seconds` is what the runs took."""
-    from fdfo_core.images import line_plot, save_png
+    from fdfo_core.files.drawing import line_plot, save_png
 
     tables = {}
     for reward, spec in REWARDS.items():

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from .errors import ConfigError as ConfigError  # re-exported: where every front end catches it
 from .families import MMDIT_ATTENTION_TARGETS, family_presets
-from .schedules import CHURN_SCHEDULES, ChurnSchedule
-from .textfiles import TextFileError, read_toml_file
+from .flow.schedules import CHURN_SCHEDULES, ChurnSchedule
+from .files.text_files import TextFileError, read_toml_file
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 #: "fdfo" is this project's method; the others are baselines sharing models, rewards and loop
-#: (fdfo_core/baselines): Flow-GRPO and its Fast variant, DiffusionNFT, reward-gradient copy, backprop
+#: (fdfo_core/methods): Flow-GRPO and its Fast variant, DiffusionNFT, reward-gradient copy, backprop
 #: through the chain.
 Method = Literal["fdfo", "flow_grpo", "flow_grpo_fast", "diffusion_nft", "grad_copy", "backprop_chain"]
 METHODS: tuple[str, ...] = ("fdfo", "flow_grpo", "flow_grpo_fast", "diffusion_nft", "grad_copy", "backprop_chain")
@@ -27,10 +28,6 @@ RewardNormalization = Literal["none", "std"]
 #: The attention projections of every MMDiT / Flux / Qwen-Image block (diffusers names); a family
 #: whose projections are named otherwise sets `lora_targets` in its preset.
 DEFAULT_LORA_TARGETS = MMDIT_ATTENTION_TARGETS
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names it and says what is allowed."""
 
 
 @dataclass
@@ -85,7 +82,7 @@ class FDFOConfig:
     # torch.compile the transformer for sampling and training (diffusers backend).
     compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings, recorded as given
-    # --- guardrails against reward hacking (not part of the published recipe; guardrails.py) ----
+    # --- guardrails against reward hacking (not part of the published recipe; run/guardrails.py) -
     # Held-out evaluation every N epochs, at the last epoch and once for the base model: fixed
     # prompts x fixed seeds, plain sampling at the training settings. 4 x 4 images are 16 of the 864
     # a published-size epoch samples (and trains on): about 0.5 % of an epoch each time. 0 = off.
@@ -129,7 +126,7 @@ class FDFOConfig:
         need(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
         need(self.cfg_scale >= 1.0, f"cfg_scale must be >= 1 (1 = no CFG), got {self.cfg_scale}")
         if not (self.height % 16 == 0 and self.width % 16 == 0 and self.height >= 16 and self.width >= 16):
-            from .image_size import SizeRule, nearest_sizes
+            from .flow.image_sizes import SizeRule, nearest_sizes
 
             near = nearest_sizes(self.height, self.width, SizeRule(16, 16))
             raise ConfigError(
@@ -254,7 +251,7 @@ def config_values(
         path = Path(toml_path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        try:  # UTF-8 with or without a byte-order mark, any line ends (fdfo_core.textfiles)
+        try:  # UTF-8 with or without a byte-order mark, any line ends (fdfo_core.files.text_files)
             data = read_toml_file(path, "config file")
         except TextFileError as e:
             raise ConfigError(str(e)) from None

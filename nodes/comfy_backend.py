@@ -16,7 +16,7 @@ Conventions, checked against ComfyUI's code:
   process_latent_in), and decode(x) = VAE.decode(process_latent_out(x)).
 - Conditioning. Each prompt goes through CLIP.tokenize / encode_from_tokens_scheduled (what
   CLIPTextEncode does) and the model's `extra_conds` (what the samplers do), and is cached on the
-  CPU in an LRU cache bounded by bytes (`fdfo_core.prompt_cache`, 2 GB by default); a prompt
+  CPU in an LRU cache bounded by bytes (`fdfo_core.backends.prompt_cache`, 2 GB by default); a prompt
   dropped from it is encoded again when it is next needed (same result: the encoders are
   deterministic). The Cond handed to the core is only a row of prompt ids, so prompts whose token
   counts differ can share a batch: `velocity` runs rows with equally shaped conditioning together
@@ -49,8 +49,8 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backend import BackendError, NamedAdapterParams
-from ..fdfo_core.checkpointing import CopyOnInplace
+from ..fdfo_core.backends.interface import BackendError, NamedAdapterParams
+from ..fdfo_core.backends.gradient_checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
     Family,
@@ -63,10 +63,10 @@ from ..fdfo_core.families import (
     supported_families_text,
 )
 from ..fdfo_core.families.generic import UnregisteredComfyFamily
-from ..fdfo_core.image_size import SizeRule
-from ..fdfo_core.lora_files import fuse_parts
-from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
-from ..fdfo_core.trainer import derive_seed
+from ..fdfo_core.flow.image_sizes import SizeRule
+from ..fdfo_core.backends.lora_files import fuse_parts
+from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
+from ..fdfo_core.flow.seeds import derive_seed
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
     from comfy.weight_adapter import WeightAdapterTrainBase as _AdapterBase
@@ -566,7 +566,7 @@ class ComfyBackend(NamedAdapterParams):
         return (batch, c, 1, h, w) if self._one_frame else (batch, c, h, w)
 
     def image_size_rule(self) -> SizeRule:
-        """Sizes this model makes (fdfo_core.image_size): multiples of the VAE's downscale x the
+        """Sizes this model makes (fdfo_core.flow.image_sizes): multiples of the VAE's downscale x the
         transformer's patch (at least the family's `latent_patch`: Flux packs 2x2 latents into one
         token), at least one patch, and for an MMDiT with a stored position table (SD3) at most
         `pos_embed_max_size` patches per side (ComfyUI asserts on larger ones)."""

@@ -27,7 +27,7 @@ class PromptList(list):
 
 def pil_to_image(pil) -> torch.Tensor:
     """PIL -> ComfyUI IMAGE [1, H, W, 3] float in [0, 1]."""
-    from ..fdfo_core.images import pil_to_tensor
+    from ..fdfo_core.files.drawing import pil_to_tensor
 
     return pil_to_tensor(pil).unsqueeze(0)
 

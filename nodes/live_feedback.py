@@ -97,7 +97,7 @@ def save_temp_png(image, name: str) -> dict[str, str] | None:
         import folder_paths
     except ImportError:
         return None
-    from ..fdfo_core.images import save_png
+    from ..fdfo_core.files.drawing import save_png
 
     subfolder = "fdfo_live"
     filename = f"{name}_{next(_counter):05d}.png"

@@ -1,4 +1,4 @@
-"""The `vram_gb` option (FDFO Training Options): memory settings for a budget, from fdfo_core.memory.
+"""The `vram_gb` option (FDFO Training Options): memory settings for a budget, from fdfo_core.backends.memory.
 
 ComfyUI's MODEL is not a diffusers model, so the estimate is made for the published model of the
 same family and nearest size (`Family.published_models`, built on the meta device, which needs the
@@ -15,7 +15,7 @@ import torch
 
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import family_for_comfy_model
-from ..fdfo_core.trainer import TrainingError
+from ..fdfo_core.run.trainer import TrainingError
 
 #: How far (ratio of parameter counts) a published model may be from the loaded one to stand for it.
 MAX_SIZE_RATIO = 1.25
@@ -42,7 +42,7 @@ def nearest_published(family, params: int):
 def choose_comfy_memory(model: Any, cfg: FDFOConfig, vram_gb: float) -> tuple[FDFOConfig, str]:
     """(config with the chosen memory settings, the message to log) for a ComfyUI MODEL; a
     TrainingError that says what to do when the model has no estimate or nothing fits."""
-    from ..fdfo_core.memory import MemoryBudgetError, choose_mode, measure_published
+    from ..fdfo_core.backends.memory import MemoryBudgetError, choose_mode, measure_published
 
     base = model.model
     family = family_for_comfy_model(base)

@@ -11,7 +11,7 @@ import torch
 from ..fdfo_core.rewards import RewardError
 from .common import CATEGORY, REWARD
 from .picks_server import HUB, publish
-from .reward_nodes import _opt, _path_input
+from .reward_nodes import path_input, widget_option
 
 UNPICKED = {"drop": "drop", "preference model": "preference"}
 
@@ -45,7 +45,7 @@ class FDFOHumanPicksReward:
                 "refitted on all your picks every epoch) score them.")}),
             "encoder": (list(ENCODER_KINDS), {"default": "clip", "tooltip": (
                 "Image embeddings of the preference model (used with unpicked = preference model).")}),
-            "encoder_path": _path_input("Encoder weights folder (preference model)"),
+            "encoder_path": path_input("Encoder weights folder (preference model)"),
             "head": (["linear", "mlp"], {"default": "linear", "tooltip": "The preference model's head (linear suits few picks)."}),
             "min_picks": ("INT", {"default": 8, "min": 1, "max": 100000, "tooltip": (
                 "The preference model scores pairs once it has been fitted on at least this many picks (before that, "
@@ -66,7 +66,7 @@ class FDFOHumanPicksReward:
         if mode == "preference":
             with torch.inference_mode(False):
                 try:
-                    enc = load_image_encoder(encoder, _opt(encoder_path), None, device=torch_device(device),
+                    enc = load_image_encoder(encoder, widget_option(encoder_path), None, device=torch_device(device),
                                              reward="preference")
                 except RewardError:
                     raise

@@ -1,6 +1,6 @@
 """The picking panel's server side: routes on ComfyUI's PromptServer and websocket messages.
 
-Thin: the state and the rules live in `fdfo_core.picking` (one `PickingHub` for the process).
+Thin: the state and the rules live in `fdfo_core.rewards.pairwise` (one `PickingHub` for the process).
 The trainer waits in ComfyUI's execution thread; these handlers run in the server's event loop
 and only hand answers to the hub (the pick's line is written to picks.jsonl in a worker thread,
 so a slow disk never blocks the server). Routes (also under /api, as ComfyUI mirrors them):
@@ -22,7 +22,7 @@ import asyncio
 import functools
 from typing import Any
 
-from ..fdfo_core.picking import PickError, PickingHub, parse_answer
+from ..fdfo_core.rewards.pairwise import PickError, PickingHub, parse_answer
 from .common import log
 
 #: The picking sessions of this ComfyUI process (the Human Picks reward registers its runs here).

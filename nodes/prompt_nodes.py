@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..fdfo_core.prompts import PromptError, parse_prompt_text, read_prompts
+from ..fdfo_core.files.prompts import PromptError, parse_prompt_text, read_prompts
 from .common import CATEGORY, PROMPTS, PromptList
 
 NO_FILE = "(none)"
@@ -54,7 +54,7 @@ def resolve_prompt_file(name: str, root: Path | None = None) -> Path:
 
 
 def collect_prompts(text: str, file: str, root: Path | None = None) -> PromptList:
-    """Typed prompts, then the file's. Both follow fdfo_core.textfiles: a byte-order mark (also one
+    """Typed prompts, then the file's. Both follow fdfo_core.files.text_files: a byte-order mark (also one
     pasted into the text box) is dropped, any line ends work, and a file that is not UTF-8 raises
     a TextFileError naming the file, line and column."""
     prompts = parse_prompt_text(text or "")

@@ -31,7 +31,7 @@ def _folders() -> list[str]:
         return [AUTO]
 
 
-def _path_input(what: str) -> tuple:
+def path_input(what: str) -> tuple:
     return (_folders(), {"default": AUTO, "tooltip": (
         f"{what}: a sub-folder of ComfyUI/models/fdfo_rewards/. 'auto' looks for the default folder name "
         "(see docs/rewards.md), then the offline Hugging Face cache.")})
@@ -50,7 +50,7 @@ def _common_learned(micro_batch: int) -> dict[str, tuple]:
     }
 
 
-def _opt(value: Any) -> Any:
+def widget_option(value: Any) -> Any:
     """Widget value -> reward option (AUTO and empty text mean 'not given')."""
     if isinstance(value, str) and value.strip() in ("", AUTO):
         return None
@@ -60,7 +60,7 @@ def _opt(value: Any) -> Any:
 def load_reward(name: str, options: dict[str, Any], device: str = "auto"):
     """Build one registered reward, with options from widgets; RewardError says which and why."""
     dev = torch_device(device)
-    opts = {k: v for k, v in ((k, _opt(v)) for k, v in options.items()) if v is not None}
+    opts = {k: v for k, v in ((k, widget_option(v)) for k, v in options.items()) if v is not None}
     # Models built here are used later with autograd enabled (training); inference-mode tensors
     # could not be, so build outside inference mode (nodes run inside it).
     with torch.inference_mode(False):
@@ -116,8 +116,8 @@ class FDFOPickScoreReward(_RewardLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": _path_input("PickScore_v1 folder"),
-            "processor_path": _path_input("CLIP-H tokenizer/preprocessor folder"),
+            "path": path_input("PickScore_v1 folder"),
+            "processor_path": path_input("CLIP-H tokenizer/preprocessor folder"),
             **_common_learned(16),
         }}
 
@@ -132,9 +132,9 @@ class FDFOHPSv2Reward(_RewardLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": _path_input("HPSv2 checkpoint folder"),
+            "path": path_input("HPSv2 checkpoint folder"),
             "version": (["2.1", "2.0"], {"default": "2.1", "tooltip": "HPS_v2.1_compressed.pt or HPS_v2_compressed.pt."}),
-            "tokenizer_path": _path_input("CLIP BPE tokenizer folder"),
+            "tokenizer_path": path_input("CLIP BPE tokenizer folder"),
             "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip": "Multiplies the cosine (100 gives a range like PickScore's)."}),
             **_common_learned(16),
         }}
@@ -150,8 +150,8 @@ class FDFOAestheticReward(_RewardLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": _path_input("aesthetic head (sac+logos+ava1-l14-linearMSE) folder"),
-            "clip_path": _path_input("CLIP ViT-L/14 folder"),
+            "path": path_input("aesthetic head (sac+logos+ava1-l14-linearMSE) folder"),
+            "clip_path": path_input("CLIP ViT-L/14 folder"),
             **_common_learned(32),
         }}
 
@@ -165,7 +165,7 @@ class FDFOClipScoreReward(_RewardLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": _path_input("CLIP or SigLIP checkpoint folder"),
+            "path": path_input("CLIP or SigLIP checkpoint folder"),
             "model": ("STRING", {"default": "openai/clip-vit-large-patch14", "tooltip": "Hugging Face id, looked up in the offline cache and as a folder name when path is 'auto'."}),
             "scale": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 1000.0, "step": 0.5, "tooltip": "Multiplier of the cosine (100 as text-to-image papers report it; the CLIPScore paper uses 2.5)."}),
             **_common_learned(32),
@@ -184,7 +184,7 @@ class FDFOVLMReward(_RewardLoader):
         from ..fdfo_core.rewards.vlm import DEFAULT_QUESTION, DEFAULT_VLM
 
         return {"required": {
-            "path": _path_input("VLM folder (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, SmolVLM, Idefics3, LLaVA)"),
+            "path": path_input("VLM folder (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, SmolVLM, Idefics3, LLaVA)"),
             "question": ("STRING", {"default": DEFAULT_QUESTION, "multiline": True, "tooltip": (
                 "The yes/no question; {prompt} is replaced by each image's prompt. Presets by name: caption_matching, "
                 "professional_quality, photorealism.")}),
@@ -243,7 +243,7 @@ def _comfy_dir(kind: str) -> Path:
 
 def reference_folders(root: Path | None = None) -> list[str]:
     """Sub-folders of ComfyUI's input folder that hold images (relative, with '/'), for the drop-down."""
-    from ..fdfo_core.image_files import IMAGE_EXTENSIONS
+    from ..fdfo_core.files.image_files import IMAGE_EXTENSIONS
 
     try:
         root = (root or _comfy_dir("input")).resolve()
@@ -308,7 +308,7 @@ class FDFOReferenceStyleReward(_RewardLoader):
                 "The embedding space. clip: CLIP ViT-L/14 (content and style); siglip; dinov2: self-supervised, "
                 "more about layout and texture; csd: the CSD style descriptor (Somepalli et al. 2024), trained to match "
                 "artists' styles. auto: read from the chosen folder.")}),
-            "path": _path_input("Encoder weights folder"),
+            "path": path_input("Encoder weights folder"),
             "aggregation": (["topk", "mean_embedding"], {"default": "topk", "tooltip": (
                 "topk: mean cosine to the k most similar references (keeps a varied set varied); mean_embedding: "
                 "cosine to the average of all references.")}),
@@ -321,7 +321,7 @@ class FDFOReferenceStyleReward(_RewardLoader):
                 "Weight of the caption similarity that is subtracted.")}),
             "prompt_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip": (
                 "Weight of a CLIP-score term with each image's own prompt (0.5 to 1 keeps the prompt's subject; 0: off).")}),
-            "text_path": _path_input("CLIP/SigLIP folder for the content guard (when the encoder has no text tower)"),
+            "text_path": path_input("CLIP/SigLIP folder for the content guard (when the encoder has no text tower)"),
             "scale": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 10000.0, "step": 1.0, "tooltip": (
                 "Multiplies the whole reward (100: a cosine of 0.8 scores 80, the range of CLIP score).")}),
             **_common_learned(16),
@@ -334,7 +334,7 @@ class FDFOReferenceStyleReward(_RewardLoader):
         if not folder or folder == NO_FOLDER:
             return ""
         try:
-            from ..fdfo_core.image_files import list_image_files
+            from ..fdfo_core.files.image_files import list_image_files
 
             return _fingerprint(list_image_files(resolve_reference_folder(folder)))
         except Exception as e:  # reported properly when the node runs
@@ -342,7 +342,7 @@ class FDFOReferenceStyleReward(_RewardLoader):
 
     def load(self, folder, encoder, path, aggregation, top_k, content_captions, content_weight, prompt_weight, text_path,
              scale, dtype, micro_batch, device, images=None):
-        from ..fdfo_core.image_files import ImageFileError, read_images
+        from ..fdfo_core.files.image_files import ImageFileError, read_images
 
         refs = []
         if images is not None:
@@ -432,7 +432,7 @@ class FDFOPreferenceReward:
             "model_file": ([NO_MODEL] + preference_models(), {"default": NO_MODEL, "tooltip": (
                 "A preference model fitted before (models/fdfo_rewards/preference/). Used when picks is empty.")}),
             "encoder": (list(ENCODER_KINDS), {"default": "clip", "tooltip": "The frozen image embeddings the model is fitted on."}),
-            "encoder_path": _path_input("Encoder weights folder"),
+            "encoder_path": path_input("Encoder weights folder"),
             "head": (["linear", "mlp"], {"default": "linear", "tooltip": (
                 "linear: one weight per embedding dimension (robust with few picks); mlp: one hidden layer (needs "
                 "hundreds of picks).")}),
@@ -462,7 +462,7 @@ class FDFOPreferenceReward:
     def load(self, picks, model_file, encoder, encoder_path, head, hidden, use_prompt, holdout, save_as, scale, dtype,
              micro_batch, device):
         from ..fdfo_core.rewards.preference import fit_preference, load_preference_model
-        from ..fdfo_core.storage import StorageError
+        from ..fdfo_core.files.storage import StorageError
 
         files = resolve_picks(picks or "")
         lines: list[str] = []
@@ -470,13 +470,13 @@ class FDFOPreferenceReward:
         with torch.inference_mode(False):
             try:
                 if files:
-                    pm = fit_preference(files, encoder=encoder, encoder_path=_opt(encoder_path), head=head, hidden=hidden,
+                    pm = fit_preference(files, encoder=encoder, encoder_path=widget_option(encoder_path), head=head, hidden=hidden,
                                         use_prompt=use_prompt, holdout=holdout, dtype=dtype, device=dev, log=lines.append)
                     if save_as and save_as.strip():
                         saved = pm.save(_preference_save_path(save_as))
                         lines.append(f"saved to {saved}")
                 elif model_file and model_file != NO_MODEL:
-                    pm = load_preference_model(model_file, encoder_path=_opt(encoder_path), dtype=dtype, device=dev)
+                    pm = load_preference_model(model_file, encoder_path=widget_option(encoder_path), dtype=dtype, device=dev)
                     lines.append(f"loaded {model_file}: {pm.report.summary()}")
                 else:
                     raise RewardError("preference: give picks (picks.jsonl files or run folders) or choose a model_file")
@@ -584,7 +584,7 @@ class FDFOScoreImages:
         }}
 
     def score(self, images, prompts, reward, sort, columns):
-        from ..fdfo_core.images import image_grid
+        from ..fdfo_core.files.drawing import image_grid
 
         x = image_to_nchw(images)
         per_image = split_prompts_for_images(prompts, x.shape[0])

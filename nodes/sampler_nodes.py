@@ -4,7 +4,7 @@ Each pair shares its initial noise; both branches are re-noised slightly ("churn
 similar, counterfactual images. FDFO learns from their reward difference along the direction in
 which they differ. With the same seed, steps, CFG, churn, size and scheduler, pair i of epoch e
 here is exactly pair i of epoch e of an FDFO Trainer run on the same prompts (before that epoch's
-update): the same prompt order, noise and churn draws (`fdfo_core.trainer`).
+update): the same prompt order, noise and churn draws (`fdfo_core.run.trainer`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import math
 
 import torch
 
-from ..fdfo_core.conditioning import cond_select
+from ..fdfo_core.flow.conditioning import cond_select
 from ..fdfo_core.config import FDFOConfig
-from ..fdfo_core.sampler import ChurnSettings, guided, sample_pairs
-from ..fdfo_core.schedules import CHURN_SCHEDULES
-from ..fdfo_core.trainer import amp_dtype, epoch_prompt_indices, generator
+from ..fdfo_core.flow.paired_sampler import ChurnSettings, guided, sample_pairs
+from ..fdfo_core.flow.schedules import CHURN_SCHEDULES
+from ..fdfo_core.flow.seeds import epoch_prompt_indices, generator
+from ..fdfo_core.run.trainer import amp_dtype
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, nchw_to_image, pil_to_image
 
 DEFAULTS = FDFOConfig()
@@ -63,8 +64,8 @@ def optional_sampling_inputs() -> dict[str, tuple]:
 
 
 def clean_prompts(prompts) -> list[str]:
-    from ..fdfo_core.prompts import clean_prompt
-    from ..fdfo_core.trainer import TrainingError
+    from ..fdfo_core.files.prompts import clean_prompt
+    from ..fdfo_core.run.trainer import TrainingError
 
     cleaned = [clean_prompt(p) for p in (prompts or []) if isinstance(p, str)]
     cleaned = [p for p in cleaned if p]
@@ -125,7 +126,7 @@ def difference_images(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, f
 def comparison_grid(a: torch.Tensor, b: torch.Tensor, rewards: torch.Tensor | None):
     """Rows = pairs; columns: image a, image b, their difference. Labels carry each image's reward
     and the pair's reward difference dR_a = (R_a - R_b) / 2 (what the update is weighted by)."""
-    from ..fdfo_core.images import image_grid
+    from ..fdfo_core.files.drawing import image_grid
     from .reward_nodes import thumbnails
 
     n = a.shape[0]

@@ -17,11 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 import torch
 
-from ..fdfo_core.textfiles import read_json_file
+from ..fdfo_core.files.text_files import read_json_file
 from ..fdfo_core.toy.comfy_export import comfyui_state_dicts
 from ..fdfo_core.toy.model import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, encode_toy_prompts
 
-#: Overrides the shipped toy folder (tests, or a toy rebuilt with `python -m fdfo_core.toy.pretrain`).
+#: Overrides the shipped toy folder (tests, or a toy rebuilt with `python -m fdfo_core.cli.toy_pretrain`).
 TOY_MODEL_ENV = "FDFO_TOY_MODEL"
 _TOKEN_KEYS = ("l", "g")  # the SD3 names of the two CLIPs, as ComfyUI's SD3 tokenizer uses them
 

@@ -1,17 +1,17 @@
 """FDFO Trainer: RL post-training of the connected flow model toward a reward, as one node.
 
 The node is thin: it checks its inputs, plans the run folder, and hands off to
-`fdfo_core.trainer.FDFOTrainer` with the ComfyUI backend (`comfy_backend.ComfyBackend`). Progress,
+`fdfo_core.run.trainer.FDFOTrainer` with the ComfyUI backend (`comfy_backend.ComfyBackend`). Progress,
 previews and Cancel reach the loop through its callbacks. Files:
 - `ComfyUI/models/loras/<name>.safetensors`: the LoRA (ComfyUI keys, alpha, FDFO metadata), listed by
   the stock LoRA loaders; `<name>-best.safetensors`: the LoRA of the epoch with the best held-out
-  criterion (guardrails, fdfo_core/guardrails.py); `<name>-interrupted.safetensors` after a Cancel or an error;
+  criterion (guardrails, fdfo_core/run/guardrails.py); `<name>-interrupted.safetensors` after a Cancel or an error;
 - `ComfyUI/output/fdfo/<name>/`: run.json (what defines the run), prompts.json, config.json,
   metrics.jsonl, checkpoints/, samples/, reward_curve.png. A run with resume on continues from its
-  newest checkpoint when the run is defined the same way (fdfo_core.run_definition): a changed
+  newest checkpoint when the run is defined the same way (fdfo_core.run.definition): a changed
   setting other than epochs and memory settings is refused with the list of differences, unless
   allow_run_changes is on (then the change is recorded as a branch in run.json).
-Every file goes through fdfo_core.storage: a full or read-only folder stops the run with one
+Every file goes through fdfo_core.files.storage: a full or read-only folder stops the run with one
 message (what failed, the last checkpoint, where the LoRA went, how to resume) as the node's error.
 """
 
@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from ..fdfo_core import storage
-from ..fdfo_core.checkpoint import latest_checkpoint
+from ..fdfo_core.files import storage
+from ..fdfo_core.run.checkpoints import latest_checkpoint
 from ..fdfo_core.config import FDFOConfig
-from ..fdfo_core.prompt_cache import MB
-from ..fdfo_core.run_definition import FrontEnd, recorded_definition
-from ..fdfo_core.storage import StorageError
-from ..fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
+from ..fdfo_core.backends.prompt_cache import MB
+from ..fdfo_core.run.definition import FrontEnd, recorded_definition
+from ..fdfo_core.files.storage import StorageError
+from ..fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, describe, log, pil_to_image
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
 from .memory_choice import choose_comfy_memory
@@ -173,7 +173,7 @@ def preview_columns(n: int) -> int:
 
 def display_grid(images: torch.Tensor, tile_max: int = COMPARISON_TILE_MAX):
     """The preview grid as shown in ComfyUI: tiles of about PREVIEW_TILE px, at most `tile_max`."""
-    from ..fdfo_core.images import image_grid
+    from ..fdfo_core.files.drawing import image_grid
     from .reward_nodes import thumbnails
 
     side = max(images.shape[-2:])
@@ -185,7 +185,7 @@ def display_grid(images: torch.Tensor, tile_max: int = COMPARISON_TILE_MAX):
 
 def live_panel(grid, line: str):
     """The Trainer's live image: the epoch line above the latest preview grid."""
-    from ..fdfo_core.images import with_header
+    from ..fdfo_core.files.drawing import with_header
 
     return with_header(grid, [line])
 
@@ -197,7 +197,7 @@ COMPARISON_MAX_WIDTH = 800
 def comparison_image(base, trained, title: str):
     """The `preview` output: the base model's grid and the trained one, side by side (stacked
     when side by side would be wider than COMPARISON_MAX_WIDTH)."""
-    from ..fdfo_core.images import side_by_side
+    from ..fdfo_core.files.drawing import side_by_side
 
     return side_by_side(base, trained, titles=("base model", title), vertical=base.width * 2 + 12 > COMPARISON_MAX_WIDTH)
 
@@ -298,12 +298,12 @@ class FDFOTrainerNode:
 
         import comfy.sd
 
-        from ..fdfo_core.cli import reward_curve_image
-        from ..fdfo_core.generation import generate_images
-        from ..fdfo_core.guardrails import best_lora_name
-        from ..fdfo_core.images import image_grid, save_png
+        from ..fdfo_core.files.drawing import reward_curve_image
+        from ..fdfo_core.backends.generation import generate_images
+        from ..fdfo_core.run.guardrails import best_lora_name
+        from ..fdfo_core.files.drawing import image_grid, save_png
         from ..fdfo_core.rewards import wrap_normalization
-        from ..fdfo_core.trainer import format_metrics
+        from ..fdfo_core.run.trainer import format_metrics
         from .comfy_backend import ComfyBackend
 
         if float(values["vram_gb"] or 0) > 0:
@@ -473,7 +473,7 @@ class FDFOTrainerNode:
         """Copy `<name>-best.safetensors` (the guardrails' best LoRA) into ComfyUI's LoRA folder;
         its path there, or None when there is none or it cannot be copied (logged; the run
         folder keeps it)."""
-        from ..fdfo_core.guardrails import best_lora_name
+        from ..fdfo_core.run.guardrails import best_lora_name
 
         best = run_dir / best_lora_name(trainer.lora_name)
         if trainer.guardrails is None or not best.exists():

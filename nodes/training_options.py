@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..fdfo_core.config import FDFOConfig
-from ..fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB
+from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB
 from .common import CATEGORY, PROMPTS
 from .sampler_nodes import DEFAULTS, optional_sampling_inputs, sampling_inputs
 
@@ -166,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
         "storage device and batch sizes are chosen from memory estimates for this budget and logged with the "
         "expected peak (fp8 weights come from the loader's weight_dtype). Needs diffusers for the estimate.")),
         "memory"),
-    # --- guardrails against reward hacking (issue 13; fdfo_core/guardrails.py) -----------------------
+    # --- guardrails against reward hacking (issue 13; fdfo_core/run/guardrails.py) -----------------------
     Option("eval_every", _int(d.eval_every, 0, 100000, (
         "Held-out evaluation every N epochs, at the last epoch and once for the base model: the training reward, "
         "the judge (the Trainer's judge input), diversity across seeds and drift from the base model on held-out "

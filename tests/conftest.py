@@ -32,15 +32,15 @@ def one_thread():
 
 @pytest.fixture
 def disk_faults(monkeypatch):
-    """Simulated full / read-only / vanished targets for every fdfo_core.storage write (the
+    """Simulated full / read-only / vanished targets for every fdfo_core.files.storage write (the
     library's and the node pack's copy of it, when loaded)."""
     from storage_faults import DiskFaults
 
     faults = DiskFaults()
-    for name in ("fdfo_core.storage", "comfyui_fdfo_nodepack.fdfo_core.storage"):
+    for name in ("fdfo_core.files.storage", "comfyui_fdfo_nodepack.fdfo_core.files.storage"):
         module = sys.modules.get(name)
-        if module is None and name == "fdfo_core.storage":
-            import fdfo_core.storage as module
+        if module is None and name == "fdfo_core.files.storage":
+            import fdfo_core.files.storage as module
         if module is not None:
             monkeypatch.setattr(module, "fault_hook", faults)
     return faults
@@ -50,10 +50,10 @@ def disk_faults(monkeypatch):
 def rescue_dirs(monkeypatch, tmp_path):
     """Fallback folders for rescued LoRAs inside the test's tmp folder (never the real /tmp or home)."""
     dirs = [tmp_path / "rescue-tmp", tmp_path / "rescue-home"]
-    for name in ("fdfo_core.trainer", "comfyui_fdfo_nodepack.fdfo_core.trainer"):
+    for name in ("fdfo_core.run.trainer", "comfyui_fdfo_nodepack.fdfo_core.run.trainer"):
         module = sys.modules.get(name)
-        if module is None and name == "fdfo_core.trainer":
-            import fdfo_core.trainer as module
+        if module is None and name == "fdfo_core.run.trainer":
+            import fdfo_core.run.trainer as module
         if module is not None:
             monkeypatch.setattr(module, "fallback_dirs", lambda: list(dirs))
     return dirs

@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fdfo_core.backends.diffusers_backend import DiffusersBackend  # noqa: E402
 from fdfo_core.config import load_config  # noqa: E402
-from fdfo_core.distributed import init_distributed  # noqa: E402
+from fdfo_core.run.distributed import init_distributed  # noqa: E402
 from fdfo_core.rewards import build_reward  # noqa: E402
-from fdfo_core.trainer import Callbacks, FDFOTrainer  # noqa: E402
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer  # noqa: E402
 from tiny_pipelines import tiny_sd3_pipeline  # noqa: E402
 
 torch.set_num_threads(1)

@@ -21,10 +21,10 @@ from fdfo_core.backends.diffusers_backend import ADAPTER, DiffusersBackend, load
 from fdfo_core.config import load_config
 from fdfo_core.families import LoraMap, LoraModule, get_family
 from fdfo_core.families.common import pack_2x2, unpack_2x2  # noqa: F401  (for family-specific tests)
-from fdfo_core.generation import generate_images
-from fdfo_core.lora_files import fuse_lora, load_lora, save_lora
+from fdfo_core.backends.generation import generate_images
+from fdfo_core.backends.lora_files import fuse_lora, load_lora, save_lora
 from fdfo_core.rewards import build_reward
-from fdfo_core.trainer import Callbacks, FDFOTrainer
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 

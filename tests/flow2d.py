@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from fdfo_core.schedules import flow_sigmas
+from fdfo_core.flow.schedules import flow_sigmas
 
 RADIUS = 2.0
 MODE = torch.tensor([RADIUS, 0.0])

@@ -13,7 +13,7 @@ import hashlib
 import torch
 from torch import nn
 
-from fdfo_core.schedules import flow_sigmas
+from fdfo_core.flow.schedules import flow_sigmas
 
 D = 48  # 3 x 4 x 4
 
@@ -79,7 +79,7 @@ class ImageFlowBackend:
         return {"lora_A": self.lora_A.detach(), "lora_B": self.lora_B.detach()}
 
     def load_adapter_state_dict(self, state):
-        from fdfo_core.backend import BackendError
+        from fdfo_core.backends.interface import BackendError
 
         for k, p in (("lora_A", self.lora_A), ("lora_B", self.lora_B)):
             if state[k].shape != p.shape:

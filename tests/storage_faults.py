@@ -1,4 +1,4 @@
-"""Simulated storage faults without root: rules that make `fdfo_core.storage` operations raise
+"""Simulated storage faults without root: rules that make `fdfo_core.files.storage` operations raise
 the OSError a full, read-only or vanished file system raises (tests run as root, where chmod
 stops nothing). Used through the `disk_faults` fixture (conftest.py)."""
 
@@ -23,7 +23,7 @@ class Rule:
 
 
 class DiskFaults:
-    """fault_hook for fdfo_core.storage: `fail("write", "*/checkpoint-00002.pt", ENOSPC)`."""
+    """fault_hook for fdfo_core.files.storage: `fail("write", "*/checkpoint-00002.pt", ENOSPC)`."""
 
     def __init__(self) -> None:
         self.rules: list[Rule] = []

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from fdfo_core.baselines import build_trainer
+from fdfo_core.methods import build_trainer
 from fdfo_core.config import ConfigError, FDFOConfig
 from fdfo_core.rewards import PerPromptNormalized, RewardError, WeightedSum
 from fdfo_core.rewards.base import PartialRewardError, Reward
-from fdfo_core.trainer import RESUMABLE_CHANGES, Callbacks, FDFOTrainer, TrainingError
+from fdfo_core.run.trainer import RESUMABLE_CHANGES, Callbacks, FDFOTrainer, TrainingError
 
 from flow2d import MinusDistance, PointBackend, VelocityMLP
 
@@ -159,7 +159,7 @@ def test_max_bad_pair_fraction_is_validated_resumable_and_a_cli_flag():
             FDFOConfig(max_bad_pair_fraction=bad).validate()
     assert FDFOConfig().max_bad_pair_fraction == 0.5
     assert "max_bad_pair_fraction" in RESUMABLE_CHANGES  # raise it to continue a run that stopped
-    from fdfo_core.cli import build_parser
+    from fdfo_core.cli.main import build_parser
 
     args = build_parser().parse_args(["train", "--max-bad-pair-fraction", "0.25"])
     assert args.max_bad_pair_fraction == 0.25

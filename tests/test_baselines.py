@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from fdfo_core.baselines import build_trainer, group_advantages, sde_mean, sde_step_std
-from fdfo_core.baselines.flow_grpo import gaussian_logprob
+from fdfo_core.methods import build_trainer, group_advantages, sde_mean, sde_step_std
+from fdfo_core.methods.flow_grpo import gaussian_logprob
 from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.trainer import Callbacks, TrainingError
+from fdfo_core.run.trainer import Callbacks, TrainingError
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from fdfo_core.cli import main, parse_reward_options, CLIError
+from fdfo_core.cli.main import main, parse_reward_options, CLIError
 
 
 
@@ -77,7 +77,7 @@ def test_judge_and_early_stop_flags(model_dir, prompts_file, tmp_path, capsys):
     best = max(lines, key=lambda l: l["judge"])["epoch"]
     assert lines[1]["judge"] == pytest.approx(-lines[1]["heldout_reward"])
     assert lines[0]["early_stop"] is None and "has not improved for 2 evaluation(s)" in lines[1]["early_stop"]
-    from fdfo_core.lora_files import load_lora
+    from fdfo_core.backends.lora_files import load_lora
 
     _, meta = load_lora(run / "lora-best.safetensors")
     assert meta["criterion"] == "judge" and meta["best_epoch"] == lines[-1]["best_epoch"] == best
@@ -206,7 +206,7 @@ def test_a_run_repeats_bit_for_bit_in_a_fresh_process(model_dir, prompts_file, t
         run = tmp_path / f"run{i}"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         code = ("import sys, torch; torch.manual_seed(int(sys.argv[1]));"
-                "from fdfo_core.cli import main; sys.exit(main(sys.argv[2:]))")
+                "from fdfo_core.cli.main import main; sys.exit(main(sys.argv[2:]))")
         proc = subprocess.run(
             [sys.executable, "-c", code, str(100 + i), "train", "--model", str(model_dir), "--prompts", str(prompts_file),
              "--reward", "brightness", "--run-dir", str(run), "--epochs", "1", "--threads", "1", "--preview-every", "0",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fdfo_core.cli import main
+from fdfo_core.cli.main import main
 
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers
 
@@ -47,7 +47,7 @@ def cli(*args, kill_at=None, timeout=600):
     env.pop("FDFO_TEST_KILL_AT", None)
     if kill_at:
         env["FDFO_TEST_KILL_AT"] = kill_at
-    code = "import sys; from fdfo_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from fdfo_core.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -215,7 +215,7 @@ def test_sample_and_convert_outputs(tiny_sd3_dir, tmp_path, capsys, disk_faults)
     assert f"could not write the sample image {out / '0001.png'}: no space left on the device" in _err(capsys)
     assert sorted(p.name for p in out.iterdir()) == ["0000.png"]  # the finished one, nothing partial
 
-    from fdfo_core.lora_files import save_lora
+    from fdfo_core.backends.lora_files import save_lora
 
     lora = tmp_path / "lora.safetensors"
     save_lora(lora, {}, {"base_model_family": "sd3"})

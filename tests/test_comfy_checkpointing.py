@@ -5,7 +5,7 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from fdfo_core.checkpointing import CopyOnInplace
+from fdfo_core.backends.gradient_checkpointing import CopyOnInplace
 
 
 def _block(x, y, w, v, g):

@@ -174,7 +174,7 @@ def test_scripted_artist_trains_the_toy_toward_their_taste_in_the_browser(server
 
 def test_picks_file_holds_every_click_with_its_images(server, picking_run):
     sys.path.insert(0, str(REPO))
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     run = server.base / "output" / "fdfo" / "picks_red"
     picks = read_picks(run / "picks.jsonl")
@@ -202,7 +202,7 @@ def test_cancel_while_waiting_for_picks_keeps_the_lora_and_the_clicks(server, pi
     loras = server.base / "models" / "loras"
     assert (loras / "picks_cancel-interrupted.safetensors").exists()
     sys.path.insert(0, str(REPO))
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     picks = read_picks(server.base / "output" / "fdfo" / "picks_cancel" / "picks.jsonl")
     assert len(picks.records) == len(result["clicks"]) == 4 + 2
@@ -235,7 +235,7 @@ def test_mixed_mode_the_preference_model_scores_what_the_artist_leaves(server, t
     assert [m["pick_outcome"] for m in metrics] == ["finished"] * 3
     assert [m["pairs_model_scored"] for m in metrics] == [6, 6, 6] and all(m["pairs"] == 8 for m in metrics)
     sys.path.insert(0, str(REPO))
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     picks = read_picks(run / "picks.jsonl")
     assert sum(p.source == "human" for p in picks.records) == 6 and sum(p.source == "model" for p in picks.records) == 18

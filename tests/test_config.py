@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fdfo_core.config import PRESETS, ConfigError, FDFOConfig, load_config
-from fdfo_core.trainer import amp_dtype, derive_seed, epoch_prompt_indices
+from fdfo_core.flow.seeds import derive_seed, epoch_prompt_indices
+from fdfo_core.run.trainer import amp_dtype
 
 
 def test_defaults_are_the_published_recipe():

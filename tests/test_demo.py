@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from fdfo_core.cli import main
-from fdfo_core.lora_files import load_lora
+from fdfo_core.cli.main import main
+from fdfo_core.backends.lora_files import load_lora
 
 
 @pytest.mark.slow

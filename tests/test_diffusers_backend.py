@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fdfo_core.backend import BackendError
+from fdfo_core.backends.interface import BackendError
 from fdfo_core.backends.diffusers_backend import (
     DiffusersBackend,
     build_backend,
@@ -12,9 +12,9 @@ from fdfo_core.backends.diffusers_backend import (
     load_pipeline,
 )
 from fdfo_core.config import load_config
-from fdfo_core.lora_files import LoraFileError, load_lora
+from fdfo_core.backends.lora_files import LoraFileError, load_lora
 from fdfo_core.rewards import build_reward
-from fdfo_core.trainer import Callbacks, FDFOTrainer
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer
 
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 

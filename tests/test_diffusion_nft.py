@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fdfo_core.baselines import build_trainer, implicit_policies, nft_loss, optimality_probability, soft_update_
-from fdfo_core.baselines.diffusion_nft import soft_update_eta
+from fdfo_core.methods import build_trainer, implicit_policies, nft_loss, optimality_probability, soft_update_
+from fdfo_core.methods.diffusion_nft import soft_update_eta
 from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.trainer import Callbacks, TrainingError
+from fdfo_core.run.trainer import Callbacks, TrainingError
 
 from flow2d import MinusDistance, PointBackend, pretrain
 

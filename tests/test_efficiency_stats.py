@@ -52,7 +52,7 @@ def test_reach_and_paired_ratio_on_seed_mean_curves():
 
 
 def test_line_plot_draws_asymmetric_bands():
-    from fdfo_core.images import line_plot
+    from fdfo_core.files.drawing import line_plot
 
     plain = np.asarray(line_plot({"a": ([0, 1, 2], [0.5, 0.6, 0.7])}))
     banded = np.asarray(line_plot({"a": ([0, 1, 2], [0.5, 0.6, 0.7])}, bands={"a": [(0.0, 0.6), (0.5, 0.9), (0.6, 1.0)]}))

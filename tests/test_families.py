@@ -199,7 +199,7 @@ def test_hidream_with_its_unipc_flow_scheduler(tmp_path, one_thread):
     is the time grid; UniPC in diffusion mode is refused by name."""
     from diffusers import UniPCMultistepScheduler
 
-    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.interface import BackendError
     from fdfo_core.backends.diffusers_backend import check_supported
 
     case = CASES_BY_ID["hidream"]
@@ -353,7 +353,7 @@ def test_family_names_are_stable():
     ("SomeFuturePipeline", "FlowMatchEulerDiscreteScheduler", "does not support"),
 ])
 def test_unsupported_pipelines_are_refused_with_the_supported_families(cls_name, scheduler, reason, tmp_path):
-    from fdfo_core.backend import BackendError
+    from fdfo_core.backends.interface import BackendError
     from fdfo_core.backends.diffusers_backend import check_supported
 
     folder = tmp_path / "model"

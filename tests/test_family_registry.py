@@ -11,7 +11,7 @@ from fdfo_core.families import (
     supported_families_text,
 )
 from fdfo_core.families.base import FamilyError
-from fdfo_core.lora_files import LoraFileError, diffusers_to_comfy_module
+from fdfo_core.backends.lora_files import LoraFileError, diffusers_to_comfy_module
 
 
 def sd3_linears(blocks=3, hidden=64, dual=(0,)):

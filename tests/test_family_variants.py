@@ -12,9 +12,9 @@ import torch
 
 import family_harness as H
 from family_cases import CASES_BY_ID
-from fdfo_core.backend import BackendError
+from fdfo_core.backends.interface import BackendError
 from fdfo_core.families import FamilyError, get_family
-from fdfo_core.generation import generate_images
+from fdfo_core.backends.generation import generate_images
 
 
 def _index(folder, cls_name, scheduler):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.evaluation import (
+from fdfo_core.run.evaluation import (
     EVAL_SEED_BASE,
     EmbeddingSpace,
     HeldOutSet,
@@ -20,10 +20,10 @@ from fdfo_core.evaluation import (
     spread_select,
     unpack_images,
 )
-from fdfo_core.guardrails import EVAL_COLUMNS
-from fdfo_core.lora_files import load_lora
+from fdfo_core.run.guardrails import EVAL_COLUMNS
+from fdfo_core.backends.lora_files import load_lora
 from fdfo_core.rewards import PerPromptNormalized, Reward, RewardError, WeightedSum
-from fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError
 
 from flow2d import MinusDistance, PointBackend, pretrain
 
@@ -205,7 +205,7 @@ def test_diversity_floor_stops_a_collapsing_run(flow2d_base):
 
 
 def test_resume_keeps_the_base_images_bests_and_stop(flow2d_base, tmp_path, monkeypatch):
-    import fdfo_core.guardrails as guardrails_module
+    import fdfo_core.run.guardrails as guardrails_module
 
     def trainer(run, epochs, eval_prompts=("x",)):
         return FDFOTrainer(PointBackend(flow2d_base), MinusDistance(), ["x"], cfg2d(epochs=epochs, checkpoint_every=1),
@@ -307,7 +307,7 @@ def test_held_out_scoring_follows_the_bad_reward_policy(flow2d_base):
 
 
 def test_the_curve_figure_stacks_reward_judge_and_diversity(flow2d_base):
-    from fdfo_core.cli import reward_curve_image
+    from fdfo_core.files.drawing import reward_curve_image
 
     plain = run2d(flow2d_base, epochs=2, eval_every=0)
     assert reward_curve_image(plain.history).size == (640, 400)
@@ -330,7 +330,7 @@ def test_the_curve_figure_stacks_reward_judge_and_diversity(flow2d_base):
 def judge_lora(path, prompts, seeds, cfg):
     """Mean toy-alignment of a LoRA file's images on (prompts, seeds), sampled as `fdfo sample` does."""
     from fdfo_core.backends.diffusers_backend import DiffusersBackend, load_lora_into_pipeline, load_pipeline
-    from fdfo_core.generation import generate_images
+    from fdfo_core.backends.generation import generate_images
     from fdfo_core.rewards import build_reward
     from fdfo_core.toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path
 

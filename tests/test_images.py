@@ -4,7 +4,7 @@ really is drawn under each tile (fdfo demo's before/after picture)."""
 import numpy as np
 import torch
 
-from fdfo_core.images import _font, caption_label, image_grid, side_by_side, text_width, wrap_text, with_header
+from fdfo_core.files.drawing import _font, caption_label, image_grid, side_by_side, text_width, wrap_text, with_header
 
 CAPTION = "two red circles above a blue square on a yellow background"
 

@@ -1,4 +1,4 @@
-"""Memory estimates (fdfo_core/memory.py) and the --vram chooser.
+"""Memory estimates (fdfo_core/backends/memory.py) and the --vram chooser.
 
 - the published configs of every family build on the meta device into transformers of their
   published size (SD3.5 Medium 2.5 B, Flux.1 12 B, Qwen-Image 20 B, ...) within 5 %;
@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from fdfo_core import memory as M
+from fdfo_core.backends import memory as M
 from fdfo_core.families import all_families, get_family
 
 PUBLISHED = [(f.name, m) for f in all_families() for m in f.published_models]
@@ -117,7 +117,7 @@ def test_fused_attention_model_holds_no_score_matrix():
 
 
 def test_cli_vram_prints_the_choice_and_trains_with_it(tiny_sd3_dir, tmp_path, capsys, one_thread):
-    from fdfo_core.cli import main
+    from fdfo_core.cli.main import main
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\ntwo blue squares\n")

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from comfy_scripts.nodepack import import_nodepack, submodule
-from fdfo_core import memory as M
-
+from fdfo_core.backends import memory as M
 # The node pack imports its own copy of fdfo_core (comfyui_fdfo_nodepack.fdfo_core): use its classes.
 import_nodepack()
-PM = submodule("fdfo_core.memory")
+PM = submodule("fdfo_core.backends.memory")
 FDFOConfig = submodule("fdfo_core.config").FDFOConfig
-TrainingError = submodule("fdfo_core.trainer").TrainingError
+TrainingError = submodule("fdfo_core.run.trainer").TrainingError
 
 
 @pytest.fixture(scope="module")

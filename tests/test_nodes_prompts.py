@@ -8,7 +8,7 @@ import pytest
 from comfy_scripts.nodepack import submodule
 
 pn = submodule("nodes.prompt_nodes")
-PromptError = submodule("fdfo_core.prompts").PromptError
+PromptError = submodule("fdfo_core.files.prompts").PromptError
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_bom_crlf_files_and_pasted_text_with_a_bom(input_dir):
 
 
 def test_latin1_file_gives_a_message_naming_file_and_position(input_dir):
-    TextFileError = submodule("fdfo_core.textfiles").TextFileError
+    TextFileError = submodule("fdfo_core.files.text_files").TextFileError
     (input_dir / "old.txt").write_bytes("un caf\xe9\n".encode("latin-1"))
     with pytest.raises(TextFileError) as info:
         pn.FDFOPromptList().build("", "old.txt")

@@ -11,8 +11,8 @@ import torch
 
 import reward_fixtures as rf
 from comfy_scripts.nodepack import submodule
-from fdfo_core.images import to_pil
-from fdfo_core.picks import PickRecord
+from fdfo_core.files.drawing import to_pil
+from fdfo_core.rewards.pick_records import PickRecord
 
 rn = submodule("nodes.reward_nodes")
 RewardError = submodule("fdfo_core.rewards").RewardError
@@ -61,7 +61,7 @@ def test_reference_node_from_a_folder_and_an_image_batch(comfy):
     reward, = node.load(folder="styles/ink", **REF_DEFAULTS)
     assert reward.num_references == 4 and reward.encoder.kind == "clip"
     # The same references as a ComfyUI IMAGE batch (NHWC): the same reward.
-    from fdfo_core.image_files import read_images
+    from fdfo_core.files.image_files import read_images
 
     batch = torch.stack(read_images(comfy.input / "styles" / "ink")[0]).permute(0, 2, 3, 1)
     from_batch, = node.load(folder=rn.NO_FOLDER, images=batch, **REF_DEFAULTS)

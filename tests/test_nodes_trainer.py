@@ -8,7 +8,7 @@ import pytest
 from comfy_scripts.nodepack import submodule
 
 tn = submodule("nodes.trainer_nodes")
-TrainingError = submodule("fdfo_core.trainer").TrainingError
+TrainingError = submodule("fdfo_core.run.trainer").TrainingError
 ConfigError = submodule("fdfo_core.config").ConfigError
 PRESETS = submodule("fdfo_core.config").PRESETS
 
@@ -212,8 +212,8 @@ import torch  # noqa: E402
 from fake_comfy import install as install_fake_comfy  # noqa: E402
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers  # noqa: E402
 
-StorageError = submodule("fdfo_core.storage").StorageError
-RunChangeRefused = submodule("fdfo_core.trainer").RunChangeRefused
+StorageError = submodule("fdfo_core.files.storage").StorageError
+RunChangeRefused = submodule("fdfo_core.run.trainer").RunChangeRefused
 
 
 @pytest.fixture

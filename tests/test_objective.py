@@ -1,6 +1,6 @@
 import torch
 
-from fdfo_core.objective import fdfo_loss, pair_deltas, v_target
+from fdfo_core.flow.objective import fdfo_loss, pair_deltas, v_target
 
 
 def test_pair_deltas_follow_the_spec():

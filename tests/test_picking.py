@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fdfo_core.picking import PairContext, PickConflict, PickError, PickingHub, PickItem, PickRound, PickSession, parse_answer
-from fdfo_core.picks import read_picks
+from fdfo_core.rewards.pairwise import (PairContext, PickConflict, PickError, PickingHub, PickItem, PickRound, PickSession,
+                                       parse_answer)
+from fdfo_core.rewards.pick_records import read_picks
 from fdfo_core.rewards.base import RewardError
 from fdfo_core.rewards.human_picks import HumanPicksReward
-from fdfo_core.trainer import FDFOTrainer, TrainingError, TrainingInterrupted
+from fdfo_core.run.trainer import FDFOTrainer, TrainingError, TrainingInterrupted
 from image_flow import ImageFlowBackend, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,12 +202,12 @@ def test_human_picks_reward_refuses_single_images():
 def _trainer(tmp_path, reward, **changes):
     cfg = tiny_config(**{"epochs": 3, "pairs_per_epoch": 6, "checkpoint_every": 0, **changes})
     return FDFOTrainer(ImageFlowBackend(config=cfg), reward, ["a red barn", "a blue lake"], cfg, run_dir=tmp_path / "run",
-                       callbacks=__import__("fdfo_core.trainer", fromlist=["Callbacks"]).Callbacks(log=None))
+                       callbacks=__import__("fdfo_core.run.trainer", fromlist=["Callbacks"]).Callbacks(log=None))
 
 
 def _held_out_contrast(trainer, n=128) -> float:
     """Mean pixel spread of fresh images (seeds never used in training) from the trainer's backend."""
-    from fdfo_core.generation import generate_images
+    from fdfo_core.backends.generation import generate_images
 
     cfg = trainer.config
     img = generate_images(trainer.backend, ["a red barn", "a blue lake"] * (n // 2), range(10_000, 10_000 + n),
@@ -329,8 +330,8 @@ def test_per_prompt_normalisation_and_several_ranks_are_refused_for_picks(tmp_pa
 
 
 def test_pair_context_seeds_are_the_pairs_noise_seeds(tmp_path):
-    from fdfo_core.picking import PairScores, PairwiseReward
-    from fdfo_core.trainer import derive_seed
+    from fdfo_core.rewards.pairwise import PairScores, PairwiseReward
+    from fdfo_core.flow.seeds import derive_seed
 
     seen = {}
 
@@ -351,7 +352,7 @@ def test_pair_context_seeds_are_the_pairs_noise_seeds(tmp_path):
 def test_a_pairwise_reward_trains_exactly_like_the_reward_whose_difference_it_gives(tmp_path):
     """Sign and scale check: a pairwise reward returning R(left) - R(right) of a per-image reward
     trains the same LoRA as that reward itself (only differences of a pair enter FDFO)."""
-    from fdfo_core.picking import PairScores, PairwiseReward
+    from fdfo_core.rewards.pairwise import PairScores, PairwiseReward
     from fdfo_core.rewards import build_reward
 
     brightness = build_reward("brightness")

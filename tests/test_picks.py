@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fdfo_core.picks import (
+from fdfo_core.rewards.pick_records import (
     CHOICES,
     PickRecord,
     PicksError,
@@ -135,8 +135,7 @@ def test_invalid_records_cannot_be_built():
 def test_appending_into_a_missing_or_full_folder_says_so(tmp_path, monkeypatch):
     import errno
 
-    from fdfo_core import storage
-
+    from fdfo_core.files import storage
     with pytest.raises(storage.StorageError, match="picks log"):
         append_pick(tmp_path / "gone" / "picks.jsonl", rec(0))  # the run folder was deleted: not re-created
     path = tmp_path / "picks.jsonl"

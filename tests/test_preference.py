@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import reward_fixtures as rf
-from fdfo_core.cli import main
-from fdfo_core.images import to_pil
-from fdfo_core.picks import PickRecord, append_pick
+from fdfo_core.cli.main import main
+from fdfo_core.files.drawing import to_pil
+from fdfo_core.rewards.pick_records import PickRecord, append_pick
 from fdfo_core.rewards import RewardError, build_reward
 from fdfo_core.rewards.image_encoders import load_image_encoder
 from fdfo_core.rewards.preference import (
@@ -148,8 +148,7 @@ def test_loading_with_another_encoder_is_refused(picks_file, clip_dir, tmp_path)
         load_preference_model(out, encoder_path=str(other))
     import errno
 
-    from fdfo_core import storage
-
+    from fdfo_core.files import storage
     def full(operation, p):
         if operation == "write":
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -234,7 +233,7 @@ def test_what_is_not_learned_from(tmp_path, clip_dir):
     text = "\n".join(logged)
     assert "skipped: " in text and "not valid JSON" in text and "missing image" in text
     # Reading the same file again counts nothing twice.
-    from fdfo_core.picks import read_picks
+    from fdfo_core.rewards.pick_records import read_picks
 
     model.add_records(read_picks(picks).records)
     assert len(model.pairs) == 40 and model.report.model_scored == 1 and len(model.report.missing_images) == 1

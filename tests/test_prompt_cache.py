@@ -1,11 +1,11 @@
-"""The byte-bounded prompt conditioning cache (fdfo_core.prompt_cache) and the diffusers backend's
+"""The byte-bounded prompt conditioning cache (fdfo_core.backends.prompt_cache) and the diffusers backend's
 per-prompt state. The ComfyUI backend's use of the cache (a fake CLIP of the true SD3 / Flux
 shapes, training identical to an unbounded cache) is checked inside ComfyUI:
 tests/comfy_scripts/nodes_in_comfyui.py, `prompt_cache_*` checks."""
 
 import torch
 
-from fdfo_core.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact, tensor_bytes
+from fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact, tensor_bytes
 
 # The conditioning ComfyUI's text encoders return (float32): SD3 / SD3.5 concatenate CLIP-L+G
 # (77 tokens) and T5 (at least 77 tokens) into [1, 154, 4096] with a [1, 2048] pooled vector; Flux

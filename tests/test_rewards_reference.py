@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import reward_fixtures as rf
-from fdfo_core.image_files import ImageFileError, read_image, read_images
-from fdfo_core.images import to_pil
+from fdfo_core.files.image_files import ImageFileError, read_image, read_images
+from fdfo_core.files.drawing import to_pil
 from fdfo_core.rewards import RewardError, build_reward
 from fdfo_core.rewards.clip_common import normalize
 from fdfo_core.rewards.image_encoders import detect_kind, load_image_encoder
@@ -345,7 +345,7 @@ def test_a_run_records_the_references_by_content(encoders, ref_dir, tmp_path):
     to_pil(rf.palette_images(1, OTHERS[0], size=48, seed=1)[0]).save(changed / "ref0.png")
     r2 = build_reward("reference", {"reference": {"images": str(changed), "path": str(encoders["clip"])}})
     assert r2.spec_options["images"]["sha256"] != rec["sha256"]
-    from fdfo_core.run_definition import reward_fields
+    from fdfo_core.run.definition import reward_fields
 
     fields = reward_fields(r)
     assert fields["reward"] == "reference" and json.dumps(fields["reward_options"])  # plain JSON

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from fdfo_core import storage
+from fdfo_core.files import storage
 from fdfo_core.rewards import build_reward
-from fdfo_core.run_definition import RunDefinition, RunRecords, differences, format_spec, restore
+from fdfo_core.run.definition import RunDefinition, RunRecords, differences, format_spec, restore
 from fdfo_core.rewards import parse_reward_spec
-from fdfo_core.storage import StorageError
-from fdfo_core.trainer import Callbacks, FDFOTrainer, FrontEnd, RunChangeRefused, TrainingError
+from fdfo_core.files.storage import StorageError
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer, FrontEnd, RunChangeRefused, TrainingError
 
 from image_flow import ImageFlowBackend, tiny_config
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers
@@ -54,7 +54,7 @@ def test_a_run_records_its_definition(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 5
     assert len(record["sessions"]) == 1 and record["branches"] == []
     # The checkpoint carries the same definition: a checkpoint file alone says what it trained on.
-    from fdfo_core.checkpoint import read_definition
+    from fdfo_core.run.definition import read_definition
 
     ckpt = read_definition(tmp_path / "run")
     assert ckpt.prompts == PROMPTS and ckpt.to_dict() == RunRecords(tmp_path / "run").definition().to_dict()
@@ -195,7 +195,7 @@ WRITERS = {
 def _callbacks_writing_previews(run_dir):
     from PIL import Image
 
-    from fdfo_core.images import save_png
+    from fdfo_core.files.drawing import save_png
 
     def on_epoch_end(tr, metrics):
         save_png(Image.new("RGB", (8, 8)), run_dir / "reward_curve.png", "reward curve")

@@ -11,9 +11,9 @@ import json
 import pytest
 from PIL import Image
 
-from fdfo_core.cli import main, sampling_settings
+from fdfo_core.cli.main import main, sampling_settings
 from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.image_size import ImageSizeError, SizeRule, check_image_size, nearest_sizes
+from fdfo_core.flow.image_sizes import ImageSizeError, SizeRule, check_image_size, nearest_sizes
 
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
@@ -170,7 +170,7 @@ def test_train_refuses_a_size_the_model_cannot_make(sd3_dir, prompts, tmp_path, 
 
 
 def test_demo_refuses_a_size_the_toy_cannot_make(tmp_path):
-    from fdfo_core.demo import run_demo
+    from fdfo_core.cli.demo import run_demo
 
     with pytest.raises(ImageSizeError, match="1024x1024.*Nearest sizes that work: 256x256"):
         run_demo(tmp_path, epochs=1, pairs_per_epoch=2, heldout_prompts=1, log=lambda m: None,

@@ -1,6 +1,6 @@
 import torch
 
-from fdfo_core.sampler import (
+from fdfo_core.flow.paired_sampler import (
     ChurnSettings,
     churn_step,
     guided,
@@ -9,7 +9,7 @@ from fdfo_core.sampler import (
     sample_euler,
     sample_pairs,
 )
-from fdfo_core.schedules import flow_sigmas
+from fdfo_core.flow.schedules import flow_sigmas
 
 
 def toy_velocity(x, t, cond):

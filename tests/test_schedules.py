@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from fdfo_core.schedules import (
+from fdfo_core.flow.schedules import (
     churn_strengths,
     exponential_time_shift,
     flow_sigmas,

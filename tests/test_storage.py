@@ -1,4 +1,4 @@
-"""fdfo_core.storage: atomic writes leave the old file or the new one, never a partial one, and
+"""fdfo_core.files.storage: atomic writes leave the old file or the new one, never a partial one, and
 every OS failure becomes one StorageError in plain words."""
 
 import errno
@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fdfo_core import storage
-from fdfo_core.checkpoint import save_checkpoint
-from fdfo_core.images import save_png
-from fdfo_core.lora_files import load_lora, save_lora
-from fdfo_core.storage import StorageError
+from fdfo_core.files import storage
+from fdfo_core.run.checkpoints import save_checkpoint
+from fdfo_core.files.drawing import save_png
+from fdfo_core.backends.lora_files import load_lora, save_lora
+from fdfo_core.files.storage import StorageError
 
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import reward_fixtures as rf
-from fdfo_core.cli import main
-from fdfo_core.images import to_pil
+from fdfo_core.cli.main import main
+from fdfo_core.files.drawing import to_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +29,7 @@ def _isolated_lookup(monkeypatch, tmp_path):
 def toy_generator():
     from fdfo_core.backends.diffusers_backend import DiffusersBackend, load_pipeline
     from fdfo_core.config import load_config
-    from fdfo_core.generation import generate_images
+    from fdfo_core.backends.generation import generate_images
     from fdfo_core.toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path
 
     cfg = load_config("toy")
@@ -115,7 +115,7 @@ def test_cli_trains_with_the_reference_reward_on_a_tiny_model(tmp_path):
                "--preset", "toy", "--epochs", "1", "--pairs-per-epoch", "2", "--num-steps", "4", "--lora-rank", "2",
                "--sample-batch-size", "4", "--preview-every", "0", "--no-progress", "--threads", "1"])
     assert rc == 0
-    from fdfo_core.lora_files import load_lora
+    from fdfo_core.backends.lora_files import load_lora
 
     _, meta = load_lora(run / "lora.safetensors")
     assert meta["reward"].startswith("reference(clip:clip, 3 images, top3, +0.5*prompt")

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from fdfo_core.cli import main
+from fdfo_core.cli.main import main
 from fdfo_core.config import ConfigError, load_config
-from fdfo_core.prompts import parse_prompt_text, read_prompts
-from fdfo_core.textfiles import (
+from fdfo_core.files.prompts import parse_prompt_text, read_prompts
+from fdfo_core.files.text_files import (
     TextFileError,
     decode_text,
     read_json_file,
@@ -232,7 +232,7 @@ def test_the_trainer_never_passes_a_bom_to_the_encoder():
     import torch
 
     from fdfo_core.config import FDFOConfig
-    from fdfo_core.trainer import Callbacks, FDFOTrainer
+    from fdfo_core.run.trainer import Callbacks, FDFOTrainer
 
     from flow2d import MinusDistance, PointBackend, VelocityMLP
 

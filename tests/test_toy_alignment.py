@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from fdfo_core.rewards import RewardError, build_reward  # noqa: E402
 from fdfo_core.toy import grammar as G  # noqa: E402
-from fdfo_core.toy.alignment import alignment_checks  # noqa: E402
+from fdfo_core.rewards.toy_alignment import alignment_checks  # noqa: E402
 from fdfo_core.toy.render import render, to_tensor_images  # noqa: E402
 
 

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from fdfo_core.toy.model import TOY_MAX_SEQUENCE_LENGTH, load_toy_pipeline  # noqa: E402
-from fdfo_core.toy.pretrain import main  # noqa: E402
+from fdfo_core.cli.toy_pretrain import main  # noqa: E402
 
 
 def _weights(folder: Path) -> dict:

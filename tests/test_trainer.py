@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from fdfo_core.checkpoint import latest_checkpoint
+from fdfo_core.run.checkpoints import latest_checkpoint
 from fdfo_core.config import FDFOConfig, load_config
-from fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError, TrainingInterrupted
+from fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError, TrainingInterrupted
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
 from tiny_pipelines import tiny_sd3_pipeline

@@ -215,7 +215,7 @@ def test_declared_image_sizes_are_what_the_nodes_draw(builder):
     assert tn.comparison_image(grid, grid, "fdfo_toy (epoch 40)").size == sizes["comparison"]
     assert tn.live_panel(tn.display_grid(images, tn.PANEL_TILE_MAX), "epoch 40/40 · reward 0.7000 ± 0.1000 · done").size \
         == sizes["panel"]
-    from fdfo_core.cli import reward_curve_image
+    from fdfo_core.files.drawing import reward_curve_image
 
     history = [{"epoch": e, "reward_mean": 0.5, "reward_std": 0.1, "pairs": 32} for e in range(1, 4)]
     assert reward_curve_image(history, size=tn.REWARD_CURVE_SIZE).size == sizes["curve"]

@@ -472,7 +472,7 @@ def pairs_grid_size(pairs: int, width: int, height: int) -> tuple[int, int]:
 
 def score_grid_size(n: int, width: int, height: int, columns: int) -> tuple[int, int]:
     """FDFO Score Images' `grid` output."""
-    from fdfo_core.images import image_grid
+    from fdfo_core.files.drawing import image_grid
 
     import torch
 

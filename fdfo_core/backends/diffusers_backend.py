@@ -18,12 +18,12 @@ from typing import Any, Iterator
 import torch
 import torch.utils.checkpoint
 
-from ..backend import BackendError, NamedAdapterParams
-from ..conditioning import Cond
-from ..image_size import SizeRule
+from .interface import BackendError, NamedAdapterParams
+from ..flow.conditioning import Cond
+from ..flow.image_sizes import SizeRule
 from ..config import FDFOConfig
 from ..families import Family, FamilyError, FamilyOptions, family_for_pipeline, needs_input, supported_families_text
-from ..lora_files import (
+from .lora_files import (
     LoraFileError,
     check_family,
     comfy_to_diffusers,
@@ -31,8 +31,8 @@ from ..lora_files import (
     fuse_lora,
     load_lora,
 )
-from ..textfiles import read_json_file
-from ..trainer import derive_seed
+from ..files.text_files import read_json_file
+from ..flow.seeds import derive_seed
 
 ADAPTER = "fdfo"
 #: Optional file in a model folder with FDFO settings the model was trained with
@@ -382,7 +382,7 @@ def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.dev
     vram: a device memory budget in GiB: the memory settings (fp8 / bf16 base weights, gradient
     checkpointing, storage device, micro-batches) are chosen from estimates for that budget
     (`choose_memory_mode`), printed with `log`, and are in the backend's `config`. Raises
-    fdfo_core.memory.MemoryBudgetError when nothing fits.
+    fdfo_core.backends.memory.MemoryBudgetError when nothing fits.
     """
     device = torch.device(device)
     dtype = torch.float32
@@ -429,9 +429,9 @@ def module_bytes(obj: Any, dtype_bytes: int | None = None) -> int:
 
 
 def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = None, reward=None):
-    """fdfo_core.memory.ModelMemory of a loaded pipeline at the config's resolution and LoRA
+    """fdfo_core.backends.memory.ModelMemory of a loaded pipeline at the config's resolution and LoRA
     (a meta-device copy of its transformer and VAE is measured; the pipeline is not touched)."""
-    from ..memory import measure_model
+    from .memory import measure_model
     from .fp8 import FP8_SKIP_PATTERNS
 
     family = pipeline_family(pipe)
@@ -452,9 +452,9 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
 
 def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, world_size: int = 1,
                        max_sequence_length: int | None = None):
-    """(config with the chosen memory settings, fdfo_core.memory.Plan) for a budget of `vram_gb`
+    """(config with the chosen memory settings, fdfo_core.backends.memory.Plan) for a budget of `vram_gb`
     GiB per device; MemoryBudgetError when no mode fits."""
-    from ..memory import MemoryBudgetError, choose_mode
+    from .memory import MemoryBudgetError, choose_mode
 
     try:
         mem = pipeline_memory(pipe, config, max_sequence_length, reward)

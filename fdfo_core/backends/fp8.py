@@ -11,7 +11,7 @@ rounding 2^-4); the model's outputs move by a few per cent (measured on the test
 LoRA trained on it differs from the bf16 / fp32 one accordingly (tests/test_memory_modes.py
 states the tolerance). In training without gradient checkpointing autograd keeps each layer's
 upcast weight for the backward pass, so fp8 saves memory mainly with gradient checkpointing on
-(see fdfo_core/memory.py).
+(see fdfo_core/backends/memory.py).
 """
 
 from __future__ import annotations

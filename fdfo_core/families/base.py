@@ -14,7 +14,7 @@ and overrides the few hooks where it differs from the defaults, and registers on
 Nothing here imports diffusers or ComfyUI at module level: `fdfo_core` is imported inside ComfyUI,
 whose environment may have no diffusers; hooks import what they need when called.
 
-Conventions shared by every hook (the core's, see `fdfo_core.backend.FlowBackend`):
+Conventions shared by every hook (the core's, see `fdfo_core.backends.interface.FlowBackend`):
 - latents are float [B, C, h, w] in the model's latent space (after the VAE's scaling / shift),
   unpacked; a model that works on packed tokens or video latents [B, C, T, h, w] (T = 1) converts
   inside `diffusers_velocity` and `diffusers_decode`;

@@ -36,7 +36,7 @@ def _flux(key: str, title: str, repo: str, guidance_embeds: bool) -> PublishedMo
                           "base_image_seq_len": 256, "max_image_seq_len": 4096})
 
 
-def _single_block_rows(in_features: int, out_features: int) -> list[int]:
+def single_block_rows(in_features: int, out_features: int) -> list[int]:
     # linear1 = [q, k, v (hidden each), mlp_in (the rest)]; hidden = in_features.
     return [in_features, in_features, in_features, out_features - 3 * in_features]
 
@@ -50,7 +50,7 @@ def flux_lora_map() -> LoraMap:
         fused(c + "img_attn.proj", d + "attn.", ("to_out.0",)),
         fused(c + "txt_attn.qkv", d + "attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
         fused(c + "txt_attn.proj", d + "attn.", ("to_add_out",)),
-        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=_single_block_rows),
+        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=single_block_rows),
         fused(cs + "linear2", ds, ("proj_out",)),
     ))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyError, FamilyOptions
-from .flux import _single_block_rows
+from .flux import single_block_rows
 from .lora_map import LoraMap, fused
 
 
@@ -35,7 +35,7 @@ def _hunyuan_image_map() -> LoraMap:
         fused(c + "img_attn.proj", d + "attn.", ("to_out.0",)),
         fused(c + "txt_attn.qkv", d + "attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
         fused(c + "txt_attn.proj", d + "attn.", ("to_add_out",)),
-        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=_single_block_rows),
+        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=single_block_rows),
         fused(cs + "linear2", ds, ("proj_out",)),
         # The text refiner's self-attention (selected by the same to_q / ... targets).
         fused(cr + "self_attn.qkv", dr + "attn.", ("to_q", "to_k", "to_v")),

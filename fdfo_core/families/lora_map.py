@@ -1,7 +1,7 @@
 """Where each diffusers projection lives inside ComfyUI's modules: the key mapping of a family.
 
 Our LoRA files use ComfyUI-native keys (`diffusion_model.<comfy module>.lora_up.weight`, see
-`fdfo_core.lora_files`). ComfyUI often fuses projections that diffusers keeps apart (SD3's `qkv`,
+`fdfo_core.backends.lora_files`). ComfyUI often fuses projections that diffusers keeps apart (SD3's `qkv`,
 Flux's single-block `linear1` = [q, k, v, mlp_in]); a family declares each ComfyUI linear it can
 adapt as a `LoraModule`: the ComfyUI name and the diffusers names of its row blocks, in order, with
 `{i}` standing for a block index. Families whose ComfyUI names equal diffusers' (Qwen-Image) use

@@ -1,7 +1,7 @@
 """The published models of a family, as declarations: transformer and VAE configs, sizes.
 
 A family lists its published variants (`Family.published_models`); the memory estimator
-(`fdfo_core.memory`) and the GPU profile (`benchmarks/gpu_profile.py`) build their transformers
+(`fdfo_core.backends.memory`) and the GPU profile (`benchmarks/gpu_profile.py`) build their transformers
 from these configs on the meta device (no download, no memory) to count parameters, estimate
 memory and, on a GPU, materialise random weights of the true size.
 

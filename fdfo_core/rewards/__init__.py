@@ -19,6 +19,7 @@ from .registry import (
     parse_reward_spec,
     register_reward,
     reward_options,
+    set_builtin_loader,
 )
 from .weights import ENV_VAR as REWARDS_DIR_ENV
 from .weights import list_reward_folders, register_comfy_folder, reward_dirs
@@ -29,10 +30,12 @@ def ensure_registered() -> None:
     from . import clip_rewards, preference, reference, remote, simple, vlm  # noqa: F401
 
     try:  # the toy world's caption-alignment reward (weight-free, torch only)
-        from ..toy import alignment  # noqa: F401
+        from . import toy_alignment  # noqa: F401
     except ImportError:
         pass
 
+
+set_builtin_loader(ensure_registered)
 
 __all__ = [
     "Layout",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..textfiles import read_json_file
+from ..files.text_files import read_json_file
 from .base import Reward, RewardError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,7 +1,7 @@
 """The "human picks" reward: an artist picks the better image of each FDFO pair while training runs.
 
 For each pair the artist answers left, right, equal or skip; the pair's reward difference
-R_left - R_right is +1, -1 or 0, and a skipped pair is dropped (`fdfo_core.picks`). This is
+R_left - R_right is +1, -1 or 0, and a skipped pair is dropped (`fdfo_core.rewards.pick_records`). This is
 the finite difference FDFO trains on (ALGORITHM.md, "finite differences"), given by a person.
 
 Per epoch (`HumanPicksReward.score_pairs`):
@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..picking import PairContext, PairScores, PairwiseReward, PickingHub, PickItem, PickRound, PickSession
-from ..picks import PickRecord, append_pick, now_timestamp, read_picks
+from .pairwise import PairContext, PairScores, PairwiseReward, PickingHub, PickItem, PickRound, PickSession
+from .pick_records import PickRecord, append_pick, now_timestamp, read_picks
 from .base import RewardError
 
 UNPICKED = ("drop", "preference")
@@ -117,8 +117,8 @@ class HumanPicksReward(PairwiseReward):
         return folder / f"{stem}-left.png", folder / f"{stem}-right.png"
 
     def _save_images(self, left: torch.Tensor, right: torch.Tensor, epoch: int, pair_id: int) -> tuple[Path, Path]:
-        from ..images import save_png, to_pil
-        from ..storage import ensure_dir
+        from ..files.drawing import save_png, to_pil
+        from ..files.storage import ensure_dir
 
         paths = self._image_paths(epoch, pair_id)
         ensure_dir(paths[0].parent, "picked images folder")

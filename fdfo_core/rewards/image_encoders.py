@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..textfiles import read_json_file
+from ..files.text_files import read_json_file
 from .base import RewardError
 from .clip_common import (
     OPENAI_CLIP_MEAN,

@@ -1,6 +1,6 @@
 """A preference reward learned from an artist's picks: a Bradley-Terry model on frozen embeddings.
 
-Each pick compares the two images of a pair (`fdfo_core.picks`). The model gives every image a
+Each pick compares the two images of a pair (`fdfo_core.rewards.pick_records`). The model gives every image a
 score s(x, p) and explains a pick by the Bradley-Terry probability (Bradley and Terry 1952; the
 form RLHF reward models use, e.g. Ouyang et al. 2022, eq. 1)
 
@@ -253,7 +253,7 @@ class PreferenceModel:
     # --- data -------------------------------------------------------------------------------
 
     def _embed_file(self, path: Path) -> torch.Tensor:
-        from ..image_files import read_image
+        from ..files.image_files import read_image
 
         st = path.stat()
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
@@ -269,12 +269,12 @@ class PreferenceModel:
             self.pairs.append(pair)
 
     def add_records(self, records: Iterable, include_model: bool = False) -> int:
-        """Add picks (`fdfo_core.picks.PickRecord`); returns how many pairs were added or replaced.
+        """Add picks (`fdfo_core.rewards.pick_records.PickRecord`); returns how many pairs were added or replaced.
 
         Skipped picks carry no information; records with ``source == "model"`` are ignored unless
         `include_model`; picks whose image files are missing are listed in the report, not fatal.
         """
-        from ..image_files import ImageFileError
+        from ..files.image_files import ImageFileError
 
         added = 0
         for r in records:
@@ -309,7 +309,7 @@ class PreferenceModel:
         identifies the pair, normally `pair_key(epoch, pair_id, seed, prompt)`: a corrected pick
         replaces the old one, and the same pick read later from picks.jsonl is not counted twice.
         """
-        from ..picks import PicksError, choice_target
+        from .pick_records import PicksError, choice_target
 
         try:
             target = choice_target(choice)
@@ -443,7 +443,7 @@ class PreferenceModel:
         the output being a path the user named)."""
         from safetensors.torch import save
 
-        from ..storage import write_bytes
+        from ..files.storage import write_bytes
 
         if not self.fitted:
             raise RewardError("preference: fit the model before saving it")
@@ -612,7 +612,7 @@ def fit_preference(picks: str | os.PathLike | Iterable[str | os.PathLike], encod
 
     Unreadable lines of the picks files are reported through `log` (a callable taking a line).
     """
-    from ..picks import PicksError, read_picks
+    from .pick_records import PicksError, read_picks
     from .reference import split_paths
 
     if head not in HEADS:

@@ -119,7 +119,7 @@ class ReferenceStyle(ModelReward):
         self.to(self.device)
 
     def record_options(self, options: dict) -> dict:
-        """Options as a run records them (`run_definition`): the reference images by count and a
+        """Options as a run records them (`run.definition`): the reference images by count and a
         content hash, so a resume notices changed references whether they came from a folder or
         from tensors (a tensor's text form would be huge, and abbreviated)."""
         out = dict(options)
@@ -202,7 +202,7 @@ def _reference(images=None, encoder: str = "auto", path: str | None = None, mode
     separator, or an image tensor); encoder: clip, siglip, dinov2, csd or auto; path / model: the
     encoder's weights; text_path: a CLIP/SigLIP folder for the content guard when the encoder has
     no text tower."""
-    from ..image_files import ImageFileError, read_images
+    from ..files.image_files import ImageFileError, read_images
 
     if images is None or (isinstance(images, str) and not images.strip()):
         raise RewardError(

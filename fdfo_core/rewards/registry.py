@@ -12,6 +12,21 @@ from .base import PartialRewardError, Reward, RewardError, summarize_errors
 
 RewardFactory = Callable[..., Reward]
 _REGISTRY: dict[str, RewardFactory] = {}
+
+#: Registers the built-in rewards; set by the package (`fdfo_core.rewards.ensure_registered`), which
+#: imports the modules that register them (they import this one, so this one cannot import them).
+_builtin_loader: Callable[[], None] | None = None
+
+
+def set_builtin_loader(load: Callable[[], None]) -> None:
+    """Called once by `fdfo_core.rewards` (always imported before this module is used)."""
+    global _builtin_loader
+    _builtin_loader = load
+
+
+def _load_builtins() -> None:
+    if _builtin_loader is not None:
+        _builtin_loader()
 _DESCRIPTIONS: dict[str, str] = {}
 
 
@@ -201,9 +216,7 @@ def coerce_options(factory: RewardFactory, kwargs: Mapping[str, Any], reward: st
 
 def reward_options(name: str) -> dict[str, Any]:
     """The options a registered reward's factory takes, with their defaults (inspect.Parameter.empty if required)."""
-    from . import ensure_registered
-
-    ensure_registered()
+    _load_builtins()
     if name not in _REGISTRY:
         raise RewardError(f"unknown reward {name!r}; available: {', '.join(available_rewards())}")
     params = inspect.signature(_REGISTRY[name]).parameters
@@ -216,7 +229,7 @@ _PLACEMENT_OPTIONS = ("device", "micro_batch")
 
 def _record_build(reward: Reward, name: str, factory: RewardFactory, kwargs: Mapping[str, Any]) -> None:
     """Note on the reward how it was built (registry name, every option with defaults filled in),
-    so a training run can record, restore and compare it (fdfo_core.run_definition)."""
+    so a training run can record, restore and compare it (fdfo_core.run.definition)."""
     try:
         params = inspect.signature(factory).parameters
         resolved = {k: p.default for k, p in params.items()
@@ -254,9 +267,7 @@ def build_reward(
     (summed) reward in `PerPromptNormalized` with `normalize_options` (min_group, window, eps).
     """
     # Importing the package registers every built-in reward.
-    from . import ensure_registered
-
-    ensure_registered()
+    _load_builtins()
     options = dict(options or {})
     terms = parse_reward_spec(spec)
     unknown = [n for _, n in terms if n not in _REGISTRY]

@@ -53,7 +53,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..textfiles import TextFileError, decode_text
+from ..files.text_files import TextFileError, decode_text
 from .base import Reward, RewardError
 from .registry import register_reward
 

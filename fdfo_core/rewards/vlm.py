@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..textfiles import read_json_file, read_text_file
+from ..files.text_files import read_json_file, read_text_file
 from .base import RewardError
 from .clip_common import ModelReward
 from .registry import register_reward
@@ -77,7 +77,7 @@ def answer_token_id(tokenizer, word: str, after_space: bool = True) -> int:
 
 
 def read_question_file(path: str | Path) -> str:
-    """The question template in a text file (fdfo_core.textfiles rules: UTF-8 with or without a
+    """The question template in a text file (fdfo_core.files.text_files rules: UTF-8 with or without a
     byte-order mark, any line ends), without surrounding whitespace. Raises RewardError."""
     try:
         question = read_text_file(path, "VLM question file").strip()

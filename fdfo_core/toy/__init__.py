@@ -1,5 +1,5 @@
 """The bundled toy text-to-image model: a tiny SD3-architecture pipeline pretrained on rendered
-scenes of coloured shapes, with its caption grammar, a weight-free alignment reward and prompt sets.
+scenes of coloured shapes, with its caption grammar and prompt sets.
 
 It runs on a CPU in seconds and takes the same code path as real SD3 models (diffusers
 `StableDiffusion3Pipeline`, ComfyUI's UNETLoader / VAELoader). See MODEL_CARD.md.
@@ -12,14 +12,14 @@ Entry points:
 - `export_comfyui_files(models_dir)`, `comfyui_state_dicts()`: files / state dicts for ComfyUI.
 - `sample_toy_prompts(n, split, seed)`, `toy_prompt_sets(n_train, n_heldout, seed)`: train and
   held-out captions.
-- reward "toy_alignment" (registered with the reward registry); `alignment_scores(images, captions)`.
+- the "toy_alignment" reward lives with the other rewards (`fdfo_core.rewards.toy_alignment`); it
+  reads captions with this package's grammar.
 - `pairwise_pixel_diversity(images)`, `prompt_diversity(images, prompts)`: diversity figures.
-- `python -m fdfo_core.toy.pretrain --out DIR`: rebuild the model from scratch.
+- `python -m fdfo_core.cli.toy_pretrain --out DIR`: rebuild the model from scratch.
 
 Importing this package is cheap: diffusers and transformers load only when a model is built.
 """
 
-from .alignment import ToyAlignment, alignment_checks, alignment_score, alignment_scores
 from .comfy_export import ComfyUIFiles, comfyui_state_dicts, export_comfyui_files
 from .diversity import pairwise_pixel_diversity, prompt_diversity
 from .grammar import SceneSpec, parse_caption
@@ -40,11 +40,7 @@ __all__ = [
     "SD3_SHIFT_FACTOR",
     "SceneSpec",
     "TOY_MAX_SEQUENCE_LENGTH",
-    "ToyAlignment",
     "ToyModelConfig",
-    "alignment_checks",
-    "alignment_score",
-    "alignment_scores",
     "comfyui_state_dicts",
     "default_toy_model_path",
     "encode_toy_prompts",

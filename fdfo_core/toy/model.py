@@ -134,7 +134,7 @@ def default_toy_model_path() -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the toy model is missing from {path}: reinstall comfyui-fdfo, or rebuild it with "
-            "`python -m fdfo_core.toy.pretrain --out <dir>` and pass that folder instead"
+            "`python -m fdfo_core.cli.toy_pretrain --out <dir>` and pass that folder instead"
         )
     return path
 

@@ -79,7 +79,7 @@ M = pack.NODE_CLASS_MAPPINGS
 
 from comfyui_fdfo_nodepack.fdfo_core.config import load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.families import family_names  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.lora_files import lora_modules, save_lora  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.backends.lora_files import lora_modules, save_lora  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from family_cases import CASES_BY_ID  # noqa: E402

@@ -60,11 +60,11 @@ sys.modules[PKG] = pack
 spec.loader.exec_module(pack)
 M = pack.NODE_CLASS_MAPPINGS
 
-from comfyui_fdfo_nodepack.fdfo_core.backend import BackendError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
@@ -714,12 +714,12 @@ def resume_refuses_a_changed_run():
 
 @check
 def full_disk_reaches_the_node_error():
-    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.storage's fault hook)
+    """A checkpoint write that fails with ENOSPC (simulated through fdfo_core.files.storage's fault hook)
     stops the node with one message; the LoRA trained so far is in models/loras; fixed, the next
     queue resumes and finishes."""
     import errno
 
-    storage = sys.modules[f"{PKG}.fdfo_core.storage"]
+    storage = sys.modules[f"{PKG}.fdfo_core.files.storage"]
     model, clip, vae = toy()
 
     def full(operation, path):

@@ -38,7 +38,7 @@ def build_random_toy(out: Path, seed: int = 0) -> Path:
     import torch
 
     from fdfo_core.toy.model import ToyModelConfig, build_text_encoder, build_transformer, build_vae
-    from fdfo_core.toy.pretrain import ToyModules, make_pipeline, save_pipeline
+    from fdfo_core.cli.toy_pretrain import ToyModules, make_pipeline, save_pipeline
     from fdfo_core.toy.tokenizer import build_toy_tokenizer
 
     torch.manual_seed(seed)

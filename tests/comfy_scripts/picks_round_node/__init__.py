@@ -32,7 +32,7 @@ def _picks_server():
 
 
 def _picking(ps):
-    return sys.modules[ps.__name__.rsplit(".nodes.", 1)[0] + ".fdfo_core.picking"]
+    return sys.modules[ps.__name__.rsplit(".nodes.", 1)[0] + ".fdfo_core.rewards.pairwise"]
 
 
 def _close() -> None:

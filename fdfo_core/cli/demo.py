@@ -1,0 +1,182 @@
+"""`fdfo demo`: FDFO on the bundled toy model with the toy alignment reward, on a CPU in minutes.
+
+It takes exactly the path a real model takes (diffusers pipeline folder -> DiffusersBackend ->
+FDFOTrainer -> ComfyUI-format LoRA file) and writes to the run folder:
+  before_after.png   the same held-out prompts and seeds, base model left, LoRA right; each image's
+                     caption (shortened if needed) and alignment score under it
+  reward_curve.png   training reward per epoch and held-out alignment (mean +- s.e.)
+  lora.safetensors   the LoRA (loads in ComfyUI and, via fdfo convert-lora, in diffusers)
+  lora-best.safetensors  the LoRA of the epoch with the best held-out reward (the trainer's guardrails)
+  summary.json       held-out alignment and diversity before / after, timings
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..files import storage
+from ..config import ConfigError, load_config
+from ..backends.generation import generate_images
+from ..files.drawing import caption_label, image_grid, line_plot, save_png, side_by_side
+from ..run.trainer import Callbacks, FDFOTrainer, FrontEnd
+
+
+@dataclass
+class HeldOut:
+    prompts: list[str]
+    seeds: list[int]
+
+
+def held_out_set(n_prompts: int, seeds_per_prompt: int, seed: int = 0) -> HeldOut:
+    """Held-out captions (scenes the toy model never saw) x a few seeds never used in training."""
+    from ..toy import toy_prompt_sets
+
+    _, heldout = toy_prompt_sets(n_train=1, n_heldout=n_prompts, seed=seed)
+    prompts = [p for p in heldout for _ in range(seeds_per_prompt)]
+    seeds = [1_000_000 + i for i in range(len(prompts))]
+    return HeldOut(prompts, seeds)
+
+
+def mean_se(x: torch.Tensor) -> tuple[float, float]:
+    x = x.double()
+    return float(x.mean()), float(x.std() / math.sqrt(max(1, x.numel()))) if x.numel() > 1 else 0.0
+
+
+def evaluate(backend, reward, held: HeldOut, cfg, use_adapter: bool = True) -> dict[str, Any]:
+    from ..toy import prompt_diversity
+
+    images = generate_images(backend, held.prompts, held.seeds, cfg.num_steps, cfg.height, cfg.width,
+                             cfg.cfg_scale, cfg.negative_prompt, batch_size=64, use_adapter=use_adapter)
+    scores = reward(images, held.prompts)
+    mean, se = mean_se(scores)
+    return {"alignment_mean": mean, "alignment_se": se, "diversity": prompt_diversity(images, held.prompts),
+            "images": images, "scores": scores}
+
+
+def run_demo(
+    out_dir: str | Path,
+    epochs: int | None = None,
+    pairs_per_epoch: int | None = None,
+    heldout_prompts: int = 64,
+    seeds_per_prompt: int = 2,
+    eval_every: int = 5,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    overrides: dict[str, Any] | None = None,
+    model: str | Path | None = None,
+) -> dict[str, Any]:
+    from ..backends.diffusers_backend import build_backend
+    from ..rewards import build_reward
+    from ..toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
+
+    if seeds_per_prompt < 2:
+        raise ConfigError("seeds_per_prompt (--seeds-per-prompt) must be at least 2 (the diversity figure compares seeds of one prompt)")
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    storage.check_writable(out, "demo output folder")  # before any model work: fail fast
+    values = dict(overrides or {})
+    values["seed"] = seed
+    if epochs is not None:
+        values["epochs"] = epochs
+    if pairs_per_epoch is not None:
+        values["pairs_per_epoch"] = pairs_per_epoch
+    cfg = load_config("toy", overrides=values)
+    model = Path(model) if model is not None else default_toy_model_path()
+    backend = build_backend(model, cfg, device="cpu", max_sequence_length=TOY_MAX_SEQUENCE_LENGTH)
+    reward = build_reward("toy_alignment")
+    train_prompts, _ = toy_prompt_sets(seed=seed)
+    held = held_out_set(heldout_prompts, seeds_per_prompt, seed=seed)
+    log(f"toy model {model}\n{len(train_prompts)} training prompts, {len(set(held.prompts))} held-out prompts x "
+        f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs")
+
+    # The trainer's own guardrails pick lora-best.safetensors on a few of the same held-out captions.
+    trainer = FDFOTrainer(
+        backend, reward, train_prompts, cfg, run_dir=out, reward_spec="toy_alignment",
+        callbacks=Callbacks(on_progress=on_progress, log=log), eval_prompts=list(dict.fromkeys(held.prompts)),
+        # `fdfo train --resume` of this folder continues the same run: its previews are held-out prompts
+        definition={"model_source": str(Path(model).resolve()), "preview_prompts": list(dict.fromkeys(held.prompts))[:8],
+                    "model_settings": {"max_sequence_length": TOY_MAX_SEQUENCE_LENGTH}},
+        front_end=FrontEnd(name="demo", resume_hint=f"fdfo train --resume {out}",
+                           new_run_hint=f"give the demo another --out folder (or delete {out})",
+                           allow_change_hint="use fdfo train --resume with --allow-change",
+                           session={"heldout_prompts": heldout_prompts, "seeds_per_prompt": seeds_per_prompt},
+                           extra_bytes=2_000_000),
+    )
+    trainer.start_run()  # checks the folder and its free space before the long evaluation
+
+    before = evaluate(backend, reward, held, cfg)
+    log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
+        f"(diversity {before['diversity']:.4f})")
+    curve = [(0, before["alignment_mean"], before["alignment_se"])]
+
+    def on_epoch_end(trainer, metrics):
+        e = metrics["epoch"]
+        if eval_every and (e % eval_every == 0) and e < cfg.epochs:
+            ev = evaluate(backend, reward, held, cfg)
+            curve.append((e, ev["alignment_mean"], ev["alignment_se"]))
+            log(f"  held-out alignment after epoch {e}: {ev['alignment_mean']:.4f} +- {ev['alignment_se']:.4f}")
+
+    trainer.callbacks.on_epoch_end = on_epoch_end
+
+    t_train = time.perf_counter()
+    trainer.train()
+    t_train = time.perf_counter() - t_train
+
+    after = evaluate(backend, reward, held, cfg)
+    curve.append((cfg.epochs, after["alignment_mean"], after["alignment_se"]))
+    gain, gain_se = mean_se(after["scores"] - before["scores"])
+    log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
+        f"(diversity {after['diversity']:.4f}); paired gain {gain:+.4f} +- {gain_se:.4f}")
+
+    # --- pictures and summary (training is done: a failure here loses only these files) ---
+    def write_results() -> dict[str, Any]:
+        n_show = min(16, len(held.prompts))
+        show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
+        scale = 2
+        tile = scale * cfg.width
+        # Under each image: its caption (wrapped, shortened if needed) and its score, so the picture reads alone.
+        labels_b = [caption_label(held.prompts[i], f"score {before['scores'][i]:.2f}", tile) for i in show]
+        labels_a = [caption_label(held.prompts[i], f"score {after['scores'][i]:.2f}", tile) for i in show]
+        grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=scale)
+        grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=scale)
+        save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
+                 "before/after grid")
+        storage.write_text(out / "before_after_prompts.txt",
+                           "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n", "caption list")
+        hist = trainer.history
+        save_png(line_plot(
+            {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
+             "held-out alignment": ([c[0] for c in curve], [c[1] for c in curve])},
+            bands={"held-out alignment": [c[2] for c in curve]},
+            title="FDFO on the toy model: toy alignment reward", xlabel="epoch", ylabel="alignment (0-1)",
+        ), out / "reward_curve.png", "reward curve")
+
+        summary = {
+            "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
+            "alignment_before": [before["alignment_mean"], before["alignment_se"]],
+            "alignment_after": [after["alignment_mean"], after["alignment_se"]],
+            "paired_gain": [gain, gain_se],
+            "diversity_before": before["diversity"], "diversity_after": after["diversity"],
+            "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
+            "lora": str(out / "lora.safetensors"),
+        }
+        storage.write_json(out / "summary.json", summary, "demo summary")
+        return summary
+
+    try:
+        summary = write_results()
+    except storage.StorageError as e:
+        raise storage.StorageError(
+            f"{e}\nTraining itself finished: the LoRA is {out / 'lora.safetensors'} and the last checkpoint "
+            f"{trainer.last_checkpoint}; only the demo's figures and summary are missing.",
+            path=e.path, reason=e.reason, errno_=e.errno) from None
+    log(f"wrote {out / 'before_after.png'}, {out / 'reward_curve.png'}, {out / 'lora.safetensors'} "
+        f"in {summary['total_seconds']:.0f} s")
+    return summary

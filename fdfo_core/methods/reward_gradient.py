@@ -1,0 +1,220 @@
+"""Baselines for differentiable rewards (the paper's ablation of where the gradient goes).
+
+- `grad_copy`: sample with the plain ODE, take the image-space gradient of the reward at the final
+  latent (through the VAE decoder), and copy it to every step as FDFO copies its finite
+  difference: each sample becomes a virtual pair of length `grad_copy_delta` along the gradient,
+  with the exact reward difference, trained with the same SPO surrogate and trust region.
+- `backprop_chain`: back-propagate the reward through the whole sampling chain (DRaFT/AlignProp
+  style); the paper reports it works worse than copying.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..rewards.failure_policy import RewardFailures, dropped_line
+from ..flow.conditioning import cond_select, cond_to
+from ..flow.objective import fdfo_loss
+from ..rewards.base import RewardError, error_text, is_fatal
+from ..flow.seeds import epoch_prompt_indices, generator
+from ..run.trainer import FDFOTrainer, ItemStats, TrainingError
+
+
+class _DifferentiableRewardTrainer(FDFOTrainer):
+    def _check(self) -> None:
+        if self.dist.active:
+            raise TrainingError(f"the {self.config.method} baseline runs single-process; launch it without torchrun")
+        if not getattr(self.reward, "differentiable", False):
+            raise TrainingError(
+                f"method {self.config.method!r} needs a differentiable reward; {self.reward_spec!r} is not. "
+                "Use brightness, saturation, colourfulness, pickscore, hpsv2, aesthetic or clipscore, or method fdfo."
+            )
+
+    def _epoch_setup(self, epoch: int):
+        cfg = self.config
+        n = 2 * cfg.pairs_per_epoch  # the same number of images (reward evaluations) as FDFO
+        prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), n)
+        unique, rows = torch.unique(prompt_idx, return_inverse=True)
+        cond = self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()])
+        self._uncond = self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
+        shape = self.backend.latent_shape(cfg.height, cfg.width)
+        sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
+        return n, prompt_idx, rows, cond, shape, sigmas
+
+    def _reward_grad(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [B], d reward / d latents [B, C, h, w]) through the VAE decoder."""
+        z = latents.detach().to(self.device).requires_grad_(True)
+        with torch.enable_grad(), self._autocast():
+            images = self.backend.decode(z).float()
+            r = self.reward.score_differentiable(images.clamp(0, 1), prompts)
+        (grad,) = torch.autograd.grad(r.sum(), z)
+        return r.detach().double().cpu(), grad.float().cpu()
+
+    def _failed_call(self, error: Exception, n: int) -> torch.Tensor:
+        """The shared bad-reward policy (fdfo_core/rewards/failure_policy.py) for a differentiable reward call
+        that raised: fatal errors and a reward that never worked stop the run; otherwise the call's
+        images get NaN (recorded in this epoch's failures)."""
+        if is_fatal(error):
+            raise error
+        if not self._reward_worked:
+            if isinstance(error, RewardError):
+                raise error
+            raise RewardError(f"reward {self.reward_spec!r} failed: {error_text(error)}") from error
+        r = torch.full((n,), float("nan"), dtype=torch.float64)
+        self._failures.add_call(r, [(n, error_text(error))])
+        return r
+
+    def _record(self, r: torch.Tensor) -> None:
+        self._failures.add_call(r)
+        self._reward_worked = self._reward_worked or bool(torch.isfinite(r).any())
+
+    def _finish_with_drops(self, times, rewards: torch.Tensor, stats: ItemStats, dropped_samples: int,
+                           mean_abs_dr: float) -> dict[str, Any]:
+        """Metrics in pair units like FDFO's (2 samples = 1 pair of reward evaluations)."""
+        n = rewards.numel()
+        pairs = (n - dropped_samples) // 2
+        return self._finish_epoch(times, rewards[torch.isfinite(rewards)], stats, pairs=pairs, dropped=n // 2 - pairs,
+                                  mean_abs_dr=mean_abs_dr, with_kl=False)
+
+
+class GradCopyTrainer(_DifferentiableRewardTrainer):
+    """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
+
+    def train_epoch(self) -> dict[str, Any]:
+        self._check()
+        cfg = self.config
+        epoch = self.epoch
+        t = [time.perf_counter()]
+        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self._velocity_fn(self._uncond)
+        states = torch.empty((n, cfg.num_steps, *shape), device=self.storage)
+        vels = torch.empty_like(states)
+        final = torch.empty((n, *shape))
+        with torch.no_grad():
+            for start in range(0, n, 2 * cfg.sample_batch_size):
+                stop = min(n, start + 2 * cfg.sample_batch_size)
+                gens = [generator(cfg.seed, "copy", epoch, i) for i in range(start, stop)]
+                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+                for i in range(cfg.num_steps):
+                    tt = sigmas[i].expand(stop - start).to(self.device)
+                    s = sigmas[i + 1].expand(stop - start).to(self.device)
+                    v = velocity(x, tt, c)
+                    states[start:stop, i], vels[start:stop, i] = x.to(self.storage), v.to(self.storage)
+                    x = x + (s - tt).reshape(-1, 1, 1, 1) * v
+                final[start:stop] = x.cpu()
+                self._progress("sample", stop, n)
+        t.append(time.perf_counter())
+        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        self._failures = RewardFailures()
+        rewards, grads = [], []
+        for start in range(0, n, cfg.decode_batch_size):
+            chunk = final[start : start + cfg.decode_batch_size]
+            try:
+                r, g = self._reward_grad(chunk, prompts[start : start + cfg.decode_batch_size])
+            except Exception as e:
+                r, g = self._failed_call(e, chunk.shape[0]), torch.zeros_like(chunk)
+            else:
+                # A sample whose gradient is not finite cannot be used either: it counts as no reward.
+                r = torch.where(torch.isfinite(g).flatten(1).all(dim=1), r, torch.full_like(r, float("nan")))
+                self._record(r)
+            rewards.append(r)
+            grads.append(g)
+        rewards, grad = torch.cat(rewards), torch.cat(grads)
+        valid = torch.isfinite(rewards)
+        bad = int((~valid).sum())
+        if bad == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or gradient) from "
+                                f"{self.reward_spec!r}: {self._failures.summary()}")
+        self._check_bad_share(bad, n, "samples")
+        if bad:
+            self._log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, self._failures))
+        grad = torch.where(valid.reshape(-1, *([1] * (grad.ndim - 1))), grad, torch.zeros_like(grad))
+        t.append(time.perf_counter())
+
+        # A virtual pair per sample: dx = delta * G / rms(G), so mean(dx^2) = delta^2 and the
+        # exact first-order reward difference is dR = G . dx = delta * n * rms(G).
+        dims = tuple(range(1, grad.ndim))
+        rms = grad.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+        numel = grad[0].numel()
+        dxn = grad / (cfg.grad_copy_delta * rms)
+        dr = (cfg.grad_copy_delta * numel * rms).reshape(-1)
+        items = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(cfg.num_steps), indexing="ij"), -1).reshape(-1, 2)
+        items = items[torch.randperm(items.shape[0], generator=generator(cfg.seed, "copy-items", epoch))]
+        items = items[valid[items[:, 0]]]  # samples without a reward are not trained on
+        stats = ItemStats()
+        for chunk in torch.tensor_split(items, cfg.optimizer_steps_per_epoch):
+            for start in range(0, chunk.shape[0], cfg.train_batch_size):
+                mb = chunk[start : start + cfg.train_batch_size]
+                row, step = mb[:, 0], mb[:, 1]
+                c = cond_to(cond_select(cond, rows[row]), self.device)
+                v = velocity(states[row, step].to(self.device), sigmas[step].to(self.device), c)
+                out = fdfo_loss(v, vels[row, step].to(self.device), dxn[row].to(self.device), dr[row].to(self.device),
+                                clip_range=cfg.clip_range)
+                self.scaler.scale(out.loss.sum() / chunk.shape[0]).backward()
+                stats.add(out.loss, out.ratio, out.clipped, t=sigmas[step])
+            stats.grad_norms.append(self._optimizer_step())
+        t.append(time.perf_counter())
+        return self._finish_with_drops(t, rewards, stats, bad, mean_abs_dr=float(dr[valid].abs().mean()))
+
+
+class BackpropChainTrainer(_DifferentiableRewardTrainer):
+    """method="backprop_chain": maximise the reward by back-propagating through every solver step."""
+
+    def train_epoch(self) -> dict[str, Any]:
+        self._check()
+        cfg = self.config
+        epoch = self.epoch
+        t = [time.perf_counter()]
+        n, prompt_idx, rows, cond, shape, sigmas = self._epoch_setup(epoch)
+        velocity = self._velocity_fn(self._uncond)
+        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        batch = 2 * cfg.sample_batch_size
+        starts = list(range(0, n, batch))
+        groups = [starts[i::cfg.optimizer_steps_per_epoch] for i in range(min(cfg.optimizer_steps_per_epoch, len(starts)))]
+        rewards = torch.empty(n, dtype=torch.float64)
+        self._failures = RewardFailures()
+        dropped = 0
+        stats = ItemStats()
+        for group in groups:
+            for start in group:
+                stop = min(n, start + batch)
+                gens = [generator(cfg.seed, "chain", epoch, i) for i in range(start, stop)]
+                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+                for i in range(cfg.num_steps):
+                    tt = sigmas[i].expand(stop - start).to(self.device)
+                    s = sigmas[i + 1].expand(stop - start).to(self.device)
+                    x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
+                try:
+                    with self._autocast():
+                        images = self.backend.decode(x).float()
+                    r = self.reward.score_differentiable(images.clamp(0, 1), prompts[start:stop])
+                except Exception as e:
+                    rewards[start:stop] = self._failed_call(e, stop - start)
+                    dropped += stop - start
+                    continue
+                rewards[start:stop] = r.detach().double().cpu()
+                self._record(rewards[start:stop])
+                if not bool(torch.isfinite(rewards[start:stop]).all()):
+                    # A NaN anywhere in the batch would poison the shared LoRA gradient through the
+                    # backward pass (0 * NaN): the whole batch sits this update out.
+                    dropped += stop - start
+                    continue
+                loss = -r.sum() / n * len(groups)  # mean reward over the images of this update
+                self.scaler.scale(loss).backward()
+                # No ratio in this method: record minus the reward as the loss, with a neutral ratio of 1.
+                stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
+                self._progress("train", stats.items, n)
+            stats.grad_norms.append(self._optimizer_step())
+        if dropped == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
+                                f"{self.reward_spec!r}: {self._failures.summary()}")
+        self._check_bad_share(dropped, n, "samples")
+        if dropped:
+            self._log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, self._failures))
+        # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
+        return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0)
