@@ -92,6 +92,10 @@ class FDFOConfig:
     judge: str = ""  # reward spec scoring held-out images besides the training reward ("" = none)
     early_stop_patience: int = 0  # stop after N evaluations without a new best criterion (0 = off)
     early_stop_min_diversity: float = 0.0  # stop when diversity < this x the base model's (0 = off)
+    # Stop when an image statistic of the held-out images (near-black / near-white share, saturation,
+    # colour entropy, edge density; image_stats.py) moves this far from the base model's, as a
+    # fraction of its range (0 = off; 0.3 catches a dark share going from 0.45 to 0.93).
+    early_stop_max_image_shift: float = 0.0
     # --- method and baselines (Flow-GRPO settings: its paper and public SD3.5 configs) ---------
     method: Method = "fdfo"
     grpo_group_size: int = 24  # G images per prompt
@@ -163,9 +167,13 @@ class FDFOConfig:
         need(0.0 <= self.early_stop_min_diversity <= 1.0,
              f"early_stop_min_diversity is a fraction of the base model's diversity in [0, 1] (0 = off), "
              f"got {self.early_stop_min_diversity}")
+        need(0.0 <= self.early_stop_max_image_shift <= 1.0,
+             f"early_stop_max_image_shift is a fraction of each image statistic's range in [0, 1] (0 = off), "
+             f"got {self.early_stop_max_image_shift}")
         if not self.eval_every:
             for name, value in (("judge", self.judge), ("early_stop_patience", self.early_stop_patience),
-                                ("early_stop_min_diversity", self.early_stop_min_diversity)):
+                                ("early_stop_min_diversity", self.early_stop_min_diversity),
+                                ("early_stop_max_image_shift", self.early_stop_max_image_shift)):
                 need(not value, f"{name} needs the held-out evaluation: set eval_every >= 1 (it is 0)")
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         if self.method.startswith("flow_grpo"):

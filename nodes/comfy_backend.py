@@ -39,7 +39,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.samplers
 
-from ..fdfo_core.backends.interface import BackendError, NamedAdapterParams
+from ..fdfo_core.backends.interface import BackendError, NamedAdapterParams, weights_digest
 from ..fdfo_core.backends.gradient_checkpointing import CopyOnInplace
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import (
@@ -67,6 +67,8 @@ from ..fdfo_core.flow.image_sizes import SizeRule
 from ..fdfo_core.backends.lora_files import fuse_parts
 from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.flow.seeds import derive_seed
+from .comfy_layers import dequantized_weight, is_quantized, linear_features, post_function_scale
+from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
     from comfy.weight_adapter import WeightAdapterTrainBase as _AdapterBase
@@ -109,10 +111,45 @@ def _hash_patch_value(digest, value: Any) -> None:
             _hash_patch_value(digest, value.weights)
 
 
+def _hash_injection(digest, injection: Any) -> None:
+    """Feed a ModelPatcher injection (a `PatcherInjection(inject, eject)`) into `digest`: the
+    kind of object that injects, and every tensor it holds (its adapters' weights and
+    strengths), one level of attributes deep and through modules' state dicts."""
+    owner = getattr(getattr(injection, "inject", None), "__self__", None) or injection
+    digest.update(type(owner).__qualname__.encode())
+    values = owner.state_dict().items() if isinstance(owner, torch.nn.Module) else sorted(vars(owner).items()) \
+        if hasattr(owner, "__dict__") else []
+    for name, value in values:
+        if callable(value) and not isinstance(value, torch.nn.Module):
+            continue
+        digest.update(str(name).encode())
+        if isinstance(value, torch.nn.Module):
+            for key, tensor in value.state_dict().items():
+                digest.update(key.encode())
+                _hash_patch_value(digest, tensor)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(str(key).encode())
+                item = value[key]
+                _hash_patch_value(digest, list(item.state_dict().values()) if isinstance(item, torch.nn.Module) else item)
+        else:
+            _hash_patch_value(digest, value)
+
+
 def model_name(model) -> str:
     base = model.model
     config = getattr(base, "model_config", None)
     return type(config).__name__ if config is not None else type(base).__name__
+
+
+def comfyui_version() -> str | None:
+    """The running ComfyUI's version (`comfyui_version.__version__` in its root), or None when it
+    cannot be read (then no family is refused for the version)."""
+    try:
+        import comfyui_version as version_module
+    except ImportError:
+        return None
+    return str(getattr(version_module, "__version__", "")) or None
 
 
 def model_family(model) -> Family:
@@ -134,7 +171,10 @@ def model_family(model) -> Family:
             f"this MODEL is {name} with {prediction} prediction, a diffusion model, not a flow model "
             f"(SD1.5, SDXL and their fine-tunes are diffusion models). FDFO trains {supported_text()}."
         )
-    refused = comfy_refusal(base)
+    problem = _not_a_velocity_flow(sampling)
+    if problem:
+        raise BackendError(f"this MODEL is {name}: {problem} FDFO trains {supported_text()}.")
+    refused = comfy_refusal(base, comfyui_version())
     if refused is not None:
         raise BackendError(f"this MODEL is {name}: {refused[1]} FDFO trains {supported_text()}.")
     family = family_for_comfy_model(base) or UnregisteredComfyFamily(name)
@@ -150,6 +190,60 @@ def model_family(model) -> Family:
     except FamilyError as e:
         raise BackendError(f"{name}: {e} FDFO trains {supported_text()}.") from e
     return family
+
+
+def _not_a_velocity_flow(sampling) -> str | None:
+    """Why a CONST model sampling is not the flow FDFO assumes, or None.
+
+    FDFO needs x_t = (1 - t) x0 + t eps with eps ~ N(0, 1) and a network output that is the
+    velocity, denoised = x - t v: CONST's own `calculate_denoised` and `noise_scaling`, with a
+    noise scale of 1. Newer ComfyUI has CONST subclasses that change these (read in its
+    `comfy/model_sampling.py`: `IMG_TO_IMG_FLOW`, `IMG_TO_IMG_VELOCITY` return something else than
+    x - t v; a `noise_scale` attribute, 8 for HiDream-O1, scales the noise)."""
+    const = comfy.model_sampling.CONST
+    kind = type(sampling)
+    for method in ("calculate_denoised", "noise_scaling"):
+        own = getattr(kind, method, None)
+        if own is not getattr(const, method):
+            where = next((c.__name__ for c in kind.__mro__ if method in vars(c)), kind.__name__)
+            return (f"its model sampling ({where}) overrides {method}, so its output is not the plain flow velocity "
+                    f"(denoised = x - t v, x_t = (1 - t) x0 + t noise) that FDFO trains.")
+    scale = getattr(sampling, "noise_scale", 1.0)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        return f"its model sampling has a noise scale {scale!r}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    if scale != 1.0:
+        return f"its model sampling scales the noise by {scale:g}; FDFO trains flows whose noise is N(0, 1) (noise scale 1)."
+    return None
+
+
+#: Inputs of ComfyUI's loaders that name the model file (Load Checkpoint, Load Diffusion Model, ...).
+_MODEL_FILE_INPUTS = ("ckpt_name", "unet_name", "model_name")
+
+
+def model_file_name(graph: Mapping[str, Any] | None, node_id: Any, input_name: str = "model") -> str:
+    """The file name of the checkpoint a node's MODEL input was loaded from, read from the queued
+    workflow (the hidden PROMPT input): the MODEL is followed back through the nodes that pass it on
+    (LoRA loaders, patches: their own "model" input) to a loader; "" when the workflow does not say."""
+    graph = graph or {}
+    link = (graph.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    seen: set[str] = set()
+    while isinstance(link, (list, tuple)) and len(link) == 2 and str(link[0]) not in seen:
+        seen.add(str(link[0]))
+        inputs = (graph.get(str(link[0])) or {}).get("inputs", {})
+        name = next((inputs[k] for k in _MODEL_FILE_INPUTS if isinstance(inputs.get(k), str)), None)
+        if name is not None:
+            return name
+        link = inputs.get("model")
+    return ""
+
+
+def distilled_checkpoint(model, graph: Mapping[str, Any] | None = None, node_id: Any = None):
+    """(family, the family's distilled checkpoint this MODEL is) by its ComfyUI config class or its
+    file name in the workflow (`model_file_name`), else (family, None). Raises what `model_family` raises."""
+    family = model_family(model)
+    return family, family.distilled_checkpoint(model_file_name(graph, node_id), comfy_config=model_name(model))
 
 
 def check_flow_model(model) -> str:
@@ -189,6 +283,15 @@ def check_clip(clip) -> None:
         raise BackendError(f"expected a ComfyUI CLIP, got {type(clip).__name__}")
 
 
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    """The address of a tensor's storage, or None for tensors without one (wrapper subclasses
+    such as ComfyUI's QuantizedTensor, whose data lives in inner tensors)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 # --- the adapter ---------------------------------------------------------------------------------
 
 
@@ -200,12 +303,19 @@ class FDFOLoRA(_AdapterBase):
     as the diffusers backend), so training starts from the base model. Parameters are fp32; the
     update is computed in fp32 outside autocast and added in the weight's own dtype, as ComfyUI's
     LoRA adapters do.
+
+    weight_scale: the factor s a scaled-fp8 layer multiplies the weight functions' output by
+    (`comfy_layers.post_function_scale`); the update is added as dW / s there, so the layer acts as
+    s W_raw + dW, which is what the saved file does in ComfyUI's LoRA loaders.
     """
 
     def __init__(self, module: str, out_features: int, in_features: int, parts: list[PlannedPart], rank: int,
-                 alpha: float, generator: torch.Generator, device: torch.device):
+                 alpha: float, generator: torch.Generator, device: torch.device,
+                 weight_scale: torch.Tensor | None = None):
         super().__init__()
         self.module = module
+        # A normal float32 copy: the layer's own may be an inference tensor (loaded under inference mode).
+        self.weight_scale = None if weight_scale is None else weight_scale.detach().float().clone()
         self.parts = list(parts)
         self.out_features = out_features
         self.scale = float(alpha) / rank
@@ -229,13 +339,16 @@ class FDFOLoRA(_AdapterBase):
             return w
         with torch.autocast(w.device.type, enabled=False):
             d = self.delta().to(w.device)
+            if self.weight_scale is not None:
+                d = d / self.weight_scale.to(w.device)
         return (w + d.reshape(w.shape)).to(w.dtype)
 
     def passive_memory_usage(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
     def move_to(self, device) -> int:
-        self.to(device)
+        with torch.inference_mode(False):  # ComfyUI may load models under inference mode: stay trainable
+            self.to(device)
         return self.passive_memory_usage()
 
 
@@ -288,6 +401,13 @@ class ComfyBackend(NamedAdapterParams):
         # Never mutate the incoming MODEL: everything below patches a clone.
         self.patcher = model.clone()
         self.base = self.patcher.model
+        # Newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, the default on NVIDIA after
+        # v0.8.0, read in its model_patcher.py) keeps the weights memory-mapped and casts what each
+        # layer needs on the fly, applying weight functions (our LoRA) to the cast copies.
+        self.dynamic_vram = bool(getattr(self.patcher, "is_dynamic", lambda: False)())
+        if self.dynamic_vram and full_load:
+            log.warning("FDFO: full_load has no effect on this model: ComfyUI's dynamic VRAM manages its weights "
+                        "(start ComfyUI with --disable-dynamic-vram to load it whole)")
         self.device = torch.device(self.patcher.load_device)
         # ComfyUI runs some image models (Qwen-Image) on video latents [B, C, T, h, w]: T = 1.
         self._one_frame = getattr(self.base.latent_format, "latent_dimensions", 2) == 3
@@ -310,8 +430,10 @@ class ComfyBackend(NamedAdapterParams):
     @contextlib.contextmanager
     def session(self, train: bool) -> Iterator["ComfyBackend"]:
         """Attach the adapter (when training), load the model through ComfyUI's model management,
-        and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)."""
-        with torch.inference_mode(False):
+        and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)
+        and ComfyUI in training mode (`training_mode`: differentiable code instead of fused
+        inference kernels, for sampling too, so recorded and trained velocities agree)."""
+        with torch.inference_mode(False), training_mode():
             self._in_session = True
             try:
                 if train:
@@ -327,6 +449,7 @@ class ComfyBackend(NamedAdapterParams):
                 self._in_session = False
                 self._unwrap_blocks()
                 self._detach_adapters()
+                self._repair_quantized_weights()
 
     def _memory_required(self) -> int:
         cfg = self.config
@@ -352,15 +475,36 @@ class ComfyBackend(NamedAdapterParams):
     def _make_tensors_autograd_safe(self) -> None:
         """Tensors created under inference mode (ComfyUI loads models there) cannot be saved for
         backward; replace such parameters and buffers of the diffusion model by identical normal
-        tensors. Values do not change, so other users of the model see no difference."""
+        tensors. Values do not change, so other users of the model see no difference.
+
+        Under dynamic VRAM the parameters stay as they are: they are memory-mapped (a copy would
+        load the whole model into RAM) and the forward pass only ever sees cast copies of them."""
         with torch.no_grad():
             for module in self.base.diffusion_model.modules():
-                for name, p in list(module._parameters.items()):
-                    if p is not None and p.is_inference():
+                for name, p in ([] if self.dynamic_vram else list(module._parameters.items())):
+                    # Quantized weights are never saved for backward (ComfyUI dequantizes them into
+                    # new tensors first); a clone of one would break ComfyUI's own use of it.
+                    if p is not None and p.is_inference() and not is_quantized(p):
                         module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
                 for name, b in list(module._buffers.items()):
                     if b is not None and b.is_inference():
                         module._buffers[name] = b.clone()
+
+    def _repair_quantized_weights(self) -> None:
+        """ComfyUI runs its nodes under inference mode. A quantized weight (ComfyUI >= 0.8's
+        QuantizedTensor) that ComfyUI moved or cast while this session ran (outside inference
+        mode) comes back as a normal tensor around inference-mode data, which ComfyUI's next use
+        under inference mode refuses ("Cannot set version_counter for inference tensor", e.g. in
+        LoraLoaderModelOnly). Such weights get an inference-mode copy with the same values."""
+        with torch.inference_mode():
+            for module in self.base.diffusion_model.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is None or not is_quantized(p) or p.is_inference():
+                        continue
+                    try:
+                        p.detach()
+                    except RuntimeError:
+                        module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
 
     def _base_transformer_options(self) -> dict[str, Any]:
         import comfy.model_patcher
@@ -377,7 +521,8 @@ class ComfyBackend(NamedAdapterParams):
         """[(ComfyUI module name inside diffusion_model, module, parts)] for `config.lora_targets`,
         from the family's LoRA layout (`Family.comfy_lora_plan`)."""
         modules = dict(self.base.diffusion_model.named_modules())
-        linears = {n: (m.in_features, m.out_features) for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
+        # By what a layer does, not its class: quantized layers (MixedPrecisionOps) are no nn.Linear.
+        linears = {n: f for n, f in ((n, linear_features(m)) for n, m in modules.items()) if f is not None}
         plan: dict[str, list[PlannedPart]] = OrderedDict()
         for part in self.model_family.comfy_lora_plan(linears, self.model_family.resolve_lora_targets(self.config.lora_targets)):
             plan.setdefault(part.comfy_module, []).append(part)
@@ -398,7 +543,8 @@ class ComfyBackend(NamedAdapterParams):
             )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         for name, module, parts in plan:
-            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device)
+            adapter = FDFOLoRA(name, module.out_features, module.in_features, parts, cfg.lora_rank, cfg.lora_alpha, g, self.device,
+                               weight_scale=post_function_scale(module))
             self.patcher.add_weight_wrapper(f"diffusion_model.{name}.weight", adapter)
             self.adapters[name] = adapter
             for part, a, b in zip(parts, adapter.lora_A, adapter.lora_B):
@@ -466,10 +612,10 @@ class ComfyBackend(NamedAdapterParams):
                         return _original(*args, **kwargs)
                     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel()]
                     versions = [v._version for v in tensors]
-                    inputs = {v.untyped_storage().data_ptr() for v in tensors}
+                    inputs = {_storage_ptr(v) for v in tensors} - {None}
 
                     def pack(t):
-                        return t.clone() if t.numel() and t.untyped_storage().data_ptr() in inputs else t
+                        return t.clone() if t.numel() and _storage_ptr(t) in inputs else t
 
                     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                         out = _original(*args, **kwargs)
@@ -528,11 +674,11 @@ class ComfyBackend(NamedAdapterParams):
         unet = {k: v for k, v in (getattr(config, "unet_config", None) or {}).items() if k not in _LOAD_KEYS}
         last = None
         for name, module in self.base.diffusion_model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name not in self.adapters:
+            if linear_features(module) is not None and name not in self.adapters:
                 last = module
-        weights = "none"
-        if last is not None:
-            weights = hashlib.sha256(last.weight.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        # rounded to e4m3 first: the same whether the loader's weight dtype is default or fp8_e4m3fn
+        # (quantized weights, ComfyUI >= 0.8, dequantized first)
+        weights = "none" if last is None else weights_digest(dequantized_weight(last))
         # Upstream patches (a LoRA loaded before FDFO) change the model being trained: their keys,
         # strengths and contents count. (FDFO's own adapter lives in weight_wrapper_patches.)
         digest = hashlib.sha256()
@@ -541,7 +687,14 @@ class ComfyBackend(NamedAdapterParams):
             for patch in self.patcher.patches[key]:
                 digest.update(repr((float(patch[0]), float(patch[2]), patch[3])).encode())
                 _hash_patch_value(digest, patch[1])
-        patches = bool(self.patcher.patches)
+        # ComfyUI >= 0.8: patches that enter the forward pass as injections (newer ComfyUI loads
+        # bypass LoRAs this way, `load_bypass_lora_for_models`) change the model as much.
+        injections = getattr(self.patcher, "injections", None) or {}
+        for key in sorted(injections):
+            digest.update(f"injection:{key}".encode())
+            for injection in injections[key]:
+                _hash_injection(digest, injection)
+        patches = bool(self.patcher.patches) or any(injections.values())
         return {
             "family": self.family,
             "model": model_name(self.source_model),
@@ -658,7 +811,8 @@ class ComfyBackend(NamedAdapterParams):
         import comfy.sampler_helpers
 
         self._needs_reload = True  # the text encoder may push the diffusion model off the GPU
-        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        # The family's text for the prompt (Lumina 2: its system prompt first), as its pipeline encodes it.
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(self.model_family.comfy_prompt(text)))
         if len(conditioning) != 1:
             log.warning("FDFO: the CLIP returned %d scheduled conditionings; training uses the first", len(conditioning))
         cond, extras = conditioning[0][0], dict(conditioning[0][1])

@@ -16,16 +16,18 @@ import torch
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import family_for_comfy_model
 from ..fdfo_core.run.trainer import TrainingError
+from .comfy_layers import linear_features, storage_dtype
 
 #: How far (ratio of parameter counts) a published model may be from the loaded one to stand for it.
 MAX_SIZE_RATIO = 1.25
 
 
 def comfy_weight_kind(diffusion_model: torch.nn.Module) -> str:
-    """"fp8" when the model's linear weights are stored in a float8 dtype, else "auto"."""
+    """"fp8" when the model's linear weights are stored in a float8 dtype (plain, scaled or
+    quantized layers), else "auto"."""
     for m in diffusion_model.modules():
-        if isinstance(m, torch.nn.Linear):
-            return "fp8" if "float8" in str(m.weight.dtype) else "auto"
+        if linear_features(m) is not None or isinstance(m, torch.nn.Linear):
+            return "fp8" if "float8" in str(storage_dtype(m)) else "auto"
     return "auto"
 
 

@@ -48,8 +48,9 @@ class FDFOHumanPicksReward:
             "encoder_path": path_input("Encoder weights folder (preference model)"),
             "head": (["linear", "mlp"], {"default": "linear", "tooltip": "The preference model's head (linear suits few picks)."}),
             "min_picks": ("INT", {"default": 8, "min": 1, "max": 100000, "tooltip": (
-                "The preference model scores pairs once it has been fitted on at least this many picks (before that, "
-                "unpicked pairs are dropped).")}),
+                "The preference model scores pairs once it has been fitted on at least this many picks and its "
+                "held-out accuracy is measured and beats always answering one side (before that, unpicked pairs are "
+                "dropped, and the log says why).")}),
             "device": (["auto", "cpu"], {"default": "auto", "tooltip": "Where the preference model's encoder runs."}),
         }}
 

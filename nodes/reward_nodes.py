@@ -1,9 +1,10 @@
 """Reward loader nodes (one per reward family), Combine Rewards and Score Images.
 
 A loader builds the reward once (ComfyUI caches the output while its inputs stay the same) and
-passes the `fdfo_core.rewards.Reward` object on as FDFO_REWARD. Weights are never downloaded:
-learned rewards look in `ComfyUI/models/fdfo_rewards/<name>/` (docs/rewards.md); errors name the
-reward, the missing folder and where to get it.
+passes the `fdfo_core.rewards.Reward` object on as FDFO_REWARD. Learned rewards look in
+`ComfyUI/models/fdfo_rewards/<name>/` (docs/rewards.md); errors name the reward, the missing folder
+and where to get it. Weights are downloaded only when a node's `fetch_missing_weights` switch (off
+by default) is on (fdfo_core/rewards/fetch.py).
 """
 
 from __future__ import annotations
@@ -57,10 +58,61 @@ def widget_option(value: Any) -> Any:
     return value
 
 
-def load_reward(name: str, options: dict[str, Any], device: str = "auto"):
-    """Build one registered reward, with options from widgets; RewardError says which and why."""
+#: Reward options that point at weights the user placed: with one of them set, nothing is fetched.
+PATH_OPTIONS = ("path", "processor_path", "tokenizer_path", "clip_path", "text_path")
+
+
+def _fetch_input() -> dict[str, tuple]:
+    return {"fetch_missing_weights": ("BOOLEAN", {"default": False, "tooltip": (
+        "Download the files this reward needs from the Hugging Face Hub into models/fdfo_rewards/ when they are "
+        "missing (only those files; shown on the progress bar; an interrupted download continues on the next run). "
+        "Off: nothing is ever downloaded. Honours HF_ENDPOINT (a mirror), HF_TOKEN and HF_HUB_OFFLINE.")})}
+
+
+def fetch_missing(name: str, options: dict[str, Any]) -> None:
+    """Fetch what reward `name` needs and no reward folder holds (fdfo_core/rewards/fetch.py), with
+    ComfyUI's progress bar (Cancel stops it; the partial files are continued next time). Nothing is
+    fetched when a path option names the weights' place."""
+    from ..fdfo_core.rewards.fetch import fetch_weights, missing_parts
+
+    given = [k for k in PATH_OPTIONS if options.get(k) is not None]
+    if given:
+        log.info("FDFO: %s: %s given, nothing fetched", name, ", ".join(given))
+        return
+    if not missing_parts(name, options):
+        return
+    try:
+        from .common import NodeProgress
+
+        bar = NodeProgress(1000)
+    except ImportError:  # outside ComfyUI (unit tests): no progress bar
+        bar = None
+
+    def progress(done: int, total: int) -> None:
+        check_interrupt_if_running()
+        if bar is not None:
+            bar.update(1000 * done / max(total, 1))
+
+    fetch_weights(name, options, progress=progress, log=lambda line: log.info("FDFO: %s", line))
+
+
+def check_interrupt_if_running() -> None:
+    """ComfyUI's Cancel, when running inside ComfyUI."""
+    try:
+        from .common import check_interrupt
+
+        check_interrupt()
+    except ImportError:
+        pass
+
+
+def load_reward(name: str, options: dict[str, Any], device: str = "auto", fetch: bool = False):
+    """Build one registered reward, with options from widgets; RewardError says which and why.
+    fetch: first download missing weights (`fetch_missing`)."""
     dev = torch_device(device)
     opts = {k: v for k, v in ((k, widget_option(v)) for k, v in options.items()) if v is not None}
+    if fetch:
+        fetch_missing(name, opts)
     # Models built here are used later with autograd enabled (training); inference-mode tensors
     # could not be, so build outside inference mode (nodes run inside it).
     with torch.inference_mode(False):
@@ -119,11 +171,11 @@ class FDFOPickScoreReward(_RewardLoader):
             "path": path_input("PickScore_v1 folder"),
             "processor_path": path_input("CLIP-H tokenizer/preprocessor folder"),
             **_common_learned(16),
-        }}
+        }, "optional": _fetch_input()}
 
-    def load(self, path, processor_path, dtype, micro_batch, device):
+    def load(self, path, processor_path, dtype, micro_batch, device, fetch_missing_weights=False):
         return (load_reward("pickscore", {"path": path, "processor_path": processor_path, "dtype": dtype,
-                                          "micro_batch": micro_batch}, device),)
+                                          "micro_batch": micro_batch}, device, fetch=fetch_missing_weights),)
 
 
 class FDFOHPSv2Reward(_RewardLoader):
@@ -137,11 +189,11 @@ class FDFOHPSv2Reward(_RewardLoader):
             "tokenizer_path": path_input("CLIP BPE tokenizer folder"),
             "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip": "Multiplies the cosine (100 gives a range like PickScore's)."}),
             **_common_learned(16),
-        }}
+        }, "optional": _fetch_input()}
 
-    def load(self, path, version, tokenizer_path, scale, dtype, micro_batch, device):
+    def load(self, path, version, tokenizer_path, scale, dtype, micro_batch, device, fetch_missing_weights=False):
         return (load_reward("hpsv2", {"path": path, "version": version, "tokenizer_path": tokenizer_path, "scale": scale,
-                                      "dtype": dtype, "micro_batch": micro_batch}, device),)
+                                      "dtype": dtype, "micro_batch": micro_batch}, device, fetch=fetch_missing_weights),)
 
 
 class FDFOAestheticReward(_RewardLoader):
@@ -153,10 +205,11 @@ class FDFOAestheticReward(_RewardLoader):
             "path": path_input("aesthetic head (sac+logos+ava1-l14-linearMSE) folder"),
             "clip_path": path_input("CLIP ViT-L/14 folder"),
             **_common_learned(32),
-        }}
+        }, "optional": _fetch_input()}
 
-    def load(self, path, clip_path, dtype, micro_batch, device):
-        return (load_reward("aesthetic", {"path": path, "clip_path": clip_path, "dtype": dtype, "micro_batch": micro_batch}, device),)
+    def load(self, path, clip_path, dtype, micro_batch, device, fetch_missing_weights=False):
+        return (load_reward("aesthetic", {"path": path, "clip_path": clip_path, "dtype": dtype, "micro_batch": micro_batch},
+                            device, fetch=fetch_missing_weights),)
 
 
 class FDFOClipScoreReward(_RewardLoader):
@@ -169,11 +222,11 @@ class FDFOClipScoreReward(_RewardLoader):
             "model": ("STRING", {"default": "openai/clip-vit-large-patch14", "tooltip": "Hugging Face id, looked up in the offline cache and as a folder name when path is 'auto'."}),
             "scale": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 1000.0, "step": 0.5, "tooltip": "Multiplier of the cosine (100 as text-to-image papers report it; the CLIPScore paper uses 2.5)."}),
             **_common_learned(32),
-        }}
+        }, "optional": _fetch_input()}
 
-    def load(self, path, model, scale, dtype, micro_batch, device):
+    def load(self, path, model, scale, dtype, micro_batch, device, fetch_missing_weights=False):
         return (load_reward("clipscore", {"path": path, "model": model, "scale": scale, "dtype": dtype,
-                                          "micro_batch": micro_batch}, device),)
+                                          "micro_batch": micro_batch}, device, fetch=fetch_missing_weights),)
 
 
 class FDFOVLMReward(_RewardLoader):
@@ -194,14 +247,16 @@ class FDFOVLMReward(_RewardLoader):
             "model": ("STRING", {"default": DEFAULT_VLM, "tooltip": "Hugging Face id, looked up in the offline cache and as a folder name when path is 'auto'."}),
             "scale": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 1000.0, "step": 1.0, "tooltip": "Multiplier of the yes-probability."}),
             **_common_learned(4),
-        }}
+        }, "optional": _fetch_input()}
 
-    def load(self, path, question, target, contrast, image_size, model, scale, dtype, micro_batch, device):
+    def load(self, path, question, target, contrast, image_size, model, scale, dtype, micro_batch, device,
+             fetch_missing_weights=False):
         if not question.strip():
             raise RewardError("vlm: the question is empty; write a yes/no question (use {prompt} for the image's prompt)")
         return (load_reward("vlm", {"path": path, "question": question, "target": target, "contrast": contrast,
                                     "image_size": image_size if image_size > 0 else "none", "model": model,
-                                    "scale": scale, "dtype": dtype, "micro_batch": micro_batch}, device),)
+                                    "scale": scale, "dtype": dtype, "micro_batch": micro_batch}, device,
+                            fetch=fetch_missing_weights),)
 
 
 class FDFORemoteReward(_RewardLoader):
@@ -289,6 +344,26 @@ def _fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def composite_over_white(images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] composited over white where a ComfyUI MASK ([B, H, W] or
+    [H, W], 1 = transparent: Load Image's mask is 1 - alpha) is set: what the folder input gives
+    for the same RGBA file (`files.image_files` composites over white). Load Image's placeholder
+    mask of an image without alpha (64 x 64 zeros) changes nothing. Raises RewardError when a
+    mask of another size or batch is not all zeros."""
+    if mask is None:
+        return images
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    if m.shape[-2:] != images.shape[-2:] or m.shape[0] not in (1, images.shape[0]):
+        if not bool(m.any()):
+            return images
+        raise RewardError(f"reference: the mask ({tuple(m.shape)}) does not fit the images ({tuple(images.shape)}); "
+                          "connect the MASK of the same Load Image")
+    alpha = (1.0 - m.clamp(0, 1)).to(images)[:, None]
+    return images * alpha + (1.0 - alpha)
+
+
 class FDFOReferenceStyleReward(_RewardLoader):
     DESCRIPTION = ("Style from reference images: how close each image is to your references in an image encoder's space "
                    "(CLIP, SigLIP, DINOv2 or the CSD style descriptor), 100 x cosine. Connect a batch of images (Load "
@@ -327,6 +402,10 @@ class FDFOReferenceStyleReward(_RewardLoader):
             **_common_learned(16),
         }, "optional": {
             "images": ("IMAGE", {"tooltip": "Reference images (a batch, e.g. from Load Image or a batch of several)."}),
+            "mask": ("MASK", {"tooltip": (
+                "Load Image's MASK for transparent references: the images are composited over white where the mask "
+                "is set (transparent), as the folder input does; without it the colour under transparent pixels counts.")}),
+            **_fetch_input(),
         }}
 
     @classmethod
@@ -341,15 +420,15 @@ class FDFOReferenceStyleReward(_RewardLoader):
             return f"error {e}"
 
     def load(self, folder, encoder, path, aggregation, top_k, content_captions, content_weight, prompt_weight, text_path,
-             scale, dtype, micro_batch, device, images=None):
-        from ..fdfo_core.files.image_files import ImageFileError, read_images
+             scale, dtype, micro_batch, device, images=None, mask=None, fetch_missing_weights=False):
+        from ..fdfo_core.files.image_files import ImageFileError, image_paths
 
         refs = []
         if images is not None:
-            refs += list(image_to_nchw(images).unbind(0))
+            refs += list(composite_over_white(image_to_nchw(images), mask).unbind(0))
         if folder and folder != NO_FOLDER:
-            try:
-                refs += read_images(resolve_reference_folder(folder))[0]
+            try:  # the files themselves: the reward reads them micro_batch at a time
+                refs += image_paths(resolve_reference_folder(folder))
             except ImageFileError as e:
                 raise RewardError(f"reference: {e}") from None
         if not refs:
@@ -358,7 +437,8 @@ class FDFOReferenceStyleReward(_RewardLoader):
         return (load_reward("reference", {
             "images": refs, "encoder": encoder, "path": path, "aggregation": aggregation, "top_k": top_k,
             "content_captions": content_captions, "content_weight": content_weight, "prompt_weight": prompt_weight,
-            "text_path": text_path, "scale": scale, "dtype": dtype, "micro_batch": micro_batch}, device),)
+            "text_path": text_path, "scale": scale, "dtype": dtype, "micro_batch": micro_batch}, device,
+            fetch=fetch_missing_weights),)
 
 
 def preference_models() -> list[str]:

@@ -17,6 +17,7 @@ message (what failed, the last checkpoint, where the LoRA went, how to resume) a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -35,8 +36,8 @@ from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, de
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
 from .memory_choice import choose_comfy_memory
 from .sampler_nodes import clean_prompts
-from .training_options import (TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec, resolve_settings,
-                               setting)
+from .training_options import (ALL_SETTINGS, TRAINER_SETTINGS, TRAINING_OPTIONS, config_from_settings, input_spec,
+                               resolve_settings, setting)
 
 RUNS_SUBFOLDER = "fdfo"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -216,8 +217,14 @@ def _comfy_dirs() -> tuple[Path, Path]:
 
 
 def publish_lora(src: Path, loras_dir: Path) -> Path:
-    """Copy a LoRA file into ComfyUI's LoRA folder (atomic; StorageError when it cannot)."""
-    return storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
+    """Copy a LoRA file, and its `<name>.preview.png` when there is one, into ComfyUI's LoRA folder
+    (atomic; StorageError when it cannot)."""
+    from ..fdfo_core.backends.modelspec import preview_path
+
+    out = storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
+    if preview_path(src).exists():
+        storage.copy_file(preview_path(src), preview_path(out), "LoRA preview image in ComfyUI's LoRA folder")
+    return out
 
 
 class FDFOTrainerNode:
@@ -301,11 +308,16 @@ class FDFOTrainerNode:
         from ..fdfo_core.files.drawing import reward_curve_image
         from ..fdfo_core.backends.generation import generate_images
         from ..fdfo_core.run.guardrails import best_lora_name
-        from ..fdfo_core.files.drawing import image_grid, save_png
+        from ..fdfo_core.files.drawing import image_grid, save_png, to_pil
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
-        from .comfy_backend import ComfyBackend
+        from .comfy_backend import ComfyBackend, distilled_checkpoint
 
+        family, distilled = distilled_checkpoint(model, graph, unique_id)
+        if distilled is not None:  # warn; the steps / CFG the user left at their defaults follow the model
+            defaults = {o.config: o.to_config(o.default) if o.to_config else o.default for o in ALL_SETTINGS if o.config}
+            cfg = cfg.replace(**distilled.adapted(dataclasses.asdict(cfg), defaults)).validate()
+            log.warning("FDFO: %s", distilled.warning(family.title, dataclasses.asdict(cfg)))
         if float(values["vram_gb"] or 0) > 0:
             cfg, message = choose_comfy_memory(model, cfg, float(values["vram_gb"]))
             log.info("FDFO: %s", message)
@@ -332,6 +344,8 @@ class FDFOTrainerNode:
                 cfg.cfg_scale, cfg.negative_prompt, batch_size=cfg.sample_batch_size, amp=trainer.amp,
                 use_adapter=use_adapter, check_cancel=check_interrupt,
             )
+            if use_adapter and images.ndim == 4 and images.shape[1] == 3:  # becomes <lora>.preview.png
+                trainer.preview_image = to_pil(images[0])
             if save_as is not None:  # full size in the run folder
                 save_png(image_grid(images, ncol=preview_columns(len(preview_prompts))), save_as, "preview grid",
                          make_folder=True)
@@ -395,6 +409,9 @@ class FDFOTrainerNode:
             trainer.start_run()  # the run and LoRA folders writable, space enough, the run recorded
             start = (f"{'resuming' if resuming else 'starting'} {run_name} at epoch {trainer.epoch}/{cfg.epochs}: "
                      f"{len(prompts)} prompts, reward {reward_spec}, {cfg.pairs_per_epoch} pairs x {cfg.num_steps} steps per epoch")
+            estimate = trainer.estimate_time()  # before the first epoch: the expected time (an estimate)
+            if estimate is not None:
+                start += "\n" + estimate.line()
             progress.bar.text(start)
             if preview_every:
                 grids["base"] = preview(trainer, use_adapter=False)
@@ -473,8 +490,17 @@ class FDFOTrainerNode:
         """Copy `<name>-best.safetensors` (the guardrails' best LoRA) into ComfyUI's LoRA folder;
         its path there, or None when there is none or it cannot be copied (logged; the run
         folder keeps it)."""
-        from ..fdfo_core.run.guardrails import best_lora_name
+        from ..fdfo_core.run.guardrails import best_lora_name, retired_best_lora_name
 
+        # The best LoRAs of earlier criteria (a reward or judge changed with allow_run_changes)
+        # keep their own names in ComfyUI's LoRA folder too: the new best does not overwrite them.
+        pattern = retired_best_lora_name(trainer.lora_name, 0).replace("epoch0", "epoch*")
+        for retired in sorted(run_dir.glob(pattern)):
+            if not (loras_dir / retired.name).exists():
+                try:
+                    publish_lora(retired, loras_dir)
+                except StorageError as e:
+                    log.warning("FDFO: the earlier best LoRA stays in %s: %s", retired, e)
         best = run_dir / best_lora_name(trainer.lora_name)
         if trainer.guardrails is None or not best.exists():
             return None

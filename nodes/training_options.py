@@ -189,6 +189,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("lora_output", (["last", "best"], {"default": "last", "tooltip": (
         "Which LoRA the Trainer's model / lora / lora_name outputs carry: the last epoch's, or the best held-out one "
         "(<name>-best.safetensors). Both files are saved either way.")}), "guardrails"),
+    Option("early_stop_max_image_shift", _float(d.early_stop_max_image_shift, 0.0, 1.0, 0.05, (
+        "Stop when a plain statistic of the held-out images (near-black or near-white share, saturation, colour "
+        "entropy, edge density) moves this far from the base model's, as a fraction of its range (0 = off; 0.3 "
+        "catches a dark share going from 0.45 to 0.93).")), "guardrails", "early_stop_max_image_shift"),
 )
 
 ALL_SETTINGS: tuple[Option, ...] = TRAINER_SETTINGS + OPTIONS

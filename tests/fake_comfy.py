@@ -24,6 +24,8 @@ class Comfy:
         self.output.mkdir(parents=True, exist_ok=True)
         self.loras.mkdir(parents=True, exist_ok=True)
         self.backends: list[ImageFlowBackend] = []
+        #: what the fake `comfy_backend.distilled_checkpoint` answers: (family, distilled checkpoint or None)
+        self.distilled: tuple = (None, None)
         self.tn = submodule("nodes.trainer_nodes")
 
     def values(self, **changes):
@@ -84,5 +86,6 @@ def install(monkeypatch, root: Path) -> Comfy:
         comfy.backends.append(backend)
         return backend
 
-    module(f"{PACKAGE}.nodes.comfy_backend", ComfyBackend=make_backend)
+    module(f"{PACKAGE}.nodes.comfy_backend", ComfyBackend=make_backend,
+           distilled_checkpoint=lambda model, graph=None, node_id=None: comfy.distilled)
     return comfy

@@ -78,23 +78,47 @@ class FamilyCase:
     train_pipeline: Callable[[Path, int], Any] | None = None
     #: ... with this many text tokens (default: `max_sequence_length`).
     train_max_sequence_length: int | None = None
+    #: The ComfyUI half runs from this ComfyUI version on (older ones cannot load the model; the
+    #: nodes refuse it there by name, `Family.comfy_since`) ...
+    comfy_since: str | None = None
+    #: ... on this pipeline (default: `pipeline`; e.g. a width ComfyUI's model code needs) ...
+    comfy_pipeline: Callable[[Path, int], Any] | None = None
+    #: ... with this many text tokens (default: `max_sequence_length`) ...
+    comfy_max_sequence_length: int | None = None
+    #: ... and these three prompts (default: family_harness.PROMPTS).
+    comfy_prompts: tuple[str, ...] | None = None
 
 
 # --- ComfyUI builders (run with ComfyUI's python) -------------------------------------------------
 
 
-def comfy_model(model_class: str, unet_config: dict, state_dict: dict):
-    """A ComfyUI MODEL of `comfy.supported_models.<model_class>` with this unet_config and
-    ComfyUI-native weights, fp32 on the CPU (for models whose loader hard-codes widths)."""
+def comfy_model(state_dict: dict, optional: tuple[str, ...] = (), **full_size_only):
+    """A ComfyUI MODEL from ComfyUI-native weights, fp32 on the CPU, built as UNETLoader builds
+    one: ComfyUI's own detector reads the architecture from the weights
+    (`comfy.model_detection.detect_unet_config`) and picks the family class
+    (`model_config_from_unet_config`). Only what the detector hard-codes for the published full-size
+    models (e.g. Flux's 24 heads, Lumina 2's width) is replaced, by `full_size_only`, the tiny
+    model's true values. Whatever a newer ComfyUI adds to a family's configuration comes from its
+    own detector, so the fixture follows it (v0.8.0 added `txt_ids_dims` to Flux, three keys to
+    HunyuanVideo, ...). `optional`: weights some ComfyUI versions' models have and others not
+    (loaded where the model has them)."""
+    import comfy.model_detection
     import comfy.model_patcher
-    import comfy.supported_models
 
-    config = getattr(comfy.supported_models, model_class)(unet_config)
+    unet = comfy.model_detection.detect_unet_config(state_dict, "")
+    if unet is None:
+        raise RuntimeError("ComfyUI's detector does not recognise these weights")
+    unet.update(full_size_only)
+    config = comfy.model_detection.model_config_from_unet_config(unet, state_dict)
+    if config is None:
+        raise RuntimeError(f"ComfyUI has no model class for {unet.get('image_model')!r} with this configuration")
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
+    own = base.diffusion_model.state_dict()
+    state_dict = {k: v for k, v in state_dict.items() if k in own or k not in optional}
     missing, unexpected = base.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"ComfyUI {model_class}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(f"ComfyUI {type(config).__name__}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
@@ -106,21 +130,14 @@ def comfy_sd3(config: dict, state_dict: dict):
 
 
 def comfy_flux(config: dict, state_dict: dict):
-    """Flux.1: ComfyUI's converter of diffusers Flux keys, the Flux (dev / Kontext) or FluxSchnell
-    class with the tiny config (UNETLoader's detector hard-codes hidden 3072)."""
+    """Flux.1: ComfyUI's converter of diffusers Flux keys, then its detector (dev / Kontext or
+    schnell from the guidance keys); hidden size, heads and RoPE axes are the tiny model's."""
     from comfy.model_detection import convert_diffusers_mmdit
 
     native = convert_diffusers_mmdit(dict(state_dict), "")
-    unet = {
-        "image_model": "flux", "in_channels": config["in_channels"] // 4,
-        "out_channels": (config["out_channels"] or config["in_channels"]) // 4,
-        "vec_in_dim": config["pooled_projection_dim"], "context_in_dim": config["joint_attention_dim"],
-        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": 4.0,
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
-        "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": config["guidance_embeds"],
-    }
-    return comfy_model("Flux" if config["guidance_embeds"] else "FluxSchnell", unet, native)
+    return comfy_model(native, hidden_size=config["num_attention_heads"] * config["attention_head_dim"],
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["axes_dims_rope"]),
+                       context_in_dim=config["joint_attention_dim"])
 
 
 def qwen_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -129,14 +146,11 @@ def qwen_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[
 
 
 def comfy_qwen_image(config: dict, state_dict: dict):
-    """Qwen-Image: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
-    unet = {
-        "image_model": "qwen_image", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
-        "out_channels": config["out_channels"], "num_layers": config["num_layers"],
-        "attention_head_dim": config["attention_head_dim"], "num_attention_heads": config["num_attention_heads"],
-        "joint_attention_dim": config["joint_attention_dim"], "axes_dims_rope": list(config["axes_dims_rope"]),
-    }
-    return comfy_model("QwenImage", unet, state_dict)
+    """Qwen-Image: ComfyUI names its modules as diffusers does; its detector hard-codes the width
+    (heads, head size, text width, RoPE axes)."""
+    return comfy_model(dict(state_dict), patch_size=config["patch_size"], out_channels=config["out_channels"],
+                       attention_head_dim=config["attention_head_dim"], num_attention_heads=config["num_attention_heads"],
+                       joint_attention_dim=config["joint_attention_dim"], axes_dims_rope=list(config["axes_dims_rope"]))
 
 
 def chroma_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -159,15 +173,10 @@ def comfy_chroma(config: dict, state_dict: dict):
                .replace(".weight", ".scale") if ".norms." in k else
                k.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")] = v
     hidden = config["num_attention_heads"] * config["attention_head_dim"]
-    unet = {
-        "image_model": "chroma", "in_channels": config["in_channels"], "out_channels": config["in_channels"],
-        "context_in_dim": config["joint_attention_dim"], "hidden_size": hidden, "mlp_ratio": 4.0,
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
-        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": config["approximator_num_channels"],
-        "out_dim": hidden, "hidden_dim": config["approximator_hidden_dim"], "n_layers": config["approximator_layers"],
-    }
-    return comfy_model("Chroma", unet, native)
+    return comfy_model(native, in_channels=config["in_channels"], out_channels=config["in_channels"], hidden_size=hidden,
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["axes_dims_rope"]),
+                       context_in_dim=config["joint_attention_dim"], in_dim=config["approximator_num_channels"],
+                       out_dim=hidden, hidden_dim=config["approximator_hidden_dim"], n_layers=config["approximator_layers"])
 
 
 def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -177,12 +186,11 @@ def hidream_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
 
 
 def comfy_hidream(config: dict, state_dict: dict):
-    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the width."""
+    """HiDream: ComfyUI names its modules as diffusers does; its detector hard-codes the sizes."""
     keys = ("patch_size", "in_channels", "out_channels", "num_layers", "num_single_layers", "attention_head_dim",
             "num_attention_heads", "caption_channels", "text_emb_dim", "num_routed_experts", "num_activated_experts",
             "axes_dims_rope", "max_resolution", "llama_layers")
-    unet = {"image_model": "hidream", **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys}}
-    return comfy_model("HiDream", unet, state_dict)
+    return comfy_model(dict(state_dict), **{k: list(config[k]) if isinstance(config[k], (list, tuple)) else config[k] for k in keys})
 
 
 # Wan: diffusers names -> ComfyUI's (the original Wan checkpoint names). The inverse of diffusers'
@@ -223,17 +231,11 @@ def wan_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[s
 
 def comfy_wan(config: dict, state_dict: dict):
     """Wan 2.1 (WAN21_T2V) / Wan 2.2 TI2V-5B (WAN22_T2V, 48 channels): ComfyUI has no converter of
-    diffusers Wan keys; its detector hard-codes 128-wide heads, so the class gets the tiny config."""
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    unet = {
-        "image_model": "wan2.1", "model_type": "t2v", "patch_size": tuple(config["patch_size"]),
-        "in_dim": config["in_channels"], "out_dim": config["out_channels"], "dim": dim, "ffn_dim": config["ffn_dim"],
-        "freq_dim": config["freq_dim"], "text_dim": config["text_dim"], "num_heads": config["num_attention_heads"],
-        "num_layers": config["num_layers"], "window_size": (-1, -1), "qk_norm": True,
-        "cross_attn_norm": config["cross_attn_norm"], "eps": config["eps"],
-    }
-    model_class = "WAN22_T2V" if config["out_channels"] == 48 else "WAN21_T2V"
-    return comfy_model(model_class, unet, wan_diffusers_to_comfy(state_dict))
+    diffusers Wan keys (the inverse of diffusers' is above); its detector hard-codes 128-wide heads
+    and the text width."""
+    return comfy_model(wan_diffusers_to_comfy(state_dict), num_heads=config["num_attention_heads"],
+                       patch_size=tuple(config["patch_size"]), freq_dim=config["freq_dim"], text_dim=config["text_dim"],
+                       cross_attn_norm=config["cross_attn_norm"], eps=config["eps"])
 
 
 # Lumina 2: diffusers names -> ComfyUI's (NextDiT, the original checkpoint names); the inverse of
@@ -255,7 +257,8 @@ _LUMINA2_TO_COMFY = (
 
 def lumina2_diffusers_to_comfy(state_dict: dict) -> dict:
     """A diffusers Lumina2Transformer2DModel state dict in ComfyUI's key names: q, k, v fused into
-    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it) as ones."""
+    `attention.qkv` (in that order), and NextDiT's unused `norm_final` (diffusers drops it; ComfyUI
+    v0.8.0's NextDiT no longer has it) as ones."""
     out = {}
     for key, value in state_dict.items():
         if ".attn.to_k." in key or ".attn.to_v." in key:
@@ -279,17 +282,21 @@ def lumina2_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
 
 
 def comfy_lumina2(config: dict, state_dict: dict):
-    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys, and its detector hard-codes the
-    width (2304) and heads (24 / 8): the Lumina2 class with the tiny config."""
-    unet = {
-        "image_model": "lumina2", "patch_size": config["patch_size"], "in_channels": config["in_channels"],
-        "dim": config["hidden_size"], "n_layers": config["num_layers"], "n_refiner_layers": config["num_refiner_layers"],
-        "n_heads": config["num_attention_heads"], "n_kv_heads": config["num_kv_heads"],
-        "multiple_of": config["multiple_of"], "ffn_dim_multiplier": config["ffn_dim_multiplier"],
-        "norm_eps": config["norm_eps"], "qk_norm": True, "cap_feat_dim": config["cap_feat_dim"],
-        "axes_dims": list(config["axes_dim_rope"]), "axes_lens": list(config["axes_lens"]),
-    }
-    return comfy_model("Lumina2", unet, lumina2_diffusers_to_comfy(state_dict))
+    """Lumina 2: ComfyUI has no converter of diffusers Lumina 2 keys (the inverse of diffusers' is
+    above); its detector hard-codes the heads (24 / 8), RoPE axes and FFN size of the published
+    model (v0.3.64 also the width, 2304)."""
+    native = lumina2_diffusers_to_comfy(state_dict)
+    # The FFN width is read from the weights: ComfyUI rounds its FFN width up to a multiple of
+    # `multiple_of` from a base that changed between versions (v0.3.64: 4 x dim x multiplier,
+    # v0.8.0: dim x multiplier), so with no multiplier and `multiple_of` = the true width, every
+    # version builds the true width.
+    ffn = native["layers.0.feed_forward.w1.weight"].shape[0]
+    return comfy_model(native, optional=("norm_final.weight",), patch_size=config["patch_size"],
+                       in_channels=config["in_channels"], dim=config["hidden_size"], n_refiner_layers=config["num_refiner_layers"],
+                       n_heads=config["num_attention_heads"], n_kv_heads=config["num_kv_heads"],
+                       multiple_of=ffn, ffn_dim_multiplier=None,
+                       norm_eps=config["norm_eps"], axes_dims=list(config["axes_dim_rope"]),
+                       axes_lens=list(config["axes_lens"]))
 
 
 # HunyuanImage 2.1: diffusers names -> ComfyUI's (its HunyuanVideo DiT), applied in order; fused
@@ -382,18 +389,10 @@ def hunyuan_image_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 def comfy_hunyuan_image(config: dict, state_dict: dict):
     """HunyuanImage 2.1: no converter of diffusers keys in ComfyUI; its detector hard-codes 128-wide
-    heads, so the HunyuanImage21 class gets the tiny config."""
-    unet = {
-        "image_model": "hunyuan_video", "in_channels": config["in_channels"], "out_channels": config["out_channels"],
-        "vec_in_dim": None, "context_in_dim": config["text_embed_dim"],
-        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": config["mlp_ratio"],
-        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
-        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["rope_axes_dim"]),
-        "theta": int(config["rope_theta"]), "patch_size": list(config["patch_size"]), "qkv_bias": True,
-        "guidance_embed": config["guidance_embeds"], "byt5": config["text_embed_2_dim"] is not None,
-        "meanflow": config["use_meanflow"],
-    }
-    return comfy_model("HunyuanImage21", unet, hunyuan_image_diffusers_to_comfy(state_dict))
+    heads, the RoPE axes and theta."""
+    return comfy_model(hunyuan_image_diffusers_to_comfy(state_dict), mlp_ratio=config["mlp_ratio"],
+                       num_heads=config["num_attention_heads"], axes_dim=list(config["rope_axes_dim"]),
+                       theta=int(config["rope_theta"]))
 
 
 def video_frame(output) -> torch.Tensor:
@@ -446,23 +445,36 @@ CASES += [
     FamilyCase("hidream", "hidream", lambda tmp, seed: tiny_hidream_pipeline(tmp, seed), comfy=comfy_hidream,
                comfy_conditioning=hidream_conditioning, cfg_kwargs=lambda cfg: {"guidance_scale": cfg}, train=True),
 ]
-# No ComfyUI builders: ComfyUI v0.3.64 predates Flux.2 and Z-Image (the nodes refuse them, tested in
+# ComfyUI halves from v0.8.0 (older ComfyUI cannot load Flux.2 / Z-Image; the nodes refuse them there,
 # tests/test_family_registry.py and tests/comfy_scripts/nodes_in_comfyui.py). Their text encoders
 # have the layers the pipelines read hidden states from (Mistral 30, Qwen3 27). Text tokens are
 # bytes: 48 hold a chat-templated prompt, Flux.2 needs 256 for its system message and the prompt.
+# In ComfyUI, Flux.2's text is 512 tokens (ComfyUI pads shorter text on the left) and its time
+# embedding 256 channels wide; Z-Image's prompts are cut to 32 tokens (ComfyUI and diffusers place
+# pad tokens at different RoPE positions, see fdfo_core/families/z_image.py) at width 1056.
 CASES += [
     FamilyCase("flux2", "flux2", lambda tmp, seed: tiny_flux2_pipeline(tmp, seed), latent_cell=16,
                pipeline_kwargs=lambda options: {"guidance_scale": options.guidance}, max_sequence_length=256,
                # (48 tokens of system message: the brightness reward ignores the prompt)
-               train=True, train_max_sequence_length=48, train_overrides={"epochs": 6}),
+               train=True, train_max_sequence_length=48, train_overrides={"epochs": 6},
+               comfy=lambda config, sd: comfy_flux2(config, sd), comfy_conditioning=lambda row: flux2_conditioning(row),
+               comfy_since="0.8.0", comfy_max_sequence_length=512,
+               comfy_pipeline=lambda tmp, seed: tiny_flux2_pipeline(tmp, seed, timestep_guidance_channels=256)),
     FamilyCase("flux2-klein", "flux2_klein", lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed), latent_cell=16,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0}, max_sequence_length=48,
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg},
-               train=True, train_overrides={"epochs": 6}),
+               train=True, train_overrides={"epochs": 6},
+               comfy=lambda config, sd: comfy_flux2(config, sd), comfy_conditioning=lambda row: flux2_conditioning(row),
+               comfy_since="0.8.0", comfy_max_sequence_length=512,
+               comfy_pipeline=lambda tmp, seed: tiny_flux2_klein_pipeline(tmp, seed, timestep_guidance_channels=256)),
     FamilyCase("z-image", "z_image", lambda tmp, seed: tiny_z_image_pipeline(tmp, seed),
                pipeline_kwargs=lambda options: {"guidance_scale": 0.0}, max_sequence_length=48,
                cfg_kwargs=lambda cfg: {"guidance_scale": cfg - 1},  # Z-Image's g: v_c + g (v_c - v_u)
-               train=True, train_overrides={"epochs": 6}),
+               train=True, train_overrides={"epochs": 6},
+               comfy=lambda config, sd: comfy_z_image(config, sd), comfy_conditioning=lambda row: z_image_conditioning(row),
+               comfy_since="0.8.0", comfy_max_sequence_length=32,
+               comfy_prompts=("a large red circle", "two blue squares", "a green triangle"),  # 32+ tokens each
+               comfy_pipeline=lambda tmp, seed: tiny_z_image_pipeline(tmp, seed, dim=1056)),
     FamilyCase("wan21", "wan", lambda tmp, seed: tiny_wan_pipeline(tmp, seed), comfy=comfy_wan,
                comfy_conditioning=wan_conditioning, pipeline_images=video_frame,
                pipeline_kwargs=lambda options: {"guidance_scale": 1.0, "num_frames": 1}, train=True,
@@ -489,4 +501,145 @@ CASES += [
                folder_round_trip=False, train=True,
                train_overrides={"epochs": 4, "churn_strength": 0.1, "height": 64, "width": 64}),
 ]
+CASES += __import__("family_cases_2026a").CASES  # the 2026 families, part a (issue 26)
+CASES += __import__("family_cases_2026b").CASES  # the 2026 families, part b (issue 26)
 CASES_BY_ID = {c.id: c for c in CASES}
+
+
+# --- ComfyUI v0.8.0 and later: Flux.2 and Z-Image ----------------------------------------------------
+#
+# Built as `comfy_model` builds every ComfyUI fixture (ComfyUI's own detector, only the widths it
+# hard-codes replaced). Z-Image needs one more step: the detector sets Z-Image's settings (time scale,
+# modulation, pad tokens) and picks the `ZImage` class only at its true width, 3840, so it is asked at
+# that width (shapes only, on the meta device) and the picked class is then built at the tiny width
+# (`comfy_model_picked_at`).
+
+
+def comfy_model_picked_at(native: dict, true_shapes: dict, **widths):
+    """A ComfyUI MODEL (fp32, CPU) of the `comfy.supported_models` class ComfyUI's detector picks
+    for `native` with `true_shapes` {key: shape} in place of the tiny shapes, with the detected
+    unet_config's `widths` replaced after the pick."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    probe = {k: torch.empty(true_shapes.get(k, tuple(v.shape)), device="meta") for k, v in native.items()}
+    picked = comfy.model_detection.model_config_from_unet(probe, "")
+    if picked is None:
+        raise RuntimeError("ComfyUI's detector does not recognise the model")
+    config = type(picked)({**picked.unet_config, **widths})
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    missing, unexpected = base.diffusion_model.load_state_dict(native, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"ComfyUI {type(config).__name__}: weights do not fit (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def apply_comfy_key_map(state_dict: dict, key_map: dict) -> dict:
+    """A diffusers state dict renamed by one of ComfyUI's `comfy.utils.*_to_diffusers` maps
+    ({diffusers key: ComfyUI key, or (ComfyUI key, (dim, offset, size)) for a slice of a fused
+    tensor}); a diffusers key the map lacks raises."""
+    left = sorted(set(state_dict) - set(key_map))
+    if left:
+        raise KeyError(f"ComfyUI's key map does not cover {left[:5]}")
+    out, parts = {}, {}
+    for key, value in state_dict.items():
+        target = key_map[key]
+        if isinstance(target, str):
+            out[target] = value
+        else:
+            parts.setdefault(target[0], []).append((target[1][1], value))
+    for key, slices in parts.items():
+        out[key] = torch.cat([v for _, v in sorted(slices, key=lambda s: s[0])])
+    return out
+
+
+# Flux.2: diffusers names -> ComfyUI's (BFL's original names); the inverse of diffusers'
+# `convert_flux2_transformer_checkpoint_to_diffusers` (tests/test_families.py checks that it is).
+_FLUX2_TO_COMFY = (
+    ("x_embedder.", "img_in."), ("context_embedder.", "txt_in."),
+    ("time_guidance_embed.timestep_embedder.linear_1.", "time_in.in_layer."),
+    ("time_guidance_embed.timestep_embedder.linear_2.", "time_in.out_layer."),
+    ("time_guidance_embed.guidance_embedder.linear_1.", "guidance_in.in_layer."),
+    ("time_guidance_embed.guidance_embedder.linear_2.", "guidance_in.out_layer."),
+    ("_modulation_img.linear.", "_modulation_img.lin."), ("_modulation_txt.linear.", "_modulation_txt.lin."),
+    ("single_stream_modulation.linear.", "single_stream_modulation.lin."), ("proj_out.", "final_layer.linear."),
+)
+_FLUX2_DOUBLE = (
+    ("attn.norm_q.weight", "img_attn.norm.query_norm.scale"), ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+    ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+    ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale"),
+    ("attn.to_out.0.", "img_attn.proj."), ("attn.to_add_out.", "txt_attn.proj."),
+    ("ff.linear_in.", "img_mlp.0."), ("ff.linear_out.", "img_mlp.2."),
+    ("ff_context.linear_in.", "txt_mlp.0."), ("ff_context.linear_out.", "txt_mlp.2."),
+)
+_FLUX2_SINGLE = (
+    ("attn.to_qkv_mlp_proj.", "linear1."), ("attn.to_out.", "linear2."),
+    ("attn.norm_q.weight", "norm.query_norm.scale"), ("attn.norm_k.weight", "norm.key_norm.scale"),
+)
+
+
+def flux2_diffusers_to_comfy(state_dict: dict) -> dict:
+    """A diffusers Flux2Transformer2DModel state dict in ComfyUI's (BFL's) key names: q, k, v fused
+    per stream, the final modulation's halves swapped (diffusers: scale, shift; ComfyUI: shift,
+    scale). (ComfyUI v0.8.0 has no converter of diffusers Flux.2 keys.)"""
+    sd, out = dict(state_dict), {}
+    for i in sorted({k.split(".")[1] for k in sd if k.startswith("transformer_blocks.")}):
+        d, c = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        out[c + "img_attn.qkv.weight"] = torch.cat([sd.pop(f"{d}attn.to_{p}.weight") for p in "qkv"])
+        out[c + "txt_attn.qkv.weight"] = torch.cat([sd.pop(f"{d}attn.add_{p}_proj.weight") for p in "qkv"])
+        for key in [k for k in sd if k.startswith(d)]:
+            rest = key[len(d):]
+            for old, new in _FLUX2_DOUBLE:
+                rest = rest.replace(old, new)
+            out[c + rest] = sd.pop(key)
+    for i in sorted({k.split(".")[1] for k in sd if k.startswith("single_transformer_blocks.")}):
+        d, c = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        for key in [k for k in sd if k.startswith(d)]:
+            rest = key[len(d):]
+            for old, new in _FLUX2_SINGLE:
+                rest = rest.replace(old, new)
+            out[c + rest] = sd.pop(key)
+    scale, shift = sd.pop("norm_out.linear.weight").chunk(2, dim=0)
+    out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale], dim=0)
+    for key, value in sd.items():
+        for old, new in _FLUX2_TO_COMFY:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def flux2_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Flux.2: the stacked text-encoder states of every token, padding included (the transformer
+    attends to all of them); no pooled vector."""
+    return row["prompt_embeds"], {"pooled_output": None}
+
+
+def comfy_flux2(config: dict, state_dict: dict):
+    """Flux.2 dev / Klein: the renamed weights through ComfyUI's detector (supported_models.Flux2),
+    with the tiny heads and RoPE axes in place of the 48 heads of 128 it hard-codes."""
+    widths = {"num_heads": config["num_attention_heads"], "axes_dim": list(config["axes_dims_rope"]),
+              "theta": config["rope_theta"]}
+    return comfy_model(flux2_diffusers_to_comfy(state_dict), **widths)
+
+
+def z_image_conditioning(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Z-Image: the prompt's own tokens (the model reads their count from the conditioning)."""
+    mask = row["prompt_mask"][0].bool()
+    return row["prompt_embeds"][:, mask], {}
+
+
+def comfy_z_image(config: dict, state_dict: dict):
+    """Z-Image: ComfyUI's own map of diffusers Z-Image keys (`comfy.utils.z_image_to_diffusers`), its
+    detector asked at the true width (3840: the only width at which it sets Z-Image's time scale,
+    modulation and pad tokens), then the tiny width, heads and RoPE axes."""
+    import comfy.utils
+
+    key_map = comfy.utils.z_image_to_diffusers(
+        {"n_layers": config["n_layers"], "dim": config["dim"], "n_refiner_layers": config["n_refiner_layers"]})
+    native = apply_comfy_key_map(state_dict, key_map)
+    widths = {"dim": config["dim"], "n_heads": config["n_heads"], "n_kv_heads": config["n_kv_heads"],
+              "axes_dims": list(config["axes_dims"]), "axes_lens": list(config["axes_lens"]),
+              "n_refiner_layers": config["n_refiner_layers"], "rope_theta": config["rope_theta"]}
+    return comfy_model_picked_at(native, {"cap_embedder.1.weight": (3840, config["cap_feat_dim"])}, **widths)

@@ -51,12 +51,14 @@ def perturb_lora(backend, seed: int = 0, std: float = 0.3) -> None:
             p.add_(torch.randn(p.shape, generator=g) * std)
 
 
-def probe(backend, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Latents, flow times and conditioning for velocity comparisons (one row per prompt)."""
+def probe(backend, seed: int = 3, prompts=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Latents, flow times and conditioning for velocity comparisons (one row per prompt of
+    `prompts`, default PROMPTS; three)."""
+    prompts = list(prompts or PROMPTS)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(PROMPTS), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
+    x = torch.randn(len(prompts), *backend.latent_shape(backend.config.height, backend.config.width), generator=g)
     t = torch.tensor([0.9, 0.5, 0.1])
-    return x, t, backend.encode_prompts(PROMPTS)
+    return x, t, backend.encode_prompts(prompts)
 
 
 def flux_img_ids(h: int, w: int) -> torch.Tensor:
@@ -179,16 +181,23 @@ def corrupted_map(lora_map: LoraMap) -> LoraMap:
                          for i, m in enumerate(modules)))
 
 
+def make_comfy_side_backend(case, tmp: Path, add_adapter: bool = True) -> DiffusersBackend:
+    """The diffusers backend the ComfyUI half compares against: the case's `comfy_pipeline` and
+    `comfy_max_sequence_length` where it sets them."""
+    return make_backend(case, tmp, add_adapter=add_adapter, pipeline=case.comfy_pipeline,
+                        max_sequence_length=case.comfy_max_sequence_length)
+
+
 def prepare_comfy_inputs(case, folder: Path) -> None:
     """Write what the ComfyUI script needs for `case`: diffusers base weights and config, a LoRA
     file from the diffusers backend (and one written with a corrupted map), probe inputs, the
     ComfyUI conditioning of each prompt and the diffusers velocities."""
     folder.mkdir(parents=True, exist_ok=True)
-    backend = make_backend(case, folder, add_adapter=False)
+    backend = make_comfy_side_backend(case, folder, add_adapter=False)
     save_file({k: v.contiguous() for k, v in backend.transformer.state_dict().items()}, str(folder / "transformer.safetensors"))
     (folder / "config.json").write_text(json.dumps({k: v for k, v in dict(backend.transformer.config).items()
                                                     if not k.startswith("_")}, default=list))
-    backend = make_backend(case, folder)
+    backend = make_comfy_side_backend(case, folder)
     perturb_lora(backend)
     trainer = FDFOTrainer(backend, build_reward("brightness"), PROMPTS, backend.config, callbacks=Callbacks(log=None))
     trainer.save_lora(folder / "diffusers_lora.safetensors")
@@ -199,7 +208,8 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
     wrong.lora_map = corrupted_map(family.lora_map)
     save_lora(folder / "wrong_map_lora.safetensors", fuse_lora(wrong, factors, scale, backend._out_features),
               {"base_model_family": family.name})
-    x, t, cond = probe(backend)
+    prompts = list(case.comfy_prompts or PROMPTS)
+    x, t, cond = probe(backend, prompts=prompts)
     with torch.no_grad():
         v_hot = backend.velocity(x, t, cond)
         with backend.adapter_disabled():
@@ -210,8 +220,8 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
     # (a projection whose output is never used, e.g. the last block's text output, has no gradient: zero)
     grads = {n.replace(f".{ADAPTER}.weight", ""): torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
              for n, p in backend._params.items()}
-    rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(PROMPTS))]
-    torch.save({"prompts": PROMPTS, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
+    rows = [case.comfy_conditioning({k: v[i:i + 1] for k, v in cond.items()}) for i in range(len(prompts))]
+    torch.save({"prompts": prompts, "x": x, "t": t, "conditioning": rows, "v_hot": v_hot, "v_base": v_base,
                 "lora_rank": backend.config.lora_rank, "lora_alpha": backend.config.lora_alpha,
                 "size": case.size, "guidance": backend.options.guidance, "factors": factors, "w": w,
                 "grads": grads}, folder / "inputs.pt")
@@ -220,7 +230,7 @@ def prepare_comfy_inputs(case, folder: Path) -> None:
 def check_comfy_lora_in_diffusers(case, folder: Path) -> dict[str, float]:
     """The LoRA the ComfyUI backend wrote (comfy_lora.safetensors, with its hot velocity in
     comfy_velocity.pt) gives the same velocity in a diffusers pipeline."""
-    backend = make_backend(case, folder, add_adapter=False)
+    backend = make_comfy_side_backend(case, folder, add_adapter=False)
     load_lora_into_pipeline(backend.pipe, folder / "comfy_lora.safetensors")
     data = torch.load(folder / "inputs.pt", weights_only=False)
     comfy = torch.load(folder / "comfy_velocity.pt", weights_only=False)
@@ -244,6 +254,63 @@ def check_gradient_checkpointing(case, tmp: Path) -> dict[str, float]:
                                 for p in backend.trainable_parameters()]))
     plain, checkpointed = grads
     return {"diff": relative(checkpointed, plain), "norm": float(plain.norm())}
+
+
+def check_memory_modes(case, tmp: Path) -> dict[str, Any]:
+    """Every memory mode of the diffusers backend on this family, one velocity and one LoRA
+    gradient each, against the default mode (same pipeline seed, same LoRA):
+
+    - fp8 base weights, with offload (text encoders / VAE leave the device between phases; on a
+      CPU the code path only) and recorded states on the CPU (`base_weights fp8`): runs (a module the model declares precision-sensitive
+      cast to fp8 fails here with a dtype mismatch), stores the LoRA targets in fp8 and every
+      module the model class lists in `_skip_layerwise_casting_patterns` in its own dtype, and
+      moves the velocity by fp8 rounding only (`fp8_diff`);
+    - fp8 under gradient checkpointing: the same gradients as fp8 alone (`fp8_ckpt_diff`).
+    """
+    import re
+
+    from fdfo_core.backends.fp8 import FP8_DTYPE, fp8_skip_patterns
+
+    def run(backend, perturb=True):
+        if perturb:
+            perturb_lora(backend)
+        x, t, cond = probe(backend)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        v = backend.velocity(x, t, cond)
+        v.mul(w).sum().backward()
+        grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
+                          for p in backend.trainable_parameters()])
+        for p in backend.trainable_parameters():
+            p.grad = None
+        return v.detach(), grad
+
+    pipeline = case.train_pipeline or case.pipeline  # (the narrower one where a case has it: Chroma's 1 + 1 blocks)
+    v0, g0 = run(make_backend(case, tmp / "default", pipeline=pipeline))
+    fp8 = DiffusersBackend(pipeline(tmp / "fp8", 0), tiny_config(case, base_weights="fp8", storage_device="cpu"),
+                           max_sequence_length=case.max_sequence_length, offload=True)
+    v8, g8 = run(fp8)
+    fp8_ckpt = DiffusersBackend(pipeline(tmp / "fp8-ckpt", 0),
+                                tiny_config(case, base_weights="fp8", gradient_checkpointing=True),
+                                max_sequence_length=case.max_sequence_length)
+    _, g8c = run(fp8_ckpt)
+    declared = tuple(getattr(fp8.transformer, "_skip_layerwise_casting_patterns", None) or ())
+    stored = {n: m.weight.dtype for n, m in fp8.transformer.named_modules()
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and "lora_" not in n}
+    skip = fp8_skip_patterns(fp8.transformer)
+    lora_bases = [n for n, _ in fp8.lora_layers()]
+    return {
+        "checkpointing_on": bool(fp8_ckpt.transformer.is_gradient_checkpointing),
+        "fp8_diff": float((v8 - v0).norm() / v0.norm()), "fp8_finite": bool(torch.isfinite(v8).all() and torch.isfinite(g8).all()),
+        "fp8_grad_norm": float(g8.norm()), "fp8_ckpt_diff": relative(g8c, g8),
+        "declared": declared,
+        "declared_in_fp8": sorted(n for n, d in stored.items() if d == FP8_DTYPE
+                                  and any(re.search(p, n) for p in declared)),
+        # every LoRA target's frozen weight is fp8, except in modules the skip list keeps
+        "lora_targets_in_fp8": all((fp8.transformer.get_submodule(n).base_layer.weight.dtype == FP8_DTYPE)
+                                   != any(re.search(p, n) for p in skip) for n in lora_bases),
+        "lora_targets_fp8_count": sum(fp8.transformer.get_submodule(n).base_layer.weight.dtype == FP8_DTYPE
+                                      for n in lora_bases),
+    }
 
 
 def check_bf16_velocity(case, tmp: Path) -> dict[str, float]:

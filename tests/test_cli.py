@@ -46,7 +46,7 @@ def test_train_writes_a_complete_run_folder_and_resumes(model_dir, prompts_file,
     assert (run / "lora-best.safetensors").exists()
     from PIL import Image
 
-    assert Image.open(run / "reward_curve.png").size == (640, 600)
+    assert Image.open(run / "reward_curve.png").size == (640, 900)  # reward, diversity / drift, image statistics
 
     # Resume the run folder for one more epoch: the config comes from the run itself.
     rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",

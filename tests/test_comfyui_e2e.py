@@ -134,7 +134,9 @@ def test_object_info_lists_every_node_with_its_inputs(server):
         assert entry["output_tooltips"] == list(cls.OUTPUT_TOOLTIPS)
         assert entry["category"].startswith("FDFO")
         assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[key]
-    assert "LORA_MODEL" in info[TRAINER]["output"] and info["FDFOTrainer"].get("deprecated") is True and "SaveLoRANode" in info and "LoraModelLoader" in info
+    # ComfyUI's own LORA_MODEL nodes (Save LoRA Weights is SaveLoRANode in v0.3.64, SaveLoRA in v0.8.0)
+    assert "LORA_MODEL" in info[TRAINER]["output"] and info["FDFOTrainer"].get("deprecated") is True
+    assert ("SaveLoRANode" in info or "SaveLoRA" in info) and "LoraModelLoader" in info
 
 
 def test_example_workflows_are_served_as_templates(server):

@@ -8,7 +8,10 @@ tests/comfy_scripts/nodes_in_comfyui.py; each becomes one test here:
 - LoRA files (SD3 toy and a tiny Flux built with ComfyUI's Flux class) load through ComfyUI's LoRA
   loader with the velocity of the live adapter (each family against diffusers, both ways:
   tests/test_families.py);
-- a model loaded with fp8 weights trains (fp32 LoRA);
+- a model loaded with fp8 weights trains (fp32 LoRA), with the fingerprint of the default-dtype
+  model (a run resumes across the two); on a scaled-fp8 checkpoint (v0.3.64 scaled-fp8 layers,
+  v0.8.0 quantized layers that are no nn.Linear) the LoRA finds its targets and the hot MODEL, the
+  file through LoraLoaderModelOnly and a hand merge s W_raw + dW agree;
 - gradient checkpointing changes no gradient; training leaves the input MODEL untouched; resume
   is exact; Cancel keeps the checkpoint and a usable LoRA; a failing reward names itself; a reward
   failing for one micro-batch costs only its pairs; a size the model cannot make is refused;
@@ -48,7 +51,9 @@ CHECKS = [
     "prompt_cache_stores_bf16_exactly", "legacy_trainer_node_trains_the_same_lora", "prompt_cache_note_logged_with_the_epoch_line",
     "resume_refuses_a_changed_run", "full_disk_reaches_the_node_error",
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
-    "guardrails_in_the_trainer_node",
+    "guardrails_in_the_trainer_node", "scaled_fp8_lora_acts_as_the_file",
+    "flows_that_are_not_a_plain_velocity_are_refused", "fingerprint_sees_injected_patches",
+    "dynamic_vram_weights_are_not_copied", "fingerprint_same_with_fp8_weights",
 ]
 
 pytestmark = [

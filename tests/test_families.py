@@ -40,9 +40,10 @@ RUN_SLOW = os.environ.get("FDFO_SLOW") == "1"
 SLOW = [pytest.mark.slow, pytest.mark.skipif(not RUN_SLOW, reason="slow per-family check: set FDFO_SLOW=1 to run it")]
 
 #: Loading from a folder and gradient checkpointing, per case: in the default suite for the cases
-#: without a ComfyUI half (whose gradients nothing else checks), every case with FDFO_SLOW=1.
+#: without a ComfyUI half or whose ComfyUI half needs a newer ComfyUI than v0.3.64 (whose gradients
+#: nothing else checks where only that one is installed), every case with FDFO_SLOW=1.
 def extra_ids(cases):
-    return [c.id if c.comfy is None else pytest.param(c.id, marks=SLOW) for c in cases]
+    return [c.id if c.comfy is None or c.comfy_since else pytest.param(c.id, marks=SLOW) for c in cases]
 
 
 def test_every_registered_family_has_a_case():
@@ -111,6 +112,27 @@ def test_velocity_runs_in_bf16(case_id, tmp_path, one_thread):
     pipelines do, moves the velocity by up to ~20 %; a wrong dtype path fails or is off by ~100 %.)"""
     r = H.check_bf16_velocity(CASES_BY_ID[case_id], tmp_path)
     assert r["finite"] and r["diff"] < 0.5, r
+
+
+#: One case per family in the default suite (the first), every case with FDFO_SLOW=1.
+ONE_PER_FAMILY = [c.id if c is next(d for d in CASES if d.family == c.family) else pytest.param(c.id, marks=SLOW)
+                  for c in CASES]
+
+
+@pytest.mark.parametrize("case_id", ONE_PER_FAMILY)
+def test_memory_modes_run_on_every_family(case_id, tmp_path, one_thread):
+    """fp8 base weights (what --vram picks by itself on a 24 GB card) with offload and states on
+    the CPU, and fp8 under gradient checkpointing, one velocity + LoRA gradient each (issue 27: fp8 crashed
+    on Wan 2.1 and Z-Image with "mat1 and mat2 must have the same dtype", their embedders cast to
+    fp8 against the model class's own skip list). fp8 rounds each weight by up to 2^-4: the
+    velocity of these random models (std 1 / sqrt(fan_in), deep for their width) moves by up to
+    ~15 % of its norm."""
+    r = H.check_memory_modes(CASES_BY_ID[case_id], tmp_path)
+    print(r)
+    assert r["fp8_finite"] and r["fp8_grad_norm"] > 0 and r["lora_targets_in_fp8"] and r["lora_targets_fp8_count"], r
+    assert 0.0 < r["fp8_diff"] < 0.3, r
+    assert r["declared_in_fp8"] == [], r
+    assert r["checkpointing_on"] and r["fp8_ckpt_diff"] < 1e-5, r
 
 
 @pytest.mark.parametrize("case_id", IDS)
@@ -233,6 +255,23 @@ COMFY_CHECKS = ["recognised", "base_velocity", "manual_merge", "wrong_map_fails"
                 "gradient", "trainer_node"]
 
 
+def comfyui_version_at(root: str) -> tuple[int, ...] | None:
+    """The version of the ComfyUI checkout at `root` (its comfyui_version.py), or None."""
+    import re
+
+    path = Path(root) / "comfyui_version.py"
+    found = re.search(r'__version__\s*=\s*"([0-9.]+)"', path.read_text()) if path.exists() else None
+    return tuple(int(x) for x in found.group(1).split(".")) if found else None
+
+
+def skip_if_comfyui_predates(case) -> None:
+    """Skip a case whose model the ComfyUI at COMFYUI_ROOT cannot load (`FamilyCase.comfy_since`)."""
+    version = comfyui_version_at(COMFYUI_ROOT) if COMFYUI_ROOT else None
+    if case.comfy_since and version is not None and version < tuple(int(x) for x in case.comfy_since.split(".")):
+        pytest.skip(f"ComfyUI v{'.'.join(map(str, version))} predates {case.id} (ComfyUI v{case.comfy_since} and later "
+                    "load it; the nodes refuse it here by name, tests/comfy_scripts/nodes_in_comfyui.py)")
+
+
 @pytest.fixture(scope="module")
 def comfy_results(tmp_path_factory):
     if not COMFYUI_ROOT:
@@ -240,7 +279,10 @@ def comfy_results(tmp_path_factory):
     work = tmp_path_factory.mktemp("families_comfy")
     # FDFO_COMFY_CASES="wan21,lumina2" runs only those cases' ComfyUI half (the others then fail as not run).
     only = [c for c in os.environ.get("FDFO_COMFY_CASES", "").split(",") if c]
-    cases = [c for c in COMFY_CASES if not only or c in only]
+    version = comfyui_version_at(COMFYUI_ROOT)
+    cases = [c for c in COMFY_CASES if (not only or c in only) and not (
+        CASES_BY_ID[c].comfy_since and version is not None
+        and version < tuple(int(x) for x in CASES_BY_ID[c].comfy_since.split(".")))]
     for case_id in cases:
         H.prepare_comfy_inputs(CASES_BY_ID[case_id], work / case_id)
     env = dict(os.environ)
@@ -262,8 +304,9 @@ def comfy_results(tmp_path_factory):
 @pytest.mark.comfyui
 @pytest.mark.parametrize("check", COMFY_CHECKS)
 @pytest.mark.parametrize("case_id", COMFY_CASES)
-def test_family_in_comfyui(comfy_results, case_id, check):
-    _, found = comfy_results
+def test_family_in_comfyui(case_id, check, request):
+    skip_if_comfyui_predates(CASES_BY_ID[case_id])
+    _, found = request.getfixturevalue("comfy_results")
     r = found.get((case_id, check)) or found.get((case_id, "setup"))  # a failed setup reports its error
     assert r is not None, f"{case_id}/{check} did not run"
     print(json.dumps(r, indent=1)[:3000])
@@ -272,8 +315,9 @@ def test_family_in_comfyui(comfy_results, case_id, check):
 
 @pytest.mark.comfyui
 @pytest.mark.parametrize("case_id", COMFY_CASES)
-def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(comfy_results, case_id):
-    work, found = comfy_results
+def test_lora_trained_in_comfyui_gives_the_same_velocity_in_diffusers(case_id, request):
+    skip_if_comfyui_predates(CASES_BY_ID[case_id])
+    work, found = request.getfixturevalue("comfy_results")
     assert found.get((case_id, "comfy_lora"), {}).get("ok"), "the ComfyUI backend wrote no LoRA"
     r = H.check_comfy_lora_in_diffusers(CASES_BY_ID[case_id], work / case_id)
     print(r)
@@ -311,6 +355,25 @@ def test_wan_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
     back = convert_wan_transformer_to_diffusers(dict(comfy))
     assert sorted(back) == sorted(sd)
     assert all(back[k] is sd[k] for k in sd)
+
+
+def test_flux2_key_converter_is_the_inverse_of_diffusers_own(tmp_path):
+    """The ComfyUI half builds Flux.2 from diffusers weights renamed by `flux2_diffusers_to_comfy`
+    (ComfyUI v0.8.0 has no converter of diffusers Flux.2 keys): diffusers' single-file converter
+    (BFL / ComfyUI names -> diffusers) gives back every tensor under its own name."""
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+    from family_cases import flux2_diffusers_to_comfy
+    from diffusers import Flux2Transformer2DModel
+
+    sd = Flux2Transformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                 joint_attention_dim=48, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                 guidance_embeds=True).state_dict()
+    comfy = flux2_diffusers_to_comfy(sd)
+    assert {"double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "guidance_in.in_layer.weight",
+            "double_stream_modulation_img.lin.weight", "final_layer.adaLN_modulation.1.weight"} <= set(comfy)
+    back = convert_flux2_transformer_checkpoint_to_diffusers(dict(comfy))
+    assert sorted(back) == sorted(sd)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
 
 
 def test_lumina2_key_converter_is_the_inverse_of_diffusers_own(tmp_path):

@@ -1,6 +1,9 @@
 """The family registry and the LoRA map, without any model framework."""
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from fdfo_core.families import (
     Family,
@@ -135,37 +138,165 @@ def test_every_family_is_in_the_support_table():
         assert f"`{f.preset_name or f.name}`" in readme, f"README does not name the {f.name} preset"
 
 
-# --- Flux.2 / Z-Image in ComfyUI: refused by name (ComfyUI v0.3.64 predates them) ----------------
+# --- ComfyUI recognition by class, along the class hierarchy (duck-typed stand-ins) ---------------
+#
+# The classes below are STAND-INS named like ComfyUI's (comfy.supported_models configs and
+# comfy.model_base models, with ComfyUI's inheritance), not ComfyUI's own: the recognition works on
+# class names and their hierarchy only. tests/comfy_scripts (with COMFYUI_ROOT) runs the real ones.
 
 
-def _comfy_model(config_class: str, base_class: str):
-    """A duck-typed `MODEL.model` with the class names a newer ComfyUI gives these models."""
-    config = type(config_class, (), {})()
-    return type(base_class, (), {"model_config": config})()
+def _comfy_model(config_class, base_class, guidance_embed=None):
+    """A duck-typed `MODEL.model` of class `base_class` whose `model_config` is a `config_class`
+    (class objects, or names for a class without ComfyUI parents); `guidance_embed` sets Flux's
+    `diffusion_model.params.guidance_embed`."""
+    as_class = lambda c: type(c, (), {}) if isinstance(c, str) else c  # noqa: E731
+    model = as_class(base_class)()
+    model.model_config = as_class(config_class)()
+    if guidance_embed is not None:
+        model.diffusion_model = SimpleNamespace(params=SimpleNamespace(guidance_embed=guidance_embed))
+    return model
 
 
-@pytest.mark.parametrize("config_class, base_class, family", [
-    ("Flux2", "Flux2", "flux2"),  # comfy.supported_models.Flux2 (dev and Klein) -> model_base.Flux2
-    ("ZImage", "Lumina2", "z_image"),  # comfy.supported_models.ZImage(Lumina2) -> model_base.Lumina2
+class _Config:  # comfy.supported_models_base.BASE
+    pass
+
+
+class _Base:  # comfy.model_base.BaseModel
+    pass
+
+
+def _named(name, parent):
+    return type(name, (parent,), {})
+
+
+# Stand-ins for ComfyUI v0.8.0's hierarchy: supported_models.Flux2(Flux), ZImage(Lumina2),
+# ChromaRadiance(Chroma); model_base.Flux2(Flux), Chroma(Flux), ChromaRadiance(Chroma), WAN22(WAN21),
+# WAN21_Vace(WAN21).
+C_FLUX, M_FLUX = _named("Flux", _Config), _named("Flux", _Base)
+C_FLUX2, M_FLUX2 = _named("Flux2", C_FLUX), _named("Flux2", M_FLUX)
+C_SCHNELL = _named("FluxSchnell", C_FLUX)
+C_LUMINA2, M_LUMINA2 = _named("Lumina2", _Config), _named("Lumina2", _Base)
+C_ZIMAGE = _named("ZImage", C_LUMINA2)
+C_CHROMA, M_CHROMA = _named("Chroma", _Config), _named("Chroma", M_FLUX)
+C_RADIANCE, M_RADIANCE = _named("ChromaRadiance", C_CHROMA), _named("ChromaRadiance", M_CHROMA)
+C_WAN21, M_WAN21 = _named("WAN21_T2V", _Config), _named("WAN21", _Base)
+M_VACE = _named("WAN21_Vace", M_WAN21)
+
+
+@pytest.mark.parametrize("config, model, guidance, family", [
+    (C_FLUX2, M_FLUX2, True, "flux2"),  # Flux.2 dev: a guidance embedding
+    (C_FLUX2, M_FLUX2, False, "flux2_klein"),  # Klein: the same ComfyUI class, no guidance embedding
+    (C_ZIMAGE, M_LUMINA2, None, "z_image"),  # ZImage's model class is Lumina 2's: the config decides
+    (C_LUMINA2, M_LUMINA2, None, "lumina2"),
+    (C_SCHNELL, M_FLUX, True, "flux"),  # a config subclass whose model class is Flux itself
+    (C_CHROMA, M_CHROMA, None, "chroma"),  # model_base.Chroma subclasses Flux: its own family, not Flux's
+    (_named("WAN22_T2V", C_WAN21), _named("WAN22", M_WAN21), None, "wan"),
 ])
-def test_comfy_refuses_flux2_and_z_image_by_their_config_class(config_class, base_class, family):
+def test_comfy_recognises_families_by_class(config, model, guidance, family):
     from fdfo_core.families import comfy_refusal, family_for_comfy_model
 
-    base = _comfy_model(config_class, base_class)
-    refused = comfy_refusal(base)
-    assert refused is not None and refused[0].name == family
-    assert "v0.3.64" in refused[1] and "fdfo train" in refused[1]
-    # The refused family never claims it (Z-Image runs as ComfyUI's Lumina2 class, which the lumina2
-    # family trains: the ComfyUI backend asks comfy_refusal first).
-    claimed = family_for_comfy_model(base)
-    assert claimed is None or claimed.name != family
+    base = _comfy_model(config, model, guidance)
+    assert family_for_comfy_model(base).name == family
+    for version in ("0.8.0", "0.47.1", None):
+        assert comfy_refusal(base, version) is None
 
 
-def test_lumina2_itself_is_not_refused():
+@pytest.mark.parametrize("config, model, guidance, title", [
+    (C_FLUX2, M_FLUX2, True, "Flux.2 (dev)"),
+    (C_FLUX2, M_FLUX2, False, "Flux.2 Klein"),
+    (C_ZIMAGE, M_LUMINA2, None, "Z-Image"),
+])
+def test_comfy_refuses_flux2_and_z_image_in_a_comfyui_that_predates_them(config, model, guidance, title):
+    """In a ComfyUI older than the family's `comfy_since` (v0.8.0) the model is refused by name,
+    with the version, the family and what to do; Lumina 2 itself is not refused there."""
     from fdfo_core.families import comfy_refusal
 
-    assert comfy_refusal(_comfy_model("Lumina2", "Lumina2")) is None
-    assert comfy_refusal(type("Flux", (), {})()) is None  # a model without model_config
+    family, why = comfy_refusal(_comfy_model(config, model, guidance), "0.3.64")
+    assert family.comfy_since == "0.8.0" and title in family.title
+    assert "this ComfyUI (v0.3.64) predates" in why and title in why and "v0.8.0" in why and "fdfo train" in why
+    assert comfy_refusal(_comfy_model(C_LUMINA2, M_LUMINA2), "0.3.64") is None
+    assert comfy_refusal(type("Flux", (), {})(), "0.3.64") is None  # a model without model_config
+
+
+def _newer_names():
+    from fdfo_core.families.newer_comfy import NEWER_COMFY_MODELS
+
+    return sorted(NEWER_COMFY_MODELS)
+
+
+@pytest.mark.parametrize("name", _newer_names())
+def test_families_only_newer_comfyui_loads_are_refused_by_name(name):
+    """Stand-ins named as newer ComfyUI's classes (Qwen-Image 2.1, Krea 2, ERNIE-Image, HiDream-O1,
+    Anima, LongCat-Image, ...), as a config class and as a model class, and a subclass of each: refused
+    with the model's name and what to do, never left to the generic fallback."""
+    from fdfo_core.families import comfy_refusal, family_for_comfy_model
+    from fdfo_core.families.newer_comfy import NEWER_COMFY_MODELS
+
+    entry = NEWER_COMFY_MODELS[name]
+    as_config = _comfy_model(_named(name, _Config), "SomeModel")
+    as_model = _comfy_model("SomeConfig", _named(name, _Base))
+    subclass = _comfy_model("FutureConfig", _named(name + "Future", _named(name, _Base)))
+    for base in (as_config, as_model, subclass):
+        assert family_for_comfy_model(base) is None
+        refused = comfy_refusal(base, "0.47.1")
+        assert refused is not None, base
+        why = refused[1]
+        assert name in why and entry.title in why and "FDFO's nodes do not train" in why
+        if entry.pipelines:
+            assert "Train it with `fdfo train` on the diffusers folder" in why and entry.pipelines[0] in why
+        else:
+            assert "No diffusers pipeline" in why
+    assert "subclass of ComfyUI's " + name in comfy_refusal(subclass)[1]
+
+
+def test_qwen_image_2_1_is_not_trained_as_qwen_image():
+    """model_base.QwenImage21 subclasses QwenImage (a supported class): its own name wins over the
+    parent's family."""
+    from fdfo_core.families import comfy_refusal, family_for_comfy_model
+
+    base = _comfy_model(_named("QwenImage21", _named("QwenImage", _Config)), _named("QwenImage21", _named("QwenImage", _Base)))
+    assert family_for_comfy_model(base) is None
+    assert "Qwen-Image 2.1" in comfy_refusal(base)[1] and "QwenImage21Pipeline" in comfy_refusal(base)[1]
+
+
+@pytest.mark.parametrize("config, model, parent, family", [
+    ("FluxFutureVariant", _named("FluxFutureVariant", M_FLUX), "Flux", "flux"),  # an unknown Flux subclass
+    (_named("LuminaNext2", C_LUMINA2), _named("LuminaNext2", M_LUMINA2), "Lumina2", "lumina2"),
+    ("WAN21_Vace", M_VACE, "WAN21", "wan"),  # ComfyUI's VACE model: a WAN21 subclass
+    (_named("ZImageFuture", C_ZIMAGE), _named("ZImageFuture", M_LUMINA2), "ZImage", "z_image"),
+    # a config derived from ZImage on ComfyUI's plain Lumina2 model: a Z-Image variant, not Lumina 2
+    (_named("ZImageFuture", C_ZIMAGE), M_LUMINA2, "ZImage", "z_image"),
+])
+def test_subclass_of_a_supported_class_is_refused_by_name(config, model, parent, family):
+    """A class no family names whose parent a family trains: refused by name (the model, its parent
+    and the family), not trained as the parent and not left to the generic fallback."""
+    from fdfo_core.families import comfy_refusal, family_for_comfy_model
+
+    base = _comfy_model(config, model)
+    assert family_for_comfy_model(base) is None
+    refused_family, why = comfy_refusal(base, "0.8.0")
+    assert refused_family.name == family and f"a subclass of ComfyUI's {parent}" in why and "fdfo train" in why
+
+
+def test_chroma_radiance_and_its_subclasses_are_refused_with_the_reason():
+    from fdfo_core.families import comfy_refusal, family_for_comfy_model
+
+    for base in (_comfy_model(C_RADIANCE, M_RADIANCE),
+                 _comfy_model(_named("ChromaRadianceX0", C_RADIANCE), _named("ChromaRadianceX0", M_RADIANCE))):
+        assert family_for_comfy_model(base) is None
+        family, why = comfy_refusal(base, "0.8.0")
+        assert family.name == "chroma" and "Chroma Radiance" in why and "pixel-space" in why
+
+
+def test_ovis_image_loaded_as_flux_is_refused():
+    """ComfyUI v0.8.0 loads Ovis-Image as a Flux model with a gated MLP (`yak_mlp`) and a text norm."""
+    family = get_family("flux")
+    params = SimpleNamespace(yak_mlp=True, txt_norm=True)
+    dm = SimpleNamespace(params=params, patch_size=2, img_in=SimpleNamespace(weight=torch.zeros(8, 64)), out_channels=64)
+    with pytest.raises(FamilyError, match="Ovis-Image.*OvisImagePipeline"):
+        family.comfy_check(SimpleNamespace(diffusion_model=dm))
+    params.yak_mlp = params.txt_norm = False
+    family.comfy_check(SimpleNamespace(diffusion_model=dm))
 
 
 def test_flux2_and_z_image_lora_keys_are_comfyuis():

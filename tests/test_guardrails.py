@@ -248,6 +248,48 @@ def test_resume_keeps_the_base_images_bests_and_stop(flow2d_base, tmp_path, monk
     assert any("the held-out evaluation starts again" in line for line in logs)
 
 
+@pytest.mark.parametrize("changed", ["reward", "judge"])
+def test_a_changed_criterion_starts_the_evaluation_again_and_keeps_the_old_best(flow2d_base, tmp_path, monkeypatch,
+                                                                                changed):
+    """After an allowed change of the reward (criterion: held-out reward) or of the judge, the new
+    values are not compared with the old criterion's best: the base model is evaluated anew, the
+    best is chosen among the epochs to come, and the old best LoRA keeps its own name (issue 27)."""
+    import fdfo_core.run.guardrails as guardrails_module
+    from fdfo_core.run.guardrails import retired_best_lora_name
+    from fdfo_core.run.trainer import RunChangeRefused
+
+    def trainer(epochs, reward, judge):
+        # (front ends record the judge by its spec in the config, as --judge does)
+        cfg = cfg2d(epochs=epochs, checkpoint_every=1, judge=judge.name if judge else "")
+        return FDFOTrainer(PointBackend(flow2d_base), reward, ["x"], cfg, run_dir=tmp_path / "run", judge=judge,
+                           callbacks=Callbacks(log=None))
+
+    first = (MinusDistance(), None) if changed == "reward" else (MinusDistance(), Opposite())
+    then = (Opposite(), None) if changed == "reward" else (MinusDistance(), MinusDistance())
+    trainer(2, *first).train()
+    old_best, _ = load_lora(tmp_path / "run" / "lora-best.safetensors")
+    with pytest.raises(RunChangeRefused):
+        trainer(4, *then).resume(tmp_path / "run")
+    sampled = []
+    real = guardrails_module.sample_heldout
+    monkeypatch.setattr(guardrails_module, "sample_heldout",
+                        lambda *a, **k: sampled.append(k["use_adapter"]) or real(*a, **k))
+    logs = []
+    resumed = trainer(4, *then)
+    resumed.callbacks.log = logs.append
+    resumed.resume(tmp_path / "run", allow_change=True)
+    resumed.train()
+    g = resumed.guardrails
+    assert sampled == [False, True, True] and [ev.epoch for ev in g.evaluations] == [0, 3, 4]  # base anew
+    assert g.best_lora_epoch in (3, 4)  # chosen among the new criterion's epochs only
+    kept = tmp_path / "run" / retired_best_lora_name("lora", 2)
+    assert any("the held-out evaluation starts again" in line and kept.name in line for line in logs), logs
+    tensors, _ = load_lora(kept)
+    assert all(torch.equal(tensors[k], old_best[k]) for k in old_best)
+    _, meta = load_lora(tmp_path / "run" / "lora-best.safetensors")
+    assert meta["best_epoch"] in (3, 4)
+
+
 def test_a_stopped_run_stays_stopped_unless_its_rule_is_relaxed(flow2d_base, tmp_path):
     def trainer(logs=None, **kw):
         cfg = cfg2d(**{"epochs": 12, "early_stop_patience": 2, "checkpoint_every": 1, **kw})

@@ -299,6 +299,35 @@ def test_cancel_while_waiting_keeps_the_lora_and_every_click_and_resume_asks_onl
     assert len(read_picks(run / "picks.jsonl").records) == 12
 
 
+def test_two_runs_with_the_same_seed_keep_every_pick_apart(tmp_path):
+    """Picks carry their run's id (run.json's run_id, made once per run and kept on resume), so the
+    picks of two runs made with the same seed (same epochs, pairs, seeds, prompts) are all kept
+    when read together and all learned from (issue 27: 200 picks read, 95 fitted)."""
+    import reward_fixtures as rf
+    from fdfo_core.rewards.image_encoders import load_image_encoder
+    from fdfo_core.rewards.preference import PreferenceModel
+
+    runs = []
+    for name in ("a", "b"):
+        hub = PickingHub()
+        trainer = _trainer(tmp_path / name, HumanPicksReward(hub=hub), epochs=2, checkpoint_every=1)
+        with ScriptedArtist(hub):
+            trainer.train()
+        runs.append(tmp_path / name / "run")
+    ids = [json.loads((r / "run.json").read_text())["run_id"] for r in runs]
+    assert ids[0] != ids[1]
+    for run, run_id in zip(runs, ids):
+        assert {r.run_id for r in read_picks(run / "picks.jsonl").records} == {run_id}
+    # the same pairs in both runs ...
+    a, b = (read_picks(r / "picks.jsonl").records for r in runs)
+    assert [(r.epoch, r.pair_id, r.seed, r.prompt) for r in a] == [(r.epoch, r.pair_id, r.seed, r.prompt) for r in b]
+    both = read_picks([r / "picks.jsonl" for r in runs])
+    assert len(both.records) == 24 and both.runs() == 2 and both.duplicates == 0 and both.corrected == 0
+    encoder = load_image_encoder("dinov2", str(rf.write_dinov2_folder(tmp_path / "dinov2", seed=0)), reward="preference")
+    model = PreferenceModel(encoder)
+    assert model.add_records(both.records) == 24 and len(model.pairs) == 24
+
+
 def test_mixed_mode_the_preference_model_scores_the_pairs_the_artist_does_not_pick(tmp_path):
     import reward_fixtures as rf
     from fdfo_core.rewards.image_encoders import load_image_encoder
@@ -307,7 +336,7 @@ def test_mixed_mode_the_preference_model_scores_the_pairs_the_artist_does_not_pi
     encoder = load_image_encoder("dinov2", str(rf.write_dinov2_folder(tmp_path / "dinov2", seed=0)), reward="preference")
     hub = PickingHub()
     reward = HumanPicksReward(hub=hub, human_pairs=3, unpicked="preference",
-                              preference=PreferenceModel(encoder, holdout=0.0), min_picks=3)
+                              preference=PreferenceModel(encoder, holdout=0.0), min_picks=3, require_accuracy=False)
     assert reward.spec_options["preference"]["encoder"] == "dinov2" and "timeout" not in reward.spec_options
     trainer = _trainer(tmp_path, reward, epochs=2)
     with ScriptedArtist(hub) as artist:
@@ -319,6 +348,30 @@ def test_mixed_mode_the_preference_model_scores_the_pairs_the_artist_does_not_pi
     model = [r for r in picks.records if r.source == "model"]
     assert len(model) == 6 and all(-1 < r.extra["reward_delta"] < 1 for r in model)
     assert all(r.image_path("left").exists() for r in model)
+
+
+def test_mixed_mode_waits_for_a_measured_accuracy_and_says_so(tmp_path):
+    """A preference model fitted on a handful of picks has no measured accuracy: its guesses would
+    count like the artist's picks. By default mixed mode drops the unpicked pairs until the held-out
+    accuracy is measured and beats always answering one side, and the log says why (issue 27)."""
+    import reward_fixtures as rf
+    from fdfo_core.rewards.image_encoders import load_image_encoder
+    from fdfo_core.rewards.preference import PreferenceModel
+
+    encoder = load_image_encoder("dinov2", str(rf.write_dinov2_folder(tmp_path / "dinov2", seed=0)), reward="preference")
+    hub = PickingHub()
+    reward = HumanPicksReward(hub=hub, human_pairs=3, unpicked="preference", preference=PreferenceModel(encoder),
+                              min_picks=3)
+    assert "require_accuracy" not in reward.spec_options  # the default is not recorded (older runs compare equal)
+    logs = []
+    trainer = _trainer(tmp_path, reward, epochs=2)
+    trainer.callbacks.log = logs.append
+    with ScriptedArtist(hub):
+        history = trainer.train()
+    assert [m["pairs_model_scored"] for m in history] == [0, 0]
+    assert [m["pairs_unpicked_dropped"] for m in history] == [3, 3]
+    assert any("preference model waits: its held-out accuracy is not measured yet" in line for line in logs), logs
+    assert not [r for r in read_picks(tmp_path / "run" / "picks.jsonl").records if r.source == "model"]
 
 
 def test_per_prompt_normalisation_and_several_ranks_are_refused_for_picks(tmp_path):

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WARM = torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1)
 TIE = 0.1  # the simulated artist calls pairs whose warmth differs by less than this "equal"
+STRONG_BIAS = 0.15  # |P(left between alike images) - 0.5| reported as a strong position bias
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +52,9 @@ def artist(w_left: float, w_right: float, prefer_warm: bool = True) -> str:
     return "equal" if abs(d) < TIE else ("left" if d > 0 else "right")
 
 
-def write_picks(folder, n: int, seed: int, every_skip: int = 17, prompts=("a scene",), rule=None):
-    """A picking run's folder: picks/*.png and picks.jsonl, as the picking front end writes them."""
+def write_picks(folder, n: int, seed: int, every_skip: int = 17, prompts=("a scene",), rule=None, run_id=None):
+    """A picking run's folder: picks/*.png and picks.jsonl, as the picking front end writes them
+    (epoch, pair and pair seed depend on the pick's place only, as in two runs made with one seed)."""
     (folder / "picks").mkdir(parents=True, exist_ok=True)
     images, w = warm_images(2 * n, seed)
     lines = []
@@ -64,7 +66,7 @@ def write_picks(folder, n: int, seed: int, every_skip: int = 17, prompts=("a sce
         for side, im in (("l", images[i]), ("r", images[n + i])):
             to_pil(im).save(folder / "picks" / f"{i:04d}-{side}.png")
         rec = PickRecord(prompt=prompt, epoch=i // 32, pair_id=i % 32, choice=choice, seed=i,
-                         left_image=f"picks/{i:04d}-l.png", right_image=f"picks/{i:04d}-r.png")
+                         left_image=f"picks/{i:04d}-l.png", right_image=f"picks/{i:04d}-r.png", run_id=run_id)
         lines.append(rec.to_json())
     (folder / "picks.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "picks.jsonl"
@@ -95,6 +97,12 @@ def test_recovers_a_hidden_rule_from_simulated_picks(picks_file, clip_dir, tmp_p
     assert r.heldout_accuracy > 0.8 and r.heldout_pairs >= 40
     assert fresh > 0.75
     assert any("held-out accuracy" in line for line in logged) and logged[0].startswith("400 picks from 1 file(s)")
+    # It says what it knows: the always-left baseline next to the accuracy (issue 27); this artist
+    # has no position habit, so no warning.
+    assert r.heldout_always_left is not None and 0.2 < r.heldout_always_left < 0.8
+    assert r.beats_baseline and r.heldout_accuracy > r.heldout_baseline and r.reliability > 0.5
+    assert f"(always-left baseline {100 * r.heldout_always_left:.1f} %; the image score alone" in logged[-1]
+    assert abs(r.position_bias - 0.5) < STRONG_BIAS and "warning" not in logged[-1]
 
 
 def test_mlp_head_also_learns_the_rule(picks_file, clip_dir):
@@ -117,6 +125,8 @@ def test_save_load_round_trip_and_reward(picks_file, clip_dir, tmp_path):
     assert json.loads(meta["picks_files"]) == [str(picks_file)]
 
     loaded = load_preference_model(out)
+    assert loaded.report.heldout_always_left == pytest.approx(model.report.heldout_always_left, abs=1e-6)
+    assert loaded.report.position_bias == pytest.approx(model.report.position_bias, abs=1e-6)
     x = rf.sample_images(6, 40, 48, seed=3)
     assert torch.allclose(loaded.score(x, "p"), model.score(x, "p"), atol=1e-5)
     reward = build_reward("preference", {"preference": {"path": str(out), "scale": "2"}})
@@ -280,6 +290,114 @@ def test_cli_fit_preference(picks_file, clip_dir, tmp_path, capsys):
                "--device", "cpu", "--threads", "1"])
     assert rc == 0 and out.is_file()
     printed = capsys.readouterr().out
-    assert "800 picks from 2 file(s)" in printed and "held-out accuracy" in printed and "--reward preference" in printed
+    assert "400 picks from 2 file(s) of 1 run(s)" in printed and "held-out accuracy" in printed
+    assert "400 duplicate(s) (the same pick in more than one file) counted once" in printed and "--reward preference" in printed
     assert load_preference_model(out).report.pairs == 400 - 400 // 17  # the same picks twice are the same pairs
     assert main(["fit-preference", str(tmp_path / "missing.jsonl"), "-o", str(out), "--encoder-path", str(clip_dir)]) == 2
+
+
+# --- every pick of every run is kept (issue 27 item 3) -------------------------------------------------
+
+
+def test_picks_of_two_runs_made_with_the_same_seed_are_all_kept(tmp_path, clip_dir, capsys):
+    """The issue's example: `fdfo fit-preference A/picks.jsonl B/picks.jsonl` on two picking runs
+    with the default seed (same epochs, pairs, seeds and prompts) reported 200 picks and fitted on
+    95: one run's picks replaced the other's. Each run's picks carry its run id."""
+    a = write_picks(tmp_path / "A", n=100, seed=1, every_skip=0, run_id="run-a")
+    b = write_picks(tmp_path / "B", n=100, seed=2, every_skip=0, run_id="run-b")
+    out = tmp_path / "pref.safetensors"
+    assert main(["fit-preference", str(a), str(b), "-o", str(out), "--encoder-path", str(clip_dir), "--device", "cpu",
+                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "200 picks from 2 file(s) of 2 run(s)" in printed and "duplicate" not in printed
+    assert load_preference_model(out).report.pairs == 200
+
+
+def test_old_picks_files_without_run_ids_are_each_their_own_run(tmp_path, clip_dir):
+    """Files written before run ids: their picks are identified within their own file, so two such
+    files of two runs are both kept (and a pick corrected later in one file still replaces it)."""
+    from fdfo_core.rewards.pick_records import read_picks
+
+    a = write_picks(tmp_path / "A", n=40, seed=1, every_skip=0)
+    b = write_picks(tmp_path / "B", n=40, seed=2, every_skip=0)
+    assert '"run_id"' not in a.read_text()  # the old format, as older FDFO wrote it
+    first = read_picks(a).records[0]
+    flipped = "right" if first.choice == "left" else "left"
+    append_pick(a, PickRecord(prompt=first.prompt, epoch=first.epoch, pair_id=first.pair_id, choice=flipped,
+                              seed=first.seed, left_image=first.left_image, right_image=first.right_image))
+    data = read_picks([a, b])
+    assert len(data.records) == 80 and data.runs() == 2 and data.corrected == 1 and data.duplicates == 0
+    assert "1 earlier pick(s) replaced by a later pick of the same pair" in data.summary()
+    model = fit_preference([a, b], encoder="clip", encoder_path=str(clip_dir))
+    assert model.report.pairs == 80
+
+
+def test_a_copied_picks_file_counts_once_and_its_later_corrections_win(tmp_path):
+    """The same run's picks in two files (a copy taken mid-run, then the live file): true
+    duplicates count once and say so; a pick corrected after the copy wins whatever the order."""
+    from fdfo_core.rewards.pick_records import read_picks
+
+    live = write_picks(tmp_path / "run", n=10, seed=1, every_skip=0, run_id="r1")
+    copy = tmp_path / "copy" / "picks.jsonl"
+    copy.parent.mkdir()
+    copy.write_text(live.read_text(), encoding="utf-8")
+    (copy.parent / "picks").symlink_to(tmp_path / "run" / "picks")
+    first = read_picks(live).records[0]
+    flipped = "right" if first.choice == "left" else "left"
+    append_pick(live, PickRecord(prompt=first.prompt, epoch=first.epoch, pair_id=first.pair_id, choice=flipped,
+                                 seed=first.seed, left_image=first.left_image, right_image=first.right_image,
+                                 run_id="r1", timestamp="9999-01-01T00:00:00.000Z"))
+    # copy first: its 10 lines come again in the live file, then the correction; live first: the
+    # copy's 9 unchanged lines are duplicates, its old version of the corrected pick is replaced
+    for order, counts in (([copy, live], (10, 1)), ([live, copy], (9, 2))):
+        data = read_picks(order)
+        assert len(data.records) == 10 and data.runs() == 1, order
+        assert (data.duplicates, data.corrected) == counts, (order, data.summary())
+        assert next(r for r in data.records if r.identity == first.identity).choice == flipped, order
+        assert "counted once" in data.summary()
+
+
+# --- a preference model that says what it knows (issue 27 item 6) ------------------------------------
+
+
+def test_only_same_picks_are_refused_not_fitted_into_a_constant_reward(tmp_path, clip_dir):
+    picks = write_picks(tmp_path / "run", n=30, seed=3, every_skip=0, rule=lambda a, b, p: "equal")
+    with pytest.raises(RewardError, match="none of the 30 picks prefers one image.*constant reward"):
+        fit_preference(picks, encoder="clip", encoder_path=str(clip_dir))
+
+
+
+
+def test_a_left_habit_is_absorbed_and_reported(tmp_path, clip_dir):
+    """An artist who answers "left" on 60 % of the pairs whatever they show, and by taste on the
+    rest: the fit reports the habit (P(left) between alike images) and the image score still ranks
+    fresh pairs by the taste, as well as a fit on the same artist without the habit does."""
+    g = torch.Generator().manual_seed(11)
+    habit = torch.rand(300, generator=g) < 0.6
+    count = iter(range(10 ** 6))
+
+    def biased(a, b, p):
+        return "left" if bool(habit[next(count)]) else artist(a, b)
+
+    picks = write_picks(tmp_path / "run", n=300, seed=21, every_skip=0, rule=biased)
+    logged = []
+    model = fit_preference(picks, encoder="clip", encoder_path=str(clip_dir), log=logged.append)
+    r = model.report
+    print(f"\nleft habit 60 %: position bias {r.position_bias:.3f}, held-out {r.heldout_accuracy:.3f} "
+          f"(always-left {r.heldout_always_left:.3f}), fresh pairs {fresh_pair_accuracy(model.score):.3f}")
+    assert r.position_bias > 0.5 + STRONG_BIAS and r.left_share > 0.7
+    assert "strong position bias: the left image was chosen" in logged[-1]
+    assert fresh_pair_accuracy(model.score) > 0.75  # the score learned the taste, not the habit
+    # predicting the picks cannot beat always "left" by much (the habit decides most of them), but
+    # the image score alone ranks the held-out picks clearly above chance: it is worth using
+    assert r.heldout_accuracy >= r.heldout_always_left - 0.05 and r.reliability > 0, r
+
+
+def test_a_one_sided_or_unmeasured_fit_warns(tmp_path, clip_dir):
+    picks = write_picks(tmp_path / "left", n=40, seed=4, every_skip=0, rule=lambda a, b, p: "left")
+    r = fit_preference(picks, encoder="clip", encoder_path=str(clip_dir)).report
+    assert any("every one of the 40 decisive picks chose the left image" in w for w in r.warnings), r.warnings
+    few = write_picks(tmp_path / "few", n=8, seed=4, every_skip=0)
+    r = fit_preference(few, encoder="clip", encoder_path=str(clip_dir)).report
+    assert r.heldout_accuracy is None and not r.beats_baseline and r.reliability == 0.0
+    assert any("held-out accuracy not measured" in w for w in r.warnings), r.warnings

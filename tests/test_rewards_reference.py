@@ -349,3 +349,90 @@ def test_a_run_records_the_references_by_content(encoders, ref_dir, tmp_path):
 
     fields = reward_fields(r)
     assert fields["reward"] == "reference" and json.dumps(fields["reward_options"])  # plain JSON
+
+
+# --- memory of reference folders (issue 27 item 8) ----------------------------------------------------
+
+
+def _count_decoded(monkeypatch):
+    """Wrap the file decoder the reference reward uses: how many decoded references are alive at
+    once (weak references: a tensor counts until it is freed)."""
+    import weakref
+
+    import fdfo_core.files.image_files as image_files
+
+    real = image_files.read_image
+    state = {"alive": 0, "peak": 0, "read": 0}
+
+    def gone():
+        state["alive"] -= 1
+
+    def counted(path, *a, **k):
+        t = real(path, *a, **k)
+        state["alive"] += 1
+        state["read"] += 1
+        state["peak"] = max(state["peak"], state["alive"])
+        weakref.finalize(t, gone)
+        return t
+
+    monkeypatch.setattr(image_files, "read_image", counted)
+    return state
+
+
+@pytest.mark.parametrize("count", [6, 30])
+def test_reference_folders_are_streamed_in_micro_batches(encoders, tmp_path, monkeypatch, count):
+    """Building the reward decodes at most micro_batch references at a time, however many the
+    folder holds (100 PNGs of 1536 x 1024 went from 0.35 to 4.4 GB when all were decoded first),
+    and gives the embeddings and content hash of decoding them all."""
+    from fdfo_core.rewards.reference import images_sha256
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i, im in enumerate(rf.palette_images(count, PALETTE, size=24, seed=3)):
+        to_pil(im).save(folder / f"r{i:03d}.png")
+    state = _count_decoded(monkeypatch)
+    r = build_reward("reference", {"reference": {"images": str(folder), "path": str(encoders["clip"]), "micro_batch": "4"}})
+    assert state["read"] == count and state["peak"] <= 4, state
+    monkeypatch.undo()
+    images, _ = read_images(folder)
+    enc = load_image_encoder("clip", str(encoders["clip"]))
+    assert torch.allclose(r.reference_embeddings.cpu(), enc.embed_images(images).float().cpu(), atol=1e-5)
+    assert r.spec_options["images"]["sha256"] == images_sha256(images) and r.num_references == count
+
+
+def _rgba_file(path):
+    """A 40 x 40 RGBA PNG: an opaque blue square on a fully transparent background whose hidden
+    colour is red (what Load Image's RGB shows)."""
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red under the transparency
+    rgba[10:30, 10:30] = (20, 40, 220, 255)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba
+
+
+def test_rgba_references_embed_alike_through_a_folder_and_load_image(encoders, tmp_path):
+    """The folder composites a transparent reference over white; ComfyUI's Load Image gives the
+    RGB under the transparency and the transparency as a MASK (1 - alpha): the node composites
+    the same way when the mask is connected, so both give one embedding (issue 27)."""
+    from comfy_scripts.nodepack import submodule
+
+    rn = submodule("nodes.reward_nodes")
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    rgba = _rgba_file(folder / "logo.png")
+    # ComfyUI's LoadImage: image = RGB (alpha dropped) [1, H, W, 3]; mask = 1 - alpha [1, H, W]
+    image = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0)[None]
+    mask = 1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255.0)[None]
+    composited = rn.composite_over_white(image.permute(0, 3, 1, 2), mask)
+    assert torch.allclose(composited[0], read_image(folder / "logo.png"), atol=1 / 255)
+    opts = {"path": str(encoders["clip"])}
+    via_folder = build_reward("reference", {"reference": {"images": str(folder), **opts}})
+    via_node = build_reward("reference", {"reference": {"images": list(composited.unbind(0)), **opts}})
+    ignored = build_reward("reference", {"reference": {"images": list(image.permute(0, 3, 1, 2).unbind(0)), **opts}})
+    a, b, c = (r.reference_embeddings.cpu() for r in (via_folder, via_node, ignored))
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    assert not torch.allclose(a, c, atol=1e-2)  # without the mask, the red under the transparency counts
+    # Load Image's placeholder mask of an opaque file (64 x 64 zeros) changes nothing; a wrong one is refused
+    assert torch.equal(rn.composite_over_white(composited, torch.zeros(1, 64, 64)), composited)
+    with pytest.raises(submodule("fdfo_core.rewards").RewardError, match="does not fit"):
+        rn.composite_over_white(composited, torch.ones(1, 64, 64))

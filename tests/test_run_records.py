@@ -298,3 +298,23 @@ def test_free_space_is_checked_against_the_expected_writes(tmp_path, monkeypatch
     tr.start_run()
     (warning,) = [l for l in logs if l.startswith("warning:")]
     assert "5 checkpoint(s)" in warning and "disk will fill before the run ends" in warning
+
+
+def test_a_run_keeps_one_run_id_over_its_sessions_and_two_runs_never_share_one(tmp_path):
+    """run.json's run_id identifies a run's records (picks) across files and front ends (issue 27)."""
+    trainer(tmp_path / "a", epochs=1).train()
+    first = RunRecords(tmp_path / "a").run_id()
+    tr = trainer(tmp_path / "a", epochs=2)
+    tr.resume(tmp_path / "a")
+    tr.train()
+    assert RunRecords(tmp_path / "a").run_id() == first and len(json.loads((tmp_path / "a" / "run.json").read_text())["sessions"]) == 2
+    trainer(tmp_path / "b", epochs=1).train()  # the same seed and settings
+    assert RunRecords(tmp_path / "b").run_id() not in (None, first)
+    legacy = json.loads((tmp_path / "b" / "run.json").read_text())
+    del legacy["run_id"]  # a record from before run ids: the next session adds one
+    (tmp_path / "b" / "run.json").write_text(json.dumps(legacy))
+    assert RunRecords(tmp_path / "b").run_id() is None
+    tr = trainer(tmp_path / "b", epochs=2)
+    tr.resume(tmp_path / "b")
+    tr.train()
+    assert RunRecords(tmp_path / "b").run_id() is not None

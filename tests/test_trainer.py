@@ -92,6 +92,35 @@ def test_all_rewards_non_finite_stops_with_a_clear_error(flow2d_base):
         tr.train_epoch()
 
 
+class Constant:
+    """A reward that ignores the image (every pair difference is zero)."""
+
+    name = "constant"
+
+    def __call__(self, pts, prompts):
+        return torch.full((pts.shape[0],), 0.7)
+
+    def describe(self):
+        return self.name
+
+
+def test_an_epoch_whose_every_pair_difference_is_zero_is_reported(flow2d_base):
+    """A constant reward (or only 'same' picks) leaves the LoRA where it is: say so instead of
+    training on in silence (issue 27 item 6); a reward that separates pairs says nothing."""
+    logs = []
+    tr = FDFOTrainer(PointBackend(flow2d_base), Constant(), ["x"], cfg2d(epochs=1, pairs_per_epoch=16),
+                     callbacks=Callbacks(log=logs.append))
+    before = [p.detach().clone() for p in tr.params]
+    m = tr.train_epoch()
+    assert m["mean_abs_dR"] == 0.0 and all(torch.equal(a, b) for a, b in zip(before, tr.params))
+    (line,) = [l for l in logs if "zero reward difference" in l]
+    assert line.startswith("warning: epoch 1: every one of the 16 pairs") and "'constant'" in line
+    logs.clear()
+    FDFOTrainer(PointBackend(flow2d_base), MinusDistance(), ["x"], cfg2d(epochs=1, pairs_per_epoch=16),
+                callbacks=Callbacks(log=logs.append)).train_epoch()
+    assert not [l for l in logs if "zero reward difference" in l]
+
+
 def test_empty_prompt_list_is_refused(flow2d_base):
     with pytest.raises(TrainingError, match="prompt list is empty"):
         FDFOTrainer(PointBackend(flow2d_base), MinusDistance(), ["", "   "], cfg2d(), callbacks=quiet())

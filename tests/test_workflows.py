@@ -31,9 +31,10 @@ def load(folder: str, name: str) -> dict:
 
 
 def test_the_workflows_exist_in_both_formats():
-    assert NAMES == ["fdfo_base_vs_lora", "fdfo_flux_aesthetic", "fdfo_flux_style_reference",
-                     "fdfo_qwen_image_style_reference", "fdfo_sd35_pickscore", "fdfo_sd35_style_reference", "fdfo_sd35_vlm", "fdfo_toy",
-                     "fdfo_toy_picks", "fdfo_toy_style_reference"]
+    real = ["fdfo_flux_aesthetic", "fdfo_flux_style_reference", "fdfo_qwen_image_style_reference", "fdfo_sd35_pickscore",
+            "fdfo_sd35_style_reference", "fdfo_sd35_vlm"]
+    assert NAMES == sorted(["fdfo_base_vs_lora", "fdfo_toy", "fdfo_toy_picks", "fdfo_toy_style_reference", *real,
+                            *(f"{n}_quick" for n in real)])
     assert sorted(p.stem for p in (REPO / "workflows" / "ui").glob("*.json")) == NAMES
     assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == NAMES
 
@@ -244,3 +245,31 @@ def test_a_workflow_saved_before_the_options_node_still_loads(name):
         assert added in ({}, {"allow_run_changes": False, "max_bad_pair_fraction": 0.5}), (key, added)
     trainer = next(n for n in ui["nodes"] if n["type"] == "FDFOTrainer")
     assert len(trainer["widgets_values"]) >= 32
+
+
+QUICK_NAMES = [n for n in NAMES if n.endswith("_quick")]
+
+
+@pytest.mark.parametrize("name", QUICK_NAMES)
+def test_quick_variants_are_labelled_and_cut_only_the_budget(name, builder):
+    """A quick variant is its template with fewer epochs, pairs and steps and a larger learning rate
+    (and evaluation / checkpoints every 4 epochs), its own LoRA name and a note that says so."""
+    full, quick = trainer_settings(load("workflows/api", name[: -len("_quick")])), trainer_settings(load("workflows/api", name))
+    assert quick["epochs"] == builder.QUICK["epochs"] and quick["pairs_per_epoch"] == builder.QUICK["pairs_per_epoch"]
+    assert quick["steps"] == min(full["steps"], builder.QUICK_MAX_STEPS)
+    assert quick["learning_rate"] == builder.QUICK["learning_rate"] == 2 * full["learning_rate"]
+    assert quick["lora_name"] == full["lora_name"] + "_quick"
+    assert (quick["eval_every"], quick["checkpoint_every"]) == (4, 4)
+    changed = {k for k in full if full[k] != quick.get(k)}
+    assert changed == {"epochs", "pairs_per_epoch", "learning_rate", "lora_name", "eval_every", "checkpoint_every"} | (
+        {"steps"} if full["steps"] > builder.QUICK_MAX_STEPS else set())
+    # 1/84 of the published recipe's passes (SD3.5: 100 x 432 x 40 against 16 x 64 x 20).
+    ratio = (full["epochs"] * full["pairs_per_epoch"] * full["steps"]) / (quick["epochs"] * quick["pairs_per_epoch"] * quick["steps"])
+    assert ratio >= 40, ratio
+    ui = load("workflows/ui", name)
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert any(t.startswith("QUICK VARIANT") and name[: -len("_quick")] in t for t in notes)
+    # The trained model is sampled with the steps it was trained with.
+    api = load("workflows/api", name)
+    ks = next(n["inputs"] for n in api.values() if n["class_type"] == "KSampler")
+    assert ks["steps"] == quick["steps"]

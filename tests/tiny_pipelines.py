@@ -306,13 +306,13 @@ def tiny_flux2_vae(seed: int):
     return vae.eval()
 
 
-def _flux2_transformer(seed: int, joint_attention_dim: int, guidance_embeds: bool):
+def _flux2_transformer(seed: int, joint_attention_dim: int, guidance_embeds: bool, timestep_guidance_channels: int = 32):
     from diffusers import Flux2Transformer2DModel
 
     torch.manual_seed(seed)
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=joint_attention_dim, timestep_guidance_channels=32,
+        num_attention_heads=2, joint_attention_dim=joint_attention_dim, timestep_guidance_channels=timestep_guidance_channels,
         mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=guidance_embeds,
     )
     _reinit(transformer, seed)
@@ -326,11 +326,12 @@ def _flux2_scheduler():
     return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
 
 
-def tiny_flux2_pipeline(tmp: Path, seed: int = 0):
+def tiny_flux2_pipeline(tmp: Path, seed: int = 0, timestep_guidance_channels: int = 32):
     """Flux2Pipeline (Flux.2 dev layout) at 64x64 px (4x4 tokens of 2x2 x 32-channel latents): a
     Mistral3 text encoder with 30 text layers (the pipeline stacks hidden states 10, 20, 30),
     hidden 16, a byte-level tokenizer with a Mistral chat template (its markers single special tokens;
-    the pipeline's 168-byte system message comes first), guidance embedding."""
+    the pipeline's 168-byte system message comes first), guidance embedding.
+    timestep_guidance_channels: 256 as published (and hard-coded in ComfyUI's Flux), 32 for speed."""
     from diffusers import Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
@@ -347,34 +348,37 @@ def tiny_flux2_pipeline(tmp: Path, seed: int = 0):
         spatial_merge_size=1,
     )).eval()
     return Flux2Pipeline(scheduler=_flux2_scheduler(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
-                         tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=True))
+                         tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=True,
+                                                                       timestep_guidance_channels=timestep_guidance_channels))
 
 
-def tiny_flux2_klein_pipeline(tmp: Path, seed: int = 0, is_distilled: bool = False):
+def tiny_flux2_klein_pipeline(tmp: Path, seed: int = 0, is_distilled: bool = False, timestep_guidance_channels: int = 32):
     """Flux2KleinPipeline at 64x64 px: a Qwen3 text encoder with 27 layers (the pipeline stacks
     hidden states 9, 18, 27), hidden 16, no guidance embedding (Klein uses true CFG; the
-    step-distilled variant none)."""
+    step-distilled variant none); timestep_guidance_channels as for `tiny_flux2_pipeline`."""
     from diffusers import Flux2KleinPipeline
 
     tok = tiny_qwen3_tokenizer()
     text_encoder = tiny_qwen3(seed + 2, len(tok), tok.pad_token_id, num_layers=27)
     return Flux2KleinPipeline(scheduler=_flux2_scheduler(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
-                              tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=False),
+                              tokenizer=tok, transformer=_flux2_transformer(seed, 3 * 16, guidance_embeds=False,
+                                                                            timestep_guidance_channels=timestep_guidance_channels),
                               is_distilled=is_distilled)
 
 
-def tiny_z_image_pipeline(tmp: Path, seed: int = 0, n_layers: int = 1):
+def tiny_z_image_pipeline(tmp: Path, seed: int = 0, n_layers: int = 1, dim: int = 64):
     """ZImagePipeline at 64x64 px (8x8 latents, 16 tokens of 2x2 patches): one main layer and one
     noise / context refiner layer each, a 2-layer Qwen3 text encoder (the pipeline takes the
-    second-to-last hidden state), the tiny 16-channel VAE."""
+    second-to-last hidden state), the tiny 16-channel VAE. dim: the width, in heads of 32 (ComfyUI's
+    NextDiT needs dim >= 1024 for Z-Image's 256-wide time embedding and 8/3 dim a multiple of 256)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
     tok = tiny_qwen3_tokenizer()
     text_encoder = tiny_qwen3(seed + 2, len(tok), tok.pad_token_id, num_layers=2)
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=n_layers, n_refiner_layers=1,
-        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=dim, n_layers=n_layers, n_refiner_layers=1,
+        n_heads=dim // 32, n_kv_heads=dim // 32, cap_feat_dim=16, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
     )
     _reinit(transformer, seed)
     # Z-Image-Turbo's scheduler: a constant shift of 3.

@@ -21,6 +21,7 @@ widget inputs (required, then optional), with one extra value after an INT that 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -513,7 +514,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.65)
+    g = Graph("fdfo_toy", info, zoom=0.64)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
@@ -555,7 +556,7 @@ def _sd35_loaders(g: Graph) -> tuple[Node, Node]:
     return ckpt, clip
 
 
-def _published_trainer(lora_name: str, **changes) -> dict[str, Any]:
+def _published_trainer(lora_name: str, quick: bool = False, **changes) -> dict[str, Any]:
     from fdfo_core.config import FDFOConfig
 
     d = FDFOConfig()
@@ -564,34 +565,72 @@ def _published_trainer(lora_name: str, **changes) -> dict[str, Any]:
         height=d.height, learning_rate=d.lr, lora_rank=d.lora_rank, lora_alpha=d.lora_alpha, lora_name=lora_name, resume=True,
     )
     values.update(changes)
+    if quick:
+        values.update(QUICK, steps=min(values["steps"], QUICK_MAX_STEPS), lora_name=f"{lora_name}_quick")
     return values
+
+
+#: The quick variant of every real-model template (`<name>_quick`; docs/comfyui.md, "Quick variants"):
+#: 16 epochs x 64 pairs at 20 steps (or the template's own steps when fewer), which is 1/84 of the
+#: published recipe's 100 x 432 x 40 model passes (1/42 to 1/59 for the templates that already
+#: sample fewer steps), at twice the published learning rate. Over 16 x 4
+#: optimizer steps that moves the LoRA as far as the published rate does in its first 32 epochs; the
+#: toy's early-budget sweep (docs/benchmarks/early_rate.md) found every step 3.3x or more above its
+#: long-run rate worse on every seed, so the rate is raised only 2x.
+QUICK = dict(epochs=16, pairs_per_epoch=64, learning_rate=6e-5)
+QUICK_MAX_STEPS = 20
+#: Held-out evaluation and checkpoints every 4 of the 16 epochs.
+QUICK_OPTIONS = dict(eval_every=4, checkpoint_every=4)
+#: The extra height of a quick variant's note (its label).
+QUICK_NOTE_HEIGHT = 90
+
+
+def quick_note(full: str, values: dict[str, Any], full_steps: int) -> str:
+    from fdfo_core.config import FDFOConfig
+
+    d = FDFOConfig()
+    share = (d.epochs * d.pairs_per_epoch * full_steps) / (values["epochs"] * values["pairs_per_epoch"] * values["steps"])
+    return (f"QUICK VARIANT: a first result the same afternoon. {values['epochs']} epochs x {values['pairs_per_epoch']} "
+            f"pairs x {values['steps']} steps, lr {values['learning_rate']:g}: about 1/{share:.0f} of the model passes of "
+            f"{full}, the published recipe. The Trainer shows its expected time before the first epoch.\n\n")
+
+
+def _variant(g_name: str, quick: bool) -> str:
+    return f"{g_name}_quick" if quick else g_name
+
+
+def _zoom(zoom: float, quick: bool) -> float:
+    """A quick variant's note is taller by its label: the template opens a little further out."""
+    return round(zoom * 0.94, 2) if quick else zoom
 
 
 #: Images sampled at the end of the big-model workflows show at half size at least (512 px -> 256).
 SAMPLE_MIN_SCALE = 0.5
 
 
-def wf_sd35_pickscore(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_pickscore", info, zoom=0.63)
+def wf_sd35_pickscore(info: dict[str, Any], quick: bool = False) -> Graph:
+    g = Graph(_variant("fdfo_sd35_pickscore", quick), info, zoom=_zoom(0.63, quick))
+    values = _published_trainer("sd35m_pickscore", quick=quick)
     note = g.note(
-        "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
+        (quick_note("fdfo_sd35_pickscore", values, 40) if quick else "")
+        + "SD3.5 Medium + PickScore with the published FDFO recipe (100 epochs x 432 pairs, 40 steps, no CFG, 512 px, "
         "LoRA rank 32 / alpha 64, lr 3e-5). About 12 h on 4 H200 in the paper; lower epochs / pairs_per_epoch to try it.\n\n"
         f"Files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}; PickScore weights in "
         "models/fdfo_rewards/pickscore/ and the CLIP-H tokenizer in models/fdfo_rewards/CLIP-ViT-H-14-laion2B-s32B-b79K/ "
-        "(see docs/rewards.md). 24 GB: in FDFO Training Options set storage_device to cpu (done here) and "
-        "gradient_checkpointing on.",
-        height=250,
+        "(fetch_missing_weights on the reward node downloads them; see docs/rewards.md). 24 GB: in FDFO Training Options "
+        "set storage_device to cpu (done here) and gradient_checkpointing on.",
+        height=250 + (QUICK_NOTE_HEIGHT if quick else 0),
     )
     ckpt, clip = _sd35_loaders(g)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     reward = g.add("FDFOPickScoreReward")
-    options = g.add("FDFOTrainingOptions", storage_device="cpu")
-    values = _published_trainer("sd35m_pickscore")
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35/preview")
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], _variant("fdfo_sd35", quick) + "/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a photo of a red fox curled up in fresh snow, morning light",
-                    512, 512, 40, 1.0, "fdfo_sd35/pickscore", batch=1, min_scale=SAMPLE_MIN_SCALE)
+                    512, 512, values["steps"], 1.0, _variant("fdfo_sd35", quick) + "/pickscore", batch=1,
+                    min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [ckpt, clip, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
 
@@ -607,60 +646,65 @@ def _big_model_layout(g: Graph, inputs: list, options: Node, trainer: Node, note
     g.column(right + GAP, 300, [(s.prompt, 100), s.negative, s.latent, s.sampler, s.decode, s.save])
 
 
-def wf_sd35_vlm(info: dict[str, Any]) -> Graph:
+def wf_sd35_vlm(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.rewards.vlm import DEFAULT_QUESTION
 
-    g = Graph("fdfo_sd35_vlm", info, zoom=0.63)
+    g = Graph(_variant("fdfo_sd35_vlm", quick), info, zoom=_zoom(0.63, quick))
+    values = _published_trainer("sd35m_pickscore_vlm", quick=quick)
     note = g.note(
-        "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
+        (quick_note("fdfo_sd35_vlm", values, 40) if quick else "")
+        + "SD3.5 Medium + a VLM yes/no question, combined with PickScore as in the FDFO paper: "
         "PickScore + 0.1 x VLM alignment (Qwen2.5-VL-7B asked whether the image matches the caption).\n\n"
         "Edit the question (use {prompt} for the image's prompt), e.g. 'Is this image of professional quality? "
         "Answer with Yes or No.'. VLM weights: models/fdfo_rewards/vlm/ (about 17 GB in bf16; the 3B model needs ~8 GB; "
         "set the VLM's device to cpu to keep VRAM for training, at a large cost in speed).",
-        height=250,
+        height=250 + (QUICK_NOTE_HEIGHT if quick else 0),
     )
     ckpt, clip = _sd35_loaders(g)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     pick = g.add("FDFOPickScoreReward")
     vlm = g.add("FDFOVLMReward", question=DEFAULT_QUESTION)
     combined = g.add("FDFOCombineRewards", reward_1=pick["reward"], weight_1=1.0, reward_2=vlm["reward"], weight_2=0.1)
-    options = g.add("FDFOTrainingOptions", storage_device="cpu")
-    values = _published_trainer("sd35m_pickscore_vlm")
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=combined["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35_vlm/preview")
+    prefix = _variant("fdfo_sd35_vlm", quick)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], f"{prefix}/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
-                    512, 512, 40, 1.0, "fdfo_sd35_vlm/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+                    512, 512, values["steps"], 1.0, f"{prefix}/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [ckpt, clip, (prompts, 200), pick, vlm], options, trainer, note, curve, compare, s, extra=[combined])
     return g
 
 
-def wf_flux_aesthetic(info: dict[str, Any]) -> Graph:
+def wf_flux_aesthetic(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph("fdfo_flux_aesthetic", info, zoom=0.63)
+    g = Graph(_variant("fdfo_flux_aesthetic", quick), info, zoom=_zoom(0.63, quick))
     flux = PRESETS["flux"]
+    values = _published_trainer("flux_aesthetic", quick=quick, steps=flux["num_steps"], width=512, height=512)
     note = g.note(
-        "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
+        (quick_note("fdfo_flux_aesthetic", values, flux["num_steps"]) if quick else "")
+        + "Flux.1 dev + the LAION aesthetic predictor. Flux is trained in fp8 here (weight_dtype fp8_e4m3fn; the LoRA "
         f"itself is fp32) at 512 px with {flux['num_steps']} steps, gradient checkpointing and CPU storage of the "
         "recorded states (FDFO Training Options), to fit 24 GB; use 1024 px (Flux's native size) with 48 GB or more.\n\n"
         "Files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and t5xxl_fp16.safetensors, "
         "models/vae/ae.safetensors; aesthetic head in models/fdfo_rewards/aesthetic/ and CLIP ViT-L/14 in "
         "models/fdfo_rewards/clip-vit-large-patch14/. Flux dev needs no CFG: guidance 3.5 goes in as flux_guidance.",
-        height=250,
+        height=250 + (QUICK_NOTE_HEIGHT if quick else 0),
     )
     unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
     clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
     vae = g.add("VAELoader", vae_name="ae.safetensors")
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     reward = g.add("FDFOAestheticReward")
-    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
-    values = _published_trainer("flux_aesthetic", steps=flux["num_steps"], width=512, height=512)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5,
+                    **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_flux/preview")
+    prefix = _variant("fdfo_flux", quick)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], f"{prefix}/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
-                    512, 512, flux["num_steps"], 1.0, "fdfo_flux/trained", batch=1, guidance=3.5, min_scale=SAMPLE_MIN_SCALE)
+                    512, 512, values["steps"], 1.0, f"{prefix}/trained", batch=1, guidance=3.5, min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [unet, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
 
@@ -683,7 +727,7 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_style_reference", info, zoom=0.62)
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.59)
     note = g.note(
         "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
         "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
@@ -764,48 +808,53 @@ def _style_reward(g: Graph) -> Node:
                  prompt_weight=0.5)
 
 
-def wf_sd35_style(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_sd35_style_reference", info, zoom=0.63)
-    note = g.note("SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
+def wf_sd35_style(info: dict[str, Any], quick: bool = False) -> Graph:
+    g = Graph(_variant("fdfo_sd35_style_reference", quick), info, zoom=_zoom(0.63, quick))
+    values = _published_trainer("sd35m_style", quick=quick)
+    note = g.note((quick_note("fdfo_sd35_style_reference", values, 40) if quick else "")
+                  + "SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
                   "pairs_per_epoch to try it).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
                   + f"\n\nModel files: models/checkpoints/{SD35_CKPT}; models/clip/{', '.join(SD35_CLIPS)}. 24 GB: "
-                  "storage_device cpu (done here) and gradient_checkpointing on, in FDFO Training Options.", height=330)
+                  "storage_device cpu (done here) and gradient_checkpointing on, in FDFO Training Options.",
+                  height=330 + (QUICK_NOTE_HEIGHT if quick else 0))
     ckpt, clip = _sd35_loaders(g)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     reward = _style_reward(g)
-    options = g.add("FDFOTrainingOptions", storage_device="cpu")
-    values = _published_trainer("sd35m_style")
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=ckpt["MODEL"], clip=clip["CLIP"], vae=ckpt["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_sd35_style/preview")
+    prefix = _variant("fdfo_sd35_style", quick)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], f"{prefix}/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], ckpt["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
-                    512, 512, 40, 1.0, "fdfo_sd35_style/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+                    512, 512, values["steps"], 1.0, f"{prefix}/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [ckpt, clip, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
 
 
-def wf_flux_style(info: dict[str, Any]) -> Graph:
+def wf_flux_style(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.config import PRESETS
 
     flux = PRESETS["flux"]
-    g = Graph("fdfo_flux_style_reference", info, zoom=0.63)
-    note = g.note("Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
+    g = Graph(_variant("fdfo_flux_style_reference", quick), info, zoom=_zoom(0.63, quick))
+    values = _published_trainer("flux_style", quick=quick, steps=flux["num_steps"], width=512, height=512)
+    note = g.note((quick_note("fdfo_flux_style_reference", values, flux["num_steps"]) if quick else "") + "Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
                   "checkpointing in FDFO Training Options to fit 24 GB, as in the Flux aesthetic workflow).\n\n"
                   + STYLE_NOTE.format(folder=STYLE_FOLDER)
                   + "\n\nModel files: models/diffusion_models/flux1-dev.safetensors, models/clip/clip_l.safetensors and "
-                  "t5xxl_fp16.safetensors, models/vae/ae.safetensors.", height=330)
+                  "t5xxl_fp16.safetensors, models/vae/ae.safetensors.", height=330 + (QUICK_NOTE_HEIGHT if quick else 0))
     unet = g.add("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn")
     clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
     vae = g.add("VAELoader", vae_name="ae.safetensors")
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     reward = _style_reward(g)
-    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5)
-    values = _published_trainer("flux_style", steps=flux["num_steps"], width=512, height=512)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True, flux_guidance=3.5,
+                    **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=unet["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_flux_style/preview")
+    prefix = _variant("fdfo_flux_style", quick)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], f"{prefix}/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a cosy reading nook with a cat asleep on a pile of books",
-                    512, 512, flux["num_steps"], 1.0, "fdfo_flux_style/trained", batch=1, guidance=3.5,
+                    512, 512, values["steps"], 1.0, f"{prefix}/trained", batch=1, guidance=3.5,
                     min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [unet, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
@@ -818,15 +867,16 @@ QWEN_UNET, QWEN_TEXT_ENCODER, QWEN_VAE = ("qwen_image_fp8_e4m3fn.safetensors", "
 QWEN_SHIFT, QWEN_STEPS, QWEN_CFG = 3.1, 20, 2.5
 
 
-def wf_qwen_style(info: dict[str, Any]) -> Graph:
-    g = Graph("fdfo_qwen_image_style_reference", info, zoom=0.63)
-    note = g.note("Qwen-Image (20 B) learns a style from reference images: fp8 weights, 512 px, CPU storage and "
+def wf_qwen_style(info: dict[str, Any], quick: bool = False) -> Graph:
+    g = Graph(_variant("fdfo_qwen_image_style_reference", quick), info, zoom=_zoom(0.62, quick))
+    values = _published_trainer("qwen_image_style", quick=quick, steps=QWEN_STEPS, cfg=QWEN_CFG, width=512, height=512)
+    note = g.note((quick_note("fdfo_qwen_image_style_reference", values, QWEN_STEPS) if quick else "") + "Qwen-Image (20 B) learns a style from reference images: fp8 weights, 512 px, CPU storage and "
                   "gradient checkpointing in FDFO Training Options, about 40 GB of VRAM (see docs/memory.md; "
                   "set vram_gb there to let FDFO choose for your card). Sampling as ComfyUI's Qwen-Image template: "
                   f"shift {QWEN_SHIFT}, {QWEN_STEPS} steps, CFG {QWEN_CFG} (CFG doubles the passes; cfg 1 halves the "
                   "time at some cost in quality).\n\n" + STYLE_NOTE.format(folder=STYLE_FOLDER)
                   + f"\n\nModel files: models/diffusion_models/{QWEN_UNET}, models/text_encoders/{QWEN_TEXT_ENCODER}, "
-                  f"models/vae/{QWEN_VAE}.", height=360)
+                  f"models/vae/{QWEN_VAE}.", height=360 + (QUICK_NOTE_HEIGHT if quick else 0))
     unet = g.add("UNETLoader", unet_name=QWEN_UNET, weight_dtype="default")
     shift = g.add("ModelSamplingAuraFlow", "shift (ComfyUI's Qwen-Image value)", model=unet["MODEL"],
                   shift=QWEN_SHIFT)
@@ -834,13 +884,14 @@ def wf_qwen_style(info: dict[str, Any]) -> Graph:
     vae = g.add("VAELoader", vae_name=QWEN_VAE)
     prompts = g.add("FDFOPromptList", text=SD35_PROMPTS)
     reward = _style_reward(g)
-    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True)
-    values = _published_trainer("qwen_image_style", steps=QWEN_STEPS, cfg=QWEN_CFG, width=512, height=512)
+    options = g.add("FDFOTrainingOptions", storage_device="cpu", gradient_checkpointing=True,
+                    **(QUICK_OPTIONS if quick else {}))
     trainer = g.add("FDFOTrainerV2", model=shift["MODEL"], clip=clip["CLIP"], vae=vae["VAE"], reward=reward["reward"],
                     prompts=prompts["prompts"], options=options["options"], **values)
-    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], "fdfo_qwen_image_style/preview")
+    prefix = _variant("fdfo_qwen_image_style", quick)
+    curve, compare = trainer_with_views(g, trainer, 4, values["width"], values["height"], f"{prefix}/preview")
     s = sample_with(g, trainer["model"], clip["CLIP"], vae["VAE"], "a watercolour painting of a lighthouse on a cliff at dusk",
-                    512, 512, QWEN_STEPS, QWEN_CFG, "fdfo_qwen_image_style/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
+                    512, 512, values["steps"], QWEN_CFG, f"{prefix}/trained", batch=1, min_scale=SAMPLE_MIN_SCALE)
     _big_model_layout(g, [unet, shift, clip, vae, (prompts, 200), reward], options, trainer, note, curve, compare, s)
     return g
 
@@ -900,6 +951,10 @@ WORKFLOWS = {
     "fdfo_flux_style_reference": wf_flux_style,
     "fdfo_qwen_image_style_reference": wf_qwen_style,
 }
+#: Every real-model template gets a quick variant `<name>_quick` (QUICK above).
+REAL_MODEL_TEMPLATES = ("fdfo_sd35_pickscore", "fdfo_sd35_vlm", "fdfo_flux_aesthetic", "fdfo_sd35_style_reference",
+                        "fdfo_flux_style_reference", "fdfo_qwen_image_style_reference")
+WORKFLOWS.update({f"{name}_quick": functools.partial(WORKFLOWS[name], quick=True) for name in REAL_MODEL_TEMPLATES})
 
 
 def load_object_info(source: str) -> dict[str, Any]:

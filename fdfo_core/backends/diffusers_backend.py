@@ -18,11 +18,19 @@ from typing import Any, Iterator
 import torch
 import torch.utils.checkpoint
 
-from .interface import BackendError, NamedAdapterParams
+from .interface import BackendError, NamedAdapterParams, weights_digest
 from ..flow.conditioning import Cond
 from ..flow.image_sizes import SizeRule
 from ..config import FDFOConfig
-from ..families import Family, FamilyError, FamilyOptions, family_for_pipeline, needs_input, supported_families_text
+from ..families import (
+    Family,
+    FamilyError,
+    FamilyOptions,
+    family_for_pipeline,
+    needs_input,
+    pipeline_refusal,
+    supported_families_text,
+)
 from .lora_files import (
     LoraFileError,
     check_family,
@@ -97,6 +105,9 @@ def family_for_class(cls_name: str, scheduler: str | None, label: str) -> Family
                 "model's own scheduler)."
             )
         return family
+    refusal = pipeline_refusal(cls_name)
+    if refusal is not None:
+        raise BackendError(f"{label} is a {cls_name}: {refusal}. {_supported()}")
     need = needs_input(cls_name)
     if need is not None:
         fam, what = need
@@ -167,6 +178,28 @@ def pipeline_family(pipe) -> Family:
     return family
 
 
+#: The oldest diffusers release the backend runs on (pyproject.toml states the same), and the
+#: features that need it.
+DIFFUSERS_FLOOR = ("0.33", "gradient checkpointing with our checkpoint function "
+                           "(enable_gradient_checkpointing(fn)) and fp8 base weights (diffusers.hooks.apply_layerwise_casting)")
+
+
+def check_diffusers_version(family: Family, version: str | None = None) -> None:
+    """Raise BackendError when the installed diffusers (or `version`) is older than the package's
+    floor or the family's `min_diffusers`, naming the feature that needs the newer release."""
+    from packaging.version import Version
+
+    if version is None:
+        import diffusers
+
+        version = diffusers.__version__
+    needs = [DIFFUSERS_FLOOR] + ([family.min_diffusers] if family.min_diffusers else [])
+    for floor, why in needs:
+        if Version(version) < Version(floor):
+            raise BackendError(f"{family.title} on diffusers {version}: diffusers >= {floor} is needed ({why}). "
+                               f"Upgrade it: pip install -U 'diffusers>={floor}'")
+
+
 class DiffusersBackend(NamedAdapterParams):
     """FlowBackend over a diffusers flow-matching pipeline with a peft LoRA on the transformer.
 
@@ -187,6 +220,7 @@ class DiffusersBackend(NamedAdapterParams):
     ):
         self.pipe = pipe
         self.model_family = pipeline_family(pipe)
+        check_diffusers_version(self.model_family)
         self.family = self.model_family.name
         self.device = torch.device(device)
         self.transformer = pipe.transformer
@@ -206,6 +240,10 @@ class DiffusersBackend(NamedAdapterParams):
         self._params: dict[str, torch.nn.Parameter] = {}
         if add_adapter:
             self._add_adapter(config, lora_init)
+        # The weights' digest before any storage cast: fp8 storage may change on resume (and an fp32
+        # checkpoint cast to fp8 directly is not what its bf16 rounding would give).
+        ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
+        self._weights_digest = weights_digest(getattr(ident, "base_layer", ident).weight)
         if config.base_weights == "fp8":
             from .fp8 import enable_fp8_storage, fp8_available
 
@@ -307,14 +345,13 @@ class DiffusersBackend(NamedAdapterParams):
     def fingerprint(self) -> dict[str, str]:
         cfg = dict(self.transformer.config)
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        ident = self.transformer.get_submodule(self.model_family.fingerprint_module)
-        ident = getattr(ident, "base_layer", ident)
-        weights = ident.weight.detach().float().cpu().numpy().tobytes()
         return {
             "family": self.family,
             "transformer": type(self.transformer).__name__,
             "transformer_config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-            "weights": hashlib.sha256(weights).hexdigest()[:16],
+            # taken before the fp8 cast and rounded to e4m3 (backend.weights_digest): the same with
+            # fp8 / bf16 / fp32 storage, which may change on resume
+            "weights": self._weights_digest,
             "lora": f"rank={self.config.lora_rank} alpha={self.config.lora_alpha:g} targets={','.join(self.lora_targets)}",
         }
 
@@ -432,7 +469,7 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
     """fdfo_core.backends.memory.ModelMemory of a loaded pipeline at the config's resolution and LoRA
     (a meta-device copy of its transformer and VAE is measured; the pipeline is not touched)."""
     from .memory import measure_model
-    from .fp8 import FP8_SKIP_PATTERNS
+    from .fp8 import fp8_skip_patterns
 
     family = pipeline_family(pipe)
     vae = pipe.vae
@@ -447,7 +484,7 @@ def pipeline_memory(pipe, config: FDFOConfig, max_sequence_length: int | None = 
         family, pipe.transformer, config.height, config.width, options.max_sequence_length, config.lora_rank,
         family.resolve_lora_targets(config.lora_targets), vae=vae, text_encoder_params=text_params,
         reward_bytes=module_bytes(reward, 2) if reward is not None else 0, vae_scale_factor=int(scale),
-        name=type(pipe.transformer).__name__, fp8_skip=FP8_SKIP_PATTERNS, pipe=pipe, cond_example=example)
+        name=type(pipe.transformer).__name__, fp8_skip=fp8_skip_patterns(pipe.transformer), pipe=pipe, cond_example=example)
 
 
 def choose_memory_mode(pipe, config: FDFOConfig, vram_gb: float, reward=None, world_size: int = 1,

@@ -8,6 +8,7 @@ backend in `nodes/` (ComfyUI's own MODEL / CLIP / VAE and weight adapters).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
@@ -64,6 +65,31 @@ class FlowBackend(Protocol):
 
     # Optional: `sampling_options() -> dict` with what sampling needs beyond the config (text
     # length, guidance-embedding value), written into LoRA metadata for `fdfo sample --lora`.
+
+
+#: The scheme of `weights_digest`, written before the hash ("e4m3:1a2b...") so that a digest of
+#: another scheme (older records hashed the weights as stored) is recognised as such.
+WEIGHTS_DIGEST_SCHEME = "e4m3"
+
+
+def weights_digest(weight: torch.Tensor) -> str:
+    """A digest of a frozen weight that does not depend on how it is stored: the weight rounded
+    to bf16 and then to float8 e4m3 (round to nearest even), hashed; e.g. "e4m3:1a2b3c4d5e6f7a8b".
+
+    Storage precision is a setting a run may change on resume (fp8 base weights, a ComfyUI
+    loader's fp8_e4m3fn weight dtype, bf16 on a GPU, fp32 on a CPU): a weight loaded from a bf16 /
+    fp16 / fp8 e4m3 file gives the same digest in each, because rounding to e4m3 is idempotent and
+    the grids nest (e4m3 is coarser than bf16 and fp16). Not covered: weights stored as fp8 e5m2
+    (2 mantissa bits: rounding back to e4m3 cannot recover them), and, rarely, an fp32 file cast
+    to fp8 directly by a loader (double rounding moves a few weights on ties).
+    Cost: two weights closer than e4m3's rounding (~6 % relative) look equal.
+    """
+    w = weight.detach().cpu()
+    if w.dtype != torch.float8_e4m3fn:
+        w = w.to(torch.bfloat16).to(torch.float8_e4m3fn)
+    data = w.contiguous().view(torch.uint8).numpy().tobytes()
+    shape = "x".join(str(n) for n in w.shape).encode()
+    return f"{WEIGHTS_DIGEST_SCHEME}:{hashlib.sha256(shape + b'|' + data).hexdigest()[:16]}"
 
 
 def nullcontext() -> ContextManager[None]:

@@ -169,13 +169,22 @@ def lora_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.T
 def save_lora(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], dtype: torch.dtype = torch.float32,
     what: str = "LoRA file",
+    standard_metadata: Callable[[Mapping[str, torch.Tensor]], Mapping[str, str]] | None = None,
 ) -> Path:
     """Write a .safetensors LoRA atomically (storage: a failed write raises StorageError and leaves
-    nothing behind). Metadata values are stored as JSON strings under `fdfo.`."""
+    nothing behind). Metadata values are stored as JSON strings under `fdfo.`.
+
+    standard_metadata(tensors as written) -> keys stored as they are, e.g. the SAI model-spec
+    `modelspec.*` keys (fdfo_core/backends/modelspec.py), which hash the written tensors."""
     meta = {"format": "pt"}
     for k, v in metadata.items():
         meta[METADATA_PREFIX + k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     data = {k: (v.to(dtype) if v.ndim else v.float()).contiguous().cpu() for k, v in tensors.items()}
+    if standard_metadata is not None:
+        for k, v in standard_metadata(data).items():
+            if k.startswith(METADATA_PREFIX) or k == "format":
+                raise ValueError(f"standard metadata key {k!r} would overwrite FDFO's own")
+            meta[k] = str(v)
     return storage.write_bytes(path, safetensors_bytes(data, metadata=meta), what)
 
 

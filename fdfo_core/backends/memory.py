@@ -333,7 +333,7 @@ def measure_published(model: PublishedModel, family: Family, height: int | None 
                       max_sequence_length: int | None = None, lora_rank: int = 32,
                       lora_targets: Sequence[str] | None = None, small: bool = False) -> ModelMemory:
     """`measure_model` for a published model of `family`, built from its config on the meta device."""
-    from .fp8 import FP8_SKIP_PATTERNS
+    from .fp8 import fp8_skip_patterns
 
     transformer = build_model(model.transformer, model.config(small))
     vae = build_model(model.vae, model.vae_config_for(small))
@@ -343,7 +343,7 @@ def measure_published(model: PublishedModel, family: Family, height: int | None 
         family, transformer, h, width or h, length, lora_rank,
         family.resolve_lora_targets(lora_targets) if lora_targets else family.lora_targets, vae=vae,
         text_encoder_params=0 if small else int(model.text_encoders_b * 1e9),
-        vae_scale_factor=model.vae_scale_factor, name=model.key, fp8_skip=FP8_SKIP_PATTERNS)
+        vae_scale_factor=model.vae_scale_factor, name=model.key, fp8_skip=fp8_skip_patterns(transformer))
 
 
 # --- what a run holds, per memory mode ----------------------------------------------------------
@@ -534,3 +534,34 @@ def choose_mode(mem: ModelMemory, budget_gb: float, pairs_per_rank: int, num_ste
         f"largest phase {max(smallest.phases.values()) / GIB:.1f} GiB). Use a GPU with more memory, train at a lower "
         "resolution (--height / --width), or a smaller model of the family"
         + ("" if allow_fp8 else "; fp8 base weights were not allowed") + ".")
+
+
+# --- the model a backend trains (for the run-time estimate and LoRA metadata) --------------------
+
+
+def transformer_module(backend: Any) -> torch.nn.Module | None:
+    """The diffusion transformer of a backend (diffusers: `.transformer`; ComfyUI: its MODEL's
+    `diffusion_model`), or None."""
+    module = getattr(backend, "transformer", None)
+    if isinstance(module, torch.nn.Module):
+        return module
+    module = getattr(getattr(backend, "base", None), "diffusion_model", None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
+def tokens_per_image(backend: Any, latent_shape: tuple[int, ...], cond: Any) -> int | None:
+    """Image tokens (latent cells over the family's patch) plus text tokens (the longest sequence in
+    the conditioning), or None when the conditioning is not a dict of tensors."""
+    family = getattr(backend, "model_family", None)
+    module = transformer_module(backend)
+    config = getattr(module, "config", None)
+    patch = getattr(family, "latent_patch", None) or (int(config.get("patch_size", 1) or 1)
+                                                     if isinstance(config, dict) or hasattr(config, "get") else 1)
+    cells = 1
+    for n in latent_shape[-2:]:
+        cells *= int(n)
+    image = cells // (patch * patch)
+    if not isinstance(cond, dict):
+        return None
+    text = max((int(v.shape[1]) for v in cond.values() if isinstance(v, torch.Tensor) and v.ndim == 3), default=0)
+    return image + text

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..files import storage
-from ..config import PRESETS, ConfigError, FDFOConfig, config_values, load_config
+from ..config import PRESETS, ConfigError, FDFOConfig, config_values
 from ..backends.memory import MemoryBudgetError
 
 
@@ -116,6 +116,32 @@ def _default_eval_prompts(model: str) -> list[str] | None:
 
         return toy_prompt_sets()[1]
     return None
+
+
+def new_run_config(preset: str | None, toml_path, overrides, distilled=None) -> FDFOConfig:
+    """A new run's config: defaults <- preset <- a distilled checkpoint's sampling settings (steps, no
+    CFG; `Family.distilled`) <- TOML file <- flags."""
+    values = config_values(preset)
+    if distilled is not None:
+        values.update(distilled.settings)
+    values.update(config_values(None, toml_path, overrides))
+    return FDFOConfig.from_dict(values).validate()
+
+
+def distilled_checkpoint(model: str | Path, family):
+    """The family's distilled checkpoint (`Family.distilled`) that `model` (a diffusers folder or hub
+    id) is, by its name, model_index.json and transformer config (read from a local folder), or None."""
+    from ..backends.diffusers_backend import pipeline_index
+    from ..files.text_files import read_json_file
+
+    path = Path(model)
+    config_file = path / "transformer" / "config.json"
+    transformer = read_json_file(config_file, "transformer config") if config_file.exists() else None
+    name = str(model)
+    if path.exists():  # the folder's own name (a hub cache snapshot: its repository's), not its parents'
+        path = path.resolve()
+        name = path.parent.parent.name if path.parent.name == "snapshots" else path.name
+    return family.distilled_checkpoint(name, pipeline_index(model), transformer)
 
 
 def _build_backend(model: str, cfg: FDFOConfig, device: str, args: argparse.Namespace, reward=None):
@@ -226,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..methods import build_trainer
     from ..run.distributed import init_distributed
     from ..backends.generation import generate_images
-    from ..files.drawing import image_grid, reward_curve_image, save_png
+    from ..files.drawing import image_grid, reward_curve_image, save_png, to_pil
     from ..rewards import build_reward
     from ..run.definition import FrontEnd, RunDefinition, recorded_definition, restore
     from ..run.trainer import Callbacks, amp_dtype
@@ -269,11 +295,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..families import get_family
 
     family = get_family(check_supported(model))  # cheap: before any reward or weight is loaded
+    distilled = distilled_checkpoint(model, family)
     if recorded is not None and recorded.config is not None:
         cfg = FDFOConfig.from_dict(run.config).validate()
     else:  # a new run: defaults <- preset (the toy's for the toy model, else the family's) <- TOML <- flags
         preset = args.preset or ("toy" if _is_toy(model) else (family.preset_name or family.name))
-        cfg = load_config(preset, args.config, _overrides(args))
+        cfg = new_run_config(preset, args.config, _overrides(args), distilled)
+    if distilled is not None and dist.is_main:
+        print(f"warning: {distilled.warning(family.title, dataclasses.asdict(cfg))}", file=sys.stderr)
     settings = dict(run.model_settings or {})
     if _is_toy(model) and settings.get("max_sequence_length") is None:
         from ..toy import TOY_MAX_SEQUENCE_LENGTH
@@ -318,11 +347,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     amp = amp_dtype(cfg.precision, torch.device(device))
     preview_every = args.preview_every
 
-    def preview(epoch: int) -> None:
+    def preview(trainer, epoch: int) -> None:
         if not (dist.is_main and preview_every):
             return
         images = generate_images(backend, preview_prompts, preview_seeds, cfg.num_steps, cfg.height, cfg.width,
                                  cfg.cfg_scale, cfg.negative_prompt, amp=amp)
+        if trainer is not None and images.ndim == 4 and images.shape[1] == 3:  # the first one: <lora>.preview.png
+            trainer.preview_image = to_pil(images[0])
         grid = image_grid(images, ncol=min(8, len(preview_prompts)), scale=max(1, 256 // cfg.width))
         save_png(grid, run_dir / "samples" / f"epoch-{epoch:05d}.png", "preview grid", make_folder=True)
 
@@ -332,7 +363,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             save_png(reward_curve_image(trainer.history, guardrails=trainer.guardrails), run_dir / "reward_curve.png",
                      "reward curve")
             if preview_every and metrics["epoch"] % preview_every == 0:
-                preview(metrics["epoch"])
+                preview(trainer, metrics["epoch"])
 
     previews = (cfg.epochs // preview_every + 1) if preview_every else 0
     grid_side = max(256, cfg.width) * min(8, len(preview_prompts))
@@ -359,7 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer.start_run()  # checks the run folder and records the run before anything is written
     if dist.is_main:
         if trainer.epoch == 0:
-            preview(0)
+            preview(None, 0)  # the base model: not a LoRA's preview
         progress.write(f"run folder: {run_dir}  ({len(prompts)} prompts, reward {reward.describe()}, device {device})")
     try:
         trainer.train()
@@ -547,12 +578,32 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
 def cmd_rewards(args: argparse.Namespace) -> int:
     from ..rewards import available_rewards, ensure_registered, reward_options
 
+    if getattr(args, "rewards_command", None) == "fetch":
+        return cmd_rewards_fetch(args)
     ensure_registered()
     for name, desc in available_rewards().items():
         print(f"{name:24s} {desc}")
         if args.verbose:
             for opt, default in reward_options(name).items():
                 print(f"    {name}.{opt} = {default!r}")
+    return 0
+
+
+def cmd_rewards_fetch(args: argparse.Namespace) -> int:
+    """`fdfo rewards fetch NAME...`: download what each reward needs into the reward folder."""
+    from ..rewards.fetch import fetch_weights
+
+    options = parse_reward_options(args.reward_opt)
+    for name in args.names:
+        try:
+            result = fetch_weights(name, options.get(name, {}), dest=args.dest, log=print)
+        except KeyboardInterrupt:
+            print(f"fdfo rewards fetch: interrupted; the files fetched so far are kept: run the same command again "
+                  "to continue", file=sys.stderr)
+            return 130
+        if result.folders:
+            print(f"{name}: fetched {result.bytes_downloaded / 1e6:.1f} MB")
+        print(f"{name}: ready (train with --reward {name})")
     return 0
 
 
@@ -674,9 +725,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     f.set_defaults(func=cmd_fit_preference)
 
-    r = sub.add_parser("rewards", help="list the available rewards")
+    r = sub.add_parser("rewards", help="list the available rewards; `fdfo rewards fetch NAME...` downloads their weights")
     r.add_argument("-v", "--verbose", action="store_true", help="also list each reward's options")
     r.set_defaults(func=cmd_rewards)
+    rsub = r.add_subparsers(dest="rewards_command")
+    rf = rsub.add_parser("fetch", help="download the files a reward needs from the Hugging Face Hub into the reward "
+                         "folder (resumable; honours HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE)")
+    rf.add_argument("names", nargs="+", help="rewards or encoders: pickscore, hpsv2, aesthetic, clipscore, vlm, "
+                    "reference, preference, clip, siglip, dinov2, csd")
+    rf.add_argument("--dest", help="the reward folder to fetch into (default: the first folder of $FDFO_REWARDS_DIR, "
+                    "or ComfyUI/models/fdfo_rewards when installed in ComfyUI)")
+    rf.add_argument("--reward-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                    help="reward options that choose files: hpsv2.version=2.0, clipscore.model=ID, vlm.model=ID, "
+                    "reference.encoder=csd")
     return p
 
 

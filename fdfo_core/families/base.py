@@ -24,7 +24,7 @@ Conventions shared by every hook (the core's, see `fdfo_core.backends.interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -56,6 +56,71 @@ class FamilyOptions:
     guidance: float | None = None
 
 
+#: Why training a distilled checkpoint is discouraged (issue 26 item 4), with the public reports.
+DISTILLED_WHY = ("public reports agree that online RL on a few-step or guidance-distilled model blurs its images "
+                 "(Flow-Factory issues #192 and #225, TDM-R1 issue #3)")
+
+
+def _normalise_name(name: str) -> str:
+    return str(name).lower().replace("_", "-").replace(" ", "-")
+
+
+@dataclass(frozen=True)
+class DistilledCheckpoint:
+    """A few-step or guidance-distilled checkpoint of a family (`Family.distilled`): how to recognise
+    it, what to train instead, and how it samples (what FDFO adapts to when the user trains it anyway).
+
+    title: the checkpoint's name ("Z-Image-Turbo").
+    kind: what was distilled ("step-distilled to 8 steps, no CFG").
+    base_model: the model to train instead (a name and hub id, one phrase).
+    settings: FDFOConfig values it samples with ({"num_steps": 9, "cfg_scale": 1.0}).
+    names: lowercase substrings of a model id or folder name ("-" for "_" and spaces) that mark it.
+    pipeline_config / transformer_config: values of model_index.json / the transformer's config that
+        mark it (all must match), e.g. {"is_distilled": True} for Flux.2 Klein.
+    comfy_configs: ComfyUI `supported_models` classes (`MODEL.model.model_config`) that mark it.
+    Any one kind of hint suffices.
+    """
+
+    title: str
+    kind: str
+    base_model: str
+    settings: Mapping[str, Any]
+    names: tuple[str, ...] = ()
+    pipeline_config: Mapping[str, Any] = field(default_factory=dict)
+    transformer_config: Mapping[str, Any] = field(default_factory=dict)
+    comfy_configs: tuple[str, ...] = ()
+
+    def matches(self, name: str = "", pipeline_config: Mapping[str, Any] | None = None,
+                transformer_config: Mapping[str, Any] | None = None, comfy_config: str | None = None) -> bool:
+        """Whether a model with this id / folder / file name, model_index.json, transformer config or
+        ComfyUI config class is this checkpoint."""
+        key = _normalise_name(name)
+        if key and any(marker in key for marker in self.names):
+            return True
+        for wanted, have in ((self.pipeline_config, pipeline_config), (self.transformer_config, transformer_config)):
+            if wanted and have is not None and all(k in have and have[k] == v for k, v in wanted.items()):
+                return True
+        return comfy_config is not None and comfy_config in self.comfy_configs
+
+    def adapted(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings to change for a run with these config `values` where the front end's
+        `defaults` are what the user left alone: each of `settings` whose value is still the default
+        (a value the user chose is kept; the warning names it)."""
+        return {k: v for k, v in self.settings.items() if k in values and values[k] == defaults.get(k) and values[k] != v}
+
+    def warning(self, family_title: str, given: Mapping[str, Any] | None = None) -> str:
+        """The message both front ends show: what it is, why not to train it, what to train instead,
+        and the settings FDFO samples it with if the user goes on (`given`: the run's values of those
+        settings, to say which differ)."""
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        text = (f"this model is {self.title}, a {self.kind} checkpoint of {family_title}: {DISTILLED_WHY}. Train the "
+                f"base model instead: {self.base_model}. If you go on, sample it as it was distilled to ({settings})")
+        if given is not None:
+            differ = [f"{k} {given[k]}" for k, v in self.settings.items() if k in given and given[k] != v]
+            text += f"; this run has {', '.join(differ)}" if differ else "; this run does"
+        return text + "."
+
+
 class Family:
     """Base class of model families; subclasses set the class attributes and override hooks.
 
@@ -73,7 +138,10 @@ class Family:
     diffusers_pipelines: ClassVar[tuple[str, ...]] = ()
     #: diffusers transformer classes of this family (checked against `pipe.transformer`).
     diffusers_transformers: ClassVar[tuple[str, ...]] = ()
-    #: ComfyUI `comfy.model_base` classes (exact class name of `MODEL.model`).
+    #: ComfyUI classes of this family: `comfy.model_base` classes (of `MODEL.model`) or
+    #: `comfy.supported_models` classes (of `MODEL.model.model_config`, e.g. "ZImage", whose model
+    #: class is Lumina 2's), matched by exact name, the config's first. A subclass of one of them
+    #: that no family names is refused by name (`fdfo_core.families.comfy_refusal`).
     comfy_models: ClassVar[tuple[str, ...]] = ()
     #: diffusers pipelines of this family that need inputs FDFO does not give (an image, a mask):
     #: class name -> what it needs. They are refused with this reason.
@@ -85,6 +153,10 @@ class Family:
     #: not tested (models newer than the ComfyUI version FDFO is tested against): without it they
     #: would train through the untested generic path (`generic.UnregisteredComfyFamily`).
     comfy_refused: ClassVar[Mapping[str, str]] = {}
+    #: The first ComfyUI version FDFO trains this family in ("0.8.0"), or None (every version FDFO
+    #: supports). In an older ComfyUI the backend refuses the family's models by name ("this ComfyUI
+    #: (v0.3.64) predates ..."): its model code there is not what FDFO was tested against.
+    comfy_since: ClassVar[str | None] = None
     #: Scheduler classes, besides diffusers' FlowMatch* ones, that this family's pipelines ship
     #: as flow samplers (Wan: UniPCMultistepScheduler in flow mode). FDFO only reads their time
     #: grid (`diffusers_sigmas`); `diffusers_check` may refuse a configuration that is not a flow one.
@@ -116,11 +188,27 @@ class Family:
     preset_name: ClassVar[str | None] = None
     #: One line of VRAM guidance for docs and messages.
     vram: ClassVar[str] = ""
+    #: The oldest diffusers release that runs this family correctly, and why (the backend refuses
+    #: older ones with this reason; the package's own floor, DIFFUSERS_FLOOR, is the default).
+    min_diffusers: ClassVar[tuple[str, str] | None] = None
     #: The family's published models (transformer / VAE configs and sizes, `published.py`): what
     #: the memory estimator and the GPU profile build on the meta device.
     published_models: ClassVar[tuple[PublishedModel, ...]] = ()
 
+    #: Distilled checkpoints of the family (few-step or guidance-distilled): recognised by name or
+    #: config, warned about in both front ends, with the base model to train instead and the settings
+    #: they sample with (`DistilledCheckpoint`).
+    distilled: ClassVar[tuple[DistilledCheckpoint, ...]] = ()
+
     # --- derived ------------------------------------------------------------------------------
+
+    def distilled_checkpoint(self, name: str = "", pipeline_config: Mapping[str, Any] | None = None,
+                             transformer_config: Mapping[str, Any] | None = None,
+                             comfy_config: str | None = None) -> DistilledCheckpoint | None:
+        """The family's distilled checkpoint this model is (by its id / folder / file name,
+        model_index.json, transformer config or ComfyUI config class), or None."""
+        return next((d for d in self.distilled
+                     if d.matches(name, pipeline_config, transformer_config, comfy_config)), None)
 
     def options(self, options: FamilyOptions | None = None) -> FamilyOptions:
         """`options` with the family's defaults filled in."""
@@ -198,6 +286,14 @@ class Family:
         return scheduler_sigmas(pipe.scheduler, num_steps, self.diffusers_image_seq_len(pipe, height, width),
                                 explicit_linspace=True)
 
+    def comfy_prompt(self, prompt: str) -> str:
+        """The text the ComfyUI backend gives the CLIP's tokenizer for `prompt`, so that ComfyUI's
+        text encoder sees what the family's own pipeline encodes (the same prompt means the same
+        conditioning in both backends). The prompt itself for most families: ComfyUI's tokenizers
+        add the chat templates (Qwen-Image, HunyuanImage, Z-Image, Flux.2) themselves, as the
+        diffusers pipelines do. Lumina 2 adds its system prompt (below)."""
+        return prompt
+
     def diffusers_encode_prompts(self, pipe, prompts: list[str], device: torch.device,
                                  options: FamilyOptions) -> dict[str, torch.Tensor]:
         """Conditioning for each prompt: a dict of batch-first tensors whose non-batch shapes do
@@ -233,6 +329,11 @@ class Family:
     def comfy_check(self, base) -> None:
         """Raise FamilyError if this ComfyUI model (`MODEL.model`) cannot be trained text-to-image
         as this family (e.g. an inpainting variant). Default: nothing to check."""
+
+    def comfy_variant(self, base) -> "Family":
+        """The family that trains this ComfyUI model (`MODEL.model`) when several families share one
+        ComfyUI class (Flux.2 dev and Klein both run as ComfyUI's `Flux2`). Default: this family."""
+        return self
 
     def comfy_conditioning(self, extras: dict[str, Any], options: FamilyOptions) -> dict[str, Any]:
         """Conditioning extras (`[[cond, extras]]`) with defaults the family needs; default: as is."""

@@ -29,9 +29,16 @@ from .flux import flux_lora_map
 class Chroma(Family):
     name = "chroma"
     title = "Chroma (Chroma1-Base, Chroma1-HD)"
+    min_diffusers = ("0.34", "ChromaPipeline first shipped in diffusers 0.34")
     diffusers_pipelines = ("ChromaPipeline",)
     diffusers_transformers = ("ChromaTransformer2DModel",)
     comfy_models = ("Chroma",)
+    comfy_refused = {"ChromaRadiance": (
+        "FDFO's nodes do not train Chroma Radiance: it is a pixel-space model (16 x 16 pixel patches decoded by a "
+        "NeRF-style head, no VAE latents; some checkpoints predict x0 instead of a velocity), a different model "
+        "from the latent Chroma FDFO trains and checks against diffusers, and no diffusers pipeline of it exists "
+        "to check it against. Train Chroma1-Base / HD instead."
+    )}
     diffusers_needs_input = {
         "ChromaImg2ImgPipeline": "an input image",
         "ChromaInpaintPipeline": "an input image and a mask",

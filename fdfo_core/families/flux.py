@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import pack_2x2, unpack_2x2
 from .lora_map import LoraMap, fused
 from .published import CLIP_L_B, SD3_VAE_CONFIG, SMALL_KL_VAE_CONFIG, T5_XXL_ENCODER_B, PublishedModel
@@ -77,6 +77,13 @@ class Flux(Family):
     preset_name = "flux"
     # 1024 px is Flux's native size; the guidance-distilled dev model samples without CFG.
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
+    distilled = (DistilledCheckpoint(
+        title="FLUX.1 [schnell]", kind="step-distilled (adversarial, 1-4 steps, no guidance input)",
+        base_model=("FLUX.1 [dev] (black-forest-labs/FLUX.1-dev; guidance-distilled itself, but sampled in 28+ steps: "
+                    "no undistilled FLUX.1 is public)"),
+        settings={"num_steps": 4, "cfg_scale": 1.0},
+        # schnell is the Flux.1 text-to-image model without a guidance embedding (ComfyUI: FluxSchnell)
+        names=("schnell",), transformer_config={"guidance_embeds": False}, comfy_configs=("FluxSchnell",)),)
     vram = ("12 B: ~24 GB in bf16, ~12 GB in fp8. 24 GB: fp8 at 512 px with storage_device cpu and gradient "
             "checkpointing (tight); 48 GB: 1024 px with gradient checkpointing; 80 GB: bf16 at 1024 px")
 
@@ -116,6 +123,14 @@ class Flux(Family):
 
     def comfy_check(self, base) -> None:
         dm = base.diffusion_model
+        params = getattr(dm, "params", None)
+        # ComfyUI's markers of Ovis-Image (v0.8.0 runs it as a Flux model with a text norm and yak MLPs)
+        if getattr(dm, "txt_norm", None) is not None or getattr(params, "yak_mlp", False) or getattr(params, "txt_norm", False):
+            raise FamilyError(
+                "this Flux-class model has a text norm: it is Ovis-Image, which ComfyUI (from v0.8) runs as a Flux "
+                "variant. FDFO's nodes do not train it (untested there): train it with `fdfo train` on the diffusers "
+                "model (OvisImagePipeline); the LoRA file uses Flux.1's ComfyUI key names."
+            )
         patch = getattr(dm, "patch_size", 2)
         channels = dm.img_in.weight.shape[1] // (patch * patch)
         out_channels = int(dm.out_channels) // (patch * patch)  # ComfyUI stores both per patch

@@ -12,26 +12,22 @@ stacked per token) and `Flux2KleinPipeline` (Qwen3, layers 9, 18, 27). Prompts a
 (distilled guidance, default 4); Klein has no guidance embedding and uses true CFG (the
 step-distilled Klein none). Time grid: linspace(1, 1/n, n) shifted with an empirical mu that
 depends on the image tokens and the step count (BFL's flux2 `compute_empirical_mu`).
-ComfyUI (versions after v0.3.64): `supported_models.Flux2`, module names of Flux.1 (double blocks
-with fused `qkv`, single blocks `linear1` = to_qkv_mlp_proj, `linear2` = to_out), from ComfyUI's
-own diffusers converter (`comfy/utils.py: flux_to_diffusers`). The ComfyUI backend refuses it
-(untested there, see `comfy_refused`).
+ComfyUI (v0.8.0 and later; `comfy_since`): `supported_models.Flux2` / `model_base.Flux2` for dev
+and Klein (Klein: no guidance embedding, `comfy_variant`), module names of Flux.1 (double blocks
+with fused `qkv`, single blocks `linear1` = to_qkv_mlp_proj, `linear2` = to_out). ComfyUI pads the
+text tokens on the left with zeros to 512 and gives them positions 0..511 on the fourth RoPE axis;
+the diffusers pipelines pad to `max_sequence_length` (512 by default), so both see the same
+sequence at the default length. (ComfyUI v0.8.0's loader detects only Flux.2 dev's width, 48
+heads; Klein checkpoints load from v0.9.2, where the same model class runs them.)
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyOptions
+from .base import MMDIT_ATTENTION_TARGETS, DistilledCheckpoint, Family, FamilyOptions
 from .common import scheduler_sigmas
 from .lora_map import LoraMap, fused
-
-_COMFY_REFUSAL = (
-    "FDFO's ComfyUI nodes do not train Flux.2 yet: this FDFO version is tested against ComfyUI v0.3.64, which "
-    "predates Flux.2, so its ComfyUI side is untested. Train it with `fdfo train` on the diffusers model "
-    "(Flux2Pipeline / Flux2KleinPipeline); the LoRA file uses ComfyUI's Flux.2 key names."
-)
-
 
 def empirical_mu(image_seq_len: int, num_steps: int) -> float:
     """Flux.2's time-shift mu (BFL flux2 sampling.py, `compute_empirical_mu`): linear in the image
@@ -62,9 +58,11 @@ def _flux2_map() -> LoraMap:
 class Flux2(Family):
     name = "flux2"
     title = "Flux.2 (dev)"
+    min_diffusers = ("0.36", "Flux2Pipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("Flux2Pipeline",)
     diffusers_transformers = ("Flux2Transformer2DModel",)
-    comfy_refused = {"Flux2": _COMFY_REFUSAL}
+    comfy_models = ("Flux2",)
+    comfy_since = "0.8.0"
     latent_patch = 2  # the VAE's 2x2 latent patches (the transformer's patch_size is 1)
     lora_map = _flux2_map()
     # Every attention projection: the double blocks' q, k, v, out of both streams and the single
@@ -119,6 +117,20 @@ class Flux2(Family):
         )[0]
         return out[:, : h * w].transpose(1, 2).reshape(b, c, h, w)
 
+    def comfy_variant(self, base):
+        # Klein has no guidance embedding; ComfyUI runs both as its Flux2 model.
+        from . import get_family
+
+        params = getattr(getattr(base, "diffusion_model", None), "params", None)
+        klein = params is not None and not getattr(params, "guidance_embed", True)
+        return get_family("flux2_klein" if klein else "flux2")
+
+    def comfy_conditioning(self, extras, options):
+        # ComfyUI's Flux models read the distilled guidance from the conditioning (3.5 when absent).
+        if "guidance" not in extras and options.guidance is not None:
+            extras = {**extras, "guidance": options.guidance}
+        return extras
+
     def diffusers_decode(self, pipe, latents):
         vae = pipe.vae
         z = latents.to(vae.dtype)
@@ -134,15 +146,22 @@ class Flux2(Family):
 class Flux2Klein(Flux2):
     name = "flux2_klein"
     title = "Flux.2 Klein (4B, 9B; base and step-distilled)"
+    min_diffusers = ("0.37", "Flux2KleinPipeline first shipped in diffusers 0.37")
     diffusers_pipelines = ("Flux2KleinPipeline",)
     diffusers_needs_input = {
         "Flux2KleinInpaintPipeline": "an input image and a mask",
         "Flux2KleinKVPipeline": "reference images (KV-cached image conditioning)",
     }
-    comfy_refused = {}  # ComfyUI runs Klein as its `Flux2` model too: refused once, by Flux2
+    comfy_models = ()  # ComfyUI runs Klein as its `Flux2` model: Flux2.comfy_variant picks Klein
     guidance = None  # no guidance embedding: true CFG (cfg_scale), none for the step-distilled models
     preset_name = "flux2-klein"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
+    distilled = (DistilledCheckpoint(
+        title="FLUX.2 [klein] 4B / 9B (step-distilled)", kind="step-distilled (4 steps, no CFG)",
+        base_model="FLUX.2 [klein] Base 4B / 9B (black-forest-labs/FLUX.2-klein-base-4B, FLUX.2-klein-base-9B)",
+        settings={"num_steps": 4, "cfg_scale": 1.0},
+        # Flux2KleinPipeline's own flag (model_index.json); the base models have is_distilled false
+        pipeline_config={"is_distilled": True}),)
     vram = ("4B: 3.9 B transformer (8 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px "
             "with gradient checkpointing; 9B: 9.1 B (18 GB) plus Qwen3-8B (16 GB): 48 GB (estimates from the "
             "parameter count, not measured)")

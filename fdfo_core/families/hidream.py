@@ -16,7 +16,7 @@ ComfyUI: `comfy.model_base.HiDream`, module names identical to diffusers' (no fu
 
 from __future__ import annotations
 
-from .base import Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
 from .common import calculate_shift, scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
 
@@ -27,6 +27,7 @@ _SINGLE = ("to_q", "to_k", "to_v", "to_out")
 class HiDream(Family):
     name = "hidream"
     title = "HiDream-I1 (Full, Dev, Fast)"
+    min_diffusers = ("0.34", "HiDreamImagePipeline first shipped in diffusers 0.34")
     diffusers_pipelines = ("HiDreamImagePipeline",)
     diffusers_transformers = ("HiDreamImageTransformer2DModel",)
     diffusers_flow_schedulers = ("UniPCMultistepScheduler",)
@@ -41,6 +42,13 @@ class HiDream(Family):
     max_sequence_length = 128
     preset_name = "hidream"
     preset = {"height": 1024, "width": 1024, "num_steps": 28}
+    _full = "HiDream-I1-Full (HiDream-ai/HiDream-I1-Full, the undistilled model; 50 steps, CFG 5)"
+    distilled = (
+        DistilledCheckpoint(title="HiDream-I1-Dev", kind="guidance-distilled (28 steps, no CFG)", base_model=_full,
+                            settings={"num_steps": 28, "cfg_scale": 1.0}, names=("i1-dev", "hidream-dev")),
+        DistilledCheckpoint(title="HiDream-I1-Fast", kind="step-distilled (16 steps, no CFG)", base_model=_full,
+                            settings={"num_steps": 16, "cfg_scale": 1.0}, names=("i1-fast", "hidream-fast")),
+    )
     vram = ("17.1 B (MoE): ~34 GB in bf16, ~17 GB in fp8, plus Llama 3.1 8B (~16 GB, offloaded between phases). 48 GB: "
             "fp8 at 1024 px with storage_device cpu and gradient checkpointing; 80 GB: bf16 at 1024 px with gradient "
             "checkpointing (estimates from the parameter count)")

@@ -64,6 +64,7 @@ def _trim(emb: torch.Tensor, mask: torch.Tensor, keep_one: bool):
 class HunyuanImage(Family):
     name = "hunyuan_image"
     title = "HunyuanImage 2.1"
+    min_diffusers = ("0.36", "HunyuanImagePipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("HunyuanImagePipeline",)
     diffusers_transformers = ("HunyuanImageTransformer2DModel",)
     comfy_models = ("HunyuanImage21",)

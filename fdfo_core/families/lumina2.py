@@ -4,7 +4,8 @@
 diffusers: `Lumina2Pipeline` with `Lumina2Transformer2DModel`; latents [B, 16, h, w] unpacked
 (the transformer patchifies 2x2 itself). The model's time runs the other way: it takes
 timestep = 1 - t and predicts -(noise - x_0), so the velocity is minus its output. The prompt is
-prefixed with the pipeline's `system_prompt` (" <Prompt Start> " between), encoded by Gemma-2
+prefixed with the pipeline's `system_prompt` (" <Prompt Start> " between; the ComfyUI backend
+adds the same default system prompt, as ComfyUI's CLIPTextEncodeLumina2 does), encoded by Gemma-2
 (second-to-last hidden state), padded to `max_sequence_length` tokens with an attention mask the
 transformer honours (text first, image tokens after each prompt's own length). Time grid:
 linspace(1, 1/n, n) shifted by the scheduler (shift 6).
@@ -34,6 +35,18 @@ def _lumina2_map() -> LoraMap:
     return LoraMap(tuple(modules))
 
 
+#: Lumina2Pipeline's default `system_prompt`, which is also the "superior" choice of ComfyUI's
+#: CLIPTextEncodeLumina2 node (the documented way to prompt Lumina 2 in ComfyUI).
+SYSTEM_PROMPT = ("You are an assistant designed to generate superior images with the superior degree of image-text "
+                 "alignment based on textual prompts or user prompts.")
+
+
+def with_system_prompt(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> str:
+    """"<system prompt> <Prompt Start> <prompt>": how Lumina2Pipeline.encode_prompt and ComfyUI's
+    CLIPTextEncodeLumina2 both build the text Gemma encodes."""
+    return f"{system_prompt} <Prompt Start> {prompt}"
+
+
 class Lumina2(Family):
     name = "lumina2"
     title = "Lumina-Image 2.0 (and fine-tunes, e.g. Neta Lumina)"
@@ -52,6 +65,11 @@ class Lumina2(Family):
     vram = ("2.6 B (~5 GB in bf16) + Gemma-2 2B text encoder (~5 GB, offloaded between phases): 24 GB at 1024 px "
             "with gradient checkpointing, 48 GB with the published settings (estimates from the parameter "
             "count, not measured)")
+
+    def comfy_prompt(self, prompt: str) -> str:
+        # ComfyUI's plain CLIPTextEncode feeds the bare prompt; the pipeline (and ComfyUI's own
+        # CLIPTextEncodeLumina2) the system prompt first: train on what the LoRA is used with.
+        return with_system_prompt(prompt)
 
     def diffusers_image_seq_len(self, pipe, height, width):
         # Lumina2Pipeline computes mu from `latents.shape[1]` of its unpacked latents, the channel count;

@@ -23,6 +23,7 @@ from .published import QWEN25_VL_7B_B, PublishedModel
 class QwenImage(Family):
     name = "qwen_image"
     title = "Qwen-Image"
+    min_diffusers = ("0.37", "the Qwen-Image transformer honours the prompt's text mask from diffusers 0.37 (older releases attend to the padding tokens, so a batch of prompts of different lengths gives other velocities)")
     diffusers_pipelines = ("QwenImagePipeline",)
     diffusers_transformers = ("QwenImageTransformer2DModel",)
     comfy_models = ("QwenImage",)

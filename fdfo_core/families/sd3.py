@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyOptions
 from .common import scheduler_sigmas
 from .lora_map import LoraMap, fused
 from .published import CLIP_G_B, CLIP_L_B, SD3_VAE_CONFIG, SMALL_KL_VAE_CONFIG, T5_XXL_ENCODER_B, PublishedModel
@@ -65,6 +65,11 @@ class SD3(Family):
     preset_name = "sd35-medium"
     # The published FDFO recipe (the FDFOConfig defaults) is for SD3.5 Medium at 512 px.
     preset = {}
+    distilled = (DistilledCheckpoint(
+        title="Stable Diffusion 3.5 Large Turbo", kind="step-distilled (ADD, 4 steps, no CFG)",
+        base_model="Stable Diffusion 3.5 Large (stabilityai/stable-diffusion-3.5-large)",
+        settings={"num_steps": 4, "cfg_scale": 1.0},
+        names=("large-turbo", "3.5-turbo", "35-turbo", "sd3-turbo")),)
     vram = ("SD3.5 Medium (2.5 B, ~5 GB in bf16) at 512 px: 24 GB with storage_device cpu and gradient "
             "checkpointing, the published settings in 48 GB; Large (8 B, ~16 GB in bf16): 48 GB and up")
 

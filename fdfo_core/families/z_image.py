@@ -11,17 +11,20 @@ dynamically). VAE: raw = latents / scaling_factor + shift_factor.
 CFG: the pipeline's guidance_scale g means v = v_c + g (v_c - v_u), i.e. FDFO's cfg_scale = 1 + g
 (Turbo samples with g = 0, cfg_scale 1; base with g = 3-5). The pipeline's cfg_truncation and
 cfg_normalization are not applied.
-ComfyUI (versions after v0.3.64): `supported_models.ZImage` (a Lumina 2 NextDiT), attention
-`qkv` fused and `out`, in the main layers and the noise / context refiners, from ComfyUI's own
-diffusers converter (`comfy/utils.py: z_image_to_diffusers`). The ComfyUI backend refuses it
-(untested there, see `comfy_refused`).
+ComfyUI (v0.8.0 and later; `comfy_since`): `supported_models.ZImage` (its model class is Lumina 2's
+NextDiT), attention `qkv` fused and `out`, in the main layers and the noise / context refiners,
+from ComfyUI's own diffusers converter (`comfy/utils.py: z_image_to_diffusers`). ComfyUI pads the
+prompt's tokens to a multiple of 32 with the learnt pad token as diffusers does, but places those
+pad tokens at increasing RoPE positions where diffusers puts them at position 0: the two agree
+exactly for prompts of 32k tokens and differ slightly otherwise (each backend trains the model it
+runs; the LoRA file is the same).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import Family, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyOptions
 from .lora_map import LoraMap, fused
 
 #: Block groups with attention: the main layers and the refiners of the image and text tokens.
@@ -39,6 +42,7 @@ def _z_image_map() -> LoraMap:
 class ZImage(Family):
     name = "z_image"
     title = "Z-Image (Turbo, base)"
+    min_diffusers = ("0.36", "ZImagePipeline first shipped in diffusers 0.36")
     diffusers_pipelines = ("ZImagePipeline",)
     diffusers_transformers = ("ZImageTransformer2DModel",)
     diffusers_needs_input = {
@@ -48,11 +52,8 @@ class ZImage(Family):
         "ZImageControlNetInpaintPipeline": "a control image and a mask",
         "ZImageOmniPipeline": "reference images (Z-Image-Omni, SigLIP-conditioned)",
     }
-    comfy_refused = {"ZImage": (
-        "FDFO's ComfyUI nodes do not train Z-Image yet: this FDFO version is tested against ComfyUI v0.3.64, which "
-        "predates Z-Image, so its ComfyUI side is untested. Train it with `fdfo train` on the diffusers model "
-        "(ZImagePipeline); the LoRA file uses ComfyUI's Z-Image key names."
-    )}
+    comfy_models = ("ZImage",)  # ComfyUI's config class; its model class is Lumina2
+    comfy_since = "0.8.0"
     latent_patch = 2  # the transformer's 2x2 patches (its config says all_patch_size)
     fingerprint_module = "cap_embedder.1"  # the text-feature projection (it has no proj_out)
     lora_map = _z_image_map()
@@ -60,8 +61,15 @@ class ZImage(Family):
     # in the velocity call; longer prompts are cut.
     max_sequence_length = 512
     preset_name = "z-image"
-    # Z-Image-Turbo: 1024 px, 9 steps (8 model evaluations with a nonzero step), no CFG.
-    preset = {"height": 1024, "width": 1024, "num_steps": 9}
+    # Z-Image (base): 1024 px, 50 steps; FDFO trains without CFG (the published default; the pipeline samples
+    # the base with guidance_scale 3-5, `--cfg-scale 4`-`6`). Z-Image-Turbo is recognised as distilled
+    # (9 steps: 8 model evaluations with a nonzero step, no CFG).
+    preset = {"height": 1024, "width": 1024, "num_steps": 50}
+    distilled = (DistilledCheckpoint(
+        title="Z-Image-Turbo", kind="step-distilled (Decoupled-DMD, 8 steps, no CFG)",
+        base_model="Z-Image (Tongyi-MAI/Z-Image, the undistilled base)",
+        settings={"num_steps": 9, "cfg_scale": 1.0},
+        names=("z-image-turbo", "zimage-turbo")),)
     vram = ("6.2 B transformer (12 GB in bf16) plus Qwen3-4B (8 GB) while prompts are encoded: 24 GB at 1024 px with "
             "gradient checkpointing (tight), 32-48 GB comfortable (estimates from the parameter count, not measured)")
 

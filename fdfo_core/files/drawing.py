@@ -282,8 +282,9 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
     Without held-out evaluation: the training pairs' mean reward per epoch (+- standard error).
     With `guardrails` (a `fdfo_core.run.guardrails.Guardrails`, read duck-typed: nothing here imports it), stacked panels sharing the epoch axis:
     training and held-out reward; the judge (when set); diversity across seeds and drift from the
-    base model. Epoch 0 is the base model; dashed lines mark the best LoRA's epoch, an early stop,
-    and the diversity floor of early stop.
+    base model; the held-out images' statistics (files/image_stats.py, each over its range). Epoch 0
+    is the base model; dashed lines mark the best LoRA's epoch, an early stop, and the diversity
+    floor of early stop.
 
     `size` (width, height px) is the whole figure's (the panels share its height: the ComfyUI node
     lays its outputs out for a known size); None: 640 x 400 for one panel, 640 x 300 per panel.
@@ -303,7 +304,8 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
         marks[f"best {guardrails.best_lora_epoch}"] = guardrails.best_lora_epoch
     if guardrails.stop_epoch is not None and guardrails.stop_epoch > 0:
         marks[f"stop {guardrails.stop_epoch}"] = guardrails.stop_epoch
-    n_panels = 3 if guardrails.judge is not None else 2
+    with_stats = any(getattr(ev, "image_stats", None) for ev in evs)
+    n_panels = (3 if guardrails.judge is not None else 2) + with_stats
     size = (size[0], size[1] // n_panels) if size is not None else (640, 300)
     held = {}, {}
     if any(ev.heldout_reward is not None for ev in evs):  # None: a pairwise reward (human picks)
@@ -329,4 +331,16 @@ def reward_curve_image(history: Sequence[dict[str, Any]], title: str = "reward d
         title=f"held-out diversity and drift ({guardrails.space.name} distance)", xlabel="epoch", ylabel="distance",
         size=size, xlim=xlim, vlines=marks, hlines=floor,
     ))
+    if with_stats:
+        from .image_stats import STAT_NAMES, STAT_RANGES
+
+        labels = {"near_black": "near-black share", "near_white": "near-white share", "saturation": "saturation",
+                  "colour_entropy": f"colour entropy / {STAT_RANGES['colour_entropy']:g} bits",
+                  "edge_density": "edge density"}
+        panels.append(line_plot(
+            {labels[k]: (ex, [(ev.image_stats or {}).get(k) / STAT_RANGES[k] if (ev.image_stats or {}).get(k) is not None
+                              else None for ev in evs]) for k in STAT_NAMES},
+            title="held-out image statistics (epoch 0: the base model)", xlabel="epoch", ylabel="share",
+            size=size, xlim=xlim, vlines=marks,
+        ))
     return stack_vertical(panels)

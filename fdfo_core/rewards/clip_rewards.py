@@ -69,10 +69,12 @@ CLIP_L = WeightSource(
     files="config.json, model.safetensors, preprocessor_config.json, tokenizer files", check=has_transformers_model,
 )
 AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+#: The head under its published name (or converted), then trl-lib's Hub copy (`fdfo rewards fetch aesthetic`).
+AESTHETIC_HEAD_FILES = (AESTHETIC_HEAD_FILE, AESTHETIC_HEAD_FILE.replace(".pth", ".safetensors"), "aesthetic-model.pth")
 AESTHETIC_HEAD = WeightSource(
     what=f"the LAION aesthetic predictor v2 head {AESTHETIC_HEAD_FILE}", folder="aesthetic",
     url="https://github.com/christophschuhmann/improved-aesthetic-predictor", files=AESTHETIC_HEAD_FILE,
-    check=has_file(AESTHETIC_HEAD_FILE, AESTHETIC_HEAD_FILE.replace(".pth", ".safetensors")),
+    check=has_file(*AESTHETIC_HEAD_FILES),
 )
 
 
@@ -312,7 +314,7 @@ def _aesthetic(path: str | None = None, clip_path: str | None = None, dtype: str
     dev = _device(device)
     dt = resolve_dtype(dtype, dev)
     found = locate(AESTHETIC_HEAD, path, reward="aesthetic")
-    head_file = pick_file(found, [AESTHETIC_HEAD_FILE, AESTHETIC_HEAD_FILE.replace(".pth", ".safetensors")])
+    head_file = pick_file(found, list(AESTHETIC_HEAD_FILES))
     head_dir = found if found.is_dir() else found.parent
     extra = [head_dir, head_dir / "clip-vit-large-patch14"] if not clip_path else []
     clip_dir = locate(CLIP_L, clip_path, reward="aesthetic", extra_candidates=extra)

@@ -18,8 +18,12 @@ Per epoch (`HumanPicksReward.score_pairs`):
    are dropped (``unpicked="drop"``) or scored by a Bradley-Terry preference model refitted on
    every human pick of the run so far (``unpicked="preference"``; `rewards.preference`): its
    reward difference is 2 P(left preferred) - 1, on the picks' scale. Until the model has at
-   least ``min_picks`` picks they are dropped. Model-scored pairs are recorded in picks.jsonl
-   with ``"source": "model"`` (never learned from).
+   least ``min_picks`` picks, and (``require_accuracy``, the default) until its held-out
+   accuracy is measured and its image score ranks the held-out picks clearly above chance, they
+   are dropped: a model fitted on 8 picks guesses, and its saturated guesses would count like
+   the artist's picks. Then its differences are weighted by that reliability, 2 a - 1 for a
+   held-out score accuracy a (`FitReport.reliability`).
+   Model-scored pairs are recorded in picks.jsonl with ``"source": "model"`` (never learned from).
 
 The reward records, as a run's definition, its mode (human_pairs, unpicked, min_picks and the
 preference model's encoder and head); the timeout is a session setting and may change on resume.
@@ -50,7 +54,7 @@ class HumanPicksReward(PairwiseReward):
 
     def __init__(self, hub: PickingHub | None = None, publish: Callable[[str, dict], None] | None = None,
                  human_pairs: int = 0, timeout: float = 0.0, unpicked: str = "drop", preference=None,
-                 min_picks: int = 8, title: str = ""):
+                 min_picks: int = 8, title: str = "", require_accuracy: bool = True):
         super().__init__()
         if unpicked not in UNPICKED:
             raise RewardError(f"human_picks: unpicked must be one of {', '.join(UNPICKED)}, got {unpicked!r}")
@@ -66,10 +70,13 @@ class HumanPicksReward(PairwiseReward):
         self.unpicked = unpicked
         self.preference = preference
         self.min_picks = int(min_picks)
+        self.require_accuracy = bool(require_accuracy)
         self.title = title
         self.session: PickSession | None = None
         self._run_dir: Path | None = None
         self._picked: dict[tuple[int, int], PickRecord] = {}  # this run's human picks by (epoch, pair_id)
+        self._run_id: str | None = None
+        self._weight = 1.0  # the preference model's guesses, relative to a pick (mixed mode)
         self._lock = threading.Lock()
         self.spec_name = "human_picks"
         self.spec_options = self.record_options()
@@ -78,6 +85,8 @@ class HumanPicksReward(PairwiseReward):
 
     def record_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"human_pairs": self.human_pairs, "unpicked": self.unpicked, "min_picks": self.min_picks}
+        if not self.require_accuracy:  # (recorded only when off: runs recorded before it compare equal)
+            opts["require_accuracy"] = False
         if self.preference is not None and self.unpicked == "preference":
             pm = self.preference
             opts["preference"] = {"encoder": pm.encoder.kind, "encoder_source": str(pm.encoder.source),
@@ -91,9 +100,10 @@ class HumanPicksReward(PairwiseReward):
 
     # --- a run's files ---------------------------------------------------------------------------
 
-    def _start_run(self, run_dir: Path, log) -> None:
+    def _start_run(self, run_dir: Path, log, run_id: str | None = None) -> None:
         """First call of a run: read the picks already made there (a resumed run) and teach them to the model."""
         self._run_dir = run_dir
+        self._run_id = run_id  # written into every pick: its identity across runs
         self._picked = {}
         if self.preference is not None:  # a new run learns from its own picks only
             self.preference = fresh_preference_model(self.preference)
@@ -131,10 +141,15 @@ class HumanPicksReward(PairwiseReward):
         rel = [str(p.relative_to(self._run_dir)) for p in paths]
         rec = PickRecord(prompt=prompt, epoch=epoch, pair_id=pair_id, choice=choice, left_image=rel[0], right_image=rel[1],
                          seed=seed, timestamp=now_timestamp(), source=source, extra=dict(extra or {}),
-                         base_dir=self._run_dir)
+                         run_id=self._run_id, base_dir=self._run_dir,
+                         file=(self._run_dir / PICKS_FILE).resolve())
         with self._lock:
             append_pick(self._run_dir / PICKS_FILE, rec)
         return rec
+
+    def _run_scope(self) -> str:
+        """`PickRecord.run_scope` of the picks this run writes."""
+        return f"run:{self._run_id}" if self._run_id else f"file:{(self._run_dir / PICKS_FILE).resolve()}"
 
     # --- one epoch -------------------------------------------------------------------------------
 
@@ -144,7 +159,7 @@ class HumanPicksReward(PairwiseReward):
             raise RewardError("human_picks needs a run folder (picks.jsonl and the picked images are written there)")
         run_dir = Path(context.run_dir)
         if self._run_dir != run_dir:
-            self._start_run(run_dir, context.log)
+            self._start_run(run_dir, context.log, context.run_id)
         n = left.shape[0]
         epoch = context.epoch
         choices: list[str | None] = [None] * n  # left / right / equal / skip
@@ -175,13 +190,15 @@ class HumanPicksReward(PairwiseReward):
                     from .preference import pair_key
 
                     self.preference.add_pair(left[i], right[i], item.prompt, item.choice,
-                                             key=pair_key(epoch, item.pair_id, context.seeds[i], item.prompt))
+                                             key=pair_key(epoch, item.pair_id, context.seeds[i], item.prompt,
+                                                          run=self._run_scope()))
 
         # 2. the rest: dropped, or scored by the preference model refitted on every pick so far
         rest = [i for i in range(n) if not source[i]]
         model_ready, fit_note = self._refit() if rest and self.unpicked == "preference" else (False, "")
         if rest and model_ready:
-            d = self.preference.pair_reward_delta(left[rest], right[rest], [prompts[i] for i in rest]).double()
+            # weighted by the model's measured reliability: a guess counts less than a pick
+            d = self._weight * self.preference.pair_reward_delta(left[rest], right[rest], [prompts[i] for i in rest]).double()
             for k, i in enumerate(rest):
                 model_delta[i] = float(d[k])
                 source[i] = "model"
@@ -263,8 +280,22 @@ class HumanPicksReward(PairwiseReward):
         n = len(pm.pairs)
         if n < self.min_picks:
             return False, f"preference model waits for {self.min_picks} picks (has {n})"
-        report = pm.refit() if pm.fitted else pm.fit()
-        return True, report.summary()
+        try:
+            report = pm.refit() if pm.fitted else pm.fit()
+        except RewardError as e:  # e.g. only "same" picks so far: nothing to learn yet
+            return False, f"preference model not used: {e}"
+        self._weight = 1.0
+        if self.require_accuracy:
+            if report.reliability == 0.0:
+                why = ("its held-out accuracy is not measured yet" if report.heldout_score_accuracy is None else
+                       f"its image score ranks {100 * report.heldout_score_accuracy:.0f} % of the held-out picks right, "
+                       f"not clearly above chance on {report.heldout_pairs} pairs")
+                return False, f"preference model waits: {why} ({n} picks); unpicked pairs are dropped"
+            self._weight = report.reliability
+        note = report.summary().replace("\n", "; ")
+        if self.require_accuracy:
+            note += f"; its guesses count {self._weight:.2f} of a pick (2 x held-out score accuracy - 1)"
+        return True, note
 
     def state_dict(self) -> dict:
         return {"format": "human_picks/1"}  # the picks themselves live in picks.jsonl

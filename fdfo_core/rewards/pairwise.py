@@ -48,6 +48,7 @@ class PairContext:
     pair_ids: list[int]  # the pairs' global indices within the epoch
     seeds: list[int]  # each pair's shared noise seed (the trainer's derive_seed(seed, "pair", epoch, id))
     run_dir: Path | None = None  # the run folder (picks.jsonl and the picked images go there)
+    run_id: str | None = None  # the run's identity (run.json's run_id), written into every pick
     check_cancel: Callable[[], None] | None = None  # raises to stop (ComfyUI's Cancel)
     log: Callable[[str], None] | None = None
 

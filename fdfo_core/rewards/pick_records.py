@@ -23,9 +23,15 @@ Fields:
 - ``source`` (optional, default ``"human"``): ``"model"`` marks a pair scored by the learned
   preference model (mixed mode); fitting uses human picks only, so the model never trains on
   its own guesses.
+- ``run_id`` (optional str): the run the pair was made in (run.json's ``run_id``). Epoch and pair
+  numbers and seeds repeat in every run made with the same seed: a pick's identity is
+  (``run_id``, ``epoch``, ``pair_id``) (`PickRecord.identity`). Files written before run ids
+  have none; their picks are identified within their own file.
 
 Any other keys are kept in `PickRecord.extra` and written back unchanged. A later line with the
-same ``epoch`` and ``pair_id`` in the same file replaces an earlier one (a corrected pick).
+same identity replaces an earlier one (a corrected pick). Reading several files keeps every pick
+of every run; the same pick found in two files (a copied file) counts once, and `PicksFile`
+says how many picks were corrected or were such duplicates.
 
 Reading is forgiving where a crash can leave damage and strict where a person must act: a line
 that is not valid JSON (a write cut off by a crash) or a record with a bad field is skipped and
@@ -47,7 +53,8 @@ FORMAT_VERSION = 1
 CHOICES = ("left", "right", "equal", "skip")
 SOURCES = ("human", "model")
 _REWARD_DELTA = {"left": 1.0, "right": -1.0, "equal": 0.0}
-_KNOWN = {"version", "prompt", "seed", "epoch", "pair_id", "choice", "left_image", "right_image", "timestamp", "source"}
+_KNOWN = {"version", "prompt", "seed", "epoch", "pair_id", "choice", "left_image", "right_image", "timestamp", "source",
+          "run_id"}
 
 
 class PicksError(ValueError):
@@ -74,10 +81,13 @@ class PickRecord:
     timestamp: str = ""
     source: str = "human"
     extra: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
     #: The folder image paths are relative to (the picks file's folder); not written.
     base_dir: Path | None = field(default=None, compare=False, repr=False)
     #: "file:line" the record was read from; not written.
     origin: str = field(default="", compare=False, repr=False)
+    #: The picks file the record was read from (resolved); not written.
+    file: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -98,6 +108,8 @@ class PickRecord:
             return f"choice must be one of {', '.join(CHOICES)}, got {self.choice!r}"
         if self.source not in SOURCES:
             return f"source must be one of {', '.join(SOURCES)}, got {self.source!r}"
+        if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id.strip()):
+            return f"run_id must be non-empty text or absent, got {self.run_id!r}"
         if self.choice != "skip":
             for name in ("left_image", "right_image"):
                 v = getattr(self, name)
@@ -106,6 +118,19 @@ class PickRecord:
         return None
 
     # --- meaning ----------------------------------------------------------------------------
+
+    @property
+    def run_scope(self) -> str:
+        """Which run the pair belongs to: "run:<run_id>", or for a record without one (an older
+        file) "file:<its picks file>" (or "memory" for a record that was never read from a file)."""
+        if self.run_id:
+            return f"run:{self.run_id}"
+        return f"file:{self.file}" if self.file is not None else "memory"
+
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """(run scope, epoch, pair_id): unique across runs, files and front ends."""
+        return self.run_scope, self.epoch, self.pair_id
 
     @property
     def reward_delta(self) -> float | None:
@@ -136,6 +161,8 @@ class PickRecord:
                              "pair_id": self.pair_id, "choice": self.choice, "left_image": self.left_image,
                              "right_image": self.right_image, "timestamp": self.timestamp or now_timestamp(),
                              "source": self.source}
+        if self.run_id:
+            d["run_id"] = self.run_id
         d.update({k: v for k, v in self.extra.items() if k not in d})
         return d
 
@@ -143,7 +170,8 @@ class PickRecord:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(", ", ": "))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: Path | None = None, origin: str = "") -> "PickRecord":
+    def from_dict(cls, d: dict[str, Any], base_dir: Path | None = None, origin: str = "",
+                  file: Path | None = None) -> "PickRecord":
         """Build a record from a parsed line; raises PicksError (with `origin`) when it is invalid."""
         where = f"{origin}: " if origin else ""
         if not isinstance(d, dict):
@@ -162,7 +190,8 @@ class PickRecord:
             return cls(prompt=d["prompt"], epoch=d["epoch"], pair_id=d["pair_id"], choice=choice,
                        left_image=d.get("left_image"), right_image=d.get("right_image"), seed=d.get("seed"),
                        timestamp=str(d.get("timestamp") or ""), source=d.get("source") or "human",
-                       extra={k: v for k, v in d.items() if k not in _KNOWN}, base_dir=base_dir, origin=origin)
+                       extra={k: v for k, v in d.items() if k not in _KNOWN}, run_id=d.get("run_id"),
+                       base_dir=base_dir, origin=origin, file=file)
         except PicksError as e:
             raise PicksError(f"{where}{e}") from None
 
@@ -174,6 +203,14 @@ class PicksFile:
     records: list[PickRecord]
     problems: list[str]
     files: list[Path]
+    #: lines replaced by a later pick of the same pair (a corrected pick; in one file or across files)
+    corrected: int = 0
+    #: the same pick (same pair, choice and time) found again in another file, counted once
+    duplicates: int = 0
+
+    def runs(self) -> int:
+        """How many runs the picks come from (files without run ids count one run each)."""
+        return len({r.run_scope for r in self.records})
 
     def counts(self) -> dict[str, int]:
         out = {c: 0 for c in CHOICES}
@@ -183,8 +220,14 @@ class PicksFile:
 
     def summary(self) -> str:
         c = self.counts()
-        text = (f"{len(self.records)} picks from {len(self.files)} file(s): {c['left']} left, {c['right']} right, "
-                f"{c['equal']} equal, {c['skip']} skipped")
+        runs = self.runs()
+        where = f"{len(self.files)} file(s)" + (f" of {runs} run(s)" if len(self.files) > 1 or runs > 1 else "")
+        text = (f"{len(self.records)} picks from {where}: {c['left']} left, {c['right']} right, {c['equal']} equal, "
+                f"{c['skip']} skipped")
+        if self.corrected:
+            text += f"; {self.corrected} earlier pick(s) replaced by a later pick of the same pair"
+        if self.duplicates:
+            text += f"; {self.duplicates} duplicate(s) (the same pick in more than one file) counted once"
         if self.problems:
             text += f"; {len(self.problems)} line(s) skipped"
         return text
@@ -212,6 +255,10 @@ def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: b
     records: list[PickRecord] = []
     problems: list[str] = []
     files: list[Path] = []
+    by_identity: dict[tuple[str, int, int], int] = {}
+    corrected = duplicates = 0
+    from ..files.text_files import split_lines
+
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir() and (path / "picks.jsonl").is_file():  # a run folder
@@ -219,9 +266,7 @@ def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: b
         if not path.is_file():
             raise PicksError(f"picks file {path} does not exist" if not path.exists() else f"{path} is not a file")
         files.append(path)
-        by_pair: dict[tuple[int, int], int] = {}
-        from ..files.text_files import split_lines
-
+        in_this_file: set[tuple[str, int, int]] = set()
         for number, line in enumerate(split_lines(_decode(path)), start=1):
             if not line.strip():
                 continue
@@ -232,19 +277,35 @@ def read_picks(paths: str | os.PathLike | Iterable[str | os.PathLike], strict: b
                 except json.JSONDecodeError as e:
                     raise PicksError(f"{origin}: not valid JSON ({e.msg} at column {e.colno}); a line cut off by a "
                                      "crash, or edited by hand?") from None
-                rec = PickRecord.from_dict(obj, base_dir=path.parent.resolve(), origin=origin)
+                rec = PickRecord.from_dict(obj, base_dir=path.parent.resolve(), origin=origin, file=path.resolve())
             except PicksError as e:
                 if strict:
                     raise
                 problems.append(str(e))
                 continue
-            key = (rec.epoch, rec.pair_id)
-            if key in by_pair:  # a corrected pick replaces the earlier one, in place
-                records[by_pair[key]] = rec
-            else:
-                by_pair[key] = len(records)
+            key = rec.identity
+            if key not in by_identity:
+                by_identity[key] = len(records)
                 records.append(rec)
-    return PicksFile(records, problems, files)
+            else:
+                old = records[by_identity[key]]
+                if key in in_this_file or rec.timestamp >= old.timestamp:
+                    if key not in in_this_file and _same_pick(old, rec):
+                        duplicates += 1  # a copy of the same line in another file
+                    else:
+                        corrected += 1  # a corrected pick replaces the earlier one, in place
+                    records[by_identity[key]] = rec
+                elif _same_pick(old, rec):
+                    duplicates += 1
+                else:
+                    corrected += 1  # an older version of a pick already read from a later file
+            in_this_file.add(key)
+    return PicksFile(records, problems, files, corrected=corrected, duplicates=duplicates)
+
+
+def _same_pick(a: PickRecord, b: PickRecord) -> bool:
+    """The same pick written twice (a copied file): everything but where it was read from is equal."""
+    return a.to_dict() == b.to_dict()
 
 
 def append_pick(path: str | os.PathLike, record: PickRecord) -> Path:

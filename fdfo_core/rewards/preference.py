@@ -24,9 +24,16 @@ The reward is the score itself, ``scale * s(x, p)``, in logits: a difference of 
 model prefers the image 73 % of the time. For a pair the picks' own scale (+1 / -1 / 0) is matched
 by `PreferenceModel.pair_reward_delta` = 2 * P(left preferred) - 1.
 
+Position bias: people pick the left (or right) image more often than the images alone explain.
+The fit absorbs it with one more logit b, P(left preferred) = sigmoid(s(x_left) - s(x_right) + b),
+that is not part of the score (so the reward does not learn the habit), and reports
+sigmoid(b), the chance of "left" between two images the model scores alike.
+
 Held-out accuracy: a fixed share of the pairs (``holdout``, 20 %) is left out, the model is fitted
-on the rest and scored on the held-out pairs that were not "equal"; the saved model is then
-fitted on every pair.
+on the rest and predicts the held-out picks that were not "equal" (with the position bias: the
+person's picks, habit included); it is reported next to the always-left baseline (the share of those pairs picked left), which a model must beat to know
+anything. The saved model is then fitted on every pair. Picks with no decisive pair (only "same"
+or skipped) are refused: they would fit a zero model, a constant reward.
 """
 
 from __future__ import annotations
@@ -117,8 +124,11 @@ def bradley_terry_loss(score_left: torch.Tensor, score_right: torch.Tensor, targ
 
 
 def fit_head(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, target: torch.Tensor,
-             weight_decay: float = 1e-2, max_iter: int = 300, restandardise: bool = True) -> float:
-    """Fit `head` in place on feature rows left/right [N, F] and targets [N]; returns the final loss.
+             weight_decay: float = 1e-2, max_iter: int = 300, restandardise: bool = True,
+             position_bias: bool = True) -> tuple[float, float]:
+    """Fit `head` in place on feature rows left/right [N, F] and targets [N]; returns (final loss,
+    position-bias logit b). With `position_bias` a free logit b (not decayed, not part of the
+    head) joins the pick probability, sigmoid(s_left - s_right + b); else b = 0.
 
     Full-batch L-BFGS (strong Wolfe line search) from the head's current weights, so a refit
     after a few new picks starts from the previous solution.
@@ -133,12 +143,14 @@ def fit_head(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, targ
             with torch.no_grad():
                 head.set_standardisation(torch.cat([left, right]))
         head.train().requires_grad_(True)
-        opt = torch.optim.LBFGS(list(head.parameters()), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
+        bias = torch.zeros((), requires_grad=position_bias)
+        params = list(head.parameters()) + ([bias] if position_bias else [])
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
                                 tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = bradley_terry_loss(head(left), head(right), target) + weight_decay * head.penalty()
+            loss = bradley_terry_loss(head(left) + bias, head(right), target) + weight_decay * head.penalty()
             loss.backward()
             return loss
 
@@ -147,17 +159,27 @@ def fit_head(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, targ
         finally:
             head.eval().requires_grad_(False)
         with torch.no_grad():
-            return float(bradley_terry_loss(head(left), head(right), target))
+            return float(bradley_terry_loss(head(left) + bias, head(right), target)), float(bias)
 
 
-def pair_accuracy(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, target: torch.Tensor) -> tuple[float | None, int]:
-    """Share of decisive pairs (target 0 or 1) whose preferred image the head scores higher, and their count."""
+def left_share(target: torch.Tensor) -> float | None:
+    """Share of the decisive picks (target 0 or 1) that chose the left image: the accuracy of always
+    answering "left" (1 - it: always "right"); None without decisive picks."""
+    decisive = (target - 0.5).abs() > 0.25
+    return float((target[decisive] > 0.5).float().mean()) if bool(decisive.any()) else None
+
+
+def pair_accuracy(head: PreferenceHead, left: torch.Tensor, right: torch.Tensor, target: torch.Tensor,
+                  position_bias: float = 0.0) -> tuple[float | None, int]:
+    """Share of decisive pairs (target 0 or 1) whose pick the model predicts, and their count: the
+    left image when s_left - s_right + position_bias > 0 (the logit b of `fit_head`; 0: the
+    preferred image is the one the head scores higher)."""
     decisive = (target - 0.5).abs() > 0.25
     n = int(decisive.sum())
     if n == 0:
         return None, 0
     with torch.no_grad():
-        d = head(left[decisive]) - head(right[decisive])
+        d = head(left[decisive]) - head(right[decisive]) + position_bias
     correct = (d > 0) == (target[decisive] > 0.5)
     return float(correct.float().mean()), n
 
@@ -178,14 +200,52 @@ class FitReport:
     model_scored: int = 0  # records written by the model in mixed mode (not learned from)
     missing_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    decisive_pairs: int = 0  # pairs picked left or right (not "same")
+    left_share: float | None = None  # share of the decisive picks that chose left
+    #: always-left baseline on the held-out pairs the accuracy is measured on (always-right: 1 - it)
+    heldout_always_left: float | None = None
+    #: held-out pairs whose preferred image the image score alone ranks higher (what the reward
+    #: uses; chance: 50 % whatever the position habit)
+    heldout_score_accuracy: float | None = None
+    position_bias: float = 0.5  # P(left) between two images the model scores alike: sigmoid(b)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def heldout_baseline(self) -> float | None:
+        """The better of always-left and always-right on the held-out pairs."""
+        a = self.heldout_always_left
+        return None if a is None else max(a, 1.0 - a)
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Measured held-out accuracy above always-left and always-right: the picks are predicted
+        better than by position alone."""
+        return self.heldout_accuracy is not None and self.heldout_accuracy > (self.heldout_baseline or 0.5)
+
+    @property
+    def reliability(self) -> float:
+        """How much the image score's guesses are worth next to real picks: 2 a - 1 for a held-out
+        score accuracy a above chance (0.5 -> 0, 1 -> 1), 0 when it is not measured or not above
+        chance by two standard errors (0.5 + 1 / sqrt(n) on n held-out pairs)."""
+        a, n = self.heldout_score_accuracy, self.heldout_pairs
+        if a is None or n < MIN_HELDOUT or a <= 0.5 + 1.0 / math.sqrt(n):
+            return 0.0
+        return 2.0 * a - 1.0
 
     def summary(self) -> str:
         acc = (f"held-out accuracy {100 * self.heldout_accuracy:.1f} % on {self.heldout_pairs} pairs"
                if self.heldout_accuracy is not None
                else f"held-out accuracy not measured (fewer than {MIN_HELDOUT} decisive held-out pairs)")
+        if self.heldout_accuracy is not None and self.heldout_always_left is not None:
+            acc += f" (always-left baseline {100 * self.heldout_always_left:.1f} %"
+            if self.heldout_score_accuracy is not None:
+                acc += f"; the image score alone {100 * self.heldout_score_accuracy:.1f} %"
+            acc += ")"
         text = f"preference model fitted on {self.pairs} picks: {acc}"
         if self.train_accuracy is not None:
             text += f", training accuracy {100 * self.train_accuracy:.1f} %"
+        text += (f"; position bias: left chosen {100 * self.position_bias:.0f} % of the time between images it scores "
+                 "alike (absorbed, not in the reward)")
         extras = []
         if self.skipped:
             extras.append(f"{self.skipped} skipped")
@@ -195,15 +255,55 @@ class FitReport:
             extras.append(f"{len(self.missing_images)} with missing images")
         if extras:
             text += f" ({', '.join(extras)})"
+        for w in self.warnings:
+            text += f"\nwarning: {w}"
         return text
 
 
-def pair_key(epoch: int, pair_id: int, seed: int | None, prompt: str) -> str:
-    """The identity of a picked pair, by content rather than by file location: the held-out split
-    (a hash of it) is the same on any machine, a pick read twice (the same file given twice, or a
-    copy) is one pair, and a pick added from memory (`PreferenceModel.add_pair`) with this key is
-    the same pair as its line in picks.jsonl."""
-    return f"{epoch}/{pair_id}/{seed}/{prompt}"
+#: |P(left between alike images) - 0.5| above this is reported as a strong position bias.
+STRONG_POSITION_BIAS = 0.15
+
+
+def fit_warnings(r: FitReport) -> list[str]:
+    """What a person should know before training on a fitted model (empty when nothing)."""
+    out = []
+    if r.left_share in (0.0, 1.0):
+        side = "left" if r.left_share == 1.0 else "right"
+        out.append(f"every one of the {r.decisive_pairs} decisive picks chose the {side} image: a habit of position as "
+                   "much as a taste; the fit puts it into the position bias and the image score learns little. Check "
+                   "the picking (a stuck key?) or pick more pairs.")
+    elif abs(r.position_bias - 0.5) > STRONG_POSITION_BIAS:
+        side = "left" if r.position_bias > 0.5 else "right"
+        out.append(f"strong position bias: the {side} image was chosen {100 * max(r.position_bias, 1 - r.position_bias):.0f} % "
+                   "of the time between images the model scores alike (absorbed by the fit, not part of the reward)")
+    if r.heldout_accuracy is not None and r.reliability == 0.0:
+        out.append(f"the image score ranks only {100 * (r.heldout_score_accuracy or 0):.1f} % of the held-out picks right "
+                   f"(chance 50 %; {r.heldout_pairs} pairs): the model has not learned the taste yet; pick more pairs")
+    elif r.heldout_accuracy is None:
+        out.append(f"held-out accuracy not measured ({r.pairs} picks, {r.heldout_pairs} decisive held out; needs "
+                   f"{MIN_HELDOUT}): nothing shows yet that the model predicts the picks")
+    return out
+
+
+def pair_key(epoch: int, pair_id: int, seed: int | None, prompt: str, run: str = "") -> str:
+    """The identity of a picked pair: its run (`PickRecord.run_scope`: "run:<run_id>", or
+    "file:<picks file>" for a file written before run ids) and its place in that run. Runs made
+    with the same seed repeat epoch, pair, seed and prompt, so without the run one run's picks
+    would replace another's. The held-out split (a hash of the key) is the same on any machine
+    (`split_key`); a pick read twice (the same file given twice, or a copy) is one pair;
+    a pick added from memory (`PreferenceModel.add_pair`) with this key is the same pair as its
+    line in picks.jsonl."""
+    return f"{epoch}/{pair_id}/{seed}/{prompt}" + (f"{_RUN_SEP}{run}" if run else "")
+
+
+_RUN_SEP = "\x1f"  # (a control character: never in a prompt)
+
+
+def split_key(key: str) -> str:
+    """The part of a pair key the held-out split hashes: all of it for picks with a run id, the
+    pair without its file for older picks (so the split does not depend on where a file lies)."""
+    pair, _, run = key.partition(_RUN_SEP)
+    return key if run.startswith("run:") else pair
 
 
 @dataclass
@@ -278,7 +378,7 @@ class PreferenceModel:
 
         added = 0
         for r in records:
-            key = pair_key(r.epoch, r.pair_id, r.seed, r.prompt)
+            key = pair_key(r.epoch, r.pair_id, r.seed, r.prompt, run=r.run_scope)
             if r.choice == "skip":
                 self._skipped.add(key)
                 continue
@@ -346,7 +446,7 @@ class PreferenceModel:
 
         train, held = [], []
         for i, p in enumerate(self.pairs):
-            u = zlib.crc32(f"{self.seed}:{p.key}".encode()) / 2**32
+            u = zlib.crc32(f"{self.seed}:{split_key(p.key)}".encode()) / 2**32
             (held if u < self.holdout else train).append(i)
         return train, held
 
@@ -374,25 +474,39 @@ class PreferenceModel:
                 head.load_state_dict(start.state_dict())
             return head
 
+        all_targets = torch.tensor([p.target for p in self.pairs], dtype=torch.float32)
+        decisive = int(((all_targets - 0.5).abs() > 0.25).sum())
+        if decisive == 0:
+            raise RewardError(
+                f"preference: none of the {n} picks prefers one image (all 'same'): a model fitted on them scores every "
+                "image alike, a constant reward that trains nothing. Pick left or right where you prefer one image.")
         warm = warm_start and self.fitted
         train, held = self.split()
-        acc, n_held = None, 0
+        acc, n_held, always_left, score_acc = None, 0, None, None
         if held and train:
             probe = fresh(self._probe if warm else None)
-            fit_head(probe, *self._arrays(train), weight_decay=self.weight_decay, max_iter=max_iter)
+            _, probe_bias = fit_head(probe, *self._arrays(train), weight_decay=self.weight_decay, max_iter=max_iter)
             self._probe = probe
-            acc, n_held = pair_accuracy(probe, *self._arrays(held))
+            held_arrays = self._arrays(held)
+            # the person's picks predicted with their position habit, against always-left / -right
+            acc, n_held = pair_accuracy(probe, *held_arrays, position_bias=probe_bias)
+            score_acc, _ = pair_accuracy(probe, *held_arrays)
+            always_left = left_share(held_arrays[2])
             if n_held < MIN_HELDOUT:
-                acc = None
+                acc, always_left, score_acc = None, None, None
         left, right, target = self._arrays(range(n))
         head = fresh(self.head if warm else None)
-        loss = fit_head(head, left, right, target, weight_decay=self.weight_decay, max_iter=max_iter)
+        loss, bias = fit_head(head, left, right, target, weight_decay=self.weight_decay, max_iter=max_iter)
         self.head = head  # swapped in whole: a reward scoring with this model never sees a half-fitted head
-        train_acc, _ = pair_accuracy(head, left, right, target)
+        train_acc, _ = pair_accuracy(head, left, right, target, position_bias=bias)
         self.fitted = True
         self._update_counts()
         r = self.report
         r.pairs, r.heldout_pairs, r.heldout_accuracy, r.train_accuracy, r.loss = n, n_held, acc, train_acc, loss
+        r.decisive_pairs, r.left_share, r.heldout_always_left = decisive, left_share(target), always_left
+        r.heldout_score_accuracy = score_acc
+        r.position_bias = 1.0 / (1.0 + math.exp(-bias))
+        r.warnings = fit_warnings(r)
         r.seconds = time.perf_counter() - t0
         return r
 
@@ -434,6 +548,9 @@ class PreferenceModel:
             "n_picks": str(r.pairs), "heldout_pairs": str(r.heldout_pairs),
             "heldout_accuracy": "none" if r.heldout_accuracy is None else f"{r.heldout_accuracy:.6f}",
             "train_accuracy": "none" if r.train_accuracy is None else f"{r.train_accuracy:.6f}",
+            "heldout_always_left": "none" if r.heldout_always_left is None else f"{r.heldout_always_left:.6f}",
+            "heldout_score_accuracy": "none" if r.heldout_score_accuracy is None else f"{r.heldout_score_accuracy:.6f}",
+            "position_bias": f"{r.position_bias:.6f}",
             "picks_files": json.dumps(self.sources), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -599,6 +716,11 @@ def load_preference_model(path: str | os.PathLike, encoder_path: str | None = No
     r.heldout_accuracy = None if acc == "none" else float(acc)
     tacc = meta.get("train_accuracy", "none")
     r.train_accuracy = None if tacc == "none" else float(tacc)
+    base = meta.get("heldout_always_left", "none")  # (files fitted before the baseline was recorded: none)
+    r.heldout_always_left = None if base == "none" else float(base)
+    r.position_bias = float(meta.get("position_bias", 0.5))
+    sacc = meta.get("heldout_score_accuracy", "none")
+    r.heldout_score_accuracy = None if sacc == "none" else float(sacc)
     model.sources = json.loads(meta.get("picks_files", "[]"))
     model.fitted = True
     return model

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from ..files.image_files import ImageFileError
 from .base import RewardError, to_nchw
 from .clip_common import ModelReward, as_device
 from .image_encoders import ENCODER_KINDS, ImageEncoder, load_image_encoder
@@ -63,11 +64,12 @@ def split_paths(value: str | os.PathLike | Sequence) -> list:
     return list(value)
 
 
-def images_sha256(images: Sequence[torch.Tensor]) -> str:
-    """sha256 over the images' sizes and 8-bit pixels (float rounding noise does not change it)."""
+def images_sha256(images: Sequence[torch.Tensor], h=None) -> str:
+    """sha256 over the images' sizes and 8-bit pixels (float rounding noise does not change it).
+    `h`: a hashlib object to continue (images hashed in several calls give the digest of all)."""
     import hashlib
 
-    h = hashlib.sha256()
+    h = h if h is not None else hashlib.sha256()
     for im in images:
         pixels = (im.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
         h.update(str(tuple(pixels.shape)).encode())
@@ -75,8 +77,29 @@ def images_sha256(images: Sequence[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def embed_references(encoder: ImageEncoder, references: Sequence, batch: int) -> tuple[torch.Tensor, str]:
+    """Embed references ([3, H, W] / [1, 3, H, W] tensors, or image files read when their turn
+    comes) `batch` at a time: ([R, D] float32 unit embeddings on the CPU, `images_sha256` of all).
+    At most `batch` decoded files are held at once, so the peak memory does not grow with the
+    number of references (a folder of 1000 photos decoded at once would take ~19 GB)."""
+    import hashlib
+
+    from ..files.image_files import read_image
+
+    h = hashlib.sha256()
+    out = []
+    for start in range(0, len(references), batch):
+        chunk = [read_image(r) if isinstance(r, (str, os.PathLike)) else to_nchw(r)[0].clamp(0, 1)
+                 for r in references[start : start + batch]]
+        images_sha256(chunk, h)
+        out.append(encoder.embed_images(chunk, batch=batch).float().cpu())
+        del chunk
+    return torch.cat(out), h.hexdigest()
+
+
 class ReferenceStyle(ModelReward):
-    """See the module docstring. `references`: [3, H, W] images (any sizes) or one NCHW/NHWC batch."""
+    """See the module docstring. `references`: [3, H, W] images (any sizes), image file paths (read
+    `micro_batch` at a time: `embed_references`), or one NCHW/NHWC batch."""
 
     name = "reference"
     differentiable = True
@@ -107,13 +130,16 @@ class ReferenceStyle(ModelReward):
                 "set text_path to a CLIP or SigLIP folder, or leave content_captions empty and prompt_weight at 0"
             )
         if torch.is_tensor(references):
-            references = list(to_nchw(references).clamp(0, 1).unbind(0))
-        references = [to_nchw(r)[0].clamp(0, 1) for r in references]
+            references = list(to_nchw(references).unbind(0))
+        references = list(references)
         if not references:
             raise RewardError("reference: no reference images")
-        self.reference_names = list(reference_names) or [f"image {i}" for i in range(len(references))]
-        self.reference_sha256 = images_sha256(references)
-        self.reference_embeddings = encoder.embed_images(references, batch=micro_batch).float()
+        self.reference_names = list(reference_names) or [
+            str(r) if isinstance(r, (str, os.PathLike)) else f"image {i}" for i, r in enumerate(references)]
+        try:
+            self.reference_embeddings, self.reference_sha256 = embed_references(encoder, references, max(1, micro_batch))
+        except ImageFileError as e:
+            raise RewardError(f"reference: {e}") from None
         self.caption_embeddings = (self.text_encoder.embed_texts(self.content_captions).float()
                                    if self.text_encoder is not None and self.content_captions else None)
         self.to(self.device)
@@ -202,7 +228,7 @@ def _reference(images=None, encoder: str = "auto", path: str | None = None, mode
     separator, or an image tensor); encoder: clip, siglip, dinov2, csd or auto; path / model: the
     encoder's weights; text_path: a CLIP/SigLIP folder for the content guard when the encoder has
     no text tower."""
-    from ..files.image_files import ImageFileError, read_images
+    from ..files.image_files import ImageFileError, image_paths
 
     if images is None or (isinstance(images, str) and not images.strip()):
         raise RewardError(
@@ -215,14 +241,15 @@ def _reference(images=None, encoder: str = "auto", path: str | None = None, mode
     names: list[str] = []
     if torch.is_tensor(images):
         refs = images
-    elif isinstance(images, (list, tuple)) and images and all(torch.is_tensor(x) for x in images):
-        refs = list(images)  # images of any sizes, [3, H, W] or [1, 3, H, W] each (the node's IMAGE + folder)
+    elif isinstance(images, (list, tuple)) and images and all(torch.is_tensor(x) or isinstance(x, os.PathLike)
+                                                               for x in images):
+        refs = list(images)  # images of any sizes, [3, H, W] or [1, 3, H, W] each, or files (the node's IMAGE + folder)
     else:
         try:
-            refs, files = read_images(split_paths(images), recursive=bool(recursive))
+            refs = image_paths(split_paths(images), recursive=bool(recursive))  # read micro_batch at a time
         except ImageFileError as e:
             raise RewardError(f"reference: {e}") from None
-        names = [str(f) for f in files]
+        names = [str(f) for f in refs]
     enc = load_image_encoder(encoder, path, model, dtype=dtype, device=dev, reward="reference")
     captions = split_list(content_captions)
     text_enc = None

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "storage_device", "
                                "decode_batch_size", "sample_batch_size", "gradient_checkpointing",
                                "base_weights", "compile",
                                "eval_every", "early_stop_patience", "early_stop_min_diversity",
+                               "early_stop_max_image_shift",
                                "max_bad_pair_fraction"})  # raise it to continue a run that stopped on bad rewards
 
 RUN_RECORD = "run.json"
@@ -200,7 +201,7 @@ def differences(recorded: RunDefinition, current: RunDefinition,
                 if f.name == "config" and key in allowed:
                     continue
                 va, vb = a.get(key), b.get(key)
-                if va == vb:
+                if va == vb or (f.name == "model" and key == "weights" and not _same_digest_scheme(va, vb)):
                     continue
                 if isinstance(va, dict) and isinstance(vb, dict):  # e.g. config.extra, one reward's options
                     for sub in sorted(set(va) | set(vb)):
@@ -213,6 +214,16 @@ def differences(recorded: RunDefinition, current: RunDefinition,
     if any(d.field == "reward" for d in out):  # options of a term only one reward has follow from that
         out = [d for d in out if not (d.field == "reward_options" and (d.run is None or d.now is None))]
     return out
+
+
+def _same_digest_scheme(a: Any, b: Any) -> bool:
+    """Whether two model weight digests can be compared: both "scheme:hash" of one scheme
+    (`backend.weights_digest`). Records written before the scheme hashed the weights as stored
+    (changing with fp8 storage): their architecture, config and LoRA layout are still compared."""
+    def legacy(v: Any) -> bool:
+        return isinstance(v, str) and len(v) == 16 and all(c in "0123456789abcdef" for c in v)
+
+    return legacy(a) == legacy(b)
 
 
 @dataclass
@@ -268,6 +279,13 @@ class RunRecords:
             return None
         return data if isinstance(data, dict) and data.get("format") == RUN_FORMAT else None
 
+    def run_id(self) -> str | None:
+        """The run's identity (run.json's "run_id"), or None before the run is recorded (or for a
+        record written before run ids existed: the next session adds one)."""
+        data = self.read()
+        value = data.get("run_id") if data else None
+        return value if isinstance(value, str) and value else None
+
     def definition(self) -> RunDefinition | None:
         data = self.read()
         if data is None or not isinstance(data.get("definition"), dict):
@@ -299,6 +317,9 @@ class RunRecords:
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         record = {
             "format": RUN_FORMAT,
+            # A run's identity across files and machines (picks, records copied elsewhere): made
+            # once when the run starts, kept by every later session. Older records have none.
+            "run_id": old.get("run_id") or new_run_id(),
             "definition": d,
             "branches": list(old.get("branches", [])) + ([{"time": now, **branch}] if branch else []),
             "sessions": list(old.get("sessions", [])) + [{"time": now, **session}],
@@ -306,6 +327,12 @@ class RunRecords:
         storage.write_json(self.path, record, "run record")
 
 
+def new_run_id() -> str:
+    """A fresh run identity: 16 hex digits from the OS's random source (two runs made with the same
+    seed, in any folder, on any machine, never share one)."""
+    import uuid
+
+    return uuid.uuid4().hex[:16]
 def read_definition(path: str | Path) -> RunDefinition | None:
     """The run definition a checkpoint was trained on, without loading its tensors (mmap).
 

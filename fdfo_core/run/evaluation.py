@@ -1,7 +1,8 @@
 """Held-out evaluation: fixed prompts x fixed seeds, plain sampling, four figures.
 
 One evaluation samples every (prompt, seed) of a `HeldOutSet` with the plain Euler sampler at the
-training settings (steps, CFG, size) and measures
+training settings (steps, CFG, size) and measures (besides the plain image statistics of
+image_stats.py)
 
 - the **held-out reward**: the training reward (before any per-prompt normalisation), mean and
   standard error over the images;
@@ -33,6 +34,7 @@ import torch
 from ..rewards.failure_policy import RewardFailures, score_call
 from ..backends.generation import generate_images
 from ..rewards.pairwise import is_pairwise
+from ..files.image_stats import image_statistics
 
 #: Seeds of held-out images: fixed across runs (so two runs are compared on the same noise) and far
 #: from the preview grid's seeds 0, 1, 2, ... Training noise comes from hashed seeds (`derive_seed`).
@@ -217,13 +219,17 @@ class Evaluation:
     diversity: float | None
     drift: float
     seconds: float
+    #: Plain image statistics of the held-out images (image_stats.py: near-black / near-white shares,
+    #: saturation, colour entropy, edge density); None for outputs that are not images.
+    image_stats: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Evaluation":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        # Evaluations recorded before a field existed take its default.
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @contextlib.contextmanager
@@ -304,5 +310,6 @@ def score_heldout(
     features = space.features(images)
     diversity = seed_diversity(features, len(held.prompts), len(held.seeds), space)
     drift = 0.0 if base_features is None else drift_from_base(features, base_features, space)
+    stats = image_statistics(images) if _is_image_batch(images) else None
     seconds = seconds_so_far + time.perf_counter() - t0
-    return Evaluation(epoch, r_mean, r_se, j_mean, j_se, diversity, drift, seconds), features
+    return Evaluation(epoch, r_mean, r_se, j_mean, j_se, diversity, drift, seconds, stats), features

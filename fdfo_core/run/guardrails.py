@@ -11,8 +11,10 @@ stays readable and the baselines (which share `FDFOTrainer.train`) get the same 
   Whenever a trained LoRA sets a new best, it is written as `<lora_name>-best.safetensors` (with its
   epoch and criterion in the metadata) and kept in memory (`best_adapter`).
 - Early stop (off by default): when the criterion has not improved on its best (the base model's
-  included) for `early_stop_patience` evaluations, or when diversity falls below
-  `early_stop_min_diversity` x the base model's.
+  included) for `early_stop_patience` evaluations, when diversity falls below
+  `early_stop_min_diversity` x the base model's, or when an image statistic of the held-out images
+  (files/image_stats.py: near-black / near-white share, saturation, colour entropy, edge density) moves
+  more than `early_stop_max_image_shift` of its range from the base model's.
 
 Only rank 0 samples and writes; the figures and the stop decision are broadcast to every rank.
 """
@@ -38,6 +40,8 @@ from .evaluation import (
     score_heldout,
     unpack_images,
 )
+from ..files.drawing import to_pil
+from ..files.image_stats import STAT_NAMES, largest_shift
 from ..rewards.pairwise import is_pairwise
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,18 +64,34 @@ class RunView(Protocol):
 
     def progress(self, phase: str, done: int, total: int) -> None: ...
 
-    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path: ...
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file",
+                  preview: Any = None) -> Path: ...
 
 
-#: Columns every epoch line of metrics.jsonl gets while evaluation is on (None where not measured).
+#: Columns every epoch line of metrics.jsonl gets while evaluation is on (None where not measured),
+#: plus `image_<statistic>` and `image_<statistic>_base` for each of image_stats.STAT_NAMES.
 EVAL_COLUMNS = (
     "heldout_reward", "heldout_reward_se", "judge", "judge_se", "diversity", "drift", "time_eval", "time_eval_share",
     "heldout_reward_base", "judge_base", "diversity_base", "eval_space", "best_epoch", "best_criterion", "early_stop",
-)
+) + tuple(f"image_{k}{b}" for k in STAT_NAMES for b in ("", "_base"))
+#: Short names of the image statistics in the log line.
+STAT_LABELS = {"near_black": "black", "near_white": "white", "saturation": "sat", "colour_entropy": "entropy",
+               "edge_density": "edges"}
+
+
+def _is_image(images: torch.Tensor | None) -> bool:
+    return images is not None and images.ndim == 4 and images.shape[0] > 0 and images.shape[1] in (1, 3, 4)
 
 
 def best_lora_name(lora_name: str) -> str:
     return f"{lora_name}-best.safetensors"
+
+
+def retired_best_lora_name(lora_name: str, epoch: int) -> str:
+    """The name the best LoRA keeps when a resumed run changes its criterion (reward or judge,
+    allowed as a branch at `epoch`): the evaluation starts again, and the new best gets
+    `best_lora_name`."""
+    return f"{lora_name}-best-until-epoch{epoch}.safetensors"
 
 
 def _describe(reward: Any) -> str:
@@ -131,6 +151,7 @@ class Guardrails:
         self.best_adapter: dict[str, torch.Tensor] | None = None
         self.stop_reason: str | None = None
         self.stop_epoch: int | None = None
+        self.last_images: torch.Tensor | None = None  # the latest evaluation's images (not checkpointed)
 
     # --- what the criterion is ------------------------------------------------------------------
 
@@ -170,7 +191,8 @@ class Guardrails:
         if self.stop_reason:
             self.stop_epoch = trainer.epoch
             trainer.log(f"this run stopped early at epoch {trainer.epoch}: {self.stop_reason}. "
-                         "Raise early_stop_patience, lower early_stop_min_diversity, or set them to 0 to go on.")
+                         "Raise early_stop_patience or early_stop_max_image_shift, lower early_stop_min_diversity, or set "
+                         "them to 0 to go on.")
         else:
             self.stop_epoch = None
 
@@ -214,6 +236,7 @@ class Guardrails:
             )
         if base:
             self.base_images, self.base_features = images, features
+        self.last_images = images
         return ev
 
     def _track(self, trainer: "RunView", ev: Evaluation) -> None:
@@ -230,7 +253,9 @@ class Guardrails:
             self.best_lora_value, self.best_lora_epoch = value, ev.epoch
             self.best_adapter = {k: v.detach().cpu().clone() for k, v in trainer.backend.adapter_state_dict().items()}
             if trainer.run_dir is not None:
-                trainer.save_lora(trainer.run_dir / best_lora_name(trainer.lora_name), extra_metadata={
+                # The best LoRA's preview: its first held-out image (that epoch's own sample).
+                preview = to_pil(self.last_images[0]) if _is_image(self.last_images) else None
+                trainer.save_lora(trainer.run_dir / best_lora_name(trainer.lora_name), preview=preview, extra_metadata={
                     "selected_by": self.criterion_label, "criterion": self.criterion,
                     "criterion_value": value, "best_epoch": ev.epoch,
                     "base_criterion_value": self.criterion_of(self.base) if self.base else None,
@@ -257,6 +282,13 @@ class Guardrails:
                 and last.diversity < cfg.early_stop_min_diversity * base.diversity):
             return (f"diversity across seeds fell to {_fmt(last.diversity)}, below {cfg.early_stop_min_diversity:g} x "
                     f"the base model's {_fmt(base.diversity)} ({self.space.name} distance)")
+        if cfg.early_stop_max_image_shift > 0 and base is not None and base.image_stats and last.image_stats:
+            moved = largest_shift(last.image_stats, base.image_stats)
+            if moved is not None and moved[1] > cfg.early_stop_max_image_shift:
+                name = moved[0]
+                return (f"the held-out images' {name.replace('_', ' ')} moved from the base model's "
+                        f"{_fmt(base.image_stats[name])} to {_fmt(last.image_stats[name])}, {moved[1]:.3f} of its range "
+                        f"(bound early_stop_max_image_shift {cfg.early_stop_max_image_shift:g})")
         return None
 
     def stop_message(self, lora_name: str) -> str:
@@ -280,6 +312,8 @@ class Guardrails:
             "best_epoch": self.best_lora_epoch,
             "best_criterion": self.best_lora_value if self.best_lora_epoch is not None else None,
             "early_stop": None,
+            **{f"image_{k}": (ev.image_stats or {}).get(k) if ev else None for k in STAT_NAMES},
+            **{f"image_{k}_base": (base.image_stats or {}).get(k) if base else None for k in STAT_NAMES},
         }
 
     def _line(self, ev: Evaluation, share: float | None) -> str:
@@ -295,8 +329,13 @@ class Guardrails:
             parts.append(f"diversity {_fmt(ev.diversity)}{ref(base.diversity if base else None)}")
         if ev.epoch:
             parts.append(f"drift {_fmt(ev.drift)}")
-            if self.best_lora_epoch is not None:
-                parts.append(f"best epoch {self.best_lora_epoch}")
+        if ev.image_stats:
+            base_stats = (base.image_stats or {}) if base else {}
+            parts.append("images " + " ".join(
+                f"{STAT_LABELS[k]} {_fmt(ev.image_stats[k], 3)}" + (f" ({_fmt(base_stats[k], 3)})" if k in base_stats else "")
+                for k in STAT_NAMES if k in ev.image_stats))
+        if ev.epoch and self.best_lora_epoch is not None:
+            parts.append(f"best epoch {self.best_lora_epoch}")
         cost = f"{ev.seconds:.1f} s" + (f" = {100 * share:.0f}% of an epoch" if share is not None else "")
         head = f"held-out {'base model' if ev.epoch == 0 else f'epoch {ev.epoch}'}: "
         return head + ", ".join(parts) + f" [{self.space.name}; {cost}]"

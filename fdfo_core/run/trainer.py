@@ -33,9 +33,10 @@ from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, sa
 from ..flow.conditioning import Cond, cond_select, cond_to
 from ..config import FDFOConfig
 from .distributed import DistContext, shard_range
-from .guardrails import Guardrails
+from .guardrails import Guardrails, best_lora_name, retired_best_lora_name
 from ..flow.image_sizes import check_backend_size
 from ..backends.lora_files import save_lora
+from ..backends.modelspec import prompts_summary
 from ..flow.objective import fdfo_loss, pair_deltas
 from ..rewards.pairwise import PairContext, is_pairwise
 from ..files.prompts import clean_prompt
@@ -47,6 +48,7 @@ from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's se
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
 from ..flow.seeds import generator as generator
 from ..files.storage import StorageError
+from .run_time import RunTimeEstimate, estimate_run, format_duration, probe_forward_seconds
 
 
 class TrainingInterrupted(RuntimeError):
@@ -224,6 +226,11 @@ class FDFOTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch = 0  # completed epochs
         self.images_seen = 0
+        #: The latest preview of the trained model (a PIL image; the front end sets it), saved as
+        #: `<name>.preview.png` beside each LoRA file.
+        self.preview_image: Any = None
+        self.time_estimate: RunTimeEstimate | None = None  # `estimate_time`, once per session
+        self._estimated = False
         self.history: list[dict[str, Any]] = []
         # Until the reward has scored one image, a failing call is a setup problem and stops the run.
         self._reward_worked = False
@@ -279,6 +286,40 @@ class FDFOTrainer:
     def _progress(self, phase: str, done: int, total: int) -> None:
         if self.callbacks.on_progress is not None:
             self.callbacks.on_progress(phase, done, total)
+
+    def estimate_time(self) -> RunTimeEstimate | None:
+        """The remaining run's expected time (fdfo_core/run/run_time.py: the passes the settings make,
+        priced by timing one velocity call of this model on this device), computed once per
+        session; None when there is nothing left to run or the timing call failed (logged)."""
+        if self._estimated:
+            return self.time_estimate
+        self._estimated = True
+        cfg = self.config
+        if self.epoch >= cfg.epochs:
+            return None
+        from ..backends.memory import parameter_count, tokens_per_image, transformer_module
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # training's random state stays as it was
+                cond = self.backend.encode_prompts([self.prompts[0]])
+                shape = tuple(self.backend.latent_shape(cfg.height, cfg.width))
+
+                def velocity(x, t, c):
+                    with self._autocast():
+                        return self.backend.velocity(x, t, c)
+
+                seconds = probe_forward_seconds(velocity, cond, shape, max(1, cfg.sample_batch_size), self.device,
+                                                cond_select)
+            module = transformer_module(self.backend)
+            params = parameter_count(module) if module is not None else None
+            tokens = tokens_per_image(self.backend, shape, cond)
+        except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # no estimate; training goes on
+            self._log(f"no time estimate ({type(e).__name__}: {e})")
+            return None
+        base_done = self.guardrails is not None and self.guardrails.base is not None
+        self.time_estimate = estimate_run(cfg, seconds, self.epoch, base_done, params, tokens)
+        return self.time_estimate
 
     def _autocast(self):
         if self.amp is None:
@@ -421,7 +462,8 @@ class FDFOTrainer:
         pair_ids = roll.pair_ids.tolist()
         context = PairContext(
             epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
-            run_dir=self.run_dir, check_cancel=self.callbacks.check_cancel, log=self._log)
+            run_dir=self.run_dir, run_id=RunRecords(self.run_dir).run_id() if self.run_dir is not None else None,
+            check_cancel=self.callbacks.check_cancel, log=self._log)
         self._failures = RewardFailures()
         out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)
         delta = torch.as_tensor(out.delta, dtype=torch.float64).reshape(-1)
@@ -560,11 +602,18 @@ class FDFOTrainer:
         # them so the arithmetic stays finite (those pairs are not among the training items).
         roll.rewards = torch.where(torch.isfinite(roll.rewards), roll.rewards, torch.zeros_like(roll.rewards))
 
+        mean_abs_dr = self._mean_abs_dr(gathered)
+        if mean_abs_dr == 0.0:
+            # FDFO learns from R_left - R_right only: equal rewards give no update (ALGORITHM.md).
+            self._log(f"warning: epoch {epoch + 1}: every one of the {valid_global.numel()} pairs has a zero reward "
+                      f"difference (both images of each pair scored alike by {self.reward_spec!r}), so this epoch "
+                      "does not change the LoRA. A constant or saturated reward, a reward that ignores the image, "
+                      "or only 'same' picks? Check the reward before training on.")
         stats = self.train_on(roll, epoch, valid_global)
         t3 = time.perf_counter()
         stats.reduce(self.dist)
         return self._finish_epoch((t0, t1, t2, t3), raw_rewards, stats, pairs=valid_global.numel(), dropped=dropped,
-                                  mean_abs_dr=self._mean_abs_dr(gathered), with_kl=cfg.kl_weight > 0)
+                                  mean_abs_dr=mean_abs_dr, with_kl=cfg.kl_weight > 0)
 
     def _finish_epoch(self, times, rewards: torch.Tensor, stats: ItemStats, pairs: int, dropped: int,
                       mean_abs_dr: float, with_kl: bool) -> dict[str, Any]:
@@ -633,11 +682,17 @@ class FDFOTrainer:
         self.start_run()
         guard = self.guardrails
         try:
+            estimate = self.estimate_time()
+            if estimate is not None:
+                self._log(estimate.line())
             if guard is not None and self.epoch < cfg.epochs:
                 guard.start(self)
+            first_epoch, started = self.epoch, time.perf_counter()
             while self.epoch < cfg.epochs and not (guard is not None and guard.stop_reason):
                 metrics = self.train_epoch()
-                self._log(format_metrics(metrics, cfg.epochs))
+                pace = (time.perf_counter() - started) / max(1, self.epoch - first_epoch)
+                left = f"  about {format_duration(pace * (cfg.epochs - self.epoch))} left" if self.epoch < cfg.epochs else ""
+                self._log(format_metrics(metrics, cfg.epochs) + left)
                 if guard is not None:
                     guard.after_epoch(self, metrics)
                 if writes:
@@ -824,15 +879,51 @@ class FDFOTrainer:
         self.images_seen = int(state["images_seen"])
         self.history = json.loads(state.get("history", "[]"))
         if self.guardrails is not None and state.get("guardrails") is not None:
+            changed = self._criterion_changes()
             try:
+                if changed:
+                    raise ValueError(f"the best LoRA of {ckpt} was chosen by another {self.guardrails.criterion_label} "
+                                     f"({changed})")
                 self.guardrails.load_state_dict(state["guardrails"], where=ckpt)
             except ValueError as e:
                 if not allow_change:
                     raise TrainingError(str(e)) from e
+                kept = self._retire_best_lora(self.epoch)
                 self._log(f"{e}; with the change allowed, the held-out evaluation starts again from here "
-                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come)")
+                          "(the base model is evaluated anew and the best LoRA is chosen among the epochs to come"
+                          + (f"; the best LoRA so far is kept as {kept.name})" if kept else ")"))
         self.last_checkpoint = self._resumed_from = ckpt
         self._log(f"resumed from {ckpt} at epoch {self.epoch}")
+
+    def _criterion_changes(self) -> str:
+        """The recorded changes of this resume (an allowed branch) that change what the held-out
+        criterion measures: the reward (spec, options, normalisation) when the criterion is the
+        held-out reward, the judge when it is the judge; "" when none."""
+        guard = self.guardrails
+        if guard is None or not self._branch:
+            return ""
+        if guard.criterion == "judge":
+            hits = [c for c in self._branch["changes"]
+                    if c["field"] == "judge_options" or (c["field"] == "config" and c["key"] == "judge")]
+        elif guard.criterion == "heldout_reward":
+            hits = [c for c in self._branch["changes"] if c["field"] in ("reward", "reward_options", "reward_normalization")]
+        else:
+            hits = []
+        return ", ".join(sorted({c["field"] + (f".{c['key']}" if c.get("key") else "") for c in hits}))
+
+    def _retire_best_lora(self, epoch: int) -> Path | None:
+        """Keep the best LoRA of a criterion that no longer holds under its own name
+        (`retired_best_lora_name`), so the next best under the new criterion cannot overwrite it.
+        Returns the kept file, or None when there was none (or this rank does not write)."""
+        if self.run_dir is None or not self.dist.is_main:
+            return None
+        best = self.run_dir / best_lora_name(self.lora_name)
+        if not best.exists():
+            return None
+        kept = self.run_dir / retired_best_lora_name(self.lora_name, epoch)
+        storage.copy_file(best, kept, what="best LoRA of the earlier criterion")
+        best.unlink()
+        return kept
 
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
@@ -908,11 +999,35 @@ class FDFOTrainer:
             **(self.backend.sampling_options() if hasattr(self.backend, "sampling_options") else {}),
             "fingerprint": dict(self.backend.fingerprint()),
             "trainer": "fdfo",
+            "prompts_summary": prompts_summary(self.prompts),
         }
 
-    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file") -> Path:
-        return save_lora(path, self.backend.lora_file_tensors(), {**self.lora_metadata(), **(extra_metadata or {})},
-                         what=what)
+    def save_lora(self, path: str | Path, extra_metadata: dict[str, Any] | None = None, what: str = "LoRA file",
+                  preview: Any = None) -> Path:
+        """Write the LoRA with its `fdfo.*` and SAI model-spec metadata (fdfo_core/backends/modelspec.py), and
+        `<name>.preview.png` beside it from `preview` (a PIL image), else the front end's latest
+        preview (`self.preview_image`); both atomically."""
+        from ..backends.modelspec import backend_variant, modelspec_metadata, preview_path
+        from ..files.drawing import save_png
+
+        extra = dict(extra_metadata or {})
+        image = preview if preview is not None else self.preview_image
+        family = getattr(self.backend, "model_family", None)
+        selected = (f"the best held-out {extra['selected_by']} ({extra.get('criterion_value')}) at epoch "
+                    f"{extra.get('best_epoch')}" if "selected_by" in extra else None)
+
+        def spec(tensors):
+            return modelspec_metadata(
+                title=Path(path).stem, family=self.backend.family, variant=backend_variant(self.backend),
+                family_title=getattr(family, "title", self.backend.family), reward=self.reward_spec,
+                prompts=self.prompts, config=self.config, epochs=extra.get("best_epoch", self.epoch),
+                images_seen=self.images_seen, tensors=tensors, preview=image, selected=selected)
+
+        meta = {**self.lora_metadata(), **extra}
+        out = save_lora(path, self.backend.lora_file_tensors(), meta, what=what, standard_metadata=spec)
+        if image is not None:
+            save_png(image, preview_path(out), f"preview image of {Path(out).name}")
+        return out
 
 
 class RunChangeRefused(TrainingError):

@@ -78,7 +78,7 @@ spec.loader.exec_module(pack)
 M = pack.NODE_CLASS_MAPPINGS
 
 from comfyui_fdfo_nodepack.fdfo_core.config import load_config  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.families import family_names  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.families import family_names, get_family  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.backends.lora_files import lora_modules, save_lora  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
@@ -234,7 +234,12 @@ def trainer_inputs(data, **changes):
 def run_case(case_id):
     case, folder = CASES_BY_ID[case_id], work / case_id
     data = torch.load(folder / "inputs.pt", weights_only=False)
-    clip = SavedCLIP(dict(zip(data["prompts"], data["conditioning"])))
+    # keyed by the text the backend gives the tokenizer (`Family.comfy_prompt`: Lumina 2 adds its
+    # system prompt, as the diffusers side did when it computed the conditioning)
+    family = get_family(case.family)
+    # (and by the prompt itself, for ComfyUI's own CLIPTextEncode in the samplers)
+    saved = dict(zip(data["prompts"], data["conditioning"]))
+    clip = SavedCLIP({**saved, **{family.comfy_prompt(p): c for p, c in saved.items()}})
     config_json = json.loads((folder / "config.json").read_text())
 
     def model():

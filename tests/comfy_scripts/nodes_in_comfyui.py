@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
 
 comfy_root, work = sys.argv[1], Path(sys.argv[2])
@@ -66,6 +67,8 @@ from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa:
 from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, FDFOTrainer, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
+from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_lumina2_config,  # noqa: E402
+                             tiny_wan21_config)
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
@@ -144,6 +147,24 @@ def randomise_adapter(backend, seed=0, std=0.2):
     with torch.no_grad():
         for p in backend.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def core_node(node_ids, module):
+    """A ComfyUI core node by its node id (what saved workflows name; several when ComfyUI renamed
+    it: v0.3.64's SaveLoRANode is v0.8.0's SaveLoRA), whichever node API the version writes it in:
+    V1 (a class in NODE_CLASS_MAPPINGS with FUNCTION; v0.3.64's training nodes) or V3 (an
+    io.ComfyNode whose schema has that node_id; v0.8.0's). Returns a function of the node's inputs
+    (by name) that returns its outputs as a tuple."""
+    ids = (node_ids,) if isinstance(node_ids, str) else tuple(node_ids)
+    for node_id in ids:
+        v1 = getattr(module, "NODE_CLASS_MAPPINGS", {}).get(node_id)
+        if v1 is not None and isinstance(getattr(v1, "FUNCTION", None), str):
+            return lambda **inputs: getattr(v1(), v1.FUNCTION)(**inputs)
+    for value in vars(module).values():
+        schema = getattr(value, "define_schema", None)
+        if isinstance(value, type) and callable(schema) and getattr(schema(), "node_id", None) in ids:
+            return lambda **inputs: tuple(value.execute(**inputs).args)
+    raise LookupError(f"ComfyUI has no core node {' / '.join(ids)} in {module.__name__}")
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -246,19 +267,8 @@ def lora_file_equals_hot_adapter_sd3():
 
 
 def tiny_flux():
-    """A tiny Flux built with ComfyUI's own Flux class (UNETLoader cannot detect one this small)."""
-    config = comfy.supported_models.Flux({
-        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 128, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
-        "axes_dim": [16, 24, 24], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    })
-    config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in base.diffusion_model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02))
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    """A tiny Flux.1 dev, built as ComfyUI's loaders build one (tests/comfy_scripts/detected_models.py)."""
+    return patcher(tiny_flux_config(), seed=0)
 
 
 class HashCLIP:
@@ -350,11 +360,13 @@ def training_node_end_to_end():
         from_file = ksample(from_file_model, clip, PROMPTS[0])
         left = sum(len(getattr(m, "weight_function", [])) for m in model.model.diffusion_model.modules())
         # ComfyUI's own LORA_MODEL nodes: Save LoRA Weights writes it, Load LoRA Model applies it.
-        from comfy_extras.nodes_train import LoraModelLoader, SaveLoRA
+        import comfy_extras.nodes_train as train_nodes
 
-        SaveLoRA().save(lora, "loras/fdfo_saved")
+        core_node(("SaveLoRANode", "SaveLoRA"), train_nodes)(lora=lora, prefix="loras/fdfo_saved")
         saved = next((work / "output" / "loras").glob("fdfo_saved*.safetensors"))
-        via_nodes = ksample(LoraModelLoader().load_lora_model(model, comfy.utils.load_torch_file(str(saved)), 1.0)[0], clip, PROMPTS[0])
+        loaded = core_node("LoraModelLoader", train_nodes)(model=model, lora=comfy.utils.load_torch_file(str(saved)),
+                                                            strength_model=1.0)[0]
+        via_nodes = ksample(loaded, clip, PROMPTS[0])
         # resume
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=1))
         train_node(model, clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="resumed", epochs=2))
@@ -529,31 +541,14 @@ def refusal(model, vae=None):
     return None
 
 
-def tiny_patcher(model_class, unet_config):
-    config = getattr(comfy.supported_models, model_class)(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 @check
 def image_conditioned_and_video_models_are_refused():
     """Flux.1 Fill (image + mask channels) and a video model without a family module (HunyuanVideo):
     refused by name, with the supported families listed. Wan 2.1 has a family (one frame of its video
     latents): not refused as a video model."""
-    fill = tiny_patcher("FluxInpaint", {
-        "image_model": "flux", "in_channels": 96, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    })
-    video = tiny_patcher("HunyuanVideo", {
-        "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": True,
-        "byt5": False, "meanflow": False,
-    })
-    wan = tiny_patcher("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64,
-                                     "num_heads": 2, "num_layers": 1, "text_dim": 32, "in_dim": 16, "out_dim": 16})
+    fill = patcher(tiny_flux_config(hidden=64, in_channels=96, depth=1, single=1, axes=(8, 12, 12)))
+    video = patcher(tiny_hunyuan_video_config())
+    wan = patcher(tiny_wan21_config())
     fill_msg, video_msg, wan_msg = refusal(fill), refusal(video), refusal(wan)
     listed = lambda m: m is not None and "SD3" in m and "Flux.1" in m  # noqa: E731
     ok = (listed(fill_msg) and "Fill" in fill_msg and "input image" in fill_msg
@@ -564,39 +559,169 @@ def image_conditioned_and_video_models_are_refused():
 
 @check
 def flux2_and_z_image_are_refused_with_a_clear_message():
-    """ComfyUI v0.3.64 predates Flux.2 and Z-Image; newer versions load them as
+    """ComfyUI v0.3.64 predates Flux.2 and Z-Image; v0.8.0 and later load them as
     supported_models.Flux2 (a Flux subclass; dev and Klein) and supported_models.ZImage (a Lumina2
-    subclass whose model is model_base.Lumina2). Stand-ins with those names, built on this
-    version's Flux and Lumina 2: refused by name, saying what to do; Lumina 2 itself is not."""
+    subclass whose model is model_base.Lumina2), and FDFO trains them there. Stand-ins with those
+    names, built on this version's Flux and Lumina 2, in a ComfyUI that reports v0.3.64 (this one,
+    or a newer one told so): refused by name as predating them, saying what to do; Lumina 2 itself
+    is not."""
+    import comfyui_fdfo_nodepack.nodes.comfy_backend as backend_module
 
-    class Flux2(comfy.supported_models.Flux):
-        pass
+    real_version = backend_module.comfyui_version
+    backend_module.comfyui_version = lambda: "0.3.64"
+    try:
+        _flux2_and_z_image_stand_ins()
+    finally:
+        backend_module.comfyui_version = real_version
 
-    class ZImage(comfy.supported_models.Lumina2):
-        pass
 
-    def patcher(config_class, unet_config):
-        config = config_class(unet_config)
+def _flux2_and_z_image_stand_ins():
+    flux = tiny_flux_config(hidden=64, depth=1, single=1, axes=(8, 12, 12))
+    lumina = tiny_lumina2_config()
+    # Stand-ins named as newer ComfyUI's classes, derived from this version's Flux and Lumina 2 configs.
+    flux2_class = type("Flux2", (type(flux),), {})
+    z_image_class = type("ZImage", (type(lumina),), {})
+
+    def build(config_class, like):
+        config = config_class(dict(like.unet_config))
         config.set_inference_dtype(torch.float32, None)
-        return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
-                                                offload_device=torch.device("cpu"))
+        return patcher(config)
 
-    flux_config = {
-        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-        "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
-    }
-    lumina_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "n_layers": 1,
-                     "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True, "cap_feat_dim": 32,
-                     "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64]}
-    flux2_msg = refusal(patcher(Flux2, flux_config))
-    z_msg = refusal(patcher(ZImage, lumina_config))
-    lumina_msg = refusal(patcher(comfy.supported_models.Lumina2, lumina_config))
-    said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "fdfo train" in m  # noqa: E731
-                            and "SD3" in m and "Flux.1" in m)
+    flux2_msg = refusal(build(flux2_class, flux))
+    z_msg = refusal(build(z_image_class, lumina))
+    lumina_msg = refusal(build(type(lumina), lumina))
+    said = lambda m, what: (m is not None and what in m and "v0.3.64" in m and "predates" in m  # noqa: E731
+                            and "fdfo train" in m and "SD3" in m and "Flux.1" in m)
     ok = said(flux2_msg, "Flux.2") and said(z_msg, "Z-Image") and "ZImage" in z_msg and lumina_msg is None
     report("flux2_and_z_image_are_refused_with_a_clear_message", ok, flux2=flux2_msg, z_image=z_msg,
            lumina2=lumina_msg)
+
+
+@check
+def flows_that_are_not_a_plain_velocity_are_refused():
+    """STAND-INS for newer ComfyUI's model sampling (read in its comfy/model_sampling.py, absent in
+    v0.8.0): a CONST subclass whose calculate_denoised is not x - t v (as IMG_TO_IMG_FLOW /
+    IMG_TO_IMG_VELOCITY), and a CONST with a noise scale of 8 (as HiDream-O1's). Both are refused
+    by name with what FDFO needs; the toy's own CONST sampling is not."""
+    import comfy.model_sampling
+
+    model, _, vae = toy()
+    sampling = model.get_model_object("model_sampling")
+
+    class ImgToImgFlowStandIn(type(sampling)):
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_output  # the network predicts the image, not a velocity
+
+    class NoiseScaledStandIn(type(sampling)):
+        noise_scale = 8.0
+
+    def with_sampling(cls):
+        import copy
+
+        m = model.clone()
+        patched = copy.copy(sampling)
+        patched.__class__ = cls  # the same sampling (shift, sigmas), the stand-in's behaviour
+        m.add_object_patch("model_sampling", patched)
+        return m
+
+    img2img, scaled = refusal(with_sampling(ImgToImgFlowStandIn), vae), refusal(with_sampling(NoiseScaledStandIn), vae)
+    plain = refusal(model, vae)
+    ok = (img2img is not None and "calculate_denoised" in img2img and "ImgToImgFlowStandIn" in img2img
+          and scaled is not None and "noise" in scaled and "8" in scaled and plain is None
+          and isinstance(sampling, comfy.model_sampling.CONST))
+    report("flows_that_are_not_a_plain_velocity_are_refused", ok, img_to_img=img2img, noise_scaled=scaled, toy=plain)
+
+
+@check
+def fingerprint_sees_injected_patches():
+    """An upstream LoRA that enters the forward pass as an injection (newer ComfyUI's bypass LoRAs,
+    `load_bypass_lora_for_models`, read in its comfy/sd.py and comfy/weight_adapter/bypass.py; not in
+    v0.8.0) changes the model being trained, so the run's model fingerprint must change with it and
+    with its weights. STAND-IN: an injection manager holding one adapter tensor, attached with
+    ModelPatcher.set_injections where this ComfyUI has it (v0.8.0), else as the attribute newer
+    ComfyUI reads."""
+
+    class BypassInjectionStandIn:
+        def __init__(self, weight):
+            self.adapters = {"diffusion_model.joint_blocks.0.x_block.attn.qkv": weight}
+            self.strength = 1.0
+
+        def inject(self, model_patcher):
+            pass
+
+        def eject(self, model_patcher):
+            pass
+
+    def fingerprint(weight):
+        model, clip, vae = toy()
+        m = model.clone()
+        if weight is not None:
+            manager = BypassInjectionStandIn(weight)
+            try:
+                from comfy.patcher_extension import PatcherInjection
+                injection = PatcherInjection(manager.inject, manager.eject)
+            except ImportError:  # v0.3.64: no injections at all
+                injection = types.SimpleNamespace(inject=manager.inject, eject=manager.eject)
+            if hasattr(m, "set_injections"):
+                m.set_injections("bypass_lora", [injection])
+            else:
+                m.injections = {"bypass_lora": [injection]}
+        backend = ComfyBackend(m, clip, vae, toy_config())
+        if weight is not None and not getattr(backend.patcher, "injections", None):
+            backend.patcher.injections = m.injections  # v0.3.64's clone() does not know the attribute
+        return backend._compute_fingerprint()["patches"]
+
+    plain = fingerprint(None)
+    one = fingerprint(torch.ones(4, 4))
+    other = fingerprint(torch.ones(4, 4) * 2)
+    again = fingerprint(torch.ones(4, 4))
+    report("fingerprint_sees_injected_patches", plain == "none" and one != plain and other != one and again == one,
+           plain=plain, injected=one, other_weights=other, again=again)
+
+
+@check
+def dynamic_vram_weights_are_not_copied():
+    """STAND-IN for newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, read in its
+    comfy/model_patcher.py; not in v0.8.0): a ModelPatcher whose is_dynamic() is True. Its weights
+    are memory-mapped there, so a training session must not copy them (the forward pass sees cast
+    copies), and full_load says it has no effect. The same session on the ordinary patcher does
+    make autograd-safe copies of inference-mode weights (the check can fail)."""
+    import logging
+
+    model, clip, vae = toy()
+
+    class DynamicStandIn(type(model)):
+        def is_dynamic(self):
+            return True
+
+    def weight_pointers(m):
+        return {n: p.data_ptr() for n, p in m.model.diffusion_model.named_parameters()}
+
+    def session_copies(m, **kw):
+        before = weight_pointers(m)
+        backend = ComfyBackend(m, clip, vae, toy_config(), **kw)
+        with torch.inference_mode(), backend.session(train=True):
+            pass
+        after = weight_pointers(m)
+        return sum(before[n] != after[n] for n in before)
+
+    with torch.inference_mode():
+        fresh = comfy.sd.load_diffusion_model_state_dict(
+            __import__("comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export", fromlist=["x"]).comfyui_state_dicts(toy_model_dir())[0])
+    ordinary = session_copies(fresh.clone())
+    dynamic = fresh.clone()
+    dynamic.__class__ = DynamicStandIn
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("fdfo").addHandler(handler)
+    try:
+        copied = session_copies(dynamic, full_load=True)
+    finally:
+        logging.getLogger("fdfo").removeHandler(handler)
+    said = any("full_load has no effect" in m for m in messages)
+    report("dynamic_vram_weights_are_not_copied", copied == 0 and said and ordinary > 0, copied_dynamic=copied,
+           copied_ordinary=ordinary, full_load_message=said)
 
 
 @check
@@ -629,6 +754,127 @@ def fp8_weights_train():
     figures = {"weight_dtype": dtype, "lora_dtype": str(next(iter(lora.values())).dtype),
                "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max())}
     report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
+
+
+def scaled_fp8_state_dict(transformer_sd, linear_names):
+    """The toy transformer as a scaled-fp8 checkpoint, the format Wan 2.x, Chroma and many Flux /
+    SD3.5 files are distributed in for ComfyUI: each linear weight W stored as fp8 W_raw with a
+    float32 `scale_weight` s (W ~ s W_raw), and the `scaled_fp8` marker key ComfyUI's loaders
+    detect. Returns (state dict, {layer: (W_raw, s)})."""
+    sd, quantized = dict(transformer_sd), {}
+    for name in linear_names:
+        w = sd[f"{name}.weight"].float()
+        s = (w.abs().max() / 224.0).clamp_min(1e-12).reshape(())  # headroom: a LoRA may grow a weight
+        raw = (w / s).to(torch.float8_e4m3fn)
+        sd[f"{name}.weight"], sd[f"{name}.scale_weight"] = raw, s
+        quantized[name] = (raw, s)
+    sd["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return sd, quantized
+
+
+@check
+def scaled_fp8_lora_acts_as_the_file():
+    """A scaled-fp8 checkpoint (through ComfyUI's own loader: v0.3.64 builds scaled-fp8 layers,
+    v0.8.0 converts them to quantized MixedPrecisionOps layers, which are no torch.nn.Linear): the
+    LoRA finds its targets, and the hot MODEL, the saved file through LoraLoaderModelOnly and a
+    hand merge s W_raw + dW agree. (The bug this guards: the adapter added dW to W_raw, so the hot
+    model ran s W_raw + s dW, about 1 / s times weaker than the file.) The file goes through the
+    loader's fp8 re-rounding, so it agrees to fp8 precision; the hot model agrees to float rounding."""
+    from comfyui_fdfo_nodepack.fdfo_core.backends.lora_files import lora_modules
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+    from comfyui_fdfo_nodepack.nodes.comfy_layers import linear_features
+
+    _, clip, vae = toy()
+    with torch.inference_mode():
+        plain = comfy.sd.load_diffusion_model_state_dict(comfyui_state_dicts(toy_model_dir())[0],
+                                                         model_options={"dtype": torch.float32})
+        transformer_sd = {k: v.clone() for k, v in plain.model.diffusion_model.state_dict().items()}  # ComfyUI's names
+    names = [n for n, m in plain.model.diffusion_model.named_modules()
+             if linear_features(m) is not None and f"{n}.weight" in transformer_sd]
+    sd, quantized = scaled_fp8_state_dict(transformer_sd, names)
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(sd)
+    layer = model.model.diffusion_model.get_submodule(names[0])
+    kinds = sorted({type(m).__qualname__ for n, m in model.model.diffusion_model.named_modules() if n in quantized})
+    cfg = toy_config(lora_rank=4, lora_alpha=8.0)
+    wanted = len(ComfyBackend(plain, clip, vae, cfg).lora_plan())
+    backend = ComfyBackend(model, clip, vae, cfg)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.8, 0.4])
+    with torch.inference_mode(), backend.session(train=True):
+        randomise_adapter(backend, std=0.1)
+        cond = backend.encode_prompts(PROMPTS[:2])
+        hot = backend.velocity(x, t, cond).detach()
+        with backend.adapter_disabled():
+            base = backend.velocity(x, t, cond).detach()
+        tensors = backend.lora_file_tensors()
+        targets = len(backend.adapters)
+    comfy.utils.save_torch_file(tensors, str(work / "models" / "loras" / "scaled_fp8.safetensors"))
+
+    def velocity_of(m):
+        b = ComfyBackend(m, clip, vae, cfg)
+        with torch.inference_mode(), b.session(train=False):
+            return b.velocity(x, t, b.encode_prompts(PROMPTS[:2])).detach()
+
+    with torch.inference_mode():
+        from_file = velocity_of(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "scaled_fp8.safetensors", 1.0)[0])
+        merged = {k: v for k, v in transformer_sd.items()}
+        for name, (raw, s) in quantized.items():
+            merged[f"{name}.weight"] = raw.float() * s  # W = s W_raw
+        hand_base = velocity_of(comfy.sd.load_diffusion_model_state_dict(dict(merged), model_options={"dtype": torch.float32}))
+        for module, (down, up, alpha) in lora_modules(tensors).items():
+            key = f"{module}.weight"
+            merged[key] = merged[key] + (float(alpha) / down.shape[0]) * (up.float() @ down.float()).reshape(merged[key].shape)
+        hand = velocity_of(comfy.sd.load_diffusion_model_state_dict(merged, model_options={"dtype": torch.float32}))
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    # The LoRA's effect on the velocity, each against its own base (the fp32 hand merge and ComfyUI's
+    # scaled-fp8 forward differ by float rounding already without a LoRA).
+    effect = hand - hand_base
+    hot_vs_hand, file_vs_hand = rel(hot - base, effect), rel(from_file - base, effect)
+    report("scaled_fp8_lora_acts_as_the_file",
+           targets == wanted and rel(hand, hand_base) > 0.05 and hot_vs_hand < 0.02 and file_vs_hand < 0.25,
+           layer_classes=kinds, is_nn_linear=isinstance(layer, torch.nn.Linear), lora_targets=targets,
+           lora_targets_unquantized=wanted, quantized_layers=len(quantized), scale=float(next(iter(quantized.values()))[1]),
+           lora_effect=rel(hand, hand_base), base_vs_hand_base=rel(base, hand_base), hot_effect_vs_hand=hot_vs_hand,
+           file_effect_vs_hand=file_vs_hand)
+
+
+@check
+def fingerprint_same_with_fp8_weights():
+    """The run fingerprint does not change with the loader's weight dtype (default vs fp8_e4m3fn, a
+    setting a resumed run may change): the last Linear is hashed rounded to e4m3 (issue 27). The
+    toy's weights as a published checkpoint holds them (bf16); another model differs; and a run
+    trained on the default-dtype model resumes on the fp8 one."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in transformer_sd.items()}
+    prints = {}
+    with torch.inference_mode():
+        # (each load gets its own tensors: ComfyUI's key converter may change them in place)
+        models = {name: comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in bf16.items()},
+                                                                 model_options={"dtype": dtype})
+                  for name, dtype in (("default", torch.float32), ("fp8", torch.float8_e4m3fn))}
+        other_sd = {k: (v.float() * 1.5).to(torch.bfloat16) if v.is_floating_point() else v for k, v in bf16.items()}
+        models["other"] = comfy.sd.load_diffusion_model_state_dict(other_sd, model_options={"dtype": torch.float32})
+    for name, model in models.items():
+        prints[name] = ComfyBackend(model, clip, vae, toy_config()).fingerprint()
+    refused = None
+    try:
+        with torch.inference_mode():
+            train_node(models["default"], clip, vae, Brightness(), PROMPTS, **trainer_inputs(lora_name="fp8resume", epochs=1))
+            train_node(models["fp8"], clip, vae, Brightness(), PROMPTS,
+                       **trainer_inputs(lora_name="fp8resume", epochs=2, resume=True))
+    except Exception as e:  # a refusal names the fingerprint
+        refused = f"{type(e).__name__}: {e}"
+    figures = {"default": prints["default"]["weights"], "fp8": prints["fp8"]["weights"],
+               "other": prints["other"]["weights"], "refused": refused}
+    report("fingerprint_same_with_fp8_weights", prints["default"] == prints["fp8"] and refused is None
+           and prints["other"]["weights"] != prints["default"]["weights"], **figures)
 
 
 class Declining(Reward):
