@@ -7,7 +7,9 @@ so a slow disk never blocks the server). Routes (also under /api, as ComfyUI mir
 
 - GET  /fdfo/picks/current                              the open rounds (a panel that (re)loads asks)
 - GET  /fdfo/picks/image?session=&round=&index=&side=   one image of a pair (PNG)
-- POST /fdfo/picks/answer {session, round, index, choice}   choice: left / right / equal / skip
+- POST /fdfo/picks/answer {session, round, index, choice, expect, client}   choice: left / right / equal / skip;
+  expect: the pair's choice as the window showed it (null: unpicked); a pair that holds something else
+  (another tab answered it meanwhile) is refused with 409 and a message, never overwritten unseen
 - POST /fdfo/picks/finish {session, round}              go on without the round's unpicked pairs
 
 Websocket messages (`PromptServer.send_sync`, to every client): fdfo.picks.round (a new round),
@@ -17,6 +19,7 @@ fdfo.picks.update (after each answer), fdfo.picks.closed (the round ended).
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from ..fdfo_core.rewards.pairwise import PickError, PickingHub, parse_answer
@@ -74,9 +77,10 @@ def register_routes() -> bool:
     @routes.post("/fdfo/picks/answer")
     async def answer(request):
         try:
-            session, rnd, index, choice = parse_answer(await request.json())
+            session, rnd, index, choice, expect, client = parse_answer(await request.json())
             # The pick is written (fsynced) to picks.jsonl before the answer is acknowledged.
-            data = await asyncio.get_running_loop().run_in_executor(None, HUB.answer, session, rnd, index, choice)
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(HUB.answer, session, rnd, index, choice, expect=expect, client=client))
         except PickError as e:
             return error(e)
         except ValueError as e:  # not JSON

@@ -84,7 +84,7 @@ def test_workflow_loads_and_converts_in_the_front_end(results, name):
     assert r["dialogs"] == [], r["dialogs"]
     assert r["links"] == r["expected_links"]
     assert r["api_diff"] == {} and r["extra_nodes"] == [], json.dumps(r["api_diff"], indent=1)[:4000]
-    assert r["page_errors"] == [], r["page_errors"]
+    assert r["page_errors"] == [] and r["console_errors"] == [], (r["page_errors"], r["console_errors"])
     assert (REPO / "docs" / "images" / f"comfyui_{name}.png").exists()
 
 
@@ -99,7 +99,7 @@ def test_outputs_show_whole_and_nothing_overlaps(results, name):
 @pytest.mark.parametrize("name", LEGACY)
 def test_workflow_saved_with_the_old_trainer_still_loads(results, name):
     r = results[("legacy", name)]
-    assert r["missing"] == [] and r["dialogs"] == [] and r["page_errors"] == []
+    assert r["missing"] == [] and r["dialogs"] == [] and r["page_errors"] == [] and r["console_errors"] == []
     assert r["links"] == r["expected_links"]
     assert r["api_diff"] == {} and r["extra_nodes"] == [], json.dumps(r["api_diff"], indent=1)[:4000]
     # Only inputs appended to the old Trainer after the file was saved, at their defaults.
@@ -113,7 +113,7 @@ def test_toy_template_runs_to_the_end_as_a_person_sees_it(results):
     print(f"\ntoy template: {r['run_to_last_image_s']:.0f} s from Run to the last image (clicked {r['clicked']}); "
           f"last epoch line: {r['final_text']!r}")
     assert r["finished"] and r["run_to_last_image_s"] is not None
-    assert r["page_errors"] == [], r["page_errors"]
+    assert r["page_errors"] == [] and r["console_errors"] == [], (r["page_errors"], r["console_errors"])
     # Live feedback while the Trainer runs: the epoch line (reward, epoch k of n, time left) and the
     # latest grid on the Trainer node, the reward curve and base-vs-trained views updating.
     seen = r["seen"]

@@ -143,7 +143,7 @@ def picking_run(server, tmp_path_factory):
 def test_scripted_artist_trains_the_toy_toward_their_taste_in_the_browser(server, picking_run):
     r = picking_run
     assert r["status"] and r["status"]["status_str"] == "success", (json.dumps(r)[:3000], server.log_tail())
-    assert r["page_errors"] == [], r["page_errors"]
+    assert r["page_errors"] == [] and r["console_errors"] == [], (r["page_errors"], r["console_errors"])
     assert len(r["clicks"]) == EPOCHS * PAIRS and not r.get("stalls")
     assert r["clicks"][0]["count_before"] == f"0 / {PAIRS} picked"
     assert sorted({c["epoch"] for c in r["clicks"]}) == list(range(EPOCHS))
@@ -227,7 +227,7 @@ def test_mixed_mode_the_preference_model_scores_what_the_artist_leaves(server, t
         {"human_pairs_per_epoch": 4, "unpicked": "preference model", "encoder": "dinov2", "min_picks": 2, "device": "cpu"})
     result = artist(server, {"prompt": prompt, "rule": "redder", "finish_after": 2, "timeout": 600}, tmp_path / "artist")
     assert result["status"] and result["status"]["status_str"] == "success", (json.dumps(result)[:3000], server.log_tail())
-    assert result["page_errors"] == [] and not result.get("stalls")
+    assert result["page_errors"] == [] and result["console_errors"] == [] and not result.get("stalls")
     assert len(result["clicks"]) == 3 * 2 and all(ro.get("finished") for ro in result["rounds"].values())
     run = server.base / "output" / "fdfo" / "picks_mixed"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fdfo_core.rewards.pairwise import PairContext, PickError, PickingHub, PickItem, PickRound, PickSession, parse_answer
+from fdfo_core.rewards.pairwise import (PairContext, PickConflict, PickError, PickingHub, PickItem, PickRound, PickSession,
+                                       parse_answer)
 from fdfo_core.rewards.pick_records import read_picks
 from fdfo_core.rewards.base import RewardError
 from fdfo_core.rewards.human_picks import HumanPicksReward
@@ -155,6 +156,41 @@ def test_bad_answers_are_refused_with_a_reason(tmp_path):
     hub.answer(session.session_id, rnd.round_id, 0, "left")
     hub.answer(session.session_id, rnd.round_id, 0, "Right")
     assert rnd.items[0].choice == "right"
+
+
+def test_a_second_answer_that_did_not_see_the_first_is_refused_not_overwritten(tmp_path):
+    """Two windows (tabs) on one round: an answer states the pick it saw (`expect`); one for a pair
+    that holds something else is refused with a message, and the pick made first is kept. A
+    correction that names the pick it replaces is taken, and the update says whose pick it changed."""
+    events, saved = [], []
+    session = PickSession(publish=lambda e, d: events.append((e, d)), on_answer=lambda r, it, c: saved.append((it.pair_id, c)))
+    hub = PickingHub()
+    hub.add(session)
+    rnd = _round(tmp_path)
+    session.open(rnd)
+    sid, rid = session.session_id, rnd.round_id
+    hub.answer(sid, rid, 0, "left", expect=None, client="tab-a")
+    with pytest.raises(PickConflict, match=r"pair 1 was answered in another window or tab meanwhile: it holds 'left'.*"
+                                           r"'right' was not saved"):
+        hub.answer(sid, rid, 0, "right", expect=None, client="tab-b")
+    assert rnd.items[0].choice == "left" and rnd.items[0].answered_by == "tab-a" and saved == [(0, "left")]
+    # the same window sending twice for what it showed once (a double click, a repeated key)
+    with pytest.raises(PickConflict, match="answered in this window meanwhile"):
+        hub.answer(sid, rid, 0, "left", expect=None, client="tab-a")
+    # a correction that names the pick it replaces, from the other window: taken and reported
+    data = hub.answer(sid, rid, 0, "right", expect="left", client="tab-b")
+    assert rnd.items[0].choice == "right" and saved == [(0, "left"), (0, "right")]
+    assert data["last"] == {"index": 0, "choice": "right", "client": "tab-b", "previous": "left", "previous_client": "tab-a"}
+    assert events[-1][0] == "update" and events[-1][1]["last"]["previous_client"] == "tab-a"
+    assert data["pairs"][0]["by"] == "tab-b"
+    with pytest.raises(PickError, match="expect must be null or one of"):
+        hub.answer(sid, rid, 1, "left", expect="maybe")
+    # the network form: expect defaults to null (never overwrite what the window did not show)
+    assert parse_answer({"session": "s", "round": "r", "index": 1, "choice": "left"}) == ("s", "r", 1, "left", None, None)
+    assert parse_answer({"session": "s", "round": "r", "index": 1, "choice": "left", "expect": "right",
+                         "client": "c"}) == ("s", "r", 1, "left", "right", "c")
+    with pytest.raises(PickError, match="expect must be null or a choice"):
+        parse_answer({"session": "s", "round": "r", "index": 1, "choice": "left", "expect": 3})
 
 
 def test_human_picks_reward_refuses_single_images():

@@ -3,10 +3,25 @@
 // Backspace / left arrow = back to the previous pair (to correct it), right arrow = next pair.
 // Images and rounds come from the package's routes (/fdfo/picks/...) and ComfyUI's websocket
 // (fdfo.picks.round / update / closed); every answer is saved to picks.jsonl before it is acknowledged.
+//
+// One gesture, one pick, for the pair the person saw: a pick is taken only for the pair whose two
+// images are on screen (a pair whose images are still loading, or failed to load, takes none: the
+// old pair is hidden the moment the panel moves on, and a failed image says so); each shown pair
+// takes one answer (held keys' auto-repeat, the second click of a double click and the click a
+// focused button fires when Space is released are ignored), and none in its first MIN_VIEW_MS (a
+// gesture that quick began before the pair could be seen); and every answer names the pick it
+// replaces (`expect`), so a pair answered meanwhile in another tab is refused by the server with
+// a message instead of being overwritten, and the tab whose pick another one changed says so.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const CHOICES = { "1": "left", "2": "right", " ": "equal", "s": "skip", "S": "skip" };
+const PANEL_KEYS = new Set([...Object.keys(CHOICES), "Backspace", "ArrowLeft", "ArrowRight", "Escape", "r", "R"]);
+// A pair takes no pick in its first quarter second on screen: no one judges two images faster, so
+// such a gesture was aimed at the pair before (a double click's second click, a key pressed twice).
+const MIN_VIEW_MS = 250;
+// This window's name in its answers (a page load is a new window).
+const CLIENT = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 36);
 const LABELS = { left: "left", right: "right", equal: "same", skip: "skipped" };
 
 const CSS = `
@@ -24,7 +39,10 @@ const CSS = `
 #fdfo-picks-panel img { width: min(40vw, 60vh, 420px); height: auto; aspect-ratio: auto; background: #333;
   border-radius: 6px; display: block; }
 #fdfo-picks-panel img.fdfo-small { image-rendering: pixelated; }
+#fdfo-picks-panel img.fdfo-hidden { visibility: hidden; }
 #fdfo-picks-panel figcaption { margin-top: 4px; color: #aaa; }
+#fdfo-picks-panel figcaption.fdfo-error { color: #f88; max-width: min(40vw, 60vh, 420px); }
+#fdfo-picks-panel button:disabled { opacity: .45; cursor: default; }
 #fdfo-picks-panel .fdfo-buttons { display: flex; gap: 8px; justify-content: center; margin-top: 12px; flex-wrap: wrap; }
 #fdfo-picks-panel button { background: #2d3036; color: #eee; border: 1px solid #666; border-radius: 6px;
   padding: 6px 12px; cursor: pointer; font-size: 13px; }
@@ -54,30 +72,49 @@ class PickPanel {
     this.busy = false;
     this.minimized = false;
     this.clockSkew = 0;
+    this.view = null; // {round, index, at}: the pair whose two images are on screen (since `at`) and not answered yet
+    this.loading = null; // {round, index, token}: the pair whose images are being fetched (or failed)
+    this.loadToken = 0;
+    this.failed = null; // the current pair's image errors, {left, right} (null when they showed)
+    this.mine = new Map(); // "round:index" -> the choice this window gave (to tell when another changes it)
+    this.keysHandled = new Set(); // keys whose keydown the panel took (their keyup is the panel's too)
+    this.swallowClick = false; // a click fired by releasing such a key (Space on a focused button)
     document.head.append(el("style", { text: CSS }));
-    this.left = el("img", { id: "fdfo-picks-left", alt: "left image" });
-    this.right = el("img", { id: "fdfo-picks-right", alt: "right image" });
-    this.leftFig = el("figure", {}, [this.left, el("figcaption", { text: "1: left" })]);
-    this.rightFig = el("figure", {}, [this.right, el("figcaption", { text: "2: right" })]);
-    for (const img of [this.left, this.right]) img.addEventListener("load", () => this.imageLoaded(img));
+    this.left = el("img", { id: "fdfo-picks-left", alt: "left image", class: "fdfo-hidden" });
+    this.right = el("img", { id: "fdfo-picks-right", alt: "right image", class: "fdfo-hidden" });
+    this.leftCap = el("figcaption", { text: "1: left" });
+    this.rightCap = el("figcaption", { text: "2: right" });
+    this.leftFig = el("figure", {}, [this.left, this.leftCap]);
+    this.rightFig = el("figure", {}, [this.right, this.rightCap]);
     this.count = el("span", { id: "fdfo-picks-count" });
     this.titleEl = el("span", { class: "fdfo-title" });
     this.prompt = el("div", { id: "fdfo-picks-prompt" });
     this.status = el("div", { id: "fdfo-picks-status" });
-    const button = (choice, key, label) => {
-      const b = el("button", { "data-choice": choice, title: `${label} (key ${key})` }, [el("kbd", { text: key }), label]);
-      b.addEventListener("click", () => this.answer(choice));
+    // Every button: one click, one action (the second click of a double click, and a click fired by
+    // releasing a key the panel already acted on, do nothing); a click never leaves focus on a
+    // button, so Space (the "same" key) cannot also press the button last clicked.
+    const onClick = (b, action) => {
+      b.addEventListener("mousedown", (e) => e.preventDefault());
+      b.addEventListener("click", (e) => {
+        if (e.detail > 1 || this.swallowClick) return;
+        action(e);
+      });
       return b;
     };
-    const back = el("button", { id: "fdfo-picks-back", title: "Back to the previous pair (Backspace)" },
-                    [el("kbd", { text: "⌫" }), "back"]);
-    back.addEventListener("click", () => this.move(-1));
+    this.choiceButtons = [];
+    const button = (choice, key, label) => {
+      const b = el("button", { "data-choice": choice, title: `${label} (key ${key})` }, [el("kbd", { text: key }), label]);
+      this.choiceButtons.push(b);
+      return onClick(b, (e) => this.answer(choice, e.timeStamp));
+    };
+    const back = onClick(el("button", { id: "fdfo-picks-back", title: "Back to the previous pair (Backspace)" },
+                            [el("kbd", { text: "⌫" }), "back"]), () => this.move(-1));
     this.finishButton = el("button", { id: "fdfo-picks-finish",
       title: "End this epoch's picking: the pairs not picked yet are dropped or scored by the preference model" },
       ["Go on without the rest"]);
-    this.finishButton.addEventListener("click", () => this.finish());
-    const hide = el("button", { id: "fdfo-picks-hide", title: "Hide the panel (training keeps waiting)" }, ["hide"]);
-    hide.addEventListener("click", () => this.setMinimized(true));
+    onClick(this.finishButton, () => this.finish());
+    const hide = onClick(el("button", { id: "fdfo-picks-hide", title: "Hide the panel (training keeps waiting)" }, ["hide"]),
+                         () => this.setMinimized(true));
     this.panel = el("div", { id: "fdfo-picks-panel", hidden: "" }, [
       el("div", { class: "fdfo-head" }, [this.titleEl, this.count]),
       this.prompt,
@@ -91,6 +128,7 @@ class PickPanel {
     this.badge.addEventListener("click", () => this.setMinimized(false));
     document.body.append(this.panel, this.badge);
     window.addEventListener("keydown", (e) => this.onKey(e), true);
+    window.addEventListener("keyup", (e) => this.onKeyUp(e), true);
     setInterval(() => this.tick(), 1000);
   }
 
@@ -101,12 +139,6 @@ class PickPanel {
   setMinimized(flag) {
     this.minimized = flag;
     this.render();
-  }
-
-  url(index, side) {
-    const r = this.round;
-    const q = new URLSearchParams({ session: r.session, round: r.round, index: String(index), side });
-    return api.apiURL(`/fdfo/picks/image?${q}`);
   }
 
   show(payload) {
@@ -124,7 +156,23 @@ class PickPanel {
 
   update(payload) {
     if (!this.round || !payload || payload.round !== this.round.round) return this.show(payload);
+    const last = payload.last;
+    const shownBefore = this.round.pairs[this.index];
     this.round = payload;
+    if (last && last.client !== CLIENT) {
+      const key = `${payload.round}:${last.index}`;
+      if (this.mine.has(key) && last.previous_client === CLIENT) {
+        this.mine.delete(key);
+        this.setStatus(`Pair ${last.index + 1}: your pick '${LABELS[last.previous]}' was changed to ` +
+                       `'${LABELS[last.choice]}' in another window.`, true);
+      }
+      if (last.index === this.index && shownBefore && shownBefore.choice === null) {
+        // The pair on screen was just picked elsewhere: move on (a key pressed now must not land on it).
+        this.index = this.firstUnpicked(this.index + 1);
+        this.setStatus(`Pair ${last.index + 1} was picked in another window ('${LABELS[last.choice]}'); ` +
+                       "this is the next one.", true);
+      }
+    }
     this.render();
   }
 
@@ -162,28 +210,96 @@ class PickPanel {
       `(pair ${this.index + 1} of ${r.total})`;
     this.count.textContent = `${r.picked} / ${r.total} picked`;
     this.prompt.textContent = pair.prompt;
-    const ls = this.url(this.index, "left"), rs = this.url(this.index, "right");
-    if (this.left.getAttribute("src") !== ls) {
-      this.panel.setAttribute("data-loaded", "0");
-      this.left.setAttribute("src", ls);
-      this.right.setAttribute("src", rs);
-    }
+    if (!this.loading || this.loading.round !== r.round || this.loading.index !== this.index) this.load(this.index);
+    const pickable = !this.busy && this.isShown(r.round, this.index);
+    for (const b of this.choiceButtons) b.disabled = !pickable;
     this.leftFig.classList.toggle("fdfo-chosen", pair.choice === "left" || pair.choice === "equal");
     this.rightFig.classList.toggle("fdfo-chosen", pair.choice === "right" || pair.choice === "equal");
     this.panel.setAttribute("data-round", r.round);
     this.panel.setAttribute("data-index", String(this.index));
     this.panel.setAttribute("data-picked", String(r.picked));
+    this.panel.setAttribute("data-choice", pair.choice === null ? "" : pair.choice);
     this.finishButton.disabled = r.picked >= r.total;
-    if (pair.choice !== null && !this.statusIsError) this.setStatus(`This pair: ${LABELS[pair.choice]}. Press a key to change it.`);
+    const elsewhere = pair.by && pair.by !== CLIENT ? " (picked in another window)" : "";
+    if (pair.choice !== null && !this.statusIsError) {
+      this.setStatus(`This pair: ${LABELS[pair.choice]}${elsewhere}. Press a key to change it.`);
+    }
     if (r.picked >= r.total) this.setStatus("All pairs picked: training goes on.");
     this.tick();
   }
 
-  imageLoaded() {
-    if (this.left.complete && this.right.complete && this.left.naturalWidth && this.right.naturalWidth) {
-      for (const img of [this.left, this.right]) img.classList.toggle("fdfo-small", img.naturalWidth < 256);
-      this.panel.setAttribute("data-loaded", "1");
+  // The pair `view` is on screen: pickable from MIN_VIEW_MS after it appeared (data-ready says when).
+  arm(view) {
+    this.view = view;
+    const wait = Math.max(0, view.at + MIN_VIEW_MS - performance.now());
+    this.panel.setAttribute("data-ready", wait > 0 ? "0" : "1");
+    if (wait > 0) setTimeout(() => { if (this.view === view) this.panel.setAttribute("data-ready", "1"); }, wait);
+  }
+
+  isShown(round, index) {
+    return this.view !== null && this.view.round === round && this.view.index === index;
+  }
+
+  // Fetch and show pair `index`'s two images. Until both are on screen the pair is not pickable
+  // (the previous pair's images are hidden at once); an image that fails says why under it.
+  async load(index) {
+    const r = this.round;
+    const token = ++this.loadToken;
+    this.loading = { round: r.round, index, token };
+    this.view = null;
+    this.failed = null;
+    this.panel.setAttribute("data-loaded", "0");
+    this.panel.setAttribute("data-ready", "0");
+    this.panel.setAttribute("data-failed", "0");
+    const sides = [["left", this.left, this.leftCap, "1: left"], ["right", this.right, this.rightCap, "2: right"]];
+    for (const [, img, cap] of sides) {
+      img.classList.add("fdfo-hidden");
+      cap.textContent = "loading…";
+      cap.classList.remove("fdfo-error");
     }
+    const results = await Promise.all(sides.map(async ([side, img]) => {
+      try {
+        const q = new URLSearchParams({ session: r.session, round: r.round, index: String(index), side });
+        const res = await api.fetchApi(`/fdfo/picks/image?${q}`, { cache: "no-store" });
+        if (!res.ok) {
+          const data = await res.json().catch(() => ({}));
+          return { error: data.error || `HTTP ${res.status}` };
+        }
+        const url = URL.createObjectURL(await res.blob());
+        if (token !== this.loadToken) { URL.revokeObjectURL(url); return { stale: true }; }
+        const old = img.getAttribute("src");
+        img.setAttribute("src", url);
+        if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+        await img.decode();
+        return {};
+      } catch (err) {
+        return { error: err && err.message ? err.message : String(err) };
+      }
+    }));
+    if (token !== this.loadToken) return; // the panel moved on meanwhile
+    const errors = {};
+    sides.forEach(([side, img, cap, label], k) => {
+      if (results[k].error) {
+        errors[side] = results[k].error;
+        cap.textContent = `the ${side} image could not be loaded: ${results[k].error}`;
+        cap.classList.add("fdfo-error");
+      } else {
+        cap.textContent = label;
+      }
+    });
+    if (Object.keys(errors).length) {
+      this.failed = errors;
+      this.panel.setAttribute("data-failed", "1");
+      this.setStatus("This pair's images could not be loaded: no pick can be made on it. " +
+                     "Press r to try again, or → for the next pair.", true);
+      this.render();
+      return;
+    }
+    for (const [, img] of sides) img.classList.toggle("fdfo-small", img.naturalWidth < 256);
+    for (const [, img] of sides) img.classList.remove("fdfo-hidden");
+    this.arm({ round: r.round, index, at: performance.now() });
+    this.panel.setAttribute("data-loaded", "1");
+    this.render();
   }
 
   tick() {
@@ -208,47 +324,93 @@ class PickPanel {
     this.render();
   }
 
+  retry() {
+    if (!this.round || !this.failed) return;
+    this.setStatus("");
+    this.load(this.index);
+  }
+
   onKey(e) {
     if (!this.visible()) return;
     const t = e.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
-    let handled = true;
-    if (e.key in CHOICES && !e.ctrlKey && !e.metaKey && !e.altKey) this.answer(CHOICES[e.key]);
+    if (e.ctrlKey || e.metaKey || e.altKey || !PANEL_KEYS.has(e.key)) return;
+    e.preventDefault();
+    e.stopPropagation();
+    this.keysHandled.add(e.code || e.key);
+    if (e.repeat) return; // a held key: its auto-repeat is not another gesture
+    if (e.key in CHOICES) this.answer(CHOICES[e.key], e.timeStamp);
     else if (e.key === "Backspace" || e.key === "ArrowLeft") this.move(-1);
     else if (e.key === "ArrowRight") this.move(1);
     else if (e.key === "Escape") this.setMinimized(true);
-    else handled = false;
-    if (handled) {
-      e.preventDefault();
-      e.stopPropagation();
-    }
+    else if (e.key === "r" || e.key === "R") this.retry();
+  }
+
+  onKeyUp(e) {
+    // Releasing a key the panel acted on: no default action (a focused button fires its click when
+    // Space is released in some browsers), and a click it fires all the same is ignored.
+    if (!this.keysHandled.delete(e.code || e.key)) return;
+    e.preventDefault();
+    e.stopPropagation();
+    this.swallowClick = true;
+    setTimeout(() => { this.swallowClick = false; }, 0);
   }
 
   async post(route, body) {
     const res = await api.fetchApi(route, { method: "POST", headers: { "Content-Type": "application/json" },
                                             body: JSON.stringify(body) });
     const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
-    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    if (!res.ok) {
+      const err = new Error(data.error || `HTTP ${res.status}`);
+      err.conflict = res.status === 409;
+      throw err;
+    }
     return data;
   }
 
-  async answer(choice) {
+  // One pick for the pair on screen: taken only while both its images show, once per showing.
+  async answer(choice, when = performance.now()) {
     const r = this.round;
-    if (!r || this.busy) return;
-    this.busy = true;
+    if (!r) return;
+    if (this.busy) return; // the previous pick is being saved: the next pair is not on screen yet
+    if (!this.isShown(r.round, this.index)) {
+      if (!this.failed) this.setStatus("Wait for the pair's images: a pick is for the pair you see.");
+      return;
+    }
+    const shown = this.view;
+    if (when - shown.at < MIN_VIEW_MS) {
+      this.setStatus("Not taken: this pair had only just appeared (a pick is for the pair you looked at).");
+      return;
+    }
     const index = this.index;
+    const key = `${r.round}:${index}`;
+    const expect = r.pairs[index].choice;
+    this.view = null; // this showing of the pair is answered
+    this.panel.setAttribute("data-ready", "0");
+    this.busy = true;
+    this.render();
+    let moved = false;
     try {
-      const data = await this.post("/fdfo/picks/answer", { session: r.session, round: r.round, index, choice });
+      const data = await this.post("/fdfo/picks/answer",
+                                   { session: r.session, round: r.round, index, choice, expect, client: CLIENT });
+      this.mine.set(key, choice);
       if (this.round && this.round.round === data.round) {
         this.round = data;
         this.setStatus("");
         this.index = this.firstUnpicked(index + 1);
-        this.render();
+        moved = this.index !== index;
       }
     } catch (err) {
       this.setStatus(`Not saved: ${err.message}`, true);
+      if (err.conflict) await this.refresh();
     } finally {
       this.busy = false;
+      // Still on the same pair (not saved, or nothing left to pick): its images are still on screen.
+      if (!moved && this.round && this.round.round === r.round && this.index === index && !this.failed &&
+          this.loading && this.loading.index === index && this.panel.getAttribute("data-loaded") === "1") {
+        this.arm(shown);
+      }
+      this.render();
     }
   }
 
@@ -266,7 +428,10 @@ class PickPanel {
     try {
       const res = await api.fetchApi("/fdfo/picks/current");
       const data = await res.json();
-      if (data.rounds && data.rounds.length) this.show(data.rounds[0]);
+      if (data.rounds && data.rounds.length) {
+        if (this.round && data.rounds[0].round === this.round.round) { this.round = data.rounds[0]; this.render(); }
+        else this.show(data.rounds[0]);
+      }
       else if (this.round) { this.round = null; this.render(); }
     } catch (err) {
       console.warn("FDFO picks: could not ask for open rounds", err);

@@ -124,9 +124,18 @@ IMAGE_SIZE_TEXT = 15
 IMAGE_SLACK = 6
 MIN_WIDTH = 300
 GAP = 20
-#: The browser test's window (1700 x 1000) minus the front end's menu bar and side bar: the part
-#: of the canvas a person sees; each template's zoom and offset fit its graph into it.
-VIEW = (1636, 922)
+#: The part of the canvas that every supported front end leaves in view in the browser test's
+#: window (1700 x 1000): left, top, right, bottom in screen pixels from the canvas's top-left corner.
+#: Front end 1.27 (ComfyUI v0.3.64) puts its menu bar (78 high) and side bar (64 wide) beside the
+#: canvas, whose visible part is then 1636 x 922; 1.35 (v0.8.0) and 1.58 draw the canvas under the
+#: whole window and lay over it their workflow tabs (36 high), the breadcrumb and the Run bar in
+#: the top corners (to 88 high) and the side bar (58 wide). Each template's offset puts its graph's
+#: top-left corner at (left, top) and its zoom fits the rest in, a little above the bottom.
+VIEW_BOX = (62, 92, 1636, 922)
+BOTTOM_MARGIN = 10
+#: The canvas's bottom-right corner (from these x, y on, in the same pixels) holds the zoom and view
+#: buttons (1.27: from 1316, 860; 1.58: from 1448, 950): no node reaches into it.
+BUTTONS_CORNER = (1310, 850)
 
 
 def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float, float]:
@@ -143,12 +152,17 @@ def images_box(images: list[tuple[int, int]], scale: float = 1.0) -> tuple[float
 
 
 class Graph:
-    def __init__(self, name: str, object_info: dict[str, Any], zoom: float = 0.75, offset=(10.0, 20.0)):
+    def __init__(self, name: str, object_info: dict[str, Any], zoom: float = 0.75):
         self.name = name
         self.info = object_info
         self.nodes: list[Node] = []
         self.zoom = zoom
-        self.offset = offset
+
+    @property
+    def offset(self) -> tuple[float, float]:
+        """The canvas offset (graph units) that puts the graph's top-left corner at VIEW_BOX's."""
+        x0, y0, _, _ = self.bounds()
+        return (round(VIEW_BOX[0] / self.zoom - x0, 1), round(VIEW_BOX[1] / self.zoom - y0, 1))
 
     def bounds(self) -> tuple[float, float, float, float]:
         """x0, y0, x1, y1 of all node boxes, title bars included."""
@@ -157,9 +171,18 @@ class Graph:
         return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
     def fits_view(self) -> bool:
+        """Every node box inside VIEW_BOX (BOTTOM_MARGIN above its bottom) at the template's zoom and
+        offset, and none reaching into BUTTONS_CORNER."""
         x0, y0, x1, y1 = self.bounds()
         ox, oy = self.offset
-        return (x0 + ox) >= 0 and (y0 + oy) >= 0 and (x1 + ox) * self.zoom <= VIEW[0] and (y1 + oy) * self.zoom <= VIEW[1]
+        left, top, right, bottom = VIEW_BOX
+        z = self.zoom
+        if not ((x0 + ox) * z >= left - 0.5 and (y0 + oy) * z >= top - 0.5 and (x1 + ox) * z <= right
+                and (y1 + oy) * z <= bottom - BOTTOM_MARGIN):
+            return False
+        cx, cy = BUTTONS_CORNER
+        return not any((n.pos[0] + n.size[0] + ox) * z > cx and (n.pos[1] + (0 if n.collapsed else n.size[1]) + oy) * z > cy
+                       for n in self.nodes)
 
     def add(self, type_: str, title: str | None = None, **values) -> Node:
         info = self.info.get(type_)
@@ -491,7 +514,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.71)
+    g = Graph("fdfo_toy", info, zoom=0.64)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
@@ -586,7 +609,7 @@ SAMPLE_MIN_SCALE = 0.5
 
 
 def wf_sd35_pickscore(info: dict[str, Any], quick: bool = False) -> Graph:
-    g = Graph(_variant("fdfo_sd35_pickscore", quick), info, zoom=_zoom(0.7, quick))
+    g = Graph(_variant("fdfo_sd35_pickscore", quick), info, zoom=_zoom(0.63, quick))
     values = _published_trainer("sd35m_pickscore", quick=quick)
     note = g.note(
         (quick_note("fdfo_sd35_pickscore", values, 40) if quick else "")
@@ -626,7 +649,7 @@ def _big_model_layout(g: Graph, inputs: list, options: Node, trainer: Node, note
 def wf_sd35_vlm(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.rewards.vlm import DEFAULT_QUESTION
 
-    g = Graph(_variant("fdfo_sd35_vlm", quick), info, zoom=_zoom(0.7, quick))
+    g = Graph(_variant("fdfo_sd35_vlm", quick), info, zoom=_zoom(0.63, quick))
     values = _published_trainer("sd35m_pickscore_vlm", quick=quick)
     note = g.note(
         (quick_note("fdfo_sd35_vlm", values, 40) if quick else "")
@@ -656,7 +679,7 @@ def wf_sd35_vlm(info: dict[str, Any], quick: bool = False) -> Graph:
 def wf_flux_aesthetic(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.config import PRESETS
 
-    g = Graph(_variant("fdfo_flux_aesthetic", quick), info, zoom=_zoom(0.7, quick))
+    g = Graph(_variant("fdfo_flux_aesthetic", quick), info, zoom=_zoom(0.63, quick))
     flux = PRESETS["flux"]
     values = _published_trainer("flux_aesthetic", quick=quick, steps=flux["num_steps"], width=512, height=512)
     note = g.note(
@@ -704,7 +727,7 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_style_reference", info, zoom=0.66)
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.59)
     note = g.note(
         "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
         "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
@@ -753,7 +776,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_picks", info, zoom=0.72)
+    g = Graph("fdfo_toy_picks", info, zoom=0.68)
     note = g.note(
         "Train by picking, on the toy model (CPU).\n\n"
         "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
@@ -786,7 +809,7 @@ def _style_reward(g: Graph) -> Node:
 
 
 def wf_sd35_style(info: dict[str, Any], quick: bool = False) -> Graph:
-    g = Graph(_variant("fdfo_sd35_style_reference", quick), info, zoom=_zoom(0.7, quick))
+    g = Graph(_variant("fdfo_sd35_style_reference", quick), info, zoom=_zoom(0.63, quick))
     values = _published_trainer("sd35m_style", quick=quick)
     note = g.note((quick_note("fdfo_sd35_style_reference", values, 40) if quick else "")
                   + "SD3.5 Medium learns a style from reference images (the published FDFO recipe; lower epochs / "
@@ -812,7 +835,7 @@ def wf_flux_style(info: dict[str, Any], quick: bool = False) -> Graph:
     from fdfo_core.config import PRESETS
 
     flux = PRESETS["flux"]
-    g = Graph(_variant("fdfo_flux_style_reference", quick), info, zoom=_zoom(0.7, quick))
+    g = Graph(_variant("fdfo_flux_style_reference", quick), info, zoom=_zoom(0.63, quick))
     values = _published_trainer("flux_style", quick=quick, steps=flux["num_steps"], width=512, height=512)
     note = g.note((quick_note("fdfo_flux_style_reference", values, flux["num_steps"]) if quick else "") + "Flux.1 dev learns a style from reference images (fp8 weights, 512 px, CPU storage and gradient "
                   "checkpointing in FDFO Training Options to fit 24 GB, as in the Flux aesthetic workflow).\n\n"
@@ -845,7 +868,7 @@ QWEN_SHIFT, QWEN_STEPS, QWEN_CFG = 3.1, 20, 2.5
 
 
 def wf_qwen_style(info: dict[str, Any], quick: bool = False) -> Graph:
-    g = Graph(_variant("fdfo_qwen_image_style_reference", quick), info, zoom=_zoom(0.66, quick))
+    g = Graph(_variant("fdfo_qwen_image_style_reference", quick), info, zoom=_zoom(0.62, quick))
     values = _published_trainer("qwen_image_style", quick=quick, steps=QWEN_STEPS, cfg=QWEN_CFG, width=512, height=512)
     note = g.note((quick_note("fdfo_qwen_image_style_reference", values, QWEN_STEPS) if quick else "") + "Qwen-Image (20 B) learns a style from reference images: fp8 weights, 512 px, CPU storage and "
                   "gradient checkpointing in FDFO Training Options, about 40 GB of VRAM (see docs/memory.md; "
@@ -855,7 +878,7 @@ def wf_qwen_style(info: dict[str, Any], quick: bool = False) -> Graph:
                   + f"\n\nModel files: models/diffusion_models/{QWEN_UNET}, models/text_encoders/{QWEN_TEXT_ENCODER}, "
                   f"models/vae/{QWEN_VAE}.", height=360 + (QUICK_NOTE_HEIGHT if quick else 0))
     unet = g.add("UNETLoader", unet_name=QWEN_UNET, weight_dtype="default")
-    shift = g.add("ModelSamplingAuraFlow", "shift (as ComfyUI's Qwen-Image template)", model=unet["MODEL"],
+    shift = g.add("ModelSamplingAuraFlow", "shift (ComfyUI's Qwen-Image value)", model=unet["MODEL"],
                   shift=QWEN_SHIFT)
     clip = g.add("CLIPLoader", clip_name=QWEN_TEXT_ENCODER, type="qwen_image")
     vae = g.add("VAELoader", vae_name=QWEN_VAE)

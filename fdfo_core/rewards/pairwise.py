@@ -96,6 +96,7 @@ class PickItem:
     left_image: Path
     right_image: Path
     choice: str | None = None  # left / right / equal / skip once answered
+    answered_by: str | None = None  # the window (browser tab) whose answer `choice` is, when it said
 
 
 @dataclass
@@ -121,6 +122,15 @@ class PickRound:
 
 class PickError(ValueError):
     """An answer that cannot be taken (unknown session or round, bad choice); the message says why."""
+
+
+class PickConflict(PickError):
+    """A second answer for a pair that did not know of the first (another window answered it
+    meanwhile): refused, so no pick is overwritten unseen. The message says what the pair holds."""
+
+
+#: `PickSession.answer(expect=...)` default: take the answer whatever the pair holds (in-process callers).
+UNCHECKED = object()
 
 
 class PickSession:
@@ -152,8 +162,8 @@ class PickSession:
             "session": self.session_id, "round": rnd.round_id, "epoch": rnd.epoch, "title": rnd.title,
             "picked": rnd.picked, "total": len(rnd.items), "unpicked": rnd.unpicked,
             "deadline": rnd.deadline, "now": time.time(),
-            "pairs": [{"index": i, "pair_id": it.pair_id, "prompt": it.prompt, "choice": it.choice}
-                      for i, it in enumerate(rnd.items)],
+            "pairs": [{"index": i, "pair_id": it.pair_id, "prompt": it.prompt, "choice": it.choice,
+                       "by": it.answered_by} for i, it in enumerate(rnd.items)],
         }
 
     def _send(self, event: str, data: dict) -> None:
@@ -227,8 +237,17 @@ class PickSession:
                             "the panel shows the current one")
         return rnd
 
-    def answer(self, round_id: str, index: int, choice: str) -> dict[str, Any]:
-        """Record the artist's choice for pair `index` of the round (a second answer corrects the first).
+    def answer(self, round_id: str, index: int, choice: str, expect: Any = UNCHECKED,
+               client: str | None = None) -> dict[str, Any]:
+        """Record the artist's choice for pair `index` of the round.
+
+        `expect` is the pair's choice as the answering window showed it (None: not picked yet).
+        When given, the answer is taken only if the pair still holds exactly that: a second answer
+        for the same pair from a window that had not seen the first (two tabs on one round) raises
+        `PickConflict` instead of overwriting it, and a correction names what it replaces.
+        `client` identifies the window (kept as `PickItem.answered_by` and sent with the update,
+        so the window whose pick was changed can say so). Without `expect` (in-process callers)
+        a second answer corrects the first.
 
         Raises PickError for a closed round, a bad index or a choice outside left / right /
         equal / skip. Returns the round's payload after the answer.
@@ -236,20 +255,38 @@ class PickSession:
         choice = str(choice).strip().lower()
         if choice not in CHOICES:
             raise PickError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+        if expect is not UNCHECKED and expect is not None:
+            expect = str(expect).strip().lower()
+            if expect not in CHOICES:
+                raise PickError(f"expect must be null or one of {', '.join(CHOICES)}, got {expect!r}")
         with self._write:  # one answer at a time: its line is on disk before the next is taken
             with self._cond:
                 rnd = self._round(round_id)
                 if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rnd.items):
                     raise PickError(f"pair index must be 0..{len(rnd.items) - 1}, got {index!r}")
                 item = rnd.items[index]
+                if expect is not UNCHECKED and item.choice != expect:
+                    raise PickConflict(self._conflict_message(index, item, choice, expect, client))
+                previous, previous_by = item.choice, item.answered_by
             if self.on_answer is not None:
                 self.on_answer(rnd, item, choice)  # raises when it cannot be saved: then it is not taken
             with self._cond:
                 item.choice = choice
+                item.answered_by = client
                 self._cond.notify_all()
                 data = self.payload(rnd)
+        data["last"] = {"index": index, "choice": choice, "client": client, "previous": previous,
+                        "previous_client": previous_by}
         self._send("update", data)
         return data
+
+    @staticmethod
+    def _conflict_message(index: int, item: PickItem, choice: str, expect: str | None, client: str | None) -> str:
+        where = "this window" if client is not None and item.answered_by == client else "another window or tab"
+        said = f"'{expect}'" if expect is not None else "no pick yet"
+        holds = f"'{item.choice}'" if item.choice is not None else "no pick"
+        return (f"pair {index + 1} was answered in {where} meanwhile: it holds {holds}, while this window showed {said}. "
+                f"Your '{choice}' was not saved; the panel now shows the pair as it is: answer again to change it.")
 
     def finish(self, round_id: str) -> dict[str, Any]:
         """Let the run go on without the round's unpicked pairs (they are handled as on a timeout)."""
@@ -304,8 +341,9 @@ class PickingHub:
             sessions = list(self._sessions.values())
         return [s.payload() for s in sessions if s.round is not None]
 
-    def answer(self, session_id: str, round_id: str, index: int, choice: str) -> dict[str, Any]:
-        return self.get(session_id).answer(round_id, index, choice)
+    def answer(self, session_id: str, round_id: str, index: int, choice: str, expect: Any = UNCHECKED,
+               client: str | None = None) -> dict[str, Any]:
+        return self.get(session_id).answer(round_id, index, choice, expect=expect, client=client)
 
     def finish(self, session_id: str, round_id: str) -> dict[str, Any]:
         return self.get(session_id).finish(round_id)
@@ -314,14 +352,24 @@ class PickingHub:
         return self.get(session_id).image_path(round_id, index, side)
 
 
-def parse_answer(body: Any) -> tuple[str, str, int, str]:
-    """(session, round, index, choice) from an answer's JSON body; PickError says what is wrong."""
+def parse_answer(body: Any) -> tuple[str, str, int, str, str | None, str | None]:
+    """(session, round, index, choice, expect, client) from an answer's JSON body; PickError says what is wrong.
+
+    `expect` (the pair's choice as the window showed it, null when unpicked) defaults to null: an
+    answer over the network never overwrites a pick its window did not show (`PickSession.answer`).
+    `client` (optional) names the window.
+    """
     if not isinstance(body, dict):
-        raise PickError("the answer must be a JSON object {session, round, index, choice}")
+        raise PickError("the answer must be a JSON object {session, round, index, choice, expect}")
     missing = [k for k in ("session", "round", "index", "choice") if k not in body]
     if missing:
         raise PickError(f"the answer lacks {', '.join(missing)}")
     index = body["index"]
     if isinstance(index, bool) or not isinstance(index, int):
         raise PickError(f"index must be a whole number, got {index!r}")
-    return str(body["session"]), str(body["round"]), index, str(body["choice"])
+    expect = body.get("expect")
+    if expect is not None and not isinstance(expect, str):
+        raise PickError(f"expect must be null or a choice, got {expect!r}")
+    client = body.get("client")
+    client = None if client is None else str(client)[:64]
+    return str(body["session"]), str(body["round"]), index, str(body["choice"]), expect, client

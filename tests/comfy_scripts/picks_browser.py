@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from page_errors import ErrorLog
 from playwright.sync_api import sync_playwright
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -31,6 +32,8 @@ READY = "() => window.app && window.app.graph && window.LiteGraph && window.app.
 LOOK = """() => {
     const panel = document.getElementById('fdfo-picks-panel');
     if (!panel || panel.hidden || panel.getAttribute('data-loaded') !== '1') return {visible: false};
+    // pickable once the pair has been on screen a moment (the panel's data-ready)
+    if (panel.hasAttribute('data-ready') && panel.getAttribute('data-ready') !== '1') return {visible: false};
     const mean = (img) => {
         const c = document.createElement('canvas');
         c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -74,12 +77,12 @@ def main(url: str, plan_path: Path, out: Path) -> int:
     plan = json.loads(plan_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     rule, cancel, timeout = plan.get("rule", "redder"), plan.get("cancel"), float(plan.get("timeout", 1500))
-    clicks, rounds, shots, errors = [], {}, [], []
+    clicks, rounds, shots = [], {}, []
     result = {"clicks": clicks, "rounds": rounds, "screenshots": shots, "page_errors": [], "cancelled_at": None}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-        page.on("pageerror", lambda e: errors.append(f"{e}\n{(getattr(e, 'stack', '') or '')[:1500]}"))
+        errors = ErrorLog(page)
         page.goto(url)
         page.wait_for_function(READY, timeout=120000)
         time.sleep(1)
@@ -169,11 +172,12 @@ def main(url: str, plan_path: Path, out: Path) -> int:
         result["status"] = entry["status"] if entry else None
         result["seconds"] = time.monotonic() - t_start
         result["panel_hidden_at_end"] = page.evaluate("() => document.getElementById('fdfo-picks-panel').hidden")
-        # Errors raised in this package's code (the panel) vs the stock front end's own (this
-        # version's settings store raises once per load: Comfy.Canvas.NavigationMode's onChange sets
-        # a setting that is not registered yet).
-        result["frontend_errors"] = [e for e in errors if "fdfo" not in e.lower()]
-        result["page_errors"] = [e for e in errors if "fdfo" in e.lower()]
+        # Errors raised or logged by this package's code (the panel, its routes) vs the stock front
+        # end's own (v0.3.64's settings store raises once per load: Comfy.Canvas.NavigationMode's
+        # onChange sets a setting that is not registered yet).
+        result["frontend_errors"] = errors.others()
+        result["page_errors"] = errors.ours("exception")
+        result["console_errors"] = errors.ours("console")
         browser.close()
     print("RESULT " + json.dumps(result), flush=True)
     return 0

@@ -3,6 +3,11 @@
 `--base-directory` puts models/, custom_nodes/, input/, output/, temp/ and user/ in a temporary
 folder (this repository is symlinked into its custom_nodes/), the database lives in memory and
 Python writes no bytecode, so a test run leaves no file in the ComfyUI checkout.
+
+COMFYUI_FRONTEND_ROOT (optional) serves another front end than the one ComfyUI's requirements pin:
+the `static` folder of a `comfyui-frontend-package` (passed as `main.py --front-end-root`), e.g.
+`pip download --no-deps comfyui-frontend-package==1.58.1`, unzip, and point it at
+`comfyui_frontend_package/static`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "ComfyUI-FDFO"
+FRONTEND_ROOT = os.environ.get("COMFYUI_FRONTEND_ROOT") or None
 
 
 def free_port() -> int:
@@ -30,8 +36,16 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfy_root: str | Path, python: str | None, base: Path, env: dict[str, str] | None = None):
+    def __init__(self, comfy_root: str | Path, python: str | None, base: Path, env: dict[str, str] | None = None,
+                 extra_nodes: list[Path] | None = None, front_end_root: str | Path | None = FRONTEND_ROOT):
+        """`extra_nodes`: more custom-node folders to link in (test fixtures); `front_end_root`: the
+        static folder of the front end to serve (default COMFYUI_FRONTEND_ROOT; None = ComfyUI's own)."""
         self.root = Path(comfy_root)
+        self.extra_nodes = [Path(p) for p in extra_nodes or []]
+        self.front_end_root = Path(front_end_root) if front_end_root else None
+        if self.front_end_root is not None and not (self.front_end_root / "index.html").is_file():
+            raise FileNotFoundError(f"COMFYUI_FRONTEND_ROOT {self.front_end_root} has no index.html: point it at the "
+                                    "'static' folder of an unpacked comfyui-frontend-package")
         self.python = python or sys.executable
         self.base = Path(base)
         self.port = free_port()
@@ -51,8 +65,14 @@ class ComfyServer:
         link = self.base / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
+        for folder in self.extra_nodes:
+            extra = self.base / "custom_nodes" / folder.name
+            if not extra.exists():
+                extra.symlink_to(folder.resolve(), target_is_directory=True)
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         self._log = open(self.log_path, "w")
         # Own process group: stopping the server never touches other processes.
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
