@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyOptions
+from .common import decode_one_frame
 from .lora_map import LoraMap, same_names
 
 
@@ -135,12 +136,7 @@ class BriaFibo(Family):
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     def diffusers_decode(self, pipe, latents):
-        vae = pipe.vae
-        z = latents.unsqueeze(2).to(vae.dtype)  # one frame
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return decode_one_frame(pipe.vae, latents)
 
 
 FAMILY = BriaFibo()

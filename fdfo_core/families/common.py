@@ -68,3 +68,19 @@ def unpack_2x2(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     c = d // 4
     x = tokens.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c, h, w)
+
+
+def decode_one_frame(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode image latents with a Wan-type video VAE (`AutoencoderKLWan`, `AutoencoderKLQwenImage`,
+    ...) as a one-frame video.
+
+    latents: (B, C, H, W) in the transformer's normalised latent space; the VAE's per-channel
+    `latents_mean` / `latents_std` (config, length C = `z_dim`) undo the normalisation:
+    raw = latents * std + mean. Returns (B, channels, H * f, W * f), the VAE's output range
+    (usually [-1, 1]; RGBA VAEs return 4 channels).
+    """
+    z = latents.unsqueeze(2).to(vae.dtype)  # (B, C, 1, H, W): one frame
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
+    return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]

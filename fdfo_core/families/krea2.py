@@ -22,10 +22,8 @@ diffusers module names (`diffusion_model.transformer_blocks.0.attn.to_q...`).
 
 from __future__ import annotations
 
-import torch
-
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import calculate_shift, pack_2x2, scheduler_sigmas, unpack_2x2
+from .common import calculate_shift, decode_one_frame, pack_2x2, scheduler_sigmas, unpack_2x2
 from .lora_map import LoraMap, same_names
 
 #: Attention projections of every attention in the model: the main blocks and the text fusion.
@@ -112,12 +110,7 @@ class Krea2(Family):
         return unpack_2x2(out, h, w)
 
     def diffusers_decode(self, pipe, latents):
-        vae = pipe.vae
-        z = latents.unsqueeze(2).to(vae.dtype)  # one frame
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return decode_one_frame(pipe.vae, latents)
 
 
 FAMILY = Krea2()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyOptions
-from .common import pack_2x2, unpack_2x2
+from .common import decode_one_frame, pack_2x2, unpack_2x2
 from .lora_map import LoraMap, same_names
 from .published import QWEN25_VL_7B_B, PublishedModel
 
@@ -109,12 +109,7 @@ class QwenImage(Family):
                           dtype=torch.float32)
 
     def diffusers_decode(self, pipe, latents):
-        vae = pipe.vae
-        z = latents.unsqueeze(2).to(vae.dtype)  # one frame
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return decode_one_frame(pipe.vae, latents)
 
 
 FAMILY = QwenImage()

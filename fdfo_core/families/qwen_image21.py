@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import calculate_shift
+from .common import calculate_shift, decode_one_frame
 from .lora_map import LoraMap, same_names
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -141,12 +141,7 @@ class QwenImage21(Family):
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     def diffusers_decode(self, pipe, latents):
-        vae = pipe.vae
-        z = latents.unsqueeze(2).to(vae.dtype)  # one frame
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return composite_over_white(vae.decode(z * std + mean, return_dict=False)[0][:, :, 0])
+        return composite_over_white(decode_one_frame(pipe.vae, latents))
 
 
 FAMILY = QwenImage21()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyError, FamilyOptions
-from .common import scheduler_set_timesteps_sigmas
+from .common import decode_one_frame, scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, LoraModule
 
 #: diffusers projection -> ComfyUI linear, for the self- (attn1) and cross-attention (attn2).
@@ -112,12 +112,7 @@ class Wan(Family):
         return out[:, :, 0]
 
     def diffusers_decode(self, pipe, latents):
-        vae = pipe.vae
-        z = latents.unsqueeze(2).to(vae.dtype)  # one frame
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return decode_one_frame(pipe.vae, latents)
 
     # --- ComfyUI ------------------------------------------------------------------------------
 
