@@ -7,6 +7,7 @@ import torch
 
 from fdfo_core.families import (
     Family,
+    all_families,
     LoraMap,
     fused,
     get_family,
@@ -338,3 +339,21 @@ def test_vram_guidance_states_the_real_parameter_count(family, transformer, conf
         model = getattr(diffusers, transformer)(**config)
     billions = sum(p.numel() for p in model.parameters()) / 1e9
     assert f"{billions:.1f} B" in get_family(family).vram, (billions, get_family(family).vram)
+
+
+@pytest.mark.parametrize("name", [f.name for f in all_families() if f.diffusers_flow_schedulers])
+def test_a_declared_flow_scheduler_outside_flow_mode_is_refused(name):
+    """Every family that samples with a non-FlowMatch scheduler (Wan, HiDream: UniPC; Sana: DPM-Solver)
+    refuses it unless it runs in flow mode (flow sigmas and flow prediction), and accepts it in flow mode."""
+    family = get_family(name)
+    transformer_class = family.diffusers_transformers[0] if family.diffusers_transformers else "Transformer"
+    transformer = type(transformer_class, (), {"config": {}})()
+
+    def pipe(**scheduler_config):
+        scheduler = type(family.diffusers_flow_schedulers[0], (), {"config": scheduler_config})()
+        return SimpleNamespace(transformer=transformer, scheduler=scheduler, config={})
+
+    family.diffusers_check(pipe(use_flow_sigmas=True, prediction_type="flow_prediction"))
+    for config in ({}, {"use_flow_sigmas": True, "prediction_type": "epsilon"}, {"prediction_type": "flow_prediction"}):
+        with pytest.raises(FamilyError, match="not in flow mode"):
+            family.diffusers_check(pipe(**config))

@@ -242,7 +242,8 @@ class Family:
 
     def diffusers_check(self, pipe) -> None:
         """Raise FamilyError if this pipeline cannot be trained as this family (default: checks
-        the transformer class when `diffusers_transformers` is set)."""
+        the transformer class when `diffusers_transformers` is set, and that a scheduler of
+        `diffusers_flow_schedulers` runs in flow mode: flow sigmas and flow prediction)."""
         if self.diffusers_transformers:
             name = type(pipe.transformer).__name__
             if name not in self.diffusers_transformers:
@@ -250,6 +251,13 @@ class Family:
                     f"{type(pipe).__name__} has a {name} transformer; {self.title} expects "
                     f"{' or '.join(self.diffusers_transformers)}"
                 )
+        scheduler_name = type(pipe.scheduler).__name__
+        scheduler = pipe.scheduler.config
+        if scheduler_name in self.diffusers_flow_schedulers and not (
+                scheduler.get("use_flow_sigmas") and scheduler.get("prediction_type") == "flow_prediction"):
+            raise FamilyError(f"the pipeline's {scheduler_name} is not in flow mode (use_flow_sigmas and "
+                              f"prediction_type 'flow_prediction', as {self.title} ships it); restore the model's "
+                              "own scheduler")
 
     def diffusers_text_encoders(self, pipe) -> list[torch.nn.Module]:
         """Modules `diffusers_encode_prompts` uses (moved to the device around encoding when the

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .base import Family, FamilyError, FamilyOptions
+from .common import pad_text_rows
 from .lora_map import LoraMap, same_names
 
 
@@ -106,11 +107,7 @@ class CogView4(Family):
             emb, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, device=device,
                                         max_sequence_length=options.max_sequence_length)
             rows.append(emb[0])
-        out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
-        for i, e in enumerate(rows):
-            out[i, : len(e)] = e
-            mask[i, : len(e)] = 1
+        out, mask = pad_text_rows(rows, length)
         return {"prompt_embeds": out, "prompt_mask": mask}
 
     def diffusers_velocity(self, pipe, x, t, cond, options):

@@ -84,3 +84,17 @@ def decode_one_frame(vae, latents: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(shape)
     std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(shape)
     return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+
+
+def pad_text_rows(rows: list[torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-prompt text features of different lengths, zero-padded at the end.
+
+    rows: one [T_i, D] tensor per prompt, T_i <= length. Returns (embeds [B, length, D] in the rows'
+    dtype, mask [B, length] long: 1 on a prompt's own tokens, 0 on padding).
+    """
+    out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+    for i, e in enumerate(rows):
+        out[i, : len(e)] = e
+        mask[i, : len(e)] = 1
+    return out, mask

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyOptions
-from .common import scheduler_sigmas
+from .common import pad_text_rows, scheduler_sigmas
 from .lora_map import LoraMap, same_names
 
 #: The batch-norm eps the pipeline de-normalises latents with (hard-coded there).
@@ -82,13 +82,7 @@ class ErnieImage(Family):
     def diffusers_encode_prompts(self, pipe, prompts, device, options: FamilyOptions):
         length = options.max_sequence_length
         hiddens = pipe.encode_prompt(list(prompts), device)  # one [T_i, D] per prompt; never the enhancer
-        d = hiddens[0].shape[-1]
-        emb = hiddens[0].new_zeros(len(hiddens), length, d)
-        mask = torch.zeros(len(hiddens), length, dtype=torch.long, device=hiddens[0].device)
-        for i, h in enumerate(hiddens):
-            n = min(len(h), length)
-            emb[i, :n] = h[:n]
-            mask[i, :n] = 1
+        emb, mask = pad_text_rows([h[:length] for h in hiddens], length)
         return {"prompt_embeds": emb, "prompt_mask": mask}
 
     def diffusers_velocity(self, pipe, x, t, cond, options):

@@ -16,7 +16,7 @@ ComfyUI: `comfy.model_base.HiDream`, module names identical to diffusers' (no fu
 
 from __future__ import annotations
 
-from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
+from .base import DistilledCheckpoint, Family, FamilyOptions
 from .common import calculate_shift, scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
 
@@ -52,14 +52,6 @@ class HiDream(Family):
     vram = ("17.1 B (MoE): ~34 GB in bf16, ~17 GB in fp8, plus Llama 3.1 8B (~16 GB, offloaded between phases). 48 GB: "
             "fp8 at 1024 px with storage_device cpu and gradient checkpointing; 80 GB: bf16 at 1024 px with gradient "
             "checkpointing (estimates from the parameter count)")
-
-    def diffusers_check(self, pipe) -> None:
-        super().diffusers_check(pipe)
-        scheduler = pipe.scheduler.config
-        if type(pipe.scheduler).__name__ in self.diffusers_flow_schedulers and not (
-                scheduler.get("use_flow_sigmas") and scheduler.get("prediction_type") == "flow_prediction"):
-            raise FamilyError(f"the pipeline's {type(pipe.scheduler).__name__} is not in flow mode (use_flow_sigmas "
-                              "and prediction_type 'flow_prediction'); restore the model's own scheduler")
 
     def diffusers_prepare(self, pipe) -> None:
         for module in pipe.transformer.modules():

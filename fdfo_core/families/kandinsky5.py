@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import scheduler_set_timesteps_sigmas
+from .common import pad_text_rows, scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
 
 _NAMES = ("to_query", "to_key", "to_value", "out_layer")
@@ -100,12 +100,7 @@ class Kandinsky5Image(Family):
         for prompt in prompts:  # alone: the pipeline's batches attend to each other's padding
             emb, pooled, _ = pipe.encode_prompt(prompt=[prompt], max_sequence_length=length, device=device)
             rows.append((emb[0, :length], pooled[0]))
-        d = rows[0][0].shape[-1]
-        emb = rows[0][0].new_zeros(len(rows), length, d)
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=emb.device)
-        for i, (e, _) in enumerate(rows):
-            emb[i, : len(e)] = e
-            mask[i, : len(e)] = 1
+        emb, mask = pad_text_rows([e for e, _ in rows], length)
         return {"prompt_embeds": emb, "prompt_mask": mask, "pooled": torch.stack([p for _, p in rows])}
 
     @staticmethod

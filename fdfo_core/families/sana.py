@@ -82,11 +82,6 @@ class Sana(Family):
         if pipe.transformer.config.get("guidance_embeds"):
             raise FamilyError("this Sana transformer embeds a guidance value (Sana-Sprint, consistency-distilled on "
                               "TrigFlow time); FDFO trains the rectified-flow Sana models (SanaPipeline)")
-        scheduler = pipe.scheduler.config
-        if type(pipe.scheduler).__name__ in self.diffusers_flow_schedulers and not (
-                scheduler.get("use_flow_sigmas") and scheduler.get("prediction_type") == "flow_prediction"):
-            raise FamilyError(f"the pipeline's {type(pipe.scheduler).__name__} is not in flow mode (use_flow_sigmas "
-                              "and prediction_type 'flow_prediction', as Sana ships it); restore the model's scheduler")
 
     def diffusers_sigmas(self, pipe, num_steps, height, width):
         # SanaPipeline calls set_timesteps(n) (no sigmas, no mu): the scheduler's own shifted flow grid.

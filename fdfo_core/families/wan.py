@@ -83,11 +83,6 @@ class Wan(Family):
         if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
             raise FamilyError("this Wan transformer has image-conditioning inputs (image-to-video); FDFO trains "
                               "text-to-video models (Wan 2.1 T2V, Wan 2.2 T2V / TI2V) as image models")
-        scheduler = pipe.scheduler.config
-        if type(pipe.scheduler).__name__ in self.diffusers_flow_schedulers and not (
-                scheduler.get("use_flow_sigmas") and scheduler.get("prediction_type") == "flow_prediction"):
-            raise FamilyError(f"the pipeline's {type(pipe.scheduler).__name__} is not in flow mode (use_flow_sigmas "
-                              "and prediction_type 'flow_prediction', as Wan ships it); restore the model's scheduler")
 
     def diffusers_vae_scale(self, pipe) -> int:
         return int(pipe.vae_scale_factor_spatial)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyOptions
+from .common import pad_text_rows
 from .lora_map import LoraMap, fused
 
 #: Block groups with attention: the main layers and the refiners of the image and text tokens.
@@ -79,12 +80,7 @@ class ZImage(Family):
         # list it is given, hence the copy.
         embs, _ = pipe.encode_prompt(prompt=list(prompts), device=device, do_classifier_free_guidance=False,
                                      max_sequence_length=length)
-        d = embs[0].shape[-1]
-        out = embs[0].new_zeros(len(embs), length, d)
-        mask = torch.zeros(len(embs), length, dtype=torch.long, device=embs[0].device)
-        for i, e in enumerate(embs):
-            out[i, : len(e)] = e
-            mask[i, : len(e)] = 1
+        out, mask = pad_text_rows(list(embs), length)
         return {"prompt_embeds": out, "prompt_mask": mask}
 
     def diffusers_velocity(self, pipe, x, t, cond, options):
