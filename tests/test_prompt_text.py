@@ -7,7 +7,10 @@ CLIPTextEncode encodes the bare prompt and its CLIPTextEncodeLumina2 node adds t
 the ComfyUI backend encoded the bare prompt, so a LoRA trained there was trained off the text it
 is used with. Families with a chat template (Qwen-Image, HunyuanImage, Z-Image, Flux.2) get the
 bare prompt in ComfyUI, whose tokenizers wrap it in their template as the pipelines do: the
-prompt must appear unchanged inside every text the pipeline tokenizes.
+prompt must appear unchanged inside every text the pipeline tokenizes, and (with COMFYUI_ROOT and
+COMFYUI_PYTHON) the tokens that reach the transformer are the same ids through the pipeline and
+through ComfyUI's own tokenizer and text-encoder wrapper (tests/comfy_scripts/prompt_text_in_comfyui.py).
+The table of what each family feeds: docs/families.md, "The text each backend encodes".
 """
 
 from __future__ import annotations
