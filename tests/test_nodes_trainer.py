@@ -395,7 +395,7 @@ def test_two_runs_of_one_lora_name_sharing_a_lora_folder_never_overwrite_each_ot
     assert all((comfy.loras / name).read_bytes() == data for name, data in written.items())  # all kept
     name = res["result"][4]
     assert name == f"art-{second_id[:8]}.safetensors" and (comfy.loras / f"art-best-{second_id[:8]}.safetensors").exists()
-    assert f"art.safetensors was trained by run {first_id}: it is kept unchanged" in res["ui"]["text"][0]
+    assert f"art.safetensors is the LoRA of run {first_id}, not this run's: it is kept unchanged" in res["ui"]["text"][0]
     with safe_open(str(comfy.loras / name), framework="pt") as f:
         assert f.metadata()["fdfo.run_id"] == second_id != first_id
 
@@ -417,12 +417,12 @@ def test_a_run_never_overwrites_a_file_of_its_name_written_by_another_run_or_too
     assert (comfy.loras / "art.safetensors").read_bytes() == foreign
     assert res["result"][4] == f"art-{run_id[:8]}.safetensors" and (comfy.loras / res["result"][4]).exists()
     text = res["ui"]["text"][0]
-    assert "art.safetensors was trained by something that is not a LoRA file: it is kept unchanged" in text
+    assert "art.safetensors is a file that is not a LoRA, not this run's: it is kept unchanged" in text
     assert f"this run's LoRA is art-{run_id[:8]}.safetensors" in text
     # Resumed, the same run replaces its own file under its own name; the other file stays.
     monkeypatch.setattr(tn, "plan_run", plan)
     res = comfy.train(epochs=2, lora_name="art")
     assert res["result"][4] == f"art-{run_id[:8]}.safetensors"
     assert (comfy.loras / "art.safetensors").read_bytes() == foreign
-    assert sorted(p.name for p in comfy.loras.glob("art*.safetensors")) == [
-        f"art-{run_id[:8]}.safetensors", "art-best.safetensors", "art.safetensors"]
+    assert {p.name for p in comfy.loras.glob("art*.safetensors")} == {
+        f"art-{run_id[:8]}.safetensors", "art-best.safetensors", "art.safetensors"}

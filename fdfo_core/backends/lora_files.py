@@ -237,20 +237,20 @@ def check_family(meta: Mapping[str, Any], family: str, path: str | Path) -> None
 
 
 def lora_file_owner(path: str | Path) -> str | None:
-    """The run a LoRA file was trained in, in words for a message: "run <run id>" (its `fdfo.run_id`),
-    "an FDFO run from before run ids", "another tool (no FDFO metadata)", or "something that is
-    not a LoRA file"; None when `path` does not exist."""
+    """What a LoRA file is, in words for a message: "the LoRA of run <run id>" (its `fdfo.run_id`),
+    "an FDFO LoRA from before run ids", "a LoRA from another tool (no FDFO metadata)", or "a file
+    that is not a LoRA"; None when `path` does not exist."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         meta = read_lora_metadata(path)
     except (LoraFileError, OSError):
-        return "something that is not a LoRA file"
+        return "a file that is not a LoRA"
     run_id = meta.get("run_id")
     if isinstance(run_id, str) and run_id:
-        return f"run {run_id}"
-    return "an FDFO run from before run ids" if meta else "another tool (no FDFO metadata)"
+        return f"the LoRA of run {run_id}"
+    return "an FDFO LoRA from before run ids" if meta else "a LoRA from another tool (no FDFO metadata)"
 
 
 def publish_target(folder: str | Path, name: str, run_id: str | None, own_copy: str | Path | None = None
@@ -275,13 +275,13 @@ def publish_target(folder: str | Path, name: str, run_id: str | None, own_copy: 
     for candidate in candidates:
         path = folder / candidate
         owner = lora_file_owner(path)
-        ours = owner is None or (run_id is not None and owner == f"run {run_id}") or (
+        ours = owner is None or (run_id is not None and owner == f"the LoRA of run {run_id}") or (
             own_copy is not None and Path(own_copy).exists() and filecmp.cmp(path, own_copy, shallow=False))
         if ours:
             if kept is None:
                 return path, None
-            return path, (f"{folder / name} was trained by {kept}: it is kept unchanged, and this run's LoRA is "
-                          f"{path.name} beside it (rename either file as you like; nothing was overwritten)")
+            return path, (f"{folder / name} is {kept}, not this run's: it is kept unchanged, and this run's LoRA "
+                          f"is {path.name} beside it (nothing was overwritten; rename either file as you like)")
         if kept is None:
             kept = owner
     raise LoraFileError(f"{folder} holds {len(candidates)} LoRA files named like {name} from other runs; "
