@@ -397,3 +397,29 @@ def test_a_run_whose_record_was_lost_keeps_its_id_from_its_checkpoint(two_runs, 
     tr.resume(a)
     tr.train()
     assert RunRecords(a).run_id() == RunRecords(two_runs / "a").run_id()
+
+
+def test_a_shared_lora_folder_keeps_every_file_that_is_not_this_runs(tmp_path):
+    """lora_files.publish_target, the rule every publish into ComfyUI's LoRA folder follows."""
+    import torch as _torch
+
+    from fdfo_core.backends.lora_files import publish_target, save_lora
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    tensors = {"diffusion_model.x.lora_down.weight": _torch.ones(1, 2), "diffusion_model.x.lora_up.weight": _torch.ones(2, 1)}
+    assert publish_target(folder, "art.safetensors", "abcdef0123456789") == (folder / "art.safetensors", None)
+    save_lora(folder / "art.safetensors", tensors, {"run_id": "abcdef0123456789"})
+    assert publish_target(folder, "art.safetensors", "abcdef0123456789") == (folder / "art.safetensors", None)  # its own
+    path, note = publish_target(folder, "art.safetensors", "9999999999999999")
+    assert path == folder / "art-99999999.safetensors" and "the LoRA of run abcdef0123456789, not this run's" in note
+    save_lora(folder / "old.safetensors", tensors, {"reward": "brightness"})  # FDFO, before run ids
+    own = tmp_path / "run" / "old.safetensors"
+    own.parent.mkdir()
+    own.write_bytes((folder / "old.safetensors").read_bytes())
+    assert publish_target(folder, "old.safetensors", "9999999999999999", own_copy=own)[1] is None  # the same bytes
+    path, note = publish_target(folder, "old.safetensors", "9999999999999999")
+    assert path.name == "old-99999999.safetensors" and "an FDFO LoRA from before run ids" in note
+    save_lora(folder / "old-99999999.safetensors", tensors, {})  # its own name taken too: the next free one
+    path, note = publish_target(folder, "old.safetensors", "9999999999999999")
+    assert path.name == "old-99999999-2.safetensors" and "a LoRA from another tool" not in note
