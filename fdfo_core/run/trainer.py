@@ -427,7 +427,8 @@ class RunLoop:
         self._started = True
         if self.run_dir is None or not self.dist.is_main:
             if self.run_id is None:  # no run folder: an identity of this session's LoRA files
-                self.run_id = self._run_id_from_checkpoint or new_run_id()
+                # (other ranks write no record: the checkpoint's id, if any)
+                self.run_id = self._run_id_from_checkpoint or (new_run_id() if self.run_dir is None else None)
             return
         for what, folder in self.front_end.output_dirs.items():  # first: a failed check leaves no run folder
             storage.check_writable(folder, what)
