@@ -12,8 +12,8 @@ bare model passes (every velocity, backward and decode call the run made, replay
 inputs with nothing around them) and the ratio of the run to them. "outside the phases" is model
 loading, the demo's pictures and whatever no phase covers.
 
-    python benchmarks/profile_epoch.py [--what toy,demo] [--toy-epochs 10] [--demo-epochs 40]
-        [--threads 2] [--load 0] [--demo-args "--legacy"]
+    python benchmarks/profile_epoch.py [--what toy,demo,passes] [--toy-epochs 10] [--demo-epochs 40]
+        [--threads 2] [--load 0] [--demo-args "--own-evaluation"]
 
 `--load N` starts N competing busy processes (one thread each) for the whole profile, to see what
 a loaded machine does to each phase; `taskset -c 0,1 python ...` confines the profile to two cores.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shlex
 import sys
 import tempfile
@@ -65,6 +66,31 @@ def bare_backend():
     return backend, cond_of
 
 
+def pass_table(batches=(8, 16, 32, 64, 128), threads=(1, 2)) -> None:
+    """Cost of one image through one sampling pass (no grad) by batch size and thread count: what a
+    phase made of small batches (the held-out evaluation, previews) pays more for under load."""
+    backend, cond_of = bare_backend()
+    shape = backend.latent_shape(64, 64)
+    before = torch.get_num_threads()
+    print(f"\nper image and sampling pass, ms (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}):")
+    for n in threads:
+        torch.set_num_threads(n)
+        cells = []
+        for b in batches:
+            x, t, c = torch.randn(b, *shape), torch.rand(b), cond_of(b)
+            reps = max(2, 256 // b)
+            with torch.no_grad():
+                backend.velocity(x, t, c)
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(reps):
+                    backend.velocity(x, t, c)
+            w, cpu = (time.perf_counter() - w0) / reps / b, (time.process_time() - c0) / reps / b
+            cells.append(f"batch {b}: {1000 * w:6.2f} wall {1000 * cpu:6.2f} CPU")
+        print(f"  {n} thread(s)  " + " | ".join(cells))
+    torch.set_num_threads(before)
+
+
 def profile(clock: PhaseClock, label: str, run, epochs: int) -> None:
     clock.reset()
     clock.record = True
@@ -87,10 +113,11 @@ def profile(clock: PhaseClock, label: str, run, epochs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="toy,demo", help="toy, demo or both (comma-separated)")
+    ap.add_argument("--what", default="toy,demo,passes", help=(
+        "toy, demo, passes (a table of one pass's cost by batch size and threads), comma-separated"))
     ap.add_argument("--toy-epochs", type=int, default=10)
-    ap.add_argument("--demo-epochs", type=int, default=None, help="default: the demo's own")
-    ap.add_argument("--demo-args", default="", help="further `fdfo demo` flags, e.g. \"--legacy\"")
+    ap.add_argument("--demo-epochs", type=int, default=None, help="default: the demo's own (40)")
+    ap.add_argument("--demo-args", default="", help="further `fdfo demo` flags, e.g. \"--own-evaluation\" (the old demo)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--load", type=int, default=0, help="competing busy processes during the profile")
     ap.add_argument("--smoke", action="store_true", help="one tiny epoch of each (checks the script works)")
@@ -117,12 +144,14 @@ def main() -> None:
                     *(["--pairs-per-epoch", "2", "--eval-every", "1"] if args.smoke else [])]
             profile(clock, "toy preset (fdfo train --preset toy)", lambda: fdfo(argv), epochs)
         if "demo" in args.what:
-            from fdfo_core.config import PRESETS
+            from fdfo_core.cli.demo import DEMO_EPOCHS
 
-            epochs = 1 if args.smoke else (args.demo_epochs or PRESETS["toy"]["epochs"])
+            epochs = 1 if args.smoke else (args.demo_epochs or DEMO_EPOCHS)
             argv = ["demo", "--out", str(tmp / "demo"), "--epochs", str(epochs), "--threads", str(args.threads),
                     *small, *(["--heldout-prompts", "2"] if args.smoke else []), *shlex.split(args.demo_args)]
             profile(clock, f"demo (fdfo {' '.join(argv[3:])})", lambda: fdfo(argv), epochs)
+        if "passes" in args.what:
+            pass_table(batches=(8, 32) if args.smoke else (8, 16, 32, 64, 128))
     finally:
         stop.set()
         for p in load:

@@ -63,6 +63,7 @@ def evaluate(backend, reward, held: HeldOut, cfg, use_adapter: bool = True) -> d
 #: The demo's settings on top of the toy preset (issue 28: the demo in two minutes on 2 CPU cores).
 #: Training on 10 of each sample's 20 steps halves the training passes; the held-out evaluation is
 #: the run's own (its guardrails'), at the start, every `DEMO_EVAL_EVERY` epochs and at the end.
+DEMO_EPOCHS = 40
 DEMO_STEPS_PER_SAMPLE = 10
 DEMO_EVAL_EVERY = 20
 #: torch CPU threads unless --threads says otherwise: a CPU run repeats bit for bit at a fixed thread
@@ -107,6 +108,8 @@ def run_demo(
     storage.check_writable(out, "demo output folder")  # before any model work: fail fast
     values = dict(overrides or {})
     values["seed"] = seed
+    if epochs is None and not own_evaluation:
+        epochs = DEMO_EPOCHS
     if epochs is not None:
         values["epochs"] = epochs
     if pairs_per_epoch is not None:
