@@ -97,5 +97,10 @@ def test_the_readme_shows_the_demo_and_a_comfyui_screenshot_and_keeps_the_test_c
     assert any(t.startswith("docs/demo/") for t in images), "README shows no demo picture"
     assert any(t.startswith("docs/images/comfyui_") for t in images), "README shows no ComfyUI screenshot"
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    assert "python -m pytest -q" in ci and "python -m pytest -q" in readme  # .ci/run runs the README's command
+    # .ci/run runs the README's test command, word for word (the pytest part of its install line)
+    ci_cmds = [ln.strip() for ln in ci.splitlines() if ln.strip().startswith("python -m pytest")]
+    assert len(ci_cmds) == 1, ci_cmds
+    readme_cmds = [ln.strip().rsplit("&& ", 1)[-1] for ln in readme.splitlines()
+                   if "pip install -e" in ln and "python -m pytest" in ln]
+    assert readme_cmds == ci_cmds, (readme_cmds, ci_cmds)
     assert "fdfo demo --out" in readme
