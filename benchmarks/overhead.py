@@ -71,7 +71,7 @@ def main() -> None:
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
     from fdfo_core.config import load_config
     from fdfo_core.rewards import build_reward
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
     from fdfo_core.methods import FDFOTrainer
 
     cfg = load_config("toy", overrides=dict(pairs_per_epoch=args.pairs, num_steps=args.steps, epochs=1,

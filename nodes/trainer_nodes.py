@@ -31,7 +31,7 @@ from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.backends.prompt_cache import MB
 from ..fdfo_core.run.definition import FrontEnd, recorded_definition
 from ..fdfo_core.files.storage import StorageError
-from ..fdfo_core.run.trainer import Callbacks, TrainingError
+from ..fdfo_core.run.hooks import Callbacks, TrainingError
 from ..fdfo_core.methods import FDFOTrainer
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, describe, log, pil_to_image
 from .live_feedback import EpochClock, LivePush, epoch_line, save_temp_png
@@ -311,7 +311,7 @@ class FDFOTrainerNode:
         from ..fdfo_core.run.guardrails import best_lora_name
         from ..fdfo_core.files.drawing import image_grid, save_png, to_pil
         from ..fdfo_core.rewards import wrap_normalization
-        from ..fdfo_core.run.trainer import format_metrics
+        from ..fdfo_core.run.stats import format_metrics
         from .comfy_backend import ComfyBackend, distilled_checkpoint
 
         family, distilled = distilled_checkpoint(model, graph, unique_id)

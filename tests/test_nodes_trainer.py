@@ -8,8 +8,8 @@ import pytest
 from comfy_scripts.nodepack import submodule
 
 tn = submodule("nodes.trainer_nodes")
-TrainingError = submodule("fdfo_core.run.trainer").TrainingError
-ConfigError = submodule("fdfo_core.config").ConfigError
+TrainingError = submodule("fdfo_core.run.hooks").TrainingError
+ConfigError = submodule("fdfo_core.errors").ConfigError
 PRESETS = submodule("fdfo_core.config").PRESETS
 
 
@@ -213,7 +213,7 @@ from fake_comfy import install as install_fake_comfy  # noqa: E402
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers  # noqa: E402
 
 StorageError = submodule("fdfo_core.files.storage").StorageError
-RunChangeRefused = submodule("fdfo_core.run.trainer").RunChangeRefused
+RunChangeRefused = submodule("fdfo_core.run.hooks").RunChangeRefused
 
 
 @pytest.fixture

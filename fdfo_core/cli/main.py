@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..files import storage
-from ..config import PRESETS, ConfigError, FDFOConfig, config_values
+from ..config import PRESETS, FDFOConfig, config_values
+from ..errors import ConfigError
 from ..backends.memory import MemoryBudgetError
 
 
@@ -255,7 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..files.drawing import image_grid, reward_curve_image, save_png, to_pil
     from ..rewards import build_reward
     from ..run.definition import FrontEnd, RunDefinition, recorded_definition, restore
-    from ..run.trainer import Callbacks, amp_dtype
+    from ..run.hooks import Callbacks
+    from ..run.trainer import amp_dtype
 
     dist = init_distributed(args.device if args.device != "auto" else None)
     device = _device(args.device, dist.local_rank)
@@ -749,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..rewards import RewardError
     from ..files.storage import StorageError
     from ..files.text_files import TextFileError
-    from ..run.trainer import TrainingError
+    from ..run.hooks import TrainingError
 
     if getattr(args, "threads", 0):
         import torch

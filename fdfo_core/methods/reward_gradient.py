@@ -17,10 +17,12 @@ import torch
 
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..flow.conditioning import cond_select, cond_to
+from ..flow.paired_sampler import sample_euler
 from .fdfo_objective import fdfo_loss
 from ..flow.seeds import epoch_prompt_indices, generator
 from ..run.stats import ItemStats
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 
 
 class _DifferentiableRewardTrainer(RunLoop):
@@ -43,6 +45,15 @@ class _DifferentiableRewardTrainer(RunLoop):
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
         return n, prompt_idx, rows, cond, uncond, shape, sigmas
+
+    def _sample(self, velocity, cond, rows: torch.Tensor, shape, sigmas: torch.Tensor, purpose: str, start: int,
+                stop: int, on_step=None) -> torch.Tensor:
+        """Final latents [stop - start, C, h, w] of the epoch's samples start:stop by the plain Euler
+        sampler, each from its own seed (seed, purpose, epoch, index); differentiable when autograd is on.
+        on_step(i, x, v): `paired_sampler.sample_euler`'s."""
+        gens = [generator(self.config.seed, purpose, self.epoch, i) for i in range(start, stop)]
+        c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+        return sample_euler(velocity, c, gens, shape, sigmas, device=self.device, on_step=on_step)
 
     def _reward_grad(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards [B], d reward / d latents [B, C, h, w]) through the VAE decoder."""
@@ -78,15 +89,11 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         with torch.no_grad():
             for start in range(0, n, 2 * cfg.sample_batch_size):
                 stop = min(n, start + 2 * cfg.sample_batch_size)
-                gens = [generator(cfg.seed, "copy", epoch, i) for i in range(start, stop)]
-                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
-                for i in range(cfg.num_steps):
-                    tt = sigmas[i].expand(stop - start).to(self.device)
-                    s = sigmas[i + 1].expand(stop - start).to(self.device)
-                    v = velocity(x, tt, c)
-                    states[start:stop, i], vels[start:stop, i] = x.to(self.storage), v.to(self.storage)
-                    x = x + (s - tt).reshape(-1, 1, 1, 1) * v
+
+                def record(i, x, v, _start=start, _stop=stop):
+                    states[_start:_stop, i], vels[_start:_stop, i] = x.to(self.storage), v.to(self.storage)
+
+                x = self._sample(velocity, cond, rows, shape, sigmas, "copy", start, stop, on_step=record)
                 final[start:stop] = x.cpu()
                 self.progress("sample", stop, n)
         t.append(time.perf_counter())
@@ -165,13 +172,7 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
         for group in groups:
             for start in group:
                 stop = min(n, start + batch)
-                gens = [generator(cfg.seed, "chain", epoch, i) for i in range(start, stop)]
-                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
-                for i in range(cfg.num_steps):
-                    tt = sigmas[i].expand(stop - start).to(self.device)
-                    s = sigmas[i + 1].expand(stop - start).to(self.device)
-                    x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
+                x = self._sample(velocity, cond, rows, shape, sigmas, "chain", start, stop)
                 try:
                     with self.autocast():
                         images = self.backend.decode(x).float()

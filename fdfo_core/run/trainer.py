@@ -18,11 +18,12 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..files import storage
+from ..backends.generation import model_velocity
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
@@ -36,15 +37,10 @@ from ..flow.image_sizes import check_backend_size
 from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
-from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
 from .definition import FrontEnd, RunDefinition, RunRecords, definition_of, differences, refusal_message, reward_fields
-from ..flow.paired_sampler import guided
-from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
-from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
-from ..flow.seeds import generator as generator
-from .stats import ItemStats, format_metrics  # (also imported from here)
+from .stats import ItemStats, format_metrics
 from ..files.storage import StorageError
-from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
+from .hooks import Callbacks, RunChangeRefused, TrainingError
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
 
 
@@ -80,8 +76,10 @@ class RunLoop:
       without CFG); `negative_cond()`: that conditioning for the run's config;
     - `to_device(a)`: a micro-batch to the training device; `optimizer_step() -> grad norm`:
       all-reduce, unscale, clip, step (call it after the step's backward passes);
+    - `decode(latents)`: final latents to images under cancel and autocast;
     - the failure policy for unscorable images, over an epoch's `RewardFailures`:
-      `score_call(scorer, images, prompts, failures)`, `failed_call(error, n, failures)`,
+      `decode_and_score(final, prompts, scorer, units, unit)` (decode, score and stop on too
+      many lost pairs or groups), `score_call(scorer, images, prompts, failures)`, `failed_call(error, n, failures)`,
       `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
     - `finish_epoch(times, rewards, stats, pairs, dropped, mean_abs_dr, with_kl, failures, ...)`.
 
@@ -227,12 +225,7 @@ class RunLoop:
         """velocity(x [B, C, h, w], t [B], cond) -> fp32 [B, C, h, w]: the backend's velocity under the
         cancel point and autocast, with classifier-free guidance at `config.cfg_scale` against
         `uncond` (the negative prompt's conditioning; None: no CFG)."""
-        def velocity(x, t, cond):
-            self.cancel_point()
-            with self.autocast():
-                return self.backend.velocity(x, t, cond).float()
-
-        return guided(velocity, self.config.cfg_scale, uncond)
+        return model_velocity(self.backend, self.config.cfg_scale, uncond, self.amp, self.cancel_point)
 
     def negative_cond(self) -> Cond | None:
         """The negative prompt's conditioning for CFG, None when `cfg_scale` is 1 (no CFG)."""
@@ -268,6 +261,39 @@ class RunLoop:
         scores = score_call(scorer, images, prompts, failures, self.reward_spec, strict=not self._reward_worked)
         self._reward_worked = self._reward_worked or bool(torch.isfinite(scores).any())
         return scores
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents [B, C, h, w] (any device) -> float32 images [B, 3, H, W] on the training
+        device: the backend's VAE decode under the cancel point and the run's autocast."""
+        self.cancel_point()
+        with self.autocast():
+            return self.backend.decode(latents.to(self.device)).float()
+
+    @torch.no_grad()
+    def decode_and_score(self, final: torch.Tensor, prompts: Sequence[str], scorer,
+                         units: Callable[[torch.Tensor], torch.Tensor], unit: str,
+                         check: bool = True) -> tuple[torch.Tensor, RewardFailures]:
+        """Decode final latents [N, C, h, w] in `decode_batch_size` chunks and score them with
+        `scorer` under the failure policy (`score_call`): (float64 [N] on the CPU, NaN for an image
+        without a usable reward; the epoch's `RewardFailures`). `units(bad)` maps the bool [N] of
+        images without a reward to the bool [U] of lost units (pairs, groups: the images that are
+        trained on together); with `check`, TrainingError as soon as more than
+        max_bad_pair_fraction of them are lost. Reports progress "reward" per chunk."""
+        failures = RewardFailures()
+        out = []
+        total = final.shape[0]
+        bad = torch.zeros(total, dtype=torch.bool)
+        for start in range(0, total, self.config.decode_batch_size):
+            stop = min(total, start + self.config.decode_batch_size)
+            images = self.decode(final[start:stop])
+            r = self.score_call(scorer, images, prompts[start:stop], failures).double().cpu()
+            out.append(r)
+            bad[start:stop] = ~torch.isfinite(r)
+            self.progress("reward", stop, total)
+            if check:
+                lost = units(bad)
+                self.check_bad_share(int(lost.sum()), lost.numel(), unit, failures, certain=stop < total)
+        return (torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)), failures
 
     def failed_call(self, error: Exception, n: int, failures: RewardFailures) -> torch.Tensor:
         """The policy for a reward call of the method's own that raised (e.g. a differentiable one):

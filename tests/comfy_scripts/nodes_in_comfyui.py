@@ -65,7 +65,7 @@ from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # n
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, TrainingError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.run.hooks import Callbacks, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.methods import FDFOTrainer  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_lumina2_config,  # noqa: E402
