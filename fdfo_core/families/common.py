@@ -7,6 +7,15 @@ import torch
 from ..flow.schedules import flux_mu
 
 
+def image_position_ids(rows: int, cols: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """RoPE position ids [rows * cols, 3] of an image's tokens, (0, row, col) in row-major order, as
+    FluxPipeline's `_prepare_latent_image_ids` makes them (Flux, Chroma, Ovis-Image, Bria FIBO)."""
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = torch.arange(rows)[:, None]
+    ids[..., 2] = torch.arange(cols)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
 def scheduler_mu(conf, image_seq_len: int, max_seq_len_default: int = 4096, max_shift_default: float = 1.15) -> float:
     """Flux's resolution-dependent shift mu (`flow.schedules.flux_mu`) with the line a diffusers
     scheduler config gives (`base_image_seq_len`, `max_image_seq_len`, `base_shift`, `max_shift`;
