@@ -239,6 +239,51 @@ def private_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdf
     return out
 
 
+def imported_names(path: Path) -> dict[str, str]:
+    """Names a module binds at its top level by importing them (name -> the line's import text)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = {}
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.If, ast.Try)):  # guarded imports are still top-level bindings
+            stack += node.body + node.orelse + getattr(node, "finalbody", []) \
+                + [s for h in getattr(node, "handlers", []) for s in h.body]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                out[(a.asname or a.name).split(".")[0]] = ast.unparse(node)
+    return out
+
+
+def reexported_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdfo_core", "nodes"),
+                       allowed: frozenset[str] = frozenset()) -> list[str]:
+    """`from x import name` where x is one of our modules (not a package: an __init__.py gathers
+    its package's public names) that itself imports `name`: import it from where it is defined.
+    `allowed`: paths (relative to `root`) not checked."""
+    out, cache = [], {}
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for line, mod, names in import_edges(path, root):
+            if not names or mod.split(".")[0] not in ours:
+                continue
+            source = root.joinpath(*mod.split(".")).with_suffix(".py")
+            if not source.is_file():
+                continue
+            bound = cache.setdefault(source, imported_names(source))
+            for n in names:
+                if n in bound:
+                    out.append(f"{rel}:{line} imports {n} from {mod}, which has it from `{bound[n]}`")
+    return out
+
+
+#: Modules left out of the re-export check until their owner's rework lands (the demo's held-out
+#: evaluation, issue 28 / issue 24 item 4: it imports Callbacks and FrontEnd from run.trainer,
+#: ConfigError from config).
+REEXPORT_CHECK_PENDING = frozenset({"fdfo_core/cli/demo.py"})
+
+
 def front_end_imports(node_paths: list[Path], root: Path, front_ends: tuple[str, ...] = FRONT_ENDS) -> list[str]:
     """nodes/ modules importing a command-line front end of fdfo_core."""
     out = []
@@ -278,6 +323,14 @@ def test_front_ends_are_imported_by_no_other_layer():
     assert not bad, "\n".join(bad)
 
 
+def test_names_are_imported_from_the_module_that_defines_them():
+    root = CORE.parent
+    paths = core_modules() + sorted((root / "nodes").rglob("*.py"))
+    bad = reexported_imports(paths, root, allowed=REEXPORT_CHECK_PENDING)
+    assert not bad, "names imported through a module that imports them itself (no re-exports; import each from " \
+        "the module that defines it):\n" + "\n".join(bad)
+
+
 def test_every_check_can_fail(tmp_path):
     """A synthetic tree with one fault of each kind: each check reports it (and only where it is)."""
     core = tmp_path / "fdfo_core"
@@ -291,7 +344,9 @@ def test_every_check_can_fail(tmp_path):
         "def f():\n    from ..run import loop\n", encoding="utf-8")  # (a) upward, lazily
     (core / "flow" / "a.py").write_text("from . import b\n", encoding="utf-8")
     (core / "flow" / "b.py").write_text("def g():\n    from .a import h\n", encoding="utf-8")  # (b) a <-> b
-    (core / "run" / "loop.py").write_text("from ..errors import _hidden\n", encoding="utf-8")  # (c)
+    (core / "flow" / "d.py").write_text("from ..errors import ConfigError\n", encoding="utf-8")
+    (core / "run" / "loop.py").write_text("from ..errors import _hidden\nfrom ..flow.d import ConfigError\n",
+                                          encoding="utf-8")  # (c) private; (e) re-exported
     (core / "cli" / "main.py").write_text("from ..run.loop import x\n", encoding="utf-8")
     (core / "flow" / "c.py").write_text("from ..cli import main\n", encoding="utf-8")  # (d) below a front end
     nodes = tmp_path / "nodes"
@@ -309,3 +364,5 @@ def test_every_check_can_fail(tmp_path):
     assert len(priv) == 1 and "_hidden from fdfo_core.errors" in priv[0] and "run/loop.py:1" in priv[0], priv
     fe = front_end_imports([nodes / "n.py"], tmp_path)
     assert len(fe) == 1 and "fdfo_core.cli.main" in fe[0], fe
+    re = reexported_imports(sorted(core.rglob("*.py")), tmp_path)
+    assert len(re) == 1 and re[0].startswith("fdfo_core/run/loop.py:2 imports ConfigError from fdfo_core.flow.d"), re
