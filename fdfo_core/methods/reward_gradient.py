@@ -36,7 +36,11 @@ class _DifferentiableRewardTrainer(RunLoop):
             )
 
     def _epoch_setup(self, epoch: int):
+        """(n, prompt index [n], row in cond [n], cond, velocity, latent shape, sigmas) of the epoch's
+        n = 2 * pairs_per_epoch samples; velocity: the run's, with CFG against the negative prompt.
+        Raises TrainingError when the method cannot run (several ranks, a reward without gradients)."""
         cfg = self.config
+        self._check()
         n = 2 * cfg.pairs_per_epoch  # the same number of images (reward evaluations) as FDFO
         prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), n)
         unique, rows = torch.unique(prompt_idx, return_inverse=True)
@@ -44,7 +48,18 @@ class _DifferentiableRewardTrainer(RunLoop):
         uncond = self.negative_cond()
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
-        return n, prompt_idx, rows, cond, uncond, shape, sigmas
+        return n, prompt_idx, rows, cond, self.velocity_fn(uncond), shape, sigmas
+
+    def _check_drops(self, dropped: int, n: int, failures: RewardFailures, missing: str = "none") -> None:
+        """The failure policy over the epoch's n samples, `dropped` of them without a usable reward:
+        TrainingError when all are, or more than max_bad_pair_fraction; else the drop is logged."""
+        epoch = self.epoch
+        if dropped == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or {missing}) from "
+                                f"{self.reward_spec!r}: {failures.summary()}")
+        self.check_bad_share(dropped, n, "samples", failures)
+        if dropped:
+            self.log(dropped_line(epoch + 1, dropped, n, "samples", self.config.max_bad_pair_fraction, failures))
 
     def _sample(self, velocity, cond, rows: torch.Tensor, shape, sigmas: torch.Tensor, purpose: str, start: int,
                 stop: int, on_step=None) -> torch.Tensor:
@@ -77,12 +92,10 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
     """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
 
     def train_epoch(self) -> dict[str, Any]:
-        self._check()
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self.velocity_fn(uncond)
+        n, prompt_idx, rows, cond, velocity, shape, sigmas = self._epoch_setup(epoch)
         states = torch.empty((n, cfg.num_steps, *shape), device=self.storage)
         vels = torch.empty_like(states)
         final = torch.empty((n, *shape))
@@ -115,12 +128,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         rewards, grad = torch.cat(rewards), torch.cat(grads)
         valid = torch.isfinite(rewards)
         bad = int((~valid).sum())
-        if bad == n:
-            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or gradient) from "
-                                f"{self.reward_spec!r}: {failures.summary()}")
-        self.check_bad_share(bad, n, "samples", failures)
-        if bad:
-            self.log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, failures))
+        self._check_drops(bad, n, failures, missing="gradient")
         grad = torch.where(valid.reshape(-1, *([1] * (grad.ndim - 1))), grad, torch.zeros_like(grad))
         t.append(time.perf_counter())
 
@@ -155,12 +163,10 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
     """method="backprop_chain": maximise the reward by back-propagating through every solver step."""
 
     def train_epoch(self) -> dict[str, Any]:
-        self._check()
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self.velocity_fn(uncond)
+        n, prompt_idx, rows, cond, velocity, shape, sigmas = self._epoch_setup(epoch)
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
         batch = 2 * cfg.sample_batch_size
         starts = list(range(0, n, batch))
@@ -194,12 +200,7 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                 stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
                 self.progress("train", stats.items, n)
             stats.grad_norms.append(self.optimizer_step())
-        if dropped == n:
-            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
-                                f"{self.reward_spec!r}: {failures.summary()}")
-        self.check_bad_share(dropped, n, "samples", failures)
-        if dropped:
-            self.log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, failures))
+        self._check_drops(dropped, n, failures)
         # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
         return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0,
                                        failures=failures)
