@@ -14,10 +14,9 @@ import math
 
 import torch
 
-from ..fdfo_core.backends.generation import epoch_pairs, model_velocity, sample_pair_batches
+from ..fdfo_core.backends.generation import amp_dtype, epoch_pairs, model_velocity, sample_pair_batches
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.flow.schedules import CHURN_SCHEDULES
-from ..fdfo_core.run.trainer import amp_dtype
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, nchw_to_image, pil_to_image
 
 DEFAULTS = FDFOConfig()

@@ -25,6 +25,17 @@ from ..flow.paired_sampler import ChurnSettings, PairedRollout, VelocityFn, guid
 from ..flow.seeds import epoch_prompt_indices, generator
 
 
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. The adapter itself always stays fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("auto", "bf16"):
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown precision {precision!r}")
+
+
 def model_velocity(
     backend: FlowBackend,
     cfg_scale: float,
@@ -46,6 +57,11 @@ def model_velocity(
             return backend.velocity(x, t, cond).float()
 
     return guided(velocity, cfg_scale, uncond)
+
+
+def negative_cond(backend: FlowBackend, config: FDFOConfig) -> Cond | None:
+    """The conditioning of `config.negative_prompt` for CFG, None when `config.cfg_scale` is 1 (no CFG)."""
+    return backend.encode_prompts([config.negative_prompt]) if config.cfg_scale != 1.0 else None
 
 
 @dataclass
@@ -71,7 +87,7 @@ def epoch_pairs(backend: FlowBackend, config: FDFOConfig, prompts: Sequence[str]
     prompt_idx = epoch_prompt_indices(config.seed, epoch, len(prompts), config.pairs_per_epoch)[lo:hi]
     unique, rows = torch.unique(prompt_idx, return_inverse=True)
     cond = backend.encode_prompts([prompts[i] for i in unique.tolist()])
-    uncond = backend.encode_prompts([config.negative_prompt]) if config.cfg_scale != 1.0 else None
+    uncond = negative_cond(backend, config)
     return EpochPairs(
         pair_ids=torch.arange(lo, hi), prompt_ids=prompt_idx, prompt_rows=rows, cond=cond, uncond=uncond,
         latent_shape=backend.latent_shape(config.height, config.width),

@@ -252,12 +252,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from ..methods import build_trainer
     from ..run.distributed import init_distributed
-    from ..backends.generation import generate_images
+    from ..backends.generation import amp_dtype, generate_images
     from ..files.drawing import image_grid, reward_curve_image, save_png, to_pil
     from ..rewards import build_reward
     from ..run.definition import FrontEnd, RunDefinition, recorded_definition, restore
     from ..run.hooks import Callbacks
-    from ..run.trainer import amp_dtype
 
     dist = init_distributed(args.device if args.device != "auto" else None)
     device = _device(args.device, dist.local_rank)

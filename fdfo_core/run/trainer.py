@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..files import storage
-from ..backends.generation import model_velocity
+from ..backends.generation import amp_dtype, model_velocity, negative_cond
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
@@ -42,17 +42,6 @@ from .stats import ItemStats, format_metrics
 from ..files.storage import StorageError
 from .hooks import Callbacks, RunChangeRefused, TrainingError
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. The adapter itself always stays fp32."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision in ("auto", "bf16"):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown precision {precision!r}")
 
 
 class RunLoop:
@@ -76,11 +65,10 @@ class RunLoop:
       without CFG); `negative_cond()`: that conditioning for the run's config;
     - `to_device(a)`: a micro-batch to the training device; `optimizer_step() -> grad norm`:
       all-reduce, unscale, clip, step (call it after the step's backward passes);
-    - `decode(latents)`: final latents to images under cancel and autocast;
-    - the failure policy for unscorable images, over an epoch's `RewardFailures`:
-      `decode_and_score(final, prompts, scorer, units, unit)` (decode, score and stop on too
-      many lost pairs or groups), `score_call(scorer, images, prompts, failures)`, `failed_call(error, n, failures)`,
-      `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
+    - `decode(latents)`: latents to images; the failure policy for unscorable images, over an epoch's
+      `RewardFailures`: `decode_and_score(final, prompts, scorer, units, unit)` (decode, score, stop on
+      too many lost pairs or groups), `score_call(scorer, images, prompts, failures)`,
+      `failed_call(error, n, failures)`, `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
     - `finish_epoch(times, rewards, stats, pairs, dropped, mean_abs_dr, with_kl, failures, ...)`.
 
     Phases pass what they compute on as return values (no attribute set outside `__init__`). Front
@@ -217,20 +205,16 @@ class RunLoop:
 
     def autocast(self):
         """The run's autocast context (a no-op for fp32)."""
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
 
     def velocity_fn(self, uncond: Cond | None):
-        """velocity(x [B, C, h, w], t [B], cond) -> fp32 [B, C, h, w]: the backend's velocity under the
-        cancel point and autocast, with classifier-free guidance at `config.cfg_scale` against
-        `uncond` (the negative prompt's conditioning; None: no CFG)."""
+        """velocity(x [B, C, h, w], t [B], cond) -> fp32 [B, C, h, w]: `backends.generation.model_velocity`
+        with the run's cancel point, autocast and `cfg_scale`; `uncond`: `negative_cond()` (None: no CFG)."""
         return model_velocity(self.backend, self.config.cfg_scale, uncond, self.amp, self.cancel_point)
 
     def negative_cond(self) -> Cond | None:
         """The negative prompt's conditioning for CFG, None when `cfg_scale` is 1 (no CFG)."""
-        cfg = self.config
-        return self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
+        return negative_cond(self.backend, self.config)
 
     def to_device(self, a: torch.Tensor) -> torch.Tensor:
         """A micro-batch to the training device; from the host through pinned memory without
@@ -263,8 +247,7 @@ class RunLoop:
         return scores
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Final latents [B, C, h, w] (any device) -> float32 images [B, 3, H, W] on the training
-        device: the backend's VAE decode under the cancel point and the run's autocast."""
+        """Latents [B, C, h, w] -> float32 images [B, 3, H, W] (training device), under cancel and autocast."""
         self.cancel_point()
         with self.autocast():
             return self.backend.decode(latents.to(self.device)).float()
@@ -273,20 +256,16 @@ class RunLoop:
     def decode_and_score(self, final: torch.Tensor, prompts: Sequence[str], scorer,
                          units: Callable[[torch.Tensor], torch.Tensor], unit: str,
                          check: bool = True) -> tuple[torch.Tensor, RewardFailures]:
-        """Decode final latents [N, C, h, w] in `decode_batch_size` chunks and score them with
-        `scorer` under the failure policy (`score_call`): (float64 [N] on the CPU, NaN for an image
-        without a usable reward; the epoch's `RewardFailures`). `units(bad)` maps the bool [N] of
-        images without a reward to the bool [U] of lost units (pairs, groups: the images that are
-        trained on together); with `check`, TrainingError as soon as more than
-        max_bad_pair_fraction of them are lost. Reports progress "reward" per chunk."""
-        failures = RewardFailures()
-        out = []
-        total = final.shape[0]
+        """Decode final latents [N, C, h, w] in `decode_batch_size` chunks and score them with `scorer`
+        under the failure policy (`score_call`): (float64 [N] on the CPU, NaN for an image without a
+        usable reward; the epoch's `RewardFailures`). `units(bad)`: bool [N] images without a reward ->
+        bool [U] lost units (pairs, groups); with `check`, TrainingError once more than
+        max_bad_pair_fraction of them are lost."""
+        failures, out, total = RewardFailures(), [], final.shape[0]
         bad = torch.zeros(total, dtype=torch.bool)
         for start in range(0, total, self.config.decode_batch_size):
             stop = min(total, start + self.config.decode_batch_size)
-            images = self.decode(final[start:stop])
-            r = self.score_call(scorer, images, prompts[start:stop], failures).double().cpu()
+            r = self.score_call(scorer, self.decode(final[start:stop]), prompts[start:stop], failures).double().cpu()
             out.append(r)
             bad[start:stop] = ~torch.isfinite(r)
             self.progress("reward", stop, total)
@@ -668,7 +647,3 @@ class RunLoop:
 def fallback_dirs() -> list[Path]:
     """Where a LoRA goes when its usual folder cannot be written: the temp folder, then home."""
     return [Path(tempfile.gettempdir()) / "fdfo-rescue", Path.home() / "fdfo-rescue"]
-
-
-def resume_point(run_dir: str | Path) -> Path | None:
-    return latest_checkpoint(run_dir)
