@@ -227,19 +227,28 @@ def test_a_run_repeats_bit_for_bit_in_a_fresh_process(model_dir, prompts_file, t
 
     from safetensors.torch import load_file
 
-    loras = []
+    # Both processes at once (one thread each): the same check in half the time on two cores.
+    procs = []
     for i, hash_seed in enumerate(("1", "2")):
-        run = tmp_path / f"run{i}"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         code = ("import sys, torch; torch.manual_seed(int(sys.argv[1]));"
                 "from fdfo_core.cli.main import main; sys.exit(main(sys.argv[2:]))")
-        proc = subprocess.run(
+        procs.append(subprocess.Popen(
             [sys.executable, "-c", code, str(100 + i), "train", "--model", str(model_dir), "--prompts", str(prompts_file),
-             "--reward", "brightness", "--run-dir", str(run), "--epochs", "1", "--threads", "1", "--preview-every", "0",
-             *TRAIN],
-            env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        loras.append(load_file(run / "lora.safetensors"))
+             "--reward", "brightness", "--run-dir", str(tmp_path / f"run{i}"), "--epochs", "1", "--threads", "1",
+             "--preview-every", "0", *TRAIN],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    loras = []
+    try:
+        for i, proc in enumerate(procs):
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-2000:]
+            loras.append(load_file(tmp_path / f"run{i}" / "lora.safetensors"))
+    finally:
+        for proc in procs:  # none left running after a failure or a timeout
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert loras[0].keys() == loras[1].keys()
     for k in loras[0]:
         assert torch.equal(loras[0][k], loras[1][k]), k
