@@ -255,16 +255,12 @@ def imported_names(path: Path) -> dict[str, str]:
     return out
 
 
-def reexported_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdfo_core", "nodes"),
-                       allowed: frozenset[str] = frozenset()) -> list[str]:
+def reexported_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdfo_core", "nodes")) -> list[str]:
     """`from x import name` where x is one of our modules (not a package: an __init__.py gathers
-    its package's public names) that itself imports `name`: import it from where it is defined.
-    `allowed`: paths (relative to `root`) not checked."""
+    its package's public names) that itself imports `name`: import it from where it is defined."""
     out, cache = [], {}
     for path in paths:
         rel = path.relative_to(root).as_posix()
-        if rel in allowed:
-            continue
         for line, mod, names in import_edges(path, root):
             if not names or mod.split(".")[0] not in ours:
                 continue
@@ -276,12 +272,6 @@ def reexported_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("
                 if n in bound:
                     out.append(f"{rel}:{line} imports {n} from {mod}, which has it from `{bound[n]}`")
     return out
-
-
-#: Modules left out of the re-export check until their owner's rework lands (the demo's held-out
-#: evaluation, issue 28 / issue 24 item 4: it imports Callbacks and FrontEnd from run.trainer,
-#: ConfigError from config).
-REEXPORT_CHECK_PENDING = frozenset({"fdfo_core/cli/demo.py"})
 
 
 def front_end_imports(node_paths: list[Path], root: Path, front_ends: tuple[str, ...] = FRONT_ENDS) -> list[str]:
@@ -326,7 +316,7 @@ def test_front_ends_are_imported_by_no_other_layer():
 def test_names_are_imported_from_the_module_that_defines_them():
     root = CORE.parent
     paths = core_modules() + sorted((root / "nodes").rglob("*.py"))
-    bad = reexported_imports(paths, root, allowed=REEXPORT_CHECK_PENDING)
+    bad = reexported_imports(paths, root)
     assert not bad, "names imported through a module that imports them itself (no re-exports; import each from " \
         "the module that defines it):\n" + "\n".join(bad)
 
