@@ -176,7 +176,7 @@ def preview_columns(n: int) -> int:
 def display_grid(images: torch.Tensor, tile_max: int = COMPARISON_TILE_MAX):
     """The preview grid as shown in ComfyUI: tiles of about PREVIEW_TILE px, at most `tile_max`."""
     from ..fdfo_core.files.drawing import image_grid
-    from .reward_nodes import thumbnails
+    from .scoring_nodes import thumbnails
 
     side = max(images.shape[-2:])
     scale = max(1, PREVIEW_TILE // side)
@@ -312,7 +312,8 @@ class FDFOTrainerNode:
         from ..fdfo_core.files.drawing import image_grid, save_png, to_pil
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
-        from .comfy_backend import ComfyBackend, distilled_checkpoint
+        from .comfy_backend import ComfyBackend
+        from .comfy_models import distilled_checkpoint
 
         family, distilled = distilled_checkpoint(model, graph, unique_id)
         if distilled is not None:  # warn; the steps / CFG the user left at their defaults follow the model

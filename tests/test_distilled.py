@@ -138,13 +138,13 @@ def test_model_file_name_is_read_from_the_workflow_graph():
     import ast
     from pathlib import Path
 
-    # nodes/comfy_backend.py imports ComfyUI; its pure graph helper is compiled on its own here.
-    source = (Path(__file__).resolve().parents[1] / "nodes" / "comfy_backend.py").read_text()
+    # nodes/comfy_models.py imports ComfyUI; its pure graph helper is compiled on its own here.
+    source = (Path(__file__).resolve().parents[1] / "nodes" / "comfy_models.py").read_text()
     tree = ast.parse(source)
     wanted = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name == "model_file_name")
               or (isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "_MODEL_FILE_INPUTS" for t in n.targets))]
     namespace: dict = {"Mapping": dict, "Any": object}
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), "comfy_backend.py", "exec"), namespace)
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), "comfy_models.py", "exec"), namespace)
     model_file_name = namespace["model_file_name"]
     graph = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},

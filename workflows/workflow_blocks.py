@@ -105,7 +105,7 @@ def score_grid_size(n: int, width: int, height: int, columns: int) -> tuple[int,
 
     import torch
 
-    rn = _nodes_module("reward_nodes")
+    rn = _nodes_module("scoring_nodes")
     return image_grid(rn.thumbnails(torch.zeros(n, 3, height, width)), ncol=columns, labels=["0"] * n, label_height=14).size
 
 
