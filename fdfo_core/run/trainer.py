@@ -26,7 +26,7 @@ from ..files import storage
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
-from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_name, latest_checkpoint, save_checkpoint
 from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
@@ -37,7 +37,7 @@ from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
 from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
-from .definition import FrontEnd, RunDefinition, RunRecords, definition_of, differences, refusal_message, reward_fields
+from .definition import FrontEnd, RunDefinition, RunRecords, differences, reward_fields
 from ..flow.paired_sampler import guided
 from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
@@ -45,6 +45,7 @@ from ..flow.seeds import generator as generator
 from .stats import ItemStats, format_metrics  # (also imported from here)
 from ..files.storage import StorageError
 from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
+from .resume import check_changes, read_resume_point
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
 
 
@@ -502,21 +503,13 @@ class RunLoop:
         from epoch 0 under the same rule.
         """
         path = Path(path)
-        ckpt = latest_checkpoint(path) if path.is_dir() else path
-        if ckpt is None:
-            recorded = RunRecords(path).definition()
-            if recorded is None:
-                raise FileNotFoundError(f"no checkpoint-*.pt and no run record (run.json) in {path}; "
-                                        "pass a checkpoint file or a run folder")
-            self._check_definition(recorded, f"run folder {path}", allow_change, epoch=0, checkpoint=None)
+        point = read_resume_point(path)
+        ckpt, state = point.checkpoint, point.state
+        self._check_definition(point.recorded, point.describe(path), allow_change, epoch=point.epoch, checkpoint=ckpt)
+        if ckpt is None:  # a run record but no checkpoint yet: the run starts again from epoch 0
             self._resumed_from = path
             self.log(f"{path} has no checkpoint yet: the run starts again from epoch 0")
             return
-        state = load_checkpoint(ckpt)
-        recorded = definition_of(state)
-        if recorded is None:
-            raise TrainingError(f"{ckpt} is not an FDFO checkpoint")
-        self._check_definition(recorded, f"checkpoint {ckpt}", allow_change, epoch=int(state["epoch"]), checkpoint=ckpt)
         try:
             self.backend.load_adapter_state_dict(state["adapter"])
         except BackendError as e:
@@ -553,20 +546,12 @@ class RunLoop:
 
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
-        if isinstance(recorded.config, dict):  # a setting added after the run was recorded compares as its default
-            recorded = recorded.replace(config={**FDFOConfig().to_dict(), **recorded.config})
-        if recorded.eval_prompts is None:  # recorded with the evaluation off: turning it on is allowed
-            recorded = recorded.replace(missing=recorded.missing | {"eval_prompts"})
-        diffs = differences(recorded, self.definition)
-        if not diffs:
-            return
+        """The change rule of a resume (`run.resume.check_changes`): refuse, or record the branch."""
         record = self.run_dir / "run.json" if self.run_dir is not None else None
-        if not allow_change:
-            raise RunChangeRefused(refusal_message(source, diffs, self.front_end, record), diffs)
-        self._branch = {"epoch": epoch, "checkpoint": str(checkpoint) if checkpoint else None,
-                        "changes": [d.to_dict() for d in diffs]}
-        self.log(f"continuing {source} with changes, recorded as a new branch of the run"
-                  + (f" in {record}" if record else "") + ": " + "; ".join(d.describe() for d in diffs))
+        allowed = check_changes(recorded, self.definition, source, self.front_end, allow_change, record, epoch, checkpoint)
+        if allowed is not None:
+            self._branch = allowed.branch
+            self.log(allowed.note)
 
     # --- failures: rescue the LoRA, say what happened ---------------------------------------------
 
