@@ -73,7 +73,8 @@ def test_existing_families_declare_their_distilled_checkpoints(family):
 def test_cli_warns_and_samples_a_turbo_folder_as_distilled(tiny_sd3_dir, tmp_path, capsys):
     """`fdfo train --model <...large-turbo>`: the warning on stderr, 4 steps and no CFG where the
     user gave none."""
-    from fdfo_core.cli.main import distilled_checkpoint, main
+    from fdfo_core.cli.main import main
+    from fdfo_core.cli.train import distilled_checkpoint
 
     turbo = tmp_path / "stable-diffusion-3.5-large-turbo"
     shutil.copytree(tiny_sd3_dir, turbo)
@@ -92,7 +93,7 @@ def test_cli_warns_and_samples_a_turbo_folder_as_distilled(tiny_sd3_dir, tmp_pat
 
 
 def test_cli_config_layers_the_distilled_settings_under_toml_and_flags(tmp_path):
-    from fdfo_core.cli.main import new_run_config
+    from fdfo_core.cli.train import new_run_config
 
     d = get_family("z_image").distilled[0]
     assert new_run_config("z-image", None, {}).num_steps == 50  # the base model's preset

@@ -76,13 +76,16 @@ class ResumedRun:
         return list(recorded) if recorded is not None else None
 
 
-def open_resumed_run(path: str | Path) -> ResumedRun | None:
+def open_resumed_run(path: str | Path, run_dir: str | Path | None = None) -> ResumedRun | None:
     """Read what a resume of `path` (a checkpoint file or a run folder) continues, without loading
-    tensors; None when `path` holds neither an FDFO checkpoint nor a run record (run.json)."""
+    tensors; None when `path` holds neither an FDFO checkpoint nor a run record (run.json).
+    run_dir: the folder the resumed run writes to, whose run.json holds the last session (default:
+    `path`'s run folder)."""
     recorded = recorded_definition(path)
     if recorded is None:
         return None
-    return ResumedRun(source=Path(path), recorded=recorded, session=last_session(run_folder_of(path)))
+    session = last_session(run_dir if run_dir is not None else run_folder_of(path))
+    return ResumedRun(source=Path(path), recorded=recorded, session=session)
 
 
 def new_or_resumed_definition(resumed: ResumedRun | None, given: Mapping[str, Any]) -> RunDefinition:
