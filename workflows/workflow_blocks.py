@@ -83,7 +83,7 @@ def trainer_image_sizes(preview_count: int, width: int, height: int) -> dict[str
     and its `reward_curve` output, for these settings."""
     import torch
 
-    tn = _nodes_module("trainer_nodes")
+    tn = _nodes_module("trainer_views")
     images = torch.zeros(preview_count, 3, height, width)
     grid, panel = tn.display_grid(images), tn.display_grid(images, tn.PANEL_TILE_MAX)
     return {"panel": tn.live_panel(panel, tn.LONGEST_EPOCH_LINE).size,

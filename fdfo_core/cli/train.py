@@ -240,10 +240,11 @@ def resolve_run(args: argparse.Namespace) -> TrainPlan:
     judge_options = restore_judge_options(resumed, cfg.judge, parse_reward_options(args.judge_opt))
     eval_prompts = None
     if cfg.eval_every:
-        given_eval = read_prompts(args.eval_prompts) if args.eval_prompts else None
-        eval_prompts = resumed.prompts("eval_prompts", given_eval) if resumed is not None else given_eval
-        if eval_prompts is None:
-            eval_prompts = default_eval_prompts(model)
+        if args.eval_prompts:
+            eval_prompts = read_prompts(args.eval_prompts)
+        else:  # resumed: the run's own held-out prompts; else the default ones
+            eval_prompts = (resumed.prompts("eval_prompts", None) if resumed is not None else None) \
+                or default_eval_prompts(model)
     return TrainPlan(dist=dist, device=device, run_dir=run_dir, resumed=resumed, model=model, cfg=cfg,
                      settings=settings, prompts=prompts, preview_prompts=preview_prompts, preview_every=preview_every,
                      eval_prompts=eval_prompts, reward_spec=reward_spec, reward_options=reward_options,

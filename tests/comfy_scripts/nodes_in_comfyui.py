@@ -73,7 +73,7 @@ from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_confi
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
-from comfyui_fdfo_nodepack.nodes.trainer_nodes import REWARD_CURVE_SIZE  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.trainer_views import REWARD_CURVE_SIZE  # noqa: E402
 
 CHECKS = {}
 
