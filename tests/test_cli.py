@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -164,6 +165,31 @@ def test_sample_with_and_without_lora_and_convert(model_dir, prompts_file, tmp_p
     pipe = StableDiffusion3Pipeline.from_pretrained(str(model_dir), text_encoder_3=None, tokenizer_3=None)
     pipe.load_lora_weights(str(out))  # the documented one-liner
     assert any("lora" in n for n, _ in pipe.transformer.named_parameters())
+    # The exported file still names its run, epoch and base model (issue 27).
+    from fdfo_core.backends.lora_files import read_lora_metadata
+
+    meta, run_id = read_lora_metadata(out), json.loads((run / "run.json").read_text())["run_id"]
+    assert meta["run_id"] == run_id and meta["epoch"] == 1 and meta["converted_from"] == "lora.safetensors"
+    assert meta["fingerprint"] == read_lora_metadata(lora)["fingerprint"] and meta["base_model_family"] == "sd3"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FDFO_SLOW") != "1", reason="two CLI runs (~1 min on 2 cores): set FDFO_SLOW=1; "
+                    "tests/test_run_records.py checks the same refusal on the library")
+def test_resume_into_another_runs_folder_is_refused(model_dir, prompts_file, tmp_path, capsys):
+    """`fdfo train --resume A --run-dir B` with B another run: refused, B's checkpoints untouched (issue 27)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+                     "--run-dir", str(run), "--epochs", "1", *TRAIN]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in (b / "checkpoints").iterdir()}
+    assert main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "brightness",
+                 "--resume", str(a), "--run-dir", str(b), "--epochs", "2", *TRAIN]) == 2
+    err = capsys.readouterr().err
+    ids = [json.loads((run / "run.json").read_text())["run_id"] for run in (a, b)]
+    assert f"written by run {ids[0]}" in err and f"holds run {ids[1]}" in err and "resume its own folder" in err
+    assert {p.name: p.read_bytes() for p in (b / "checkpoints").iterdir()} == before
 
 
 def test_bad_input_gives_clear_errors(model_dir, prompts_file, tmp_path, capsys):

@@ -8,6 +8,7 @@ Multi-GPU: ``torchrun --nproc_per_node 8 -m fdfo_core.cli train ...`` or
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,14 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
     storage.check_writable(out.parent, "output folder")  # before the model loads: fail fast
     pipe = load_pipeline(args.model)
     sd = lora_to_diffusers_state_dict(pipe, args.lora)
-    storage.write_bytes(out, safetensors_bytes({k: v.contiguous() for k, v in sd.items()}), "converted LoRA")
+    # The converted file still names the run, epoch and base model it was trained in (as `fdfo.*`).
+    from ..backends.lora_files import METADATA_PREFIX, read_lora_metadata
+
+    source = read_lora_metadata(args.lora)
+    meta = {METADATA_PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in source.items() if k in ("run_id", "epoch", "epochs", "best_epoch", "base_model_family", "fingerprint")}
+    meta[METADATA_PREFIX + "converted_from"] = Path(args.lora).name
+    storage.write_bytes(out, safetensors_bytes({k: v.contiguous() for k, v in sd.items()}, metadata=meta), "converted LoRA")
     print(f"wrote {args.out}: load it with pipe.load_lora_weights({str(args.out)!r})")
     return 0
 

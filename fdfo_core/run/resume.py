@@ -12,7 +12,11 @@ A resume goes through these steps, each a function here:
    (`read_resume_point`: the checkpoint, or the run record of a run stopped before its first one)
    and compares its definition with the recorded one (`check_changes`): a difference outside
    `RESUMABLE_CHANGES` is refused with one message listing each (`run.definition.refusal_message`,
-   in the front end's words), unless allowed, which records it as a new branch of the run.
+   in the front end's words), unless allowed, which records it as a new branch of the run; a
+   checkpoint of another run than the folder's is refused first (`check_run_identity`).
+
+A new run, the other way round, must not start in a folder that holds a run
+(`check_new_run_folder`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import FDFOConfig
-from .checkpoints import latest_checkpoint, load_checkpoint
+from .checkpoints import checkpoint_files, checkpoint_run_id, latest_checkpoint, load_checkpoint
 from .definition import (
     Difference,
     FrontEnd,
@@ -211,3 +215,61 @@ def check_changes(recorded: RunDefinition, current: RunDefinition, source: str, 
     note = (f"continuing {source} with changes, recorded as a new branch of the run"
             + (f" in {record}" if record else "") + ": " + "; ".join(d.describe() for d in diffs))
     return AllowedChanges(branch=branch, note=note, diffs=list(diffs))
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a resumed checkpoint says about the run's identity (`check_run_identity`)."""
+
+    #: the run id the run keeps (the checkpoint's), or None (none recorded, or a fork)
+    run_id: str | None = None
+    #: a checkpoint of another folder's run continued here: {"run_id", "checkpoint"}, else None
+    forked_from: dict | None = None
+
+
+def check_run_identity(ckpt: Path, ckpt_run: Any, run_dir: Path | None) -> RunIdentity:
+    """Refuse a checkpoint of another run than the run folder's (run.json's run_id): one copied
+    between folders, or `--resume` of one run's checkpoint into another run's folder, would
+    continue the wrong weights and overwrite that run's checkpoints (TrainingError saying what to
+    do). A checkpoint from its own folder whose run.json is gone keeps its run id; one from another
+    folder continued in a folder without a run record is a fork: a new run id, its origin recorded
+    in run.json. Checkpoints written before run ids existed carry none and are not checked."""
+    if not isinstance(ckpt_run, str) or not ckpt_run or run_dir is None:
+        return RunIdentity(run_id=ckpt_run if isinstance(ckpt_run, str) and ckpt_run else None)
+    folder_run = RunRecords(run_dir).run_id()
+    home = ckpt.resolve().parent
+    own = home in (run_dir.resolve(), (run_dir / "checkpoints").resolve())
+    if folder_run is not None and folder_run != ckpt_run:
+        mine = [p for p in checkpoint_files(run_dir) if p.resolve() != ckpt.resolve() and checkpoint_run_id(p) == folder_run]
+        where = (f"its newest own checkpoint is {mine[-1]}; move {ckpt.name} out of the folder to resume from there"
+                 if own and mine else f"keep {ckpt.name} in its own run folder")
+        raise TrainingError(
+            f"checkpoint {ckpt} was written by run {ckpt_run}, but {run_dir} holds run {folder_run} (run.json): "
+            f"{'it was copied here from another run' if own else 'it belongs to another run folder'}, and continuing it "
+            f"would overwrite this run's checkpoints with another run's weights. To continue run {folder_run}: {where}. "
+            f"To continue run {ckpt_run}: resume its own folder. To start a new run from its weights: resume it into a "
+            f"new, empty run folder.")
+    if own or folder_run == ckpt_run:
+        return RunIdentity(run_id=ckpt_run)
+    return RunIdentity(forked_from={"run_id": ckpt_run, "checkpoint": str(ckpt)})
+
+
+def check_new_run_folder(run_dir: Path, definition: RunDefinition, front_end: FrontEnd) -> None:
+    """A new run must not write into a folder that holds another run (or this run's checkpoints):
+    TrainingError with the front end's hints (how to resume it, how to start elsewhere)."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        raise TrainingError(
+            f"{run_dir} already holds a run (its newest checkpoint is {ckpt.name}); a new run there would mix "
+            f"the two. To continue that run: {front_end.resume_hint}. Otherwise: {front_end.new_run_hint}."
+        )
+    try:
+        recorded = RunRecords(run_dir).definition()
+    except FileNotFoundError:
+        recorded = None
+    diffs = differences(recorded, definition) if recorded is not None else []
+    if diffs:
+        raise TrainingError(
+            f"{run_dir} holds the record of another run (run.json, no checkpoint yet) that differs in "
+            + ", ".join(d.name for d in diffs) + f"; {front_end.new_run_hint}."
+        )

@@ -37,7 +37,7 @@ from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
 from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
-from .definition import FrontEnd, RunDefinition, RunRecords, differences, reward_fields
+from .definition import FrontEnd, RunDefinition, RunRecords, new_run_id, reward_fields
 from ..flow.paired_sampler import guided
 from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
@@ -45,7 +45,7 @@ from ..flow.seeds import generator as generator
 from .stats import ItemStats, format_metrics  # (also imported from here)
 from ..files.storage import StorageError
 from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
-from .resume import check_changes, read_resume_point
+from .resume import check_changes, check_new_run_folder, check_run_identity, read_resume_point
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
 
 
@@ -178,6 +178,13 @@ class RunLoop:
         self._resumed_from: Path | None = None
         self._branch: dict[str, Any] | None = None
         self._started = False
+        #: The run's identity (run.json's "run_id"; `start_run` sets it): written into every
+        #: checkpoint and LoRA file, and every pick, so no record of one run passes for another's.
+        self.run_id: str | None = None
+        # A checkpoint of this run (resumed in its own folder, whose run.json was lost): its id;
+        # a checkpoint of another folder's run continued here: {"run_id", "checkpoint"} (a fork).
+        self._run_id_from_checkpoint: str | None = None
+        self._forked_from: dict[str, Any] | None = None
 
     # --- the front end's hooks -------------------------------------------------------------------
 
@@ -418,40 +425,31 @@ class RunLoop:
             return
         self._started = True
         if self.run_dir is None or not self.dist.is_main:
+            if self.run_id is None:  # no run folder: an identity of this session's LoRA files
+                # (other ranks write no record: the checkpoint's id, if any)
+                self.run_id = self._run_id_from_checkpoint or (new_run_id() if self.run_dir is None else None)
             return
         for what, folder in self.front_end.output_dirs.items():  # first: a failed check leaves no run folder
             storage.check_writable(folder, what)
         storage.check_writable(self.run_dir, "run folder")
         if self._resumed_from is None:
-            self._check_new_run_folder()
+            check_new_run_folder(self.run_dir, self.definition, self.front_end)
         storage.remove_stale_temps(self.run_dir)  # left by a killed process
         for warning in space_warnings(self.expected_bytes(), self.run_dir, self.front_end.output_dirs):
             self.log(warning)
         session = {"frontend": self.front_end.name, "start_epoch": self.epoch,
                    "resumed_from": str(self._resumed_from) if self._resumed_from is not None else None,
+                   **({"forked_from": self._forked_from} if self._forked_from else {}),
                    **self.front_end.session}
-        RunRecords(self.run_dir).write(self.definition, self.config.to_json(), session, branch=self._branch)
+        records = RunRecords(self.run_dir)
+        records.write(self.definition, self.config.to_json(), session, branch=self._branch,
+                      run_id=self._run_id_from_checkpoint)
+        self.run_id = records.run_id()
+        if self._forked_from:
+            self.log(f"{self._forked_from['checkpoint']} belongs to run {self._forked_from['run_id']} of another folder: "
+                     f"it continues here as a new run {self.run_id} (its picks, checkpoints and LoRA files carry the new id)")
         storage.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history),
                            "metrics log")
-
-    def _check_new_run_folder(self) -> None:
-        """A new run must not write into a folder that holds another run (or this run's checkpoints)."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (its newest checkpoint is {ckpt.name}); a new run there would mix "
-                f"the two. To continue that run: {self.front_end.resume_hint}. Otherwise: {self.front_end.new_run_hint}."
-            )
-        try:
-            recorded = RunRecords(self.run_dir).definition()
-        except FileNotFoundError:
-            recorded = None
-        diffs = differences(recorded, self.definition) if recorded is not None else []
-        if diffs:
-            raise TrainingError(
-                f"{self.run_dir} holds the record of another run (run.json, no checkpoint yet) that differs in "
-                + ", ".join(d.name for d in diffs) + f"; {self.front_end.new_run_hint}."
-            )
 
     def expected_bytes(self) -> dict[str, int]:
         """What the rest of the run will write (`run.preflight.expected_bytes`)."""
@@ -465,6 +463,7 @@ class RunLoop:
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
+            "run_id": self.run_id,
             "epoch": self.epoch,
             "images_seen": self.images_seen,
             "adapter": {k: v.detach().cpu().clone() for k, v in self.backend.adapter_state_dict().items()},
@@ -505,6 +504,9 @@ class RunLoop:
         path = Path(path)
         point = read_resume_point(path)
         ckpt, state = point.checkpoint, point.state
+        if ckpt is not None:  # first: a checkpoint of another run than the folder's is refused
+            identity = check_run_identity(ckpt, state.get("run_id"), self.run_dir)
+            self._run_id_from_checkpoint, self._forked_from = identity.run_id, identity.forked_from
         self._check_definition(point.recorded, point.describe(path), allow_change, epoch=point.epoch, checkpoint=ckpt)
         if ckpt is None:  # a run record but no checkpoint yet: the run starts again from epoch 0
             self._resumed_from = path
@@ -609,6 +611,9 @@ class RunLoop:
             # What `fdfo sample --lora` needs beyond the config to sample as the LoRA was trained.
             **(self.backend.sampling_options() if hasattr(self.backend, "sampling_options") else {}),
             "fingerprint": dict(self.backend.fingerprint()),
+            # The run it came from, wherever the file is copied: a LoRA names its run and epoch.
+            "run_id": self.run_id,
+            "epoch": self.epoch,
             "trainer": "fdfo",
             "prompts_summary": prompts_summary(self.prompts),
         }
