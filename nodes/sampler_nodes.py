@@ -101,7 +101,7 @@ def comparison_grid(a: torch.Tensor, b: torch.Tensor, rewards: torch.Tensor | No
     """Rows = pairs; columns: image a, image b, their difference. Labels carry each image's reward
     and the pair's reward difference dR_a = (R_a - R_b) / 2 (what the update is weighted by)."""
     from ..fdfo_core.files.drawing import image_grid
-    from .reward_nodes import thumbnails
+    from .scoring_nodes import thumbnails
 
     n = a.shape[0]
     diff, gain = difference_images(a, b)
@@ -158,7 +158,7 @@ class FDFOPairedSampler:
                reward=None, epoch=0, batch_size=DEFAULTS.sample_batch_size, negative_prompt="", scheduler="simple",
                flux_guidance=3.5, unique_id=None):
         from .comfy_backend import ComfyBackend
-        from .reward_nodes import score_images
+        from .scoring_nodes import score_images
 
         prompts = clean_prompts(prompts)
         config = FDFOConfig(

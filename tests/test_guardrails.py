@@ -362,7 +362,7 @@ def test_the_curve_figure_stacks_reward_judge_and_diversity(flow2d_base):
     # The ComfyUI Trainer lays its curve output out for one size, whatever panels the run has.
     from comfy_scripts.nodepack import submodule
 
-    REWARD_CURVE_SIZE = submodule("nodes.trainer_nodes").REWARD_CURVE_SIZE
+    REWARD_CURVE_SIZE = submodule("nodes.trainer_views").REWARD_CURVE_SIZE
 
     for run in (plain, judged, unjudged):
         assert reward_curve_image(run.history, size=REWARD_CURVE_SIZE, guardrails=run.guardrails).size == REWARD_CURVE_SIZE

@@ -321,6 +321,31 @@ def test_names_are_imported_from_the_module_that_defines_them():
         "the module that defines it):\n" + "\n".join(bad)
 
 
+#: No module under these folders grows past MAX_MODULE_LINES lines: a module that does is split
+#: along a seam (issue 24), not allowed to become the next 1000-line file.
+SIZE_CHECKED = ("fdfo_core", "nodes", "workflows")
+MAX_MODULE_LINES = 650
+
+
+def long_modules(root: Path, folders: tuple[str, ...] = SIZE_CHECKED, limit: int = MAX_MODULE_LINES) -> list[str]:
+    """"path: N lines" for every .py file under `root`/`folders` longer than `limit` lines."""
+    out = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > limit:
+                out.append(f"{path.relative_to(root)}: {lines} lines")
+    return out
+
+
+def test_no_module_is_longer_than_650_lines():
+    root = CORE.parent
+    assert sum(1 for f in SIZE_CHECKED for _ in (root / f).rglob("*.py")) > 80, "the scan found too few modules"
+    bad = long_modules(root)
+    assert not bad, (f"modules over {MAX_MODULE_LINES} lines: split each along a seam (a part with a name of its own), "
+                     "and list the new module in docs/architecture.md:\n" + "\n".join(bad))
+
+
 def test_every_check_can_fail(tmp_path):
     """A synthetic tree with one fault of each kind: each check reports it (and only where it is)."""
     core = tmp_path / "fdfo_core"
@@ -356,3 +381,6 @@ def test_every_check_can_fail(tmp_path):
     assert len(fe) == 1 and "fdfo_core.cli.main" in fe[0], fe
     re = reexported_imports(sorted(core.rglob("*.py")), tmp_path)
     assert len(re) == 1 and re[0].startswith("fdfo_core/run/loop.py:2 imports ConfigError from fdfo_core.flow.d"), re
+    (nodes / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1), encoding="utf-8")  # (f) too long
+    (nodes / "fits.py").write_text("x = 1\n" * MAX_MODULE_LINES, encoding="utf-8")
+    assert long_modules(tmp_path) == [f"nodes/long.py: {MAX_MODULE_LINES + 1} lines"]

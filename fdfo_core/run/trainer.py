@@ -27,8 +27,7 @@ from ..backends.generation import amp_dtype, model_velocity, negative_cond
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
-from .checkpoints import (checkpoint_files, checkpoint_name, checkpoint_run_id, latest_checkpoint, load_checkpoint,
-                          save_checkpoint)
+from .checkpoints import checkpoint_name, save_checkpoint
 from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
@@ -38,11 +37,11 @@ from ..flow.image_sizes import check_backend_size
 from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
-from .definition import (FrontEnd, RunDefinition, RunRecords, definition_of, differences, new_run_id, refusal_message,
-                         reward_fields)
+from .definition import FrontEnd, RunDefinition, RunRecords, new_run_id, reward_fields
 from .stats import ItemStats, format_metrics
 from ..files.storage import StorageError
 from .hooks import Callbacks, RunChangeRefused, TrainingError
+from .resume import check_changes, check_new_run_folder, check_run_identity, read_resume_point
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
 
 
@@ -439,7 +438,7 @@ class RunLoop:
             storage.check_writable(folder, what)
         storage.check_writable(self.run_dir, "run folder")
         if self._resumed_from is None:
-            self._check_new_run_folder()
+            check_new_run_folder(self.run_dir, self.definition, self.front_end)
         storage.remove_stale_temps(self.run_dir)  # left by a killed process
         for warning in space_warnings(self.expected_bytes(), self.run_dir, self.front_end.output_dirs):
             self.log(warning)
@@ -456,25 +455,6 @@ class RunLoop:
                      f"it continues here as a new run {self.run_id} (its picks, checkpoints and LoRA files carry the new id)")
         storage.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history),
                            "metrics log")
-
-    def _check_new_run_folder(self) -> None:
-        """A new run must not write into a folder that holds another run (or this run's checkpoints)."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (its newest checkpoint is {ckpt.name}); a new run there would mix "
-                f"the two. To continue that run: {self.front_end.resume_hint}. Otherwise: {self.front_end.new_run_hint}."
-            )
-        try:
-            recorded = RunRecords(self.run_dir).definition()
-        except FileNotFoundError:
-            recorded = None
-        diffs = differences(recorded, self.definition) if recorded is not None else []
-        if diffs:
-            raise TrainingError(
-                f"{self.run_dir} holds the record of another run (run.json, no checkpoint yet) that differs in "
-                + ", ".join(d.name for d in diffs) + f"; {self.front_end.new_run_hint}."
-            )
 
     def expected_bytes(self) -> dict[str, int]:
         """What the rest of the run will write (`run.preflight.expected_bytes`)."""
@@ -527,22 +507,16 @@ class RunLoop:
         from epoch 0 under the same rule.
         """
         path = Path(path)
-        ckpt = latest_checkpoint(path) if path.is_dir() else path
-        if ckpt is None:
-            recorded = RunRecords(path).definition()
-            if recorded is None:
-                raise FileNotFoundError(f"no checkpoint-*.pt and no run record (run.json) in {path}; "
-                                        "pass a checkpoint file or a run folder")
-            self._check_definition(recorded, f"run folder {path}", allow_change, epoch=0, checkpoint=None)
+        point = read_resume_point(path)
+        ckpt, state = point.checkpoint, point.state
+        if ckpt is not None:  # first: a checkpoint of another run than the folder's is refused
+            identity = check_run_identity(ckpt, state.get("run_id"), self.run_dir)
+            self._run_id_from_checkpoint, self._forked_from = identity.run_id, identity.forked_from
+        self._check_definition(point.recorded, point.describe(path), allow_change, epoch=point.epoch, checkpoint=ckpt)
+        if ckpt is None:  # a run record but no checkpoint yet: the run starts again from epoch 0
             self._resumed_from = path
             self.log(f"{path} has no checkpoint yet: the run starts again from epoch 0")
             return
-        state = load_checkpoint(ckpt)
-        recorded = definition_of(state)
-        if recorded is None:
-            raise TrainingError(f"{ckpt} is not an FDFO checkpoint")
-        self._check_run_identity(ckpt, state.get("run_id"))
-        self._check_definition(recorded, f"checkpoint {ckpt}", allow_change, epoch=int(state["epoch"]), checkpoint=ckpt)
         try:
             self.backend.load_adapter_state_dict(state["adapter"])
         except BackendError as e:
@@ -577,50 +551,14 @@ class RunLoop:
         self.last_checkpoint = self._resumed_from = ckpt
         self.log(f"resumed from {ckpt} at epoch {self.epoch}")
 
-    def _check_run_identity(self, ckpt: Path, ckpt_run: Any) -> None:
-        """Refuse a checkpoint of another run than the run folder's (run.json's run_id): one copied
-        between folders, or `--resume` of one run's checkpoint into another run's folder, would
-        continue the wrong weights and overwrite that run's checkpoints. A checkpoint from its own
-        folder whose run.json is gone keeps its run id; one from another folder continued in a
-        folder without a run record is a fork: a new run id, its origin recorded in run.json.
-        Checkpoints written before run ids existed carry none and are not checked."""
-        if not isinstance(ckpt_run, str) or not ckpt_run or self.run_dir is None:
-            self._run_id_from_checkpoint = ckpt_run if isinstance(ckpt_run, str) and ckpt_run else None
-            return
-        folder_run = RunRecords(self.run_dir).run_id()
-        home = ckpt.resolve().parent
-        own = home in (self.run_dir.resolve(), (self.run_dir / "checkpoints").resolve())
-        if folder_run is not None and folder_run != ckpt_run:
-            mine = [p for p in checkpoint_files(self.run_dir) if p.resolve() != ckpt.resolve() and checkpoint_run_id(p) == folder_run]
-            where = (f"its newest own checkpoint is {mine[-1]}; move {ckpt.name} out of the folder to resume from there"
-                     if own and mine else f"keep {ckpt.name} in its own run folder")
-            raise TrainingError(
-                f"checkpoint {ckpt} was written by run {ckpt_run}, but {self.run_dir} holds run {folder_run} (run.json): "
-                f"{'it was copied here from another run' if own else 'it belongs to another run folder'}, and continuing it "
-                f"would overwrite this run's checkpoints with another run's weights. To continue run {folder_run}: {where}. "
-                f"To continue run {ckpt_run}: resume its own folder. To start a new run from its weights: resume it into a "
-                f"new, empty run folder.")
-        if own or folder_run == ckpt_run:
-            self._run_id_from_checkpoint = ckpt_run
-        else:
-            self._forked_from = {"run_id": ckpt_run, "checkpoint": str(ckpt)}
-
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
-        if isinstance(recorded.config, dict):  # a setting added after the run was recorded compares as its default
-            recorded = recorded.replace(config={**FDFOConfig().to_dict(), **recorded.config})
-        if recorded.eval_prompts is None:  # recorded with the evaluation off: turning it on is allowed
-            recorded = recorded.replace(missing=recorded.missing | {"eval_prompts"})
-        diffs = differences(recorded, self.definition)
-        if not diffs:
-            return
+        """The change rule of a resume (`run.resume.check_changes`): refuse, or record the branch."""
         record = self.run_dir / "run.json" if self.run_dir is not None else None
-        if not allow_change:
-            raise RunChangeRefused(refusal_message(source, diffs, self.front_end, record), diffs)
-        self._branch = {"epoch": epoch, "checkpoint": str(checkpoint) if checkpoint else None,
-                        "changes": [d.to_dict() for d in diffs]}
-        self.log(f"continuing {source} with changes, recorded as a new branch of the run"
-                  + (f" in {record}" if record else "") + ": " + "; ".join(d.describe() for d in diffs))
+        allowed = check_changes(recorded, self.definition, source, self.front_end, allow_change, record, epoch, checkpoint)
+        if allowed is not None:
+            self._branch = allowed.branch
+            self.log(allowed.note)
 
     # --- failures: rescue the LoRA, say what happened ---------------------------------------------
 
