@@ -43,7 +43,7 @@ from fdfo_core.families import all_families  # noqa: E402
 from fdfo_core.families.published import PublishedModel  # noqa: E402
 from fdfo_core.backends.memory import GIB, MemoryMode, estimate, measure_published  # noqa: E402
 from fdfo_core.rewards.simple import Brightness  # noqa: E402
-from fdfo_core.run.trainer import Callbacks  # noqa: E402
+from fdfo_core.run.hooks import Callbacks  # noqa: E402
 from fdfo_core.methods import FDFOTrainer  # noqa: E402
 
 #: The reference implementation: 100 epochs in about 12 h on 4 H200 (ALGORITHM.md / the issue).

@@ -51,7 +51,7 @@ def main() -> None:
     from fdfo_core.config import load_config
     from fdfo_core.methods import FDFOTrainer
     from fdfo_core.rewards import build_reward
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
     from fdfo_core.toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
 
     values = {"epochs": 1}

@@ -134,7 +134,7 @@ def run_one(settings: dict[str, Any], log=print) -> dict[str, Any]:
     from fdfo_core.cli.demo import held_out_set
     from fdfo_core.rewards import build_reward
     from fdfo_core.toy import toy_prompt_sets
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     # eval_every 0: this benchmark evaluates every epoch itself (the trainer's guardrails would repeat

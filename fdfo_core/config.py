@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from .errors import ConfigError as ConfigError  # re-exported: where every front end catches it
+from .errors import ConfigError
 from .families import MMDIT_ATTENTION_TARGETS, family_presets
 from .flow.schedules import CHURN_SCHEDULES, ChurnSchedule
 from .files.text_files import TextFileError, read_toml_file

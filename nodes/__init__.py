@@ -4,11 +4,12 @@ Importing this package imports no ComfyUI module: node code imports ComfyUI when
 classes can be inspected and unit-tested without ComfyUI.
 """
 
-from . import (picks_nodes, picks_server, prompt_nodes, reward_nodes, sampler_nodes, toy_nodes, trainer_nodes,
-               training_options)
+from . import (picks_nodes, picks_server, prompt_nodes, reward_nodes, sampler_nodes, scoring_nodes, toy_nodes,
+               trainer_nodes, training_options)
 from ..fdfo_core.rewards import register_comfy_folder
 
-_MODULES = (toy_nodes, prompt_nodes, reward_nodes, picks_nodes, sampler_nodes, trainer_nodes, training_options)
+_MODULES = (toy_nodes, prompt_nodes, reward_nodes, scoring_nodes, picks_nodes, sampler_nodes, trainer_nodes,
+            training_options)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

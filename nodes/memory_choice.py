@@ -15,7 +15,7 @@ import torch
 
 from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.families import family_for_comfy_model
-from ..fdfo_core.run.trainer import TrainingError
+from ..fdfo_core.run.hooks import TrainingError
 from .comfy_layers import linear_features, storage_dtype
 
 #: How far (ratio of parameter counts) a published model may be from the loaded one to stand for it.

@@ -4,7 +4,8 @@ Each pair shares its initial noise; both branches are re-noised slightly ("churn
 similar, counterfactual images. FDFO learns from their reward difference along the direction in
 which they differ. With the same seed, steps, CFG, churn, size and scheduler, pair i of epoch e
 here is exactly pair i of epoch e of an FDFO Trainer run on the same prompts (before that epoch's
-update): the same prompt order, noise and churn draws (`fdfo_core.run.trainer`).
+update): both draw the pairs with `fdfo_core.backends.generation.epoch_pairs` (the same prompt
+order, noise and churn draws).
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import math
 
 import torch
 
-from ..fdfo_core.flow.conditioning import cond_select
+from ..fdfo_core.backends.generation import amp_dtype, epoch_pairs, model_velocity, sample_pair_batches
 from ..fdfo_core.config import FDFOConfig
-from ..fdfo_core.flow.paired_sampler import ChurnSettings, guided, sample_pairs
 from ..fdfo_core.flow.schedules import CHURN_SCHEDULES
-from ..fdfo_core.flow.seeds import epoch_prompt_indices, generator
-from ..fdfo_core.run.trainer import amp_dtype
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, nchw_to_image, pil_to_image
 
 DEFAULTS = FDFOConfig()
@@ -65,7 +63,7 @@ def optional_sampling_inputs() -> dict[str, tuple]:
 
 def clean_prompts(prompts) -> list[str]:
     from ..fdfo_core.files.prompts import clean_prompt
-    from ..fdfo_core.run.trainer import TrainingError
+    from ..fdfo_core.run.hooks import TrainingError
 
     cleaned = [clean_prompt(p) for p in (prompts or []) if isinstance(p, str)]
     cleaned = [p for p in cleaned if p]
@@ -77,42 +75,18 @@ def clean_prompts(prompts) -> list[str]:
 @torch.no_grad()
 def sample_epoch_pairs(backend, config: FDFOConfig, prompts: list[str], epoch: int, on_step=None) -> tuple[torch.Tensor, list[int]]:
     """Final latents [2n, C, h, w] (a rows, then b rows) of the first `config.pairs_per_epoch`
-    pairs of `epoch`, drawn as `FDFOTrainer.sample_epoch` draws them, and each pair's prompt index."""
-    n = config.pairs_per_epoch
-    prompt_idx = epoch_prompt_indices(config.seed, epoch, len(prompts), n)
-    unique, rows = torch.unique(prompt_idx, return_inverse=True)
-    cond = backend.encode_prompts([prompts[i] for i in unique.tolist()])
-    uncond = backend.encode_prompts([config.negative_prompt]) if config.cfg_scale != 1.0 else None
-    shape = backend.latent_shape(config.height, config.width)
-    sigmas = backend.sigmas(config.num_steps, config.height, config.width).float().cpu()
-    churn = ChurnSettings(config.churn, config.churn_strength, config.interval_mean, config.interval_std, config.interval_width)
+    pairs of `epoch`, and each pair's prompt index: the trainer's own draw
+    (`fdfo_core.backends.generation.epoch_pairs` and `sample_pair_batches`, as `FDFOTrainer.sample_epoch`)."""
+    pairs = epoch_pairs(backend, config, prompts, epoch)
     device = torch.device(backend.device)
-    amp = amp_dtype(config.precision, device)
-
-    def velocity(x, t, c):
-        check_interrupt()
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else torch.autocast(device.type, enabled=False)
-        with ctx:
-            return backend.velocity(x, t, c).float()
-
-    v = guided(velocity, config.cfg_scale, uncond)
+    velocity = model_velocity(backend, config.cfg_scale, pairs.uncond, amp_dtype(config.precision, device),
+                              check_cancel=check_interrupt)
     final_a, final_b = [], []
-    done, total = 0, math.ceil(n / config.sample_batch_size) * config.num_steps
-    for start in range(0, n, config.sample_batch_size):
-        stop = min(n, start + config.sample_batch_size)
-        gens = [generator(config.seed, "pair", epoch, j) for j in range(start, stop)]
-
-        def step(i, _total, _base=done):
-            if on_step is not None:
-                on_step(_base + i, total)
-
-        roll = sample_pairs(v, cond_select(cond, rows[start:stop]), gens, shape, sigmas, churn, device=device,
-                            record=False, on_step=step)
+    for start, stop, roll in sample_pair_batches(velocity, pairs, config, epoch, device, record=False, on_step=on_step):
         b = stop - start
         final_a.append(roll.final[:b].float().cpu())
         final_b.append(roll.final[b:].float().cpu())
-        done += config.num_steps
-    return torch.cat(final_a + final_b), prompt_idx.tolist()
+    return torch.cat(final_a + final_b), pairs.prompt_ids.tolist()
 
 
 def difference_images(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -127,7 +101,7 @@ def comparison_grid(a: torch.Tensor, b: torch.Tensor, rewards: torch.Tensor | No
     """Rows = pairs; columns: image a, image b, their difference. Labels carry each image's reward
     and the pair's reward difference dR_a = (R_a - R_b) / 2 (what the update is weighted by)."""
     from ..fdfo_core.files.drawing import image_grid
-    from .reward_nodes import thumbnails
+    from .scoring_nodes import thumbnails
 
     n = a.shape[0]
     diff, gain = difference_images(a, b)
@@ -184,7 +158,7 @@ class FDFOPairedSampler:
                reward=None, epoch=0, batch_size=DEFAULTS.sample_batch_size, negative_prompt="", scheduler="simple",
                flux_guidance=3.5, unique_id=None):
         from .comfy_backend import ComfyBackend
-        from .reward_nodes import score_images
+        from .scoring_nodes import score_images
 
         prompts = clean_prompts(prompts)
         config = FDFOConfig(

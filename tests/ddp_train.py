@@ -13,7 +13,7 @@ from fdfo_core.backends.diffusers_backend import DiffusersBackend  # noqa: E402
 from fdfo_core.config import load_config  # noqa: E402
 from fdfo_core.run.distributed import init_distributed  # noqa: E402
 from fdfo_core.rewards import build_reward  # noqa: E402
-from fdfo_core.run.trainer import Callbacks  # noqa: E402
+from fdfo_core.run.hooks import Callbacks  # noqa: E402
 from fdfo_core.methods import FDFOTrainer  # noqa: E402
 from tiny_pipelines import tiny_sd3_pipeline  # noqa: E402
 

@@ -2,8 +2,9 @@
 
 `install(monkeypatch, root)` puts fake `comfy`, `comfy.utils`, `comfy.sd`,
 `comfy.model_management` and `folder_paths` modules in sys.modules, and replaces the node pack's
-`nodes.comfy_backend` module (which imports ComfyUI) by one whose ComfyBackend is the tiny
-`image_flow.ImageFlowBackend`. A MODEL is {"seed": int}. Folders: root/output, root/models/loras.
+`nodes.comfy_backend` and `nodes.comfy_models` modules (which import ComfyUI) by ones whose
+ComfyBackend is the tiny `image_flow.ImageFlowBackend`. A MODEL is {"seed": int}. Folders:
+root/output, root/models/loras.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Comfy:
         self.output.mkdir(parents=True, exist_ok=True)
         self.loras.mkdir(parents=True, exist_ok=True)
         self.backends: list[ImageFlowBackend] = []
-        #: what the fake `comfy_backend.distilled_checkpoint` answers: (family, distilled checkpoint or None)
+        #: what the fake `comfy_models.distilled_checkpoint` answers: (family, distilled checkpoint or None)
         self.distilled: tuple = (None, None)
         self.tn = submodule("nodes.trainer_nodes")
 
@@ -86,6 +87,6 @@ def install(monkeypatch, root: Path) -> Comfy:
         comfy.backends.append(backend)
         return backend
 
-    module(f"{PACKAGE}.nodes.comfy_backend", ComfyBackend=make_backend,
-           distilled_checkpoint=lambda model, graph=None, node_id=None: comfy.distilled)
+    module(f"{PACKAGE}.nodes.comfy_backend", ComfyBackend=make_backend)
+    module(f"{PACKAGE}.nodes.comfy_models", distilled_checkpoint=lambda model, graph=None, node_id=None: comfy.distilled)
     return comfy

@@ -7,7 +7,7 @@ interpreter. Adding a family to the harness = one `FamilyCase` below:
     FamilyCase("my-family", "my_family", pipeline=tiny_my_pipeline, comfy=my_comfy_model)
 
 - `pipeline(tmp, seed)` builds the family's diffusers pipeline from configs with random weights
-  at a generous init (`tiny_pipelines._reinit`: std 1 / sqrt(fan_in); with the library's 0.02 a
+  at a generous init (`tiny_pipelines.reinit_weights`: std 1 / sqrt(fan_in); with the library's 0.02 a
   LoRA barely moves the output) and 64x64 images;
 - `comfy(config, state_dict)` (runs inside ComfyUI, may import `comfy`) builds the same
   transformer as a ComfyUI MODEL from the diffusers config and weights, the way ComfyUI loads a

@@ -24,7 +24,7 @@ from fdfo_core.families.common import pack_2x2, unpack_2x2  # noqa: F401  (for f
 from fdfo_core.backends.generation import generate_images
 from fdfo_core.backends.lora_files import fuse_lora, load_lora, save_lora
 from fdfo_core.rewards import build_reward
-from fdfo_core.run.trainer import Callbacks
+from fdfo_core.run.hooks import Callbacks
 from fdfo_core.methods import FDFOTrainer
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]

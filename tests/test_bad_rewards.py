@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from fdfo_core.methods import build_trainer
-from fdfo_core.config import ConfigError, FDFOConfig
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import FDFOConfig
 from fdfo_core.rewards import PerPromptNormalized, RewardError, WeightedSum
 from fdfo_core.rewards.base import PartialRewardError, Reward
-from fdfo_core.run.trainer import RESUMABLE_CHANGES, Callbacks, TrainingError
+from fdfo_core.run.definition import RESUMABLE_CHANGES
+from fdfo_core.run.hooks import Callbacks, TrainingError
 from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, VelocityMLP

@@ -3,8 +3,9 @@ import torch
 
 from fdfo_core.methods import build_trainer, group_advantages, sde_mean, sde_step_std
 from fdfo_core.methods.flow_grpo import gaussian_logprob
-from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.run.trainer import Callbacks, TrainingError
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import FDFOConfig
+from fdfo_core.run.hooks import Callbacks, TrainingError
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from fdfo_core.config import PRESETS, ConfigError, FDFOConfig, load_config
+from fdfo_core.config import PRESETS, FDFOConfig, load_config
+from fdfo_core.errors import ConfigError
 from fdfo_core.flow.seeds import derive_seed, epoch_prompt_indices
-from fdfo_core.run.trainer import amp_dtype
+from fdfo_core.backends.generation import amp_dtype
 
 
 def test_defaults_are_the_published_recipe():

@@ -14,7 +14,7 @@ from fdfo_core.backends.diffusers_backend import (
 from fdfo_core.config import load_config
 from fdfo_core.backends.lora_files import LoraFileError, load_lora
 from fdfo_core.rewards import build_reward
-from fdfo_core.run.trainer import Callbacks
+from fdfo_core.run.hooks import Callbacks
 from fdfo_core.methods import FDFOTrainer
 
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline

@@ -5,8 +5,9 @@ import torch
 
 from fdfo_core.methods import build_trainer, implicit_policies, nft_loss, optimality_probability, soft_update_
 from fdfo_core.methods.diffusion_nft import soft_update_eta
-from fdfo_core.config import ConfigError, FDFOConfig
-from fdfo_core.run.trainer import Callbacks, TrainingError
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import FDFOConfig
+from fdfo_core.run.hooks import Callbacks, TrainingError
 
 from flow2d import MinusDistance, PointBackend, pretrain
 

@@ -73,7 +73,8 @@ def test_existing_families_declare_their_distilled_checkpoints(family):
 def test_cli_warns_and_samples_a_turbo_folder_as_distilled(tiny_sd3_dir, tmp_path, capsys):
     """`fdfo train --model <...large-turbo>`: the warning on stderr, 4 steps and no CFG where the
     user gave none."""
-    from fdfo_core.cli.main import distilled_checkpoint, main
+    from fdfo_core.cli.main import main
+    from fdfo_core.cli.train import distilled_checkpoint
 
     turbo = tmp_path / "stable-diffusion-3.5-large-turbo"
     shutil.copytree(tiny_sd3_dir, turbo)
@@ -92,7 +93,7 @@ def test_cli_warns_and_samples_a_turbo_folder_as_distilled(tiny_sd3_dir, tmp_pat
 
 
 def test_cli_config_layers_the_distilled_settings_under_toml_and_flags(tmp_path):
-    from fdfo_core.cli.main import new_run_config
+    from fdfo_core.cli.train import new_run_config
 
     d = get_family("z_image").distilled[0]
     assert new_run_config("z-image", None, {}).num_steps == 50  # the base model's preset
@@ -138,13 +139,13 @@ def test_model_file_name_is_read_from_the_workflow_graph():
     import ast
     from pathlib import Path
 
-    # nodes/comfy_backend.py imports ComfyUI; its pure graph helper is compiled on its own here.
-    source = (Path(__file__).resolve().parents[1] / "nodes" / "comfy_backend.py").read_text()
+    # nodes/comfy_models.py imports ComfyUI; its pure graph helper is compiled on its own here.
+    source = (Path(__file__).resolve().parents[1] / "nodes" / "comfy_models.py").read_text()
     tree = ast.parse(source)
     wanted = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name == "model_file_name")
               or (isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "_MODEL_FILE_INPUTS" for t in n.targets))]
     namespace: dict = {"Mapping": dict, "Any": object}
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), "comfy_backend.py", "exec"), namespace)
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), "comfy_models.py", "exec"), namespace)
     model_file_name = namespace["model_file_name"]
     graph = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fdfo_core.config import ConfigError, FDFOConfig
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import FDFOConfig
 from fdfo_core.run.evaluation import (
     EVAL_SEED_BASE,
     EmbeddingSpace,
@@ -23,7 +24,7 @@ from fdfo_core.run.evaluation import (
 from fdfo_core.run.guardrails import EVAL_COLUMNS
 from fdfo_core.backends.lora_files import load_lora
 from fdfo_core.rewards import PerPromptNormalized, Reward, RewardError, WeightedSum
-from fdfo_core.run.trainer import Callbacks, TrainingError
+from fdfo_core.run.hooks import Callbacks, TrainingError
 from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, pretrain
@@ -257,7 +258,7 @@ def test_a_changed_criterion_starts_the_evaluation_again_and_keeps_the_old_best(
     best is chosen among the epochs to come, and the old best LoRA keeps its own name (issue 27)."""
     import fdfo_core.run.guardrails as guardrails_module
     from fdfo_core.run.guardrails import retired_best_lora_name
-    from fdfo_core.run.trainer import RunChangeRefused
+    from fdfo_core.run.hooks import RunChangeRefused
 
     def trainer(epochs, reward, judge):
         # (front ends record the judge by its spec in the config, as --judge does)
@@ -361,7 +362,7 @@ def test_the_curve_figure_stacks_reward_judge_and_diversity(flow2d_base):
     # The ComfyUI Trainer lays its curve output out for one size, whatever panels the run has.
     from comfy_scripts.nodepack import submodule
 
-    REWARD_CURVE_SIZE = submodule("nodes.trainer_nodes").REWARD_CURVE_SIZE
+    REWARD_CURVE_SIZE = submodule("nodes.trainer_views").REWARD_CURVE_SIZE
 
     for run in (plain, judged, unjudged):
         assert reward_curve_image(run.history, size=REWARD_CURVE_SIZE, guardrails=run.guardrails).size == REWARD_CURVE_SIZE

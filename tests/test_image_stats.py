@@ -90,7 +90,7 @@ def test_training_logs_plots_and_stops_on_the_statistics(tmp_path):
     model's, the curve gets its panel, and a tight bound stops the run at the first evaluation."""
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
     from fdfo_core.files.drawing import reward_curve_image
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
     from fdfo_core.methods import FDFOTrainer
     from tiny_pipelines import tiny_sd3_pipeline
 

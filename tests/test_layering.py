@@ -239,6 +239,41 @@ def private_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdf
     return out
 
 
+def imported_names(path: Path) -> dict[str, str]:
+    """Names a module binds at its top level by importing them (name -> the line's import text)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = {}
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.If, ast.Try)):  # guarded imports are still top-level bindings
+            stack += node.body + node.orelse + getattr(node, "finalbody", []) \
+                + [s for h in getattr(node, "handlers", []) for s in h.body]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                out[(a.asname or a.name).split(".")[0]] = ast.unparse(node)
+    return out
+
+
+def reexported_imports(paths: list[Path], root: Path, ours: tuple[str, ...] = ("fdfo_core", "nodes")) -> list[str]:
+    """`from x import name` where x is one of our modules (not a package: an __init__.py gathers
+    its package's public names) that itself imports `name`: import it from where it is defined."""
+    out, cache = [], {}
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        for line, mod, names in import_edges(path, root):
+            if not names or mod.split(".")[0] not in ours:
+                continue
+            source = root.joinpath(*mod.split(".")).with_suffix(".py")
+            if not source.is_file():
+                continue
+            bound = cache.setdefault(source, imported_names(source))
+            for n in names:
+                if n in bound:
+                    out.append(f"{rel}:{line} imports {n} from {mod}, which has it from `{bound[n]}`")
+    return out
+
+
 def front_end_imports(node_paths: list[Path], root: Path, front_ends: tuple[str, ...] = FRONT_ENDS) -> list[str]:
     """nodes/ modules importing a command-line front end of fdfo_core."""
     out = []
@@ -278,6 +313,39 @@ def test_front_ends_are_imported_by_no_other_layer():
     assert not bad, "\n".join(bad)
 
 
+def test_names_are_imported_from_the_module_that_defines_them():
+    root = CORE.parent
+    paths = core_modules() + sorted((root / "nodes").rglob("*.py"))
+    bad = reexported_imports(paths, root)
+    assert not bad, "names imported through a module that imports them itself (no re-exports; import each from " \
+        "the module that defines it):\n" + "\n".join(bad)
+
+
+#: No module under these folders grows past MAX_MODULE_LINES lines: a module that does is split
+#: along a seam (issue 24), not allowed to become the next 1000-line file.
+SIZE_CHECKED = ("fdfo_core", "nodes", "workflows")
+MAX_MODULE_LINES = 650
+
+
+def long_modules(root: Path, folders: tuple[str, ...] = SIZE_CHECKED, limit: int = MAX_MODULE_LINES) -> list[str]:
+    """"path: N lines" for every .py file under `root`/`folders` longer than `limit` lines."""
+    out = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > limit:
+                out.append(f"{path.relative_to(root)}: {lines} lines")
+    return out
+
+
+def test_no_module_is_longer_than_650_lines():
+    root = CORE.parent
+    assert sum(1 for f in SIZE_CHECKED for _ in (root / f).rglob("*.py")) > 80, "the scan found too few modules"
+    bad = long_modules(root)
+    assert not bad, (f"modules over {MAX_MODULE_LINES} lines: split each along a seam (a part with a name of its own), "
+                     "and list the new module in docs/architecture.md:\n" + "\n".join(bad))
+
+
 def test_every_check_can_fail(tmp_path):
     """A synthetic tree with one fault of each kind: each check reports it (and only where it is)."""
     core = tmp_path / "fdfo_core"
@@ -291,7 +359,9 @@ def test_every_check_can_fail(tmp_path):
         "def f():\n    from ..run import loop\n", encoding="utf-8")  # (a) upward, lazily
     (core / "flow" / "a.py").write_text("from . import b\n", encoding="utf-8")
     (core / "flow" / "b.py").write_text("def g():\n    from .a import h\n", encoding="utf-8")  # (b) a <-> b
-    (core / "run" / "loop.py").write_text("from ..errors import _hidden\n", encoding="utf-8")  # (c)
+    (core / "flow" / "d.py").write_text("from ..errors import ConfigError\n", encoding="utf-8")
+    (core / "run" / "loop.py").write_text("from ..errors import _hidden\nfrom ..flow.d import ConfigError\n",
+                                          encoding="utf-8")  # (c) private; (e) re-exported
     (core / "cli" / "main.py").write_text("from ..run.loop import x\n", encoding="utf-8")
     (core / "flow" / "c.py").write_text("from ..cli import main\n", encoding="utf-8")  # (d) below a front end
     nodes = tmp_path / "nodes"
@@ -309,3 +379,8 @@ def test_every_check_can_fail(tmp_path):
     assert len(priv) == 1 and "_hidden from fdfo_core.errors" in priv[0] and "run/loop.py:1" in priv[0], priv
     fe = front_end_imports([nodes / "n.py"], tmp_path)
     assert len(fe) == 1 and "fdfo_core.cli.main" in fe[0], fe
+    re = reexported_imports(sorted(core.rglob("*.py")), tmp_path)
+    assert len(re) == 1 and re[0].startswith("fdfo_core/run/loop.py:2 imports ConfigError from fdfo_core.flow.d"), re
+    (nodes / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1), encoding="utf-8")  # (f) too long
+    (nodes / "fits.py").write_text("x = 1\n" * MAX_MODULE_LINES, encoding="utf-8")
+    assert long_modules(tmp_path) == [f"nodes/long.py: {MAX_MODULE_LINES + 1} lines"]

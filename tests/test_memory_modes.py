@@ -26,7 +26,7 @@ import torch
 from fdfo_core.backends.diffusers_backend import DiffusersBackend
 from fdfo_core.config import load_config
 from fdfo_core.rewards import build_reward
-from fdfo_core.run.trainer import Callbacks
+from fdfo_core.run.hooks import Callbacks
 from fdfo_core.methods import FDFOTrainer
 
 from tiny_pipelines import tiny_sd3_pipeline

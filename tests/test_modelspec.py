@@ -26,7 +26,7 @@ from fdfo_core.backends.modelspec import (
     prompts_summary,
     published_variant,
 )
-from fdfo_core.run.trainer import Callbacks
+from fdfo_core.run.hooks import Callbacks
 from fdfo_core.methods import FDFOTrainer
 from tiny_pipelines import tiny_sd3_pipeline
 

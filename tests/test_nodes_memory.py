@@ -14,7 +14,7 @@ from fdfo_core.backends import memory as M
 import_nodepack()
 PM = submodule("fdfo_core.backends.memory")
 FDFOConfig = submodule("fdfo_core.config").FDFOConfig
-TrainingError = submodule("fdfo_core.run.trainer").TrainingError
+TrainingError = submodule("fdfo_core.run.hooks").TrainingError
 
 
 @pytest.fixture(scope="module")

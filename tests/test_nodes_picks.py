@@ -54,7 +54,7 @@ def test_the_node_trains_on_picks_and_keeps_them_in_the_run_folder(comfy):
 
 
 def test_early_stop_on_the_criterion_needs_a_judge_with_picks(comfy):
-    TrainingError = submodule("fdfo_core.run.trainer").TrainingError
+    TrainingError = submodule("fdfo_core.run.hooks").TrainingError
     with pytest.raises(TrainingError, match="early_stop_patience.*connect a judge"):
         comfy.train(reward=picks_reward(), epochs=1, pairs_per_epoch=4, early_stop_patience=2)
     assert submodule("nodes.picks_server").HUB.open_rounds() == []

@@ -7,6 +7,7 @@ import torch
 from comfy_scripts.nodepack import submodule
 
 rn = submodule("nodes.reward_nodes")
+sn = submodule("nodes.scoring_nodes")
 rewards_pkg = submodule("fdfo_core.rewards")
 RewardError = rewards_pkg.RewardError
 
@@ -85,19 +86,19 @@ def test_remote_without_url_is_refused():
 def test_combine_rewards_weighted_sum():
     bright, = rn.FDFOSimpleReward().load("brightness", 95)
     sat, = rn.FDFOSimpleReward().load("saturation", 95)
-    combined, = rn.FDFOCombineRewards().combine(bright, 1.0, reward_2=sat, weight_2=-0.5)
+    combined, = sn.FDFOCombineRewards().combine(bright, 1.0, reward_2=sat, weight_2=-0.5)
     img = torch.zeros(2, 8, 8, 3)
     img[0, ..., 0] = 1.0  # pure red: brightness 0.299, saturation 1
     img[1] = 0.5  # grey: brightness 0.5, saturation 0
     assert torch.allclose(combined(img, ["x", "y"]), torch.tensor([0.299 - 0.5, 0.5]), atol=1e-5)
     assert set(combined.last_components) == {"brightness", "saturation"}
     # One reward at weight 1 is passed through unchanged.
-    assert rn.FDFOCombineRewards().combine(bright, 1.0)[0] is bright
+    assert sn.FDFOCombineRewards().combine(bright, 1.0)[0] is bright
 
 
 def test_score_images_sorts_and_labels():
     bright, = rn.FDFOSimpleReward().load("brightness", 95)
-    node = rn.FDFOScoreImages()
+    node = sn.FDFOScoreImages()
     scores, report, grid, ordered = node.score(images([0.5, 0.9, 0.1]), ["p"], bright, "best first", 2)
     assert scores == pytest.approx([0.9, 0.5, 0.1], abs=1e-6)
     assert torch.allclose(ordered[:, 0, 0, 0], torch.tensor([0.9, 0.5, 0.1]))
@@ -126,7 +127,7 @@ def test_a_failing_reward_says_which_and_why():
             raise ConnectionError("server down")
 
     with pytest.raises(RewardError, match="broken_scorer.*ConnectionError.*server down"):
-        rn.FDFOScoreImages().score(images([0.5]), ["p"], Broken(), "none", 4)
+        sn.FDFOScoreImages().score(images([0.5]), ["p"], Broken(), "none", 4)
 
 
 def test_score_images_shows_partial_scores_last_with_the_reason():
@@ -146,7 +147,7 @@ def test_score_images_shows_partial_scores_last_with_the_reason():
                 raise ConnectionError("timed out")
             return x.mean(dim=(1, 2, 3))
 
-    scores, report, _, ordered = rn.FDFOScoreImages().score(images([0.5, 0.9, 0.1, 0.7]), ["p"], OneBadRequest(),
+    scores, report, _, ordered = sn.FDFOScoreImages().score(images([0.5, 0.9, 0.1, 0.7]), ["p"], OneBadRequest(),
                                                              "best first", 2)
     assert scores[:2] == pytest.approx([0.7, 0.1], abs=1e-6) and all(s != s for s in scores[2:])  # NaN last
     assert torch.allclose(ordered[:2, 0, 0, 0], torch.tensor([0.7, 0.1]))

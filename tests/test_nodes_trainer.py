@@ -8,8 +8,9 @@ import pytest
 from comfy_scripts.nodepack import submodule
 
 tn = submodule("nodes.trainer_nodes")
-TrainingError = submodule("fdfo_core.run.trainer").TrainingError
-ConfigError = submodule("fdfo_core.config").ConfigError
+tv = submodule("nodes.trainer_views")
+TrainingError = submodule("fdfo_core.run.hooks").TrainingError
+ConfigError = submodule("fdfo_core.errors").ConfigError
 PRESETS = submodule("fdfo_core.config").PRESETS
 
 
@@ -120,7 +121,7 @@ def fake_progress(monkeypatch):
 
 def test_progress_covers_the_run_monotonically(fake_progress):
     cfg = tn.config_from_inputs(dict(epochs=3, pairs_per_epoch=4, steps=5))
-    p = tn.EpochProgress(cfg, start_epoch=1, node_id="7", preview_every=1, preview_count=2)
+    p = tv.EpochProgress(cfg, start_epoch=1, node_id="7", preview_every=1, preview_count=2)
     p.bar.min_interval = 0.0
     for epoch in (1, 2):
         for phase, total in (("sample", 10), ("reward", 8), ("train", 40)):
@@ -135,7 +136,7 @@ def test_progress_covers_the_run_monotonically(fake_progress):
 
 def test_progress_text_counts_pairs_images_and_items(fake_progress):
     cfg = tn.config_from_inputs(dict(epochs=20, pairs_per_epoch=32, steps=20, sample_batch_size=16))
-    p = tn.EpochProgress(cfg, start_epoch=2, node_id=None, preview_every=0, preview_count=1)
+    p = tv.EpochProgress(cfg, start_epoch=2, node_id=None, preview_every=0, preview_count=1)
     assert p.describe("sample", 20, 40) == "sampling pairs, 16/32 done"
     assert p.describe("sample", 39, 40) == "sampling pairs, 16/32 done"
     assert p.describe("reward", 64, 64) == "scoring images, 64/64 done"
@@ -144,7 +145,7 @@ def test_progress_text_counts_pairs_images_and_items(fake_progress):
 
 def test_progress_text_keeps_the_epoch_line_above_the_current_phase(fake_progress, monkeypatch):
     cfg = tn.config_from_inputs(dict(epochs=40, pairs_per_epoch=32, steps=20, sample_batch_size=16))
-    p = tn.EpochProgress(cfg, start_epoch=0, node_id=None, preview_every=1, preview_count=8)
+    p = tv.EpochProgress(cfg, start_epoch=0, node_id=None, preview_every=1, preview_count=8)
     texts = []
     monkeypatch.setattr(p.bar, "text", lambda message, log_it=True: texts.append(message))
     p.epoch_done(12, text="epoch 12/40 · reward 0.6123 ± 0.0811 · about 3 min 10 s left")
@@ -213,7 +214,7 @@ from fake_comfy import install as install_fake_comfy  # noqa: E402
 from storage_faults import EACCES, ENOSPC, EROFS, leftovers  # noqa: E402
 
 StorageError = submodule("fdfo_core.files.storage").StorageError
-RunChangeRefused = submodule("fdfo_core.run.trainer").RunChangeRefused
+RunChangeRefused = submodule("fdfo_core.run.hooks").RunChangeRefused
 
 
 @pytest.fixture

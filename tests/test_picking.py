@@ -18,7 +18,7 @@ from fdfo_core.rewards.pairwise import (PairContext, PickConflict, PickError, Pi
 from fdfo_core.rewards.pick_records import read_picks
 from fdfo_core.rewards.base import RewardError
 from fdfo_core.rewards.human_picks import HumanPicksReward
-from fdfo_core.run.trainer import TrainingError, TrainingInterrupted
+from fdfo_core.run.hooks import TrainingError, TrainingInterrupted
 from fdfo_core.methods import FDFOTrainer
 from image_flow import ImageFlowBackend, tiny_config
 

@@ -13,10 +13,10 @@ from fdfo_core.cli.main import main
 from fdfo_core.files.drawing import to_pil
 from fdfo_core.rewards.pick_records import PickRecord, append_pick
 from fdfo_core.rewards import RewardError, build_reward
+from fdfo_core.rewards.bradley_terry import bradley_terry_loss
 from fdfo_core.rewards.image_encoders import load_image_encoder
 from fdfo_core.rewards.preference import (
     PreferenceModel,
-    bradley_terry_loss,
     fit_preference,
     load_preference_model,
 )

@@ -20,7 +20,7 @@ from fdfo_core.backends.diffusers_backend import DiffusersBackend
 from fdfo_core.config import load_config
 from fdfo_core.rewards import build_reward
 from fdfo_core.run.definition import RESUMABLE_CHANGES, RunDefinition, differences
-from fdfo_core.run.trainer import Callbacks, RunChangeRefused
+from fdfo_core.run.hooks import Callbacks, RunChangeRefused
 from fdfo_core.methods import FDFOTrainer
 
 from family_cases import CASES_BY_ID

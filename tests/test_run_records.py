@@ -11,7 +11,8 @@ from fdfo_core.rewards import build_reward
 from fdfo_core.run.definition import RunDefinition, RunRecords, differences, format_spec, restore
 from fdfo_core.rewards import parse_reward_spec
 from fdfo_core.files.storage import StorageError
-from fdfo_core.run.trainer import Callbacks, FrontEnd, RunChangeRefused, TrainingError
+from fdfo_core.run.hooks import Callbacks, RunChangeRefused, TrainingError
+from fdfo_core.run.definition import FrontEnd
 from fdfo_core.methods import FDFOTrainer
 
 from image_flow import ImageFlowBackend, tiny_config

@@ -72,7 +72,7 @@ def test_probe_times_the_second_call_and_leaves_the_rng_alone():
 def test_a_run_prints_the_estimate_first_and_the_time_left_after_each_epoch(tmp_path):
     from fdfo_core.backends.diffusers_backend import DiffusersBackend
     from fdfo_core.rewards import build_reward
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
     from fdfo_core.methods import FDFOTrainer
     from tiny_pipelines import tiny_sd3_pipeline
 

@@ -11,8 +11,10 @@ import json
 import pytest
 from PIL import Image
 
-from fdfo_core.cli.main import main, sampling_settings
-from fdfo_core.config import ConfigError, FDFOConfig
+from fdfo_core.cli.main import main
+from fdfo_core.cli.sample import sampling_settings
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import FDFOConfig
 from fdfo_core.flow.image_sizes import ImageSizeError, SizeRule, check_image_size, nearest_sizes
 
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from fdfo_core.cli.main import main
-from fdfo_core.config import ConfigError, load_config
+from fdfo_core.errors import ConfigError
+from fdfo_core.config import load_config
 from fdfo_core.files.prompts import parse_prompt_text, read_prompts
 from fdfo_core.files.text_files import (
     TextFileError,
@@ -232,7 +233,7 @@ def test_the_trainer_never_passes_a_bom_to_the_encoder():
     import torch
 
     from fdfo_core.config import FDFOConfig
-    from fdfo_core.run.trainer import Callbacks
+    from fdfo_core.run.hooks import Callbacks
     from fdfo_core.methods import FDFOTrainer
 
     from flow2d import MinusDistance, PointBackend, VelocityMLP

@@ -6,7 +6,7 @@ import torch
 
 from fdfo_core.run.checkpoints import latest_checkpoint
 from fdfo_core.config import FDFOConfig, load_config
-from fdfo_core.run.trainer import Callbacks, TrainingError, TrainingInterrupted
+from fdfo_core.run.hooks import Callbacks, TrainingError, TrainingInterrupted
 from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain

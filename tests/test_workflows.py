@@ -209,7 +209,7 @@ def test_declared_image_sizes_are_what_the_nodes_draw(builder):
     images drawn for real; the browser test checks them against a real run)."""
     import torch
 
-    tn = submodule("nodes.trainer_nodes")
+    tn = submodule("nodes.trainer_views")
     sizes = builder.trainer_image_sizes(8, 64, 64)
     images = torch.rand(8, 3, 64, 64)
     grid = tn.display_grid(images)

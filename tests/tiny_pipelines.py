@@ -28,7 +28,9 @@ def tiny_clip_tokenizer(folder: Path):
     return tok
 
 
-def _reinit(module: torch.nn.Module, seed: int, gain: float = 1.0) -> None:
+def reinit_weights(module: torch.nn.Module, seed: int, gain: float = 1.0) -> None:
+    """Re-draw `module`'s weights from `seed`: matrices N(0, gain^2 / fan_in), biases N(0, 0.02^2), other
+    vectors (norm scales) kept; a generous init so tiny random models give distinct outputs."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -49,7 +51,7 @@ def tiny_vae(scaling_factor: float, shift_factor: float, seed: int):
         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
         scaling_factor=scaling_factor, shift_factor=shift_factor,
     )
-    _reinit(vae, seed, gain=1.2)
+    reinit_weights(vae, seed, gain=1.2)
     with torch.no_grad():
         # Calibrate the random decoder: mid-grey images with a spread of about 0.15, so pixels are
         # rarely clipped and the image depends smoothly on the latent.
@@ -88,7 +90,7 @@ def tiny_sd3_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, head_dim: i
         pooled_projection_dim=32, out_channels=16, pos_embed_max_size=16,
         dual_attention_layers=tuple(dual_attention_layers), qk_norm=qk_norm,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     return StableDiffusion3Pipeline(
         transformer=transformer.eval(), vae=tiny_vae(1.5305, 0.0609, seed + 1),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -112,7 +114,7 @@ def tiny_flux_pipeline(tmp: Path, seed: int = 0, guidance_embeds: bool = True, p
         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
         guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
     if guidance_embeds:
@@ -153,7 +155,7 @@ def tiny_qwen_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2):
         patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -195,7 +197,7 @@ def tiny_chroma_pipeline(tmp: Path, seed: int = 0, num_layers: int = 19, num_sin
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
         approximator_num_channels=64, approximator_hidden_dim=32, approximator_layers=2,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
     # Chroma's scheduler: Flux's dynamic shift.
@@ -224,7 +226,7 @@ def tiny_hidream_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_sin
         num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(8, 4, 4), max_resolution=(16, 16),
         llama_layers=[i % llama_layers for i in range(num_layers + num_single_layers)],
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
     torch.manual_seed(seed + 5)
@@ -293,7 +295,7 @@ def tiny_flux2_vae(seed: int):
     torch.manual_seed(seed)
     vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
                              latent_channels=32, mid_block_add_attention=False)
-    _reinit(vae, seed, gain=1.2)
+    reinit_weights(vae, seed, gain=1.2)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=g) * 0.2)
@@ -315,7 +317,7 @@ def _flux2_transformer(seed: int, joint_attention_dim: int, guidance_embeds: boo
         num_attention_heads=2, joint_attention_dim=joint_attention_dim, timestep_guidance_channels=timestep_guidance_channels,
         mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=guidance_embeds,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     return transformer.eval()
 
 
@@ -380,7 +382,7 @@ def tiny_z_image_pipeline(tmp: Path, seed: int = 0, n_layers: int = 1, dim: int 
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=dim, n_layers=n_layers, n_refiner_layers=1,
         n_heads=dim // 32, n_kv_heads=dim // 32, cap_feat_dim=16, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     # Z-Image-Turbo's scheduler: a constant shift of 3.
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
     return ZImagePipeline(scheduler=scheduler, vae=tiny_vae(0.3611, 0.1159, seed + 1), text_encoder=text_encoder,
@@ -414,7 +416,7 @@ def tiny_wan_pipeline(tmp: Path, seed: int = 0, num_layers: int = 2, wan22_5b: b
         out_channels=channels, text_dim=16, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 1)
     if wan22_5b:
         g = torch.Generator().manual_seed(seed + 1)
@@ -448,7 +450,7 @@ def tiny_lumina2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_ref
         num_refiner_layers=num_refiner_layers, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
         axes_dim_rope=(4, 6, 6), axes_lens=(300, 512, 512), cap_feat_dim=32,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = Gemma2Model(Gemma2Config(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -482,7 +484,7 @@ def tiny_hunyuan_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, n
         num_single_layers=num_single_layers, num_refiner_layers=2, patch_size=(1, 1), text_embed_dim=32,
         text_embed_2_dim=1472, rope_axes_dim=(8, 8), rope_theta=256.0,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,

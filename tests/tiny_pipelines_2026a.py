@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipelines import _reinit, tiny_clip_tokenizer, tiny_flux2_vae
+from tiny_pipelines import reinit_weights, tiny_clip_tokenizer, tiny_flux2_vae
 
 #: The chat templates the pipelines wrap prompts in, and the test prompts: their words become tokens.
 TEMPLATE_TEXTS = (
@@ -108,7 +108,7 @@ def tiny_krea2_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, is_distil
         text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32,
         num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     # Krea 2's scheduler: the resolution-aware exponential time shift.
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
@@ -139,7 +139,7 @@ def tiny_kl_vae(seed: int, scaling_factor: float, shift_factor: float | None, la
     config = {**SMALL_KL_VAE_CONFIG, "latent_channels": latent_channels, "scaling_factor": scaling_factor,
               "shift_factor": shift_factor}
     vae = AutoencoderKL(**config)
-    _reinit(vae, seed, gain=1.2)
+    reinit_weights(vae, seed, gain=1.2)
     # (skipped, not removed: its parameters stay, so the VAE saves and loads; a loaded copy normalises again)
     vae.decoder.conv_norm_out.forward = _identity
     with torch.no_grad():
@@ -180,7 +180,7 @@ def tiny_longcat_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, n
         patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     # LongCat-Image's scheduler: Flux's resolution-dependent shift.
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
@@ -222,7 +222,7 @@ def tiny_ernie_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
         hidden_size=32, num_attention_heads=2, num_layers=num_layers, ffn_hidden_size=64, in_channels=128,
         out_channels=128, patch_size=1, text_in_dim=16, rope_axes_dim=(4, 6, 6),
     )
-    _reinit(transformer, seed)  # (also the AdaLN and output layers, which the library zero-initialises)
+    reinit_weights(transformer, seed)  # (also the AdaLN and output layers, which the library zero-initialises)
     return ErnieImagePipeline(transformer=transformer.eval(), vae=tiny_flux2_vae(seed + 1), text_encoder=text_encoder,
                               tokenizer=tok, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pe=None,
                               pe_tokenizer=None)
@@ -253,7 +253,7 @@ def tiny_kandinsky5_t2i_pipeline(tmp: Path, seed: int = 0, num_visual_blocks: in
         in_visual_dim=16, in_text_dim=32, in_text_dim2=16, time_dim=32, out_visual_dim=16, patch_size=(1, 2, 2),
         model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=num_visual_blocks, axes_dims=(4, 6, 6),
     )
-    _reinit(transformer, seed)  # (also the modulations, which the library zero-initialises)
+    reinit_weights(transformer, seed)  # (also the modulations, which the library zero-initialises)
     pipe = Kandinsky5T2IPipeline(
         transformer=transformer.eval(), vae=tiny_kl_vae(seed + 1, 0.3611, 0.1159), text_encoder=text_encoder,
         tokenizer=tok, text_encoder_2=clip, tokenizer_2=clip_tok, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -326,7 +326,7 @@ def tiny_qwen_image21_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
         patch_size=1, in_channels=16, out_channels=16, num_layers=num_layers, attention_head_dim=16,
         num_attention_heads=2, context_in_dim=16, mlp_ratio=2, axes_dims_rope=(4, 6, 6),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
         max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipelines import _reinit, tiny_qwen3_tokenizer, tiny_qwen_tokenizer, tiny_vae
+from tiny_pipelines import reinit_weights, tiny_qwen3_tokenizer, tiny_qwen_tokenizer, tiny_vae
 
 
 def calibrate_decoder(decode, last_conv: torch.nn.Conv2d, latent_shape: tuple[int, ...], seed: int,
@@ -39,7 +39,7 @@ def tiny_dc_ae(seed: int, blocks: int = 6):
         encoder_qkv_multiscales=((),) * blocks, decoder_qkv_multiscales=((),) * blocks,
         scaling_factor=0.41407,
     )
-    _reinit(vae, seed, gain=1.2)
+    reinit_weights(vae, seed, gain=1.2)
     calibrate_decoder(lambda z: vae.decode(z).sample, vae.decoder.conv_out.conv if hasattr(vae.decoder.conv_out, "conv")
                       else vae.decoder.conv_out, (4, 32, 2, 2), seed)
     return vae.eval()
@@ -71,7 +71,7 @@ def tiny_sana_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, solver_ord
         num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
         mlp_ratio=2.5, sample_size=4, patch_size=1,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     scheduler = DPMSolverMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, solver_order=solver_order,
     )
@@ -113,7 +113,7 @@ def tiny_cogview4_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1):
         num_attention_heads=2, text_embed_dim=32, time_embed_dim=32, condition_dim=16, pos_embed_max_size=16,
         sample_size=8, rope_axes_dim=(16, 16),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = GlmModel(GlmConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
@@ -146,7 +146,7 @@ def tiny_ovis_image_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_
         patch_size=1, in_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = Qwen3Model(Qwen3Config(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -197,7 +197,7 @@ def tiny_bria_fibo_pipeline(tmp: Path, seed: int = 0, num_layers: int = 1, num_s
         patch_size=1, in_channels=48, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=[4, 6, 6], text_encoder_dim=16,
     )
-    _reinit(transformer, seed)
+    reinit_weights(transformer, seed)
     torch.manual_seed(seed + 2)
     text_encoder = SmolLM3ForCausalLM(SmolLM3Config(
         vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

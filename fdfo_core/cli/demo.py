@@ -21,10 +21,12 @@ from typing import Any, Callable
 import torch
 
 from ..files import storage
-from ..config import ConfigError, load_config
+from ..config import load_config
+from ..errors import ConfigError
 from ..backends.generation import generate_images
 from ..files.drawing import caption_label, image_grid, line_plot, save_png, side_by_side
-from ..run.trainer import Callbacks, FrontEnd
+from ..run.definition import FrontEnd
+from ..run.hooks import Callbacks
 from ..methods import FDFOTrainer
 
 
@@ -213,7 +215,7 @@ def _train_with_run_evaluation(trainer, reward, cfg, log):
     the base model, every eval_every epochs, the last epoch), with each image's score for the
     paired gain (the scores are recomputed from the evaluation's images: the reward is a cheap
     deterministic image analysis)."""
-    from ..run.evaluation import raw_reward
+    from ..rewards.normalize import raw_reward
 
     t_train = time.perf_counter()
     trainer.train()

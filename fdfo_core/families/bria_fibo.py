@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import MMDIT_ATTENTION_TARGETS, Family, FamilyOptions
-from .common import decode_one_frame
+from .common import decode_one_frame, image_position_ids
 from .lora_map import LoraMap, same_names
 
 
@@ -125,13 +125,11 @@ class BriaFibo(Family):
         if not bool(mask.all()):
             full = torch.cat([mask.bool(), torch.ones(b, h * w, dtype=torch.bool, device=mask.device)], dim=1)
             kwargs["attention_mask"] = full[:, None, None, :]
-        img_ids = torch.zeros(h, w, 3, device=x.device, dtype=x.dtype)
-        img_ids[..., 1] = torch.arange(h, device=x.device, dtype=x.dtype)[:, None]
-        img_ids[..., 2] = torch.arange(w, device=x.device, dtype=x.dtype)[None, :]
+        img_ids = image_position_ids(h, w, x.device, x.dtype)
         out = pipe.transformer(
             hidden_states=x.flatten(2).transpose(1, 2), timestep=(t * 1000).to(x.dtype), encoder_hidden_states=emb,
             text_encoder_layers=list(layers.unbind(1)), txt_ids=torch.zeros(used, 3, device=x.device, dtype=x.dtype),
-            img_ids=img_ids.reshape(-1, 3), joint_attention_kwargs=kwargs, return_dict=False,
+            img_ids=img_ids, joint_attention_kwargs=kwargs, return_dict=False,
         )[0]
         return out.transpose(1, 2).reshape(b, c, h, w)
 

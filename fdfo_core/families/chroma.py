@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyOptions
-from .common import pack_2x2, unpack_2x2
+from .common import image_position_ids, pack_2x2, unpack_2x2
 from .flux import flux_lora_map
 
 
@@ -82,10 +82,7 @@ class Chroma(Family):
     def _velocity(pipe, x, t, emb):
         b, c, h, w = x.shape
         dtype, device = x.dtype, x.device
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] = torch.arange(h // 2)[:, None]
-        img_ids[..., 2] = torch.arange(w // 2)[None, :]
-        img_ids = img_ids.reshape(-1, 3).to(device=device, dtype=dtype)
+        img_ids = image_position_ids(h // 2, w // 2, device, dtype)
         txt_ids = torch.zeros(emb.shape[1], 3, device=device, dtype=dtype)
         out = pipe.transformer(
             hidden_states=pack_2x2(x), timestep=t.to(dtype), encoder_hidden_states=emb.to(dtype),

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from ..flow.schedules import flux_mu
 
-def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """Resolution-dependent shift mu: linear in the number of image tokens from
-    (base_seq_len, base_shift) to (max_seq_len, max_shift) (Flux.1; Esser et al. 2024, sec. 5.3.2).
-    The scheduler then uses t' = e^mu / (e^mu + (1 / t - 1))."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + base_shift - m * base_seq_len
+
+def image_position_ids(rows: int, cols: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """RoPE position ids [rows * cols, 3] of an image's tokens, (0, row, col) in row-major order, as
+    FluxPipeline's `_prepare_latent_image_ids` makes them (Flux, Chroma, Ovis-Image, Bria FIBO)."""
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = torch.arange(rows)[:, None]
+    ids[..., 2] = torch.arange(cols)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def scheduler_mu(conf, image_seq_len: int, max_seq_len_default: int = 4096, max_shift_default: float = 1.15) -> float:
+    """Flux's resolution-dependent shift mu (`flow.schedules.flux_mu`) with the line a diffusers
+    scheduler config gives (`base_image_seq_len`, `max_image_seq_len`, `base_shift`, `max_shift`;
+    the defaults where it has none: the pipeline's)."""
+    return flux_mu(image_seq_len, conf.get("base_image_seq_len", 256), conf.get("max_image_seq_len", max_seq_len_default),
+                   conf.get("base_shift", 0.5), conf.get("max_shift", max_shift_default))
 
 
 def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_linspace: bool,
@@ -20,7 +30,7 @@ def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_lin
     pipeline sets them: a fresh copy of `scheduler` (its state is never touched), sigmas
     linspace(1, 1/n, n) when `explicit_linspace` (Flux / Qwen-Image pipelines; not when the
     scheduler makes its own flow sigmas, `use_flow_sigmas`) or the scheduler's own grid (SD3
-    pipelines), shifted, with the given `mu` or one from `image_seq_len` (`calculate_shift`) when
+    pipelines), shifted, with the given `mu` or one from `image_seq_len` (`scheduler_mu`) when
     the scheduler has dynamic shifting. Ends with 0."""
     import numpy as np
 
@@ -28,9 +38,7 @@ def scheduler_sigmas(scheduler, num_steps: int, image_seq_len: int, explicit_lin
     conf = fresh.config
     kwargs = {}
     if conf.get("use_dynamic_shifting", False):
-        kwargs["mu"] = mu if mu is not None else calculate_shift(
-            image_seq_len, conf.get("base_image_seq_len", 256), conf.get("max_image_seq_len", 4096),
-            conf.get("base_shift", 0.5), conf.get("max_shift", max_shift_default))
+        kwargs["mu"] = mu if mu is not None else scheduler_mu(conf, image_seq_len, max_shift_default=max_shift_default)
     if explicit_linspace and not conf.get("use_flow_sigmas", False):
         fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), **kwargs)
     else:

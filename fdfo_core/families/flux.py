@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import pack_2x2, unpack_2x2
+from .common import image_position_ids, pack_2x2, unpack_2x2
 from .lora_map import LoraMap, fused
 from .published import CLIP_L_B, SD3_VAE_CONFIG, SMALL_KL_VAE_CONFIG, T5_XXL_ENCODER_B, PublishedModel
 
@@ -42,7 +42,8 @@ def single_block_rows(in_features: int, out_features: int) -> list[int]:
 
 
 def flux_lora_map() -> LoraMap:
-    """Flux.1's key map (also Chroma's, whose blocks ComfyUI and diffusers name as Flux's)."""
+    """Flux.1's key map (also Chroma's, whose blocks ComfyUI and diffusers name as Flux's, and the
+    double and single blocks of HunyuanImage-2.1's)."""
     d, c = "transformer_blocks.{i}.", "double_blocks.{i}."
     ds, cs = "single_transformer_blocks.{i}.", "single_blocks.{i}."
     return LoraMap((
@@ -105,11 +106,7 @@ class Flux(Family):
     def diffusers_velocity(self, pipe, x, t, cond, options):
         b, c, h, w = x.shape
         dtype, device = x.dtype, x.device
-        # RoPE position ids (channel, row, col) per 2x2 patch, as FluxPipeline._prepare_latent_image_ids.
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] = torch.arange(h // 2)[:, None]
-        img_ids[..., 2] = torch.arange(w // 2)[None, :]
-        img_ids = img_ids.reshape(-1, 3).to(device=device, dtype=dtype)
+        img_ids = image_position_ids(h // 2, w // 2, device, dtype)  # one per 2x2 patch
         txt_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
         guidance = None
         if pipe.transformer.config.guidance_embeds:

@@ -17,7 +17,8 @@ ComfyUI: `comfy.model_base.HiDream`, module names identical to diffusers' (no fu
 from __future__ import annotations
 
 from .base import DistilledCheckpoint, Family, FamilyOptions
-from .common import calculate_shift, scheduler_set_timesteps_sigmas
+from ..flow.schedules import flux_mu
+from .common import scheduler_set_timesteps_sigmas
 from .lora_map import LoraMap, same_names
 
 _DOUBLE = ("to_q", "to_k", "to_v", "to_out", "to_q_t", "to_k_t", "to_v_t", "to_out_t")
@@ -64,7 +65,7 @@ class HiDream(Family):
         fresh = type(pipe.scheduler).from_config(pipe.scheduler.config)
         kwargs = {}
         if fresh.config.get("use_dynamic_shifting", False):
-            kwargs["mu"] = calculate_shift(pipe.transformer.max_seq)  # the pipeline's defaults, not the config's
+            kwargs["mu"] = flux_mu(pipe.transformer.max_seq)  # the pipeline's defaults, not the config's
         fresh.set_timesteps(num_steps, **kwargs)
         return fresh.sigmas.float().cpu()
 

@@ -22,22 +22,15 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyError, FamilyOptions
-from .flux import single_block_rows
+from .flux import flux_lora_map
 from .lora_map import LoraMap, fused
 
 
 def _hunyuan_image_map() -> LoraMap:
-    d, c = "transformer_blocks.{i}.", "double_blocks.{i}."
-    ds, cs = "single_transformer_blocks.{i}.", "single_blocks.{i}."
+    """Flux.1's double and single blocks, and the text refiner's self-attention (selected by the same
+    to_q / ... targets)."""
     dr, cr = "context_embedder.token_refiner.refiner_blocks.{i}.", "txt_in.individual_token_refiner.blocks.{i}."
-    return LoraMap((
-        fused(c + "img_attn.qkv", d + "attn.", ("to_q", "to_k", "to_v")),
-        fused(c + "img_attn.proj", d + "attn.", ("to_out.0",)),
-        fused(c + "txt_attn.qkv", d + "attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
-        fused(c + "txt_attn.proj", d + "attn.", ("to_add_out",)),
-        fused(cs + "linear1", ds, ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), split=single_block_rows),
-        fused(cs + "linear2", ds, ("proj_out",)),
-        # The text refiner's self-attention (selected by the same to_q / ... targets).
+    return LoraMap(flux_lora_map().modules + (
         fused(cr + "self_attn.qkv", dr + "attn.", ("to_q", "to_k", "to_v")),
         fused(cr + "self_attn.proj", dr + "attn.", ("to_out.0",)),
     ))

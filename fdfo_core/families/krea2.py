@@ -23,7 +23,7 @@ diffusers module names (`diffusion_model.transformer_blocks.0.attn.to_q...`).
 from __future__ import annotations
 
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import calculate_shift, decode_one_frame, pack_2x2, scheduler_sigmas, unpack_2x2
+from .common import decode_one_frame, pack_2x2, scheduler_mu, scheduler_sigmas, unpack_2x2
 from .lora_map import LoraMap, same_names
 
 #: Attention projections of every attention in the model: the main blocks and the text fusion.
@@ -89,9 +89,7 @@ class Krea2(Family):
             mu = TURBO_MU
         else:  # the pipeline's own defaults, which differ from Flux's (max 6400 tokens)
             conf = pipe.scheduler.config
-            mu = calculate_shift(self.diffusers_image_seq_len(pipe, height, width), conf.get("base_image_seq_len", 256),
-                                 conf.get("max_image_seq_len", 6400), conf.get("base_shift", 0.5),
-                                 conf.get("max_shift", 1.15))
+            mu = scheduler_mu(conf, self.diffusers_image_seq_len(pipe, height, width), max_seq_len_default=6400)
         return scheduler_sigmas(pipe.scheduler, num_steps, 0, explicit_linspace=True, mu=mu)
 
     def diffusers_encode_prompts(self, pipe, prompts, device, options: FamilyOptions):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .base import Family, FamilyOptions
-from .common import pack_2x2, unpack_2x2
+from .common import image_position_ids, pack_2x2, unpack_2x2
 from .flux import flux_lora_map
 
 
@@ -59,11 +59,9 @@ class OvisImage(Family):
         emb = cond["prompt_embeds"]
         txt_ids = torch.zeros(emb.shape[1], 3, device=x.device, dtype=x.dtype)
         txt_ids[:, 1] = txt_ids[:, 2] = torch.arange(emb.shape[1], device=x.device, dtype=x.dtype)
-        img_ids = torch.zeros(h // 2, w // 2, 3, device=x.device, dtype=x.dtype)
-        img_ids[..., 1] = torch.arange(h // 2, device=x.device, dtype=x.dtype)[:, None]
-        img_ids[..., 2] = torch.arange(w // 2, device=x.device, dtype=x.dtype)[None, :]
+        img_ids = image_position_ids(h // 2, w // 2, x.device, x.dtype)
         out = pipe.transformer(hidden_states=pack_2x2(x), timestep=t.to(x.dtype), encoder_hidden_states=emb,
-                               txt_ids=txt_ids, img_ids=img_ids.reshape(-1, 3), return_dict=False)[0]
+                               txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return unpack_2x2(out, h, w)
 
 

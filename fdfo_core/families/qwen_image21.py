@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from .base import DistilledCheckpoint, Family, FamilyError, FamilyOptions
-from .common import calculate_shift, decode_one_frame
+from .common import decode_one_frame, scheduler_mu
 from .lora_map import LoraMap, same_names
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -105,9 +105,7 @@ class QwenImage21(Family):
         sigmas = list(grid) if grid is not None else np.linspace(1.0, 1 / num_steps, num_steps)
         fresh = type(pipe.scheduler).from_config(pipe.scheduler.config)
         conf = fresh.config
-        mu = calculate_shift(self.diffusers_image_seq_len(pipe, height, width), conf.get("base_image_seq_len", 256),
-                             conf.get("max_image_seq_len", 4096), conf.get("base_shift", 0.5),
-                             conf.get("max_shift", 1.15))
+        mu = scheduler_mu(conf, self.diffusers_image_seq_len(pipe, height, width))
         fresh.set_timesteps(sigmas=sigmas, mu=mu)
         return fresh.sigmas.float().cpu()
 

@@ -181,13 +181,19 @@ def sample_euler(
     latent_shape: tuple[int, int, int],
     sigmas: torch.Tensor,
     device: torch.device | str = "cpu",
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Plain Euler sampling, one sample per generator (initial noise = the generator's first draw,
-    the same noise `sample_pairs` starts both branches from)."""
+    the same noise `sample_pairs` starts both branches from): final latents [B, C, h, w] on
+    `device`. Differentiable when `velocity` is (autograd is left as the caller set it).
+    on_step(i, x, v): x [B, C, h, w] before solver step i and the velocity v it steps with."""
     device = torch.device(device)
     x = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device)
     for i in range(sigmas.shape[0] - 1):
         t = sigmas[i].expand(x.shape[0]).to(device)
         s = sigmas[i + 1].expand(x.shape[0]).to(device)
-        x = x + (s - t).reshape(-1, 1, 1, 1) * velocity(x, t, cond).float()
+        v = velocity(x, t, cond).float()
+        if on_step is not None:
+            on_step(i, x, v)
+        x = x + (s - t).reshape(-1, 1, 1, 1) * v
     return x

@@ -5,32 +5,18 @@ from __future__ import annotations
 import torch
 
 from ..rewards.failure_policy import RewardFailures, dropped_line
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 
 
-@torch.no_grad()
 def score_latents(trainer: RunLoop, final: torch.Tensor, prompts: list[str],
                   group_size: int) -> tuple[torch.Tensor, RewardFailures]:
-    """Decode final latents [N, C, h, w] (laid out group by group, `group_size` images a group) in
-    `decode_batch_size` chunks and score them under the shared bad-reward policy
-    (fdfo_core/rewards/failure_policy.py): (float64 [N] on the CPU, NaN for an image without a usable
-    reward; the epoch's failures, where those are recorded). Raises TrainingError as soon as more than
+    """`RunLoop.decode_and_score` of final latents [N, C, h, w] laid out group by group
+    (`group_size` images a group): (float64 [N] on the CPU, NaN for an image without a usable
+    reward; the epoch's failures). Raises TrainingError as soon as more than
     max_bad_pair_fraction of the groups have such an image."""
-    failures = RewardFailures()
-    out = []
-    bad = torch.zeros(final.shape[0], dtype=torch.bool)
-    for start in range(0, final.shape[0], trainer.config.decode_batch_size):
-        trainer.cancel_point()
-        stop = min(final.shape[0], start + trainer.config.decode_batch_size)
-        with trainer.autocast():
-            images = trainer.backend.decode(final[start:stop].to(trainer.device)).float()
-        r = trainer.score_call(trainer.reward, images, prompts[start:stop], failures).double().cpu()
-        out.append(r)
-        bad[start:stop] = ~torch.isfinite(r)
-        trainer.progress("reward", stop, final.shape[0])
-        trainer.check_bad_share(int(bad.reshape(-1, group_size).any(dim=1).sum()), final.shape[0] // group_size,
-                                "groups", failures, certain=stop < final.shape[0])
-    return torch.cat(out), failures
+    return trainer.decode_and_score(final, prompts, trainer.reward,
+                                    lambda bad: bad.reshape(-1, group_size).any(dim=1), "groups")
 
 
 def finite_groups(trainer: RunLoop, rewards: torch.Tensor, group_size: int, epoch: int,

@@ -43,7 +43,8 @@ from ..flow.conditioning import cond_select, cond_to
 from ..flow.paired_sampler import sample_euler
 from ..flow.seeds import epoch_prompt_indices, generator
 from ..run.stats import ItemStats
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 from .common import finite_groups, score_latents
 
 #: Floor of the adaptive weight (mean absolute x0 error), so a perfect prediction cannot divide by 0.

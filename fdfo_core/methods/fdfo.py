@@ -13,7 +13,6 @@ a resumed run replays exactly and a 2-rank run samples the same pairs as a 1-pro
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +21,16 @@ import torch
 
 from ..files import faults
 from ..flow.conditioning import Cond, cond_select, cond_to
-from ..flow.paired_sampler import ChurnSettings, sample_pairs
-from ..flow.seeds import derive_seed, epoch_prompt_indices, generator
+from ..backends.generation import epoch_pairs, sample_pair_batches
+from ..flow.seeds import derive_seed, generator
 from ..rewards.base import RewardError
+from ..rewards.normalize import per_prompt_normalizer, raw_reward
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..rewards.pairwise import PairContext, is_pairwise
 from ..run.distributed import shard_range
 from ..run.stats import ItemStats
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 from .fdfo_objective import fdfo_loss, pair_deltas
 
 
@@ -68,17 +69,14 @@ class FDFOTrainer(RunLoop):
 
     @torch.no_grad()
     def sample_epoch(self, epoch: int) -> EpochRollouts:
+        """This rank's share of the epoch's pairs (`backends.generation.epoch_pairs`, the draw the
+        Paired Sampler node shows), with x_t and the velocity recorded at every step."""
         cfg = self.config
         lo, hi = shard_range(cfg.pairs_per_epoch, self.dist.rank, self.dist.world_size)
-        prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), cfg.pairs_per_epoch)[lo:hi]
-        unique, rows = torch.unique(prompt_idx, return_inverse=True)
-        cond = self.backend.encode_prompts([self.prompts[i] for i in unique.tolist()])
-        uncond = self.negative_cond()
-        cond = cond_to(cond, self.storage)
-        latent_shape = self.backend.latent_shape(cfg.height, cfg.width)
-        sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
-        churn = ChurnSettings(cfg.churn, cfg.churn_strength, cfg.interval_mean, cfg.interval_std, cfg.interval_width)
-        velocity = self.velocity_fn(uncond)
+        pairs = epoch_pairs(self.backend, cfg, self.prompts, epoch, lo, hi)
+        cond = cond_to(pairs.cond, self.storage)
+        latent_shape = pairs.latent_shape
+        velocity = self.velocity_fn(pairs.uncond)
 
         n = hi - lo
         # One buffer each for states and velocities, rows [a..., b...]: written in place per batch
@@ -89,28 +87,18 @@ class FDFOTrainer(RunLoop):
         all_states = torch.empty(shape, device=self.storage, pin_memory=pin)
         all_velocities = torch.empty(shape, device=self.storage, pin_memory=pin)
         final = torch.empty((2 * n, *latent_shape))
-        steps_done, steps_total = 0, math.ceil(n / cfg.sample_batch_size) * cfg.num_steps
-        for start in range(0, n, cfg.sample_batch_size):
-            stop = min(n, start + cfg.sample_batch_size)
-            gens = [generator(cfg.seed, "pair", epoch, lo + j) for j in range(start, stop)]
-
-            def on_step(i, total, _base=steps_done):
-                self.progress("sample", _base + i, steps_total)
-
-            roll = sample_pairs(
-                velocity, cond_to(cond_select(cond, rows[start:stop]), self.device), gens, latent_shape, sigmas,
-                churn, device=self.device, storage_device=self.storage, on_step=on_step,
-            )
+        batches = sample_pair_batches(velocity, pairs, cfg, epoch, self.device, storage_device=self.storage,
+                                      on_step=lambda done, total: self.progress("sample", done, total))
+        for start, stop, roll in batches:
             b = stop - start
             all_states[start:stop], all_states[n + start:n + stop] = roll.states[:b], roll.states[b:]
             all_velocities[start:stop], all_velocities[n + start:n + stop] = roll.velocities[:b], roll.velocities[b:]
             final[start:stop], final[n + start:n + stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
             del roll
-            steps_done += cfg.num_steps
             faults.kill_point("sample", epoch + 1)  # crash tests only (fdfo_core.files.faults)
         return EpochRollouts(
-            pair_ids=torch.arange(lo, hi), prompt_ids=prompt_idx, prompt_rows=rows, cond=cond,
-            states=all_states, velocities=all_velocities, final=final, sigmas=sigmas, uncond=uncond,
+            pair_ids=pairs.pair_ids, prompt_ids=pairs.prompt_ids, prompt_rows=pairs.prompt_rows, cond=cond,
+            states=all_states, velocities=all_velocities, final=final, sigmas=pairs.sigmas, uncond=pairs.uncond,
         )
 
     # --- phase 2: decode and score ---------------------------------------------------------------
@@ -125,25 +113,11 @@ class FDFOTrainer(RunLoop):
         prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
         # A per-prompt normalising reward must see all of a prompt's images at once: score raw
         # chunks with the inner reward, normalise once at the end.
-        normalizer = self.reward if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner") else None
-        scorer = normalizer.inner if normalizer is not None else self.reward
-        failures = RewardFailures()
-        rewards = []
-        total = roll.final.shape[0]
-        bad_rows = torch.zeros(total, dtype=torch.bool)
-        for start in range(0, total, self.config.decode_batch_size):
-            self.cancel_point()
-            stop = min(total, start + self.config.decode_batch_size)
-            with self.autocast():
-                images = self.backend.decode(roll.final[start:stop].to(self.device)).float()
-            r = self.score_call(scorer, images, prompts[start:stop], failures)
-            rewards.append(r)
-            bad_rows[start:stop] = ~torch.isfinite(r)
-            self.progress("reward", stop, total)
-            if not self.dist.active:  # (ranks decide together, after the gather)
-                self.check_bad_share(int((bad_rows[:n] | bad_rows[n:]).sum()), n, "pairs", failures,
-                                     certain=stop < total)
-        raw = torch.cat(rewards) if rewards else torch.zeros(0, dtype=torch.float64)
+        normalizer = per_prompt_normalizer(self.reward)
+        scorer = raw_reward(self.reward)
+        # (With several ranks, they decide on the share of lost pairs together, after the gather.)
+        raw, failures = self.decode_and_score(roll.final, prompts, scorer, lambda bad: bad[:n] | bad[n:], "pairs",
+                                              check=not self.dist.active)
         if raw.shape[0] != 2 * n:
             raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
         roll.raw_rewards = raw
@@ -158,7 +132,7 @@ class FDFOTrainer(RunLoop):
         R_left - R_right per pair; image rewards are +delta / 2 and -delta / 2 (rows a..., b...),
         NaN for a pair without a score. Pairs it declined (skipped, unpicked) are counted apart
         from failures."""
-        if hasattr(self.reward, "normalize") and hasattr(self.reward, "inner"):
+        if per_prompt_normalizer(self.reward) is not None:
             raise TrainingError(f"{self.reward.inner.describe()} gives each pair's reward difference itself (+1 / -1 / 0 "
                                 "for a pick): per-prompt normalisation does not apply; set reward_normalization to none")
         if self.dist.active:
@@ -169,10 +143,8 @@ class FDFOTrainer(RunLoop):
         total = roll.final.shape[0]
         images = []
         for start in range(0, total, cfg.decode_batch_size):
-            self.cancel_point()
             stop = min(total, start + cfg.decode_batch_size)
-            with self.autocast():
-                images.append(self.backend.decode(roll.final[start:stop].to(self.device)).float().clamp(0, 1).cpu())
+            images.append(self.decode(roll.final[start:stop]).clamp(0, 1).cpu())
             self.progress("reward", stop, total)
         images = torch.cat(images)
         pair_ids = roll.pair_ids.tolist()

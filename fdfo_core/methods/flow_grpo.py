@@ -23,7 +23,8 @@ from ..flow.conditioning import cond_select, cond_to
 from ..run.distributed import shard_range
 from ..flow.seeds import epoch_prompt_indices, generator
 from ..run.stats import ItemStats
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 from .common import finite_groups, score_latents
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

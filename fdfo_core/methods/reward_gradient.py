@@ -17,10 +17,12 @@ import torch
 
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..flow.conditioning import cond_select, cond_to
+from ..flow.paired_sampler import sample_euler
 from .fdfo_objective import fdfo_loss
 from ..flow.seeds import epoch_prompt_indices, generator
 from ..run.stats import ItemStats
-from ..run.trainer import RunLoop, TrainingError
+from ..run.trainer import RunLoop
+from ..run.hooks import TrainingError
 
 
 class _DifferentiableRewardTrainer(RunLoop):
@@ -34,7 +36,11 @@ class _DifferentiableRewardTrainer(RunLoop):
             )
 
     def _epoch_setup(self, epoch: int):
+        """(n, prompt index [n], row in cond [n], cond, velocity, latent shape, sigmas) of the epoch's
+        n = 2 * pairs_per_epoch samples; velocity: the run's, with CFG against the negative prompt.
+        Raises TrainingError when the method cannot run (several ranks, a reward without gradients)."""
         cfg = self.config
+        self._check()
         n = 2 * cfg.pairs_per_epoch  # the same number of images (reward evaluations) as FDFO
         prompt_idx = epoch_prompt_indices(cfg.seed, epoch, len(self.prompts), n)
         unique, rows = torch.unique(prompt_idx, return_inverse=True)
@@ -42,7 +48,27 @@ class _DifferentiableRewardTrainer(RunLoop):
         uncond = self.negative_cond()
         shape = self.backend.latent_shape(cfg.height, cfg.width)
         sigmas = self.backend.sigmas(cfg.num_steps, cfg.height, cfg.width).float().cpu()
-        return n, prompt_idx, rows, cond, uncond, shape, sigmas
+        return n, prompt_idx, rows, cond, self.velocity_fn(uncond), shape, sigmas
+
+    def _check_drops(self, dropped: int, n: int, failures: RewardFailures, missing: str = "none") -> None:
+        """The failure policy over the epoch's n samples, `dropped` of them without a usable reward:
+        TrainingError when all are, or more than max_bad_pair_fraction; else the drop is logged."""
+        epoch = self.epoch
+        if dropped == n:
+            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or {missing}) from "
+                                f"{self.reward_spec!r}: {failures.summary()}")
+        self.check_bad_share(dropped, n, "samples", failures)
+        if dropped:
+            self.log(dropped_line(epoch + 1, dropped, n, "samples", self.config.max_bad_pair_fraction, failures))
+
+    def _sample(self, velocity, cond, rows: torch.Tensor, shape, sigmas: torch.Tensor, purpose: str, start: int,
+                stop: int, on_step=None) -> torch.Tensor:
+        """Final latents [stop - start, C, h, w] of the epoch's samples start:stop by the plain Euler
+        sampler, each from its own seed (seed, purpose, epoch, index); differentiable when autograd is on.
+        on_step(i, x, v): `paired_sampler.sample_euler`'s."""
+        gens = [generator(self.config.seed, purpose, self.epoch, i) for i in range(start, stop)]
+        c = cond_to(cond_select(cond, rows[start:stop]), self.device)
+        return sample_euler(velocity, c, gens, shape, sigmas, device=self.device, on_step=on_step)
 
     def _reward_grad(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards [B], d reward / d latents [B, C, h, w]) through the VAE decoder."""
@@ -66,27 +92,21 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
     """method="grad_copy": FDFO's update with the exact reward gradient instead of a finite difference."""
 
     def train_epoch(self) -> dict[str, Any]:
-        self._check()
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self.velocity_fn(uncond)
+        n, prompt_idx, rows, cond, velocity, shape, sigmas = self._epoch_setup(epoch)
         states = torch.empty((n, cfg.num_steps, *shape), device=self.storage)
         vels = torch.empty_like(states)
         final = torch.empty((n, *shape))
         with torch.no_grad():
             for start in range(0, n, 2 * cfg.sample_batch_size):
                 stop = min(n, start + 2 * cfg.sample_batch_size)
-                gens = [generator(cfg.seed, "copy", epoch, i) for i in range(start, stop)]
-                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
-                for i in range(cfg.num_steps):
-                    tt = sigmas[i].expand(stop - start).to(self.device)
-                    s = sigmas[i + 1].expand(stop - start).to(self.device)
-                    v = velocity(x, tt, c)
-                    states[start:stop, i], vels[start:stop, i] = x.to(self.storage), v.to(self.storage)
-                    x = x + (s - tt).reshape(-1, 1, 1, 1) * v
+
+                def record(i, x, v, _start=start, _stop=stop):
+                    states[_start:_stop, i], vels[_start:_stop, i] = x.to(self.storage), v.to(self.storage)
+
+                x = self._sample(velocity, cond, rows, shape, sigmas, "copy", start, stop, on_step=record)
                 final[start:stop] = x.cpu()
                 self.progress("sample", stop, n)
         t.append(time.perf_counter())
@@ -108,12 +128,7 @@ class GradCopyTrainer(_DifferentiableRewardTrainer):
         rewards, grad = torch.cat(rewards), torch.cat(grads)
         valid = torch.isfinite(rewards)
         bad = int((~valid).sum())
-        if bad == n:
-            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or gradient) from "
-                                f"{self.reward_spec!r}: {failures.summary()}")
-        self.check_bad_share(bad, n, "samples", failures)
-        if bad:
-            self.log(dropped_line(epoch + 1, bad, n, "samples", cfg.max_bad_pair_fraction, failures))
+        self._check_drops(bad, n, failures, missing="gradient")
         grad = torch.where(valid.reshape(-1, *([1] * (grad.ndim - 1))), grad, torch.zeros_like(grad))
         t.append(time.perf_counter())
 
@@ -148,12 +163,10 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
     """method="backprop_chain": maximise the reward by back-propagating through every solver step."""
 
     def train_epoch(self) -> dict[str, Any]:
-        self._check()
         cfg = self.config
         epoch = self.epoch
         t = [time.perf_counter()]
-        n, prompt_idx, rows, cond, uncond, shape, sigmas = self._epoch_setup(epoch)
-        velocity = self.velocity_fn(uncond)
+        n, prompt_idx, rows, cond, velocity, shape, sigmas = self._epoch_setup(epoch)
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
         batch = 2 * cfg.sample_batch_size
         starts = list(range(0, n, batch))
@@ -165,13 +178,7 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
         for group in groups:
             for start in group:
                 stop = min(n, start + batch)
-                gens = [generator(cfg.seed, "chain", epoch, i) for i in range(start, stop)]
-                x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-                c = cond_to(cond_select(cond, rows[start:stop]), self.device)
-                for i in range(cfg.num_steps):
-                    tt = sigmas[i].expand(stop - start).to(self.device)
-                    s = sigmas[i + 1].expand(stop - start).to(self.device)
-                    x = x + (s - tt).reshape(-1, 1, 1, 1) * velocity(x, tt, c)
+                x = self._sample(velocity, cond, rows, shape, sigmas, "chain", start, stop)
                 try:
                     with self.autocast():
                         images = self.backend.decode(x).float()
@@ -193,12 +200,7 @@ class BackpropChainTrainer(_DifferentiableRewardTrainer):
                 stats.add(-r.detach(), torch.ones(stop - start), torch.zeros(stop - start, dtype=torch.bool))
                 self.progress("train", stats.items, n)
             stats.grad_norms.append(self.optimizer_step())
-        if dropped == n:
-            raise TrainingError(f"every sample of epoch {epoch + 1} got a NaN or infinite reward (or none) from "
-                                f"{self.reward_spec!r}: {failures.summary()}")
-        self.check_bad_share(dropped, n, "samples", failures)
-        if dropped:
-            self.log(dropped_line(epoch + 1, dropped, n, "samples", cfg.max_bad_pair_fraction, failures))
+        self._check_drops(dropped, n, failures)
         # Sampling, scoring and training are one differentiable pass here: all of it counts as training.
         return self._finish_with_drops((t[0], t[0], t[0], time.perf_counter()), rewards, stats, dropped, mean_abs_dr=0.0,
                                        failures=failures)

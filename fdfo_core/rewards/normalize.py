@@ -157,3 +157,17 @@ def wrap_normalization(reward: Reward, normalize: str | None, **options) -> Rewa
         except TypeError as e:
             raise RewardError(f"bad options for per-prompt normalisation: {e}") from e
     raise RewardError(f"unknown normalisation {normalize!r}; use one of {', '.join(NORMALIZE_MODES)}")
+
+
+def per_prompt_normalizer(reward):
+    """`reward` itself when it normalises per prompt (a `PerPromptNormalized`, or any object with
+    its `normalize(scores, prompts)` and `inner`, e.g. a front end's own wrapper), else None."""
+    return reward if hasattr(reward, "normalize") and hasattr(reward, "inner") else None
+
+
+def raw_reward(reward):
+    """The reward before per-prompt normalisation (`reward` itself when it does not normalise): what
+    scores images one batch at a time, where the normaliser must see all of a prompt's images at
+    once or must not see them at all (held-out images would change its running statistics)."""
+    normalizer = per_prompt_normalizer(reward)
+    return normalizer.inner if normalizer is not None else reward

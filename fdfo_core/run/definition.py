@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 from ..files import storage
 from ..files.text_files import read_json_file
+from ..rewards.normalize import per_prompt_normalizer, raw_reward
 from .checkpoints import READABLE_FORMATS, latest_checkpoint, peek_checkpoint
 
 #: Config fields a resumed run may change without breaking the replay (the run stays one run).
@@ -385,11 +386,10 @@ def reward_fields(reward: Any) -> dict[str, Any]:
     normalisation: {"mode": "none"} or the per-prompt wrapper's settings.
     """
     normalization: dict[str, Any] = {"mode": "none"}
-    inner = reward
-    if hasattr(reward, "normalize") and hasattr(reward, "inner"):
+    inner = raw_reward(reward)
+    if per_prompt_normalizer(reward) is not None:
         normalization = {"mode": "per_prompt", "min_group": getattr(reward, "min_group", None),
                          "window": getattr(reward, "window", None), "eps": getattr(reward, "eps", None)}
-        inner = reward.inner
     terms = list(getattr(inner, "terms", None) or [(1.0, inner)])
     options: dict[str, Any] = {}
     for _, r in terms:

@@ -33,6 +33,7 @@ import torch
 
 from ..rewards.failure_policy import RewardFailures, score_call
 from ..backends.generation import generate_images
+from ..rewards.normalize import raw_reward
 from ..rewards.pairwise import is_pairwise
 from ..files.image_stats import image_statistics
 
@@ -186,15 +187,6 @@ def unpack_images(packed: torch.Tensor) -> torch.Tensor:
 
 def _name(reward: Any) -> str:
     return str(getattr(reward, "name", type(reward).__name__))
-
-
-def raw_reward(reward: Any) -> Any:
-    """The reward before per-prompt normalisation: a normaliser's running statistics must not see
-    held-out images (they would change what training computes) and its output is not comparable
-    between calls."""
-    if hasattr(reward, "normalize") and hasattr(reward, "inner"):
-        return reward.inner
-    return reward
 
 
 def mean_se(x: torch.Tensor) -> tuple[float, float]:

@@ -35,7 +35,6 @@ from .evaluation import (
     find_image_space,
     pack_images,
     preserved_rng,
-    raw_reward,
     sample_heldout,
     score_heldout,
     unpack_images,
@@ -43,6 +42,7 @@ from .evaluation import (
 from ..files import storage
 from ..files.drawing import to_pil
 from ..files.image_stats import STAT_NAMES, largest_shift
+from ..rewards.normalize import raw_reward
 from ..rewards.pairwise import is_pairwise
 
 if TYPE_CHECKING:  # pragma: no cover

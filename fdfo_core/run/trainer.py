@@ -18,16 +18,16 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..files import storage
+from ..backends.generation import amp_dtype, model_velocity, negative_cond
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
-from .checkpoints import (checkpoint_files, checkpoint_name, checkpoint_run_id, latest_checkpoint, load_checkpoint,
-                          save_checkpoint)
+from .checkpoints import checkpoint_name, save_checkpoint
 from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
@@ -37,28 +37,12 @@ from ..flow.image_sizes import check_backend_size
 from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
-from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
-from .definition import (FrontEnd, RunDefinition, RunRecords, definition_of, differences, new_run_id, refusal_message,
-                         reward_fields)
-from ..flow.paired_sampler import guided
-from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
-from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
-from ..flow.seeds import generator as generator
-from .stats import ItemStats, format_metrics  # (also imported from here)
+from .definition import FrontEnd, RunDefinition, RunRecords, new_run_id, reward_fields
+from .stats import ItemStats, format_metrics
 from ..files.storage import StorageError
-from .hooks import Callbacks, RunChangeRefused, TrainingError, TrainingInterrupted  # (also imported from here)
+from .hooks import Callbacks, RunChangeRefused, TrainingError
+from .resume import check_changes, check_new_run_folder, check_run_identity, read_resume_point
 from .run_time import RunTimeEstimate, format_duration, measure_run_time
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. The adapter itself always stays fp32."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision in ("auto", "bf16"):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown precision {precision!r}")
 
 
 class RunLoop:
@@ -82,9 +66,10 @@ class RunLoop:
       without CFG); `negative_cond()`: that conditioning for the run's config;
     - `to_device(a)`: a micro-batch to the training device; `optimizer_step() -> grad norm`:
       all-reduce, unscale, clip, step (call it after the step's backward passes);
-    - the failure policy for unscorable images, over an epoch's `RewardFailures`:
-      `score_call(scorer, images, prompts, failures)`, `failed_call(error, n, failures)`,
-      `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
+    - `decode(latents)`: latents to images; the failure policy for unscorable images, over an epoch's
+      `RewardFailures`: `decode_and_score(final, prompts, scorer, units, unit)` (decode, score, stop on
+      too many lost pairs or groups), `score_call(scorer, images, prompts, failures)`,
+      `failed_call(error, n, failures)`, `record_scores(scores, failures)`, `check_bad_share(bad, total, unit, failures)`;
     - `finish_epoch(times, rewards, stats, pairs, dropped, mean_abs_dr, with_kl, failures, ...)`.
 
     Phases pass what they compute on as return values (no attribute set outside `__init__`). Front
@@ -228,25 +213,16 @@ class RunLoop:
 
     def autocast(self):
         """The run's autocast context (a no-op for fp32)."""
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
 
     def velocity_fn(self, uncond: Cond | None):
-        """velocity(x [B, C, h, w], t [B], cond) -> fp32 [B, C, h, w]: the backend's velocity under the
-        cancel point and autocast, with classifier-free guidance at `config.cfg_scale` against
-        `uncond` (the negative prompt's conditioning; None: no CFG)."""
-        def velocity(x, t, cond):
-            self.cancel_point()
-            with self.autocast():
-                return self.backend.velocity(x, t, cond).float()
-
-        return guided(velocity, self.config.cfg_scale, uncond)
+        """velocity(x [B, C, h, w], t [B], cond) -> fp32 [B, C, h, w]: `backends.generation.model_velocity`
+        with the run's cancel point, autocast and `cfg_scale`; `uncond`: `negative_cond()` (None: no CFG)."""
+        return model_velocity(self.backend, self.config.cfg_scale, uncond, self.amp, self.cancel_point)
 
     def negative_cond(self) -> Cond | None:
         """The negative prompt's conditioning for CFG, None when `cfg_scale` is 1 (no CFG)."""
-        cfg = self.config
-        return self.backend.encode_prompts([cfg.negative_prompt]) if cfg.cfg_scale != 1.0 else None
+        return negative_cond(self.backend, self.config)
 
     def to_device(self, a: torch.Tensor) -> torch.Tensor:
         """A micro-batch to the training device; from the host through pinned memory without
@@ -277,6 +253,34 @@ class RunLoop:
         scores = score_call(scorer, images, prompts, failures, self.reward_spec, strict=not self._reward_worked)
         self._reward_worked = self._reward_worked or bool(torch.isfinite(scores).any())
         return scores
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] -> float32 images [B, 3, H, W] (training device), under cancel and autocast."""
+        self.cancel_point()
+        with self.autocast():
+            return self.backend.decode(latents.to(self.device)).float()
+
+    @torch.no_grad()
+    def decode_and_score(self, final: torch.Tensor, prompts: Sequence[str], scorer,
+                         units: Callable[[torch.Tensor], torch.Tensor], unit: str,
+                         check: bool = True) -> tuple[torch.Tensor, RewardFailures]:
+        """Decode final latents [N, C, h, w] in `decode_batch_size` chunks and score them with `scorer`
+        under the failure policy (`score_call`): (float64 [N] on the CPU, NaN for an image without a
+        usable reward; the epoch's `RewardFailures`). `units(bad)`: bool [N] images without a reward ->
+        bool [U] lost units (pairs, groups); with `check`, TrainingError once more than
+        max_bad_pair_fraction of them are lost."""
+        failures, out, total = RewardFailures(), [], final.shape[0]
+        bad = torch.zeros(total, dtype=torch.bool)
+        for start in range(0, total, self.config.decode_batch_size):
+            stop = min(total, start + self.config.decode_batch_size)
+            r = self.score_call(scorer, self.decode(final[start:stop]), prompts[start:stop], failures).double().cpu()
+            out.append(r)
+            bad[start:stop] = ~torch.isfinite(r)
+            self.progress("reward", stop, total)
+            if check:
+                lost = units(bad)
+                self.check_bad_share(int(lost.sum()), lost.numel(), unit, failures, certain=stop < total)
+        return (torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)), failures
 
     def failed_call(self, error: Exception, n: int, failures: RewardFailures) -> torch.Tensor:
         """The policy for a reward call of the method's own that raised (e.g. a differentiable one):
@@ -434,7 +438,7 @@ class RunLoop:
             storage.check_writable(folder, what)
         storage.check_writable(self.run_dir, "run folder")
         if self._resumed_from is None:
-            self._check_new_run_folder()
+            check_new_run_folder(self.run_dir, self.definition, self.front_end)
         storage.remove_stale_temps(self.run_dir)  # left by a killed process
         for warning in space_warnings(self.expected_bytes(), self.run_dir, self.front_end.output_dirs):
             self.log(warning)
@@ -451,25 +455,6 @@ class RunLoop:
                      f"it continues here as a new run {self.run_id} (its picks, checkpoints and LoRA files carry the new id)")
         storage.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history),
                            "metrics log")
-
-    def _check_new_run_folder(self) -> None:
-        """A new run must not write into a folder that holds another run (or this run's checkpoints)."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (its newest checkpoint is {ckpt.name}); a new run there would mix "
-                f"the two. To continue that run: {self.front_end.resume_hint}. Otherwise: {self.front_end.new_run_hint}."
-            )
-        try:
-            recorded = RunRecords(self.run_dir).definition()
-        except FileNotFoundError:
-            recorded = None
-        diffs = differences(recorded, self.definition) if recorded is not None else []
-        if diffs:
-            raise TrainingError(
-                f"{self.run_dir} holds the record of another run (run.json, no checkpoint yet) that differs in "
-                + ", ".join(d.name for d in diffs) + f"; {self.front_end.new_run_hint}."
-            )
 
     def expected_bytes(self) -> dict[str, int]:
         """What the rest of the run will write (`run.preflight.expected_bytes`)."""
@@ -522,22 +507,16 @@ class RunLoop:
         from epoch 0 under the same rule.
         """
         path = Path(path)
-        ckpt = latest_checkpoint(path) if path.is_dir() else path
-        if ckpt is None:
-            recorded = RunRecords(path).definition()
-            if recorded is None:
-                raise FileNotFoundError(f"no checkpoint-*.pt and no run record (run.json) in {path}; "
-                                        "pass a checkpoint file or a run folder")
-            self._check_definition(recorded, f"run folder {path}", allow_change, epoch=0, checkpoint=None)
+        point = read_resume_point(path)
+        ckpt, state = point.checkpoint, point.state
+        if ckpt is not None:  # first: a checkpoint of another run than the folder's is refused
+            identity = check_run_identity(ckpt, state.get("run_id"), self.run_dir)
+            self._run_id_from_checkpoint, self._forked_from = identity.run_id, identity.forked_from
+        self._check_definition(point.recorded, point.describe(path), allow_change, epoch=point.epoch, checkpoint=ckpt)
+        if ckpt is None:  # a run record but no checkpoint yet: the run starts again from epoch 0
             self._resumed_from = path
             self.log(f"{path} has no checkpoint yet: the run starts again from epoch 0")
             return
-        state = load_checkpoint(ckpt)
-        recorded = definition_of(state)
-        if recorded is None:
-            raise TrainingError(f"{ckpt} is not an FDFO checkpoint")
-        self._check_run_identity(ckpt, state.get("run_id"))
-        self._check_definition(recorded, f"checkpoint {ckpt}", allow_change, epoch=int(state["epoch"]), checkpoint=ckpt)
         try:
             self.backend.load_adapter_state_dict(state["adapter"])
         except BackendError as e:
@@ -572,50 +551,14 @@ class RunLoop:
         self.last_checkpoint = self._resumed_from = ckpt
         self.log(f"resumed from {ckpt} at epoch {self.epoch}")
 
-    def _check_run_identity(self, ckpt: Path, ckpt_run: Any) -> None:
-        """Refuse a checkpoint of another run than the run folder's (run.json's run_id): one copied
-        between folders, or `--resume` of one run's checkpoint into another run's folder, would
-        continue the wrong weights and overwrite that run's checkpoints. A checkpoint from its own
-        folder whose run.json is gone keeps its run id; one from another folder continued in a
-        folder without a run record is a fork: a new run id, its origin recorded in run.json.
-        Checkpoints written before run ids existed carry none and are not checked."""
-        if not isinstance(ckpt_run, str) or not ckpt_run or self.run_dir is None:
-            self._run_id_from_checkpoint = ckpt_run if isinstance(ckpt_run, str) and ckpt_run else None
-            return
-        folder_run = RunRecords(self.run_dir).run_id()
-        home = ckpt.resolve().parent
-        own = home in (self.run_dir.resolve(), (self.run_dir / "checkpoints").resolve())
-        if folder_run is not None and folder_run != ckpt_run:
-            mine = [p for p in checkpoint_files(self.run_dir) if p.resolve() != ckpt.resolve() and checkpoint_run_id(p) == folder_run]
-            where = (f"its newest own checkpoint is {mine[-1]}; move {ckpt.name} out of the folder to resume from there"
-                     if own and mine else f"keep {ckpt.name} in its own run folder")
-            raise TrainingError(
-                f"checkpoint {ckpt} was written by run {ckpt_run}, but {self.run_dir} holds run {folder_run} (run.json): "
-                f"{'it was copied here from another run' if own else 'it belongs to another run folder'}, and continuing it "
-                f"would overwrite this run's checkpoints with another run's weights. To continue run {folder_run}: {where}. "
-                f"To continue run {ckpt_run}: resume its own folder. To start a new run from its weights: resume it into a "
-                f"new, empty run folder.")
-        if own or folder_run == ckpt_run:
-            self._run_id_from_checkpoint = ckpt_run
-        else:
-            self._forked_from = {"run_id": ckpt_run, "checkpoint": str(ckpt)}
-
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
-        if isinstance(recorded.config, dict):  # a setting added after the run was recorded compares as its default
-            recorded = recorded.replace(config={**FDFOConfig().to_dict(), **recorded.config})
-        if recorded.eval_prompts is None:  # recorded with the evaluation off: turning it on is allowed
-            recorded = recorded.replace(missing=recorded.missing | {"eval_prompts"})
-        diffs = differences(recorded, self.definition)
-        if not diffs:
-            return
+        """The change rule of a resume (`run.resume.check_changes`): refuse, or record the branch."""
         record = self.run_dir / "run.json" if self.run_dir is not None else None
-        if not allow_change:
-            raise RunChangeRefused(refusal_message(source, diffs, self.front_end, record), diffs)
-        self._branch = {"epoch": epoch, "checkpoint": str(checkpoint) if checkpoint else None,
-                        "changes": [d.to_dict() for d in diffs]}
-        self.log(f"continuing {source} with changes, recorded as a new branch of the run"
-                  + (f" in {record}" if record else "") + ": " + "; ".join(d.describe() for d in diffs))
+        allowed = check_changes(recorded, self.definition, source, self.front_end, allow_change, record, epoch, checkpoint)
+        if allowed is not None:
+            self._branch = allowed.branch
+            self.log(allowed.note)
 
     # --- failures: rescue the LoRA, say what happened ---------------------------------------------
 
@@ -694,7 +637,3 @@ class RunLoop:
 def fallback_dirs() -> list[Path]:
     """Where a LoRA goes when its usual folder cannot be written: the temp folder, then home."""
     return [Path(tempfile.gettempdir()) / "fdfo-rescue", Path.home() / "fdfo-rescue"]
-
-
-def resume_point(run_dir: str | Path) -> Path | None:
-    return latest_checkpoint(run_dir)

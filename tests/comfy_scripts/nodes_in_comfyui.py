@@ -65,7 +65,7 @@ from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # n
 from comfyui_fdfo_nodepack.fdfo_core.config import FDFOConfig, load_config  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.rewards import Reward, RewardError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.flow.paired_sampler import sample_euler  # noqa: E402
-from comfyui_fdfo_nodepack.fdfo_core.run.trainer import Callbacks, TrainingError  # noqa: E402
+from comfyui_fdfo_nodepack.fdfo_core.run.hooks import Callbacks, TrainingError  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.methods import FDFOTrainer  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.comfy_backend import ComfyBackend  # noqa: E402
 from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_config, tiny_lumina2_config,  # noqa: E402
@@ -73,7 +73,7 @@ from detected_models import (patcher, tiny_flux_config, tiny_hunyuan_video_confi
 from comfyui_fdfo_nodepack.nodes.sampler_nodes import sample_epoch_pairs  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.toy_model import toy_model_dir  # noqa: E402
 from comfyui_fdfo_nodepack.nodes.training_options import TRAINER_SETTINGS  # noqa: E402
-from comfyui_fdfo_nodepack.nodes.trainer_nodes import REWARD_CURVE_SIZE  # noqa: E402
+from comfyui_fdfo_nodepack.nodes.trainer_views import REWARD_CURVE_SIZE  # noqa: E402
 
 CHECKS = {}
 
@@ -566,14 +566,14 @@ def flux2_and_z_image_are_refused_with_a_clear_message():
     names, built on this version's Flux and Lumina 2, in a ComfyUI that reports v0.3.64 (this one,
     or a newer one told so): refused by name as predating them, saying what to do; Lumina 2 itself
     is not."""
-    import comfyui_fdfo_nodepack.nodes.comfy_backend as backend_module
+    import comfyui_fdfo_nodepack.nodes.comfy_models as models_module
 
-    real_version = backend_module.comfyui_version
-    backend_module.comfyui_version = lambda: "0.3.64"
+    real_version = models_module.comfyui_version
+    models_module.comfyui_version = lambda: "0.3.64"
     try:
         _flux2_and_z_image_stand_ins()
     finally:
-        backend_module.comfyui_version = real_version
+        models_module.comfyui_version = real_version
 
 
 def _flux2_and_z_image_stand_ins():

@@ -43,7 +43,7 @@ pack = importlib.util.module_from_spec(spec)
 sys.modules[PKG] = pack
 spec.loader.exec_module(pack)
 
-import comfyui_fdfo_nodepack.nodes.comfy_backend as backend_module  # noqa: E402
+import comfyui_fdfo_nodepack.nodes.comfy_models as models_module  # noqa: E402
 from comfyui_fdfo_nodepack.fdfo_core.backends.interface import BackendError  # noqa: E402
 
 META = torch.device("meta")
@@ -106,21 +106,21 @@ def recognition(name: str):
     model = MODELS[name]()
     config_class = type(model.model.model_config).__name__
     try:
-        got = backend_module.model_family(model).name
+        got = models_module.model_family(model).name
         message = None
     except BackendError as e:
         got, message = None, str(e)
     ok = config_class == name and got == family and (message is None or all(w in message for w in words))
     if family is not None:  # the same model in a ComfyUI that reports v0.3.64: refused by name, "predates"
-        real = backend_module.comfyui_version
-        backend_module.comfyui_version = lambda: "0.3.64"
+        real = models_module.comfyui_version
+        models_module.comfyui_version = lambda: "0.3.64"
         try:
-            backend_module.model_family(model)
+            models_module.model_family(model)
             old_message = None
         except BackendError as e:
             old_message = str(e)
         finally:
-            backend_module.comfyui_version = real
+            models_module.comfyui_version = real
         ok = ok and old_message is not None and "this ComfyUI (v0.3.64) predates" in old_message and "fdfo train" in old_message
         report(name, ok, config=config_class, model=type(model.model).__name__, family=got, message=message,
                as_v0364=old_message and old_message[:400])
