@@ -3,7 +3,7 @@ and overhead.py; not a test, not part of the library).
 
 `PhaseClock.install()` wraps, at class level, the calls an FDFO run makes (sampling, decode,
 reward, the training passes, the optimizer step, checkpoints, LoRA files, the held-out
-evaluation, previews, the demo's own evaluation, text encoding, the time estimate) and charges
+evaluation (the demo's figures are the run's own), previews, text encoding, the time estimate) and charges
 each call's wall time (`time.perf_counter`) and CPU time of the whole process
 (`time.process_time`: every thread's) to its phase, *exclusively*: a call nested in another (a
 velocity call inside the sampler, a LoRA write inside the held-out evaluation) is charged to
@@ -31,8 +31,8 @@ ORDER = (
     "sampling: model passes", "sampling: sampler", "decoding", "reward", "scoring: rest",
     "training: forward", "training: backward", "training: loss and rest", "optimizer",
     "checkpoints", "LoRA files", "held-out evaluation: model passes", "held-out evaluation: decode",
-    "held-out evaluation: reward", "held-out evaluation: rest", "previews: model passes", "previews: rest", "demo evaluation: model passes",
-    "demo evaluation: decode", "demo evaluation: reward", "demo evaluation: rest", "text encoding", "time estimate", "loop: rest",
+    "held-out evaluation: reward", "held-out evaluation: rest", "previews: model passes", "previews: rest",
+    "text encoding", "time estimate", "loop: rest",
 )
 
 #: A call's phase given the phase it runs inside (model passes and decodes take the caller's name).
@@ -41,12 +41,10 @@ PASS_OWNER = {
     "training: loss and rest": "training: forward",
     "held-out evaluation: rest": "held-out evaluation: model passes",
     "previews: rest": "previews: model passes",
-    "demo evaluation: rest": "demo evaluation: model passes",
 }
 DECODE_OWNER = {
     "held-out evaluation: rest": "held-out evaluation: decode",
     "previews: rest": "previews: rest",
-    "demo evaluation: rest": "demo evaluation: decode",
 }
 
 
@@ -116,7 +114,6 @@ class PhaseClock:
     def install(self) -> "PhaseClock":
         """Wrap the run's calls (class level: every trainer, backend and reward made afterwards too)."""
         from fdfo_core.backends.diffusers_backend import DiffusersBackend
-        from fdfo_core.cli import demo
         from fdfo_core.methods.fdfo import FDFOTrainer
         from fdfo_core.rewards.base import Reward
         from fdfo_core.run.guardrails import Guardrails
@@ -133,11 +130,10 @@ class PhaseClock:
         self.wrap(RunLoop, "train", "loop: rest")
         self.wrap(Guardrails, "start", "held-out evaluation: rest")
         self.wrap(Guardrails, "after_epoch", "held-out evaluation: rest")
-        self.wrap(Reward, "__call__", lambda: {"held-out evaluation: rest": "held-out evaluation: reward",
-                                                "demo evaluation: rest": "demo evaluation: reward"}.get(clock.current(), "reward"))
+        self.wrap(Reward, "__call__", lambda: {"held-out evaluation: rest": "held-out evaluation: reward"}.get(
+            clock.current(), "reward"))
         self.wrap(DiffusersBackend, "encode_prompts", "text encoding")
-        # front ends: `fdfo train`'s previews (generate_images outside the evaluations) and the demo's
-        # own evaluation (a module-level name of the demo)
+        # front ends: `fdfo train`'s previews (generate_images outside the evaluations)
         from fdfo_core.backends import generation
 
         generate = generation.generate_images
@@ -150,8 +146,6 @@ class PhaseClock:
 
         generation.generate_images = generate_wrapper
         self._undo.append(lambda: setattr(generation, "generate_images", generate))
-        if hasattr(demo, "evaluate"):
-            self.wrap_function(demo, "evaluate", "demo evaluation: rest")
 
         velocity = DiffusersBackend.__dict__["velocity"]
         decode = DiffusersBackend.__dict__["decode"]

@@ -13,7 +13,7 @@ inputs with nothing around them) and the ratio of the run to them. "outside the 
 loading, the demo's pictures and whatever no phase covers.
 
     python benchmarks/profile_epoch.py [--what toy,demo,passes] [--toy-epochs 10] [--demo-epochs 40]
-        [--threads 2] [--load 0] [--demo-args "--own-evaluation"]
+        [--threads 2] [--load 0] [--demo-args "--steps-per-sample 0"]
 
 `--load N` starts N competing busy processes (one thread each) for the whole profile, to see what
 a loaded machine does to each phase; `taskset -c 0,1 python ...` confines the profile to two cores.
@@ -117,7 +117,7 @@ def main() -> None:
         "toy, demo, passes (a table of one pass's cost by batch size and threads), comma-separated"))
     ap.add_argument("--toy-epochs", type=int, default=10)
     ap.add_argument("--demo-epochs", type=int, default=None, help="default: the demo's own (40)")
-    ap.add_argument("--demo-args", default="", help="further `fdfo demo` flags, e.g. \"--own-evaluation\" (the old demo)")
+    ap.add_argument("--demo-args", default="", help="further `fdfo demo` flags, e.g. \"--steps-per-sample 0\" (train every step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--load", type=int, default=0, help="competing busy processes during the profile")
     ap.add_argument("--smoke", action="store_true", help="one tiny epoch of each (checks the script works)")

@@ -17,6 +17,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever sys.stderr is when a record is written. diffusers and
+    transformers bind their default log handler to the sys.stderr of their first log call: when
+    that call runs under a test's `capsys`, every later warning goes to a closed buffer ("--- Logging
+    error ---" plus a traceback in another test's stderr; seen under pytest-xdist, whose workers run
+    the tests in another order)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+def _follow_current_stderr():
+    import logging
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.get_logger("diffusers")  # creates the libraries' default handlers now
+    transformers.utils.logging.get_logger("transformers")
+    for name in ("diffusers", "transformers"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(_CurrentStderr())
+
+
+_follow_current_stderr()
+
+
 @pytest.fixture
 def tmp_run(tmp_path):
     return tmp_path / "run"

@@ -55,7 +55,7 @@ def test_demo_output_that_cannot_be_written_says_what_is_kept(tmp_path, capsys, 
 
 def test_demo_fixes_its_thread_count_and_passes_its_settings(tmp_path, monkeypatch):
     """`fdfo demo` runs at DEMO_THREADS whatever the machine (its figures depend on the count), unless
-    --threads says otherwise; --own-evaluation and --steps-per-sample reach run_demo."""
+    --threads says otherwise; --steps-per-sample and --eval-every reach run_demo."""
     import torch
 
     from fdfo_core.cli import demo
@@ -66,14 +66,14 @@ def test_demo_fixes_its_thread_count_and_passes_its_settings(tmp_path, monkeypat
     try:
         torch.set_num_threads(1 if demo.DEMO_THREADS != 1 else 3)
         assert main(["demo", "--out", str(tmp_path / "a")]) == 0
-        assert main(["demo", "--out", str(tmp_path / "b"), "--threads", "1", "--own-evaluation",
+        assert main(["demo", "--out", str(tmp_path / "b"), "--threads", "1",
                      "--steps-per-sample", "0", "--eval-every", "5"]) == 0
     finally:
         torch.set_num_threads(before)
     assert seen[0][0] == demo.DEMO_THREADS
-    assert seen[0][1]["own_evaluation"] is False and seen[0][1]["eval_every"] is None
+    assert seen[0][1]["eval_every"] is None and seen[0][1]["steps_per_sample"] is None
     assert seen[1][0] == 1
-    assert seen[1][1]["own_evaluation"] is True and seen[1][1]["steps_per_sample"] == 0 and seen[1][1]["eval_every"] == 5
+    assert seen[1][1]["steps_per_sample"] == 0 and seen[1][1]["eval_every"] == 5
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ import torch
 from ..files import storage
 from ..config import load_config
 from ..errors import ConfigError
-from ..backends.generation import generate_images
 from ..files.drawing import caption_label, image_grid, line_plot, save_png, side_by_side
 from ..run.definition import FrontEnd
 from ..run.hooks import Callbacks
@@ -51,17 +50,6 @@ def mean_se(x: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), float(x.std() / math.sqrt(max(1, x.numel()))) if x.numel() > 1 else 0.0
 
 
-def evaluate(backend, reward, held: HeldOut, cfg, use_adapter: bool = True) -> dict[str, Any]:
-    from ..toy import prompt_diversity
-
-    images = generate_images(backend, held.prompts, held.seeds, cfg.num_steps, cfg.height, cfg.width,
-                             cfg.cfg_scale, cfg.negative_prompt, batch_size=64, use_adapter=use_adapter)
-    scores = reward(images, held.prompts)
-    mean, se = mean_se(scores)
-    return {"alignment_mean": mean, "alignment_se": se, "diversity": prompt_diversity(images, held.prompts),
-            "images": images, "scores": scores, "prompts": held.prompts}
-
-
 #: The demo's settings on top of the toy preset (issue 28: the demo in two minutes on 2 CPU cores).
 #: Training on 10 of each sample's 20 steps halves the training passes; the held-out evaluation is
 #: the run's own (its guardrails'), at the start, every `DEMO_EVAL_EVERY` epochs and at the end.
@@ -87,16 +75,14 @@ def run_demo(
     overrides: dict[str, Any] | None = None,
     model: str | Path | None = None,
     steps_per_sample: int | None = None,
-    own_evaluation: bool = False,
 ) -> dict[str, Any]:
     """FDFO on the toy model; returns the summary (also written to `summary.json`).
 
-    eval_every: held-out evaluation every N epochs (curve points; the start and the end always; 0:
-    only those two; default DEMO_EVAL_EVERY, 5 with `own_evaluation`). steps_per_sample: training
-    steps per sample (0: all 20; default DEMO_STEPS_PER_SAMPLE, 0 with `own_evaluation`).
-    own_evaluation: the demo before issue 28 (the regression anchor): its own evaluation of the
-    held-out captions with one seed per image (1_000_000 + i), beside the trainer's default 4 x 4
-    one, and training on every step. Raises ConfigError for settings the demo cannot run."""
+    The figures are the run's own held-out evaluation (its guardrails': `heldout_prompts` captions x
+    `seeds_per_prompt` seeds), at the start, every `eval_every` epochs and at the end.
+    eval_every: curve points every N epochs (0: the start and the end only; default DEMO_EVAL_EVERY).
+    steps_per_sample: training steps per sample (0: all 20; default DEMO_STEPS_PER_SAMPLE).
+    Raises ConfigError for settings the demo cannot run."""
     from ..backends.diffusers_backend import build_backend
     from ..rewards import build_reward
     from ..toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
@@ -110,22 +96,17 @@ def run_demo(
     storage.check_writable(out, "demo output folder")  # before any model work: fail fast
     values = dict(overrides or {})
     values["seed"] = seed
-    if epochs is None and not own_evaluation:
-        epochs = DEMO_EPOCHS
-    if epochs is not None:
-        values["epochs"] = epochs
+    values["epochs"] = DEMO_EPOCHS if epochs is None else epochs
     if pairs_per_epoch is not None:
         values["pairs_per_epoch"] = pairs_per_epoch
-    if steps_per_sample is None:
-        steps_per_sample = 0 if own_evaluation else DEMO_STEPS_PER_SAMPLE
-    values["steps_per_sample"] = steps_per_sample
+    values["steps_per_sample"] = DEMO_STEPS_PER_SAMPLE if steps_per_sample is None else steps_per_sample
     if eval_every is None:
-        eval_every = 5 if own_evaluation else DEMO_EVAL_EVERY
-    n_epochs = int(values.get("epochs", load_config("toy").epochs))
+        eval_every = DEMO_EVAL_EVERY
+    n_epochs = int(values["epochs"])
     if n_epochs < 1:
         raise ConfigError(f"the demo trains at least one epoch (--epochs), got {n_epochs}")
-    if not own_evaluation:  # the run's held-out evaluation is the demo's: all its captions x seeds
-        values.update(eval_every=eval_every or n_epochs, eval_prompt_count=heldout_prompts, eval_seeds=seeds_per_prompt)
+    # the run's held-out evaluation is the demo's: all its captions x seeds
+    values.update(eval_every=eval_every or n_epochs, eval_prompt_count=heldout_prompts, eval_seeds=seeds_per_prompt)
     cfg = load_config("toy", overrides=values)
     model = Path(model) if model is not None else default_toy_model_path()
     backend = build_backend(model, cfg, device="cpu", max_sequence_length=TOY_MAX_SEQUENCE_LENGTH)
@@ -148,14 +129,11 @@ def run_demo(
                            new_run_hint=f"give the demo another --out folder (or delete {out})",
                            allow_change_hint="use fdfo train --resume with --allow-change",
                            session={"heldout_prompts": heldout_prompts, "seeds_per_prompt": seeds_per_prompt,
-                                    "own_evaluation": own_evaluation, "threads": torch.get_num_threads()},
+                                    "threads": torch.get_num_threads()},
                            extra_bytes=2_000_000),
     )
     trainer.start_run()  # checks the folder and its free space before the long evaluation
-    if own_evaluation:
-        before, after, curve, t_train = _train_with_own_evaluation(trainer, backend, reward, held, cfg, eval_every, log)
-    else:
-        before, after, curve, t_train = _train_with_run_evaluation(trainer, reward, cfg, log)
+    before, after, curve, t_train = _train_with_run_evaluation(trainer, reward, cfg, log)
     prompts_shown = before["prompts"]
     gain, gain_se = mean_se(after["scores"] - before["scores"])
     log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
@@ -185,7 +163,7 @@ def run_demo(
 
         summary = {
             "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(prompts_shown),
-            "steps_per_sample": cfg.steps_per_sample, "evaluation": "demo's own" if own_evaluation else "the run's",
+            "steps_per_sample": cfg.steps_per_sample, "evaluation": "the run's",
             "threads": torch.get_num_threads(),
             "alignment_before": [before["alignment_mean"], before["alignment_se"]],
             "alignment_after": [after["alignment_mean"], after["alignment_se"]],
@@ -235,25 +213,3 @@ def _train_with_run_evaluation(trainer, reward, cfg, log):
     curve = [(ev.epoch, ev.heldout_reward, ev.heldout_reward_se) for ev in guard.evaluations]
     return before, after, curve, t_train
 
-
-def _train_with_own_evaluation(trainer, backend, reward, held, cfg, eval_every, log):
-    """The demo before issue 28: its own evaluation before, every eval_every epochs and after."""
-    before = evaluate(backend, reward, held, cfg)
-    log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
-        f"(diversity {before['diversity']:.4f})")
-    curve = [(0, before["alignment_mean"], before["alignment_se"])]
-
-    def on_epoch_end(trainer, metrics):
-        e = metrics["epoch"]
-        if eval_every and (e % eval_every == 0) and e < cfg.epochs:
-            ev = evaluate(backend, reward, held, cfg)
-            curve.append((e, ev["alignment_mean"], ev["alignment_se"]))
-            log(f"  held-out alignment after epoch {e}: {ev['alignment_mean']:.4f} +- {ev['alignment_se']:.4f}")
-
-    trainer.callbacks.on_epoch_end = on_epoch_end
-    t_train = time.perf_counter()
-    trainer.train()
-    t_train = time.perf_counter() - t_train
-    after = evaluate(backend, reward, held, cfg)
-    curve.append((cfg.epochs, after["alignment_mean"], after["alignment_se"]))
-    return before, after, curve, t_train

@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = {"sample_batch_size": args.sample_batch_size} if args.sample_batch_size else {}
     run_demo(out, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch, heldout_prompts=args.heldout_prompts,
              seeds_per_prompt=args.seeds_per_prompt, eval_every=args.eval_every, seed=args.seed, overrides=overrides,
-             steps_per_sample=args.steps_per_sample, own_evaluation=args.own_evaluation)
+             steps_per_sample=args.steps_per_sample)
     return 0
 
 
@@ -179,19 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: FDFO on the bundled toy model, before/after grid in minutes")
     d.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    d.add_argument("--epochs", type=int, help="epochs (default: the toy preset's)")
+    d.add_argument("--epochs", type=int, help="epochs (default 40)")
     d.add_argument("--pairs-per-epoch", type=int)
     d.add_argument("--sample-batch-size", type=int)
     d.add_argument("--heldout-prompts", type=int, default=64, help="held-out captions for the before/after figures")
     d.add_argument("--seeds-per-prompt", type=int, default=2)
     d.add_argument("--eval-every", type=int, default=None, help=(
         "held-out evaluation every N epochs (curve points; the start and the end always; 0: only those; "
-        "default 20, 5 with --own-evaluation)"))
+        "default 20)"))
     d.add_argument("--steps-per-sample", type=int, default=None, help=(
-        "train on a random subset of k of each sample's steps (0: all; default 10, 0 with --own-evaluation)"))
-    d.add_argument("--own-evaluation", action="store_true", help=(
-        "the demo before issue 28 (its regression anchor): its own held-out evaluation (one seed per image) "
-        "beside the run's 4 x 4 one, and training on every step; with --threads 2: 0.671 -> 0.7471"))
+        "train on a random subset of k of each sample's steps (0: all; default 10)"))
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
