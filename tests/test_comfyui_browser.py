@@ -31,6 +31,7 @@ import pytest
 from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer
 from comfy_scripts.toy_fixture import toy_model_env
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = os.environ.get("FDFO_BROWSER_RUN", "1") != "0"
@@ -55,13 +56,7 @@ def results(tmp_path_factory):
         proc = subprocess.run(args + ([] if RUN else ["--no-run"]), capture_output=True, text=True, timeout=3600)
     finally:
         server.stop()
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[(r["kind"], r["workflow"])] = r
-    if not found:
-        pytest.fail(f"the browser check printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    found = script_results(proc, lambda r: (r["kind"], r["workflow"]), what="the browser check")
     images = REPO / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     # Template screenshots first; the toy's end-of-run screenshot replaces its template one.

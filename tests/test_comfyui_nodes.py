@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from comfy_scripts.toy_fixture import toy_model_env
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
@@ -71,14 +72,7 @@ def results(tmp_path_factory):
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "nodes_in_comfyui.py"), COMFYUI_ROOT, str(work)],
                           cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[r["check"]] = r
-    if not found:
-        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return found
+    return script_results(proc, "check")
 
 
 @pytest.mark.parametrize("check", CHECKS)

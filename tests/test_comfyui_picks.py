@@ -27,6 +27,7 @@ import pytest
 from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer, error_message, output_files, was_interrupted
 from comfy_scripts.toy_fixture import is_random_toy, toy_model_env
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, PAIRS = 8, 16
@@ -95,11 +96,7 @@ def artist(server: ComfyServer, plan: dict, out: Path, timeout: float = 1800) ->
     (out / "plan.json").write_text(json.dumps(plan))
     proc = subprocess.run([PYTHON, str(REPO / "tests" / "comfy_scripts" / "picks_browser.py"), server.url,
                            str(out / "plan.json"), str(out)], capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    pytest.fail(f"the scripted artist printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                f"{proc.stderr[-5000:]}\n{server.log_tail()}")
+    return script_results(proc, what="the scripted artist", extra=server.log_tail())[0]
 
 
 def held_out_graph(lora_file: str, seed: int = 900_000, batch: int = 16) -> tuple[dict, list[str], list[str]]:
