@@ -477,10 +477,12 @@ class FDFOTrainerNode:
             summary += f"\n{guard_text}"
         summary += f"\n{output_note}"
         log.info("FDFO: %s", summary)
-        ui: dict[str, Any] = {"text": [summary]}
         line = state["line"] or (epoch_line(history[-1], cfg.epochs, 0.0) if history else f"{run_name}: no epochs run")
         stopped = f"\n{guard.stop_message(run_name)}" if guard is not None and guard.stop_reason else ""
         progress.bar.text(f"{line}{stopped}\nLoRA: {lora_path.name} (models/loras)")
+        # The node's own output (web/fdfo_trainer.js shows it): stays on the node after the run,
+        # where newer front ends remove the progress text when the job ends.
+        ui: dict[str, Any] = {"text": [f"{line}{stopped}\n{summary}"]}
         record = save_temp_png(live_panel(grids["trained"][1], line), "trainer") if "trained" in grids else None
         if record is not None:  # the node keeps showing the last epoch line and grid
             ui["images"] = [record]
