@@ -68,6 +68,7 @@ from ..fdfo_core.backends.lora_files import fuse_parts
 from ..fdfo_core.backends.prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, MB, PromptCache, compact
 from ..fdfo_core.flow.seeds import derive_seed
 from .comfy_layers import dequantized_weight, is_quantized, linear_features, post_function_scale
+from .model_caches import caches_off
 from .training_mode import training_mode
 
 try:  # ComfyUI >= 0.3.30: the base class of trainable weight adapters
@@ -432,8 +433,9 @@ class ComfyBackend(NamedAdapterParams):
         """Attach the adapter (when training), load the model through ComfyUI's model management,
         and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)
         and ComfyUI in training mode (`training_mode`: differentiable code instead of fused
-        inference kernels, for sampling too, so recorded and trained velocities agree)."""
-        with torch.inference_mode(False), training_mode():
+        inference kernels, for sampling too, so recorded and trained velocities agree), with the
+        model's own prefix / K/V caches off (`caches_off`: they would hold an earlier LoRA's values)."""
+        with torch.inference_mode(False), training_mode(), caches_off(self.base):
             self._in_session = True
             try:
                 if train:

@@ -54,7 +54,7 @@ CHECKS = [
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
     "guardrails_in_the_trainer_node", "scaled_fp8_lora_acts_as_the_file",
     "flows_that_are_not_a_plain_velocity_are_refused", "fingerprint_sees_injected_patches",
-    "dynamic_vram_weights_are_not_copied", "fingerprint_same_with_fp8_weights",
+    "dynamic_vram_weights_are_not_copied", "fingerprint_same_with_fp8_weights", "model_caches_are_off_in_sessions",
 ]
 
 pytestmark = [

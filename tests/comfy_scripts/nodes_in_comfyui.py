@@ -681,6 +681,48 @@ def fingerprint_sees_injected_patches():
 
 
 @check
+def model_caches_are_off_in_sessions():
+    """Model-side caches (newer ComfyUI: HiDream-O1's K/V cache with `clear_kv_cache()`, Qwen-Image
+    2.1's prefix cache with `prefix_cache_enabled` / `reset_prefix_cache(enabled)`, read in its
+    comfy/ldm/hidream_o1/model.py and comfy/ldm/qwen_image21/model.py; neither is in v0.8.0) are
+    emptied around every forward call and switched off in the backend's sessions (sampling and
+    training), and left as they were after. STAND-IN: those methods attached to the toy's real
+    diffusion model, counting their calls."""
+    model, clip, vae = toy()
+    dm = model.get_model_object("diffusion_model")
+    calls = {"clear": 0, "reset": []}
+
+    def clear_kv_cache():
+        calls["clear"] += 1
+
+    def reset_prefix_cache(enabled):
+        calls["reset"].append(enabled)
+        dm.prefix_cache_enabled = enabled
+
+    dm.clear_kv_cache, dm.reset_prefix_cache, dm.prefix_cache_enabled = clear_kv_cache, reset_prefix_cache, True
+    try:
+        backend = ComfyBackend(model.clone(), clip, vae, toy_config())
+        seen = {}
+        for train in (False, True):
+            before = calls["clear"]
+            with backend.session(train=train):
+                off = not dm.prefix_cache_enabled
+                x, t = torch.randn(2, 16, 8, 8), torch.full((2,), 0.5)
+                with torch.set_grad_enabled(train):
+                    for _ in range(2):
+                        v = backend.velocity(x, t, backend.encode_prompts(PROMPTS[:2]))
+                    if train:
+                        v.square().mean().backward()
+                hooks_in = bool(dm._forward_pre_hooks)
+            seen["train" if train else "sample"] = {"clears": calls["clear"] - before, "prefix_off": off, "hooks": hooks_in,
+                                                    "restored": dm.prefix_cache_enabled and not dm._forward_pre_hooks}
+    finally:
+        del dm.clear_kv_cache, dm.reset_prefix_cache, dm.prefix_cache_enabled
+    ok = all(s["clears"] >= 2 * 2 + 2 and s["prefix_off"] and s["hooks"] and s["restored"] for s in seen.values())
+    report("model_caches_are_off_in_sessions", ok, seen=seen, resets=calls["reset"])
+
+
+@check
 def dynamic_vram_weights_are_not_copied():
     """STAND-IN for newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, read in its
     comfy/model_patcher.py; not in v0.8.0): a ModelPatcher whose is_dynamic() is True. Its weights
