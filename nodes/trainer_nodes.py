@@ -313,6 +313,7 @@ class FDFOTrainerNode:
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
         from .comfy_backend import ComfyBackend, distilled_checkpoint
+        from .fp8_rounding import backend_rounding_note
 
         family, distilled = distilled_checkpoint(model, graph, unique_id)
         if distilled is not None:  # warn; the steps / CFG the user left at their defaults follow the model
@@ -463,6 +464,8 @@ class FDFOTrainerNode:
                 output_note = f"Output: the last LoRA {lora_path.name}; no best LoRA to give: {why}."
             if preview_every and "trained" not in grids:
                 grids["trained"] = preview(trainer, use_adapter=True)
+            # fp8 weights: what the stock loaders' rounding does to the LoRA the previews showed exactly.
+            rounding = backend_rounding_note(backend)
             history = list(trainer.history)
             last = format_metrics(history[-1], cfg.epochs) if history else "no epochs run"
             guard_text = guard.summary(run_name, history) if guard is not None else ""
@@ -476,6 +479,8 @@ class FDFOTrainerNode:
         if guard_text:
             summary += f"\n{guard_text}"
         summary += f"\n{output_note}"
+        if rounding:
+            summary += f"\n{rounding}"
         log.info("FDFO: %s", summary)
         line = state["line"] or (epoch_line(history[-1], cfg.epochs, 0.0) if history else f"{run_name}: no epochs run")
         stopped = f"\n{guard.stop_message(run_name)}" if guard is not None and guard.stop_reason else ""
