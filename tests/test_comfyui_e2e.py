@@ -365,7 +365,7 @@ def test_toy_style_workflow_trains_with_the_reference_reward(server, toy_env):
     rf.write_clip_folder(server.base / "models" / "fdfo_rewards" / "clip-vit-large-patch14", seed=0,
                          pad_token="<|endoftext|>")
     prompt = api("fdfo_toy_style_reference")
-    set_training(prompt, epochs=1, pairs_per_epoch=4, resume=False, preview_every=0)
+    set_training(prompt, epochs=1, pairs_per_epoch=4, steps=E2E_TOY["steps"], resume=False, preview_every=0)
     entry = server.run(prompt, timeout=1200)
     assert entry["status"]["status_str"] == "success", error_message(entry) or server.log_tail()
     from safetensors import safe_open
