@@ -18,7 +18,10 @@ A headless ComfyUI serves the front end; tests/comfy_scripts/browser_check.py:
   run docs/images/comfyui_fdfo_toy_running.png; the other workflows' screenshots are
   docs/images/comfyui_<workflow>.png.
 
-FDFO_BROWSER_RUN=0 skips the toy run (about 5 minutes on 2 CPU cores).
+FDFO_BROWSER_RUN=0 skips the toy run (about 5 minutes on 2 idle CPU cores, 25 under load);
+FDFO_BROWSER_EPOCHS / FDFO_BROWSER_PAIRS shorten it (typed into the Trainer's widgets before Run;
+5 epochs keep 3 running epoch lines to watch). The screenshots of a shortened run are not copied
+into docs/images.
 """
 
 import json
@@ -60,8 +63,11 @@ def results(tmp_path_factory):
     found = script_results(proc, lambda r: (r["kind"], r["workflow"]), what="the browser check")
     images = REPO / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    # Template screenshots first; the toy's end-of-run screenshot replaces its template one.
+    # Template screenshots first; the toy's end-of-run screenshot replaces its template one (not
+    # from a shortened run: the docs show the template's own).
     for key in sorted(found, key=lambda k: k[0] == "run"):
+        if found[key].get("shortened"):
+            continue
         for shot in (found[key].get("screenshot"), found[key].get("mid_screenshot")):
             if shot and Path(shot).exists():
                 shutil.copyfile(shot, images / Path(shot).name)
@@ -109,6 +115,9 @@ def test_toy_template_runs_to_the_end_as_a_person_sees_it(results):
     print(f"\ntoy template: {r['run_to_last_image_s']:.0f} s from Run to the last image (clicked {r['clicked']}); "
           f"last epoch line: {r['final_text']!r}")
     assert r["finished"] and r["run_to_last_image_s"] is not None
+    wanted = {k: int(os.environ[e]) for k, e in (("epochs", "FDFO_BROWSER_EPOCHS"), ("pairs_per_epoch", "FDFO_BROWSER_PAIRS"))
+              if os.environ.get(e)}
+    assert r["shortened"] == wanted, r["shortened"]
     assert r["page_errors"] == [] and r["console_errors"] == [], (r["page_errors"], r["console_errors"])
     # Live feedback while the Trainer runs: the epoch line (reward, epoch k of n, time left) and the
     # latest grid on the Trainer node, the reward curve and base-vs-trained views updating.
@@ -119,6 +128,8 @@ def test_toy_template_runs_to_the_end_as_a_person_sees_it(results):
     # After the run the Trainer keeps its summary (its ui.text, web/fdfo_trainer.js): the last epoch
     # line, done, and the LoRA, in place of the progress text (front end 1.58 removes that one).
     assert r["final_text"] and r["final_text"].split("\n")[0].endswith("· done"), r["final_text"]
+    epochs = wanted.get("epochs", 40)
+    assert r["final_text"].startswith(f"epoch {epochs}/{epochs} · reward "), r["final_text"]
     assert "fdfo_toy.safetensors" in r["final_text"] and "run folder" in r["final_text"], r["final_text"]
     assert r["progress_text_after_run"] is None, r["progress_text_after_run"]
     # At the end: every output whole, at its natural size, nothing overlapping, all in the window.

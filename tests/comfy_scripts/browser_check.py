@@ -29,6 +29,7 @@ Finally (kind "legacy") a workflow saved with the Trainer before FDFO Training O
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,20 @@ IMAGES_LOADED = """(ids) => {
         const n = window.app.graph.getNodeById(Number(id));
         return n && n.imgs && n.imgs.length && n.imgs.every(i => i.complete && i.naturalWidth > 0);
     });
+}"""
+
+# FDFO_BROWSER_EPOCHS / FDFO_BROWSER_PAIRS: a shorter toy run (set on the Trainer's widgets before
+# Run, as a person would type them); the template's own 40 x 32 when unset.
+SHORT_RUN = {k: int(v) for k, v in (("epochs", os.environ.get("FDFO_BROWSER_EPOCHS")),
+                                    ("pairs_per_epoch", os.environ.get("FDFO_BROWSER_PAIRS"))) if v}
+SET_WIDGETS = """([id, values]) => {
+    const n = window.app.graph.getNodeById(Number(id)), set = {};
+    for (const [name, value] of Object.entries(values)) {
+        const w = (n.widgets || []).find(w => w.name === name);
+        if (w) { w.value = value; w.callback?.(value); set[name] = w.value; }
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+    return set;
 }"""
 
 # What a person sees of the Trainer and its views during the run.
@@ -345,6 +360,7 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
     time.sleep(1.0)
     layout = wf["extra"]["fdfo_layout"]
     ids = trainer_ids(wf)
+    shortened = page.evaluate(SET_WIDGETS, [ids["trainer"], SHORT_RUN]) if SHORT_RUN else {}
     clicked = click_run(page)
     t0 = time.monotonic()
     seen = {"epoch_lines": [], "trainer_images": 0, "curve_updates": 0, "compare_updates": 0,
@@ -387,7 +403,7 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
     shot = shots / f"comfyui_{name}.png"
     page.screenshot(path=str(shot))
     trainer = next((n for n in geom["nodes"] if str(n["id"]) == ids["trainer"]), {})
-    return {"kind": "run", "workflow": name, "clicked": clicked, "finished": ran, "run_to_last_image_s": done_s,
+    return {"kind": "run", "workflow": name, "clicked": clicked, "shortened": shortened, "finished": ran, "run_to_last_image_s": done_s,
             "final_text": trainer.get("summary"), "progress_text_after_run": trainer.get("text"), "notices_closed": notices, **reported_errors(errors), "screenshot": str(shot),
             "mid_screenshot": str(mid_shot) if mid_shot.exists() else None, "seen": {**seen, "epoch_lines": seen["epoch_lines"][-4:],
                                                                                       "distinct_epoch_lines": len(seen["epoch_lines"])},
