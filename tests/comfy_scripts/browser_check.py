@@ -185,6 +185,12 @@ DISMISS_NOTICES = """() => {
 }"""
 
 
+#: Seconds after the queue empties until the front end's completion summary (1.35 and later: "1 job
+#: completed" under the Run button) has hidden itself: its timer is 6 s; the rest is margin for a
+#: loaded machine.
+COMPLETION_SUMMARY_S = 10.0
+
+
 def dismiss_notices(page) -> list[str]:
     closed = page.evaluate(DISMISS_NOTICES)
     if closed:
@@ -391,13 +397,18 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
             break
         time.sleep(1.0)
     ran = started and not queue_busy()
+    idle_at = time.monotonic()
     # The last image: every declared image node shows its final images.
     try:
         page.wait_for_function(IMAGES_LOADED, arg=list(layout), timeout=60000)
         done_s = time.monotonic() - t0
     except Exception:
         done_s = None
-    time.sleep(5.0)  # well after the job ended (front end 1.58 then removes the progress texts)
+    # Well after the job ended: front end 1.58 then removes the progress texts, and the completion
+    # summary that 1.35 and later show under the Run button ("1 job completed", over the canvas's
+    # top-right corner) hides itself 6 s after the queue empties (its own timer; a person sees the
+    # workflow without it). Measured after that, so what is left over a node is reported.
+    time.sleep(max(5.0, idle_at + COMPLETION_SUMMARY_S - time.monotonic()))
     notices = dismiss_notices(page)
     geom = page.evaluate(GEOMETRY)
     shot = shots / f"comfyui_{name}.png"
