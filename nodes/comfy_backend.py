@@ -60,6 +60,7 @@ from .comfy_lora import FDFOLoRA
 from .comfy_models import (
     check_clip, check_vae, model_family, model_name, unet_config_digest, upstream_patches_digest,
 )
+from .model_caches import caches_off
 from .training_mode import training_mode
 
 log = logging.getLogger("fdfo")
@@ -154,8 +155,9 @@ class ComfyBackend(NamedAdapterParams):
         """Attach the adapter (when training), load the model through ComfyUI's model management,
         and undo every patch on exit. Runs with inference mode off (nodes run under inference mode)
         and ComfyUI in training mode (`training_mode`: differentiable code instead of fused
-        inference kernels, for sampling too, so recorded and trained velocities agree)."""
-        with torch.inference_mode(False), training_mode():
+        inference kernels, for sampling too, so recorded and trained velocities agree), with the
+        model's own prefix / K/V caches off (`caches_off`: they would hold an earlier LoRA's values)."""
+        with torch.inference_mode(False), training_mode(), caches_off(self.base):
             self._in_session = True
             try:
                 if train:

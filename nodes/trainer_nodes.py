@@ -365,6 +365,7 @@ class FDFOTrainerNode:
         from ..fdfo_core.backends.lora_files import publish_target
         from ..fdfo_core.run.guardrails import best_lora_name
         from ..fdfo_core.run.stats import format_metrics
+        from .fp8_rounding import backend_rounding_note
 
         cfg, run_dir, run_name, loras_dir = plan.cfg, plan.run_dir, plan.run_name, plan.loras_dir
         lora_sd = backend.lora_file_tensors()
@@ -398,10 +399,12 @@ class FDFOTrainerNode:
             output_note = f"Output: the last LoRA {lora_path.name}; no best LoRA to give: {why}."
         if plan.preview_every and "trained" not in views.grids:
             views.grids["trained"] = views.preview(trainer, use_adapter=True)
+        # fp8 weights: what the stock loaders' rounding does to the LoRA the previews showed exactly.
+        rounding = backend_rounding_note(backend)
         history = list(trainer.history)
         return {
             "lora_sd": lora_sd, "lora_path": lora_path, "shown_epoch": shown_epoch, "output_note": output_note,
-            "kept_note": kept_note, "history": history, "guard": guard,
+            "kept_note": kept_note, "rounding": rounding, "history": history, "guard": guard,
             "last": format_metrics(history[-1], cfg.epochs) if history else "no epochs run",
             "guard_text": guard.summary(run_name, history) if guard is not None else "",
         }
@@ -427,11 +430,15 @@ class FDFOTrainerNode:
         if published["guard_text"]:
             summary += f"\n{published['guard_text']}"
         summary += f"\n{published['output_note']}"
+        if published["rounding"]:
+            summary += f"\n{published['rounding']}"
         log.info("FDFO: %s", summary)
-        ui: dict[str, Any] = {"text": [summary]}
         line = views.line or (epoch_line(history[-1], cfg.epochs, 0.0) if history else f"{run_name}: no epochs run")
         stopped = f"\n{guard.stop_message(run_name)}" if guard is not None and guard.stop_reason else ""
         views.progress.bar.text(f"{line}{stopped}\nLoRA: {lora_path.name} (models/loras)")
+        # The node's own output (web/fdfo_trainer.js shows it): stays on the node after the run,
+        # where newer front ends remove the progress text when the job ends.
+        ui: dict[str, Any] = {"text": [f"{line}{stopped}\n{summary}"]}
         grids = views.grids
         record = save_temp_png(live_panel(grids["trained"][1], line), "trainer") if "trained" in grids else None
         if record is not None:  # the node keeps showing the last epoch line and grid

@@ -12,12 +12,16 @@ A headless ComfyUI serves the front end; tests/comfy_scripts/browser_check.py:
 - loads a workflow saved with the one-node Trainer of before FDFO Training Options;
 - runs the toy template to the end as a person does (load, click Run, wait): the Trainer's epoch
   line, its live image and its reward-curve and base-vs-trained views update during the run, and
-  the same layout checks pass on the real outputs. Its end-of-run screenshot is
+  the same layout checks pass on the real outputs; after the job has ended the Trainer still shows
+  its summary (the last epoch line, done, and the LoRA) in all front ends, 1.58 included. Its end-of-run screenshot is
   docs/images/comfyui_fdfo_toy.png (the README and docs/comfyui.md show it), one taken during the
   run docs/images/comfyui_fdfo_toy_running.png; the other workflows' screenshots are
   docs/images/comfyui_<workflow>.png.
 
-FDFO_BROWSER_RUN=0 skips the toy run (about 5 minutes on 2 CPU cores).
+FDFO_BROWSER_RUN=0 skips the toy run (about 5 minutes on 2 idle CPU cores, 25 under load);
+FDFO_BROWSER_EPOCHS / FDFO_BROWSER_PAIRS shorten it (typed into the Trainer's widgets before Run;
+5 epochs keep 3 running epoch lines to watch). The screenshots of a shortened run are not copied
+into docs/images.
 """
 
 import json
@@ -31,6 +35,7 @@ import pytest
 from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer
 from comfy_scripts.toy_fixture import toy_model_env
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = os.environ.get("FDFO_BROWSER_RUN", "1") != "0"
@@ -55,17 +60,14 @@ def results(tmp_path_factory):
         proc = subprocess.run(args + ([] if RUN else ["--no-run"]), capture_output=True, text=True, timeout=3600)
     finally:
         server.stop()
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[(r["kind"], r["workflow"])] = r
-    if not found:
-        pytest.fail(f"the browser check printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    found = script_results(proc, lambda r: (r["kind"], r["workflow"]), what="the browser check")
     images = REPO / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    # Template screenshots first; the toy's end-of-run screenshot replaces its template one.
+    # Template screenshots first; the toy's end-of-run screenshot replaces its template one (not
+    # from a shortened run: the docs show the template's own).
     for key in sorted(found, key=lambda k: k[0] == "run"):
+        if found[key].get("shortened"):
+            continue
         for shot in (found[key].get("screenshot"), found[key].get("mid_screenshot")):
             if shot and Path(shot).exists():
                 shutil.copyfile(shot, images / Path(shot).name)
@@ -113,6 +115,9 @@ def test_toy_template_runs_to_the_end_as_a_person_sees_it(results):
     print(f"\ntoy template: {r['run_to_last_image_s']:.0f} s from Run to the last image (clicked {r['clicked']}); "
           f"last epoch line: {r['final_text']!r}")
     assert r["finished"] and r["run_to_last_image_s"] is not None
+    wanted = {k: int(os.environ[e]) for k, e in (("epochs", "FDFO_BROWSER_EPOCHS"), ("pairs_per_epoch", "FDFO_BROWSER_PAIRS"))
+              if os.environ.get(e)}
+    assert r["shortened"] == wanted, r["shortened"]
     assert r["page_errors"] == [] and r["console_errors"] == [], (r["page_errors"], r["console_errors"])
     # Live feedback while the Trainer runs: the epoch line (reward, epoch k of n, time left) and the
     # latest grid on the Trainer node, the reward curve and base-vs-trained views updating.
@@ -120,7 +125,13 @@ def test_toy_template_runs_to_the_end_as_a_person_sees_it(results):
     assert seen["distinct_epoch_lines"] >= 3, seen
     assert any("reward" in line and "left" in line for line in seen["epoch_lines"]), seen
     assert seen["trainer_images"] >= 3 and seen["curve_updates"] >= 3 and seen["compare_updates"] >= 3, seen
-    assert r["final_text"] and "· done" in r["final_text"]
+    # After the run the Trainer keeps its summary (its ui.text, web/fdfo_trainer.js): the last epoch
+    # line, done, and the LoRA, in place of the progress text (front end 1.58 removes that one).
+    assert r["final_text"] and r["final_text"].split("\n")[0].endswith("· done"), r["final_text"]
+    epochs = wanted.get("epochs", 40)
+    assert r["final_text"].startswith(f"epoch {epochs}/{epochs} · reward "), r["final_text"]
+    assert "fdfo_toy.safetensors" in r["final_text"] and "run folder" in r["final_text"], r["final_text"]
+    assert r["progress_text_after_run"] is None, r["progress_text_after_run"]
     # At the end: every output whole, at its natural size, nothing overlapping, all in the window.
     assert not layout_problems(r), json.dumps({**layout_problems(r), "images": r["images"]}, indent=1)
     assert (REPO / "docs" / "images" / "comfyui_fdfo_toy.png").exists()

@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from comfy_scripts.toy_fixture import toy_model_env
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
@@ -53,7 +54,8 @@ CHECKS = [
     "partial_reward_failure_drops_pairs_and_trains_on", "impossible_size_is_refused_with_sizes_that_work",
     "guardrails_in_the_trainer_node", "scaled_fp8_lora_acts_as_the_file",
     "flows_that_are_not_a_plain_velocity_are_refused", "fingerprint_sees_injected_patches",
-    "dynamic_vram_weights_are_not_copied", "fingerprint_same_with_fp8_weights",
+    "dynamic_vram_weights_are_not_copied", "fingerprint_same_with_fp8_weights", "model_caches_are_off_in_sessions",
+    "fp8_rounding_note_is_the_loaders_merge",
 ]
 
 pytestmark = [
@@ -71,14 +73,7 @@ def results(tmp_path_factory):
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "nodes_in_comfyui.py"), COMFYUI_ROOT, str(work)],
                           cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[r["check"]] = r
-    if not found:
-        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return found
+    return script_results(proc, "check")
 
 
 @pytest.mark.parametrize("check", CHECKS)

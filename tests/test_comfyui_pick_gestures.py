@@ -14,7 +14,6 @@ in Firefox too: `python3 -m venv /tmp/pwff && /tmp/pwff/bin/pip install playwrig
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from comfy_scripts.browser_env import COMFYUI_ROOT, PYTHON, browser_skips
 from comfy_scripts.server import ComfyServer
+from comfy_scripts.results import script_results
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "comfy_scripts"
@@ -46,13 +46,8 @@ def results(tmp_path_factory):
             env = dict(os.environ, HOME=os.environ.get("HOME") or "/root")
             proc = subprocess.run([python, str(SCRIPTS / "pick_gestures_browser.py"), server.url, str(base / "shots"),
                                    "--browser", browser], capture_output=True, text=True, timeout=900, env=env)
-            for line in proc.stdout.splitlines():
-                if line.startswith("RESULT "):
-                    r = json.loads(line[len("RESULT "):])
-                    found[(browser, r["scenario"])] = r
-            if not any(k[0] == browser for k in found):
-                pytest.fail(f"the gesture script printed no result in {browser} (exit {proc.returncode}):\n"
-                            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}\n{server.log_tail()}")
+            found.update(script_results(proc, lambda r: (browser, r["scenario"]),
+                                        what=f"the gesture script in {browser}", extra=server.log_tail()))
     finally:
         server.stop()
     return found

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from comfy_scripts.results import script_results
+
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
 MODELS = ["Flux2", "ZImage", "ChromaRadiance", "Kandinsky5Image"]
@@ -31,14 +33,7 @@ def results(tmp_path_factory):
     work = tmp_path_factory.mktemp("recognition")
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "recognition_in_comfyui.py"), COMFYUI_ROOT],
                           cwd=str(work), capture_output=True, text=True, timeout=600)
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[r["check"]] = r
-    if not found:
-        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return found
+    return script_results(proc, "check")
 
 
 @pytest.mark.comfyui

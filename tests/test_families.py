@@ -30,6 +30,8 @@ import family_harness as H
 from family_cases import CASES, CASES_BY_ID
 from fdfo_core.families import all_families, get_family
 
+from comfy_scripts.results import script_results
+
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
 IDS = [c.id for c in CASES]
@@ -291,14 +293,7 @@ def comfy_results(tmp_path_factory):
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
                            str(work), *cases], cwd=str(work), env=env, capture_output=True, text=True, timeout=1800)
-    found = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
-            found[(r["case"], r["check"])] = r
-    if not found:
-        pytest.fail(f"the ComfyUI script printed no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return work, found
+    return work, script_results(proc, lambda r: (r["case"], r["check"]))
 
 
 @pytest.mark.comfyui
@@ -336,8 +331,7 @@ def test_untested_family_fallback_trains_a_comfyui_flow_model(tmp_path):
     proc = subprocess.run([python, str(REPO / "tests" / "comfy_scripts" / "families_in_comfyui.py"), COMFYUI_ROOT,
                            str(tmp_path), "generic-auraflow"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                           timeout=600)
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert results, f"no result (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    results = script_results(proc)
     assert results[0]["ok"], json.dumps(results[0], indent=1)[:4000]
 
 

@@ -357,6 +357,17 @@ def test_node_storage_faults_reach_the_node_error_and_lose_nothing(comfy, disk_f
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
 
 
+def test_node_ui_text_is_the_final_line_and_the_summary(comfy):
+    """The Trainer's `ui.text` (kept on the node by web/fdfo_trainer.js after the run, where newer
+    front ends drop the progress text): the last epoch line, done, then where the LoRA and run are."""
+    res = comfy.train(epochs=1, eval_every=0)
+    text = res["ui"]["text"]
+    assert len(text) == 1
+    first, rest = text[0].split("\n", 1)
+    assert first.startswith("epoch 1/1 · reward ") and first.endswith(" · done"), first
+    assert "LoRA art.safetensors (1/1 epochs)" in rest and "Output: the last LoRA art.safetensors." in rest
+
+
 # --- nothing an artist trained is overwritten in ComfyUI's LoRA folder (issue 27, item 3) ------
 
 

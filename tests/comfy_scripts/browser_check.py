@@ -29,6 +29,7 @@ Finally (kind "legacy") a workflow saved with the Trainer before FDFO Training O
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ GEOMETRY = """() => {
         }
         const text = (n.widgets || []).find(w => w.name === '$$node-text-preview');
         if (text) out.text = String(text.value);
+        const summary = (n.widgets || []).find(w => w.name === 'fdfo_summary');  // web/fdfo_trainer.js
+        if (summary) out.summary = String(summary.value);
         // What a person sees at the box's corners, edges and centre: the canvas (or the node's own
         // DOM widgets), not the front end's bars, menus and buttons laid over the canvas.
         const [sx, sy, sw, sh] = out.screen, covered = new Set();
@@ -118,13 +121,17 @@ GEOMETRY = """() => {
     return {zoom: ds.scale, offset: [...ds.offset], canvas: [canvasRect.left, canvasRect.top, canvasRect.right, canvasRect.bottom], nodes};
 }"""
 
-SEND_OUTPUTS = """([outputs, texts]) => {
+# The progress text first (as during the run), then the outputs; a node's `ui.text` (the Trainer's
+# summary, which replaces its progress text at the end) comes with its images.
+SEND_OUTPUTS = """([outputs, texts, summaries]) => {
     const api = window.app.api;
-    for (const [id, images] of Object.entries(outputs)) {
-        api.dispatchCustomEvent('executed', {node: id, display_node: id, prompt_id: 'layout-check', output: {images}});
-    }
     for (const [id, text] of Object.entries(texts)) {
         api.dispatchCustomEvent('progress_text', {nodeId: id, text});
+    }
+    for (const id of new Set([...Object.keys(outputs), ...Object.keys(summaries)])) {
+        const output = {images: outputs[id] || []};
+        if (summaries[id]) output.text = [summaries[id]];
+        api.dispatchCustomEvent('executed', {node: id, display_node: id, prompt_id: 'layout-check', output});
     }
 }"""
 
@@ -137,13 +144,29 @@ IMAGES_LOADED = """(ids) => {
     });
 }"""
 
+# FDFO_BROWSER_EPOCHS / FDFO_BROWSER_PAIRS: a shorter toy run (set on the Trainer's widgets before
+# Run, as a person would type them); the template's own 40 x 32 when unset.
+SHORT_RUN = {k: int(v) for k, v in (("epochs", os.environ.get("FDFO_BROWSER_EPOCHS")),
+                                    ("pairs_per_epoch", os.environ.get("FDFO_BROWSER_PAIRS"))) if v}
+SET_WIDGETS = """([id, values]) => {
+    const n = window.app.graph.getNodeById(Number(id)), set = {};
+    for (const [name, value] of Object.entries(values)) {
+        const w = (n.widgets || []).find(w => w.name === name);
+        if (w) { w.value = value; w.callback?.(value); set[name] = w.value; }
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+    return set;
+}"""
+
 # What a person sees of the Trainer and its views during the run.
 WATCH = """(ids) => {
     const g = window.app.graph, get = id => g.getNodeById(Number(id));
     const t = get(ids.trainer);
-    const text = ((t && t.widgets) || []).find(w => w.name === '$$node-text-preview');
+    const widget = name => ((t && t.widgets) || []).find(w => w.name === name);
+    const text = widget('$$node-text-preview'), summary = widget('fdfo_summary');
     const imgs = n => (n && n.imgs ? n.imgs.filter(i => i.naturalWidth > 0).map(i => i.src) : []);
-    return {text: text ? String(text.value) : null, trainer: imgs(t), curve: imgs(get(ids.curve)), compare: imgs(get(ids.compare))};
+    return {text: text ? String(text.value) : (summary ? String(summary.value) : null),
+            trainer: imgs(t), curve: imgs(get(ids.curve)), compare: imgs(get(ids.compare))};
 }"""
 
 
@@ -160,6 +183,12 @@ DISMISS_NOTICES = """() => {
     }
     return closed;
 }"""
+
+
+#: Seconds after the queue empties until the front end's completion summary (1.35 and later: "1 job
+#: completed" under the Run button) has hidden itself: its timer is 6 s; the rest is margin for a
+#: loaded machine.
+COMPLETION_SUMMARY_S = 10.0
 
 
 def dismiss_notices(page) -> list[str]:
@@ -282,13 +311,18 @@ def check_template(page, errors, base: Path, shots: Path, wf_path: Path) -> dict
     layout = wf.get("extra", {}).get("fdfo_layout", {})
     records = make_images(base, {tuple(s) for spec in layout.values() for s in spec["images"]})
     outputs = {k: [records[tuple(s)] for s in spec["images"]] for k, spec in layout.items()}
-    texts = {}
+    texts, summaries = {}, {}
     if any(n["type"] == "FDFOTrainerV2" for n in wf["nodes"]):
-        texts[trainer_ids(wf)["trainer"]] = ("epoch 100/100 · reward 22.1234 ± 1.2345 · done\n"
-                                             "LoRA: a_long_lora_name.safetensors (models/loras)")
+        trainer = trainer_ids(wf)["trainer"]
+        texts[trainer] = ("epoch 99/100 · reward 22.1234 ± 1.2345 · about 8 s left\n"
+                          "sampling pairs 12/32")
+        summaries[trainer] = ("epoch 100/100 · reward 22.1234 ± 1.2345 · done\n"
+                              "LoRA a_long_lora_name.safetensors (100/100 epochs) in /ComfyUI/models/loras; run folder "
+                              "/ComfyUI/output/fdfo/a_long_lora_name. Last epoch: ...\nOutput: the last LoRA "
+                              "a_long_lora_name.safetensors.")
     loaded = False
     for _ in range(3):  # the first workflow of a fresh page may miss the first messages
-        page.evaluate(SEND_OUTPUTS, [outputs, texts])
+        page.evaluate(SEND_OUTPUTS, [outputs, texts, summaries])
         try:
             page.wait_for_function(IMAGES_LOADED, arg=list(outputs), timeout=15000)
             loaded = True
@@ -332,6 +366,7 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
     time.sleep(1.0)
     layout = wf["extra"]["fdfo_layout"]
     ids = trainer_ids(wf)
+    shortened = page.evaluate(SET_WIDGETS, [ids["trainer"], SHORT_RUN]) if SHORT_RUN else {}
     clicked = click_run(page)
     t0 = time.monotonic()
     seen = {"epoch_lines": [], "trainer_images": 0, "curve_updates": 0, "compare_updates": 0,
@@ -362,20 +397,25 @@ def run_toy(page, errors, server_url: str, shots: Path, timeout: float = 3000.0)
             break
         time.sleep(1.0)
     ran = started and not queue_busy()
+    idle_at = time.monotonic()
     # The last image: every declared image node shows its final images.
     try:
         page.wait_for_function(IMAGES_LOADED, arg=list(layout), timeout=60000)
         done_s = time.monotonic() - t0
     except Exception:
         done_s = None
-    time.sleep(1.5)
+    # Well after the job ended: front end 1.58 then removes the progress texts, and the completion
+    # summary that 1.35 and later show under the Run button ("1 job completed", over the canvas's
+    # top-right corner) hides itself 6 s after the queue empties (its own timer; a person sees the
+    # workflow without it). Measured after that, so what is left over a node is reported.
+    time.sleep(max(5.0, idle_at + COMPLETION_SUMMARY_S - time.monotonic()))
     notices = dismiss_notices(page)
     geom = page.evaluate(GEOMETRY)
     shot = shots / f"comfyui_{name}.png"
     page.screenshot(path=str(shot))
     trainer = next((n for n in geom["nodes"] if str(n["id"]) == ids["trainer"]), {})
-    return {"kind": "run", "workflow": name, "clicked": clicked, "finished": ran, "run_to_last_image_s": done_s,
-            "final_text": trainer.get("text"), "notices_closed": notices, **reported_errors(errors), "screenshot": str(shot),
+    return {"kind": "run", "workflow": name, "clicked": clicked, "shortened": shortened, "finished": ran, "run_to_last_image_s": done_s,
+            "final_text": trainer.get("summary"), "progress_text_after_run": trainer.get("text"), "notices_closed": notices, **reported_errors(errors), "screenshot": str(shot),
             "mid_screenshot": str(mid_shot) if mid_shot.exists() else None, "seen": {**seen, "epoch_lines": seen["epoch_lines"][-4:],
                                                                                       "distinct_epoch_lines": len(seen["epoch_lines"])},
             **check_layout(geom, layout, exact_sizes=True)}

@@ -681,6 +681,48 @@ def fingerprint_sees_injected_patches():
 
 
 @check
+def model_caches_are_off_in_sessions():
+    """Model-side caches (newer ComfyUI: HiDream-O1's K/V cache with `clear_kv_cache()`, Qwen-Image
+    2.1's prefix cache with `prefix_cache_enabled` / `reset_prefix_cache(enabled)`, read in its
+    comfy/ldm/hidream_o1/model.py and comfy/ldm/qwen_image21/model.py; neither is in v0.8.0) are
+    emptied around every forward call and switched off in the backend's sessions (sampling and
+    training), and left as they were after. STAND-IN: those methods attached to the toy's real
+    diffusion model, counting their calls."""
+    model, clip, vae = toy()
+    dm = model.get_model_object("diffusion_model")
+    calls = {"clear": 0, "reset": []}
+
+    def clear_kv_cache():
+        calls["clear"] += 1
+
+    def reset_prefix_cache(enabled):
+        calls["reset"].append(enabled)
+        dm.prefix_cache_enabled = enabled
+
+    dm.clear_kv_cache, dm.reset_prefix_cache, dm.prefix_cache_enabled = clear_kv_cache, reset_prefix_cache, True
+    try:
+        backend = ComfyBackend(model.clone(), clip, vae, toy_config())
+        seen = {}
+        for train in (False, True):
+            before = calls["clear"]
+            with backend.session(train=train):
+                off = not dm.prefix_cache_enabled
+                x, t = torch.randn(2, 16, 8, 8), torch.full((2,), 0.5)
+                with torch.set_grad_enabled(train):
+                    for _ in range(2):
+                        v = backend.velocity(x, t, backend.encode_prompts(PROMPTS[:2]))
+                    if train:
+                        v.square().mean().backward()
+                hooks_in = bool(dm._forward_pre_hooks)
+            seen["train" if train else "sample"] = {"clears": calls["clear"] - before, "prefix_off": off, "hooks": hooks_in,
+                                                    "restored": dm.prefix_cache_enabled and not dm._forward_pre_hooks}
+    finally:
+        del dm.clear_kv_cache, dm.reset_prefix_cache, dm.prefix_cache_enabled
+    ok = all(s["clears"] >= 2 * 2 + 2 and s["prefix_off"] and s["hooks"] and s["restored"] for s in seen.values())
+    report("model_caches_are_off_in_sessions", ok, seen=seen, resets=calls["reset"])
+
+
+@check
 def dynamic_vram_weights_are_not_copied():
     """STAND-IN for newer ComfyUI's dynamic VRAM patcher (ModelPatcherDynamic, read in its
     comfy/model_patcher.py; not in v0.8.0): a ModelPatcher whose is_dynamic() is True. Its weights
@@ -752,9 +794,60 @@ def fp8_weights_train():
         hot = ksample(hot_model, clip, PROMPTS[0])
         base = ksample(model, clip, PROMPTS[0])
         from_file = ksample(comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0], clip, PROMPTS[0])
+    text = res["ui"]["text"][0]
     figures = {"weight_dtype": dtype, "lora_dtype": str(next(iter(lora.values())).dtype),
-               "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max())}
-    report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5, **figures)
+               "lora_effect": float((hot - base).abs().max()), "hot_vs_file": float((hot - from_file).abs().max()),
+               "rounding_note": next((line for line in text.splitlines() if line.startswith("fp8 weights")), None)}
+    report("fp8_weights_train", "float8" in dtype and figures["lora_effect"] > 0 and figures["hot_vs_file"] < 1e-5
+           and bool(figures["rounding_note"]) and "float8_e4m3fn" in figures["rounding_note"], **figures)
+
+
+@check
+def fp8_rounding_note_is_the_loaders_merge():
+    """The Trainer's fp8 note (nodes/fp8_rounding.py) emulates what ComfyUI's LoRA loader does when
+    it merges a LoRA into fp8 weights (ModelPatcher.patch_weight_to_device: W + dW rounded back to
+    fp8 with its stochastic rounding and per-key seed): the noise it reports equals the noise of the
+    real merge, for the same LoRA, layer by layer summed; a 16-bit model gets no note."""
+    from comfyui_fdfo_nodepack.fdfo_core.toy.comfy_export import comfyui_state_dicts
+    from comfyui_fdfo_nodepack.nodes.fp8_rounding import loader_rounding, rounding_note
+
+    _, clip, vae = toy()
+    transformer_sd, _ = comfyui_state_dicts(toy_model_dir())
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in transformer_sd.items()},
+                                                         model_options={"dtype": torch.float8_e4m3fn})
+        plain = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in transformer_sd.items()},
+                                                         model_options={"dtype": torch.float32})
+    cfg = toy_config(lora_rank=4, lora_alpha=8.0)
+    backend = ComfyBackend(model, clip, vae, cfg)
+    with backend.session(train=True):
+        randomise_adapter(backend, std=0.05)
+        dm = backend.base.diffusion_model
+        emulated = loader_rounding(backend.adapters, dm)
+        deltas = {name: a.delta().detach().float().clone() for name, a in backend.adapters.items()}
+        before = {name: dm.get_submodule(name).weight.detach().float().clone() for name in deltas}
+        tensors = backend.lora_file_tensors()
+    with torch.inference_mode():
+        loaded = comfy.sd.load_lora_for_models(model, None, tensors, 1.0, 0)[0]
+        noise2 = change2 = 0.0
+        try:
+            for name, delta in deltas.items():
+                key = f"diffusion_model.{name}.weight"
+                loaded.patch_weight_to_device(key)  # the loader's merge, as a full load does it
+                merged = comfy.utils.get_attr(loaded.model, key).float()
+                noise2 += float((merged - (before[name] + delta)).square().sum())
+                change2 += float(delta.square().sum())
+        finally:
+            loaded.unpatch_model()
+    actual = (noise2 / change2) ** 0.5
+    plain_backend = ComfyBackend(plain, clip, vae, cfg)
+    with plain_backend.session(train=True):
+        randomise_adapter(plain_backend, std=0.05)
+        none = loader_rounding(plain_backend.adapters, plain_backend.base.diffusion_model)
+    rel = abs(emulated.noise_to_change - actual) / actual
+    report("fp8_rounding_note_is_the_loaders_merge", emulated.stochastic and rel < 0.02 and none is None
+           and emulated.layers == emulated.targets, emulated=emulated.noise_to_change, actual=actual, rel_diff=rel,
+           layers=emulated.layers, below_half_step=emulated.below_half_step, note=rounding_note(emulated))
 
 
 def scaled_fp8_state_dict(transformer_sd, linear_names):
