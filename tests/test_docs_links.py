@@ -2,6 +2,7 @@
 `#anchor` into a Markdown file names one of its headings (GitHub's heading slugs)."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -104,3 +105,16 @@ def test_the_readme_shows_the_demo_and_a_comfyui_screenshot_and_keeps_the_test_c
                    if "pip install -e" in ln and "python -m pytest" in ln]
     assert readme_cmds == ci_cmds, (readme_cmds, ci_cmds)
     assert "fdfo demo --out" in readme
+
+
+def test_the_readmes_demo_figures_are_those_of_the_committed_demo_run():
+    """What a newcomer's `fdfo demo` prints (docs/demo/summary.json, written by the run that made
+    the README's pictures) is what the README's demo block says, to its 3 decimals."""
+    summary = json.loads((REPO / "docs" / "demo" / "summary.json").read_text(encoding="utf-8"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("<!-- Demo figures"):readme.index("<!-- End of the demo figures. -->")]
+    (b, b_se), (a, a_se), (g, g_se) = summary["alignment_before"], summary["alignment_after"], summary["paired_gain"]
+    assert f"| {b:.3f} +- {b_se:.3f} | {summary['diversity_before']:.3f} |" in block
+    assert f"| {a:.3f} +- {a_se:.3f} | {summary['diversity_after']:.3f} |" in block
+    assert f"paired gain (same caption, same seed) is {g:+.3f} +- {g_se:.3f}" in block
+    assert f"({summary['epochs']} epochs," in block
