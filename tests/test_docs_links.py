@@ -117,4 +117,4 @@ def test_the_readmes_demo_figures_are_those_of_the_committed_demo_run():
     assert f"| {b:.3f} +- {b_se:.3f} | {summary['diversity_before']:.3f} |" in block
     assert f"| {a:.3f} +- {a_se:.3f} | {summary['diversity_after']:.3f} |" in block
     assert f"paired gain (same caption, same seed) is {g:+.3f} +- {g_se:.3f}" in block
-    assert f"({summary['epochs']} epochs," in block
+    assert f"({summary['epochs']} epochs" in block
