@@ -31,6 +31,7 @@ from ..fdfo_core.config import FDFOConfig
 from ..fdfo_core.backends.prompt_cache import MB
 from ..fdfo_core.run.definition import FrontEnd, recorded_definition
 from ..fdfo_core.files.storage import StorageError
+from ..fdfo_core.methods.fdfo import refuse_groups_with_pairwise
 from ..fdfo_core.run.trainer import Callbacks, TrainingError
 from ..fdfo_core.methods import FDFOTrainer
 from .common import CATEGORY, PROMPTS, REWARD, NodeProgress, check_interrupt, describe, log, pil_to_image
@@ -299,6 +300,7 @@ class FDFOTrainerNode:
         preview_prompts = (preview_prompts * preview_count)[:preview_count]
         if reward is None or not callable(reward):
             raise TrainingError("connect a reward (an FDFO reward loader or Combine Rewards)")
+        refuse_groups_with_pairwise(reward, cfg.branches)
         eval_prompts = clean_prompts(values["eval_prompts"]) if values.get("eval_prompts") else None
         lora_output = values.get("lora_output", "last")
         if lora_output not in ("last", "best"):
