@@ -1,0 +1,228 @@
+"""How good is each method's update direction per reward evaluation? (issue 30 item 1)
+
+On the bundled toy model, at fixed LoRA states (the untrained one, and one trained by FDFO for 256
+reward evaluations on the same reward), each setting's update direction in LoRA-parameter space is
+measured, not trained with:
+
+- the direction of one block of BLOCK reward evaluations is minus the gradient of the method's own
+  loss at the start of an epoch of that block (one optimizer step per epoch, captured before the
+  step, nothing changed: every block starts from the same state). Blocks are independent (each its
+  own seed: prompts, noise, churn); the direction of n evaluations is the sum of n / BLOCK blocks.
+- consistency(n): the cosine between the directions of two disjoint sets of n evaluations (split
+  half), averaged over the disjoint splits of the blocks. An unbiased estimate g + noise of variance
+  s^2 / n has consistency ~ |g|^2 / (|g|^2 + s^2 / n): the higher, the less noise per evaluation.
+- accuracy(n): the cosine between the direction of n evaluations and a reference ascent direction,
+  the gradient of the mean reward of plain (churn-free) samples back-propagated through the whole
+  sampling chain and the VAE decoder (`method="backprop_chain"`), averaged over REF_BLOCKS x
+  REF_BLOCK samples; its own split-half cosine is printed (near 1: a reliable reference).
+
+The reward is colourfulness / 100 (differentiable, smooth, no ties), the one where FDFO trails
+Flow-GRPO in the sample-efficiency benchmark (docs/benchmarks/early_rate.md). Settings: FDFO at
+the toy preset (churn 0.05), churn 0.2, groups of 4 and 8 branches (`branches`); Flow-GRPO and
+DiffusionNFT at the sample-efficiency benchmark's settings (group 8). Directions are raw gradients
+(AdamW then rescales them per parameter; every method goes through the same optimizer).
+
+    nice -n 19 python benchmarks/gradient_estimate.py            # ~20 CPU minutes on 1 thread
+    python benchmarks/gradient_estimate.py --smoke               # the test's tiny configuration
+
+Writes OUT/gradient_estimate.json and OUT/{consistency,accuracy}_<state>.png; prints the tables
+(docs/benchmarks/gradient_estimate.md has them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from sample_efficiency import GROUP, REWARDS, load_toy, method_values  # noqa: E402
+
+REWARD = "colourfulness"
+BLOCK = 16  # reward evaluations per block: 8 pairs, 4 groups of 4 branches, 2 groups of 8 images
+BLOCKS = 8  # blocks per (setting, state): 128 evaluations, splits of up to 2 x 64
+REF_BLOCK, REF_BLOCKS = 32, 8  # the reference: 8 x 32 back-propagated samples
+TRAIN_EPOCHS = 4  # the trained state: FDFO at the toy preset, 4 epochs of 64 evaluations, seed 0
+
+#: setting -> (method, config values on top of the sample-efficiency benchmark's for that method)
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "FDFO churn 0.05 (preset)": ("fdfo", {}),
+    "FDFO churn 0.2": ("fdfo", {"churn_strength": 0.2}),
+    "FDFO K=4": ("fdfo", {"branches": 4}),
+    "FDFO K=8": ("fdfo", {"branches": 8}),
+    "FDFO K=4 churn 0.2": ("fdfo", {"branches": 4, "churn_strength": 0.2}),
+    "Flow-GRPO": ("flow_grpo", {}),
+    "DiffusionNFT": ("diffusion_nft", {}),
+}
+
+
+def block_config(method: str, values: dict[str, Any], block: int, seed: int, group: int, extra: dict[str, Any]):
+    from fdfo_core.config import load_config
+
+    base = method_values(method, block) if method != "backprop_chain" else {"pairs_per_epoch": block // 2}
+    if method in ("flow_grpo", "diffusion_nft"):  # `group` images per prompt (the benchmark's GROUP)
+        key = "grpo" if method == "flow_grpo" else "nft"
+        base.update({f"{key}_group_size": group, f"{key}_groups_per_epoch": max(1, block // group)})
+    return load_config("toy", overrides={**base, **values, **extra, "method": method, "epochs": 1, "seed": seed,
+                                         "optimizer_steps_per_epoch": 1, "eval_every": 0, "checkpoint_every": 0})
+
+
+def update_direction(backend, reward, prompts, cfg, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Minus the gradient of the method's loss over one epoch of `cfg` (one optimizer step), from the
+    adapter `state`: float64 [number of LoRA parameters]. Nothing is stepped."""
+    from fdfo_core.methods import build_trainer
+    from fdfo_core.run.trainer import Callbacks
+
+    backend.load_adapter_state_dict(state)
+    trainer = build_trainer(backend, reward, prompts, cfg, callbacks=Callbacks(log=None))
+    grads: list[torch.Tensor] = []
+
+    def capture() -> float:
+        grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
+                                for p in trainer.params]))
+        for p in trainer.params:
+            p.grad = None
+        return 0.0
+
+    trainer.optimizer_step = capture  # the epoch's one optimizer step: record, do not step
+    trainer.train_epoch()
+    if len(grads) != 1:
+        raise RuntimeError(f"expected one optimizer step in the epoch, got {len(grads)}")
+    backend.load_adapter_state_dict(state)
+    return -grads[0]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def split_half(blocks: torch.Tensor, per_half: int) -> list[float]:
+    """Cosines between the sums of two disjoint sets of `per_half` blocks, over the disjoint splits."""
+    out = []
+    for start in range(0, blocks.shape[0] - 2 * per_half + 1, 2 * per_half):
+        a = blocks[start:start + per_half].sum(0)
+        b = blocks[start + per_half:start + 2 * per_half].sum(0)
+        out.append(cosine(a, b))
+    return out
+
+
+def versus(blocks: torch.Tensor, per_set: int, reference: torch.Tensor) -> list[float]:
+    return [cosine(blocks[s:s + per_set].sum(0), reference)
+            for s in range(0, blocks.shape[0] - per_set + 1, per_set)]
+
+
+def train_state(backend, reward, prompts, epochs: int, block_images: int, extra: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from fdfo_core.config import load_config
+    from fdfo_core.methods import build_trainer
+    from fdfo_core.run.trainer import Callbacks
+
+    cfg = load_config("toy", overrides={**method_values("fdfo", block_images), **extra, "epochs": epochs, "seed": 0,
+                                        "eval_every": 0, "checkpoint_every": 0})
+    build_trainer(backend, reward, prompts, cfg, callbacks=Callbacks(log=None)).train()
+    return {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny configuration (tests): 2 steps, 2 blocks of 8, 3 settings, reference 2 x 4 samples")
+    ap.add_argument("--out", default="runs/gradient_estimate")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="default: all")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    block, blocks, ref_block, ref_blocks, group, epochs = BLOCK, BLOCKS, REF_BLOCK, REF_BLOCKS, GROUP, TRAIN_EPOCHS
+    extra: dict[str, Any] = {}
+    names = args.settings or list(SETTINGS)
+    if args.smoke:
+        block, blocks, ref_block, ref_blocks, group, epochs = 8, 2, 4, 2, 4, 1
+        extra = {"num_steps": 2}
+        names = args.settings or ["FDFO churn 0.05 (preset)", "FDFO K=4", "Flow-GRPO"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from fdfo_core.config import load_config
+    from fdfo_core.rewards import build_reward
+    from fdfo_core.toy import toy_prompt_sets
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(0)  # the LoRA's initialisation: the sample-efficiency benchmark's seed 0
+    backend = load_toy(load_config("toy", overrides=extra))
+    reward = build_reward(REWARDS[REWARD]["spec"])
+    prompts, _ = toy_prompt_sets(seed=0)
+    states = {"untrained": {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}}
+    states["FDFO-trained"] = train_state(backend, reward, prompts, epochs, 4 * block, extra)
+    print(f"states ready ({time.process_time() - cpu0:.0f} CPU s)", flush=True)
+
+    halves = [h for h in (1, 2, 4, 8) if 2 * h <= blocks]
+    result: dict[str, Any] = {"reward": REWARDS[REWARD]["spec"], "block": block, "blocks": blocks,
+                              "reference_samples": ref_block * ref_blocks, "evals": [h * block for h in halves],
+                              "states": {}}
+    for state_name, state in states.items():
+        cpu = time.process_time()
+        ref_blocks_dirs = torch.stack([
+            update_direction(backend, reward, prompts, block_config("backprop_chain", {}, ref_block, 1000 + i, group, extra),
+                             state) for i in range(ref_blocks)])
+        reference = ref_blocks_dirs.sum(0)
+        ref_half = split_half(ref_blocks_dirs, ref_blocks // 2)
+        print(f"\n## {state_name}: reference from {ref_block * ref_blocks} back-propagated samples, split-half cosine "
+              f"{mean(ref_half):.3f} ({time.process_time() - cpu:.0f} CPU s)", flush=True)
+        rows = {}
+        for name in names:
+            method, values = SETTINGS[name]
+            cpu = time.process_time()
+            dirs = torch.stack([update_direction(backend, reward, prompts,
+                                                 block_config(method, values, block, i, group, extra), state)
+                                for i in range(blocks)])
+            rows[name] = {
+                "consistency": {str(h * block): split_half(dirs, h) for h in halves},
+                "accuracy": {str(h * block): versus(dirs, h, reference) for h in halves + [blocks]},
+                "cpu_seconds": time.process_time() - cpu,
+            }
+            row = rows[name]
+            print(f"{name:26s} consistency " + "  ".join(f"{n}: {mean(v):+.3f}" for n, v in row["consistency"].items())
+                  + " | accuracy " + "  ".join(f"{n}: {mean(v):+.3f}" for n, v in row["accuracy"].items())
+                  + f"  ({row['cpu_seconds']:.0f} CPU s)", flush=True)
+        result["states"][state_name] = {"reference_split_half": ref_half, "settings": rows}
+    result["cpu_seconds"] = time.process_time() - cpu0
+    result["wall_seconds"] = time.perf_counter() - t0
+    (out / "gradient_estimate.json").write_text(json.dumps(result, indent=1))
+    write_tables_and_plots(result, out)
+    print(f"\n{result['cpu_seconds']:.0f} CPU s, {result['wall_seconds']:.0f} s wall; data and plots in {out}")
+    return result
+
+
+def write_tables_and_plots(result: dict[str, Any], out: Path) -> None:
+    from fdfo_core.files.drawing import line_plot, save_png
+
+    for state_name, state in result["states"].items():
+        for key, label in (("consistency", "split-half cosine (consistency)"),
+                           ("accuracy", "cosine to the back-propagated gradient (accuracy)")):
+            evals = sorted({int(n) for row in state["settings"].values() for n in row[key]})
+            print(f"\n{key}, {state_name} (mean cosine over the disjoint sets; n = reward evaluations per set)")
+            print("| setting | " + " | ".join(f"n = {n}" for n in evals) + " |")
+            print("|---|" + "---|" * len(evals))
+            series = {}
+            for name, row in state["settings"].items():
+                cells = [f"{mean(row[key][str(n)]):+.3f}" if str(n) in row[key] else "" for n in evals]
+                print(f"| {name} | " + " | ".join(cells) + " |")
+                pts = [(n, mean(row[key][str(n)])) for n in evals if str(n) in row[key]]
+                series[name] = ([p[0] for p in pts], [p[1] for p in pts])
+            save_png(line_plot(series, xlabel="reward evaluations per estimate", ylabel=label,
+                               title=f"toy, {result['reward']}, {state_name}: {key}", size=(720, 420)),
+                     out / f"{key}_{state_name}.png")
+
+
+if __name__ == "__main__":
+    main()
