@@ -45,11 +45,11 @@ from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, ratio_s
 from fdfo_core.files.text_files import read_json_file  # noqa: E402
 
 IMAGES_PER_EPOCH = 64
-EPOCHS = 4  # 256 reward evaluations per run: see README (the budget that fits 2 shared cores)
+EPOCHS = 4  # 256 reward evaluations per run: see docs/benchmarks.md (the budget that fits 2 shared cores)
 GROUP = 8  # images per prompt for the group methods (24 in their SD3.5 configs)
 
 # Per-method settings on the toy: the toy preset plus what each method needs, scaled from its
-# paper. Learning rates are the best of each method's sweep (`--sweep`; README has the tables).
+# paper. Learning rates are the best of each method's sweep (`--sweep`; docs/benchmarks.md has the tables).
 # Flow-GRPO: noise level 0.7, clip 1e-4, KL beta 0.01 (PickScore setting), timestep fraction 0.99,
 # 2 optimizer steps per epoch. DiffusionNFT: beta 1 (its GenEval / PickScore / HPS setting),
 # rewards -> r with group means and the global std clipped at 5, timestep fraction 0.99, adaptive
