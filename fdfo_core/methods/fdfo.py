@@ -100,9 +100,12 @@ class FDFOTrainer(RunLoop):
         all_states = torch.empty(shape, device=self.storage, pin_memory=pin)
         all_velocities = torch.empty(shape, device=self.storage, pin_memory=pin)
         final = torch.empty((k * n, *latent_shape))
-        steps_done, steps_total = 0, math.ceil(n / cfg.sample_batch_size) * cfg.num_steps
-        for start in range(0, n, cfg.sample_batch_size):
-            stop = min(n, start + cfg.sample_batch_size)
+        # sample_batch_size pairs = 2 x sample_batch_size images through the model per batch; groups of
+        # K branches keep that image count (the memory estimates' batch), at least one group a batch.
+        per_batch = max(1, 2 * cfg.sample_batch_size // k)
+        steps_done, steps_total = 0, math.ceil(n / per_batch) * cfg.num_steps
+        for start in range(0, n, per_batch):
+            stop = min(n, start + per_batch)
             gens = [generator(cfg.seed, "pair", epoch, lo + j) for j in range(start, stop)]
 
             def on_step(i, total, _base=steps_done):
