@@ -48,7 +48,7 @@ from sample_efficiency import GROUP, REWARDS, load_toy, method_values  # noqa: E
 REWARD = "colourfulness"
 BLOCK = 16  # reward evaluations per block: 8 pairs, 4 groups of 4 branches, 2 groups of 8 images
 BLOCKS = 6  # blocks per (setting, state): 96 evaluations, splits of up to 2 x 48
-REF_BLOCK, REF_BLOCKS = 32, 4  # the reference: 4 x 32 back-propagated samples
+REF_BLOCK, REF_BLOCKS = 32, 16  # the reference: 16 x 32 back-propagated samples
 TRAIN_EPOCHS = 4  # the trained state: FDFO at the toy preset, 4 epochs of 64 evaluations, seed 0
 
 #: setting -> (method, config values on top of the sample-efficiency benchmark's for that method)
@@ -102,6 +102,29 @@ def update_direction(backend, reward, prompts, cfg, state: dict[str, torch.Tenso
         raise RuntimeError(f"expected one optimizer step in the epoch, got {len(grads)}")
     backend.load_adapter_state_dict(state)
     return -grads[0]
+
+
+def cached_blocks(path: Path, key: dict[str, Any], compute) -> torch.Tensor:
+    """`compute()` ([blocks, P] directions), stored at `path` with its settings `key`; a rerun with the
+    same key (e.g. after an interruption, or to redo the tables) reads the file instead."""
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        if stored.get("key") == json.dumps(key, sort_keys=True):
+            return stored["blocks"]
+    blocks = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": json.dumps(key, sort_keys=True), "blocks": blocks}, tmp)
+    tmp.replace(path)
+    return blocks
+
+
+def reliability(split_half_cosine: float) -> float:
+    """The expected cosine between an estimate from all the samples and the true direction, from the
+    cosine of its two halves: Spearman-Brown (full-sample cosine to an independent copy,
+    2c / (1 + c)), then its square root (the cosine of each copy to the truth)."""
+    c = max(split_half_cosine, 0.0)
+    return (2 * c / (1 + c)) ** 0.5
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -168,7 +191,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reward = build_reward(REWARDS[REWARD]["spec"])
     prompts, _ = toy_prompt_sets(seed=0)
     states = {"untrained": {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}}
-    states["FDFO-trained"] = train_state(backend, reward, prompts, epochs, 4 * block, extra)
+    trained = out / "blocks" / "fdfo_trained_state.pt"
+    key = {"epochs": epochs, "images": 4 * block, "extra": extra}
+    if trained.exists() and torch.load(trained, weights_only=True).get("key") == json.dumps(key, sort_keys=True):
+        states["FDFO-trained"] = torch.load(trained, weights_only=True)["state"]
+    else:
+        states["FDFO-trained"] = train_state(backend, reward, prompts, epochs, 4 * block, extra)
+        trained.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": json.dumps(key, sort_keys=True), "state": states["FDFO-trained"]}, trained)
     print(f"states ready ({time.process_time() - cpu0:.0f} CPU s)", flush=True)
 
     halves = list(range(1, blocks // 2 + 1))
@@ -177,21 +207,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "states": {}}
     for state_name, state in states.items():
         cpu = time.process_time()
-        ref_blocks_dirs = torch.stack([
-            update_direction(backend, reward, prompts, block_config("backprop_chain", {}, ref_block, 1000 + i, group, extra),
-                             state) for i in range(ref_blocks)])
+        slug = state_name.lower().replace(" ", "_")
+        ref_blocks_dirs = cached_blocks(
+            out / "blocks" / slug / "reference.pt", {"block": ref_block, "blocks": ref_blocks, "extra": extra},
+            lambda: torch.stack([update_direction(
+                backend, reward, prompts, block_config("backprop_chain", {}, ref_block, 1000 + i, group, extra), state)
+                for i in range(ref_blocks)]))
         reference = ref_blocks_dirs.sum(0)
         ref_half = split_half(ref_blocks_dirs, ref_blocks // 2)
         print(f"\n## {state_name}: reference from {ref_block * ref_blocks} back-propagated samples, split-half cosine "
-              f"{mean(ref_half):.3f} ({time.process_time() - cpu:.0f} CPU s)", flush=True)
+              f"{mean(ref_half):.3f}: its expected cosine to the true gradient {reliability(mean(ref_half)):.3f} "
+              f"({time.process_time() - cpu:.0f} CPU s)", flush=True)
         rows = {}
-        result["states"][state_name] = {"reference_split_half": ref_half, "settings": rows}
+        result["states"][state_name] = {"reference_split_half": ref_half,
+                                        "reference_reliability": reliability(mean(ref_half)), "settings": rows}
         for name in per_state[state_name]:
             method, values = SETTINGS[name]
             cpu = time.process_time()
-            dirs = torch.stack([update_direction(backend, reward, prompts,
-                                                 block_config(method, values, block, i, group, extra), state)
-                                for i in range(blocks)])
+            dirs = cached_blocks(
+                out / "blocks" / slug / f"{name.lower().replace(' ', '_').replace('(', '').replace(')', '')}.pt",
+                {"method": method, "values": values, "block": block, "blocks": blocks, "group": group, "extra": extra},
+                lambda: torch.stack([update_direction(backend, reward, prompts,
+                                                      block_config(method, values, block, i, group, extra), state)
+                                     for i in range(blocks)]))
             rows[name] = {
                 "consistency": {str(h * block): split_half(dirs, h) for h in halves},
                 "accuracy": {str(h * block): versus(dirs, h, reference) for h in sorted(set(halves + [blocks]))},
@@ -226,6 +264,13 @@ def write_tables_and_plots(result: dict[str, Any], out: Path) -> None:
                 print(f"| {name} | " + " | ".join(cells) + " |")
                 pts = [(n, mean(row[key][str(n)])) for n in evals if str(n) in row[key]]
                 series[name] = ([p[0] for p in pts], [p[1] for p in pts])
+            if key == "accuracy" and state.get("reference_reliability"):
+                rel = state["reference_reliability"]
+                print(f"accuracy / {rel:.3f} (the reference's own expected cosine to the true gradient): the "
+                      "expected cosine to the true gradient")
+                for name, row in state["settings"].items():
+                    cells = [f"{mean(row[key][str(n)]) / rel:+.3f}" if str(n) in row[key] else "" for n in evals]
+                    print(f"| {name} | " + " | ".join(cells) + " |")
             save_png(line_plot(series, xlabel="reward evaluations per estimate", ylabel=label,
                                title=f"toy, {result['reward']}, {state_name}: {key}", size=(720, 420)),
                      out / f"{key}_{state_name}.png")
