@@ -14,7 +14,11 @@ measured, not trained with:
 - accuracy(n): the cosine between the direction of n evaluations and a reference ascent direction,
   the gradient of the mean reward of plain (churn-free) samples back-propagated through the whole
   sampling chain and the VAE decoder (`method="backprop_chain"`), averaged over REF_BLOCKS x
-  REF_BLOCK samples; its own split-half cosine is printed (near 1: a reliable reference).
+  REF_BLOCK samples; its own split-half cosine is printed (near 1: a reliable reference), with the
+  expected cosine of the whole reference to the true gradient (`reliability`) and the accuracies
+  divided by it;
+- accuracy of the first AdamW step: the cosine between sign(direction) and the reference (from a
+  fresh optimizer state AdamW's first step is lr x sign(gradient)).
 
 The reward is colourfulness / 100 (differentiable, smooth, no ties), the one where FDFO trails
 Flow-GRPO in the sample-efficiency benchmark (docs/benchmarks/early_rate.md). Settings: FDFO at
@@ -141,9 +145,11 @@ def split_half(blocks: torch.Tensor, per_half: int) -> list[float]:
     return out
 
 
-def versus(blocks: torch.Tensor, per_set: int, reference: torch.Tensor) -> list[float]:
-    return [cosine(blocks[s:s + per_set].sum(0), reference)
-            for s in range(0, blocks.shape[0] - per_set + 1, per_set)]
+def versus(blocks: torch.Tensor, per_set: int, reference: torch.Tensor, sign: bool = False) -> list[float]:
+    """Cosines between the sums of disjoint sets of `per_set` blocks and `reference`; `sign`: of their
+    signs (AdamW's first step from a fresh state is lr x sign(gradient), up to its eps)."""
+    sums = [blocks[s:s + per_set].sum(0) for s in range(0, blocks.shape[0] - per_set + 1, per_set)]
+    return [cosine(torch.sign(d) if sign else d, reference) for d in sums]
 
 
 def train_state(backend, reward, prompts, epochs: int, block_images: int, extra: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -233,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows[name] = {
                 "consistency": {str(h * block): split_half(dirs, h) for h in halves},
                 "accuracy": {str(h * block): versus(dirs, h, reference) for h in sorted(set(halves + [blocks]))},
+                "accuracy_first_adam_step": {str(h * block): versus(dirs, h, reference, sign=True)
+                                             for h in sorted(set(halves + [blocks]))},
                 "cpu_seconds": time.process_time() - cpu,
             }
             row = rows[name]
@@ -253,7 +261,10 @@ def write_tables_and_plots(result: dict[str, Any], out: Path) -> None:
 
     for state_name, state in result["states"].items():
         for key, label in (("consistency", "split-half cosine (consistency)"),
-                           ("accuracy", "cosine to the back-propagated gradient (accuracy)")):
+                           ("accuracy", "cosine to the back-propagated gradient (accuracy)"),
+                           ("accuracy_first_adam_step", "cosine of sign(direction) to the reference")):
+            if not all(key in row for row in state["settings"].values()):
+                continue
             evals = sorted({int(n) for row in state["settings"].values() for n in row[key]})
             print(f"\n{key}, {state_name} (mean cosine over the disjoint sets; n = reward evaluations per set)")
             print("| setting | " + " | ".join(f"n = {n}" for n in evals) + " |")
