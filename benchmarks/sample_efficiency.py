@@ -86,6 +86,9 @@ REWARDS = {
 
 SWEEP_LRS = [1e-4, 3e-4, 1e-3, 3e-3]
 
+#: Sampling steps of --smoke (the toy preset's 20 elsewhere): the tests' run checks the code path only.
+SMOKE_NUM_STEPS = 4
+
 
 # --- one run ---------------------------------------------------------------------------------------
 
@@ -404,7 +407,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="2 seeds x 3 epochs of 32 images, 16 held-out prompts x 2 seeds (< 10 min on 2 cores)")
-    ap.add_argument("--smoke", action="store_true", help="2 seeds x 2 epochs of 16 images, 4 held-out prompts x 2 seeds (tests)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 seeds x 2 epochs of 8 images, 2 held-out prompts x 2 seeds, 4 sampling steps (tests)")
     ap.add_argument("--sweep", action="store_true", help="learning-rate sweep of --methods on the first reward")
     ap.add_argument("--seeds", type=int, default=None, help="default 5 (sweep: 1)")
     ap.add_argument("--only-seeds", type=int, nargs="+", metavar="K",
@@ -430,8 +434,9 @@ def main() -> None:
     args.methods = args.methods or list(TABLE_METHODS)
     args.extra = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.smoke:
-        args.seeds, args.epochs, args.images_per_epoch, args.heldout_prompts, args.heldout_seeds = 2, 2, 16, 4, 2
+        args.seeds, args.epochs, args.images_per_epoch, args.heldout_prompts, args.heldout_seeds = 2, 2, 8, 2, 2
         args.n_boot = min(args.n_boot, 1000)
+        args.extra = {"num_steps": SMOKE_NUM_STEPS, **args.extra}
     elif args.quick:
         args.seeds, args.epochs, args.images_per_epoch, args.heldout_prompts, args.heldout_seeds = 2, 3, 32, 16, 2
     if args.seeds is None:

@@ -78,9 +78,21 @@ def plan_run(runs_root: Path, loras_dir: Path, name: str, resume: bool) -> tuple
     i = 1
     while True:
         run = name if i == 1 else f"{name}-{i}"
-        if not (runs_root / run).exists() and not (loras_dir / f"{run}.safetensors").exists():
+        if not (runs_root / run).exists() and not published_names(loras_dir, run):
             return runs_root / run, False
         i += 1
+
+
+def published_names(loras_dir: Path, run: str) -> list[str]:
+    """The files a run named `run` puts into ComfyUI's LoRA folder that exist there now: its LoRA,
+    its best, interrupted and earlier-criterion best LoRAs (a new run takes a name none of them has)."""
+    from ..fdfo_core.run.guardrails import best_lora_name, retired_best_lora_name
+
+    names = [f"{run}.safetensors", best_lora_name(run), f"{run}-interrupted.safetensors"]
+    found = [n for n in names if (loras_dir / n).exists()]
+    if loras_dir.is_dir():
+        found += sorted(p.name for p in loras_dir.glob(retired_best_lora_name(run, 0).replace("epoch0", "epoch*")))
+    return found
 
 
 class EpochProgress:
@@ -218,12 +230,18 @@ def _comfy_dirs() -> tuple[Path, Path]:
     return runs, loras
 
 
-def publish_lora(src: Path, loras_dir: Path) -> Path:
-    """Copy a LoRA file, and its `<name>.preview.png` when there is one, into ComfyUI's LoRA folder
-    (atomic; StorageError when it cannot)."""
+def publish_lora(src: Path, loras_dir: Path, run_id: str | None) -> Path:
+    """Copy a LoRA file of run `run_id`, and its `<name>.preview.png` when there is one, into
+    ComfyUI's LoRA folder (atomic; StorageError when it cannot). A file of that name trained by
+    another run or tool is never overwritten: the copy takes its own name
+    (`lora_files.publish_target`), logged as a warning."""
+    from ..fdfo_core.backends.lora_files import publish_target
     from ..fdfo_core.backends.modelspec import preview_path
 
-    out = storage.copy_file(src, loras_dir / src.name, "LoRA file in ComfyUI's LoRA folder")
+    target, note = publish_target(loras_dir, src.name, run_id, own_copy=src)
+    if note:
+        log.warning("FDFO: %s", note)
+    out = storage.copy_file(src, target, "LoRA file in ComfyUI's LoRA folder")
     if preview_path(src).exists():
         storage.copy_file(preview_path(src), preview_path(out), "LoRA preview image in ComfyUI's LoRA folder")
     return out
@@ -315,6 +333,7 @@ class FDFOTrainerNode:
         from ..fdfo_core.rewards import wrap_normalization
         from ..fdfo_core.run.trainer import format_metrics
         from .comfy_backend import ComfyBackend, distilled_checkpoint
+        from ..fdfo_core.backends.lora_files import publish_target
 
         family, distilled = distilled_checkpoint(model, graph, unique_id)
         if distilled is not None:  # warn; the steps / CFG the user left at their defaults follow the model
@@ -439,8 +458,11 @@ class FDFOTrainerNode:
                 raise
             lora_sd = backend.lora_file_tensors()
             done = run_dir / f"{run_name}.safetensors"
+            target, kept_note = publish_target(loras_dir, f"{run_name}.safetensors", trainer.run_id, own_copy=done)
+            if kept_note:
+                log.warning("FDFO: %s", kept_note)
             try:
-                lora_path = trainer.save_lora(loras_dir / f"{run_name}.safetensors")
+                lora_path = trainer.save_lora(target)
             except StorageError as e:
                 raise StorageError(
                     f"{e}\nTraining finished ({trainer.epoch}/{cfg.epochs} epochs): the LoRA is complete in {done} and "
@@ -473,8 +495,10 @@ class FDFOTrainerNode:
         curve = pil_to_image(reward_curve_image(history, title=f"{run_name}: reward during training", size=REWARD_CURVE_SIZE,
                                                 guardrails=guard))
         preview_image = pil_to_image(comparison(shown_epoch)) if grids else torch.zeros(1, 64, 64, 3)
-        summary = (f"LoRA {run_name}.safetensors ({trainer.epoch}/{cfg.epochs} epochs) in {lora_path.parent}; run folder "
+        summary = (f"LoRA {lora_path.name} ({trainer.epoch}/{cfg.epochs} epochs) in {lora_path.parent}; run folder "
                    f"{run_dir}. Last epoch: {last}")
+        if kept_note:
+            summary += f"\n{kept_note}"
         if guard_text:
             summary += f"\n{guard_text}"
         summary += f"\n{output_note}"
@@ -499,16 +523,15 @@ class FDFOTrainerNode:
         # keep their own names in ComfyUI's LoRA folder too: the new best does not overwrite them.
         pattern = retired_best_lora_name(trainer.lora_name, 0).replace("epoch0", "epoch*")
         for retired in sorted(run_dir.glob(pattern)):
-            if not (loras_dir / retired.name).exists():
-                try:
-                    publish_lora(retired, loras_dir)
-                except StorageError as e:
-                    log.warning("FDFO: the earlier best LoRA stays in %s: %s", retired, e)
+            try:  # a copy already there is replaced by the same bytes; another run's file is kept
+                publish_lora(retired, loras_dir, trainer.run_id)
+            except StorageError as e:
+                log.warning("FDFO: the earlier best LoRA stays in %s: %s", retired, e)
         best = run_dir / best_lora_name(trainer.lora_name)
         if trainer.guardrails is None or not best.exists():
             return None
         try:
-            return publish_lora(best, loras_dir)
+            return publish_lora(best, loras_dir, trainer.run_id)
         except StorageError as e:
             log.warning("FDFO: the best LoRA stays in %s: %s", best, e)
             return None
@@ -523,7 +546,7 @@ class FDFOTrainerNode:
         if rescued.parent != run_dir:  # already in a fallback folder: its message says where
             return f"Copy it into {loras_dir} to load it with the LoRA loaders."
         try:
-            path = publish_lora(rescued, loras_dir)
+            path = publish_lora(rescued, loras_dir, trainer.run_id)
         except StorageError as e:
             log.warning("FDFO: %s", e)
             return f"It could not be copied into ComfyUI's LoRA folder either ({e.reason}); use the file in {run_dir}."

@@ -84,7 +84,8 @@ TRAINER_SETTINGS: tuple[Option, ...] = (
            "run", "lora_alpha"),
     Option("lora_name", ("STRING", {"default": "fdfo_lora", "tooltip": (
         "File name of the LoRA in ComfyUI/models/loras/ and of the run folder in output/fdfo/. A new run never "
-        "overwrites an earlier LoRA: it gets a -2, -3, ... suffix.")}), "run"),
+        "overwrites an earlier LoRA: it gets a -2, -3, ... suffix; a file of that name from another run or tool found "
+        "when the LoRA is saved is kept, and this run's LoRA gets its run id as a suffix (the node says so).")}), "run"),
     Option("resume", ("BOOLEAN", {"default": True, "tooltip": (
         "Continue the newest run of this name from its last checkpoint (with the same settings; epochs may grow). "
         "Off: start a new run.")}), "run"),

@@ -9,8 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Two cores on CI: more threads only add contention. Tests must be deterministic on the CPU.
-torch.set_num_threads(int(os.environ.get("FDFO_TEST_THREADS", min(2, os.cpu_count() or 1))))
+# Two cores on CI: more threads only add contention. Tests must be deterministic on the CPU. Under
+# pytest-xdist (`-n 2`: one worker process per core) each worker keeps to one thread.
+_default_threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+torch.set_num_threads(int(os.environ.get("FDFO_TEST_THREADS", _default_threads)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -42,14 +42,30 @@ def metrics_of(run):
     return out
 
 
-def cli(*args, kill_at=None, timeout=600):
+def cli_start(*args, kill_at=None):
+    """`fdfo` in a new process, started (stdout and stderr piped); `cli` waits for it."""
     env = dict(os.environ)
     env.pop("FDFO_TEST_KILL_AT", None)
     if kill_at:
         env["FDFO_TEST_KILL_AT"] = kill_at
     code = "import sys; from fdfo_core.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=600):
+    """The CompletedProcess of a `cli_start` process (killed if it outlives `timeout`)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def cli(*args, kill_at=None, timeout=600):
+    return finish(cli_start(*args, kill_at=kill_at), timeout)
 
 
 def test_kill_9_anywhere_then_resume_alone_ends_bit_for_bit_equal(tiny_sd3_dir, prompts_file, tmp_path, threads_kept):
@@ -60,11 +76,13 @@ def test_kill_9_anywhere_then_resume_alone_ends_bit_for_bit_equal(tiny_sd3_dir, 
     command = ["train", "--model", tiny_sd3_dir, "--prompts", prompts_file,
                "--reward", "brightness + 0.01*jpeg_compressibility", "--reward-opt", "jpeg_compressibility.quality=80",
                "--reward-normalize", "per_prompt", "--seed", "5", "--epochs", "4", "--threads", "1", *SMALL]
-    ref = tmp_path / "ref"
-    assert main([*map(str, command), "--run-dir", str(ref)]) == 0
-
-    run = tmp_path / "run"
-    first = cli(*command, "--run-dir", run, kill_at="train@1")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    # The first killed process runs while the uninterrupted reference trains in this one (two cores).
+    started = cli_start(*command, "--run-dir", run, kill_at="train@1")
+    try:
+        assert main([*map(str, command), "--run-dir", str(ref)]) == 0
+    finally:
+        first = finish(started)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert (run / "run.json").exists() and not (run / "checkpoints").exists()
     for kill_at, last in (("sample@2", "checkpoint-00001.pt"), ("write:checkpoint-00003.pt", "checkpoint-00002.pt")):

@@ -377,3 +377,75 @@ def test_node_storage_faults_reach_the_node_error_and_lose_nothing(comfy, disk_f
     assert res["result"][4] == "art.safetensors" and (comfy.loras / "art.safetensors").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+
+
+# --- nothing an artist trained is overwritten in ComfyUI's LoRA folder (issue 27, item 3) ------
+
+
+def test_a_new_run_skips_a_name_whose_best_or_interrupted_lora_is_in_the_lora_folder(tmp_path):
+    runs, loras = tmp_path / "runs", tmp_path / "loras"
+    runs.mkdir()
+    loras.mkdir()
+    (loras / "art-best.safetensors").write_bytes(b"x")  # its run folder deleted, its best LoRA kept
+    (loras / "art-2-interrupted.safetensors").write_bytes(b"x")
+    (loras / "art-3-best-until-epoch4.safetensors").write_bytes(b"x")
+    assert tn.plan_run(runs, loras, "art", resume=False) == (runs / "art-4", False)
+
+
+def test_two_runs_of_one_lora_name_sharing_a_lora_folder_never_overwrite_each_other(comfy, monkeypatch):
+    """Two ComfyUI installs share models/loras (extra_model_paths.yaml) and both train lora_name "art":
+    the second was planned before the first wrote its LoRAs (art, art-best), and finishes after it."""
+    from safetensors import safe_open
+
+    first = comfy.train(epochs=1, lora_name="art")
+    first_id = json.loads((comfy.run_dir() / "run.json").read_text())["run_id"]
+    written = {p.name: p.read_bytes() for p in comfy.loras.iterdir()}
+    assert {"art.safetensors", "art-best.safetensors"} <= set(written) and first["result"][4] == "art.safetensors"
+    for name in written:
+        (comfy.loras / name).unlink()
+    plan = tn.plan_run
+
+    def planned_then_the_other_finished(runs_root, loras_dir, name, resume):
+        found = plan(runs_root, loras_dir, name, resume)
+        for name, data in written.items():
+            (loras_dir / name).write_bytes(data)
+        return found
+
+    monkeypatch.setattr(tn, "plan_run", planned_then_the_other_finished)
+    comfy.output = comfy.output.parent / "output_of_the_other_install"
+    res = comfy.train(epochs=1, lora_name="art", seed=3)  # a different run of the same name
+    second_id = json.loads((comfy.run_dir() / "run.json").read_text())["run_id"]
+    assert all((comfy.loras / name).read_bytes() == data for name, data in written.items())  # all kept
+    name = res["result"][4]
+    assert name == f"art-{second_id[:8]}.safetensors" and (comfy.loras / f"art-best-{second_id[:8]}.safetensors").exists()
+    assert f"art.safetensors is the LoRA of run {first_id}, not this run's: it is kept unchanged" in res["ui"]["text"][0]
+    with safe_open(str(comfy.loras / name), framework="pt") as f:
+        assert f.metadata()["fdfo.run_id"] == second_id != first_id
+
+
+def test_a_run_never_overwrites_a_file_of_its_name_written_by_another_run_or_tool(comfy, monkeypatch):
+    """The run "art" planned its name; meanwhile another tool's art.safetensors appeared in the LoRA
+    folder: it is kept unchanged, the run's LoRA gets its own name, and the node says so."""
+    plan = tn.plan_run
+    foreign = b"not written by FDFO"
+
+    def then_a_file_appeared(runs_root, loras_dir, name, resume):
+        found = plan(runs_root, loras_dir, name, resume)
+        (loras_dir / "art.safetensors").write_bytes(foreign)
+        return found
+
+    monkeypatch.setattr(tn, "plan_run", then_a_file_appeared)
+    res = comfy.train(epochs=1, lora_name="art")
+    run_id = json.loads((comfy.run_dir() / "run.json").read_text())["run_id"]
+    assert (comfy.loras / "art.safetensors").read_bytes() == foreign
+    assert res["result"][4] == f"art-{run_id[:8]}.safetensors" and (comfy.loras / res["result"][4]).exists()
+    text = res["ui"]["text"][0]
+    assert "art.safetensors is a file that is not a LoRA, not this run's: it is kept unchanged" in text
+    assert f"this run's LoRA is art-{run_id[:8]}.safetensors" in text
+    # Resumed, the same run replaces its own file under its own name; the other file stays.
+    monkeypatch.setattr(tn, "plan_run", plan)
+    res = comfy.train(epochs=2, lora_name="art")
+    assert res["result"][4] == f"art-{run_id[:8]}.safetensors"
+    assert (comfy.loras / "art.safetensors").read_bytes() == foreign
+    assert {p.name for p in comfy.loras.glob("art*.safetensors")} == {
+        f"art-{run_id[:8]}.safetensors", "art-best.safetensors", "art.safetensors"}

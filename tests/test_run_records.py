@@ -319,3 +319,107 @@ def test_a_run_keeps_one_run_id_over_its_sessions_and_two_runs_never_share_one(t
     tr.resume(tmp_path / "b")
     tr.train()
     assert RunRecords(tmp_path / "b").run_id() is not None
+
+
+# --- the run's identity on every record that can leave its folder (issue 27, item 3) ------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two runs made with the same seed and settings in two folders: a (2 epochs), b (1 epoch)."""
+    root = tmp_path_factory.mktemp("two_runs")
+    trainer(root / "a", epochs=2).train()
+    trainer(root / "b", epochs=1).train()
+    return root
+
+
+def test_checkpoints_and_lora_files_name_their_run_and_epoch(two_runs):
+    from fdfo_core.backends.lora_files import read_lora_metadata
+    from fdfo_core.run.checkpoints import checkpoint_files, checkpoint_run_id
+
+    a = RunRecords(two_runs / "a").run_id()
+    assert a and a != RunRecords(two_runs / "b").run_id()
+    assert [checkpoint_run_id(p) for p in checkpoint_files(two_runs / "a")] == [a, a]
+    meta = read_lora_metadata(two_runs / "a" / "lora.safetensors")
+    assert meta["run_id"] == a and meta["epoch"] == 2 and meta["fingerprint"]["weights"] == "seed0"
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_refused(two_runs, tmp_path):
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(two_runs / "b", b)
+    shutil.copy(two_runs / "a" / "checkpoints" / "checkpoint-00002.pt", b / "checkpoints")  # newer than b's own
+    tr = trainer(b, epochs=3)
+    with pytest.raises(TrainingError) as e:
+        tr.resume(b)
+    msg = str(e.value)
+    ids = RunRecords(two_runs / "a").run_id(), RunRecords(b).run_id()
+    assert f"written by run {ids[0]}" in msg and f"holds run {ids[1]}" in msg and "copied here" in msg
+    assert "checkpoint-00001.pt" in msg and "move checkpoint-00002.pt out" in msg  # b's own newest, and what to do
+    assert tr.epoch == 0 and not tr.has_trained()  # nothing was loaded
+
+
+def test_resuming_one_runs_checkpoint_into_another_runs_folder_is_refused(two_runs, tmp_path):
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(two_runs / "b", b)
+    before = sorted(p.name for p in (b / "checkpoints").iterdir())
+    tr = trainer(b, epochs=3)
+    with pytest.raises(TrainingError, match="belongs to another run folder.*new, empty run folder"):
+        tr.resume(two_runs / "a")  # `fdfo train --resume a --run-dir b`
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == before
+
+
+def test_a_checkpoint_continued_in_a_new_folder_is_a_new_run(two_runs, tmp_path):
+    a = RunRecords(two_runs / "a").run_id()
+    logs = []
+    tr = trainer(tmp_path / "fork", epochs=3, callbacks=Callbacks(log=logs.append))
+    tr.resume(two_runs / "a")
+    tr.train()
+    record = json.loads((tmp_path / "fork" / "run.json").read_text())
+    assert record["run_id"] not in (None, a) and tr.run_id == record["run_id"]
+    assert record["sessions"][-1]["forked_from"]["run_id"] == a
+    assert any(f"belongs to run {a}" in l and "new run" in l for l in logs)
+    from fdfo_core.run.checkpoints import checkpoint_run_id, latest_checkpoint
+
+    assert checkpoint_run_id(latest_checkpoint(tmp_path / "fork")) == record["run_id"]
+
+
+def test_a_run_whose_record_was_lost_keeps_its_id_from_its_checkpoint(two_runs, tmp_path):
+    import shutil
+
+    a = tmp_path / "a"
+    shutil.copytree(two_runs / "a", a)
+    (a / "run.json").unlink()
+    tr = trainer(a, epochs=3)
+    tr.resume(a)
+    tr.train()
+    assert RunRecords(a).run_id() == RunRecords(two_runs / "a").run_id()
+
+
+def test_a_shared_lora_folder_keeps_every_file_that_is_not_this_runs(tmp_path):
+    """lora_files.publish_target, the rule every publish into ComfyUI's LoRA folder follows."""
+    import torch as _torch
+
+    from fdfo_core.backends.lora_files import publish_target, save_lora
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    tensors = {"diffusion_model.x.lora_down.weight": _torch.ones(1, 2), "diffusion_model.x.lora_up.weight": _torch.ones(2, 1)}
+    assert publish_target(folder, "art.safetensors", "abcdef0123456789") == (folder / "art.safetensors", None)
+    save_lora(folder / "art.safetensors", tensors, {"run_id": "abcdef0123456789"})
+    assert publish_target(folder, "art.safetensors", "abcdef0123456789") == (folder / "art.safetensors", None)  # its own
+    path, note = publish_target(folder, "art.safetensors", "9999999999999999")
+    assert path == folder / "art-99999999.safetensors" and "the LoRA of run abcdef0123456789, not this run's" in note
+    save_lora(folder / "old.safetensors", tensors, {"reward": "brightness"})  # FDFO, before run ids
+    own = tmp_path / "run" / "old.safetensors"
+    own.parent.mkdir()
+    own.write_bytes((folder / "old.safetensors").read_bytes())
+    assert publish_target(folder, "old.safetensors", "9999999999999999", own_copy=own)[1] is None  # the same bytes
+    path, note = publish_target(folder, "old.safetensors", "9999999999999999")
+    assert path.name == "old-99999999.safetensors" and "an FDFO LoRA from before run ids" in note
+    save_lora(folder / "old-99999999.safetensors", tensors, {})  # its own name taken too: the next free one
+    path, note = publish_target(folder, "old.safetensors", "9999999999999999")
+    assert path.name == "old-99999999-2.safetensors" and "a LoRA from another tool" not in note

@@ -1,6 +1,6 @@
 """The sample-efficiency benchmark run as a user runs it: --smoke in the default suite (the same code
 path as --quick and the full run: 2 seeds, 2 rewards, 3 methods, parallel workers, result files,
-bootstrap table, plots, on 2 epochs of 16 images), and --quick (< 10 min on 2 cores) when
+bootstrap table, plots, on 2 epochs of 8 images at 4 sampling steps), and --quick (< 10 min on 2 cores) when
 FDFO_BENCHMARK_TESTS=1 (it takes minutes, too long for every CI run)."""
 
 import json
@@ -33,7 +33,7 @@ def test_smoke_benchmark_writes_paired_runs_table_and_plots(tmp_path):
     out = tmp_path / "se"
     proc = _run(out, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_outputs(out, proc.stdout, epochs=2, images_per_epoch=16)
+    _check_outputs(out, proc.stdout, epochs=2, images_per_epoch=8)
 
     # A second invocation finds every run's file and only redoes the report.
     again = _run(out, tmp_path)

@@ -59,7 +59,8 @@ def test_toy_training_moves_held_out_images_toward_the_references(tmp_path, caps
     refs = tmp_path / "refs"
     refs.mkdir()
     ref_prompts = [p for p in prompts for _ in range(4)]
-    for i, im in enumerate(generate(ref_prompts, range(50_000, 50_000 + len(ref_prompts))) * TINT):
+    ref_images = generate(ref_prompts, range(50_000, 50_000 + len(ref_prompts))) * TINT
+    for i, im in enumerate(ref_images):
         to_pil(im).save(refs / f"{i:02d}.png")
     encoder = rf.write_dinov2_folder(tmp_path / "dinov2", seed=0)
 
@@ -81,9 +82,10 @@ def test_toy_training_moves_held_out_images_toward_the_references(tmp_path, caps
     trained = generate(held_prompts, seeds, lora=run / "lora.safetensors")
     reward = build_reward("reference", {"reference": {"images": str(refs), "path": str(encoder),
                                                       "aggregation": "mean_embedding"}})
-    gain = reward(trained, held_prompts) - reward(base, held_prompts)
+    scores_base, scores_trained = reward(base, held_prompts), reward(trained, held_prompts)
+    gain = scores_trained - scores_base
     mean, se = float(gain.mean()), float(gain.std() / len(gain) ** 0.5)
-    before, after = float(reward(base, held_prompts).mean()), float(reward(trained, held_prompts).mean())
+    before, after = float(scores_base.mean()), float(scores_trained.mean())
 
     def blue_red(x):  # the tint's own measure, for the record: the encoder's closeness is not only colour
         return float((x[:, 2].mean((1, 2)) / x[:, 0].mean((1, 2)).clamp_min(1e-3)).mean())
@@ -91,7 +93,7 @@ def test_toy_training_moves_held_out_images_toward_the_references(tmp_path, caps
     with capsys.disabled():
         print(f"\nreference reward on {len(gain)} held-out images: {before:.2f} -> {after:.2f}, paired gain "
               f"{mean:+.3f} +- {se:.3f} (s.e.) after {EPOCHS} epochs of 16 pairs; blue/red ratio "
-              f"{blue_red(base):.3f} -> {blue_red(trained):.3f} (references {blue_red(generate(ref_prompts, range(50_000, 50_016)) * TINT):.3f})")
+              f"{blue_red(base):.3f} -> {blue_red(trained):.3f} (references {blue_red(ref_images):.3f})")
     assert mean > 2 * se
 
 

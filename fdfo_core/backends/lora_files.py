@@ -234,3 +234,55 @@ def check_family(meta: Mapping[str, Any], family: str, path: str | Path) -> None
             f"{path} is a LoRA for a {found} model, but the model loaded is {family}; "
             f"load it into a {found} model or train a new LoRA for this one"
         )
+
+
+def lora_file_owner(path: str | Path) -> str | None:
+    """What a LoRA file is, in words for a message: "the LoRA of run <run id>" (its `fdfo.run_id`),
+    "an FDFO LoRA from before run ids", "a LoRA from another tool (no FDFO metadata)", or "a file
+    that is not a LoRA"; None when `path` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        meta = read_lora_metadata(path)
+    except (LoraFileError, OSError):
+        return "a file that is not a LoRA"
+    run_id = meta.get("run_id")
+    if isinstance(run_id, str) and run_id:
+        return f"the LoRA of run {run_id}"
+    return "an FDFO LoRA from before run ids" if meta else "a LoRA from another tool (no FDFO metadata)"
+
+
+def publish_target(folder: str | Path, name: str, run_id: str | None, own_copy: str | Path | None = None
+                   ) -> tuple[Path, str | None]:
+    """Where run `run_id` may write its LoRA file `name` (e.g. "portrait.safetensors") in a folder
+    other runs and tools share (ComfyUI's models/loras) without overwriting what they trained.
+
+    `folder/name` when it is free or holds this run's own file (its `fdfo.run_id` is `run_id`, or
+    its bytes equal `own_copy`, this run's file in its run folder): a later epoch of the same run
+    replaces it. Otherwise the file there is kept unchanged and the run's file gets its own name,
+    `<stem>-<first 8 digits of run_id>.safetensors` (then `-2`, `-3`, ... should that be taken too).
+    Returns (path, note): note says whose file was kept and under which name the run's LoRA is,
+    None when `folder/name` itself is used.
+    """
+    import filecmp
+
+    folder = Path(folder)
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    tag = f"-{run_id[:8]}" if run_id else ""
+    candidates = [name] + [f"{stem}{tag}{'' if i == 1 else f'-{i}'}.safetensors" for i in range(1 if tag else 2, 1000)]
+    kept = None
+    for candidate in candidates:
+        path = folder / candidate
+        owner = lora_file_owner(path)
+        ours = owner is None or (run_id is not None and owner == f"the LoRA of run {run_id}") or (
+            own_copy is not None and Path(own_copy).exists() and filecmp.cmp(path, own_copy, shallow=False))
+        if ours:
+            if kept is None:
+                return path, None
+            return path, (f"{folder / name} is {kept}, not this run's: it is kept unchanged, and this run's LoRA "
+                          f"is {path.name} beside it (nothing was overwritten; rename either file as you like)")
+        if kept is None:
+            kept = owner
+    raise LoraFileError(f"{folder} holds {len(candidates)} LoRA files named like {name} from other runs; "
+                        "give this run another name")

@@ -57,7 +57,19 @@ def evaluate(backend, reward, held: HeldOut, cfg, use_adapter: bool = True) -> d
     scores = reward(images, held.prompts)
     mean, se = mean_se(scores)
     return {"alignment_mean": mean, "alignment_se": se, "diversity": prompt_diversity(images, held.prompts),
-            "images": images, "scores": scores}
+            "images": images, "scores": scores, "prompts": held.prompts}
+
+
+#: The demo's settings on top of the toy preset (issue 28: the demo in two minutes on 2 CPU cores).
+#: Training on 10 of each sample's 20 steps halves the training passes; the held-out evaluation is
+#: the run's own (its guardrails'), at the start, every `DEMO_EVAL_EVERY` epochs and at the end.
+DEMO_EPOCHS = 40
+DEMO_STEPS_PER_SAMPLE = 10
+DEMO_EVAL_EVERY = 20
+#: torch CPU threads unless --threads says otherwise: a CPU run repeats bit for bit at a fixed thread
+#: count (not across counts: the order of floating-point sums changes), so the demo fixes it and
+#: prints what the README prints on any machine.
+DEMO_THREADS = 2
 
 
 def run_demo(
@@ -66,28 +78,52 @@ def run_demo(
     pairs_per_epoch: int | None = None,
     heldout_prompts: int = 64,
     seeds_per_prompt: int = 2,
-    eval_every: int = 5,
+    eval_every: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
     on_progress: Callable[[str, int, int], None] | None = None,
     overrides: dict[str, Any] | None = None,
     model: str | Path | None = None,
+    steps_per_sample: int | None = None,
+    own_evaluation: bool = False,
 ) -> dict[str, Any]:
+    """FDFO on the toy model; returns the summary (also written to `summary.json`).
+
+    eval_every: held-out evaluation every N epochs (curve points; the start and the end always; 0:
+    only those two; default DEMO_EVAL_EVERY, 5 with `own_evaluation`). steps_per_sample: training
+    steps per sample (0: all 20; default DEMO_STEPS_PER_SAMPLE, 0 with `own_evaluation`).
+    own_evaluation: the demo before issue 28 (the regression anchor): its own evaluation of the
+    held-out captions with one seed per image (1_000_000 + i), beside the trainer's default 4 x 4
+    one, and training on every step. Raises ConfigError for settings the demo cannot run."""
     from ..backends.diffusers_backend import build_backend
     from ..rewards import build_reward
     from ..toy import TOY_MAX_SEQUENCE_LENGTH, default_toy_model_path, toy_prompt_sets
 
     if seeds_per_prompt < 2:
         raise ConfigError("seeds_per_prompt (--seeds-per-prompt) must be at least 2 (the diversity figure compares seeds of one prompt)")
-    t_start = time.perf_counter()
+    if eval_every is not None and eval_every < 0:
+        raise ConfigError(f"eval_every (--eval-every) must be >= 0 (0: before and after only), got {eval_every}")
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out_dir)
     storage.check_writable(out, "demo output folder")  # before any model work: fail fast
     values = dict(overrides or {})
     values["seed"] = seed
+    if epochs is None and not own_evaluation:
+        epochs = DEMO_EPOCHS
     if epochs is not None:
         values["epochs"] = epochs
     if pairs_per_epoch is not None:
         values["pairs_per_epoch"] = pairs_per_epoch
+    if steps_per_sample is None:
+        steps_per_sample = 0 if own_evaluation else DEMO_STEPS_PER_SAMPLE
+    values["steps_per_sample"] = steps_per_sample
+    if eval_every is None:
+        eval_every = 5 if own_evaluation else DEMO_EVAL_EVERY
+    n_epochs = int(values.get("epochs", load_config("toy").epochs))
+    if n_epochs < 1:
+        raise ConfigError(f"the demo trains at least one epoch (--epochs), got {n_epochs}")
+    if not own_evaluation:  # the run's held-out evaluation is the demo's: all its captions x seeds
+        values.update(eval_every=eval_every or n_epochs, eval_prompt_count=heldout_prompts, eval_seeds=seeds_per_prompt)
     cfg = load_config("toy", overrides=values)
     model = Path(model) if model is not None else default_toy_model_path()
     backend = build_backend(model, cfg, device="cpu", max_sequence_length=TOY_MAX_SEQUENCE_LENGTH)
@@ -95,9 +131,11 @@ def run_demo(
     train_prompts, _ = toy_prompt_sets(seed=seed)
     held = held_out_set(heldout_prompts, seeds_per_prompt, seed=seed)
     log(f"toy model {model}\n{len(train_prompts)} training prompts, {len(set(held.prompts))} held-out prompts x "
-        f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs")
+        f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs, "
+        f"{cfg.steps_per_sample or cfg.num_steps} of {cfg.num_steps} steps per sample trained, "
+        f"{torch.get_num_threads()} torch threads")
 
-    # The trainer's own guardrails pick lora-best.safetensors on a few of the same held-out captions.
+    # The trainer's own guardrails pick lora-best.safetensors on the same held-out captions.
     trainer = FDFOTrainer(
         backend, reward, train_prompts, cfg, run_dir=out, reward_spec="toy_alignment",
         callbacks=Callbacks(on_progress=on_progress, log=log), eval_prompts=list(dict.fromkeys(held.prompts)),
@@ -107,50 +145,34 @@ def run_demo(
         front_end=FrontEnd(name="demo", resume_hint=f"fdfo train --resume {out}",
                            new_run_hint=f"give the demo another --out folder (or delete {out})",
                            allow_change_hint="use fdfo train --resume with --allow-change",
-                           session={"heldout_prompts": heldout_prompts, "seeds_per_prompt": seeds_per_prompt},
+                           session={"heldout_prompts": heldout_prompts, "seeds_per_prompt": seeds_per_prompt,
+                                    "own_evaluation": own_evaluation, "threads": torch.get_num_threads()},
                            extra_bytes=2_000_000),
     )
     trainer.start_run()  # checks the folder and its free space before the long evaluation
-
-    before = evaluate(backend, reward, held, cfg)
-    log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
-        f"(diversity {before['diversity']:.4f})")
-    curve = [(0, before["alignment_mean"], before["alignment_se"])]
-
-    def on_epoch_end(trainer, metrics):
-        e = metrics["epoch"]
-        if eval_every and (e % eval_every == 0) and e < cfg.epochs:
-            ev = evaluate(backend, reward, held, cfg)
-            curve.append((e, ev["alignment_mean"], ev["alignment_se"]))
-            log(f"  held-out alignment after epoch {e}: {ev['alignment_mean']:.4f} +- {ev['alignment_se']:.4f}")
-
-    trainer.callbacks.on_epoch_end = on_epoch_end
-
-    t_train = time.perf_counter()
-    trainer.train()
-    t_train = time.perf_counter() - t_train
-
-    after = evaluate(backend, reward, held, cfg)
-    curve.append((cfg.epochs, after["alignment_mean"], after["alignment_se"]))
+    if own_evaluation:
+        before, after, curve, t_train = _train_with_own_evaluation(trainer, backend, reward, held, cfg, eval_every, log)
+    else:
+        before, after, curve, t_train = _train_with_run_evaluation(trainer, reward, cfg, log)
+    prompts_shown = before["prompts"]
     gain, gain_se = mean_se(after["scores"] - before["scores"])
     log(f"held-out alignment after:  {after['alignment_mean']:.4f} +- {after['alignment_se']:.4f}  "
         f"(diversity {after['diversity']:.4f}); paired gain {gain:+.4f} +- {gain_se:.4f}")
-
     # --- pictures and summary (training is done: a failure here loses only these files) ---
     def write_results() -> dict[str, Any]:
-        n_show = min(16, len(held.prompts))
-        show = list(range(0, len(held.prompts), max(1, len(held.prompts) // n_show)))[:n_show]
+        n_show = min(16, len(prompts_shown))
+        show = list(range(0, len(prompts_shown), max(1, len(prompts_shown) // n_show)))[:n_show]
         scale = 2
         tile = scale * cfg.width
         # Under each image: its caption (wrapped, shortened if needed) and its score, so the picture reads alone.
-        labels_b = [caption_label(held.prompts[i], f"score {before['scores'][i]:.2f}", tile) for i in show]
-        labels_a = [caption_label(held.prompts[i], f"score {after['scores'][i]:.2f}", tile) for i in show]
+        labels_b = [caption_label(prompts_shown[i], f"score {before['scores'][i]:.2f}", tile) for i in show]
+        labels_a = [caption_label(prompts_shown[i], f"score {after['scores'][i]:.2f}", tile) for i in show]
         grid_b = image_grid(before["images"][show], ncol=4, labels=labels_b, scale=scale)
         grid_a = image_grid(after["images"][show], ncol=4, labels=labels_a, scale=scale)
         save_png(side_by_side(grid_b, grid_a, ("base model", f"FDFO LoRA, {cfg.epochs} epochs")), out / "before_after.png",
                  "before/after grid")
         storage.write_text(out / "before_after_prompts.txt",
-                           "\n".join(f"{k + 1}. {held.prompts[i]}" for k, i in enumerate(show)) + "\n", "caption list")
+                           "\n".join(f"{k + 1}. {prompts_shown[i]}" for k, i in enumerate(show)) + "\n", "caption list")
         hist = trainer.history
         save_png(line_plot(
             {"train reward (pairs)": ([m["epoch"] for m in hist], [m["reward_mean"] for m in hist]),
@@ -160,12 +182,15 @@ def run_demo(
         ), out / "reward_curve.png", "reward curve")
 
         summary = {
-            "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(held.prompts),
+            "epochs": cfg.epochs, "pairs_per_epoch": cfg.pairs_per_epoch, "heldout_pairs": len(prompts_shown),
+            "steps_per_sample": cfg.steps_per_sample, "evaluation": "demo's own" if own_evaluation else "the run's",
+            "threads": torch.get_num_threads(),
             "alignment_before": [before["alignment_mean"], before["alignment_se"]],
             "alignment_after": [after["alignment_mean"], after["alignment_se"]],
             "paired_gain": [gain, gain_se],
             "diversity_before": before["diversity"], "diversity_after": after["diversity"],
             "curve": curve, "train_seconds": t_train, "total_seconds": time.perf_counter() - t_start,
+            "cpu_seconds": time.process_time() - cpu_start,
             "lora": str(out / "lora.safetensors"),
         }
         storage.write_json(out / "summary.json", summary, "demo summary")
@@ -179,5 +204,54 @@ def run_demo(
             f"{trainer.last_checkpoint}; only the demo's figures and summary are missing.",
             path=e.path, reason=e.reason, errno_=e.errno) from None
     log(f"wrote {out / 'before_after.png'}, {out / 'reward_curve.png'}, {out / 'lora.safetensors'} "
-        f"in {summary['total_seconds']:.0f} s")
+        f"in {summary['total_seconds']:.0f} s ({summary['cpu_seconds']:.0f} s of CPU time)")
     return summary
+
+
+def _train_with_run_evaluation(trainer, reward, cfg, log):
+    """Train; the before/after figures are the run's own held-out evaluations (its guardrails:
+    the base model, every eval_every epochs, the last epoch), with each image's score for the
+    paired gain (the scores are recomputed from the evaluation's images: the reward is a cheap
+    deterministic image analysis)."""
+    from ..run.evaluation import raw_reward
+
+    t_train = time.perf_counter()
+    trainer.train()
+    t_train = time.perf_counter() - t_train
+    guard = trainer.guardrails
+    held = guard.held
+    prompts = held.image_prompts()
+    scorer = raw_reward(reward)
+
+    def figures(ev, images) -> dict[str, Any]:
+        return {"alignment_mean": ev.heldout_reward, "alignment_se": ev.heldout_reward_se, "diversity": ev.diversity,
+                "images": images, "scores": scorer(images, prompts).double(), "prompts": prompts}
+
+    before, after = figures(guard.base, guard.base_images), figures(guard.evaluations[-1], guard.last_images)
+    log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
+        f"(diversity {before['diversity']:.4f})")
+    curve = [(ev.epoch, ev.heldout_reward, ev.heldout_reward_se) for ev in guard.evaluations]
+    return before, after, curve, t_train
+
+
+def _train_with_own_evaluation(trainer, backend, reward, held, cfg, eval_every, log):
+    """The demo before issue 28: its own evaluation before, every eval_every epochs and after."""
+    before = evaluate(backend, reward, held, cfg)
+    log(f"held-out alignment before: {before['alignment_mean']:.4f} +- {before['alignment_se']:.4f}  "
+        f"(diversity {before['diversity']:.4f})")
+    curve = [(0, before["alignment_mean"], before["alignment_se"])]
+
+    def on_epoch_end(trainer, metrics):
+        e = metrics["epoch"]
+        if eval_every and (e % eval_every == 0) and e < cfg.epochs:
+            ev = evaluate(backend, reward, held, cfg)
+            curve.append((e, ev["alignment_mean"], ev["alignment_se"]))
+            log(f"  held-out alignment after epoch {e}: {ev['alignment_mean']:.4f} +- {ev['alignment_se']:.4f}")
+
+    trainer.callbacks.on_epoch_end = on_epoch_end
+    t_train = time.perf_counter()
+    trainer.train()
+    t_train = time.perf_counter() - t_train
+    after = evaluate(backend, reward, held, cfg)
+    curve.append((cfg.epochs, after["alignment_mean"], after["alignment_se"]))
+    return before, after, curve, t_train

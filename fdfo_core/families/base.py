@@ -299,7 +299,8 @@ class Family:
         text encoder sees what the family's own pipeline encodes (the same prompt means the same
         conditioning in both backends). The prompt itself for most families: ComfyUI's tokenizers
         add the chat templates (Qwen-Image, HunyuanImage, Z-Image, Flux.2) themselves, as the
-        diffusers pipelines do. Lumina 2 adds its system prompt (below)."""
+        diffusers pipelines do. Lumina 2 adds its system prompt (below). The text of every family
+        in both backends: docs/families.md, "The text each backend encodes" (tests/test_prompt_text.py)."""
         return prompt
 
     def diffusers_encode_prompts(self, pipe, prompts: list[str], device: torch.device,

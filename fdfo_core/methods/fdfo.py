@@ -30,7 +30,6 @@ from ..flow.seeds import derive_seed, epoch_prompt_indices, generator
 from ..rewards.base import RewardError
 from ..rewards.failure_policy import RewardFailures, dropped_line
 from ..rewards.pairwise import PairContext, is_pairwise
-from ..run.definition import RunRecords
 from ..run.distributed import shard_range
 from ..run.stats import ItemStats
 from ..run.trainer import RunLoop, TrainingError
@@ -194,7 +193,7 @@ class FDFOTrainer(RunLoop):
         pair_ids = roll.pair_ids.tolist()
         context = PairContext(
             epoch=self.epoch, pair_ids=pair_ids, seeds=[derive_seed(cfg.seed, "pair", self.epoch, p) for p in pair_ids],
-            run_dir=self.run_dir, run_id=RunRecords(self.run_dir).run_id() if self.run_dir is not None else None,
+            run_dir=self.run_dir, run_id=self.run_id,
             check_cancel=self.callbacks.check_cancel, log=self.log)
         failures = RewardFailures()
         out = self.reward.score_pairs(images[:n], images[n:], [self.prompts[i] for i in roll.prompt_ids.tolist()], context)

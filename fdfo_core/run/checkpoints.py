@@ -85,10 +85,26 @@ def checkpoint_name(epoch: int) -> str:
     return f"checkpoint-{epoch:05d}.pt"
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoint files of a run folder, oldest first (`checkpoints/`, else the folder itself)."""
     folder = Path(folder)
     for sub in (folder / "checkpoints", folder):
         found = sorted(sub.glob("checkpoint-*.pt"))
         if found:
-            return found[-1]
-    return None
+            return found
+    return []
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    found = checkpoint_files(folder)
+    return found[-1] if found else None
+
+
+def checkpoint_run_id(path: str | os.PathLike) -> str | None:
+    """The run id a checkpoint was written by (run.json's "run_id"), without loading its tensors;
+    None for a checkpoint written before run ids existed or a file that cannot be read."""
+    try:
+        value = peek_checkpoint(path).get("run_id")
+    except Exception:  # an unreadable file: not this run's either way
+        return None
+    return value if isinstance(value, str) and value else None

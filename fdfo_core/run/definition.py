@@ -306,8 +306,15 @@ class RunRecords:
         return RunDefinition.from_dict(d)
 
     def write(self, definition: RunDefinition, config_json: str, session: Mapping[str, Any],
-              branch: Mapping[str, Any] | None = None) -> None:
-        """Record the run (a new run, or one more session of it; with `branch`, a changed definition)."""
+              branch: Mapping[str, Any] | None = None, run_id: str | None = None) -> None:
+        """Record the run (a new run, or one more session of it; with `branch`, a changed definition).
+
+        The run id is the record's own; a record without one takes `run_id` (the id of the
+        checkpoint resumed, when the record was lost), else a new one. ValueError when the record
+        names another run than `run_id`."""
+        existing = self.run_id()
+        if existing is not None and run_id is not None and existing != run_id:
+            raise ValueError(f"{self.path} records run {existing}, not run {run_id}")
         old = self.read() or {}
         d = definition.to_dict()
         if definition.prompts is not None:
@@ -319,7 +326,7 @@ class RunRecords:
             "format": RUN_FORMAT,
             # A run's identity across files and machines (picks, records copied elsewhere): made
             # once when the run starts, kept by every later session. Older records have none.
-            "run_id": old.get("run_id") or new_run_id(),
+            "run_id": existing or run_id or new_run_id(),
             "definition": d,
             "branches": list(old.get("branches", [])) + ([{"time": now, **branch}] if branch else []),
             "sessions": list(old.get("sessions", [])) + [{"time": now, **session}],

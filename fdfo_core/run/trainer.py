@@ -26,7 +26,8 @@ from ..files import storage
 from ..backends.interface import BackendError, FlowBackend
 from ..rewards.failure_policy import RewardFailures, score_call, too_many_bad
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
-from .checkpoints import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import (checkpoint_files, checkpoint_name, checkpoint_run_id, latest_checkpoint, load_checkpoint,
+                          save_checkpoint)
 from ..flow.conditioning import Cond
 from ..config import FDFOConfig
 from .distributed import DistContext
@@ -37,7 +38,8 @@ from ..backends.modelspec import prompts_summary, save_lora_with_spec
 from ..files.prompts import clean_prompt
 from ..rewards.base import Reward, RewardError, error_text, is_fatal
 from .definition import RESUMABLE_CHANGES as RESUMABLE_CHANGES  # re-exported: what a resume may change
-from .definition import FrontEnd, RunDefinition, RunRecords, definition_of, differences, refusal_message, reward_fields
+from .definition import (FrontEnd, RunDefinition, RunRecords, definition_of, differences, new_run_id, refusal_message,
+                         reward_fields)
 from ..flow.paired_sampler import guided
 from ..flow.seeds import derive_seed as derive_seed  # re-exported: the run's seeds
 from ..flow.seeds import epoch_prompt_indices as epoch_prompt_indices
@@ -177,6 +179,13 @@ class RunLoop:
         self._resumed_from: Path | None = None
         self._branch: dict[str, Any] | None = None
         self._started = False
+        #: The run's identity (run.json's "run_id"; `start_run` sets it): written into every
+        #: checkpoint and LoRA file, and every pick, so no record of one run passes for another's.
+        self.run_id: str | None = None
+        # A checkpoint of this run (resumed in its own folder, whose run.json was lost): its id;
+        # a checkpoint of another folder's run continued here: {"run_id", "checkpoint"} (a fork).
+        self._run_id_from_checkpoint: str | None = None
+        self._forked_from: dict[str, Any] | None = None
 
     # --- the front end's hooks -------------------------------------------------------------------
 
@@ -417,6 +426,9 @@ class RunLoop:
             return
         self._started = True
         if self.run_dir is None or not self.dist.is_main:
+            if self.run_id is None:  # no run folder: an identity of this session's LoRA files
+                # (other ranks write no record: the checkpoint's id, if any)
+                self.run_id = self._run_id_from_checkpoint or (new_run_id() if self.run_dir is None else None)
             return
         for what, folder in self.front_end.output_dirs.items():  # first: a failed check leaves no run folder
             storage.check_writable(folder, what)
@@ -428,8 +440,15 @@ class RunLoop:
             self.log(warning)
         session = {"frontend": self.front_end.name, "start_epoch": self.epoch,
                    "resumed_from": str(self._resumed_from) if self._resumed_from is not None else None,
+                   **({"forked_from": self._forked_from} if self._forked_from else {}),
                    **self.front_end.session}
-        RunRecords(self.run_dir).write(self.definition, self.config.to_json(), session, branch=self._branch)
+        records = RunRecords(self.run_dir)
+        records.write(self.definition, self.config.to_json(), session, branch=self._branch,
+                      run_id=self._run_id_from_checkpoint)
+        self.run_id = records.run_id()
+        if self._forked_from:
+            self.log(f"{self._forked_from['checkpoint']} belongs to run {self._forked_from['run_id']} of another folder: "
+                     f"it continues here as a new run {self.run_id} (its picks, checkpoints and LoRA files carry the new id)")
         storage.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history),
                            "metrics log")
 
@@ -464,6 +483,7 @@ class RunLoop:
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
+            "run_id": self.run_id,
             "epoch": self.epoch,
             "images_seen": self.images_seen,
             "adapter": {k: v.detach().cpu().clone() for k, v in self.backend.adapter_state_dict().items()},
@@ -516,6 +536,7 @@ class RunLoop:
         recorded = definition_of(state)
         if recorded is None:
             raise TrainingError(f"{ckpt} is not an FDFO checkpoint")
+        self._check_run_identity(ckpt, state.get("run_id"))
         self._check_definition(recorded, f"checkpoint {ckpt}", allow_change, epoch=int(state["epoch"]), checkpoint=ckpt)
         try:
             self.backend.load_adapter_state_dict(state["adapter"])
@@ -550,6 +571,34 @@ class RunLoop:
         self.load_method_state(state, ckpt)
         self.last_checkpoint = self._resumed_from = ckpt
         self.log(f"resumed from {ckpt} at epoch {self.epoch}")
+
+    def _check_run_identity(self, ckpt: Path, ckpt_run: Any) -> None:
+        """Refuse a checkpoint of another run than the run folder's (run.json's run_id): one copied
+        between folders, or `--resume` of one run's checkpoint into another run's folder, would
+        continue the wrong weights and overwrite that run's checkpoints. A checkpoint from its own
+        folder whose run.json is gone keeps its run id; one from another folder continued in a
+        folder without a run record is a fork: a new run id, its origin recorded in run.json.
+        Checkpoints written before run ids existed carry none and are not checked."""
+        if not isinstance(ckpt_run, str) or not ckpt_run or self.run_dir is None:
+            self._run_id_from_checkpoint = ckpt_run if isinstance(ckpt_run, str) and ckpt_run else None
+            return
+        folder_run = RunRecords(self.run_dir).run_id()
+        home = ckpt.resolve().parent
+        own = home in (self.run_dir.resolve(), (self.run_dir / "checkpoints").resolve())
+        if folder_run is not None and folder_run != ckpt_run:
+            mine = [p for p in checkpoint_files(self.run_dir) if p.resolve() != ckpt.resolve() and checkpoint_run_id(p) == folder_run]
+            where = (f"its newest own checkpoint is {mine[-1]}; move {ckpt.name} out of the folder to resume from there"
+                     if own and mine else f"keep {ckpt.name} in its own run folder")
+            raise TrainingError(
+                f"checkpoint {ckpt} was written by run {ckpt_run}, but {self.run_dir} holds run {folder_run} (run.json): "
+                f"{'it was copied here from another run' if own else 'it belongs to another run folder'}, and continuing it "
+                f"would overwrite this run's checkpoints with another run's weights. To continue run {folder_run}: {where}. "
+                f"To continue run {ckpt_run}: resume its own folder. To start a new run from its weights: resume it into a "
+                f"new, empty run folder.")
+        if own or folder_run == ckpt_run:
+            self._run_id_from_checkpoint = ckpt_run
+        else:
+            self._forked_from = {"run_id": ckpt_run, "checkpoint": str(ckpt)}
 
     def _check_definition(self, recorded: RunDefinition, source: str, allow_change: bool, epoch: int,
                           checkpoint: Path | None) -> None:
@@ -624,6 +673,9 @@ class RunLoop:
             # What `fdfo sample --lora` needs beyond the config to sample as the LoRA was trained.
             **(self.backend.sampling_options() if hasattr(self.backend, "sampling_options") else {}),
             "fingerprint": dict(self.backend.fingerprint()),
+            # The run it came from, wherever the file is copied: a LoRA names its run and epoch.
+            "run_id": self.run_id,
+            "epoch": self.epoch,
             "trainer": "fdfo",
             "prompts_summary": prompts_summary(self.prompts),
         }
