@@ -275,7 +275,8 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     if not args.replot:
-        run_all([j for n in names for j in jobs[n]], args.workers, args.threads)
+        # The variants first, the preset's runs (often already there) last: an interrupted run has the new data.
+        run_all([j for n in [*names[1:], "preset"] for j in jobs[n]], args.workers, args.threads)
     results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
     for n, rs in results.items():
         if len(rs) < args.seeds:
