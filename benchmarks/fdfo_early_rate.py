@@ -256,6 +256,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     ap.add_argument("--baselines", nargs="+", choices=BASELINE_METHODS, default=[BASELINE],
                     help="methods every variant is paired with (their sample-efficiency runs, looked up)")
+    ap.add_argument("--skip-preset", action="store_true",
+                    help="run only the variants' missing runs; the preset's existing runs are still used")
     ap.add_argument("--tag", default="", help="suffix of the report's file names (several reports per reward and budget)")
     args = ap.parse_args()
     if args.epochs < 1:
@@ -276,7 +278,8 @@ def main() -> None:
         ap.error(str(e))
     if not args.replot:
         # The variants first, the preset's runs (often already there) last: an interrupted run has the new data.
-        run_all([j for n in [*names[1:], "preset"] for j in jobs[n]], args.workers, args.threads)
+        run_all([j for n in [*names[1:], *([] if args.skip_preset else ["preset"])] for j in jobs[n]],
+                args.workers, args.threads)
     results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
     for n, rs in results.items():
         if len(rs) < args.seeds:
