@@ -36,7 +36,10 @@ Writes OUT/gradient_estimate.json and OUT/{consistency,accuracy}_<state>.png; pr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -135,21 +138,74 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def split_half(blocks: torch.Tensor, per_half: int) -> list[float]:
-    """Cosines between the sums of two disjoint sets of `per_half` blocks, over the disjoint splits."""
-    out = []
-    for start in range(0, blocks.shape[0] - 2 * per_half + 1, 2 * per_half):
-        a = blocks[start:start + per_half].sum(0)
-        b = blocks[start + per_half:start + 2 * per_half].sum(0)
-        out.append(cosine(a, b))
+MAX_SPLITS = 400  # split-half pairs / subsets averaged per point at most (a fixed random sample beyond)
+
+
+def _subsets(n: int, k: int, limit: int) -> list[tuple[int, ...]]:
+    """All k-subsets of range(n), or `limit` distinct ones drawn with a fixed seed when there are more."""
+    if math.comb(n, k) <= limit:
+        return list(itertools.combinations(range(n), k))
+    rng, seen = random.Random(0), set()
+    while len(seen) < limit:
+        seen.add(tuple(sorted(rng.sample(range(n), k))))
+    return sorted(seen)
+
+
+def split_half(blocks: torch.Tensor, per_half: int, limit: int = MAX_SPLITS) -> list[float]:
+    """Cosines between the sums of two disjoint sets of `per_half` blocks, over every unordered
+    split of 2 x per_half of the blocks into two such sets (each counted once; at most `limit`,
+    a fixed random sample beyond). Every split has the same expectation; averaging all of them
+    uses every block in every position (a U-statistic), far less noisy than one split."""
+    n = blocks.shape[0]
+    if 2 * per_half > n:
+        return []
+    pairs = []
+    for a in itertools.combinations(range(n), per_half):
+        rest = [i for i in range(n) if i not in a]
+        for b in itertools.combinations(rest, per_half):
+            if a < b:  # unordered: (A, B) and (B, A) are the same split
+                pairs.append((a, b))
+    if len(pairs) > limit:
+        pairs = random.Random(0).sample(pairs, limit)
+    return [cosine(blocks[list(a)].sum(0), blocks[list(b)].sum(0)) for a, b in pairs]
+
+
+def versus(blocks: torch.Tensor, per_set: int, reference: torch.Tensor, sign: bool = False,
+           limit: int = MAX_SPLITS) -> list[float]:
+    """Cosines between the sums of every set of `per_set` blocks (at most `limit`, a fixed random
+    sample beyond) and `reference`; `sign`: of their signs (AdamW's first step from a fresh state
+    is lr x sign(gradient), up to its eps)."""
+    sums = [blocks[list(c)].sum(0) for c in _subsets(blocks.shape[0], per_set, limit)]
+    return [cosine(torch.sign(d) if sign else d, reference) for d in sums]
+
+
+def signal_noise(blocks: torch.Tensor, reference: torch.Tensor | None = None,
+                 reference_reliability: float | None = None) -> dict[str, float]:
+    """Signal and noise of one block's direction, from all the blocks (unbiased for independent blocks).
+
+    With d_i = g + e_i: |g|^2 is the mean of d_i . d_j over i != j, the noise E|e|^2 is the mean
+    |d_i|^2 minus that. `snr_per_block` = |g|^2 / E|e|^2: the split-half cosine of n blocks per
+    half is then n snr / (1 + n snr) (`consistency_predicted`), and n = 1 / snr blocks give 0.5.
+    `accuracy_limit`: the cosine between the expected direction g and the true ascent direction,
+    (mean d) . reference / (|g| |reference| reliability), i.e. the accuracy of infinitely many
+    evaluations (a biased estimator stays below 1); None when no signal is measured (|g|^2 <= 0)."""
+    m = blocks.shape[0]
+    total = blocks.sum(0)
+    sq = (blocks * blocks).sum(1)
+    g2 = float((total @ total - sq.sum()) / (m * (m - 1)))
+    noise = float(sq.mean()) - g2
+    snr = g2 / noise if noise > 0 else math.inf
+    out: dict[str, float | None] = {"signal_sq": g2, "noise_sq": noise, "snr_per_block": snr}
+    out["accuracy_limit"] = None
+    if reference is not None and reference_reliability and g2 > 0:
+        out["accuracy_limit"] = float(total / m @ reference / (g2 ** 0.5 * reference.norm() * reference_reliability))
     return out
 
 
-def versus(blocks: torch.Tensor, per_set: int, reference: torch.Tensor, sign: bool = False) -> list[float]:
-    """Cosines between the sums of disjoint sets of `per_set` blocks and `reference`; `sign`: of their
-    signs (AdamW's first step from a fresh state is lr x sign(gradient), up to its eps)."""
-    sums = [blocks[s:s + per_set].sum(0) for s in range(0, blocks.shape[0] - per_set + 1, per_set)]
-    return [cosine(torch.sign(d) if sign else d, reference) for d in sums]
+def consistency_predicted(snr_per_block: float, blocks: float) -> float:
+    """The split-half cosine expected of `blocks` blocks per half at this signal-to-noise (0 if none)."""
+    x = max(snr_per_block, 0.0) * blocks
+    return x / (1 + x)
 
 
 def train_state(backend, reward, prompts, epochs: int, block_images: int, extra: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -161,6 +217,11 @@ def train_state(backend, reward, prompts, epochs: int, block_images: int, extra:
                                         "eval_every": 0, "checkpoint_every": 0})
     build_trainer(backend, reward, prompts, cfg, callbacks=Callbacks(log=None)).train()
     return {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}
+
+
+def fmt(x: float | None, spec: str) -> str:
+    """`x` formatted, or "no signal" for None (no signal measured) or infinity."""
+    return "no signal" if x is None or not math.isfinite(x) else format(x, spec)
 
 
 def mean(xs: list[float]) -> float:
@@ -236,7 +297,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lambda: torch.stack([update_direction(backend, reward, prompts,
                                                       block_config(method, values, block, i, group, extra), state)
                                      for i in range(blocks)]))
+            sn = signal_noise(dirs, reference, reliability(mean(ref_half)))
             rows[name] = {
+                **sn,
+                "evals_to_consistency_half": block / sn["snr_per_block"] if sn["snr_per_block"] > 0 else None,
                 "consistency": {str(h * block): split_half(dirs, h) for h in halves},
                 "accuracy": {str(h * block): versus(dirs, h, reference) for h in sorted(set(halves + [blocks]))},
                 "accuracy_first_adam_step": {str(h * block): versus(dirs, h, reference, sign=True)
@@ -246,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = rows[name]
             print(f"{name:26s} consistency " + "  ".join(f"{n}: {mean(v):+.3f}" for n, v in row["consistency"].items())
                   + " | accuracy " + "  ".join(f"{n}: {mean(v):+.3f}" for n, v in row["accuracy"].items())
-                  + f"  ({row['cpu_seconds']:.0f} CPU s)", flush=True)
+                  + f" | evaluations for consistency 0.5: {fmt(row['evals_to_consistency_half'], '.0f')}, accuracy "
+                  f"limit {fmt(row['accuracy_limit'], '+.3f')}  ({row['cpu_seconds']:.0f} CPU s)", flush=True)
             (out / "gradient_estimate.json").write_text(json.dumps(result, indent=1))  # partial results survive
     result["cpu_seconds"] = time.process_time() - cpu0
     result["wall_seconds"] = time.perf_counter() - t0
@@ -260,6 +325,18 @@ def write_tables_and_plots(result: dict[str, Any], out: Path) -> None:
     from fdfo_core.files.drawing import line_plot, save_png
 
     for state_name, state in result["states"].items():
+        print(f"\nsignal and noise per estimate, {state_name} (from all {result['blocks']} blocks of {result['block']} "
+              "evaluations: unbiased pair products)")
+        print("| setting | signal / noise per evaluation | evaluations for consistency 0.5 | consistency at "
+              f"{result['block'] * result['blocks']} (predicted) | accuracy limit (infinitely many evaluations) |")
+        print("|---|---|---|---|---|")
+        for name, row in state["settings"].items():
+            if "snr_per_block" not in row:
+                continue
+            print(f"| {name} | {row['snr_per_block'] / result['block']:.4f} | "
+                  f"{fmt(row['evals_to_consistency_half'], '.0f')} | "
+                  f"{consistency_predicted(row['snr_per_block'], result['blocks']):.3f} | "
+                  f"{fmt(row['accuracy_limit'], '+.3f')} |")
         for key, label in (("consistency", "split-half cosine (consistency)"),
                            ("accuracy", "cosine to the back-propagated gradient (accuracy)"),
                            ("accuracy_first_adam_step", "cosine of sign(direction) to the reference")):

@@ -22,12 +22,41 @@ def test_split_half_and_accuracy_cosines():
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(50, generator=g, dtype=torch.float64)
     noisy = truth + 3 * torch.randn(8, 50, generator=g, dtype=torch.float64)
-    # Disjoint halves only: 8 blocks give 4 splits of 1 + 1, 2 of 2 + 2, 1 of 4 + 4.
-    assert [len(ge.split_half(noisy, h)) for h in (1, 2, 4)] == [4, 2, 1]
-    assert ge.split_half(truth.expand(4, 50), 2) == pytest.approx([1.0])
+    # Every unordered split of 2h of the 8 blocks into two disjoint sets of h: C(8,2) = 28 of 1 + 1,
+    # C(8,4) C(4,2) / 2 = 210 of 2 + 2, C(8,4) / 2 = 35 of 4 + 4; a cap samples that many distinct ones.
+    assert [len(ge.split_half(noisy, h)) for h in (1, 2, 4)] == [28, 210, 35]
+    assert len(ge.split_half(noisy, 2, limit=50)) == 50 and ge.split_half(noisy, 5) == []
+    assert ge.split_half(truth.expand(4, 50), 2) == pytest.approx([1.0] * 3)
+    # Every set of h blocks against the reference: C(8, h) of them.
+    assert [len(ge.versus(noisy, h, truth)) for h in (1, 4, 8)] == [8, 70, 1]
     assert ge.cosine(truth, -truth) == pytest.approx(-1.0)
     # Averaging more blocks brings an unbiased estimate closer to the truth.
     assert ge.mean(ge.versus(noisy, 8, truth)) > ge.mean(ge.versus(noisy, 1, truth))
+
+
+def test_signal_and_noise_by_hand_and_from_many_blocks():
+    # d = [2, 1], [2, -1]: |g|^2 = d1 . d2 = 3, mean |d|^2 = 5, noise 2, snr 1.5;
+    # 2 blocks per half then give a split-half cosine of 3 / 4.
+    two = torch.tensor([[2.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    sn = ge.signal_noise(two, reference=torch.tensor([1.0, 0.0], dtype=torch.float64), reference_reliability=1.0)
+    assert (sn["signal_sq"], sn["noise_sq"], sn["snr_per_block"]) == pytest.approx((3.0, 2.0, 1.5))
+    assert sn["accuracy_limit"] == pytest.approx(2 / 3 ** 0.5)  # mean [2, 0] . [1, 0] / (|g| = sqrt 3)
+    assert ge.consistency_predicted(1.5, 2) == pytest.approx(0.75)
+    # No signal: |g|^2 <= 0 has no accuracy limit, and predicts no consistency.
+    none = ge.signal_noise(torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64), two[0], 1.0)
+    assert none["accuracy_limit"] is None and ge.consistency_predicted(none["snr_per_block"], 10) == 0.0
+    # Many noisy blocks: snr near |g|^2 / (50 x 9); an unbiased estimator's limit near 1, a biased one's below.
+    g = torch.Generator().manual_seed(1)
+    truth = torch.randn(50, generator=g, dtype=torch.float64)
+    noisy = truth + 3 * torch.randn(600, 50, generator=g, dtype=torch.float64)
+    sn = ge.signal_noise(noisy, truth, 1.0)
+    assert sn["snr_per_block"] == pytest.approx(float(truth @ truth) / 450, rel=0.3)
+    assert sn["accuracy_limit"] == pytest.approx(1.0, abs=0.15)
+    side = torch.zeros(50, dtype=torch.float64)
+    side[0] = 1.0
+    side = side - (side @ truth) / (truth @ truth) * truth
+    side = side / side.norm() * truth.norm()  # as long as the truth, orthogonal to it: cosine 1 / sqrt 2
+    assert ge.signal_noise(noisy + side, truth, 1.0)["accuracy_limit"] == pytest.approx(2 ** -0.5, abs=0.15)
 
 
 def test_smoke_benchmark_writes_tables_json_and_plots(tmp_path, capsys):
@@ -42,8 +71,9 @@ def test_smoke_benchmark_writes_tables_json_and_plots(tmp_path, capsys):
             values = [v for vs in (*row["consistency"].values(), *row["accuracy"].values()) for v in vs]
             assert values and all(math.isfinite(v) and -1 - 1e-9 <= v <= 1 + 1e-9 for v in values)
             assert any(v != 0 for v in values)  # a real direction, not a zero gradient
+            assert row["noise_sq"] > 0 and (row["accuracy_limit"] is None or math.isfinite(row["accuracy_limit"]))
     for state in ("untrained", "FDFO-trained"):
         for key in ("consistency", "accuracy"):
             assert (tmp_path / f"{key}_{state}.png").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "| FDFO K=4 |" in printed and "split-half cosine" in printed
+    assert "| FDFO K=4 |" in printed and "split-half cosine" in printed and "evaluations for consistency 0.5" in printed
