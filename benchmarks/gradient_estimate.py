@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from sample_efficiency import GROUP, REWARDS, load_toy, method_values  # noqa: E402
 
 REWARD = "colourfulness"
+HELDOUT = (32, 2)  # the noise probe's held-out captions x seeds: the sample-efficiency benchmark's
 BLOCK = 16  # reward evaluations per block: 8 pairs, 4 groups of 4 branches, 2 groups of 8 images
 BLOCKS = 6  # blocks per (setting, state): 96 evaluations, splits of up to 2 x 48
 REF_BLOCK, REF_BLOCKS = 32, 16  # the reference: 16 x 32 back-propagated samples
@@ -224,6 +225,58 @@ def fmt(x: float | None, spec: str) -> str:
     return "no signal" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+#: the noise probe's methods: AdamW fed pure-noise gradients at each method's benchmark lr and steps
+PROBE_METHODS = {"FDFO (preset)": "fdfo", "Flow-GRPO": "flow_grpo", "DiffusionNFT": "diffusion_nft"}
+
+
+def noise_probe(backend, state: dict[str, torch.Tensor], seeds: int, epochs: int, heldout: tuple[int, int],
+                extra: dict[str, Any]) -> dict[str, Any]:
+    """What would each method's optimizer do to the held-out rewards with no signal at all?
+
+    From `state`, AdamW (each method's benchmark lr, betas, eps, weight decay) takes as many steps as
+    that method takes in `epochs` epochs of the sample-efficiency benchmark, each on a gradient of
+    independent standard normal noise (seeded); then the held-out rewards of both toy rewards are
+    measured (the benchmark's held-out captions x seeds, plain Euler). A method whose benchmark gain
+    is no larger than this gets it from the size of its steps, not from its gradient estimate.
+    Returns {"before": {reward: value}, "methods": {label: {"lr", "steps", "after": {reward: [per seed]}}}}."""
+    from fdfo_core.backends.generation import generate_images
+    from fdfo_core.cli.demo import held_out_set
+    from fdfo_core.config import load_config
+    from fdfo_core.rewards import build_reward
+
+    rewards = {name: build_reward(spec["spec"]) for name, spec in REWARDS.items()}
+    held = held_out_set(*heldout, seed=0)
+
+    def measure(cfg) -> dict[str, float]:
+        images = generate_images(backend, held.prompts, held.seeds, cfg.num_steps, cfg.height, cfg.width, batch_size=64)
+        return {name: float(r(images, held.prompts).mean()) for name, r in rewards.items()}
+
+    backend.load_adapter_state_dict(state)
+    base_cfg = load_config("toy", overrides=extra)
+    out: dict[str, Any] = {"before": measure(base_cfg), "epochs": epochs, "methods": {}}
+    for label, method in PROBE_METHODS.items():
+        cfg = load_config("toy", overrides={**method_values(method), **extra, "method": method})
+        steps = epochs * cfg.optimizer_steps_per_epoch
+        row = {"lr": cfg.lr, "steps": steps, "after": {name: [] for name in rewards}}
+        for k in range(seeds):
+            backend.load_adapter_state_dict(state)
+            params = backend.trainable_parameters()
+            opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                    weight_decay=cfg.weight_decay)
+            gen = torch.Generator().manual_seed(k)
+            for _ in range(steps):
+                for q in params:
+                    q.grad = torch.randn(q.shape, generator=gen, dtype=q.dtype)
+                opt.step()
+            for name, value in measure(cfg).items():
+                row["after"][name].append(value)
+        out["methods"][label] = row
+        print(f"{label:14s} lr {cfg.lr:g} x {steps} noise steps: " + "  ".join(
+            f"{name} {out['before'][name]:.4f} -> {mean(v):.4f}" for name, v in row["after"].items()), flush=True)
+    backend.load_adapter_state_dict(state)
+    return out
+
+
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
@@ -236,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS),
                     help="the same settings at every state (default: DEFAULT_SETTINGS, fewer at the trained state)")
+    ap.add_argument("--noise-probe", type=int, default=0, metavar="SEEDS",
+                    help="only the noise probe (`noise_probe`), SEEDS noise seeds per method, from the untrained "
+                         "state; its record goes to OUT/noise_probe.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     block, blocks, ref_block, ref_blocks, group, epochs = BLOCK, BLOCKS, REF_BLOCK, REF_BLOCKS, GROUP, TRAIN_EPOCHS
@@ -258,6 +314,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reward = build_reward(REWARDS[REWARD]["spec"])
     prompts, _ = toy_prompt_sets(seed=0)
     states = {"untrained": {k: v.detach().clone() for k, v in backend.adapter_state_dict().items()}}
+    if args.noise_probe:
+        probe = noise_probe(backend, states["untrained"], args.noise_probe, epochs,
+                            (2, 2) if args.smoke else HELDOUT, extra)
+        probe["cpu_seconds"] = time.process_time() - cpu0
+        (out / "noise_probe.json").write_text(json.dumps(probe, indent=1))
+        return probe
     trained = out / "blocks" / "fdfo_trained_state.pt"
     key = {"epochs": epochs, "images": 4 * block, "extra": extra}
     if trained.exists() and torch.load(trained, weights_only=True).get("key") == json.dumps(key, sort_keys=True):
