@@ -77,3 +77,20 @@ def test_smoke_benchmark_writes_tables_json_and_plots(tmp_path, capsys):
             assert (tmp_path / f"{key}_{state}.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| FDFO K=4 |" in printed and "split-half cosine" in printed and "evaluations for consistency 0.5" in printed
+
+
+def test_noise_probe_smoke(tmp_path):
+    probe = ge.main(["--smoke", "--noise-probe", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "noise_probe.json").read_text())["methods"].keys() == set(ge.PROBE_METHODS)
+    assert set(probe["before"]) == {"alignment", "colourfulness"}
+    from fdfo_core.config import load_config
+    from sample_efficiency import method_values
+
+    for label, method in ge.PROBE_METHODS.items():
+        row = probe["methods"][label]
+        cfg = load_config("toy", overrides={**method_values(method), "method": method})
+        # As many AdamW steps as the method takes in the (smoke: 1) epochs, at its benchmark lr.
+        assert (row["lr"], row["steps"]) == (cfg.lr, probe["epochs"] * cfg.optimizer_steps_per_epoch)
+        assert all(len(v) == 1 and math.isfinite(v[0]) for v in row["after"].values())
+    # Noise steps of Flow-GRPO's size move the images: its colourfulness changes.
+    assert probe["methods"]["Flow-GRPO"]["after"]["colourfulness"][0] != probe["before"]["colourfulness"]
