@@ -203,6 +203,17 @@ def signal_noise(blocks: torch.Tensor, reference: torch.Tensor | None = None,
     return out
 
 
+def jackknife_se(blocks: torch.Tensor, stat) -> float:
+    """Jackknife standard error of `stat(blocks)` over the blocks (leave one out; blocks are
+    independent); NaN when a leave-one-out value is undefined (None or infinite)."""
+    m = blocks.shape[0]
+    vals = [stat(torch.cat([blocks[:i], blocks[i + 1:]])) for i in range(m)]
+    if any(v is None or not math.isfinite(v) for v in vals):
+        return math.nan
+    mu = sum(vals) / m
+    return ((m - 1) / m * sum((v - mu) ** 2 for v in vals)) ** 0.5
+
+
 def consistency_predicted(snr_per_block: float, blocks: float) -> float:
     """The split-half cosine expected of `blocks` blocks per half at this signal-to-noise (0 if none)."""
     x = max(snr_per_block, 0.0) * blocks
@@ -359,9 +370,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lambda: torch.stack([update_direction(backend, reward, prompts,
                                                       block_config(method, values, block, i, group, extra), state)
                                      for i in range(blocks)]))
-            sn = signal_noise(dirs, reference, reliability(mean(ref_half)))
+            rel = reliability(mean(ref_half))
+            sn = signal_noise(dirs, reference, rel)
             rows[name] = {
                 **sn,
+                "snr_per_block_se": jackknife_se(dirs, lambda b: signal_noise(b)["snr_per_block"]),
+                "accuracy_limit_se": jackknife_se(dirs, lambda b: signal_noise(b, reference, rel)["accuracy_limit"]),
                 "evals_to_consistency_half": block / sn["snr_per_block"] if sn["snr_per_block"] > 0 else None,
                 "consistency": {str(h * block): split_half(dirs, h) for h in halves},
                 "accuracy": {str(h * block): versus(dirs, h, reference) for h in sorted(set(halves + [blocks]))},
@@ -389,16 +403,18 @@ def write_tables_and_plots(result: dict[str, Any], out: Path) -> None:
     for state_name, state in result["states"].items():
         print(f"\nsignal and noise per estimate, {state_name} (from all {result['blocks']} blocks of {result['block']} "
               "evaluations: unbiased pair products)")
-        print("| setting | signal / noise per evaluation | evaluations for consistency 0.5 | consistency at "
-              f"{result['block'] * result['blocks']} (predicted) | accuracy limit (infinitely many evaluations) |")
+        print("| setting | signal / noise per evaluation (+- jackknife SE) | evaluations for consistency 0.5 | "
+              f"consistency at {result['block'] * result['blocks']} (predicted) | accuracy limit (infinitely many "
+              "evaluations, +- jackknife SE) |")
         print("|---|---|---|---|---|")
         for name, row in state["settings"].items():
             if "snr_per_block" not in row:
                 continue
-            print(f"| {name} | {row['snr_per_block'] / result['block']:.4f} | "
+            print(f"| {name} | {row['snr_per_block'] / result['block']:.4f} +- "
+                  f"{row.get('snr_per_block_se', math.nan) / result['block']:.4f} | "
                   f"{fmt(row['evals_to_consistency_half'], '.0f')} | "
                   f"{consistency_predicted(row['snr_per_block'], result['blocks']):.3f} | "
-                  f"{fmt(row['accuracy_limit'], '+.3f')} |")
+                  f"{fmt(row['accuracy_limit'], '+.3f')} +- {row.get('accuracy_limit_se', math.nan):.3f} |")
         for key, label in (("consistency", "split-half cosine (consistency)"),
                            ("accuracy", "cosine to the back-propagated gradient (accuracy)"),
                            ("accuracy_first_adam_step", "cosine of sign(direction) to the reference")):

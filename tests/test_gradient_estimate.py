@@ -94,3 +94,10 @@ def test_noise_probe_smoke(tmp_path):
         assert all(len(v) == 1 and math.isfinite(v[0]) for v in row["after"].values())
     # Noise steps of Flow-GRPO's size move the images: its colourfulness changes.
     assert probe["methods"]["Flow-GRPO"]["after"]["colourfulness"][0] != probe["before"]["colourfulness"]
+
+
+def test_jackknife_se_of_a_mean_is_the_standard_error():
+    x = torch.tensor([[1.0], [2.0], [4.0], [7.0]], dtype=torch.float64)
+    # For the mean, the jackknife SE equals the sample standard deviation / sqrt(m).
+    assert ge.jackknife_se(x, lambda b: float(b.mean())) == pytest.approx(float(x.std() / 2))
+    assert math.isnan(ge.jackknife_se(x, lambda b: None))
