@@ -68,6 +68,10 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "FDFO K=4 churn 0.2": ("fdfo", {"branches": 4, "churn_strength": 0.2}),
     "Flow-GRPO": ("flow_grpo", {}),
     "DiffusionNFT": ("diffusion_nft", {}),
+    # issue 30 item 3, the other knobs (run with --settings, to another --out)
+    "FDFO 5 of 20 steps": ("fdfo", {"steps_per_sample": 5}),
+    "FDFO churn prior 0.2": ("fdfo", {"churn": "prior", "churn_strength": 0.2}),
+    "FDFO churn interval 0.3": ("fdfo", {"churn": "interval", "churn_strength": 0.3}),
 }
 #: what the default run measures per state (the 2 shared cores' budget: ~15 CPU minutes on 1 thread)
 DEFAULT_SETTINGS = {
