@@ -26,7 +26,7 @@ the toy preset (churn 0.05), churn 0.2, groups of 4 and 8 branches (`branches`);
 DiffusionNFT at the sample-efficiency benchmark's settings (group 8). Directions are raw gradients
 (AdamW then rescales them per parameter; every method goes through the same optimizer).
 
-    nice -n 19 python benchmarks/gradient_estimate.py            # ~20 CPU minutes on 1 thread
+    nice -n 19 python benchmarks/gradient_estimate.py            # ~10 CPU minutes on 1 thread (592 s measured)
     python benchmarks/gradient_estimate.py --smoke               # the test's tiny configuration
 
 Writes OUT/gradient_estimate.json and OUT/{consistency,accuracy}_<state>.png; prints the tables
