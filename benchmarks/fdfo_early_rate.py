@@ -42,7 +42,8 @@ from sample_efficiency import IMAGES_PER_EPOCH, LABELS, REWARDS, find_run, run_a
 EARLY_EPOCHS = 16  # the default budget: 16 epochs of IMAGES_PER_EPOCH reward evaluations
 EARLY_EVALS = EARLY_EPOCHS * IMAGES_PER_EPOCH
 HELDOUT = (32, 2)  # held-out prompts x seeds, as in the sample-efficiency benchmark
-BASELINE = "flow_grpo"  # every variant is also compared with this method's benchmark runs
+BASELINE = "flow_grpo"  # every variant is compared with this method's benchmark runs (default --baselines)
+BASELINE_METHODS = ("flow_grpo", "diffusion_nft")  # the methods --baselines may name
 
 #: name -> (config overrides, images per epoch, what it tests)
 VARIANTS: dict[str, tuple[dict, int, str]] = {
@@ -56,10 +57,19 @@ VARIANTS: dict[str, tuple[dict, int, str]] = {
     "pairs_16": ({}, IMAGES_PER_EPOCH // 2, "16 pairs/epoch, twice the epochs (same evaluations)"),
     "pairs_64": ({}, IMAGES_PER_EPOCH * 2, "64 pairs/epoch, half the epochs (same evaluations)"),
     "steps_5": ({"steps_per_sample": 5}, IMAGES_PER_EPOCH, "train on 5 random steps of 20 per sample"),
+    "steps_10": ({"steps_per_sample": 10}, IMAGES_PER_EPOCH, "train on 10 random steps of 20 per sample"),
     "std_norm": ({"reward_normalization": "std"}, IMAGES_PER_EPOCH, "dR divided by the epoch's reward std"),
     "lr_1e-4": ({"lr": 1e-4}, IMAGES_PER_EPOCH, "learning rate 1e-4 (a third of the preset)"),
     "lr_1e-3": ({"lr": 1e-3}, IMAGES_PER_EPOCH, "learning rate 1e-3 (3.3x the preset)"),
     "lr_3e-3": ({"lr": 3e-3}, IMAGES_PER_EPOCH, "learning rate 3e-3 (10x the preset; Flow-GRPO's)"),
+    "churn_0.2_lr_1e-4": ({"churn_strength": 0.2, "lr": 1e-4}, IMAGES_PER_EPOCH, "churn 0.2, learning rate 1e-4"),
+    "churn_0.2_lr_1e-3": ({"churn_strength": 0.2, "lr": 1e-3}, IMAGES_PER_EPOCH, "churn 0.2, learning rate 1e-3"),
+    # Groups of branches (an extension beyond the paper): the same 64 images per epoch as 16 groups
+    # of 4 or 8 groups of 8, each giving K - 1 finite-difference directions.
+    "branches_4": ({"branches": 4}, IMAGES_PER_EPOCH, "groups of 4 branches (16 groups/epoch)"),
+    "branches_8": ({"branches": 8}, IMAGES_PER_EPOCH, "groups of 8 branches (8 groups/epoch)"),
+    "branches_4_churn_0.2": ({"branches": 4, "churn_strength": 0.2}, IMAGES_PER_EPOCH,
+                             "groups of 4 branches, churn 0.2"),
 }
 DEFAULT_VARIANTS = ["churn_0.02", "churn_0.2", "prior_0.2", "pairs_16", "pairs_64", "steps_5", "std_norm", "lr_1e-3",
                     "lr_3e-3"]
@@ -118,13 +128,21 @@ def paired_diff(runs: list[dict], others: dict[int, list[dict]], budget: float, 
             "higher_auc_seeds": int((d_auc > 0).sum())}
 
 
-def summarise_variants(results: dict[str, list[dict]], baseline: list[dict], budget: float,
+def summarise_variants(results: dict[str, list[dict]], baselines: dict[str, list[dict]] | list[dict], budget: float,
                        n_boot: int = N_BOOT) -> dict[str, dict]:
     """Per variant (its finished runs in `results`, the preset's under "preset"): AUC and final
     held-out over `budget` evaluations with 95% bootstrap intervals over seeds, the paired
-    differences to the preset and to the `baseline` method's runs (same seeds only), training CPU s."""
+    differences to the preset and to each baseline method's runs (`baselines`: method -> runs, or
+    one list of BASELINE's runs; same seeds only), training CPU s.
+
+    Row keys: "vs_baselines" (method -> paired difference or None), "vs_baseline" (the first
+    baseline's), "ahead_of_baselines": True when every baseline is paired on all of the variant's
+    seeds and every AUC difference's 95% interval lies above zero (the issue-30 decision rule on
+    this reward)."""
+    if not isinstance(baselines, dict):
+        baselines = {BASELINE: baselines}
     preset = {r["seed"]: truncate(r["curve"], budget) for r in results.get("preset", [])}
-    base = {r["seed"]: truncate(r["curve"], budget) for r in baseline}
+    bases = {m: {r["seed"]: truncate(r["curve"], budget) for r in runs} for m, runs in baselines.items()}
     rows = {}
     for name, runs in results.items():
         rs = sorted(runs, key=lambda r: r["seed"])
@@ -135,12 +153,16 @@ def summarise_variants(results: dict[str, list[dict]], baseline: list[dict], bud
             raise ValueError(f"{name}: run of {curves[0][-1]['evals']} evaluations where {budget} were asked for")
         auc = np.array([_auc(c) for c in curves])
         fin = np.array([c[-1]["heldout"] for c in curves])
+        vs = {m: paired_diff(rs, base, budget, n_boot) for m, base in bases.items()}
+        ahead = bool(vs) and all(d is not None and len(d["seeds"]) == len(rs) and d["auc_diff"][1] > 0
+                                 for d in vs.values())
         rows[name] = {"what": VARIANTS[name][2], "seeds": [r["seed"] for r in rs], "lr": rs[0].get("lr"),
                       "auc": bootstrap(lambda i, v=auc: float(v[i].mean()), len(rs), n_boot=n_boot),
                       "final": bootstrap(lambda i, v=fin: float(v[i].mean()), len(rs), n_boot=n_boot),
                       "auc_per_seed": auc.tolist(), "final_per_seed": fin.tolist(),
                       "vs_preset": paired_diff(rs, preset, budget, n_boot) if name != "preset" else None,
-                      "vs_baseline": paired_diff(rs, base, budget, n_boot),
+                      "vs_baselines": vs, "vs_baseline": next(iter(vs.values()), None),
+                      "ahead_of_baselines": ahead,
                       "train_cpu_seconds": float(np.mean([c[-1].get("cpu_seconds", 0.0) for c in curves])),
                       "run_cpu_seconds": float(np.mean([r.get("cpu_seconds", 0.0) for r in rs]))}
     return rows
@@ -197,12 +219,13 @@ def report_name(reward: str, epochs: int) -> str:
 
 
 def report(rows: dict[str, dict], reward: str, budget: int) -> list[str]:
-    """The markdown table of `summarise_variants`' rows."""
-    base = LABELS[BASELINE]
+    """The markdown table of `summarise_variants`' rows (one "AUC - baseline" column per baseline)."""
+    bases = list(next(iter(rows.values())).get("vs_baselines", {BASELINE: None})) if rows else [BASELINE]
     lines = [(f"FDFO early rate on the toy model, {REWARDS[reward]['label']}, {budget} reward evaluations; 95% bootstrap "
               "intervals over seeds; differences paired by seed"),
-             f"| variant | what | seeds | AUC | final | AUC - preset | final - preset | AUC - {base} | train CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | what | seeds | AUC | final | AUC - preset | final - preset | "
+             + " | ".join(f"AUC - {LABELS[m]}" for m in bases) + " | train CPU s |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(bases) + "---|"]
     for name, row in rows.items():
         def diff(d, key):
             if d is None:
@@ -211,8 +234,10 @@ def report(rows: dict[str, dict], reward: str, budget: int) -> list[str]:
                 if key == "auc_diff" else fmt_interval(*d[key], digits=4)
         lines.append(f"| {name} | {row['what']} | {len(row['seeds'])} | {fmt_interval(*row['auc'], digits=4)} | "
                      f"{fmt_interval(*row['final'], digits=4)} | {diff(row['vs_preset'], 'auc_diff')} | "
-                     f"{diff(row['vs_preset'], 'final_diff')} | {diff(row['vs_baseline'], 'auc_diff')} | "
-                     f"{row['train_cpu_seconds']:.0f} |")
+                     f"{diff(row['vs_preset'], 'final_diff')} | "
+                     + " | ".join(diff(row.get("vs_baselines", {}).get(m, row.get("vs_baseline")), "auc_diff")
+                                  for m in bases)
+                     + f" | {row['train_cpu_seconds']:.0f} |")
     return lines
 
 
@@ -229,6 +254,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--replot", action="store_true", help="table and plot from the finished run files only")
     ap.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
+    ap.add_argument("--baselines", nargs="+", choices=BASELINE_METHODS, default=[BASELINE],
+                    help="methods every variant is paired with (their sample-efficiency runs, looked up)")
+    ap.add_argument("--skip-preset", action="store_true",
+                    help="run only the variants' missing runs; the preset's existing runs are still used")
+    ap.add_argument("--tag", default="", help="suffix of the report's file names (several reports per reward and budget)")
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error(f"--epochs must be at least 1, got {args.epochs}")
@@ -247,25 +277,32 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     if not args.replot:
-        run_all([j for n in names for j in jobs[n]], args.workers, args.threads)
+        # The variants first, the preset's runs (often already there) last: an interrupted run has the new data.
+        run_all([j for n in [*names[1:], *([] if args.skip_preset else ["preset"])] for j in jobs[n]],
+                args.workers, args.threads)
     results = {n: [r for r in (find_run(s, p) for s, p in js) if r is not None] for n, js in jobs.items()}
     for n, rs in results.items():
         if len(rs) < args.seeds:
             print(f"{n}: only {len(rs)} of {args.seeds} runs exist (--replot runs nothing)")
-    baseline = baseline_runs(args.seeds, out, args.reward, args.epochs)
-    if len(baseline) < args.seeds:
-        print(f"{LABELS[BASELINE]}: {len(baseline)} of {args.seeds} runs found in {out.parent / 'sample_efficiency'} "
-              f"(to add them: python benchmarks/sample_efficiency.py --methods {BASELINE} --rewards {args.reward} "
-              f"--epochs {args.epochs} --seeds {args.seeds})")
-    rows = summarise_variants(results, baseline, budget, args.n_boot)
+    baselines = {m: baseline_runs(args.seeds, out, args.reward, args.epochs, m) for m in args.baselines}
+    for m, runs in baselines.items():
+        if len(runs) < args.seeds:
+            print(f"{LABELS[m]}: {len(runs)} of {args.seeds} runs found in {out.parent / 'sample_efficiency'} "
+                  f"(to add them: python benchmarks/sample_efficiency.py --methods {m} --rewards {args.reward} "
+                  f"--epochs {args.epochs} --seeds {args.seeds})")
+    rows = summarise_variants(results, baselines, budget, args.n_boot)
     print()
     print("\n".join(report(rows, args.reward, budget)))
-    stem = report_name(args.reward, args.epochs)
+    for name, row in rows.items():
+        if name != "preset" and row["ahead_of_baselines"]:
+            print(f"{name}: ahead of {', '.join(LABELS[m] for m in baselines)} on {args.reward} (every AUC interval > 0)")
+    stem = report_name(args.reward, args.epochs) + args.tag
     series = {n: seed_mean_curve(results[n], budget) for n in rows}
-    if baseline:
-        series[LABELS[BASELINE]] = seed_mean_curve(baseline, budget)
+    for m, runs in baselines.items():
+        if runs:
+            series[LABELS[m]] = seed_mean_curve(runs, budget)
     record = {"reward": args.reward, "epochs": args.epochs, "evals": budget, "seeds": args.seeds,
-              "baseline": BASELINE, "variants": rows, "curves": series,
+              "baseline": args.baselines[0], "baselines": args.baselines, "variants": rows, "curves": series,
               "cpu_seconds_all_runs": float(sum(r.get("cpu_seconds", 0.0) for rs in results.values() for r in rs))}
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
     from fdfo_core.files.drawing import line_plot, save_png

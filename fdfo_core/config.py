@@ -44,6 +44,11 @@ class FDFOConfig:
     interval_mean: float = 0.0  # "interval" churn: logit-normal centre of the churn time
     interval_std: float = 1.0
     interval_width: float = 0.5  # width of the churn bump in logit-time
+    # Branches per shared initial noise (2 = a pair, published). K > 2: groups of K branches, a
+    # least-squares finite difference on their K - 1 differences (methods/fdfo_objective.group_deltas;
+    # an extension beyond the paper). Images per epoch stay 2 x pairs_per_epoch: an epoch samples
+    # 2 x pairs_per_epoch / K groups (`groups_per_epoch`), so changing K keeps the reward budget.
+    branches: int = 2
     sample_batch_size: int = 8  # pairs per sampling batch (2x images through the model)
     decode_batch_size: int = 16  # images per VAE decode / reward call
     # Share of an epoch's pairs that may lose their reward (NaN, missing, a failed reward call)
@@ -138,6 +143,16 @@ class FDFOConfig:
                 f"width); nearest sizes: {', '.join(f'{h}x{w}' for h, w in near)} (the model may allow fewer: "
                 "it is checked again when it is loaded)")
         need(self.churn in CHURN_SCHEDULES, f"churn must be one of {CHURN_SCHEDULES}, got {self.churn!r}")
+        need(isinstance(self.branches, int) and self.branches >= 2,
+             f"branches must be an integer >= 2 (2 = pairs, published), got {self.branches!r}")
+        if (2 * self.pairs_per_epoch) % self.branches:
+            k, images = self.branches, 2 * self.pairs_per_epoch
+            below = next((p for p in range(self.pairs_per_epoch - 1, 0, -1) if (2 * p) % k == 0), None)
+            above = next(p for p in range(self.pairs_per_epoch + 1, self.pairs_per_epoch + k + 1) if (2 * p) % k == 0)
+            raise ConfigError(
+                f"branches={k} needs 2 x pairs_per_epoch ({images} images per epoch) to be a multiple of {k}: an "
+                f"epoch samples 2 x pairs_per_epoch / branches groups of {k} images. Set pairs_per_epoch to "
+                + (f"{below} or {above}" if below else f"{above}") + f", or branches to a divisor of {images}")
         need(self.churn_strength >= 0, f"churn_strength must be >= 0, got {self.churn_strength}")
         need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
         need(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
@@ -204,6 +219,12 @@ class FDFOConfig:
              f"{n_items} training items per epoch cannot fill {self.optimizer_steps_per_epoch} optimizer steps; "
              "raise pairs_per_epoch or lower optimizer_steps_per_epoch")
         return self
+
+    @property
+    def groups_per_epoch(self) -> int:
+        """Initial noises an FDFO epoch samples: 2 x pairs_per_epoch / branches (= pairs_per_epoch
+        for pairs), each with `branches` branches; images per epoch are 2 x pairs_per_epoch either way."""
+        return 2 * self.pairs_per_epoch // self.branches
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

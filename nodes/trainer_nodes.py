@@ -33,6 +33,7 @@ from ..fdfo_core.run.definition import FrontEnd
 from ..fdfo_core.run.resume import ResumedRun
 from ..fdfo_core.files.storage import StorageError
 from ..fdfo_core.run.hooks import Callbacks, TrainingError
+from ..fdfo_core.methods.fdfo import refuse_groups_with_pairwise
 from ..fdfo_core.methods import FDFOTrainer
 from .common import CATEGORY, PROMPTS, REWARD, check_interrupt, describe, log, pil_to_image
 from .live_feedback import epoch_line, save_temp_png
@@ -185,6 +186,7 @@ def resolve_node_run(model, reward, prompts, values: dict[str, Any], graph=None,
     preview_prompts = (preview_prompts * preview_count)[:preview_count]
     if reward is None or not callable(reward):
         raise TrainingError("connect a reward (an FDFO reward loader or Combine Rewards)")
+    refuse_groups_with_pairwise(reward, cfg.branches)
     eval_prompts = clean_prompts(values["eval_prompts"]) if values.get("eval_prompts") else None
     lora_output = values.get("lora_output", "last")
     if lora_output not in ("last", "best"):

@@ -194,6 +194,12 @@ OPTIONS: tuple[Option, ...] = (
         "Stop when a plain statistic of the held-out images (near-black or near-white share, saturation, colour "
         "entropy, edge density) moves this far from the base model's, as a fraction of its range (0 = off; 0.3 "
         "catches a dark share going from 0.45 to 0.93).")), "guardrails", "early_stop_max_image_shift"),
+    # --- groups of branches (issue 30; fdfo_core/methods/fdfo_objective.group_deltas) -------------------
+    Option("branches", _int(d.branches, 2, 64, (
+        "Branches per shared initial noise: 2 = pairs (published). K > 2: groups of K branches trained on a "
+        "least-squares finite difference over their K - 1 differences (an extension beyond the paper). Images per "
+        "epoch stay 2 x pairs per epoch (2 x pairs / K groups; it must divide). Not with human picks (pairs only).")),
+        "sampling", "branches"),
 )
 
 ALL_SETTINGS: tuple[Option, ...] = TRAINER_SETTINGS + OPTIONS

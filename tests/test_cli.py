@@ -121,10 +121,12 @@ def test_toml_config_and_flags(model_dir, prompts_file, tmp_path):
     toml.write_text("[fdfo]\nepochs = 1\nclip_range = 0.05\nchurn = 'interval'\n")
     run = tmp_path / "run"
     rc = main(["train", "--model", str(model_dir), "--prompts", str(prompts_file), "--reward", "0.5*brightness + saturation",
-               "--config", str(toml), "--run-dir", str(run), *TRAIN])
+               "--config", str(toml), "--run-dir", str(run), "--branches", "4", *TRAIN])
     assert rc == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["clip_range"] == 0.05 and cfg["churn"] == "interval" and cfg["epochs"] == 1
+    assert cfg["branches"] == 4  # groups of 4 branches (issue 30): 2 groups = the 8 images of 4 pairs
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["images_seen"] == 8
 
 
 def test_sample_with_and_without_lora_and_convert(model_dir, prompts_file, tmp_path):

@@ -84,6 +84,30 @@ def test_summary_by_hand_paired_with_preset_and_flow_grpo(tmp_path):
         er.summarise_variants({"preset": preset}, [], budget=192)
 
 
+def test_several_baselines_and_the_decision_rule_by_hand(tmp_path):
+    out = tmp_path / "fdfo_early_rate"
+    variant = [_run(s, ys) for (s, _), ys in zip(er.variant_jobs("branches_4", 2, out, "colourfulness", 1),
+                                                  ([0.8, 1.0], [0.8, 0.9]))]  # AUC 0.9 and 0.85
+    grpo = [_run(run_settings("flow_grpo", "colourfulness", k, 1, 64, (32, 2)), ys, lr=3e-3)
+            for k, ys in enumerate(([0.8, 0.8], [0.8, 0.8]))]  # AUC 0.8, 0.8
+    nft = [_run(run_settings("diffusion_nft", "colourfulness", k, 1, 64, (32, 2)), ys, lr=1e-3)
+           for k, ys in enumerate(([0.8, 0.9], [0.8, 1.0]))]  # AUC 0.85, 0.9
+    rows = er.summarise_variants({"branches_4": variant}, {"flow_grpo": grpo, "diffusion_nft": nft}, 64, n_boot=500)
+    row = rows["branches_4"]
+    assert row["vs_baselines"]["flow_grpo"]["auc_diff"] == pytest.approx((0.075, 0.05, 0.1))
+    assert row["vs_baselines"]["diffusion_nft"]["auc_diff"] == pytest.approx((0.0, -0.05, 0.05))
+    assert row["vs_baseline"] == row["vs_baselines"]["flow_grpo"]
+    assert row["ahead_of_baselines"] is False  # not ahead of DiffusionNFT (its interval reaches below 0)
+    assert er.summarise_variants({"branches_4": variant}, {"flow_grpo": grpo}, 64, n_boot=500)[
+        "branches_4"]["ahead_of_baselines"] is True
+    # A baseline missing a seed does not count as beaten on it.
+    assert er.summarise_variants({"branches_4": variant}, {"flow_grpo": grpo[:1]}, 64, n_boot=500)[
+        "branches_4"]["ahead_of_baselines"] is False
+    table = "\n".join(er.report(rows, "colourfulness", 64))
+    assert "AUC - Flow-GRPO | AUC - DiffusionNFT |" in table
+    assert "0.0750 [0.0500, 0.1000] (2/2 higher) | 0.0000 [-0.0500, 0.0500] (1/2 higher)" in table
+
+
 def test_flow_grpo_runs_are_looked_up_in_the_benchmark_folder(tmp_path):
     out = tmp_path / "fdfo_early_rate"
     assert er.baseline_runs(2, out, "colourfulness", 4) == []

@@ -78,6 +78,29 @@ def test_inputs_are_validated_before_any_model_is_touched():
         node.train(None, None, None, None, ["a"], **base_values())
 
 
+def test_groups_of_branches_are_an_option_and_refused_with_picks_before_any_model():
+    """branches (issue 30) reaches the config from the options node; with a pairwise reward (human picks)
+    K > 2 is refused with what to do, before model / clip / vae are touched."""
+    options = opts.FDFOTrainingOptionsNode().build(branches=4)[0]
+    assert opts.config_from_settings(opts.resolve_settings({}, options)).branches == 4
+
+    class Picks:
+        pairwise = True
+
+        def __call__(self, images, prompts):
+            raise AssertionError("not reached")
+
+        def score_pairs(self, *args):
+            raise AssertionError("not reached")
+
+        def describe(self):
+            return "human_picks"
+
+    node = tn.FDFOTrainerNode()
+    with pytest.raises(TrainingError, match="cannot score groups of 4 branches: set branches to 2"):
+        node.train(None, None, None, Picks(), ["a"], **base_values(branches=4))
+
+
 def test_per_prompt_normalisation_is_a_reward_wrapper_not_a_config_value():
     cfg = tn.config_from_inputs({"reward_normalization": "per_prompt"})
     assert cfg.reward_normalization == "none"

@@ -81,10 +81,11 @@ class EpochPairs:
 
 def epoch_pairs(backend: FlowBackend, config: FDFOConfig, prompts: Sequence[str], epoch: int, lo: int = 0,
                 hi: int | None = None) -> EpochPairs:
-    """The prompts, conditioning, time grid and churn of pairs `lo:hi` (default: all
-    `config.pairs_per_epoch`) of `epoch`: prompt order from (seed, epoch) (`flow.seeds`)."""
-    hi = config.pairs_per_epoch if hi is None else hi
-    prompt_idx = epoch_prompt_indices(config.seed, epoch, len(prompts), config.pairs_per_epoch)[lo:hi]
+    """The prompts, conditioning, time grid and churn of pairs (groups of `config.branches`
+    branches) `lo:hi` (default: all `config.groups_per_epoch`, = pairs_per_epoch for pairs) of
+    `epoch`: prompt order from (seed, epoch) (`flow.seeds`)."""
+    hi = config.groups_per_epoch if hi is None else hi
+    prompt_idx = epoch_prompt_indices(config.seed, epoch, len(prompts), config.groups_per_epoch)[lo:hi]
     unique, rows = torch.unique(prompt_idx, return_inverse=True)
     cond = backend.encode_prompts([prompts[i] for i in unique.tolist()])
     uncond = negative_cond(backend, config)
@@ -107,15 +108,19 @@ def sample_pair_batches(
     storage_device: torch.device | str | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, int, PairedRollout]]:
-    """Sample `pairs` in batches of `config.sample_batch_size`: yields (start, stop, rollout) with
-    rows start:stop of `pairs` (rollout rows: a of each, then b of each; `paired_sampler.sample_pairs`).
-    Pair p draws its noise and churn from `generator(seed, "pair", epoch, p)` alone, so its images
+    """Sample `pairs` in batches of `config.sample_batch_size` pairs: yields (start, stop, rollout)
+    with rows start:stop of `pairs` (rollout rows: branch a of each, then b of each, ...;
+    `paired_sampler.sample_pairs`). Groups of K = `config.branches` branches keep a batch's image
+    count (2 x sample_batch_size, the memory estimates' batch; at least one group a batch). Pair
+    (group) p draws its noise and churn from `generator(seed, "pair", epoch, p)` alone, so its images
     depend neither on the batch size nor on the rank. on_step(done, total): solver steps of all batches."""
     n = pairs.pair_ids.numel()
     lo = int(pairs.pair_ids[0]) if n else 0
-    steps_done, steps_total = 0, math.ceil(n / config.sample_batch_size) * config.num_steps
-    for start in range(0, n, config.sample_batch_size):
-        stop = min(n, start + config.sample_batch_size)
+    k = config.branches
+    per_batch = max(1, 2 * config.sample_batch_size // k)
+    steps_done, steps_total = 0, math.ceil(n / per_batch) * config.num_steps
+    for start in range(0, n, per_batch):
+        stop = min(n, start + per_batch)
         gens = [generator(config.seed, "pair", epoch, lo + j) for j in range(start, stop)]
 
         def step(i, _total, _base=steps_done):
@@ -125,7 +130,7 @@ def sample_pair_batches(
         roll = sample_pairs(
             velocity, cond_to(cond_select(pairs.cond, pairs.prompt_rows[start:stop]), device), gens,
             pairs.latent_shape, pairs.sigmas, pairs.churn, device=device, record=record,
-            storage_device=storage_device, on_step=step,
+            storage_device=storage_device, on_step=step, branches=k,
         )
         yield start, stop, roll
         del roll  # the caller holds the last reference: it may free the batch before the next

@@ -3,7 +3,8 @@
 Each pair shares one initial noise; both branches are re-noised slightly at the prior and after
 every solver step ("churn"), so they end as two similar, counterfactual images whose difference
 is the finite-difference direction FDFO trains along. With churn 0 the sampler is exactly the
-plain Euler sampler.
+plain Euler sampler. A group of K > 2 branches (`branches`, an extension beyond the paper;
+`methods.fdfo_objective.group_deltas`) is the same with K branches sharing the initial noise.
 
 Randomness is drawn on the CPU from one generator per pair, seeded from the pair's global index,
 so a pair's noise does not depend on the batch it was sampled in, on the device, or on the number
@@ -77,11 +78,12 @@ def guided(velocity: VelocityFn, cfg_scale: float, uncond: Cond | None) -> Veloc
 
 @dataclass
 class PairedRollout:
-    """The result of sampling B pairs. Rows 0..B-1 are branch a, rows B..2B-1 branch b."""
+    """The result of sampling B pairs (groups of K branches). Rows 0..B-1 are branch a (branch 0),
+    rows B..2B-1 branch b (branch 1), ..., rows (K-1)B..KB-1 branch K-1."""
 
-    final: torch.Tensor  # [2B, C, h, w] float32 final latents
-    states: torch.Tensor | None  # [2B, S, C, h, w] x_t before each solver step
-    velocities: torch.Tensor | None  # [2B, S, C, h, w] velocity used at that step (after CFG)
+    final: torch.Tensor  # [KB, C, h, w] float32 final latents
+    states: torch.Tensor | None  # [KB, S, C, h, w] x_t before each solver step
+    velocities: torch.Tensor | None  # [KB, S, C, h, w] velocity used at that step (after CFG)
     sigmas: torch.Tensor  # [S + 1]
 
 
@@ -105,13 +107,19 @@ def sample_pairs(
     record: bool = True,
     storage_device: torch.device | str | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    branches: int = 2,
 ) -> PairedRollout:
-    """Sample one pair per generator.
+    """Sample one pair (a group of `branches` >= 2 branches) per generator.
 
     velocity: the (already guided) velocity function; cond: conditioning with one row per pair;
     generators: one CPU generator per pair, freshly seeded (it supplies the shared initial noise,
-    the interval churn centre and every churn noise of both branches).
+    the interval churn centre and every churn noise of all branches: per churned step one draw of
+    shape [branches, C, h, w], so with branches = 2 the draws are those of a pair, bit for bit).
+    Raises ValueError for branches < 2.
     """
+    if branches < 2:
+        raise ValueError(f"a group needs at least 2 branches, got {branches}")
+    k = branches
     device = torch.device(device)
     storage_device = torch.device(storage_device) if storage_device is not None else device
     b = len(generators)
@@ -127,37 +135,38 @@ def sample_pairs(
         )
         for g in generators
     ]
-    g_prior = torch.tensor([c[0] for c in churns]).repeat(2)
-    g_steps = torch.stack([c[1] for c in churns]).repeat(2, 1)  # [2B, S]
+    g_prior = torch.tensor([c[0] for c in churns]).repeat(k)
+    g_steps = torch.stack([c[1] for c in churns]).repeat(k, 1)  # [KB, S]
 
     def fresh_noise(active: torch.Tensor) -> torch.Tensor:
-        # Per pair: branch a's noise, then branch b's, from the pair's own generator. A pair
-        # without churn at this point draws nothing, so its stream never depends on its batch.
+        # Per pair: branch a's noise, then branch b's (then the group's further branches), from the
+        # pair's own generator. A pair without churn at this point draws nothing, so its stream
+        # never depends on its batch.
         pairs = [
-            torch.randn((2, *latent_shape), generator=g) if on else torch.zeros((2, *latent_shape))
+            torch.randn((k, *latent_shape), generator=g) if on else torch.zeros((k, *latent_shape))
             for g, on in zip(generators, active.tolist())
         ]
-        return torch.cat([torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])])
+        return torch.cat([torch.stack([p[j] for p in pairs]) for j in range(k)])
 
-    x = x0.repeat(2, 1, 1, 1)
+    x = x0.repeat(k, 1, 1, 1)
     if bool((g_prior > 0).any()):
         x = prior_churn(x, g_prior, fresh_noise(g_prior[:b] > 0))
     x = x.to(device)
-    cond2 = cond_cat([cond, cond])
+    cond2 = cond_cat([cond] * k)
 
     # On a GPU, host <-> device copies go through pinned memory without blocking, so the step loop
     # never waits for the GPU (the records are read only after the final synchronisation).
     overlap = device.type == "cuda"
     pin = overlap and storage_device.type == "cpu"
-    states = torch.empty((2 * b, n_steps, *latent_shape), device=storage_device, pin_memory=pin) if record else None
+    states = torch.empty((k * b, n_steps, *latent_shape), device=storage_device, pin_memory=pin) if record else None
     vels = torch.empty_like(states, pin_memory=pin) if record else None
 
     def to_device(a: torch.Tensor) -> torch.Tensor:
         return a.pin_memory().to(device, non_blocking=True) if overlap else a.to(device)
 
     for i in range(n_steps):
-        t = to_device(sigmas[i].expand(2 * b))
-        s = to_device(sigmas[i + 1].expand(2 * b))
+        t = to_device(sigmas[i].expand(k * b))
+        s = to_device(sigmas[i + 1].expand(k * b))
         v = velocity(x, t, cond2).float()
         if record:
             states[:, i].copy_(x, non_blocking=pin)

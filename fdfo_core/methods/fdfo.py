@@ -2,7 +2,10 @@
 
 One epoch:
   1. sample `pairs_per_epoch` pairs (each rank its contiguous share), recording x_t and v per step;
-  2. decode both branches and score them; pairs with a non-finite or missing reward are dropped
+     with `branches` K > 2 (an extension beyond the paper), 2 x pairs_per_epoch / K groups of K
+     branches that share their initial noise (`FDFOConfig.groups_per_epoch`: the same images per
+     epoch), trained on the group's least-squares finite difference (`fdfo_objective.group_deltas`);
+  2. decode both branches (all K) and score them; pairs with a non-finite or missing reward are dropped
      and counted, and the run stops when too many are (fdfo_core/rewards/failure_policy.py: the policy);
   3. turn every (sample, step) into a training item, shuffle all items of all ranks with one
      permutation, and split them into `optimizer_steps_per_epoch` updates (gradient accumulation,
@@ -31,31 +34,32 @@ from ..run.distributed import shard_range
 from ..run.stats import ItemStats
 from ..run.trainer import RunLoop
 from ..run.hooks import TrainingError
-from .fdfo_objective import fdfo_loss, pair_deltas
+from .fdfo_objective import fdfo_loss, group_deltas
 
 
 @dataclass
 class EpochRollouts:
-    """What one rank recorded in the sampling phase of an epoch."""
+    """What one rank recorded in the sampling phase of an epoch (K = `branches`, 2 for pairs; a
+    "pair" below is a group of K branches when K > 2)."""
 
     pair_ids: torch.Tensor  # [n] global pair indices owned by this rank
     prompt_ids: torch.Tensor  # [n] index into the prompt list of each pair
     prompt_rows: torch.Tensor  # [n] row of each pair in `cond`
     cond: Cond
-    states: torch.Tensor  # [2n, S, C, h, w] rows: a of pair 0..n-1, then b of pair 0..n-1
+    states: torch.Tensor  # [Kn, S, C, h, w] rows: a of pair 0..n-1, then b of pair 0..n-1, ...
     velocities: torch.Tensor
-    final: torch.Tensor  # [2n, C, h, w]
+    final: torch.Tensor  # [Kn, C, h, w]
     sigmas: torch.Tensor
     uncond: Cond | None = None  # the negative prompt's conditioning (CFG), None without CFG
-    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] what training uses
-    raw_rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [2n] before normalisation
+    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [Kn] what training uses
+    raw_rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [Kn] before normalisation
 
 
 @dataclass
 class EpochScores:
     """What the scoring phase of an epoch found (`FDFOTrainer.score`)."""
 
-    rewards: torch.Tensor  # [2n] float64 (rows a..., b...), NaN where an image has no usable reward
+    rewards: torch.Tensor  # [Kn] float64 (rows a..., b..., ...), NaN where an image has no usable reward
     failures: RewardFailures  # this rank's images without a usable reward
     declined: int = 0  # pairs a pairwise reward skipped or left unpicked on purpose (not failures)
     pair_metrics: dict[str, Any] = field(default_factory=dict)  # a pairwise reward's own metrics
@@ -63,7 +67,12 @@ class EpochScores:
 
 class FDFOTrainer(RunLoop):
     """FDFO (`method="fdfo"`) on the run loop: paired sampling, finite differences of the pair's
-    rewards and endpoints, the SPO-style surrogate (`fdfo_objective.fdfo_loss`) at every recorded step."""
+    rewards and endpoints, the SPO-style surrogate (`fdfo_objective.fdfo_loss`) at every recorded step.
+    Raises TrainingError for `branches` > 2 with a pairwise reward (human picks compare two images)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_groups_with_pairwise(self.reward, self.config.branches, self.reward_spec)
 
     # --- phase 1: paired sampling ----------------------------------------------------------------
 
@@ -72,28 +81,30 @@ class FDFOTrainer(RunLoop):
         """This rank's share of the epoch's pairs (`backends.generation.epoch_pairs`, the draw the
         Paired Sampler node shows), with x_t and the velocity recorded at every step."""
         cfg = self.config
-        lo, hi = shard_range(cfg.pairs_per_epoch, self.dist.rank, self.dist.world_size)
+        k = cfg.branches
+        lo, hi = shard_range(cfg.groups_per_epoch, self.dist.rank, self.dist.world_size)
         pairs = epoch_pairs(self.backend, cfg, self.prompts, epoch, lo, hi)
         cond = cond_to(pairs.cond, self.storage)
         latent_shape = pairs.latent_shape
         velocity = self.velocity_fn(pairs.uncond)
 
         n = hi - lo
-        # One buffer each for states and velocities, rows [a..., b...]: written in place per batch
+        # One buffer each for states and velocities, rows [a..., b..., ...]: written in place per batch
         # (no concatenation at the end, which would hold them twice). Pinned host memory when
         # they are kept off an accelerator, so the per-step copies do not wait on pageable memory.
-        shape = (2 * n, cfg.num_steps, *latent_shape)
+        shape = (k * n, cfg.num_steps, *latent_shape)
         pin = self.storage.type == "cpu" and self.device.type == "cuda"
         all_states = torch.empty(shape, device=self.storage, pin_memory=pin)
         all_velocities = torch.empty(shape, device=self.storage, pin_memory=pin)
-        final = torch.empty((2 * n, *latent_shape))
+        final = torch.empty((k * n, *latent_shape))
         batches = sample_pair_batches(velocity, pairs, cfg, epoch, self.device, storage_device=self.storage,
                                       on_step=lambda done, total: self.progress("sample", done, total))
         for start, stop, roll in batches:
             b = stop - start
-            all_states[start:stop], all_states[n + start:n + stop] = roll.states[:b], roll.states[b:]
-            all_velocities[start:stop], all_velocities[n + start:n + stop] = roll.velocities[:b], roll.velocities[b:]
-            final[start:stop], final[n + start:n + stop] = roll.final[:b].cpu(), roll.final[b:].cpu()
+            for j in range(k):  # branch j of this batch -> rows j n + start .. j n + stop
+                all_states[j * n + start:j * n + stop] = roll.states[j * b:(j + 1) * b]
+                all_velocities[j * n + start:j * n + stop] = roll.velocities[j * b:(j + 1) * b]
+                final[j * n + start:j * n + stop] = roll.final[j * b:(j + 1) * b].cpu()
             del roll
             faults.kill_point("sample", epoch + 1)  # crash tests only (fdfo_core.files.faults)
         return EpochRollouts(
@@ -105,21 +116,22 @@ class FDFOTrainer(RunLoop):
 
     @torch.no_grad()
     def score(self, roll: EpochRollouts) -> EpochScores:
-        """Decode and score both branches: rewards float64 [2n] (rows a..., b...), NaN where an image has
-        no usable reward (missing, non-finite, or its reward call failed); also set on `roll`."""
+        """Decode and score every branch: rewards float64 [Kn] (rows a..., b..., ...), NaN where an image
+        has no usable reward (missing, non-finite, or its reward call failed); also set on `roll`."""
         if is_pairwise(self.reward) or is_pairwise(getattr(self.reward, "inner", None)):
             return self.score_pairs(roll)
         n = roll.pair_ids.numel()
-        prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * 2
+        k = self.config.branches
+        prompts = [self.prompts[i] for i in roll.prompt_ids.tolist()] * k
         # A per-prompt normalising reward must see all of a prompt's images at once: score raw
         # chunks with the inner reward, normalise once at the end.
         normalizer = per_prompt_normalizer(self.reward)
         scorer = raw_reward(self.reward)
         # (With several ranks, they decide on the share of lost pairs together, after the gather.)
-        raw, failures = self.decode_and_score(roll.final, prompts, scorer, lambda bad: bad[:n] | bad[n:], "pairs",
+        raw, failures = self.decode_and_score(roll.final, prompts, scorer, lambda bad: bad.reshape(k, n).any(dim=0), "pairs",
                                               check=not self.dist.active)
-        if raw.shape[0] != 2 * n:
-            raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {2 * n} images")
+        if raw.shape[0] != k * n:
+            raise RewardError(f"reward {self.reward_spec!r} returned {raw.shape[0]} scores for {k * n} images")
         roll.raw_rewards = raw
         if normalizer is not None:  # NaN stays NaN and is left out of the statistics
             raw = normalizer.normalize(raw.float(), prompts).double()
@@ -169,7 +181,7 @@ class FDFOTrainer(RunLoop):
         cfg = self.config
         items = []
         for gp in valid_pairs.tolist():
-            for branch in (0, 1):
+            for branch in range(cfg.branches):
                 if cfg.steps_per_sample:
                     g = generator(cfg.seed, "steps", epoch, gp, branch)
                     steps = torch.randperm(cfg.num_steps, generator=g)[: cfg.steps_per_sample].sort().values
@@ -186,8 +198,8 @@ class FDFOTrainer(RunLoop):
         cfg = self.config
         n = roll.pair_ids.numel()
         lo = int(roll.pair_ids[0]) if n else 0
-        # Finite differences of every local pair (dropped pairs are never indexed).
-        dr, dxn = pair_deltas(roll.rewards.float(), roll.final)
+        # Finite differences of every local pair or group (dropped ones are never indexed).
+        dr, dxn = group_deltas(roll.rewards.float(), roll.final, cfg.branches)
         if cfg.reward_normalization == "std":
             dr = dr / reward_std
         items = self.global_items(epoch, valid_global)
@@ -202,7 +214,7 @@ class FDFOTrainer(RunLoop):
             for start in range(0, mine.shape[0], cfg.train_batch_size):
                 mb = mine[start : start + cfg.train_batch_size]
                 local_pair = mb[:, 0] - lo
-                row = local_pair + mb[:, 1] * n  # row in the [a..., b...] layout
+                row = local_pair + mb[:, 1] * n  # row in the [a..., b..., ...] layout
                 step = mb[:, 2]
                 x = self.to_device(roll.states[row, step])
                 v_rec = self.to_device(roll.velocities[row, step])
@@ -237,9 +249,10 @@ class FDFOTrainer(RunLoop):
         t2 = time.perf_counter()
 
         n = roll.pair_ids.numel()
+        k = cfg.branches
         finite = torch.isfinite(rewards)
-        valid_local = finite[:n] & finite[n:]
-        both = torch.cat([valid_local, valid_local])
+        valid_local = finite.reshape(k, n).all(dim=0)
+        both = valid_local.repeat(k)
         gathered = self.dist.all_gather_object(
             (roll.pair_ids[valid_local].tolist(), rewards[both].tolist(), roll.raw_rewards[both].tolist())
         )
@@ -247,7 +260,7 @@ class FDFOTrainer(RunLoop):
         valid_global = torch.tensor(sorted(p for ids, _, _ in gathered for p in ids), dtype=torch.long)
         all_rewards = torch.tensor([r for _, rs, _ in gathered for r in rs], dtype=torch.float64)
         raw_rewards = torch.tensor([r for _, _, rs in gathered for r in rs], dtype=torch.float64)
-        dropped = cfg.pairs_per_epoch - valid_global.numel()
+        dropped = cfg.groups_per_epoch - valid_global.numel()
         declined = scores.declined  # skipped or unpicked on purpose (a pairwise reward): not failures
         if valid_global.numel() == 0 and declined >= dropped:
             self.log(f"epoch {epoch + 1}: no pair has a reward difference (all {dropped} skipped or unpicked); the "
@@ -259,20 +272,20 @@ class FDFOTrainer(RunLoop):
         if valid_global.numel() == 0:
             detail = failures.summary()
             raise TrainingError(
-                f"every one of the {cfg.pairs_per_epoch} pairs of epoch {epoch + 1} got a NaN or infinite reward "
+                f"every one of the {cfg.groups_per_epoch} pairs of epoch {epoch + 1} got a NaN or infinite reward "
                 f"(or none) from {self.reward_spec!r}" + (f" ({detail})" if detail else "")
                 + "; check the reward (weights loaded? server up? images in [0, 1]?) before training"
             )
-        self.check_bad_share(dropped - declined, cfg.pairs_per_epoch - declined, "pairs", failures)
+        self.check_bad_share(dropped - declined, cfg.groups_per_epoch - declined, "pairs", failures)
         if dropped > declined:
-            self.log(dropped_line(epoch + 1, dropped, cfg.pairs_per_epoch, "pairs", cfg.max_bad_pair_fraction,
+            self.log(dropped_line(epoch + 1, dropped, cfg.groups_per_epoch, "pairs", cfg.max_bad_pair_fraction,
                                   failures))
         reward_std = max(float(all_rewards.std()) if all_rewards.numel() > 1 else 1.0, 1e-8)
         # Non-finite rewards would poison the finite differences of their own pair only; zero
         # them so the arithmetic stays finite (those pairs are not among the training items).
         roll.rewards = torch.where(torch.isfinite(roll.rewards), roll.rewards, torch.zeros_like(roll.rewards))
 
-        abs_dr = mean_abs_dr(gathered)
+        abs_dr = mean_abs_dr(gathered, k)
         if abs_dr == 0.0:
             # FDFO learns from R_left - R_right only: equal rewards give no update (ALGORITHM.md).
             self.log(f"warning: epoch {epoch + 1}: every one of the {valid_global.numel()} pairs has a zero reward "
@@ -287,13 +300,31 @@ class FDFOTrainer(RunLoop):
                                  declined=declined, pair_metrics=scores.pair_metrics)
 
 
-def mean_abs_dr(gathered) -> float:
-    """Mean |dR| over the pairs of `gathered` (per rank: pair ids, rewards a... b..., raw rewards)."""
+def refuse_groups_with_pairwise(reward: Any, branches: int, reward_spec: str | None = None) -> None:
+    """Raise TrainingError when `branches` > 2 meets a pairwise reward (human picks: one pick between
+    the two images of a pair; `fdfo_core.rewards.pairwise`), which cannot score a group of K images.
+    Front ends call it before loading a model; `FDFOTrainer` checks it again."""
+    if branches > 2 and (is_pairwise(reward) or is_pairwise(getattr(reward, "inner", None))):
+        name = reward_spec or (reward.describe() if hasattr(reward, "describe") else "this reward")
+        raise TrainingError(
+            f"{name} compares the two images of a pair (one pick between left and right), so it cannot score "
+            f"groups of {branches} branches: set branches to 2 (pairs, the published setting), or train with a "
+            "reward that scores each image")
+
+
+def mean_abs_dr(gathered, branches: int = 2) -> float:
+    """Mean |dR| over the pairs of `gathered` (per rank: pair ids, rewards a... b... (...), raw rewards);
+    for groups of K = `branches`, the mean |R_k - group mean| over the branches (= |R_a - R_b| / 2 for pairs)."""
     total, count = 0.0, 0
     for ids, rs, _ in gathered:
-        k = len(ids)
-        for i in range(k):
-            total += abs(rs[i] - rs[k + i]) / 2
+        m = len(ids)
+        for i in range(m):
+            if branches == 2:
+                total += abs(rs[i] - rs[m + i]) / 2
+            else:
+                group = [rs[j * m + i] for j in range(branches)]
+                centre = sum(group) / branches
+                total += sum(abs(r - centre) for r in group) / branches
             count += 1
     return total / max(count, 1)
 

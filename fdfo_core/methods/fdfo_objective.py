@@ -6,6 +6,10 @@ For a pair with rewards R_a, R_b and final latents x_a, x_b:
     v_target = v_recorded - dxn          at every recorded step of both samples
     L = mean((v - v_target)^2),  L_ref = mean(dxn^2),  ratio = exp(L_ref - L)
     loss = -dR * ratio + |dR| / (2 clip_range) * (ratio - 1)^2   (+ kl_weight * mean((v - v_base)^2))
+
+Groups of K > 2 branches (`group_deltas`, an extension beyond the paper) replace a pair's (dR, dxn)
+by a least-squares finite-difference estimate on the span of the group's K - 1 differences; with
+K = 2 that estimate is the pair's, and `group_deltas` returns `pair_deltas` itself.
 """
 
 from __future__ import annotations
@@ -38,6 +42,73 @@ def pair_deltas(
     dxn_a = endpoint_delta_a / (endpoint_delta_a.pow(2).mean(dim=dims, keepdim=True) + DX_EPS)
     reward_delta = torch.cat([reward_delta_a, -reward_delta_a]).float()
     return reward_delta, torch.cat([dxn_a, -dxn_a])
+
+
+def group_deltas(
+    rewards: torch.Tensor, final: torch.Tensor, branches: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finite differences of B groups of K = `branches` branches, rows [branch 0 of groups 0..B-1,
+    branch 1 of groups 0..B-1, ..., branch K-1 ...] (K = 2: `pair_deltas`' [a..., b...]).
+
+    rewards: [KB]; final: [KB, C, h, w]. Returns (reward_delta [KB] float32, dxn [KB, C, h, w]
+    float32) for `fdfo_loss`, one row per branch. K = 2 returns `pair_deltas(rewards, final)`
+    itself (the paper's update, bit for bit). Raises ValueError for K < 2 or rows not K * B.
+
+    The estimate (K >= 3; written with <u, w> = mean(u * w) over the N latent elements, the inner
+    product in which the paper's dxn = dx / mean(dx^2) is a gradient):
+      centre on the group mean:  D_k = x_k - mean_j x_j,  r_k = R_k - mean_j R_j;
+      Gram matrix  G_jk = <D_j, D_k>  (K x K, rank K - 1: the D_k sum to zero);
+      the gradient estimate on span{D_k}:  g = sum_k c_k D_k  with  (G + lam I) c = r,
+      lam = 1e-6 * K / (K - 1)  (`DX_EPS`, scaled so that K = 2 gives the paper's 1e-6).
+    g is the minimum-norm least-squares solution of <g, x_i - x_j> = R_i - R_j for every pair of
+    the group (with K points in K - 1 dimensions the fit is exact up to lam): the reward's slope
+    measured along K - 1 directions per K evaluations, where a pair measures 1 per 2. When the D_k
+    are near-orthogonal with a common mean square m, G ~ m K / (K - 1) (I - 11^T / K) and
+    g ~ (K - 1) / K * sum_k r_k D_k / m: the pair estimates averaged over the branches.
+    Every branch's velocity target moves along this one estimate: with rho = sqrt(mean_k r_k^2),
+      dR_k = sign(r_k) rho  (sign(0) = +1),   dxn_k = g / dR_k   (0 when rho = 0),
+    so dR_k * dxn_k = g for every branch, as in a pair.
+    K = 2 (ALGORITHM.md, "The update"; arXiv 2603.12893, the pair update): D_a = dx_a = (x_a - x_b) / 2,
+    r_a = dR_a, G = m [[1, -1], [-1, 1]] with m = mean(dx_a^2), lam = 2e-6, c = (r_a, -r_a) / (2 m + 2e-6),
+    g = dR_a dx_a / (m + 1e-6) = dR_a dxn_a; rho = |dR_a|, so dR_k and dxn_k are the paper's.
+    """
+    if int(branches) == 2:
+        return pair_deltas(rewards, final)
+    return least_squares_deltas(rewards, final, branches)
+
+
+def least_squares_deltas(
+    rewards: torch.Tensor, final: torch.Tensor, branches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`group_deltas`' least-squares estimate for any K >= 2 (K = 2: the pair update up to float
+    rounding; `group_deltas` uses `pair_deltas` there). Shapes, layout and errors as `group_deltas`."""
+    k = int(branches)
+    if k < 2:
+        raise ValueError(f"a group needs at least 2 branches, got {branches}")
+    b = rewards.shape[0] // k
+    if rewards.shape[0] != k * b or final.shape[0] != k * b:
+        raise ValueError(f"group_deltas expects {k}B rewards and {k}B final latents, branch 0 first")
+    r = rewards.double().reshape(k, b)
+    r = r - r.mean(dim=0, keepdim=True)  # [K, B]
+    x = final.float().reshape(k, b, -1)
+    n_el = x.shape[-1]
+    lam = DX_EPS * k / (k - 1)
+    eye = torch.eye(k, dtype=torch.float64)
+    reward_delta = torch.empty(k, b, dtype=torch.float64)
+    dxn = torch.empty_like(x)
+    for i in range(b):  # one group at a time: a [K, N] float64 copy, never the whole epoch's
+        d = x[:, i].double()
+        d = d - d.mean(dim=0, keepdim=True)
+        gram = d @ d.T / n_el
+        c = torch.linalg.solve(gram + lam * eye, r[:, i])
+        g = c @ d  # [N]
+        rho = r[:, i].pow(2).mean().sqrt()
+        sign = torch.where(r[:, i] >= 0, 1.0, -1.0).double()
+        dr = sign * rho
+        reward_delta[:, i] = dr
+        scale = torch.where(rho > 0, 1.0 / torch.where(rho > 0, dr, torch.ones_like(dr)), torch.zeros_like(dr))
+        dxn[:, i] = (scale[:, None] * g[None, :]).float()
+    return reward_delta.reshape(-1).float(), dxn.reshape(final.shape)
 
 
 def v_target(v_recorded: torch.Tensor, dxn: torch.Tensor) -> torch.Tensor:
