@@ -58,7 +58,7 @@ def wf_toy(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy", info, zoom=0.64)
+    g = Graph("fdfo_toy", info, zoom=0.63)
     note = g.note(
         "FDFO on the bundled toy model: a few minutes on a CPU. Press Run.\n\n"
         "- FDFO Paired Sampler: pairs of similar images and their reward difference, what the trainer learns from.\n"
@@ -271,7 +271,7 @@ def wf_toy_style(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_style_reference", info, zoom=0.59)
+    g = Graph("fdfo_toy_style_reference", info, zoom=0.58)
     note = g.note(
         "Style from reference images, on the toy model (CPU, minutes). Press Run.\n\n"
         "The references are made here so the workflow runs as it is: toy scenes from a KSampler, multiplied by a warm "
@@ -320,7 +320,7 @@ def wf_toy_picks(info: dict[str, Any]) -> Graph:
     from fdfo_core.config import PRESETS
 
     toy = PRESETS["toy"]
-    g = Graph("fdfo_toy_picks", info, zoom=0.68)
+    g = Graph("fdfo_toy_picks", info, zoom=0.66)
     note = g.note(
         "Train by picking, on the toy model (CPU).\n\n"
         "Queue it: every epoch the FDFO picking panel opens over the canvas with pairs of similar images. Press 1 if "
