@@ -189,3 +189,27 @@ def test_node_switch_fetches_only_when_on(repos, online, monkeypatch):
         before = len(hub.requests)
         node.load("auto", "auto", "auto", 16, "cpu", fetch_missing_weights=True)  # present now: no request
         assert len(hub.requests) == before
+
+
+@pytest.mark.parametrize("status, url, says", [
+    (503, "http://127.0.0.1:46401/org/repo/resolve/main/model.safetensors", "run the fetch again"),
+    (503, "https://mirror.example/401/403/model.safetensors", "run the fetch again"),
+    (401, "https://huggingface.co/org/repo/resolve/main/model.safetensors", "needs you to log in"),
+    (403, "https://huggingface.co/org/repo/resolve/main/model.safetensors", "needs you to log in"),
+])
+def test_the_answers_status_decides_the_advice_not_a_number_in_the_url(online, status, url, says):
+    """A server error on a port such as :46401 (a random local port, a mirror's path) is not a
+    login problem: the advice follows the HTTP status of the answer (seen: a flaky CI failure when the
+    fake hub's port held '401')."""
+    from types import SimpleNamespace
+
+    from fdfo_core.rewards.fetch import _explain, fetch_plan
+
+    class HfHubHTTPError(Exception):
+        def __init__(self):
+            super().__init__(f"Server error '{status}' for url '{url}'")
+            self.response = SimpleNamespace(status_code=status)
+
+    part = fetch_plan("pickscore")[0]
+    message = str(_explain(HfHubHTTPError(), part, "model.safetensors", "http://127.0.0.1:46401"))
+    assert says in message, message

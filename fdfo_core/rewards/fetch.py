@@ -33,6 +33,8 @@ into its progress bar); without it huggingface_hub's tqdm bars show (the command
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import hashlib
 import inspect
@@ -316,7 +318,10 @@ def _explain(exc: BaseException, part: FetchPart, filename: str, endpoint: str) 
     if name in ("OfflineModeIsEnabled",) or offline_switch():
         return FetchError(f"cannot fetch {where}: the Hugging Face Hub is switched off ({offline_switch() or 'offline mode'}"
                           f"=1). Unset it to fetch, {by_hand}")
-    if name in ("GatedRepoError",) or "401" in text or "403" in text:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    # the status of the answer, never a "401" inside a URL (a port such as :46401 or a path)
+    if (name in ("GatedRepoError",) or status in (401, 403)
+            or re.search(r"(?<![\w:/.])40[13] (Client Error|Unauthorized|Forbidden)", text)):
         return FetchError(f"cannot fetch {where}: the repository needs you to log in (set HF_TOKEN or run "
                           f"`hf auth login`) and accept its licence at {part.link}; {by_hand} ({text})")
     if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
