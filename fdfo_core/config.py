@@ -257,7 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The bundled toy model on CPU: a few minutes per run.
     "toy": {
         "height": 64, "width": 64, "num_steps": 20, "pairs_per_epoch": 32, "sample_batch_size": 16,
-        "decode_batch_size": 64, "train_batch_size": 64, "lr": 3e-4, "lora_rank": 8,
+        "decode_batch_size": 16, "train_batch_size": 64, "lr": 3e-4, "lora_rank": 8,
         "lora_alpha": 16.0, "churn_strength": 0.05, "checkpoint_every": 5, "epochs": 40,
         "optimizer_steps_per_epoch": 4,
     },

@@ -36,6 +36,9 @@ def pair_run_lora(tmp: Path, **over) -> dict[str, torch.Tensor]:
     cfg = load_config("toy", overrides=values)
     torch.manual_seed(1234)  # the LoRA's Gaussian init
     be = DiffusersBackend(tiny_sd3_pipeline(tmp), cfg, max_sequence_length=8)
+    # The reference predates the CPU backend's channels-last VAE (use_channels_last): decoding in the
+    # layout it was written with keeps the pair update comparable to the last bit.
+    be.pipe.vae.to(memory_format=torch.contiguous_format)
     FDFOTrainer(be, build_reward("brightness"), ["a red circle", "two blue squares"], cfg,
                 callbacks=Callbacks(log=None)).train()
     return {k: v.detach().clone().contiguous() for k, v in be.adapter_state_dict().items()}

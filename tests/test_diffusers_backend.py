@@ -127,3 +127,48 @@ def test_unsupported_and_missing_models_get_clear_errors(tmp_path):
         load_pipeline(single)
     with pytest.raises(BackendError, match="cannot find model"):
         load_pipeline("no-such-org/no-such-model-xyz")
+
+
+def test_a_2d_conv_vae_decodes_channels_last_on_the_cpu_with_the_same_images(tmp_path):
+    """The CPU backend stores a 2-D convolutional VAE channels-last (oneDNN's faster layout); the
+    images are those of the usual layout up to float rounding, and come back contiguous."""
+    from fdfo_core.backends.diffusers_backend import use_channels_last
+
+    be = make_backend("sd3", tmp_path)
+    conv = next(m for m in be.pipe.vae.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    latents = torch.randn(3, *be.latent_shape(32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = be.decode(latents)
+        be.pipe.vae.to(memory_format=torch.contiguous_format)
+        plain = be.decode(latents)
+    assert fast.is_contiguous() and fast.shape == plain.shape
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+
+    # what is left alone: no convolution, or any 3-D / 1-D convolution (video VAEs)
+    assert not use_channels_last(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    video = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv3d(4, 4, 3))
+    assert not use_channels_last(video)
+    assert video[0].weight.is_contiguous()
+    assert use_channels_last(torch.nn.Sequential(torch.nn.ConvTranspose2d(3, 4, 3)))
+
+
+def test_held_out_images_are_sampled_like_training_and_decoded_in_decode_batches(tmp_path):
+    """The held-out evaluation samples 2 x sample_batch_size images a time (training's sampling
+    batch) and decodes decode_batch_size a time; the images do not depend on the decode batch."""
+    from fdfo_core.run.evaluation import HeldOutSet, sample_heldout
+
+    be = make_backend("sd3", tmp_path)
+    held = HeldOutSet(("a red circle", "two blue squares", "a green triangle"), (1, 2))
+    sampled, decoded = [], []
+    velocity, decode = be.velocity, be.decode
+    be.velocity = lambda x, t, c: (sampled.append(x.shape[0]), velocity(x, t, c))[1]
+    be.decode = lambda z: (decoded.append(z.shape[0]), decode(z))[1]
+    cfg = tiny_config(sample_batch_size=2, decode_batch_size=3, num_steps=2, height=32, width=32)
+    images = sample_heldout(be, held, cfg)
+    assert images.shape[0] == 6 and set(sampled) == {4, 2} and decoded == [3, 1, 2]
+    decoded.clear()
+    whole = sample_heldout(be, held, tiny_config(sample_batch_size=2, decode_batch_size=64, num_steps=2,
+                                                 height=32, width=32))
+    assert decoded == [4, 2]
+    assert (images - whole).abs().max() <= 1 / 255 + 1e-6  # 8-bit images: at most one level apart

@@ -168,6 +168,21 @@ def _checkpoint_block(module, *args, **kwargs):
     return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, **kwargs)
 
 
+def use_channels_last(module: torch.nn.Module) -> bool:
+    """Store a 2-D convolutional network's weights channels-last (NHWC) for the CPU: oneDNN's
+    convolutions then run in that layout and their outputs stay in it. The bundled toy's VAE decodes
+    64 images 1.5x faster (2 threads, docs/benchmarks/speed.md); results differ by float rounding
+    only (~1e-5). Modules with 3-D convolutions (video VAEs such as Wan's) and modules without
+    convolutions are left as they are. Returns whether the module was converted."""
+    nn = torch.nn
+    kinds = [type(m) for m in module.modules()]
+    if not any(issubclass(k, (nn.Conv2d, nn.ConvTranspose2d)) for k in kinds) or any(
+            issubclass(k, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d)) for k in kinds):
+        return False
+    module.to(memory_format=torch.channels_last)
+    return True
+
+
 def pipeline_family(pipe) -> Family:
     """The family of a loaded pipeline (BackendError when it is not supported)."""
     family = family_for_class(type(pipe).__name__, type(pipe.scheduler).__name__, "this pipeline")
@@ -261,6 +276,8 @@ class DiffusersBackend(NamedAdapterParams):
         if not self.offload:
             for module in self._frozen_modules():
                 module.to(self.device)
+        if self.device.type == "cpu" and isinstance(getattr(pipe, "vae", None), torch.nn.Module):
+            use_channels_last(pipe.vae)
 
     @property
     def max_sequence_length(self) -> int:
@@ -408,7 +425,8 @@ class DiffusersBackend(NamedAdapterParams):
         # Callers that only score run under no_grad themselves.
         with self._on_device(self.pipe.vae):
             images = self.model_family.diffusers_decode(self.pipe, latents)
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        # contiguous: a channels-last VAE (use_channels_last) returns NHWC-strided images
+        return (images.float() / 2 + 0.5).clamp(0, 1).contiguous()
 
 
 def build_backend(model: str | Path, config: FDFOConfig, device: str | torch.device = "cpu", vram: float | None = None,

@@ -185,14 +185,17 @@ def generate_images(
     amp: torch.dtype | None = None,
     use_adapter: bool = True,
     check_cancel: Callable[[], None] | None = None,
+    decode_batch_size: int | None = None,
 ) -> torch.Tensor:
-    """float32 images [N, 3, H, W] in [0, 1]."""
+    """float32 images [N, 3, H, W] in [0, 1]: sampled `batch_size` at a time, decoded
+    `decode_batch_size` at a time (default: `batch_size`)."""
     latents = generate_latents(
         backend, prompts, seeds, num_steps, height, width, cfg_scale, negative_prompt,
         batch_size, amp, use_adapter, check_cancel,
     )
     device = torch.device(backend.device)
     images = []
-    for start in range(0, latents.shape[0], batch_size):
-        images.append(backend.decode(latents[start : start + batch_size].to(device)).float().cpu())
+    step = decode_batch_size or batch_size
+    for start in range(0, latents.shape[0], step):
+        images.append(backend.decode(latents[start : start + step].to(device)).float().cpu())
     return torch.cat(images)

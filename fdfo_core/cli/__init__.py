@@ -3,15 +3,71 @@
 the toy demo (`demo`), the toy's pretraining script (`toy_pretrain`). Nothing else in fdfo_core
 imports this package, and nodes/ does not either."""
 
-import os
+from __future__ import annotations
 
-#: How idle OpenMP threads wait at the end of each parallel region (torch's CPU kernels): the
-#: command-line front ends make them sleep at once ("PASSIVE") unless the user set a policy. With
-#: GNU OpenMP's default (spin ~300k iterations first), two torch threads on two cores that other
-#: processes also use burn their slice spinning while the partner thread waits for a core: the
-#: toy model's passes took 15-40x longer and 4-20x more CPU under a load of 14 (issue 28,
-#: docs/benchmarks/speed.md). The policy changes no result (the work is split the same way). It
-#: must be set before torch is first imported; importing this package sets it.
-OPENMP_WAIT_POLICY = "PASSIVE"
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = OPENMP_WAIT_POLICY
+import os
+import time
+from typing import Callable
+
+#: How idle OpenMP threads wait at the end of each parallel region (torch's CPU kernels), chosen
+#: when this package is imported (before torch: OpenMP reads it once) unless the user set
+#: OMP_WAIT_POLICY or GOMP_SPINCOUNT. GNU OpenMP's default spins ~300k iterations before sleeping:
+#: with two torch threads on two cores that other processes also use, a thread burns its slice
+#: spinning while its partner waits for a core, and the toy model's passes took 15-40x longer under
+#: a load of 14 (issue 28, docs/benchmarks/speed.md). Sleeping at once ("PASSIVE") costs a wake-up
+#: per region instead: the demo's first 3 epochs took 26 s idle against 20 s with short spins
+#: (GOMP_SPINCOUNT=20000), while with 2 busy processes beside it PASSIVE took 32 s and the short
+#: spins 48 s. So: short spins when the machine is idle at start, sleeping waits when it is busy.
+#: The policy changes no result (the work is split the same way).
+SPIN_WHEN_IDLE = {"GOMP_SPINCOUNT": "20000"}
+SLEEP_WHEN_BUSY = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: Other processes' CPU use (in CPUs) below which the machine counts as idle.
+IDLE_BELOW_CPUS = 0.5
+
+
+def _cpu_times(read: Callable[[], str]) -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat's first line."""
+    fields = [int(v) for v in read().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def other_cpu_load(interval: float = 0.2, read: Callable[[], str] | None = None, sleep=time.sleep) -> float | None:
+    """CPUs' worth of work the machine did over `interval` seconds while this process slept (Linux
+    /proc/stat), or None where that cannot be read."""
+    if read is None:
+        def read() -> str:
+            with open("/proc/stat") as f:
+                return f.read()
+    try:
+        busy0, total0 = _cpu_times(read)
+        sleep(interval)
+        busy1, total1 = _cpu_times(read)
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def choose_wait_policy(environ=os.environ, load: Callable[[], float | None] = other_cpu_load) -> dict[str, str]:
+    """The OpenMP wait settings to add to `environ` (none where the user set one): short spins
+    on an idle machine, sleeping waits on a busy one or where the load cannot be read."""
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return {}
+    busy = load()
+    return dict(SPIN_WHEN_IDLE if busy is not None and busy < IDLE_BELOW_CPUS else SLEEP_WHEN_BUSY)
+
+
+OPENMP_WAIT = choose_wait_policy()
+os.environ.update(OPENMP_WAIT)
+
+
+def wait_policy_text() -> str:
+    """One line for a run's log: which OpenMP wait policy this process runs with, and why."""
+    if OPENMP_WAIT == SPIN_WHEN_IDLE:
+        return "OpenMP waits: short spins (the machine was idle at start)"
+    if OPENMP_WAIT == SLEEP_WHEN_BUSY:
+        return "OpenMP waits: sleeping (the machine was busy at start, or its load unreadable)"
+    given = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    return "OpenMP waits: " + (", ".join(f"{k}={v}" for k, v in given.items()) or "OpenMP's default") + " (as set)"

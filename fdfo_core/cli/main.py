@@ -177,18 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples")
     s.set_defaults(func=cmd_sample)
 
+    from .demo import DEMO_EPOCHS, DEMO_EVAL_EVERY, DEMO_PAIRS_PER_EPOCH, DEMO_STEPS_PER_SAMPLE
+
     d = sub.add_parser("demo", help="the main job: FDFO on the bundled toy model, before/after grid in minutes")
     d.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    d.add_argument("--epochs", type=int, help="epochs (default 40)")
-    d.add_argument("--pairs-per-epoch", type=int)
+    d.add_argument("--epochs", type=int, help=f"epochs (default {DEMO_EPOCHS})")
+    d.add_argument("--pairs-per-epoch", type=int, help=f"pairs per epoch (default {DEMO_PAIRS_PER_EPOCH})")
     d.add_argument("--sample-batch-size", type=int)
     d.add_argument("--heldout-prompts", type=int, default=64, help="held-out captions for the before/after figures")
     d.add_argument("--seeds-per-prompt", type=int, default=2)
     d.add_argument("--eval-every", type=int, default=None, help=(
         "held-out evaluation every N epochs (curve points; the start and the end always; 0: only those; "
-        "default 20)"))
+        f"default {DEMO_EVAL_EVERY})"))
     d.add_argument("--steps-per-sample", type=int, default=None, help=(
-        "train on a random subset of k of each sample's steps (0: all; default 10)"))
+        f"train on a random subset of k of each sample's steps (0: all; default {DEMO_STEPS_PER_SAMPLE})"))
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 

@@ -245,14 +245,15 @@ def sample_heldout(
     """Images of every (prompt, seed) of `held` at the training settings, quantised to 8 bits:
     float32 [held.size, 3, H, W] in [0, 1] on the CPU."""
     prompts, seeds = held.image_prompts(), held.image_seeds()
-    batch = max(1, min(2 * config.sample_batch_size, config.decode_batch_size))
+    # sampled like training's images (2 x sample_batch_size a time), decoded decode_batch_size a time
+    batch = max(1, 2 * config.sample_batch_size)
     out = []
     for start in range(0, len(prompts), batch):
         stop = min(len(prompts), start + batch)
         out.append(generate_images(
             backend, prompts[start:stop], seeds[start:stop], config.num_steps, config.height, config.width,
             config.cfg_scale, config.negative_prompt, batch_size=batch, amp=amp, use_adapter=use_adapter,
-            check_cancel=check_cancel,
+            check_cancel=check_cancel, decode_batch_size=config.decode_batch_size,
         ))
         if on_progress is not None:
             on_progress(stop, len(prompts))

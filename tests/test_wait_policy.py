@@ -1,0 +1,61 @@
+"""The command line's OpenMP wait policy: short spins on an idle machine, sleeping waits on a busy
+one (issue 28; the measurements are in docs/benchmarks/speed.md)."""
+
+import os
+import subprocess
+import sys
+
+from fdfo_core.cli import SLEEP_WHEN_BUSY, SPIN_WHEN_IDLE, choose_wait_policy, other_cpu_load
+
+
+def test_idle_spins_briefly_busy_sleeps_unknown_sleeps():
+    assert choose_wait_policy({}, load=lambda: 0.1) == SPIN_WHEN_IDLE == {"GOMP_SPINCOUNT": "20000"}
+    assert choose_wait_policy({}, load=lambda: 1.3) == SLEEP_WHEN_BUSY == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert choose_wait_policy({}, load=lambda: None) == SLEEP_WHEN_BUSY
+
+
+def test_a_policy_the_user_set_is_kept_and_the_load_not_even_read():
+    def never():
+        raise AssertionError("the load was read")
+
+    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, load=never) == {}
+    assert choose_wait_policy({"GOMP_SPINCOUNT": "0"}, load=never) == {}
+
+
+def test_other_cpu_load_reads_the_busy_share_of_proc_stat():
+    snapshots = iter([
+        "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n",
+        # +60 busy (user 40, system 20), +140 idle / iowait: 30 % of the machine's CPUs
+        "cpu  140 0 70 930 60 0 0 0 0 0\ncpu0 1 2 3 4\n",
+    ])
+    load = other_cpu_load(0.0, read=lambda: next(snapshots), sleep=lambda s: None)
+    assert abs(load - 0.3 * (os.cpu_count() or 1)) < 1e-9
+    assert other_cpu_load(0.0, read=lambda: "garbage", sleep=lambda s: None) is None
+    assert other_cpu_load(0.0, read=lambda: "cpu  1 1 1 1\n", sleep=lambda s: None) is None  # no time passed
+
+    def unreadable():
+        raise OSError("no /proc here")
+
+    assert other_cpu_load(0.0, read=unreadable, sleep=lambda s: None) is None
+
+
+def test_importing_the_front_ends_sets_the_policy_before_torch_unless_the_user_did():
+    code = "import os, fdfo_core.cli as c; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), c.OPENMP_WAIT)"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] in (["None", "20000"], ["PASSIVE", "None"])
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["ACTIVE", "None", "{}"]
+
+
+def test_the_log_line_names_the_policy(monkeypatch):
+    import fdfo_core.cli as c
+
+    monkeypatch.setattr(c, "OPENMP_WAIT", dict(SPIN_WHEN_IDLE))
+    assert "short spins" in c.wait_policy_text()
+    monkeypatch.setattr(c, "OPENMP_WAIT", dict(SLEEP_WHEN_BUSY))
+    assert "sleeping" in c.wait_policy_text()
+    monkeypatch.setattr(c, "OPENMP_WAIT", {})
+    monkeypatch.setenv("GOMP_SPINCOUNT", "7")
+    assert "GOMP_SPINCOUNT=7 (as set)" in c.wait_policy_text()
