@@ -12,7 +12,7 @@ bare model passes (every velocity, backward and decode call the run made, replay
 inputs with nothing around them) and the ratio of the run to them. "outside the phases" is model
 loading, the demo's pictures and whatever no phase covers.
 
-    python benchmarks/profile_epoch.py [--what toy,demo,passes] [--toy-epochs 10] [--demo-epochs 40]
+    python benchmarks/profile_epoch.py [--what toy,demo,passes,decode] [--toy-epochs 10] [--demo-epochs 50]
         [--threads 2] [--load 0] [--demo-args "--steps-per-sample 0"]
 
 `--load N` starts N competing busy processes (one thread each) for the whole profile, to see what
@@ -91,6 +91,36 @@ def pass_table(batches=(8, 16, 32, 64, 128), threads=(1, 2)) -> None:
     torch.set_num_threads(before)
 
 
+def decode_table(batches=(8, 16, 32, 64, 128), images: int = 128, reps: int = 3) -> None:
+    """Cost of decoding one image with the toy's VAE by batch size, in the usual (contiguous) layout and
+    channels-last (what the CPU backend uses, `use_channels_last`): median of `reps` timed rounds of
+    `images` images after one warm-up round."""
+    import statistics
+
+    from fdfo_core.backends.diffusers_backend import use_channels_last
+
+    backend, _ = bare_backend()
+    vae = backend.pipe.vae
+    z = torch.randn(images, *backend.latent_shape(64, 64))
+    print(f"\nVAE decode, ms per image ({torch.get_num_threads()} threads; {images} images a round, median of {reps}):")
+    for layout in ("contiguous", "channels_last"):
+        if layout == "contiguous":
+            vae.to(memory_format=torch.contiguous_format)
+        else:
+            use_channels_last(vae)
+        cells = []
+        with torch.no_grad():
+            for b in batches:
+                times = []
+                for _ in range(reps + 1):
+                    w0 = time.perf_counter()
+                    for i in range(0, images, b):
+                        backend.decode(z[i:i + b])
+                    times.append(time.perf_counter() - w0)
+                cells.append(f"batch {b}: {1000 * statistics.median(times[1:]) / images:6.2f}")
+        print(f"  {layout:14s} " + " | ".join(cells))
+
+
 def profile(clock: PhaseClock, label: str, run, epochs: int) -> None:
     clock.reset()
     clock.record = True
@@ -114,9 +144,10 @@ def profile(clock: PhaseClock, label: str, run, epochs: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--what", default="toy,demo,passes", help=(
-        "toy, demo, passes (a table of one pass's cost by batch size and threads), comma-separated"))
+        "toy, demo, passes (a table of one pass's cost by batch size and threads), decode (the VAE's cost per image "
+        "by batch size and memory layout), comma-separated"))
     ap.add_argument("--toy-epochs", type=int, default=10)
-    ap.add_argument("--demo-epochs", type=int, default=None, help="default: the demo's own (40)")
+    ap.add_argument("--demo-epochs", type=int, default=None, help="default: the demo's own (DEMO_EPOCHS)")
     ap.add_argument("--demo-args", default="", help="further `fdfo demo` flags, e.g. \"--steps-per-sample 0\" (train every step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--load", type=int, default=0, help="competing busy processes during the profile")
@@ -152,6 +183,8 @@ def main() -> None:
             profile(clock, f"demo (fdfo {' '.join(argv[3:])})", lambda: fdfo(argv), epochs)
         if "passes" in args.what:
             pass_table(batches=(8, 32) if args.smoke else (8, 16, 32, 64, 128))
+        if "decode" in args.what:
+            decode_table(batches=(4, 8), images=8, reps=1) if args.smoke else decode_table()
     finally:
         stop.set()
         for p in load:

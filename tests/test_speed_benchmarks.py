@@ -71,3 +71,21 @@ def test_overhead_smoke_times_the_loop_against_its_recorded_passes(capsys, one_t
     assert a and float(a.group(1)) > 0 and float(a.group(2)) > 0
     for line in ("A  epoch through the run loop", "B  its bare model passes", "held-out evaluation's own passes"):
         assert line in out
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("FDFO_SLOW"), reason="runs 4 tiny demos (FDFO_SLOW=1)")
+def test_wait_policy_smoke_prints_a_row_per_setting(capsys):
+    wp = load("wait_policy")
+    sys.argv = ["wait_policy.py", "--smoke"]
+    wp.main()
+    out = capsys.readouterr().out
+    for name in wp.SETTINGS:
+        assert re.search(re.escape(f"| {name} | ") + r"\d+ s \(\d+ s CPU", out), out
+
+
+def test_decode_table_times_both_layouts_by_batch(capsys):
+    pe = load("profile_epoch")
+    pe.decode_table(batches=(4, 8), images=8, reps=1)
+    out = capsys.readouterr().out
+    for layout in ("contiguous", "channels_last"):
+        assert re.search(layout + r"\s+batch 4:\s+\d+\.\d\d \| batch 8:\s+\d+\.\d\d", out), out

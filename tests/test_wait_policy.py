@@ -59,3 +59,34 @@ def test_the_log_line_names_the_policy(monkeypatch):
     monkeypatch.setattr(c, "OPENMP_WAIT", {})
     monkeypatch.setenv("GOMP_SPINCOUNT", "7")
     assert "GOMP_SPINCOUNT=7 (as set)" in c.wait_policy_text()
+
+
+def test_the_demo_pins_the_cpu_kernels_on_avx2_cpus_only_and_keeps_what_the_user_set():
+    from fdfo_core.cli import REPRODUCIBLE_KERNELS, cpu_flags, pinned_kernels
+
+    avx2 = lambda: {"sse4_2", "avx", "avx2", "fma"}  # noqa: E731
+    assert pinned_kernels(["fdfo", "demo", "--out", "x"], {}, avx2) == REPRODUCIBLE_KERNELS
+    assert pinned_kernels(["fdfo", "train", "--preset", "toy"], {}, avx2) == {}
+    assert pinned_kernels(["fdfo"], {}, avx2) == {}
+    assert pinned_kernels(["fdfo", "demo"], {}, lambda: {"neon", "asimd"}) == {}  # an ARM CPU
+    assert pinned_kernels(["fdfo", "demo"], {}, set) == {}  # flags unreadable
+    mine = pinned_kernels(["fdfo", "demo"], {"MKL_CBWR": "COMPATIBLE"}, avx2)
+    assert "MKL_CBWR" not in mine and mine["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert "avx2" in cpu_flags(lambda: "processor : 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_flags(lambda: "no flags here") == set()
+
+
+def test_a_demo_process_runs_torchs_avx2_kernels_on_an_avx2_cpu():
+    """In a real process: `fdfo demo` pins torch's kernels before torch picks them (on a CPU with
+    AVX-512 this is what changes; on an AVX2 CPU it is what torch picks anyway)."""
+    import pytest
+
+    from fdfo_core.cli import cpu_flags
+
+    if "avx2" not in cpu_flags():
+        pytest.skip("this CPU has no AVX2 (or its flags are unreadable): the demo does not pin its kernels")
+    code = ("import sys; sys.argv = ['fdfo', 'demo']; import os, fdfo_core.cli, torch; "
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], os.environ['ONEDNN_MAX_CPU_ISA'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["AVX2", "AVX2", "AVX2"]

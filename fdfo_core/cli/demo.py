@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import wait_policy_text
+from . import kernels_text, wait_policy_text
 from ..files import storage
 from ..config import load_config
 from ..errors import ConfigError
@@ -119,7 +119,7 @@ def run_demo(
     log(f"toy model {model}\n{len(train_prompts)} training prompts, {len(set(held.prompts))} held-out prompts x "
         f"{seeds_per_prompt} seeds, {cfg.epochs} epochs of {cfg.pairs_per_epoch} pairs, "
         f"{cfg.steps_per_sample or cfg.num_steps} of {cfg.num_steps} steps per sample trained, "
-        f"{torch.get_num_threads()} torch threads; {wait_policy_text()}")
+        f"{torch.get_num_threads()} torch threads; {wait_policy_text()}; {kernels_text()}")
 
     # The trainer's own guardrails pick lora-best.safetensors on the same held-out captions.
     trainer = FDFOTrainer(
