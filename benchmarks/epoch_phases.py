@@ -277,3 +277,12 @@ def replay_passes(backend, passes: list[Pass], cond_of: Callable[[int], dict]) -
 def spread(xs: list[float]) -> str:
     """median [min, max] of a list of seconds."""
     return f"{statistics.median(xs):.3f} [{min(xs):.3f}, {max(xs):.3f}]"
+
+
+def busy(stop) -> None:
+    """A competing load for the benchmarks' loaded runs: one core's worth of pure Python until
+    `stop` (a multiprocessing Event) is set."""
+    x = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            x += i * i

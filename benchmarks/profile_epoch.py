@@ -37,14 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fdfo_core.cli  # noqa: E402,F401  (before torch: the front ends' OpenMP wait policy)
 import torch  # noqa: E402
 
-from epoch_phases import PhaseClock, replay_passes  # noqa: E402
-
-
-def busy(stop) -> None:  # a competing load: one core's worth of pure Python
-    x = 0
-    while not stop.is_set():
-        for i in range(100_000):
-            x += i * i
+from epoch_phases import PhaseClock, busy, replay_passes  # noqa: E402
 
 
 def bare_backend():

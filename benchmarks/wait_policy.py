@@ -21,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from epoch_phases import busy  # noqa: E402  (the benchmarks' competing load)
+
 SETTINGS = {
     "OMP_WAIT_POLICY=PASSIVE (sleep at once)": {"OMP_WAIT_POLICY": "PASSIVE"},
     "OMP_WAIT_POLICY=ACTIVE (GNU's default spin)": {"OMP_WAIT_POLICY": "ACTIVE"},
@@ -29,13 +33,6 @@ SETTINGS = {
 }
 #: Under load GNU's default spin is known to be 15-40x slower (speed.md): not rerun there.
 SKIP_UNDER_LOAD = ("OMP_WAIT_POLICY=ACTIVE (GNU's default spin)",)
-
-
-def busy(stop) -> None:  # one core's worth of pure Python
-    x = 0
-    while not stop.is_set():
-        for i in range(100_000):
-            x += i * i
 
 
 def demo_seconds(env_extra: dict[str, str], smoke: bool) -> tuple[float, float, float]:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from branches_reference import REFERENCE, pair_run_lora
+from resume_check import stopped_and_resumed
 from fdfo_core.config import ConfigError, FDFOConfig, load_config
 from fdfo_core.flow.paired_sampler import ChurnSettings, sample_pairs
 from fdfo_core.flow.schedules import flow_sigmas
@@ -133,12 +134,7 @@ def test_groups_train_and_resume_exactly(tmp_path):
     assert m["pairs"] == 2 and m["images_seen"] == 8  # 2 groups of 4 = the 8 images of 4 pairs
     assert m["items"] == 8 * 3 and m["mean_abs_dR"] > 0
     full.train()
-    first = _tiny_trainer(tmp_path, tmp_path / "split", epochs=2)
-    first.train()
-    second = _tiny_trainer(tmp_path, tmp_path / "split", epochs=3)
-    second.resume(tmp_path / "split")
-    assert second.epoch == 2
-    second.train()
+    second = stopped_and_resumed(lambda d, n: _tiny_trainer(tmp_path, d, epochs=n), tmp_path / "split", 2, 3)
     a, b = full.backend.adapter_state_dict(), second.backend.adapter_state_dict()
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
     for key in a:

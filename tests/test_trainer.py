@@ -10,6 +10,7 @@ from fdfo_core.run.hooks import Callbacks, TrainingError, TrainingInterrupted
 from fdfo_core.methods import FDFOTrainer
 
 from flow2d import MinusDistance, PointBackend, mean_reward, pretrain
+from resume_check import stopped_and_resumed
 from tiny_pipelines import tiny_sd3_pipeline
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
@@ -167,13 +168,7 @@ def _tiny_sd3_trainer(tmp_path, run_dir, epochs, seed=0, **over):
 def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_run(tmp_path):
     full = _tiny_sd3_trainer(tmp_path, tmp_path / "full", epochs=4)
     full.train()
-
-    first = _tiny_sd3_trainer(tmp_path, tmp_path / "split", epochs=2)
-    first.train()
-    second = _tiny_sd3_trainer(tmp_path, tmp_path / "split", epochs=4)
-    second.resume(tmp_path / "split")
-    assert second.epoch == 2
-    second.train()
+    second = stopped_and_resumed(lambda d, n: _tiny_sd3_trainer(tmp_path, d, epochs=n), tmp_path / "split", 2, 4)
 
     a, b = full.backend.adapter_state_dict(), second.backend.adapter_state_dict()
     assert a.keys() == b.keys()
