@@ -90,3 +90,18 @@ def test_a_demo_process_runs_torchs_avx2_kernels_on_an_avx2_cpu():
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["AVX2", "AVX2", "AVX2"]
+
+
+def test_commands_that_run_no_model_skip_the_load_reading():
+    from fdfo_core.cli import is_light_command
+
+    for argv in (["fdfo"], ["fdfo", "--help"], ["fdfo", "-h"], ["/venv/bin/fdfo", "rewards"],
+                 ["C:\\venv\\Scripts\\fdfo.exe", "convert-lora", "a", "b"], ["/x/fdfo_core/cli/__main__.py", "rewards"]):
+        assert is_light_command(argv), argv
+    for argv in (["fdfo", "demo"], ["fdfo", "train", "--preset", "toy"], ["fdfo", "sample"], ["fdfo", "fit-preference"],
+                 ["/x/fdfo_core/cli/__main__.py", "train"], ["benchmarks/sample_efficiency.py"], ["pytest", "rewards"], []):
+        assert not is_light_command(argv), argv
+    code = "import sys; sys.argv = ['fdfo', '--help']; import fdfo_core.cli as c; print(c.OPENMP_WAIT)"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["{}"]

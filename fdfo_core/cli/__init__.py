@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import PureWindowsPath
 from typing import Callable
 
 #: How idle OpenMP threads wait at the end of each parallel region (torch's CPU kernels), chosen
@@ -60,7 +61,22 @@ def choose_wait_policy(environ=os.environ, load: Callable[[], float | None] = ot
     return dict(SPIN_WHEN_IDLE if busy is not None and busy < IDLE_BELOW_CPUS else SLEEP_WHEN_BUSY)
 
 
-OPENMP_WAIT = choose_wait_policy()
+#: `fdfo` commands that run no model (and `fdfo` alone, -h, --help): they skip the 0.2 s
+#: load reading, since no OpenMP region of theirs is long enough for the wait policy to matter.
+LIGHT_COMMANDS = frozenset({"", "-h", "--help", "rewards", "convert-lora"})
+
+
+def is_light_command(argv: list[str]) -> bool:
+    """True for `fdfo` invocations (`argv` = sys.argv) that run no model: `LIGHT_COMMANDS`. Only the
+    `fdfo` entry point and `python -m fdfo_core.cli` count; any other program importing this package
+    (a script, a test, a benchmark) gets the policy chosen as for a model-running command."""
+    program = PureWindowsPath(argv[0]).stem if argv else ""  # fdfo, fdfo.exe, __main__.py; / and \\ both split
+    if program not in ("fdfo", "__main__"):
+        return False
+    return (argv[1] if len(argv) > 1 else "") in LIGHT_COMMANDS
+
+
+OPENMP_WAIT = {} if is_light_command(sys.argv) else choose_wait_policy()
 os.environ.update(OPENMP_WAIT)
 
 #: `fdfo demo` pins torch's CPU kernels to one instruction set, so that it prints the README's
