@@ -77,6 +77,18 @@ def ratio_stat(xs: Sequence[float], curves_a: np.ndarray, curves_b: np.ndarray,
     return stat
 
 
+def fmt_ratio(point: float, lo: float, hi: float, a: str = "A", b: str = "B", digits: int = 2) -> str:
+    """A `ratio_stat` interval, '0.50 [0.17, 1.25]', where the ratio's sentinels read as what they
+    mean: 0 as 'only <a>' (only A reaches the threshold), inf as 'only <b>', nan as 'n/a'."""
+    def f(v: float) -> str:
+        if math.isnan(v):
+            return "n/a"
+        if math.isinf(v):
+            return f"only {b}"
+        return f"only {a}" if v == 0 else f"{v:.{digits}f}"
+    return f"{f(point)} [{f(lo)}, {f(hi)}]"
+
+
 def fmt_interval(point: float, lo: float, hi: float, digits: int = 3, integer: bool = False) -> str:
     """'0.734 [0.721, 0.745]'; unreached thresholds read 'not reached' / '> budget'."""
     def f(v: float) -> str:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, ratio_stat, reach_stat  # noqa: E402
+from efficiency_stats import N_BOOT, bootstrap, curve_auc, fmt_interval, fmt_ratio, ratio_stat, reach_stat  # noqa: E402
 
 from fdfo_core.files.text_files import read_json_file  # noqa: E402
 
@@ -336,7 +336,8 @@ def report(results: list[dict], out: Path, seconds: float, methods: list[str], n
                   f" | {row['diversity_before']:.3f} -> {row['diversity_after']:.3f} | {row['train_cpu_seconds']:.0f} |")
         print(f"start (untrained): {summary['rows'][0]['start']:.4f}")
         for p in summary["paired"]:
-            ratios = ", ".join(f"{t:g}: {fmt_interval(*p['evals_ratio'][str(t)], digits=2)}" for t in thresholds)
+            ratios = ", ".join(f"{t:g}: {fmt_ratio(*p['evals_ratio'][str(t)], 'FDFO', LABELS[p['baseline']])}"
+                               for t in thresholds)
             print(f"FDFO - {LABELS[p['baseline']]}: AUC {fmt_interval(*p['auc_diff'], digits=4)}, final "
                   f"{fmt_interval(*p['final_diff'], digits=4)}, FDFO higher AUC on {p['fdfo_higher_auc_seeds']}/"
                   f"{p['seeds']} seeds; FDFO's evals / theirs to reach {ratios}")

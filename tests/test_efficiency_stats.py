@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from efficiency_stats import bootstrap, curve_auc, first_reach, fmt_interval, ratio_stat, reach_stat  # noqa: E402
+from efficiency_stats import bootstrap, curve_auc, first_reach, fmt_interval, fmt_ratio, ratio_stat, reach_stat  # noqa: E402
 
 
 def test_auc_is_the_mean_reward_over_the_budget():
@@ -145,3 +145,10 @@ def test_a_longer_run_is_reused_cut_to_the_budget(tmp_path):
                   run_settings("fdfo", "alignment", 0, 8, 64, (16, 2)),
                   run_settings("fdfo", "alignment", 0, 16, 64, (32, 2))):
         assert find_run(other, run_path(tmp_path, other)) is None
+
+
+def test_ratio_intervals_name_who_reaches_the_threshold_instead_of_printing_zero():
+    assert fmt_ratio(0.5, 0.17, 1.25) == "0.50 [0.17, 1.25]"
+    assert fmt_ratio(0.0, 0.0, 1.33, "FDFO", "Flow-GRPO") == "only FDFO [only FDFO, 1.33]"
+    assert fmt_ratio(math.inf, 1.2, math.inf, "FDFO", "DiffusionNFT") == "only DiffusionNFT [1.20, only DiffusionNFT]"
+    assert fmt_ratio(math.nan, math.nan, math.nan) == "n/a [n/a, n/a]"
