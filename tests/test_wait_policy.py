@@ -68,6 +68,8 @@ def test_the_demo_pins_the_cpu_kernels_on_avx2_cpus_only_and_keeps_what_the_user
     assert pinned_kernels(["fdfo", "demo", "--out", "x"], {}, avx2) == REPRODUCIBLE_KERNELS
     assert pinned_kernels(["fdfo", "train", "--preset", "toy"], {}, avx2) == {}
     assert pinned_kernels(["fdfo"], {}, avx2) == {}
+    assert pinned_kernels(["/x/fdfo_core/cli/__main__.py", "demo"], {}, avx2) == REPRODUCIBLE_KERNELS  # python -m
+    assert pinned_kernels(["some_script.py", "demo"], {}, avx2) == {}  # not the fdfo command
     assert pinned_kernels(["fdfo", "demo"], {}, lambda: {"neon", "asimd"}) == {}  # an ARM CPU
     assert pinned_kernels(["fdfo", "demo"], {}, set) == {}  # flags unreadable
     mine = pinned_kernels(["fdfo", "demo"], {"MKL_CBWR": "COMPATIBLE"}, avx2)
@@ -93,7 +95,12 @@ def test_a_demo_process_runs_torchs_avx2_kernels_on_an_avx2_cpu():
 
 
 def test_commands_that_run_no_model_skip_the_load_reading():
-    from fdfo_core.cli import is_light_command
+    from fdfo_core.cli import fdfo_subcommand, is_light_command
+
+    assert fdfo_subcommand(["/venv/bin/fdfo", "train", "--preset", "toy"]) == "train"
+    assert fdfo_subcommand(["fdfo"]) == "" and fdfo_subcommand(["pytest", "demo"]) is None and fdfo_subcommand([]) is None
+    assert fdfo_subcommand(["/x/fdfo_core/cli/main.py", "demo"]) == "demo"  # python -m fdfo_core.cli.main
+    assert fdfo_subcommand(["/x/pytest/__main__.py", "-h"]) is None and fdfo_subcommand(["/comfy/main.py", "demo"]) is None
 
     for argv in (["fdfo"], ["fdfo", "--help"], ["fdfo", "-h"], ["/venv/bin/fdfo", "rewards"],
                  ["C:\\venv\\Scripts\\fdfo.exe", "convert-lora", "a", "b"], ["/x/fdfo_core/cli/__main__.py", "rewards"]):

@@ -66,14 +66,21 @@ def choose_wait_policy(environ=os.environ, load: Callable[[], float | None] = ot
 LIGHT_COMMANDS = frozenset({"", "-h", "--help", "rewards", "convert-lora"})
 
 
+def fdfo_subcommand(argv: list[str]) -> str | None:
+    """The `fdfo` subcommand this process runs (`argv` = sys.argv; "" for `fdfo` alone), or None when
+    the program is not the `fdfo` entry point, `python -m fdfo_core.cli` or `python -m
+    fdfo_core.cli.main` (a script, a test, a benchmark importing this package). Read here, before the parser exists, because OpenMP and
+    torch read their settings before any command code runs."""
+    program = PureWindowsPath(argv[0] if argv else "")  # / and \\ both split
+    if program.stem != "fdfo" and tuple(program.parts[-2:]) not in (("cli", "__main__.py"), ("cli", "main.py")):
+        return None  # not fdfo, fdfo.exe, python -m fdfo_core.cli or python -m fdfo_core.cli.main
+    return argv[1] if len(argv) > 1 else ""
+
+
 def is_light_command(argv: list[str]) -> bool:
-    """True for `fdfo` invocations (`argv` = sys.argv) that run no model: `LIGHT_COMMANDS`. Only the
-    `fdfo` entry point and `python -m fdfo_core.cli` count; any other program importing this package
-    (a script, a test, a benchmark) gets the policy chosen as for a model-running command."""
-    program = PureWindowsPath(argv[0]).stem if argv else ""  # fdfo, fdfo.exe, __main__.py; / and \\ both split
-    if program not in ("fdfo", "__main__"):
-        return False
-    return (argv[1] if len(argv) > 1 else "") in LIGHT_COMMANDS
+    """True for `fdfo` invocations that run no model (`LIGHT_COMMANDS`); any other program importing
+    this package gets the policy chosen as for a model-running command."""
+    return fdfo_subcommand(argv) in LIGHT_COMMANDS
 
 
 OPENMP_WAIT = {} if is_light_command(sys.argv) else choose_wait_policy()
@@ -105,9 +112,10 @@ def cpu_flags(read: Callable[[], str] | None = None) -> set[str]:
 
 
 def pinned_kernels(argv: list[str], environ=os.environ, flags: Callable[[], set[str]] = cpu_flags) -> dict[str, str]:
-    """The kernel settings to add for this command: `REPRODUCIBLE_KERNELS` for `fdfo demo` on a CPU
-    with AVX2 (less those the user set), nothing otherwise."""
-    if argv[1:2] != ["demo"] or "avx2" not in flags():
+    """The kernel settings to add for this command: `REPRODUCIBLE_KERNELS` for `fdfo demo` (the entry
+    point or `python -m fdfo_core.cli demo`) on a CPU with AVX2 (less those the user set), nothing
+    otherwise."""
+    if fdfo_subcommand(argv) != "demo" or "avx2" not in flags():
         return {}
     return {k: v for k, v in REPRODUCIBLE_KERNELS.items() if k not in environ}
 
